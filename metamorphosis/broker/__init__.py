@@ -1,0 +1,1 @@
+"""The broker: configuration, request handling, statistics, ZooKeeper registration."""

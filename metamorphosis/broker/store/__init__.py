@@ -1,0 +1,1 @@
+"""The message store: segmented partition logs, flushing, recovery and retention."""

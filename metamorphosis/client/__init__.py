@@ -1,0 +1,1 @@
+"""The Python MetaQ client: producers, consumers, offset storage."""

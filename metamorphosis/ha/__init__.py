@@ -1,0 +1,1 @@
+"""Master/slave replication (async and sync) and failover."""

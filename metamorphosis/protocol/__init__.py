@@ -1,0 +1,1 @@
+"""The MetaQ text protocol: commands, framing, stored records, message ids."""

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepare a checkout: a virtual environment in .venv with metamorphosis installed
+# in development mode (so `twistd metaq` finds the plugin in twisted/plugins/).
+#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh --test   plus what the test suite needs (hypothesis, SQL drivers, ZooKeeper)
+set -eu
+cd "$(dirname "$0")/.."
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" > /dev/null
+}
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "metamorphosis needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv; python3 -m venv .venv; }
+fi
+extras=
+[ "${1:-}" = --test ] && extras="[test]"
+stamp=".venv/.installed$extras-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".$extras" --config-settings editable_mode=compat
+  touch "$stamp"
+fi
+if [ "${1:-}" = --test ] && [ ! -f /usr/share/java/zookeeper.jar ]; then
+  apt_install zookeeper
+fi

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up the checkout, start a private ZooKeeper on a free loopback port, run the
+# whole test suite with trial, and finish with one line `N passed, N failed, N skipped`.
+# Arguments, if any, replace the default test selection (`tests`).
+set -u
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test || exit 1
+work=$(mktemp -d -t metaq-test.XXXXXX)
+cleanup() { bash scripts/zookeeper.sh stop "$work/zk"; rm -rf "$work"; }
+trap cleanup EXIT
+METAQ_TEST_ZK=$(bash scripts/zookeeper.sh start "$work/zk") || exit 1
+export METAQ_TEST_ZK
+echo "ZooKeeper for the tests: $METAQ_TEST_ZK"
+jobs=$(nproc 2>/dev/null || echo 2); [ "$jobs" -gt 2 ] && jobs=2
+.venv/bin/python -m twisted.trial --temp-directory="$work/trial" -j"$jobs" "${@:-tests}" 2>&1 | tee "$work/trial.log"
+trial_rc=${PIPESTATUS[0]}
+exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log"
