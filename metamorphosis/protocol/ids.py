@@ -1,0 +1,100 @@
+"""
+Message ids: the broker's Snowflake-style generator (Java C{IdWorker},
+spec/message-format.md section 5).
+
+MetaQ 1.4.5 and later take the timestamp from C{System.nanoTime()}, which on
+Linux is C{CLOCK_MONOTONIC}: milliseconds since boot, far below the
+generator's epoch, so every id is a negative signed 64-bit number.  We use the
+same clock so that ids from this broker look like a Java broker's.
+"""
+
+import threading
+import time
+
+TWEPOCH = 1303895660503
+WORKER_ID_BITS = 10
+SEQUENCE_BITS = 12
+MAX_WORKER_ID = (1 << WORKER_ID_BITS) - 1
+SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
+WORKER_ID_SHIFT = SEQUENCE_BITS
+TIMESTAMP_SHIFT = SEQUENCE_BITS + WORKER_ID_BITS
+
+
+class InvalidSystemClock(Exception):
+    """
+    The clock went backwards; no id can be produced (the put fails).
+    """
+
+
+def monotonicMillis():
+    """
+    Milliseconds of C{CLOCK_MONOTONIC}, the clock of Java's C{nanoTime()}.
+    """
+    return time.monotonic_ns() // 1000000
+
+
+def _signed64(value):
+    return ((value + (1 << 63)) % (1 << 64)) - (1 << 63)
+
+
+def makeId(timestamp, workerId, sequence):
+    """
+    Compose an id from its parts, wrapped to a signed 64-bit integer.
+    """
+    return _signed64(
+        ((timestamp - TWEPOCH) << TIMESTAMP_SHIFT)
+        | (workerId << WORKER_ID_SHIFT)
+        | sequence
+    )
+
+
+def decomposeId(msgId):
+    """
+    Split an id into C{(timestamp, workerId, sequence)}.
+    """
+    return (
+        (msgId >> TIMESTAMP_SHIFT) + TWEPOCH,
+        (msgId >> WORKER_ID_SHIFT) & MAX_WORKER_ID,
+        msgId & SEQUENCE_MASK,
+    )
+
+
+class IdWorker:
+    """
+    Generates strictly increasing ids for one worker (the broker id).
+
+    Thread-safe: the transaction and replication code may ask for ids from
+    a thread pool.
+
+    @param clock: a callable returning integer milliseconds; defaults to
+        L{monotonicMillis}.
+    """
+
+    def __init__(self, workerId, clock=None):
+        if not 0 <= workerId <= MAX_WORKER_ID:
+            raise ValueError(
+                "worker Id can't be greater than %d or less than 0" % (MAX_WORKER_ID,)
+            )
+        self.workerId = workerId
+        self._clock = clock or monotonicMillis
+        self._lock = threading.Lock()
+        self._lastTimestamp = -1
+        self._sequence = 0
+
+    def nextId(self):
+        with self._lock:
+            timestamp = self._clock()
+            if timestamp < self._lastTimestamp:
+                raise InvalidSystemClock(
+                    "Clock moved backwards.  Refusing to generate id for %d milliseconds"
+                    % (self._lastTimestamp - timestamp,)
+                )
+            if timestamp == self._lastTimestamp:
+                self._sequence = (self._sequence + 1) & SEQUENCE_MASK
+                if self._sequence == 0:
+                    while timestamp <= self._lastTimestamp:
+                        timestamp = self._clock()
+            else:
+                self._sequence = 0
+            self._lastTimestamp = timestamp
+            return makeId(timestamp, self.workerId, self._sequence)

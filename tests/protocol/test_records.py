@@ -1,0 +1,146 @@
+"""
+Tests for L{metamorphosis.protocol.records}: the worked examples of
+spec/message-format.md section 7 and round-trip properties.
+"""
+
+from hypothesis import given, settings, strategies as st
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from metamorphosis.protocol.records import (
+    HEADER_SIZE,
+    InvalidRecord,
+    Record,
+    checksum,
+    decodePayload,
+    decodeRecords,
+    encodePayload,
+    encodeRecord,
+)
+
+EXAMPLE1 = bytes.fromhex("00000005" "3610a686" "b41bba610a400000" "00000000" "68656c6c6f")
+EXAMPLE2 = bytes.fromhex(
+    "0000000a" "39362501" "b41bba610a401005" "00000001" "00000004" "74616731" "6869"
+)
+EXAMPLE3 = bytes.fromhex("00000005" "18fc0e13" "031750fa8a400000" "00000001" "00000000" "78")
+
+attributes = st.none() | st.text(max_size=20)
+payloads = st.binary(max_size=300)
+messages = st.tuples(
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1), payloads, attributes
+)
+
+
+def record(msgId, data, attribute):
+    body, flag = encodePayload(data, attribute)
+    return encodeRecord(msgId, flag, body)
+
+
+class WorkedExampleTests(SynchronousTestCase):
+    """
+    The records of spec/message-format.md section 7, byte for byte.
+    """
+
+    def test_noAttribute(self):
+        body, flag = encodePayload(b"hello", None)
+        self.assertEqual((body, flag), (b"hello", 0))
+        self.assertEqual(checksum(body), 907060870)
+        self.assertEqual(encodeRecord(-5468572396564774912, flag, body), EXAMPLE1)
+
+    def test_attribute(self):
+        body, flag = encodePayload(b"hi", "tag1")
+        self.assertEqual(body, bytes.fromhex("00000004746167316869"))
+        self.assertEqual(flag, 1)
+        self.assertEqual(checksum(body), 959849729)
+        self.assertEqual(encodeRecord(-5468572396564770811, flag, body), EXAMPLE2)
+        [record], consumed = decodeRecords(EXAMPLE2)
+        self.assertEqual(consumed, 30)
+        self.assertEqual((record.data, record.attribute), (b"hi", "tag1"))
+        self.assertEqual(record.id, -5468572396564770811)
+
+    def test_emptyAttribute(self):
+        body, flag = encodePayload(b"x", "")
+        self.assertEqual((body, flag), (b"\x00\x00\x00\x00x", 1))
+        self.assertEqual(checksum(body), 419171859)
+        self.assertEqual(encodeRecord(222735743569625088, flag, body), EXAMPLE3)
+        [record], _ = decodeRecords(EXAMPLE3)
+        self.assertEqual(record.attribute, "")
+        self.assertIsNot(record.attribute, None)
+        self.assertEqual(record.data, b"x")
+
+    def test_masking(self):
+        self.assertEqual(checksum(b"hi"), 1486039724)
+
+    def test_partialTail(self):
+        buffer = EXAMPLE1 + EXAMPLE2[:27]
+        records, consumed = decodeRecords(buffer)
+        self.assertEqual(consumed, 25)
+        self.assertEqual([r.data for r in records], [b"hello"])
+
+    def test_utf8AttributeLengthInBytes(self):
+        body, flag = encodePayload(b"", "\u00e9")
+        self.assertEqual(body, b"\x00\x00\x00\x02\xc3\xa9")
+        self.assertEqual(decodePayload(body, flag), (b"", "\u00e9"))
+
+
+class InvalidRecordTests(SynchronousTestCase):
+    def test_badChecksum(self):
+        corrupt = bytearray(EXAMPLE1)
+        corrupt[-1] ^= 1
+        self.assertRaises(InvalidRecord, decodeRecords, bytes(corrupt))
+        records, consumed = decodeRecords(bytes(corrupt), verify=False)
+        self.assertEqual(records[0].data, b"helln")
+
+    def test_negativeLength(self):
+        self.assertRaises(InvalidRecord, decodeRecords, b"\xff" * 20)
+
+    def test_tooLong(self):
+        self.assertRaises(InvalidRecord, decodeRecords, EXAMPLE1, maxBodySize=4)
+        # A truncated record is left for later even when it is too long, as
+        # the Java iterator checks truncation first.
+        self.assertEqual(decodeRecords(EXAMPLE1[:24], maxBodySize=4), ([], 0))
+
+    def test_badAttributeLength(self):
+        self.assertRaises(InvalidRecord, decodePayload, b"\x00\x00\x00\x09ab", 1)
+        self.assertRaises(InvalidRecord, decodePayload, b"\x00\x00", 1)
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=60)
+    @given(st.lists(messages, max_size=8))
+    def test_roundTrip(self, items):
+        buffer = b"".join(record(*item) for item in items)
+        records, consumed = decodeRecords(buffer)
+        self.assertEqual(consumed, len(buffer))
+        self.assertEqual(
+            [(r.id, r.data, r.attribute) for r in records], [tuple(i) for i in items]
+        )
+        self.assertEqual(sum(r.size for r in records), len(buffer))
+
+    @settings(max_examples=60)
+    @given(st.lists(messages, min_size=1, max_size=6), st.data())
+    def test_partialTail(self, items, data):
+        """
+        Any prefix of a record stream decodes to the records wholly inside
+        it, and C{consumed} is the end of the last of them.
+        """
+        encoded = [record(*item) for item in items]
+        buffer = b"".join(encoded)
+        cut = data.draw(st.integers(min_value=0, max_value=len(buffer)))
+        records, consumed = decodeRecords(buffer[:cut])
+        ends = [sum(map(len, encoded[: i + 1])) for i in range(len(encoded))]
+        whole = [end for end in ends if end <= cut]
+        self.assertEqual(len(records), len(whole))
+        self.assertEqual(consumed, whole[-1] if whole else 0)
+        self.assertEqual([r.encode() for r in records], encoded[: len(whole)])
+
+    @settings(max_examples=40)
+    @given(payloads, attributes, st.integers(min_value=0, max_value=0x7FFFFFFF))
+    def test_flagBitsCarried(self, data, attribute, extra):
+        body, flag = encodePayload(data, attribute)
+        flag |= extra & ~1
+        record = Record(7, flag, body)
+        self.assertEqual(len(record.encode()), HEADER_SIZE + len(body))
+        [decoded], _ = decodeRecords(record.encode())
+        self.assertEqual(decoded, record)
+        self.assertEqual((decoded.data, decoded.attribute), (data, attribute))
