@@ -1,0 +1,292 @@
+"""
+The replication plugins' configuration: MetaQ's C{samsa_master.properties},
+C{gregor_slave.properties} and C{async_slave.properties} as typed objects.
+
+Key names, defaults and validation are those of the Java plugins
+(C{SamsaMasterBroker.init/setConfigs}, C{GregorSlaveBroker},
+C{MetamorphosisSlaveBroker.putSlaveProperties}; spec/ha.md sections 2.1 and
+3.2), so a file written for a Java broker configures ours the same way.
+Keys this implementation adds are marked as such.
+
+A broker finds its plugin file either by an explicit option or beside its
+C{server.ini} (L{findPluginFile}).
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+from metamorphosis.ha.properties import PropertiesError, readProperties
+
+#: Plugin name (the Java C{-F<name>=} option) to the properties file the Java
+#: start script passes for it (C{metaServer.sh}).
+PLUGIN_FILES = {
+    "samsa": "samsa_master.properties",
+    "gregor": "gregor_slave.properties",
+    "metaslave": "async_slave.properties",
+}
+
+#: The topic the samsa master probes a failed gregor slave with
+#: (C{gregor/Constants.TEST_SLAVE_TOPIC}).
+SLAVE_STATUS_TOPIC = "_metaq_slave_status_test"
+
+_JAVA_INT = re.compile(r"[+-]?[0-9]+")
+
+
+class ReplicationConfigError(ValueError):
+    """
+    A replication plugin file is missing, unreadable or holds a bad value;
+    the message names the file and the key.
+    """
+
+
+def _cpus():
+    return os.cpu_count() or 1
+
+
+class _Reader:
+    """
+    Typed access to one properties file with Java's parsing rules: blank
+    means absent, integers are C{Integer.parseInt}/C{Long.parseLong} decimal,
+    booleans are C{Boolean.valueOf} (only C{true}, any case, is true).
+    """
+
+    def __init__(self, properties, source):
+        self.properties = properties
+        self.source = source
+
+    def _error(self, key, message):
+        return ReplicationConfigError("%s: %s %s" % (self.source, key, message))
+
+    def text(self, key, default=None):
+        value = self.properties.get(key, "").strip()
+        return value if value else default
+
+    def integer(self, key, default, minimum=None):
+        value = self.text(key)
+        if value is None:
+            return default
+        if not _JAVA_INT.fullmatch(value):
+            raise self._error(key, "is not an integer: %r" % (value,))
+        number = int(value)
+        if minimum is not None and number < minimum:
+            raise self._error(key, "must be at least %d, got %d" % (minimum, number))
+        return number
+
+    def boolean(self, key, default):
+        value = self.text(key)
+        if value is None:
+            return default
+        return value.lower() == "true"
+
+
+@dataclass(frozen=True)
+class SamsaMasterConfig:
+    """
+    C{samsa_master.properties}: a synchronous replication master.
+
+    @ivar slave: the gregor slave's C{host:port} (required).
+    @ivar callbackThreadCount: parsed for compatibility; replies are handled
+        on the reactor here, so it has no effect.
+    @ivar recoverOffset: correct consumer offsets in ZooKeeper before
+        registering (spec/ha.md section 3.6).
+    """
+
+    slave: str
+    callbackThreadCount: int
+    recoverOffset: bool = False
+    recoverParallel: bool = True
+    recoverParallelHint: int = 1
+    sendToSlaveTimeoutInMills: int = 2000
+    slaveContinuousFailureThreshold: int = 100
+    checkSlaveIntervalInMills: int = 100
+
+    plugin = "samsa"
+
+    @property
+    def slaveAddress(self):
+        """
+        The slave as C{(host, port)}.
+        """
+        host, _, port = self.slave.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def slaveUrl(self):
+        """
+        The slave as the Java master names it in error replies.
+        """
+        return "meta://" + self.slave
+
+    @classmethod
+    def fromProperties(cls, properties, source="samsa_master.properties"):
+        read = _Reader(properties, source)
+        slave = read.text("slave")
+        if slave is None:
+            raise ReplicationConfigError("%s: slave is required (host:port of the gregor slave)" % (source,))
+        host, _, port = slave.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ReplicationConfigError("%s: slave must be host:port, got %r" % (source, slave))
+        return cls(
+            slave=slave,
+            callbackThreadCount=read.integer("callbackThreadCount", 3 * _cpus(), minimum=1),
+            recoverOffset=read.boolean("recoverOffset", False),
+            recoverParallel=read.boolean("recoverParallel", True),
+            recoverParallelHint=read.integer("recoverParallelHint", _cpus(), minimum=1),
+            sendToSlaveTimeoutInMills=read.integer("sendToSlaveTimeoutInMills", 2000, minimum=1),
+            slaveContinuousFailureThreshold=read.integer("slaveContinuousFailureThreshold", 100, minimum=1),
+            checkSlaveIntervalInMills=read.integer("checkSlaveIntervalInMills", 100, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class GregorSlaveConfig:
+    """
+    C{gregor_slave.properties}: a synchronous replication slave.  The Java
+    plugin reads no key from it.
+    """
+
+    plugin = "gregor"
+
+    @classmethod
+    def fromProperties(cls, properties, source="gregor_slave.properties"):
+        return cls()
+
+
+@dataclass(frozen=True)
+class AsyncSlaveConfig:
+    """
+    C{async_slave.properties}: an asynchronous replication slave
+    (metaslave), spec/ha.md section 2.1.
+
+    @ivar slaveId: this slave's number under its master (required, >= 0).
+    @ivar slaveGroup: the consumer group it pulls the master with.
+    @ivar slaveMaxDelayInMills: the longest back-off of an idle pull.
+    @ivar autoSyncMasterConfig: copy the master's C{server.ini} when its
+        checksum changes.
+    """
+
+    slaveId: int
+    slaveGroup: str
+    slaveMaxDelayInMills: int = 500
+    autoSyncMasterConfig: bool = False
+
+    plugin = "metaslave"
+
+    @classmethod
+    def fromProperties(cls, properties, source="async_slave.properties"):
+        read = _Reader(properties, source)
+        if read.text("slaveId") is None:
+            raise ReplicationConfigError("%s: slaveId is required" % (source,))
+        slaveId = read.integer("slaveId", None, minimum=0)
+        return cls(
+            slaveId=slaveId,
+            slaveGroup=read.text("slaveGroup", "meta-slave-group_%d" % (slaveId,)),
+            slaveMaxDelayInMills=read.integer("slaveMaxDelayInMills", 500, minimum=0),
+            autoSyncMasterConfig=read.boolean("autoSyncMasterConfig", False),
+        )
+
+
+_CONFIG_CLASSES = {
+    "samsa": SamsaMasterConfig,
+    "gregor": GregorSlaveConfig,
+    "metaslave": AsyncSlaveConfig,
+}
+
+
+def loadPluginConfig(plugin, path):
+    """
+    Read the properties file of one replication plugin.
+
+    @param plugin: C{samsa}, C{gregor} or C{metaslave}.
+    @raise ReplicationConfigError: unknown plugin, unreadable file, bad value.
+    """
+    try:
+        configClass = _CONFIG_CLASSES[plugin]
+    except KeyError:
+        raise ReplicationConfigError(
+            "unknown replication plugin %r (expected one of %s)" % (plugin, ", ".join(sorted(_CONFIG_CLASSES)))
+        ) from None
+    try:
+        properties = readProperties(path)
+    except PropertiesError as e:
+        raise ReplicationConfigError(str(e)) from e
+    return configClass.fromProperties(properties, path)
+
+
+def findPluginFile(serverIni):
+    """
+    The replication plugin whose properties file lies beside C{serverIni}.
+
+    Java MetaQ drops every other plugin when C{metaslave} is given; a
+    directory holding both a samsa and a gregor file is ambiguous and
+    rejected.
+
+    @return: C{(plugin, path)} or L{None} when there is no such file.
+    @raise ReplicationConfigError: if the choice is ambiguous.
+    """
+    folder = os.path.dirname(os.path.abspath(serverIni))
+    found = [
+        (plugin, os.path.join(folder, name))
+        for plugin, name in PLUGIN_FILES.items()
+        if os.path.isfile(os.path.join(folder, name))
+    ]
+    for plugin, path in found:
+        if plugin == "metaslave":
+            return plugin, path
+    if len(found) > 1:
+        raise ReplicationConfigError(
+            "%s holds more than one replication plugin file (%s); name the one to use with --replication"
+            % (folder, ", ".join(os.path.basename(path) for _, path in found))
+        )
+    return found[0] if found else None
+
+
+def replicationConfigFor(serverIni, plugin=None, path=None):
+    """
+    The replication configuration a broker started with C{serverIni} runs
+    with: the plugin named explicitly (its file given, or looked up beside
+    C{serverIni} under the Java name), else whatever file lies beside
+    C{serverIni}.
+
+    @return: a L{SamsaMasterConfig}, L{GregorSlaveConfig} or
+        L{AsyncSlaveConfig}, or L{None} for a plain broker.
+    """
+    if plugin is None:
+        found = findPluginFile(serverIni) if serverIni else None
+        if found is None:
+            return None
+        plugin, path = found
+    elif path is None and plugin in PLUGIN_FILES:
+        path = os.path.join(os.path.dirname(os.path.abspath(serverIni or ".")), PLUGIN_FILES[plugin])
+    return loadPluginConfig(plugin, path)
+
+
+def parsePluginOption(value):
+    """
+    Parse the value of C{--replication}: C{NAME} or C{NAME=FILE}, as the
+    Java wrapper's C{-FNAME=FILE}.
+
+    @return: C{(plugin, path or None)}
+    """
+    plugin, sep, path = value.partition("=")
+    plugin = plugin.strip()
+    if plugin not in PLUGIN_FILES:
+        raise ReplicationConfigError(
+            "unknown replication plugin %r (expected one of %s)" % (plugin, ", ".join(sorted(PLUGIN_FILES)))
+        )
+    return plugin, (path or None)
+
+
+__all__ = [
+    "PLUGIN_FILES",
+    "SLAVE_STATUS_TOPIC",
+    "AsyncSlaveConfig",
+    "GregorSlaveConfig",
+    "ReplicationConfigError",
+    "SamsaMasterConfig",
+    "findPluginFile",
+    "loadPluginConfig",
+    "parsePluginOption",
+    "replicationConfigFor",
+]

@@ -1,0 +1,48 @@
+"""
+The replication plug point.
+
+A broker runs plain, or with one replication mode, as the Java wrapper runs
+with one of its plugins (spec/ha.md section 1).  Each mode is a provider of
+L{IReplication}; the broker's service asks it, in this order, to adjust the
+configuration (the Java plugin's C{init}, before anything is built), to wrap
+the request processor, and for a service that runs beside the broker (the
+Java plugin's C{start}/C{stop}).
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IReplication(Interface):
+    """
+    One replication mode of a broker: the sync master (C{samsa}), the sync
+    slave (C{gregor}) or the async slave (C{metaslave}).
+    """
+
+    name = Attribute("The Java plugin name: C{samsa}, C{gregor} or C{metaslave}.")
+
+    def configure(config):
+        """
+        Adjust the broker's L{metamorphosis.broker.config.MetaConfig} before
+        the broker is built from it (add topics, disable or move the
+        ZooKeeper registration).
+        """
+
+    def wrapProcessor(processor):
+        """
+        Return the request processor the broker dispatches to: C{processor}
+        itself, or an object that handles some commands and passes the rest
+        to it.
+        """
+
+    def makeService(broker):
+        """
+        Return the L{twisted.application.service.IService} that runs this
+        mode beside C{broker} (links to the peer, replication loops), or
+        L{None}.
+        """
+
+    def statsItems():
+        """
+        Extra C{(key, value)} lines for the broker's C{stats} summary
+        (replication state and lag).
+        """

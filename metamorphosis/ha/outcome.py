@@ -1,0 +1,159 @@
+"""
+The pure decision logic of the synchronous replication master: how the two
+outcomes of one put become the producer's reply, and when a failing slave
+takes the master out of service and how it comes back (spec/ha.md sections
+3.3 and 3.4).  Kept free of sockets and stores so that every branch of the
+Java reply matrix and of the failure threshold is tested with a L{Clock}.
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+SUCCESS = 200
+INTERNAL_ERROR = 500
+
+
+class SyncPut:
+    """
+    One put on the sync master, waiting for its local append and its
+    slave's reply (C{SamsaCommandProcessor.SyncAppendCallback}).
+
+    The producer is answered once both are known:
+
+      - both stored: C{200 "<id> <partition> <master offset>"};
+      - the slave failed: C{500 Put message to [slave '<slave>'] ...};
+      - the master failed: C{500 Put message to [master '<broker>'] ...}.
+
+    When both failed the Java master never answers (the producer times
+    out); here the producer is told at once with the master's error, which
+    the Java producer handles the same way, only sooner.
+
+    @ivar reply: a L{Deferred} firing with C{(code, text)} for the producer.
+    """
+
+    def __init__(self, topic, partition, msgId, slaveUrl, brokerUrl):
+        self.topic = topic
+        self.partition = partition
+        self.msgId = msgId
+        self.slaveUrl = slaveUrl
+        self.brokerUrl = brokerUrl
+        self.reply = defer.Deferred()
+        self._master = None
+        self._slave = None
+        self._offset = None
+
+    def masterStored(self, offset):
+        self._offset = offset
+        self._master = True
+        self._tryComplete()
+
+    def masterFailed(self):
+        self._master = False
+        self._tryComplete()
+
+    def slaveStored(self):
+        self._slave = True
+        self._tryComplete()
+
+    def slaveFailed(self):
+        self._slave = False
+        self._tryComplete()
+
+    def _tryComplete(self):
+        if self._master is None or self._slave is None or self.reply.called:
+            return
+        where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
+        if self._master and self._slave:
+            result = (SUCCESS, "%d %d %d" % (self.msgId, self.partition, self._offset))
+        elif self._master:
+            result = (INTERNAL_ERROR, "Put message to [slave '%s'] %s" % (self.slaveUrl, where))
+        else:
+            result = (INTERNAL_ERROR, "Put message to [master '%s'] %s" % (self.brokerUrl, where))
+        self.reply.callback(result)
+
+
+class SlaveHealth:
+    """
+    Counts consecutive failed slave replies and, at the threshold, takes
+    the master out of ZooKeeper and probes the slave until it answers
+    (C{SamsaCommandProcessor.removeMasterTemporaryAndTryToHeal}).
+
+    @param probe: a callable returning a L{Deferred} that fires with the
+        status code of one probe C{sync} (or fails).
+    @param unregister: a callable (may return a L{Deferred}) removing the
+        broker's registration from ZooKeeper.
+    @param reregister: likewise, registering it again.
+    @param intervalSeconds: pause between failed probes.
+    """
+
+    log = Logger()
+
+    def __init__(self, threshold, intervalSeconds, probe, unregister, reregister, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.threshold = threshold
+        self.intervalSeconds = intervalSeconds
+        self._probe = probe
+        self._unregister = unregister
+        self._reregister = reregister
+        self._clock = clock
+        self.consecutiveFailures = 0
+        self.healing = None
+        self._stopped = False
+
+    def succeeded(self):
+        """
+        The slave stored a replicated put.
+        """
+        self.consecutiveFailures = 0
+
+    def failed(self):
+        """
+        The slave answered a replicated put with an error or did not answer
+        in time (a send that could not even start is not counted, as in
+        Java).
+        """
+        self.consecutiveFailures += 1
+        if self.consecutiveFailures >= self.threshold:
+            self.consecutiveFailures = 0
+            if self.healing is None:
+                self.healing = defer.ensureDeferred(self._heal())
+                self.healing.addErrback(lambda f: self.log.failure("Healing the slave link failed", f))
+
+    def stop(self):
+        """
+        Stop probing (broker shutdown).
+        """
+        self._stopped = True
+
+    async def _heal(self):
+        self.log.warn(
+            "Slave failed {threshold} times in a row; unregistering this master from ZooKeeper until it is back",
+            threshold=self.threshold,
+        )
+        try:
+            await defer.maybeDeferred(self._unregister)
+        except Exception:
+            self.log.failure("Could not unregister the master from ZooKeeper")
+        while not self._stopped:
+            try:
+                code = await self._probe()
+            except Exception as e:
+                self.log.info("Probing the slave failed: {error}", error=e)
+                code = None
+            if code == SUCCESS:
+                break
+            await deferLater(self._clock, self.intervalSeconds)
+        if self._stopped:
+            self.log.warn("Stopped probing the slave; the master stays unregistered")
+            return
+        self.log.warn("Slave is back; registering this master in ZooKeeper again")
+        self.consecutiveFailures = 0
+        try:
+            await defer.maybeDeferred(self._reregister)
+        except Exception:
+            self.log.failure("Could not register the master in ZooKeeper again; restart it")
+            return
+        self.healing = None
+

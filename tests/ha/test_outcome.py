@@ -1,0 +1,135 @@
+"""
+Tests for L{metamorphosis.ha.outcome}: the sync master's reply matrix and
+its slave failure threshold / healing, driven by a L{Clock}.
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from metamorphosis.ha.outcome import SlaveHealth, SyncPut
+
+SLAVE = "meta://127.0.0.1:8132"
+BROKER = "meta://127.0.0.1:8131"
+
+
+class SyncPutTests(SynchronousTestCase):
+    def put(self):
+        return SyncPut("meta-test", 0, -5468919651033411584, SLAVE, BROKER)
+
+    def test_bothStored(self):
+        """
+        The reply waits for both sides and carries the master's offset.
+        """
+        for order in ((0, 1), (1, 0)):
+            put = self.put()
+            steps = [lambda: put.masterStored(88), put.slaveStored]
+            steps[order[0]]()
+            self.assertNoResult(put.reply)
+            steps[order[1]]()
+            self.assertEqual(self.successResultOf(put.reply), (200, "-5468919651033411584 0 88"))
+
+    def test_slaveFailed(self):
+        put = self.put()
+        put.slaveFailed()
+        self.assertNoResult(put.reply)
+        put.masterStored(0)
+        self.assertEqual(
+            self.successResultOf(put.reply),
+            (500, "Put message to [slave 'meta://127.0.0.1:8132'] [partition 'meta-test-0'] failed"),
+        )
+
+    def test_masterFailed(self):
+        put = self.put()
+        put.masterFailed()
+        put.slaveStored()
+        self.assertEqual(
+            self.successResultOf(put.reply),
+            (500, "Put message to [master 'meta://127.0.0.1:8131'] [partition 'meta-test-0'] failed"),
+        )
+
+    def test_bothFailed(self):
+        """
+        Where Java never answers, the producer gets the master's error.
+        """
+        put = self.put()
+        put.masterFailed()
+        put.slaveFailed()
+        code, text = self.successResultOf(put.reply)
+        self.assertEqual(code, 500)
+        self.assertIn("[master ", text)
+
+    def test_onlyOnce(self):
+        put = self.put()
+        put.masterStored(0)
+        put.slaveStored()
+        put.slaveFailed()
+        self.assertEqual(self.successResultOf(put.reply)[0], 200)
+
+
+class SlaveHealthTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.events = []
+        self.probes = []
+        self.health = SlaveHealth(
+            3, 1.0, self.probe, lambda: self.events.append("unregister"), lambda: self.events.append("register"), self.clock
+        )
+
+    def probe(self):
+        d = defer.Deferred()
+        self.probes.append(d)
+        return d
+
+    def test_belowThreshold(self):
+        """
+        Failures separated by a success never reach the threshold.
+        """
+        for _ in range(5):
+            self.health.failed()
+            self.health.failed()
+            self.health.succeeded()
+        self.assertEqual(self.events, [])
+        self.assertIsNone(self.health.healing)
+
+    def test_thresholdUnregistersAndHeals(self):
+        for _ in range(3):
+            self.health.failed()
+        self.assertEqual(self.events, ["unregister"])
+        self.assertEqual(self.health.consecutiveFailures, 0)
+        self.assertEqual(len(self.probes), 1)
+        # A failing probe is retried after the interval, not before.
+        self.probes[0].callback(504)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.probes), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.probes), 2)
+        self.probes[1].errback(ConnectionError("refused"))
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.probes), 3)
+        # More failures while healing do not start a second healer.
+        for _ in range(6):
+            self.health.failed()
+        self.assertEqual(self.events, ["unregister"])
+        self.probes[2].callback(200)
+        self.assertEqual(self.events, ["unregister", "register"])
+        self.assertIsNone(self.health.healing)
+        self.assertEqual(self.health.consecutiveFailures, 0)
+        self.assertEqual(len(self.probes), 3)
+
+    def test_healsAgain(self):
+        for _ in range(3):
+            self.health.failed()
+        self.probes[0].callback(200)
+        for _ in range(3):
+            self.health.failed()
+        self.assertEqual(self.events, ["unregister", "register", "unregister"])
+
+    def test_stop(self):
+        for _ in range(3):
+            self.health.failed()
+        self.health.stop()
+        self.probes[0].callback(500)
+        self.clock.advance(1)
+        self.assertEqual(len(self.probes), 1)
+        self.assertEqual(self.events, ["unregister"])
