@@ -6,10 +6,16 @@ classes (spec/storage.md section 9); the attribute names are the Java key names
 so that a reader of a C{server.ini} finds each key here under its own name.
 Per-topic values that a C{[topic=NAME]} section leaves unset inherit the
 C{[system]} value; L{MetaConfig.topicConfig} resolves that inheritance.
+
+L{loadConfig} reads a file the way the Java broker does (ini4j sections,
+Aviator-evaluated numbers and booleans, key validation with a Levenshtein
+hint); L{standaloneConfig} is the configuration of a broker started without
+a file.
 """
 
 import re
-from dataclasses import dataclass, field, replace
+import zlib
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 
@@ -106,6 +112,15 @@ class MetaConfig:
     acceptAnyTopic: bool = False
     path: Optional[str] = None
     checksum: int = 0
+    closedPartitions: set = field(default_factory=set)
+
+    def isClosedPartition(self, topic, partition):
+        """
+        Whether C{(topic, partition)} was closed by an operator: puts, syncs
+        and gets to it are refused with 403 (Java
+        C{MetaConfig.isClosedPartition}).
+        """
+        return (topic, partition) in self.closedPartitions
 
     @property
     def transactionDataPath(self):
@@ -167,3 +182,443 @@ class MetaConfig:
         The partition count of C{topic} on this broker.
         """
         return self.topicConfig(topic).numPartitions
+
+
+class ConfigError(Exception):
+    """
+    A configuration file that cannot be used; the message names the file,
+    the section, the key and the reason.
+    """
+
+
+#: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
+#: which C{Config.getFieldSet} accepts; those after C{loadMessageStoresInParallel}
+#: are internal fields, accepted and ignored as Java does.
+SYSTEM_KEYS = frozenset(
+    """brokerId serverPort dashboardHttpPort hostName dataPath dataLogPath
+    appClassPath numPartitions unflushThreshold unflushInterval maxSegmentSize
+    maxTransferSize getProcessThreadCount putProcessThreadCount deletePolicy
+    deleteWhen quartzThreadCount maxCheckpoints checkpointInterval
+    maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
+    acceptPublish acceptSubscribe stat updateConsumerOffsets
+    loadMessageStoresInParallel serialVersionUID topics slaveConfig zkConfig
+    topicConfigMap propertyChangeSupport lastModified path configFileChecksum
+    log closedPartitionMap""".split()
+)
+
+#: Keys of C{[zookeeper]}: the ZKConfig C{@Key} names; Java also accepts
+#: every C{[system]} name there (without effect).
+ZOOKEEPER_KEYS = frozenset(
+    """zk.zkEnable zk.zkConnect zk.zkSessionTimeoutMs zk.zkConnectionTimeoutMs
+    zk.zkSyncTimeMs zk.zkRoot""".split()
+)
+
+#: Keys of a C{[topic=NAME]} section besides C{group.<name>} filters; C{topic}
+#: and C{filterClassNames} are accepted without effect.
+TOPIC_KEYS = frozenset(
+    """numPartitions unflushThreshold unflushInterval dataPath deletePolicy
+    deleteWhen acceptPublish acceptSubscribe stat topic filterClassNames""".split()
+)
+
+_SYSTEM_INTS = frozenset(
+    """brokerId serverPort dashboardHttpPort numPartitions unflushThreshold
+    unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
+    putProcessThreadCount quartzThreadCount maxCheckpoints
+    maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds""".split()
+)
+_SYSTEM_LONGS = frozenset(["checkpointInterval"])
+_SYSTEM_BOOLS = frozenset(
+    """acceptPublish acceptSubscribe stat updateConsumerOffsets
+    loadMessageStoresInParallel""".split()
+)
+_SYSTEM_STRINGS = frozenset(
+    "hostName dataPath dataLogPath appClassPath deletePolicy deleteWhen".split()
+)
+_TOPIC_INTS = frozenset("numPartitions unflushThreshold unflushInterval".split())
+_TOPIC_BOOLS = frozenset("acceptPublish acceptSubscribe stat".split())
+_TOPIC_STRINGS = frozenset("dataPath deletePolicy deleteWhen".split())
+
+_INT_RANGE = (-(2**31), 2**31 - 1)
+_LONG_RANGE = (-(2**63), 2**63 - 1)
+
+
+def levenshtein(a, b):
+    """
+    The edit distance between two strings (commons-lang
+    C{StringUtils.getLevenshteinDistance}).
+    """
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            )
+        previous = current
+    return previous[-1]
+
+
+def closestKey(key, known):
+    """
+    The known key nearest to C{key}; ties go to the alphabetically first, so
+    the hint does not depend on set ordering.
+    """
+    return min(sorted(known), key=lambda k: levenshtein(key, k))
+
+
+class _Arithmetic:
+    """
+    A recursive-descent evaluator for the integer expressions Aviator
+    accepts in C{server.ini} (C{1024*1024}, C{(1+2)*3}, C{-5}): Java long
+    arithmetic with C{+ - * / %} and parentheses; nothing else is allowed,
+    so a value can never run code.
+    """
+
+    _token = re.compile(r"\s*(?:(\d+)|(.))")
+
+    def __init__(self, text):
+        self.tokens = []
+        for match in self._token.finditer(text.strip()):
+            number, op = match.groups()
+            if number is not None:
+                self.tokens.append(int(number))
+            elif op.strip():
+                if op not in "+-*/%()":
+                    raise ValueError(f"unexpected character {op!r}")
+                self.tokens.append(op)
+        self.position = 0
+
+    def evaluate(self):
+        if not self.tokens:
+            raise ValueError("empty expression")
+        value = self._sum()
+        if self.position != len(self.tokens):
+            raise ValueError(f"unexpected {self.tokens[self.position]!r}")
+        return value
+
+    def _peek(self):
+        if self.position < len(self.tokens):
+            return self.tokens[self.position]
+        return None
+
+    def _next(self):
+        token = self._peek()
+        if token is None:
+            raise ValueError("unexpected end of expression")
+        self.position += 1
+        return token
+
+    def _sum(self):
+        value = self._product()
+        while self._peek() in ("+", "-"):
+            if self._next() == "+":
+                value += self._product()
+            else:
+                value -= self._product()
+        return value
+
+    def _product(self):
+        value = self._unary()
+        while self._peek() in ("*", "/", "%"):
+            op = self._next()
+            right = self._unary()
+            if op == "*":
+                value *= right
+            elif right == 0:
+                raise ValueError("division by zero")
+            else:
+                quotient = abs(value) // abs(right)
+                if (value < 0) != (right < 0):
+                    quotient = -quotient
+                value = quotient if op == "/" else value - quotient * right
+        return value
+
+    def _unary(self):
+        if self._peek() == "-":
+            self._next()
+            return -self._unary()
+        if self._peek() == "+":
+            self._next()
+            return self._unary()
+        return self._atom()
+
+    def _atom(self):
+        token = self._next()
+        if token == "(":
+            value = self._sum()
+            if self._next() != ")":
+                raise ValueError("missing ')'")
+            return value
+        if isinstance(token, int):
+            return token
+        raise ValueError(f"unexpected {token!r}")
+
+
+def evaluateInteger(text, bits=32):
+    """
+    The value of an Aviator integer expression, checked to fit a Java
+    C{int} (C{bits=32}) or C{long} (C{bits=64}).
+
+    @raise ValueError: with the reason.
+    """
+    value = _Arithmetic(text).evaluate()
+    low, high = _INT_RANGE if bits == 32 else _LONG_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{value} does not fit in a {bits}-bit integer")
+    return value
+
+
+def evaluateBoolean(text):
+    """
+    The value of an Aviator boolean: C{true} or C{false}.
+
+    @raise ValueError: for anything else.
+    """
+    value = text.strip()
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parseIni(text, path):
+    """
+    Sections of an ini4j-style file, in order: a list of C{(name, lineNumber,
+    [(key, value, lineNumber)])}. Lines starting with C{;} or C{#} are
+    comments; the first C{=} or C{:} separates key and value.
+    """
+    sections = []
+    current = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise ConfigError(f"{path}, line {number}: unterminated section header {line!r}")
+            current = (line[1:-1].strip(), number, [])
+            sections.append(current)
+            continue
+        match = re.match(r"([^=:]*?)\s*[=:]\s*(.*)$", line)
+        if match is None or not match.group(1):
+            raise ConfigError(f"{path}, line {number}: expected key=value, got {line!r}")
+        if current is None:
+            raise ConfigError(
+                f"{path}, line {number}: key {match.group(1)!r} outside any section"
+            )
+        current[2].append((match.group(1), match.group(2), number))
+    return sections
+
+
+class _Section:
+    """
+    One parsed section: looks values up and converts them, turning every
+    failure into a L{ConfigError} that names the file, section and key.
+    """
+
+    def __init__(self, path, name, entries, known):
+        self.path = path
+        self.name = name
+        self.values = {}
+        self.lines = {}
+        for key, value, line in entries:
+            if known is not None and key not in known and not (
+                name.startswith("topic=") and key.startswith("group.")
+            ):
+                self.fail(
+                    key,
+                    line,
+                    f"Invalid config key:{key},do you mean '{closestKey(key, known)}'?",
+                )
+            self.values[key] = value
+            self.lines[key] = line
+
+    def fail(self, key, line, reason):
+        raise ConfigError(f"{self.path}: [{self.name}] {key} (line {line}): {reason}")
+
+    def get(self, key):
+        """
+        The raw value, or L{None} when absent or blank (blank means unset).
+        """
+        value = self.values.get(key)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def convert(self, key, kind):
+        value = self.get(key)
+        if value is None:
+            return None
+        try:
+            if kind == "int":
+                return evaluateInteger(value, 32)
+            if kind == "long":
+                return evaluateInteger(value, 64)
+            if kind == "bool":
+                return evaluateBoolean(value)
+            return value
+        except ValueError as e:
+            self.fail(key, self.lines[key], f"bad value {value!r}: {e}")
+
+    def apply(self, target, keys, kind, rename=lambda key: key):
+        for key in sorted(keys):
+            value = self.convert(key, kind)
+            if value is not None:
+                setattr(target, rename(key), value)
+
+
+def parseConfig(data, path="<string>"):
+    """
+    Build a L{MetaConfig} from the bytes of a C{server.ini}.
+
+    @raise ConfigError: for anything the Java broker would refuse, and for
+        topic sections without a name, duplicate sections and numbers out of
+        range.
+    """
+    config = MetaConfig(path=path, checksum=zlib.crc32(data))
+    sections = _readSections(data, path)
+    byName = {name: entries for name, _, entries in sections}
+
+    system = _Section(path, "system", byName.get("system", []), SYSTEM_KEYS)
+    for kind, keys in (
+        ("int", _SYSTEM_INTS),
+        ("long", _SYSTEM_LONGS),
+        ("bool", _SYSTEM_BOOLS),
+        ("str", _SYSTEM_STRINGS),
+    ):
+        system.apply(config, keys, kind)
+
+    zk = _Section(
+        path, "zookeeper", byName.get("zookeeper", []), ZOOKEEPER_KEYS | SYSTEM_KEYS
+    )
+    unprefix = lambda key: key[len("zk."):]
+    zk.apply(config.zookeeper, {"zk.zkSessionTimeoutMs", "zk.zkConnectionTimeoutMs",
+                                "zk.zkSyncTimeMs"}, "int", unprefix)
+    zk.apply(config.zookeeper, {"zk.zkEnable"}, "bool", unprefix)
+    zk.apply(config.zookeeper, {"zk.zkConnect", "zk.zkRoot"}, "str", unprefix)
+    root = "/" + config.zookeeper.zkRoot.strip("/")
+    config.zookeeper.zkRoot = root
+
+    config.topics = _topicSections(config, path, sections)
+    _verify(config, path)
+    return config
+
+
+def _readSections(data, path):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # The Java sample files are GBK; gb18030 decodes any byte sequence
+        # that GBK does.
+        text = data.decode("gb18030", errors="replace")
+    sections = _parseIni(text, path)
+    seen = set()
+    for name, line, entries in sections:
+        if name in seen:
+            raise ConfigError(f"{path}, line {line}: duplicate section [{name}]")
+        seen.add(name)
+        if name not in ("system", "zookeeper") and not name.startswith("topic="):
+            raise ConfigError(
+                f"{path}, line {line}: [{name}]: unknown section, expected "
+                "[system], [zookeeper] or [topic=NAME]"
+            )
+    return sections
+
+
+def _topicSections(config, path, sections):
+    """
+    The topic sections, in file order, inheriting from C{config}'s
+    C{[system]} values.
+    """
+    topics = {}
+    for name, line, entries in sections:
+        if not name.startswith("topic="):
+            continue
+        topicName = name[len("topic="):].strip()
+        if not topicName:
+            raise ConfigError(f"{path}, line {line}: [{name}]: topic section without a name")
+        topics[topicName] = _topicConfig(config, path, name, topicName, entries)
+        if topics[topicName].numPartitions <= 0:
+            raise ConfigError(f"{path}: [{name}] numPartitions: must be positive")
+    return topics
+
+
+def _topicConfig(config, path, name, topicName, entries):
+    section = _Section(path, name, entries, TOPIC_KEYS)
+    topic = config._defaultTopicConfig(topicName)
+    section.apply(topic, _TOPIC_INTS, "int")
+    section.apply(topic, _TOPIC_BOOLS, "bool")
+    section.apply(topic, _TOPIC_STRINGS, "str")
+    for key in section.values:
+        if key.startswith("group.") and section.get(key) is not None:
+            group = key[len("group."):]
+            if not group:
+                section.fail(key, section.lines[key], "filter key without a group name")
+            topic.filters[group] = section.get(key)
+    return topic
+
+
+def _verify(config, path):
+    problems = []
+    if config.numPartitions <= 0:
+        problems.append(("system", "numPartitions", "must be positive"))
+    if config.maxTransferSize <= 0:
+        problems.append(("system", "maxTransferSize", "must be positive"))
+    if config.maxSegmentSize <= 0:
+        problems.append(("system", "maxSegmentSize", "must be positive"))
+    if not 0 <= config.brokerId <= 1023:
+        problems.append(("system", "brokerId", "must be between 0 and 1023"))
+    if not 0 <= config.serverPort <= 65535:
+        problems.append(("system", "serverPort", "must be a TCP port"))
+    if problems:
+        section, key, reason = problems[0]
+        raise ConfigError(f"{path}: [{section}] {key}: {reason}")
+
+
+def loadConfig(path):
+    """
+    Read and validate the C{server.ini} at C{path}.
+
+    @raise ConfigError: the file cannot be read or is invalid.
+    """
+    return parseConfig(_readFile(path), path)
+
+
+def _readFile(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
+
+
+def standaloneConfig(dataPath="data"):
+    """
+    The configuration of a broker started without a file: port 8123, data
+    under C{dataPath}, no ZooKeeper, any topic accepted with the default
+    partition count.
+    """
+    return MetaConfig(
+        dataPath=dataPath,
+        acceptAnyTopic=True,
+        zookeeper=ZookeeperConfig(zkEnable=False),
+    )
+
+
+def reloadTopics(config):
+    """
+    Re-read the topic sections of C{config}'s file into C{config} (the
+    C{[system]} and C{[zookeeper]} sections need a restart, as in Java).
+
+    @return: the names of the topics that are new or changed.
+    @raise ConfigError: the file is unreadable or invalid; C{config} is
+        left unchanged.
+    """
+    path = config.path
+    data = _readFile(path)
+    topics = _topicSections(config, path, _readSections(data, path))
+    changed = [name for name, topic in topics.items() if config.topics.get(name) != topic]
+    config.topics = topics
+    config.checksum = zlib.crc32(data)
+    return changed

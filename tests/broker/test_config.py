@@ -1,0 +1,229 @@
+"""
+Tests for L{metamorphosis.broker.config}: reading MetaQ's server.ini.
+"""
+
+import os
+import zlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from metamorphosis.broker.config import (
+    ConfigError,
+    closestKey,
+    evaluateInteger,
+    levenshtein,
+    loadConfig,
+    parseConfig,
+    reloadTopics,
+    standaloneConfig,
+    SYSTEM_KEYS,
+)
+
+CONFORMANCE_INI = os.path.join(
+    os.path.dirname(__file__), "..", "..", "..", "shared", "transcripts", "conf",
+    "broker", "server.ini",
+)
+
+SAMPLE = b"""\
+; comment
+# another comment
+[system]
+brokerId=7
+numPartitions=2
+serverPort=8200
+unflushThreshold=0
+unflushInterval=10000
+maxSegmentSize=1024*1024
+maxTransferSize=512 * (1024 + 1024)
+deleteWhen=0 0 6,18 * * ?
+stat=true
+updateConsumerOffsets=true
+hostName=
+dataPath=/tmp/meta-data
+
+[zookeeper]
+zk.zkEnable=false
+zk.zkConnect=127.0.0.1:2181
+zk.zkSessionTimeoutMs=30000
+zk.zkRoot=meta2/
+
+[topic=orders]
+numPartitions=5
+stat=false
+group.audit=tests.broker.filters.EvenIds
+
+[topic=logs-*]
+acceptPublish=false
+"""
+
+
+class ParseTests(unittest.TestCase):
+    def test_sample(self):
+        config = parseConfig(SAMPLE, "server.ini")
+        self.assertEqual(config.brokerId, 7)
+        self.assertEqual(config.serverPort, 8200)
+        self.assertEqual(config.maxSegmentSize, 1024 * 1024)
+        self.assertEqual(config.maxTransferSize, 1024 * 1024)
+        self.assertEqual(config.deleteWhen, "0 0 6,18 * * ?")
+        self.assertIsNone(config.hostName)
+        self.assertTrue(config.stat)
+        self.assertTrue(config.updateConsumerOffsets)
+        self.assertEqual(config.dataPath, "/tmp/meta-data")
+        self.assertFalse(config.zookeeper.zkEnable)
+        self.assertEqual(config.zookeeper.zkConnect, "127.0.0.1:2181")
+        self.assertEqual(config.zookeeper.zkRoot, "/meta2")
+        self.assertEqual(list(config.topics), ["orders", "logs-*"])
+        orders = config.topicConfig("orders")
+        self.assertEqual(orders.numPartitions, 5)
+        self.assertFalse(orders.stat)
+        self.assertEqual(orders.unflushThreshold, 0)
+        self.assertTrue(orders.groupCommit)
+        self.assertEqual(orders.filters, {"audit": "tests.broker.filters.EvenIds"})
+        logs = config.topicConfig("logs-app")
+        self.assertEqual(logs.topic, "logs-app")
+        self.assertFalse(logs.acceptPublish)
+        self.assertEqual(logs.numPartitions, 2)
+        self.assertTrue(config.isLegalTopic("logs-x"))
+        self.assertFalse(config.isLegalTopic("other"))
+        self.assertEqual(config.checksum, zlib.crc32(SAMPLE))
+
+    def test_conformanceFile(self):
+        config = loadConfig(CONFORMANCE_INI)
+        self.assertEqual(config.hostName, "127.0.0.1")
+        self.assertEqual(config.numPartitionsOf("test"), 2)
+        self.assertEqual(config.dataLogPath, "data")
+        with open(CONFORMANCE_INI, "rb") as f:
+            self.assertEqual(config.checksum, zlib.crc32(f.read()))
+
+    def assertConfigError(self, text, *fragments):
+        error = self.assertRaises(ConfigError, parseConfig, text.encode("utf-8"), "bad.ini")
+        for fragment in ("bad.ini",) + fragments:
+            self.assertIn(fragment, str(error))
+        return error
+
+    def test_unknownKeyHint(self):
+        error = self.assertConfigError(
+            "[system]\nbrokerid=1\n", "[system]", "brokerid")
+        self.assertIn("Invalid config key:brokerid,do you mean 'brokerId'?", str(error))
+
+    def test_unknownZookeeperKey(self):
+        self.assertConfigError(
+            "[zookeeper]\nzk.zkConect=x\n", "[zookeeper]",
+            "Invalid config key:zk.zkConect,do you mean 'zk.zkConnect'?")
+
+    def test_systemKeysAcceptedInZookeeperSection(self):
+        config = parseConfig(b"[zookeeper]\nbrokerId=3\n")
+        self.assertEqual(config.brokerId, 0)
+
+    def test_topicSectionRejectsSystemOnlyKey(self):
+        self.assertConfigError("[topic=a]\nmaxTransferSize=3\n", "[topic=a]", "maxTransferSize")
+
+    def test_acceptedWithoutEffect(self):
+        config = parseConfig(b"[system]\nlastModified=4\n[topic=a]\ntopic=zzz\nfilterClassNames=x\n")
+        self.assertEqual(config.topicConfig("a").topic, "a")
+
+    def test_badNumber(self):
+        self.assertConfigError("[system]\nnumPartitions=two\n", "[system]", "numPartitions",
+                               "'two'")
+
+    def test_intOverflow(self):
+        self.assertConfigError("[system]\nmaxSegmentSize=1024*1024*1024*4\n",
+                               "maxSegmentSize", "32-bit")
+
+    def test_badBoolean(self):
+        self.assertConfigError("[topic=a]\nstat=yes\n", "[topic=a]", "stat", "true or false")
+
+    def test_topicWithoutName(self):
+        self.assertConfigError("[topic=]\nnumPartitions=1\n", "[topic=]", "without a name")
+
+    def test_unknownSection(self):
+        self.assertConfigError("[sytem]\nbrokerId=1\n", "[sytem]", "unknown section")
+
+    def test_keyOutsideSection(self):
+        self.assertConfigError("brokerId=1\n", "line 1", "outside any section")
+
+    def test_nonPositivePartitions(self):
+        self.assertConfigError("[topic=a]\nnumPartitions=0\n", "[topic=a]", "numPartitions")
+
+    def test_emptyValueIsUnset(self):
+        config = parseConfig(b"[system]\nnumPartitions=3\n[topic=a]\nnumPartitions=\n")
+        self.assertEqual(config.numPartitionsOf("a"), 3)
+
+    def test_unreadableFile(self):
+        path = self.mktemp()
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertIn(path, str(error))
+        self.assertIn("cannot read", str(error))
+
+    def test_standalone(self):
+        config = standaloneConfig()
+        self.assertEqual(config.serverPort, 8123)
+        self.assertEqual(config.dataPath, "data")
+        self.assertTrue(config.isLegalTopic("anything"))
+        self.assertEqual(config.numPartitionsOf("anything"), 1)
+        self.assertFalse(config.zookeeper.zkEnable)
+
+    def test_reloadTopics(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[system]\nnumPartitions=1\n[topic=a]\n")
+        config = loadConfig(path)
+        with open(path, "wb") as f:
+            f.write(b"[system]\nnumPartitions=9\n[topic=a]\n[topic=b]\nnumPartitions=4\n")
+        self.assertEqual(reloadTopics(config), ["b"])
+        # [system] changes need a restart; topics inherit the old values.
+        self.assertEqual(config.numPartitions, 1)
+        self.assertEqual(config.numPartitionsOf("b"), 4)
+        self.assertEqual(config.numPartitionsOf("a"), 1)
+
+    def test_reloadBadFileKeepsTopics(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[topic=a]\n")
+        config = loadConfig(path)
+        with open(path, "wb") as f:
+            f.write(b"[topic=a]\nbogus=1\n")
+        self.assertRaises(ConfigError, reloadTopics, config)
+        self.assertEqual(list(config.topics), ["a"])
+
+
+class ExpressionTests(unittest.TestCase):
+    def test_javaArithmetic(self):
+        self.assertEqual(evaluateInteger("1024*1024"), 1048576)
+        self.assertEqual(evaluateInteger("(1+2)*3 - 4/2"), 7)
+        self.assertEqual(evaluateInteger("-7/2"), -3)
+        self.assertEqual(evaluateInteger("-7%2"), -1)
+        self.assertEqual(evaluateInteger("--3"), 3)
+
+    def test_rejected(self):
+        for text in ["", "1+", "(1", "1)", "2**3", "__import__('os')", "1/0", "1.5"]:
+            self.assertRaises(ValueError, evaluateInteger, text)
+
+    @settings(max_examples=100)
+    @given(st.recursive(
+        st.integers(min_value=0, max_value=1000).map(str),
+        lambda inner: st.tuples(inner, st.sampled_from("+-*"), inner).map(
+            lambda t: f"({t[0]}{t[1]}{t[2]})"),
+        max_leaves=8))
+    def test_agreesWithPython(self, expression):
+        # Only + - * and small operands: Python's integers give the Java result.
+        self.assertEqual(evaluateInteger(expression, 64), eval(expression))
+
+    @settings(max_examples=100)
+    @given(st.text(max_size=20))
+    def test_neverCrashes(self, text):
+        try:
+            evaluateInteger(text)
+        except ValueError:
+            pass
+
+
+class LevenshteinTests(unittest.TestCase):
+    def test_distance(self):
+        self.assertEqual(levenshtein("kitten", "sitting"), 3)
+        self.assertEqual(levenshtein("", "abc"), 3)
+
+    def test_closest(self):
+        self.assertEqual(closestKey("serverport", SYSTEM_KEYS), "serverPort")
