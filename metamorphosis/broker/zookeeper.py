@@ -1,0 +1,456 @@
+"""
+The broker's registration in ZooKeeper (spec/zookeeper.md sections 2 and 3).
+
+Producers and consumers find a broker and its partitions only through the
+znodes written here, so they are those of the Java C{BrokerZooKeeper}: the
+same paths, data, ephemerality and parents without data.  Unlike the Java
+broker, ours does not need ZooKeeper to start or to serve: registration runs
+in the background whenever a session is up and is redone after every
+reconnection, so an outage only hides the broker from new clients for as
+long as it lasts.
+"""
+
+import json
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionExpiredError,
+)
+from twisted.application import service
+from twisted.internet.defer import CancelledError, DeferredLock, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from metamorphosis import zk
+from metamorphosis.broker.address import brokerURL, localHost
+
+#: The errors that mean "the session is gone or going": the work is redone
+#: when kazoo reports the next connection.
+_DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
+
+
+class BrokerIdConflict(Exception):
+    """
+    Another broker, at another address, holds this broker id's C{master}
+    node.
+    """
+
+
+class BrokerZooKeeper(service.Service):
+    """
+    Keeps this broker registered in ZooKeeper for as long as it runs.
+
+    How the broker service uses it::
+
+        registration = BrokerZooKeeper(config)   # a MetaConfig
+        for topic in storeManager.topics():      # stores found on disk
+            registration.registerTopic(topic)
+        registration.setServiceParent(brokerService)
+        ...                                      # once the port is bound:
+        registration.setBrokerAddress(port.getHost().port)
+        ...                                      # a put created a new topic:
+        registration.registerTopic(topic)
+        ...                                      # the config was reloaded:
+        registration.reloadConfig(newConfig)
+
+    None of these methods blocks, raises for ZooKeeper's sake or returns
+    anything to wait for; they are cheap to call on every put that creates a
+    store.  The configured topics (not the wildcard sections) are registered
+    from the constructor on, before any topic passed to L{registerTopic}, as
+    the Java broker orders them.  Nothing is written before
+    L{setBrokerAddress} is called.  With C{zk.zkEnable=false} or no
+    C{zk.zkConnect} the service does nothing at all.
+
+    Start-up never waits for ZooKeeper: L{startService} starts kazoo's
+    threads, which keep trying to connect.  Each time a session is
+    (re-)established - the first connection, a reconnection, a new session
+    after an expiry - every node is checked and (re)created; errors other
+    than a lost connection are logged and the registration retried after
+    L{retryDelay} seconds.
+
+    L{stopService} deletes what this session registered (and the persistent
+    C{ids/<id>} node, or blanks it if a slave's node is still below it),
+    closes the session, then waits C{zk.zkSyncTimeMs} so that clients see
+    the broker leave before its connections drop, as the Java broker does:
+    stop the listening port after the returned Deferred fires to get that
+    effect.  The wait is skipped when nothing was registered; the removal is
+    abandoned after C{zk.zkConnectionTimeoutMs} if ZooKeeper does not answer.
+
+    @ivar brokerString: C{meta://host:port} once the address is known, else
+        L{None}.
+    """
+
+    log = Logger()
+
+    #: Seconds between two attempts when a registration fails for another
+    #: reason than a lost connection.
+    retryDelay = 5.0
+
+    def __init__(self, config, clientFactory=KazooClient, reactor=None):
+        """
+        @param config: the broker's L{metamorphosis.broker.config.MetaConfig}.
+        @param clientFactory: makes the kazoo client; called as
+            L{KazooClient} is, with C{hosts}, C{timeout} and
+            C{connection_retry}.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._clientFactory = clientFactory
+        self.config = config
+        self.paths = zk.ZkPaths(config.zookeeper.zkRoot)
+        self.brokerString = None
+        self.client = None
+        self._topics = {}
+        self._lock = DeferredLock()
+        self._passWaiting = False
+        self._retryCall = None
+        self._clientStarted = None
+        self._registeredSession = None
+        self._addConfiguredTopics()
+
+    @property
+    def enabled(self):
+        """
+        Whether this broker writes to ZooKeeper at all.
+        """
+        zkConfig = self.config.zookeeper
+        return bool(zkConfig.zkEnable and zkConfig.zkConnect)
+
+    def _addConfiguredTopics(self):
+        for topic in self.config.topics:
+            if "*" not in topic:
+                self._topics.setdefault(topic, None)
+
+    def setBrokerAddress(self, port, host=None):
+        """
+        Give the address clients should use: the bound port, and the host
+        (default: C{hostName} of the config, else L{localHost}).
+        Registration starts once this is known.
+        """
+        if host is None:
+            host = self.config.hostName or localHost()
+        self.brokerString = brokerURL(host, port)
+        self._queueRegistration()
+
+    def registerTopic(self, topic):
+        """
+        Make C{topic} visible to producers and consumers (as far as its
+        C{acceptPublish} and C{acceptSubscribe} allow).  Known topics and
+        wildcard names are ignored.
+        """
+        if "*" in topic or topic in self._topics:
+            return
+        self._topics[topic] = None
+        if self._isRegistered():
+            self._guarded(self._lock.run(self._registerTopic, topic))
+
+    def reloadConfig(self, config):
+        """
+        Adopt a reloaded configuration: the checksum node is updated,
+        topics whose partition count or C{accept*} flags changed are
+        re-registered and new configured topics are registered.
+        """
+        self.config = config
+        self._addConfiguredTopics()
+        self._queueRegistration()
+
+    # Service
+
+    def startService(self):
+        service.Service.startService(self)
+        if not self.enabled:
+            self.log.info(
+                "ZooKeeper registration disabled (zk.zkEnable=false or no zk.zkConnect)"
+            )
+            return
+        zkConfig = self.config.zookeeper
+        try:
+            self.client = zk.newClient(zkConfig, self._clientFactory)
+        except Exception:
+            self.log.failure(
+                "Bad ZooKeeper connect string {connect!r}: not registering",
+                connect=zkConfig.zkConnect,
+            )
+            return
+        self.client.add_listener(self._kazooStateChanged)
+        self.log.info(
+            "Connecting to ZooKeeper {connect} (root {root})",
+            connect=zkConfig.zkConnect,
+            root=self.paths.root,
+        )
+        self._clientStarted = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self.client.start_async
+        )
+        self._guarded(self._clientStarted)
+
+    @inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        client, self.client = self.client, None
+        if client is None:
+            return
+        yield self._clientStarted
+        removed = False
+        if self._isRegistered(client):
+            unregistering = self._lock.run(self._unregister, client)
+            unregistering.addTimeout(
+                self.config.zookeeper.zkConnectionTimeoutMs / 1000.0, self._reactor
+            )
+            try:
+                yield unregistering
+                removed = True
+            except Exception:
+                self.log.failure("Could not remove this broker from ZooKeeper")
+        self._registeredSession = None
+        yield zk.disconnect(client, self._reactor)
+        syncTime = self.config.zookeeper.zkSyncTimeMs / 1000.0
+        if removed and syncTime > 0:
+            yield deferLater(self._reactor, syncTime, lambda: None)
+
+    # Session tracking
+
+    def _kazooStateChanged(self, state):
+        # Called in kazoo's connection thread: hand over to the reactor.
+        self._reactor.callFromThread(self._stateChanged, state)
+
+    def _stateChanged(self, state):
+        if self.client is None:
+            return
+        if state == KazooState.CONNECTED:
+            self.log.info(
+                "ZooKeeper session 0x{session:x} connected",
+                session=self._sessionId(),
+            )
+            self._queueRegistration()
+        elif state == KazooState.SUSPENDED:
+            self.log.warn(
+                "Lost the ZooKeeper connection; reconnecting, still serving"
+            )
+        else:
+            self.log.warn(
+                "ZooKeeper session lost; this broker will register again "
+                "in a new session"
+            )
+            self._registeredSession = None
+
+    def _sessionId(self, client=None):
+        clientId = (client or self.client).client_id
+        return clientId[0] if clientId else None
+
+    def _isRegistered(self, client=None):
+        client = client or self.client
+        return (
+            client is not None
+            and client.connected
+            and self._registeredSession is not None
+            and self._registeredSession == self._sessionId(client)
+        )
+
+    def _canRegister(self):
+        return (
+            self.running
+            and self.client is not None
+            and self.client.connected
+            and self.brokerString is not None
+        )
+
+    # Registration
+
+    def _queueRegistration(self):
+        if self._passWaiting or not self._canRegister():
+            return
+        self._passWaiting = True
+        self._guarded(self._lock.run(self._registerEverything))
+
+    def _guarded(self, d):
+        d.addErrback(self._failed)
+
+    def _failed(self, failure):
+        if failure.check(*_DISCONNECTED):
+            self.log.info(
+                "ZooKeeper registration interrupted ({error}); it resumes on "
+                "reconnection",
+                error=failure.getErrorMessage() or failure.type.__name__,
+            )
+            return
+        if failure.check(CancelledError) or not self.running:
+            return
+        self.log.failure(
+            "ZooKeeper registration failed; retrying in {delay} s",
+            failure,
+            delay=self.retryDelay,
+        )
+        if self._retryCall is None or not self._retryCall.active():
+            self._retryCall = self._reactor.callLater(
+                self.retryDelay, self._queueRegistration
+            )
+
+    @inlineCallbacks
+    def _registerEverything(self):
+        self._passWaiting = False
+        if not self._canRegister():
+            return
+        session = self._sessionId()
+        yield self._registerBroker()
+        yield self._putEphemeral(
+            self.paths.masterConfigChecksumPath(self.config.brokerId),
+            str(self.config.checksum),
+        )
+        self._registeredSession = session
+        for topic in list(self._topics):
+            yield self._registerTopic(topic)
+        self.log.info(
+            "Registered {broker} in ZooKeeper as broker {brokerId} with "
+            "topics {topics}",
+            broker=self.brokerString,
+            brokerId=self.config.brokerId,
+            topics=", ".join(self._topics),
+        )
+
+    @inlineCallbacks
+    def _registerBroker(self):
+        """
+        C{ids/<id>/master} (ephemeral), then the URL in C{ids/<id>}, as
+        Java C{registerBrokerInZk} writes them.
+        """
+        brokerId = self.config.brokerId
+        yield self._putEphemeral(
+            self.paths.brokerIdsPathOf(brokerId), self.brokerString, exclusive=True
+        )
+        idPath = self.paths.brokerIdPath(brokerId)
+        data, _ = yield self._call("get_async", idPath)
+        if data != self.brokerString.encode("utf-8"):
+            yield self._call("set_async", idPath, self.brokerString.encode("utf-8"))
+
+    @inlineCallbacks
+    def _registerTopic(self, topic):
+        """
+        The three nodes of a topic (Java C{registerTopicInZkInternal}): the
+        partition count under C{topics}, and the JSON under C{topics-pub} and
+        C{topics-sub} when the topic accepts publishing resp. subscribing
+        (removed otherwise).
+        """
+        if not self._isRegistered():
+            return
+        topicConfig = self.config.topicConfig(topic)
+        brokerId = self.config.brokerId
+        numParts = topicConfig.numPartitions
+        topicBroker = json.dumps(
+            {"numParts": numParts, "broker": self.paths.topicBrokerName(brokerId)},
+            separators=(",", ":"),
+        )
+        yield self._putEphemeral(
+            self.paths.brokerTopicsPathOf(topic, brokerId), str(numParts), recreate=True
+        )
+        for accepted, path in [
+            (topicConfig.acceptPublish, self.paths.brokerTopicsPubPathOf(topic, brokerId)),
+            (topicConfig.acceptSubscribe, self.paths.brokerTopicsSubPathOf(topic, brokerId)),
+        ]:
+            if accepted:
+                yield self._putEphemeral(path, topicBroker, recreate=True)
+            else:
+                yield self._deleteOwn(path)
+
+    @inlineCallbacks
+    def _putEphemeral(self, path, data, exclusive=False, recreate=False):
+        """
+        Make C{path} an ephemeral node of this session holding C{data},
+        creating missing parents without data.
+
+        A node left by an earlier session (this broker restarted before its
+        old session expired) is replaced.  With C{exclusive}, a node of
+        another session holding other data belongs to another live broker:
+        L{BrokerIdConflict}.  A node of this session holding other data is
+        updated in place, or deleted and created again with C{recreate} so
+        that clients watching the parent's children notice the change.
+        """
+        value = data.encode("utf-8")
+        while True:
+            try:
+                yield self._call("create_async", path, value, ephemeral=True)
+                return
+            except NoNodeError:
+                yield zk.ensurePath(self.client, path.rsplit("/", 1)[0], self._reactor)
+                continue
+            except NodeExistsError:
+                pass
+            try:
+                current, stat = yield self._call("get_async", path)
+            except NoNodeError:
+                continue
+            ours = stat.ephemeralOwner == self._sessionId()
+            if ours and current == value:
+                return
+            if ours and not recreate:
+                yield self._call("set_async", path, value, stat.version)
+                return
+            if exclusive and not ours and current != value:
+                raise BrokerIdConflict(
+                    "%s is held by another session with %r"
+                    % (path, current.decode("utf-8", "replace") if current else current)
+                )
+            try:
+                yield self._call("delete_async", path, stat.version)
+            except NoNodeError:
+                pass
+
+    @inlineCallbacks
+    def _deleteOwn(self, path, client=None):
+        """
+        Delete C{path} if it is an ephemeral node of this session.
+
+        @return: a Deferred firing with whether it was.
+        """
+        client = client or self.client
+        stat = yield self._call("exists_async", path, client=client)
+        if stat is None or stat.ephemeralOwner != self._sessionId(client):
+            return False
+        try:
+            yield self._call("delete_async", path, stat.version, client=client)
+        except NoNodeError:
+            pass
+        return True
+
+    @inlineCallbacks
+    def _unregister(self, client):
+        """
+        Java C{BrokerZooKeeper.close(true)}: C{master}, the checksum, then
+        C{ids/<id>} (blanked if an async slave's node is below it), then the
+        topics' nodes.
+        """
+        brokerId = self.config.brokerId
+        wasMaster = yield self._deleteOwn(self.paths.brokerIdsPathOf(brokerId), client)
+        yield self._deleteOwn(self.paths.masterConfigChecksumPath(brokerId), client)
+        if wasMaster:
+            idPath = self.paths.brokerIdPath(brokerId)
+            try:
+                yield self._call("delete_async", idPath, client=client)
+            except NoNodeError:
+                pass
+            except NotEmptyError:
+                yield self._call("set_async", idPath, b"", client=client)
+        for topic in list(self._topics):
+            for path in [
+                self.paths.brokerTopicsPathOf(topic, brokerId),
+                self.paths.brokerTopicsPubPathOf(topic, brokerId),
+                self.paths.brokerTopicsSubPathOf(topic, brokerId),
+            ]:
+                yield self._deleteOwn(path, client)
+        self.log.info(
+            "Removed {broker} from ZooKeeper", broker=self.brokerString
+        )
+
+    def _call(self, method, *args, client=None, **kwargs):
+        client = client or self.client
+        if client is None:
+            raise ConnectionClosedError("ZooKeeper client stopped")
+        return zk.deferKazoo(getattr(client, method)(*args, **kwargs), self._reactor)

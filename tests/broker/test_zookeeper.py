@@ -1,0 +1,384 @@
+"""
+Tests for L{metamorphosis.broker.zookeeper}, against a real ZooKeeper.
+
+The reference is the Java broker's own registration: the subtree it wrote for
+the conformance C{server.ini}, dumped in C{../shared/transcripts/zk}.
+"""
+
+import os
+import zlib
+from pathlib import Path
+
+from kazoo.client import KazooClient
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.protocols.portforward import ProxyFactory
+from twisted.trial.unittest import SkipTest, TestCase
+
+from metamorphosis.broker.config import MetaConfig, TopicConfig, ZookeeperConfig
+from metamorphosis.broker.zookeeper import BrokerZooKeeper
+from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+TRANSCRIPTS = Path(
+    os.environ.get(
+        "METAQ_TRANSCRIPTS",
+        Path(__file__).resolve().parents[2].parent / "shared" / "transcripts",
+    )
+)
+SERVER_INI = TRANSCRIPTS / "conf" / "broker" / "server.ini"
+
+
+def referenceDump(name, root):
+    """
+    The C{/meta} subtree of one of the Java broker's ZooKeeper dumps, as
+    lines of L{dumpTree}, with C{/meta} moved to C{root}.
+    """
+    path = TRANSCRIPTS / "zk" / name
+    if not path.exists():
+        raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
+    lines = []
+    for line in path.read_text().splitlines():
+        if line == "/meta" or line.startswith("/meta ") or line.startswith("/meta/"):
+            lines.append(root + line[len("/meta"):])
+    return lines
+
+
+def formatData(data):
+    if data is None:
+        return "(none)"
+    text = ""
+    for byte in data:
+        if byte == 13:
+            text += "\\r"
+        elif byte == 10:
+            text += "\\n"
+        elif 32 <= byte < 127:
+            text += chr(byte)
+        else:
+            text += "\\x%02x" % (byte,)
+    return "'%s'" % (text,)
+
+
+def dumpTree(client, root):
+    """
+    The subtree at C{root} in the format of the transcripts' dumps, one line
+    per node in sorted order.  Blocks: run it in a thread.
+    """
+    lines = []
+
+    def visit(path):
+        data, stat = client.get(path)
+        kind = "E" if stat.ephemeralOwner else "P"
+        lines.append(
+            "%s  [%s] children=%d dataVersion=%d data=%s"
+            % (path, kind, stat.numChildren, stat.version, formatData(data))
+        )
+        for child in sorted(client.get_children(path)):
+            visit(path + "/" + child)
+
+    if client.exists(root):
+        visit(root)
+    return lines
+
+
+def conformanceConfig(root, zkConnect=None):
+    """
+    The configuration of C{conf/broker/server.ini} (brokerId 0, hostName
+    127.0.0.1, topics meta-test (1 partition), test (2), bench (1)) with
+    the test's ZooKeeper and root, and no wait after unregistering.
+    """
+    if not SERVER_INI.exists():
+        raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
+    config = MetaConfig(
+        brokerId=0,
+        hostName="127.0.0.1",
+        checksum=zlib.crc32(SERVER_INI.read_bytes()),
+        zookeeper=ZookeeperConfig(
+            zkConnect=zkConnect or zookeeperAddress(),
+            zkRoot=root,
+            zkSessionTimeoutMs=4000,
+            zkConnectionTimeoutMs=4000,
+            zkSyncTimeMs=0,
+        ),
+    )
+    for topic, numPartitions in [("meta-test", 1), ("test", 2), ("bench", 1)]:
+        config.topics[topic] = TopicConfig(topic=topic, numPartitions=numPartitions)
+    return config
+
+
+class BrokerZooKeeperTests(TestCase):
+    """
+    The znodes of a L{BrokerZooKeeper} through its life.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.address = zookeeperAddress()
+        self.root = uniqueRoot()
+        self.observer = KazooClient(hosts=self.address)
+        self.observer.start()
+        self.addCleanup(self.observer.close)
+        self.addCleanup(self.observer.stop)
+        self.addCleanup(self.observer.delete, self.root, recursive=True)
+
+    def dump(self):
+        return deferToThread(dumpTree, self.observer, self.root)
+
+    @inlineCallbacks
+    def waitForTree(self, expected, seconds=20):
+        """
+        Wait until the subtree is C{expected}; fail with the difference
+        otherwise.
+        """
+        for _ in range(int(seconds * 10)):
+            tree = yield self.dump()
+            if tree == expected:
+                return
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(tree, expected)
+
+    def startBroker(self, config, port=8123):
+        broker = BrokerZooKeeper(config)
+        broker.startService()
+        self.addCleanup(lambda: broker.running and broker.stopService())
+        if port is not None:
+            broker.setBrokerAddress(port)
+        return broker
+
+    @inlineCallbacks
+    def test_startMatchesJavaBroker(self):
+        """
+        After start the subtree is node for node, data for data and
+        ephemerality for ephemerality what the Java broker wrote for the
+        same configuration (zk-01-after-broker-start).
+        """
+        self.startBroker(conformanceConfig(self.root))
+        yield self.waitForTree(referenceDump("zk-01-after-broker-start.txt", self.root))
+
+    @inlineCallbacks
+    def test_noRegistrationWithoutAddress(self):
+        """
+        Nothing is written before the broker's address is known.
+        """
+        broker = self.startBroker(conformanceConfig(self.root), port=None)
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual((yield self.dump()), [])
+        broker.setBrokerAddress(9000, "10.0.0.5")
+        yield self.waitForTree(
+            [
+                line.replace("127.0.0.1:8123", "10.0.0.5:9000")
+                for line in referenceDump("zk-01-after-broker-start.txt", self.root)
+            ]
+        )
+
+    @inlineCallbacks
+    def test_registerTopic(self):
+        """
+        A topic created by a put gets its three nodes with the partition
+        count of its section, or the default; a topic that does not accept
+        publishing or subscribing is left out of C{topics-pub} resp.
+        C{topics-sub}.  Known topics and wildcard names change nothing.
+        """
+        config = conformanceConfig(self.root)
+        config.numPartitions = 3
+        config.topics["private-*"] = TopicConfig(
+            topic="private-*", numPartitions=5, acceptPublish=False
+        )
+        config.topics["hidden"] = TopicConfig(topic="hidden", acceptSubscribe=False)
+        broker = self.startBroker(config)
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        expected += topicNodes(self.root, "hidden", 1, subscribe=False)
+        yield self.waitForTree(sortedTree(expected))
+        for topic in ["fresh", "private-1", "test", "private-*"]:
+            broker.registerTopic(topic)
+        expected += topicNodes(self.root, "fresh", 3)
+        expected += topicNodes(self.root, "private-1", 5, publish=False)
+        yield self.waitForTree(sortedTree(expected))
+
+    @inlineCallbacks
+    def test_registerTopicBeforeConnected(self):
+        """
+        Topics passed before the session is up are registered with it, after
+        the configured ones.
+        """
+        broker = BrokerZooKeeper(conformanceConfig(self.root))
+        broker.registerTopic("on-disk")
+        broker.setBrokerAddress(8123)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        expected += topicNodes(self.root, "on-disk", 1)
+        yield self.waitForTree(sortedTree(expected))
+
+    @inlineCallbacks
+    def test_sessionExpiry(self):
+        """
+        When the session expires (ZooKeeper deletes its ephemeral nodes),
+        the broker registers everything again in its new session.
+        """
+        broker = self.startBroker(conformanceConfig(self.root))
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        broker.registerTopic("late")
+        expected = sortedTree(expected + topicNodes(self.root, "late", 1))
+        yield self.waitForTree(expected)
+        oldSession = broker.client.client_id
+        yield deferToThread(expireSession, self.address, oldSession)
+        master = self.root + "/brokers/ids/0/master"
+        for _ in range(200):
+            owner = yield deferToThread(ownerOf, self.observer, master)
+            if owner not in (None, oldSession[0]):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertNotEqual(broker.client.client_id[0], oldSession[0])
+        yield self.waitForTree(expected)
+        tree = yield deferToThread(ownersOf, self.observer, self.root)
+        self.assertEqual(tree, {broker.client.client_id[0]})
+
+    @inlineCallbacks
+    def test_shutdown(self):
+        """
+        A broker that stops removes its ephemeral nodes and its
+        C{ids/<id>} node, leaving the persistent topic parents.
+        """
+        broker = self.startBroker(conformanceConfig(self.root))
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        yield broker.stopService()
+        tree = yield self.dump()
+        self.assertEqual(tree, afterShutdown(expected))
+
+    @inlineCallbacks
+    def test_shutdownWithSlave(self):
+        """
+        When an async slave's node is still below C{ids/<id>}, stopping the
+        master blanks C{ids/<id>} instead of deleting it.
+        """
+        broker = self.startBroker(conformanceConfig(self.root))
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        slavePath = self.root + "/brokers/ids/0/slave1"
+        yield deferToThread(
+            self.observer.create, slavePath, b"meta://127.0.0.1:8124", ephemeral=True
+        )
+        yield broker.stopService()
+        tree = yield self.dump()
+        idLine = [line for line in tree if line.startswith(self.root + "/brokers/ids/0 ")]
+        self.assertEqual(
+            idLine, [self.root + "/brokers/ids/0  [P] children=1 dataVersion=2 data=''"]
+        )
+        self.assertIn(slavePath, [line.split()[0] for line in tree])
+
+    @inlineCallbacks
+    def test_zooKeeperDownAtStart(self):
+        """
+        A broker whose ZooKeeper cannot be reached starts all the same and
+        registers once ZooKeeper answers, also after a later outage.
+        """
+        host, port = self.address.rsplit(":", 1)
+        forward = ProxyFactory(host, int(port))
+        listening = reactor.listenTCP(0, Factory.forProtocol(lambda: None), interface="127.0.0.1")
+        proxyPort = listening.getHost().port
+        yield listening.stopListening()
+
+        broker = self.startBroker(
+            conformanceConfig(self.root, zkConnect="127.0.0.1:%d" % (proxyPort,))
+        )
+        self.assertTrue(broker.running)
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual((yield self.dump()), [])
+
+        proxy = reactor.listenTCP(proxyPort, forward, interface="127.0.0.1")
+        self.addCleanup(proxy.stopListening)
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+
+
+def sortedTree(lines):
+    """
+    Dump lines in the depth-first, children-sorted order of L{dumpTree},
+    with the children counts made right.
+    """
+    paths = {line.split("  ", 1)[0]: line for line in lines}
+    counts = {}
+    for path in paths:
+        parent = path.rsplit("/", 1)[0]
+        counts[parent] = counts.get(parent, 0) + 1
+    result = []
+    for path in sorted(paths, key=lambda path: path.split("/")):
+        line = paths[path]
+        head, rest = line.split(" children=", 1)
+        rest = rest.split(" ", 1)[1]
+        result.append("%s children=%d %s" % (head, counts.get(path, 0), rest))
+    return result
+
+
+def topicNodes(root, topic, numParts, publish=True, subscribe=True):
+    """
+    The dump lines of the nodes a master broker 0 writes for a topic.
+    """
+    topicBroker = "'{\"numParts\":%d,\"broker\":\"0-m\"}'" % (numParts,)
+    lines = []
+    for tree, data, present in [
+        ("topics", "'%d'" % (numParts,), True),
+        ("topics-pub", topicBroker, publish),
+        ("topics-sub", topicBroker, subscribe),
+    ]:
+        if present:
+            parent = "%s/brokers/%s/%s" % (root, tree, topic)
+            lines.append(parent + "  [P] children=1 dataVersion=0 data=(none)")
+            lines.append(parent + "/0-m  [E] children=0 dataVersion=0 data=" + data)
+    return lines
+
+
+def ownerOf(client, path):
+    stat = client.exists(path)
+    return stat.ephemeralOwner if stat else None
+
+
+def ownersOf(client, root):
+    """
+    The sessions owning the ephemeral nodes below C{root}.
+    """
+    owners = set()
+
+    def visit(path):
+        stat = client.exists(path)
+        if stat is None:
+            return
+        if stat.ephemeralOwner:
+            owners.add(stat.ephemeralOwner)
+        for child in client.get_children(path):
+            visit(path + "/" + child)
+
+    visit(root)
+    return owners
+
+
+def afterShutdown(lines):
+    """
+    A dump without the ephemeral nodes and C{ids/<id>}, children counts
+    made right.
+    """
+    kept = [
+        line
+        for line in lines
+        if "[E]" not in line and "/brokers/ids/" not in line
+    ]
+    return sortedTree(kept)
+
+
+def expireSession(address, clientId):
+    """
+    Expire a session for real: a second client joins it with its id and
+    password and closes it, which makes ZooKeeper end the session and tell
+    the first client so.
+    """
+    intruder = KazooClient(hosts=address, client_id=clientId)
+    intruder.start()
+    intruder.stop()
+    intruder.close()
