@@ -1,0 +1,649 @@
+"""
+The MetaQ 1.4.x text protocol: every command in both directions.
+
+A command is a header line ended by CR LF, split on single spaces the way
+Java's C{Pattern.split(" ")} does (inner empty tokens kept, trailing ones
+dropped), and for C{put}, C{sync}, C{result} and C{value} a raw body whose
+length is a field of the line.  The decoder dispatches on the first
+character of the first word and accepts exactly what the Java
+C{MetaCodecFactory} decoder accepts (protocol.md sections 1 to 4), with
+Java's number parsing (L{parseJavaInt}); the encoders write exactly the
+bytes the Java command classes write.
+
+Everything the Java decoder would reject raises L{ProtocolError}; nothing
+else escapes L{CommandParser}.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+from metamorphosis.protocol.javalang import isJavaBlank, isJavaDigit, parseJavaInt
+from metamorphosis.protocol.txid import parseTransactionId
+
+__all__ = [
+    "DEFAULT_OPAQUE",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "TRANSACTION_TYPES",
+    "ProtocolError",
+    "PutCommand",
+    "GetCommand",
+    "OffsetCommand",
+    "StatsCommand",
+    "VersionCommand",
+    "QuitCommand",
+    "TransactionCommand",
+    "SyncCommand",
+    "ResultCommand",
+    "ValueCommand",
+    "CommandParser",
+    "resultHeader",
+    "valueHeader",
+    "javaSplit",
+]
+
+DEFAULT_OPAQUE = 2147483647
+"""The opaque of C{stats} and C{version} sent without one (Integer.MAX_VALUE)."""
+
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_LINE_LENGTH = 64 * 1024
+
+TRANSACTION_TYPES = (
+    "BEGIN",
+    "PREPARE",
+    "COMMIT_ONE_PHASE",
+    "COMMIT_TWO_PHASE",
+    "ROLLBACK",
+    "RECOVER",
+    "FORGET",
+    "END",
+)
+"""The names of Java's C{TransactionInfo.TransactionType}, in its order."""
+
+
+class ProtocolError(Exception):
+    """
+    Input the Java decoder would reject (it closes the connection).
+
+    @ivar opaque: the opaque of the offending request when one could be read
+        from its line, else 0, so that a reply can still be correlated.
+    """
+
+    def __init__(self, message: str, opaque: int = 0):
+        super().__init__(message)
+        self.opaque = opaque
+
+
+def resultHeader(code: int, length: int, opaque: int) -> bytes:
+    """
+    The header line of a C{result}, for a body sent separately.
+    """
+    return b"result %d %d %d\r\n" % (code, length, opaque)
+
+
+def valueHeader(length: int, opaque: int) -> bytes:
+    """
+    The header line of a C{value}, for a body sent from a file.
+    """
+    return b"value %d %d\r\n" % (length, opaque)
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommand:
+    """
+    Publish one message; C{data} is the encoded payload.  C{checksum} -1
+    means not supplied.  Always encoded with the checksum (7 tokens, 8 in a
+    transaction), as Java clients since 1.4.4 do.
+    """
+
+    topic: str
+    partition: int
+    data: bytes
+    flag: int
+    opaque: int
+    checksum: int = -1
+    transactionKey: str | None = None
+
+    def encode(self) -> bytes:
+        if self.transactionKey is None:
+            line = (
+                f"put {self.topic} {self.partition} {len(self.data)} "
+                f"{self.flag} {self.checksum} {self.opaque}\r\n"
+            )
+        else:
+            line = (
+                f"put {self.topic} {self.partition} {len(self.data)} "
+                f"{self.flag} {self.checksum} {self.transactionKey} "
+                f"{self.opaque}\r\n"
+            )
+        return line.encode("utf-8") + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class GetCommand:
+    topic: str
+    group: str
+    partition: int
+    offset: int
+    maxSize: int
+    opaque: int
+
+    def encode(self) -> bytes:
+        return (
+            f"get {self.topic} {self.group} {self.partition} {self.offset} "
+            f"{self.maxSize} {self.opaque}\r\n"
+        ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetCommand:
+    topic: str
+    group: str
+    partition: int
+    offset: int
+    opaque: int
+
+    def encode(self) -> bytes:
+        return (
+            f"offset {self.topic} {self.group} {self.partition} "
+            f"{self.offset} {self.opaque}\r\n"
+        ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsCommand:
+    """
+    C{item} is L{None} when the line had no item and C{""} for
+    C{stats  <opaque>}; the broker treats every blank item alike.  A blank
+    item is encoded as an empty token (two spaces), as Java does.
+    """
+
+    item: str | None = None
+    opaque: int = DEFAULT_OPAQUE
+
+    def encode(self) -> bytes:
+        item = "" if isJavaBlank(self.item) else self.item
+        return f"stats {item} {self.opaque}\r\n".encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCommand:
+    """
+    The version request, which is also the client's heartbeat.
+    """
+
+    opaque: int = DEFAULT_OPAQUE
+
+    def encode(self) -> bytes:
+        return b"version %d\r\n" % (self.opaque,)
+
+
+@dataclass(frozen=True, slots=True)
+class QuitCommand:
+    """
+    Close the connection; it carries no opaque on the wire.
+    """
+
+    opaque: ClassVar[int] = DEFAULT_OPAQUE
+
+    def encode(self) -> bytes:
+        return b"quit\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionCommand:
+    """
+    Transaction control.  C{transactionKey} is the canonical key of the
+    parsed id (what Java's C{getTransactionKey} gives back, and what Java
+    clients send); C{type} one of L{TRANSACTION_TYPES}.  The timeout is
+    written only when positive and the qualifier only when not blank.
+    """
+
+    transactionKey: str
+    sessionId: str
+    type: str
+    opaque: int
+    timeout: int = 0
+    uniqueQualifier: str | None = None
+
+    @property
+    def transactionId(self):
+        return parseTransactionId(self.transactionKey)
+
+    def encode(self) -> bytes:
+        fields = [self.transactionKey, self.sessionId, self.type]
+        if self.timeout > 0:
+            fields.append(str(self.timeout))
+        if not isJavaBlank(self.uniqueQualifier):
+            fields.append(self.uniqueQualifier)
+        return f"transaction {' '.join(fields)} {self.opaque}\r\n".encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCommand:
+    """
+    Master to slave replication of one message with its id; always encoded
+    with the checksum (8 tokens).
+    """
+
+    topic: str
+    partition: int
+    data: bytes
+    flag: int
+    msgId: int
+    opaque: int
+    checksum: int = -1
+
+    def encode(self) -> bytes:
+        line = (
+            f"sync {self.topic} {self.partition} {len(self.data)} {self.flag} "
+            f"{self.msgId} {self.checksum} {self.opaque}\r\n"
+        )
+        return line.encode("utf-8") + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCommand:
+    """
+    A status reply; C{body} is the raw body (UTF-8 text for everything but
+    C{stats config}), C{b""} for none.
+    """
+
+    code: int
+    body: bytes
+    opaque: int
+
+    @property
+    def message(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def encode(self) -> bytes:
+        return resultHeader(self.code, len(self.body), self.opaque) + self.body
+
+
+@dataclass(frozen=True, slots=True)
+class ValueCommand:
+    """
+    The answer to a C{get}: a slice of stored messages, possibly ending in a
+    truncated one.
+    """
+
+    data: bytes
+    opaque: int
+
+    def encode(self) -> bytes:
+        return valueHeader(len(self.data), self.opaque) + self.data
+
+
+def javaSplit(line: str) -> list[str]:
+    """
+    C{Pattern.compile(" ").split(line)}: split on every single space, then
+    drop trailing empty tokens (a line without a space is one token, even
+    when empty).
+    """
+    tokens = line.split(" ")
+    if len(tokens) > 1:
+        while tokens and not tokens[-1]:
+            tokens.pop()
+    return tokens
+
+
+# Decoding.  A decoder takes the tokens of a header line and returns either
+# the command or a _Body that finishes it once its body has arrived.  Field
+# errors are raised as ValueError with the reason; CommandParser adds the
+# line and the opaque.
+
+
+@dataclass(slots=True)
+class _Body:
+    length: int
+    finish: Callable[[list[str], bytes], object]
+
+
+def _expect(tokens: list[str], word: str) -> None:
+    if tokens[0] != word:
+        raise ValueError(f'expected "{word}", got "{tokens[0]}"')
+
+
+def _field(tokens: list[str], index: int) -> str:
+    if index >= len(tokens):
+        raise ValueError(f"{tokens[0]} needs at least {index + 1} tokens, got {len(tokens)}")
+    return tokens[index]
+
+
+def _int(tokens: list[str], index: int) -> int:
+    return parseJavaInt(_field(tokens, index))
+
+
+def _long(tokens: list[str], index: int) -> int:
+    return parseJavaInt(_field(tokens, index), bits=64)
+
+
+def _bodyLength(tokens: list[str], index: int) -> int:
+    length = _int(tokens, index)
+    if length < 0:
+        raise ValueError(f"negative body length {length}")
+    return length
+
+
+def _transactionKey(key: str) -> str:
+    return parseTransactionId(key).key
+
+
+def _finishPut(tokens: list[str], data: bytes) -> PutCommand:
+    count = len(tokens)
+    topic = tokens[1]
+    if count == 6:
+        return PutCommand(topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 5))
+    if count == 7:
+        slot = tokens[5]
+        if not slot:
+            raise ValueError("empty checksum or transaction key")
+        if isJavaDigit(slot[0]) or slot[0] == "-":
+            return PutCommand(
+                topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 6),
+                checksum=parseJavaInt(slot),
+            )
+        return PutCommand(
+            topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 6),
+            transactionKey=_transactionKey(slot),
+        )
+    if count == 8:
+        return PutCommand(
+            topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 7),
+            checksum=_int(tokens, 5), transactionKey=_transactionKey(tokens[6]),
+        )
+    raise ValueError(f"put needs 6, 7 or 8 tokens, got {count}")
+
+
+def _finishSync(tokens: list[str], data: bytes) -> SyncCommand:
+    count = len(tokens)
+    if count not in (7, 8):
+        raise ValueError(f"sync needs 7 or 8 tokens, got {count}")
+    return SyncCommand(
+        tokens[1], _int(tokens, 2), data, _int(tokens, 4), _long(tokens, 5),
+        _int(tokens, count - 1),
+        checksum=_int(tokens, 6) if count == 8 else -1,
+    )
+
+
+def _finishResult(tokens: list[str], body: bytes) -> ResultCommand:
+    return ResultCommand(_int(tokens, 1), body, _int(tokens, 3))
+
+
+def _finishValue(tokens: list[str], data: bytes) -> ValueCommand:
+    return ValueCommand(data, _int(tokens, 2))
+
+
+def _decodePut(tokens):
+    _expect(tokens, "put")
+    return _Body(_bodyLength(tokens, 3), _finishPut)
+
+
+def _decodeGet(tokens):
+    _expect(tokens, "get")
+    _field(tokens, 6)
+    return GetCommand(
+        tokens[1], tokens[2], _int(tokens, 3), _long(tokens, 4),
+        _int(tokens, 5), _int(tokens, 6),
+    )
+
+
+def _decodeOffset(tokens):
+    _expect(tokens, "offset")
+    _field(tokens, 5)
+    return OffsetCommand(
+        tokens[1], tokens[2], _int(tokens, 3), _long(tokens, 4), _int(tokens, 5)
+    )
+
+
+def _decodeTransaction(tokens):
+    _expect(tokens, "transaction")
+    key = _transactionKey(_field(tokens, 1))
+    kind = _field(tokens, 3)
+    if kind not in TRANSACTION_TYPES:
+        raise ValueError(f'unknown transaction type "{kind}"')
+    count = len(tokens)
+    if count == 7:
+        return TransactionCommand(
+            key, tokens[2], kind, _int(tokens, 6),
+            timeout=_int(tokens, 4), uniqueQualifier=tokens[5],
+        )
+    if count == 6:
+        # StringUtils.isNumeric: digits only (no sign), and true for "".
+        if all(isJavaDigit(character) for character in tokens[4]):
+            return TransactionCommand(
+                key, tokens[2], kind, _int(tokens, 5), timeout=_int(tokens, 4)
+            )
+        return TransactionCommand(
+            key, tokens[2], kind, _int(tokens, 5), uniqueQualifier=tokens[4]
+        )
+    if count == 5:
+        return TransactionCommand(key, tokens[2], kind, _int(tokens, 4))
+    raise ValueError(f"transaction needs 5, 6 or 7 tokens, got {count}")
+
+
+def _decodeResult(tokens):
+    _expect(tokens, "result")
+    return _Body(_bodyLength(tokens, 2), _finishResult)
+
+
+def _decodeValueOrVersion(tokens):
+    if tokens[0] == "value":
+        return _Body(_bodyLength(tokens, 1), _finishValue)
+    if len(tokens) >= 2:
+        return VersionCommand(_int(tokens, 1))
+    return VersionCommand()
+
+
+def _decodeStatsOrSync(tokens):
+    if tokens[0] == "stats":
+        return StatsCommand(
+            tokens[1] if len(tokens) >= 2 else None,
+            _int(tokens, 2) if len(tokens) >= 3 else DEFAULT_OPAQUE,
+        )
+    _expect(tokens, "sync")
+    return _Body(_bodyLength(tokens, 3), _finishSync)
+
+
+def _decodeQuit(tokens):
+    return QuitCommand()
+
+
+_DECODERS = {
+    "p": _decodePut,
+    "g": _decodeGet,
+    "t": _decodeTransaction,
+    "r": _decodeResult,
+    "v": _decodeValueOrVersion,
+    "s": _decodeStatsOrSync,
+    "o": _decodeOffset,
+    "q": _decodeQuit,
+}
+
+# Where the opaque sits, by command word and token count, so that an error
+# reply can carry the opaque of a request whose other fields are wrong.
+_OPAQUE_INDEX = {
+    "put": {6: 5, 7: 6, 8: 7},
+    "sync": {7: 6, 8: 7},
+    "transaction": {5: 4, 6: 5, 7: 6},
+    "get": 6,
+    "offset": 5,
+    "stats": 2,
+    "version": 1,
+    "value": 2,
+    "result": 3,
+}
+
+
+def _salvageOpaque(tokens: list[str]) -> int:
+    index = _OPAQUE_INDEX.get(tokens[0])
+    if isinstance(index, dict):
+        index = index.get(len(tokens))
+    if index is None or index >= len(tokens):
+        return 0
+    try:
+        return parseJavaInt(tokens[index])
+    except ValueError:
+        return 0
+
+
+def _malformed(line: str, tokens: list[str], reason: object) -> ProtocolError:
+    return ProtocolError(f"Invalid command {line!r}: {reason}", _salvageOpaque(tokens))
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """
+    A header line decoded; its body is still arriving.
+    """
+
+    line: str
+    tokens: list[str]
+    body: _Body
+
+
+class CommandParser:
+    """
+    An incremental decoder of a byte stream into commands.
+
+    Input is kept in one C{bytearray}: appending is amortised linear, and
+    consuming from its front is constant time in CPython, so a 1 MiB body
+    arriving in small chunks costs a couple of copies, not one per chunk.
+    The CRLF search resumes where the previous one stopped.
+
+    After a L{ProtocolError} the parser is spent: every later call raises
+    the same error (the connection is going away).
+
+    @ivar maxBodySize: the largest body accepted; a larger declared length
+        is a L{ProtocolError} (Java has no limit).
+    @ivar maxLineLength: the longest header line accepted, CR LF excluded
+        (Java has no limit either; this only bounds memory).
+    """
+
+    def __init__(
+        self,
+        maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
+        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+    ):
+        self.maxBodySize = maxBodySize
+        self.maxLineLength = maxLineLength
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._waiting: _Waiting | None = None
+        self._error: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> list:
+        """
+        Add C{data} and return every command it completes.
+
+        @raise ProtocolError: at the first malformed command (the commands
+            before it in the same call are lost with it; use L{parse} to
+            act on each command as it is decoded).
+        """
+        return list(self.parse(data))
+
+    def parse(self, data: bytes) -> Iterator:
+        """
+        Add C{data} and yield every command it completes, in order, raising
+        L{ProtocolError} where a malformed one starts.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        try:
+            while True:
+                if self._waiting is None:
+                    end = buffer.find(b"\r\n", self._scanned)
+                    if end < 0:
+                        if len(buffer) > self.maxLineLength:
+                            raise self._lineTooLong(buffer)
+                        self._scanned = max(len(buffer) - 1, 0)
+                        return
+                    if end > self.maxLineLength:
+                        raise self._lineTooLong(buffer)
+                    raw = bytes(buffer[:end])
+                    del buffer[: end + 2]
+                    self._scanned = 0
+                    decoded = self._decodeLine(raw)
+                    if not isinstance(decoded, _Waiting):
+                        yield decoded
+                        continue
+                    self._waiting = decoded
+                waiting = self._waiting
+                length = waiting.body.length
+                if len(buffer) < length:
+                    return
+                if length == len(buffer):
+                    body = bytes(buffer)
+                    buffer.clear()
+                else:
+                    with memoryview(buffer) as view:
+                        body = bytes(view[:length])
+                    del buffer[:length]
+                self._waiting = None
+                try:
+                    command = waiting.body.finish(waiting.tokens, body)
+                except ValueError as e:
+                    raise _malformed(waiting.line, waiting.tokens, e)
+                yield command
+        except ProtocolError as error:
+            self._error = error
+            buffer.clear()
+            self._waiting = None
+            raise
+
+    def incompleteError(self) -> ProtocolError | None:
+        """
+        The error to report when the input ends now: L{None} when it ends
+        between commands, else a L{ProtocolError} saying what is missing.
+        """
+        if self._error is not None:
+            return None
+        waiting = self._waiting
+        if waiting is not None:
+            return ProtocolError(
+                f"Connection closed within command {waiting.line!r}: got "
+                f"{len(self._buffer)} of {waiting.body.length} body bytes",
+                _salvageOpaque(waiting.tokens),
+            )
+        if self._buffer:
+            return ProtocolError(
+                "Connection closed within an unterminated command line "
+                f"{bytes(self._buffer[:200])!r} (lines end with CR LF)"
+            )
+        return None
+
+    def _lineTooLong(self, buffer: bytearray) -> ProtocolError:
+        return ProtocolError(
+            f"Command line {bytes(buffer[:80])!r}... longer than "
+            f"{self.maxLineLength} bytes"
+        )
+
+    def _decodeLine(self, raw: bytes):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"Invalid command {raw!r}: not UTF-8 ({e.reason})")
+        tokens = javaSplit(line)
+        if not tokens or not tokens[0]:
+            raise ProtocolError(f"Invalid command {line!r}: blank command word")
+        decoder = _DECODERS.get(tokens[0][0])
+        if decoder is None:
+            raise ProtocolError(
+                f'Invalid command {line!r}: unknown command "{tokens[0]}"'
+            )
+        try:
+            decoded = decoder(tokens)
+        except ValueError as e:
+            raise _malformed(line, tokens, e)
+        if isinstance(decoded, _Body):
+            if decoded.length > self.maxBodySize:
+                raise _malformed(
+                    line, tokens,
+                    f"body of {decoded.length} bytes exceeds the maximum of "
+                    f"{self.maxBodySize}",
+                )
+            return _Waiting(line, tokens, decoded)
+        return decoded

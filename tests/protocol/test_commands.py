@@ -1,0 +1,433 @@
+"""
+Tests for L{metamorphosis.protocol.commands}.
+"""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from metamorphosis.protocol.commands import (
+    DEFAULT_OPAQUE,
+    CommandParser,
+    GetCommand,
+    OffsetCommand,
+    ProtocolError,
+    PutCommand,
+    QuitCommand,
+    ResultCommand,
+    StatsCommand,
+    SyncCommand,
+    TransactionCommand,
+    ValueCommand,
+    VersionCommand,
+    javaSplit,
+    resultHeader,
+    valueHeader,
+)
+from tests.protocol import strategies
+
+# protocol.md section 10: bytes produced by the Java encoders, and what the
+# Java decoder makes of them.
+GOLDEN = [
+    (
+        b"put test 0 5 0 907060870 -2147483648\r\nhello",
+        PutCommand("test", 0, b"hello", 0, -2147483648, checksum=907060870),
+    ),
+    (
+        b"put test 0 5 0 907060870 TX:10.0.0.1-1357000000000-1:1 -2147483647\r\nhello",
+        PutCommand(
+            "test", 0, b"hello", 0, -2147483647, checksum=907060870,
+            transactionKey="TX:10.0.0.1-1357000000000-1:1",
+        ),
+    ),
+    (
+        b"get test group1 0 0 1048576 -2147483646\r\n",
+        GetCommand("test", "group1", 0, 0, 1048576, -2147483646),
+    ),
+    (
+        b"offset test group1 0 0 -2147483645\r\n",
+        OffsetCommand("test", "group1", 0, 0, -2147483645),
+    ),
+    (b"stats  -2147483644\r\n", StatsCommand("", -2147483644)),
+    (b"stats topics -2147483644\r\n", StatsCommand("topics", -2147483644)),
+    (b"version -2147483643\r\n", VersionCommand(-2147483643)),
+    (b"quit\r\n", QuitCommand()),
+    (
+        b"sync test 0 5 0 -5468572396564774912 907060870 -2147483642\r\nhello",
+        SyncCommand(
+            "test", 0, b"hello", 0, -5468572396564774912, -2147483642,
+            checksum=907060870,
+        ),
+    ),
+    (
+        b"transaction TX:sess:1 sess BEGIN 5\r\n",
+        TransactionCommand("TX:sess:1", "sess", "BEGIN", 5),
+    ),
+    (
+        b"transaction XID:1:0102ff:0a0b:XAMessageProducer-host1 sess BEGIN 30 "
+        b"XAMessageProducer-host1 6\r\n",
+        TransactionCommand(
+            "XID:1:0102ff:0a0b:XAMessageProducer-host1", "sess", "BEGIN", 6,
+            timeout=30, uniqueQualifier="XAMessageProducer-host1",
+        ),
+    ),
+    (
+        b"transaction null sess RECOVER XAMessageProducer-host1 7\r\n",
+        TransactionCommand(
+            "null", "sess", "RECOVER", 7, uniqueQualifier="XAMessageProducer-host1"
+        ),
+    ),
+    (
+        b"result 200 24 -2147483648\r\n-5468572396564774912 0 0",
+        ResultCommand(200, b"-5468572396564774912 0 0", -2147483648),
+    ),
+    (b"result 200 0 7\r\n", ResultCommand(200, b"", 7)),
+    (b"value 5 -2147483646\r\nhello", ValueCommand(b"hello", -2147483646)),
+]
+
+# protocol.md section 10, "Decoder results": lines the Java encoders never
+# write but the decoder accepts.
+DECODED = [
+    (b"put test 0 5 0 0\r\nhello", PutCommand("test", 0, b"hello", 0, 0)),
+    (b"put test 0 5 0 -1 0\r\nhello", PutCommand("test", 0, b"hello", 0, 0)),
+    (
+        b"put test 0 5 0 TX:s:1 0\r\nhello",
+        PutCommand("test", 0, b"hello", 0, 0, transactionKey="TX:s:1"),
+    ),
+    (b"stats\r\n", StatsCommand(None, DEFAULT_OPAQUE)),
+    (b"stats  9\r\n", StatsCommand("", 9)),
+    (b"version\r\n", VersionCommand(DEFAULT_OPAQUE)),
+    (
+        b"transaction TX:s:1 s BEGIN 12345 9\r\n",
+        TransactionCommand("TX:s:1", "s", "BEGIN", 9, timeout=12345),
+    ),
+    (
+        b"transaction TX:s:1 s BEGIN -1 9\r\n",
+        TransactionCommand("TX:s:1", "s", "BEGIN", 9, uniqueQualifier="-1"),
+    ),
+    (
+        b"transaction TX:s:1 s BEGIN abc 9\r\n",
+        TransactionCommand("TX:s:1", "s", "BEGIN", 9, uniqueQualifier="abc"),
+    ),
+    (
+        b"sync test 0 5 0 77 9\r\nhello",
+        SyncCommand("test", 0, b"hello", 0, 77, 9),
+    ),
+    # Lenient words, ignored extra tokens, Java number syntax.
+    (b"quitting now\r\n", QuitCommand()),
+    (b"q\r\n", QuitCommand()),
+    (b"v 3\r\n", VersionCommand(3)),
+    (b"versionx 3 extra\r\n", VersionCommand(3)),
+    (b"version 12 \r\n", VersionCommand(12)),
+    (b"stats topics 5 extra\r\n", StatsCommand("topics", 5)),
+    (b"get t g 0 0 1 2 extra\r\n", GetCommand("t", "g", 0, 0, 1, 2)),
+    (b"offset t g +1 -0 +7 x\r\n", OffsetCommand("t", "g", 1, 0, 7)),
+    (b"get t g 007 9223372036854775807 1 -2147483648\r\n",
+     GetCommand("t", "g", 7, 2**63 - 1, 1, -(2**31))),
+    (b"get t  0 0 1 2\r\n", GetCommand("t", "", 0, 0, 1, 2)),
+    (b"version \xd9\xa3\r\n", VersionCommand(3)),  # Arabic-Indic digit three
+    (
+        b"put t 0 2 0 +5 TX:s:1 1\r\nab",
+        PutCommand("t", 0, b"ab", 0, 1, checksum=5, transactionKey="TX:s:1"),
+    ),
+    (
+        b"put t 0 2 0 null 1\r\nab",
+        PutCommand("t", 0, b"ab", 0, 1, transactionKey="null"),
+    ),
+    (
+        b"transaction TX:s:01: s COMMIT_ONE_PHASE 1\r\n",
+        TransactionCommand("TX:s:1", "s", "COMMIT_ONE_PHASE", 1),
+    ),
+    (
+        b"transaction XID:1:AB:c:q s END -5 q 1\r\n",
+        TransactionCommand("XID:1:ab::q", "s", "END", 1, timeout=-5, uniqueQualifier="q"),
+    ),
+    (b"result 500 3 1\r\n\xe4\xb8\xad", ResultCommand(500, "中".encode(), 1)),
+]
+
+# Lines the Java decoder rejects, with the opaque our error carries.
+MALFORMED = [
+    (b"hello world\r\n", 0),
+    (b"pingpong\r\n", 0),
+    (b"\r\n", 0),
+    (b"   \r\n", 0),
+    (b" stats\r\n", 0),
+    (b"put meta-test\r\n", 0),
+    (b"get meta-test g x 0 100 1\r\n", 1),
+    (b"get meta-test g 0 0 100\r\n", 0),
+    (b"get t g 0 0 1 2147483648\r\n", 0),
+    (b"get t g 2147483648 0 1 5\r\n", 5),
+    (b"get t g 0 9223372036854775808 1 5\r\n", 5),
+    (b"get t g 0_0 0 1 5\r\n", 5),
+    (b"get t g  0 0 1 5\r\n", 1),
+    (b"get t g 0 0 1 +\r\n", 0),
+    (b"offset t g 0 0\r\n", 0),
+    (b"offset t g 0 x 3\r\n", 3),
+    (b"transaction TX:s:1 s BOGUS 5\r\n", 5),
+    (b"transaction TX:s:1 s begin 5\r\n", 5),
+    (b"transaction TX:s:1 s BEGIN\r\n", 0),
+    (b"transaction TX:s:1 s BEGIN 1 q x 5\r\n", 0),
+    (b"transaction TX:s:1 s BEGIN  5\r\n", 5),
+    (b"transaction TX:s: s BEGIN 5\r\n", 5),
+    (b"transaction TX:s:2147483648 s BEGIN 5\r\n", 5),
+    (b"transaction XID:1:00:00 s BEGIN 5\r\n", 5),
+    (b"transaction XID:1:0g:00:q s BEGIN 5\r\n", 5),
+    (b"transaction tx:s:1 s BEGIN 5\r\n", 5),
+    (b"trans TX:s:1 s BEGIN 5\r\n", 0),
+    (b"stats topics x\r\n", 0),
+    (b"stat\r\n", 0),
+    (b"synchronise t 0 0 0 1 2\r\n", 0),
+    (b"version x\r\n", 0),
+    (b"offsets t g 0 0 1\r\n", 0),
+    (b"gets t g 0 0 1 2\r\n", 0),
+    (b"put t 0 -1 0 1 2\r\n", 2),
+    (b"put t 0 x 0 1 2\r\nab", 2),
+    (b"put t 0 2 0\r\nab", 0),
+    (b"put t 0 2 0 1 2 3 4 5\r\nab", 0),
+    (b"put t 0 2 0  2\r\nab", 2),
+    (b"put t 0 2 0 +5 2\r\nab", 2),
+    (b"put t 0 2 0 5 TX:s:1 x\r\nab", 0),
+    (b"put t 0 2 0 5 BAD 2\r\nab", 2),
+    (b"sync t 0 2 0 1\r\nab", 0),
+    (b"sync t 0 2 0 x 2 3\r\nab", 3),
+    (b"value -1 2\r\n", 2),
+    (b"value 2\r\nab", 0),
+    (b"result 200 -1 2\r\n", 2),
+    (b"result x 0 2\r\n", 2),
+    (b"xyz\r\n", 0),
+    (b"\xffstats\r\n", 0),
+    (b"stats \xc3\r\n", 0),
+    (b"1 2 3\r\n", 0),
+]
+
+
+class GoldenTests(SynchronousTestCase):
+    """
+    The worked examples of protocol.md section 10.
+    """
+
+    def test_encode(self):
+        for wire, command in GOLDEN:
+            self.assertEqual(command.encode(), wire)
+
+    def test_decode(self):
+        for wire, command in GOLDEN:
+            self.assertEqual(CommandParser().feed(wire), [command])
+
+    def test_decodeJavaAccepts(self):
+        for wire, command in DECODED:
+            self.assertEqual(CommandParser().feed(wire), [command], wire)
+
+    def test_decodeAllInOneStream(self):
+        wire = b"".join(wire for wire, _ in GOLDEN + DECODED)
+        self.assertEqual(
+            CommandParser().feed(wire), [command for _, command in GOLDEN + DECODED]
+        )
+
+    def test_statsBlankItem(self):
+        """
+        A blank item is written as an empty token, whatever its spelling.
+        """
+        for item in (None, "", " ", "\t"):
+            self.assertEqual(StatsCommand(item, 9).encode(), b"stats  9\r\n")
+
+    def test_transactionOptionalFields(self):
+        """
+        The timeout is written only when positive, the qualifier only when
+        not blank.
+        """
+        self.assertEqual(
+            TransactionCommand("TX:s:1", "s", "BEGIN", 1, -3, " ").encode(),
+            b"transaction TX:s:1 s BEGIN 1\r\n",
+        )
+        self.assertEqual(
+            TransactionCommand("TX:s:1", "s", "BEGIN", 1, 0, "q").encode(),
+            b"transaction TX:s:1 s BEGIN q 1\r\n",
+        )
+
+    def test_headers(self):
+        self.assertEqual(resultHeader(404, 12, -3), b"result 404 12 -3\r\n")
+        self.assertEqual(valueHeader(1048576, 5), b"value 1048576 5\r\n")
+
+    def test_resultMessage(self):
+        self.assertEqual(ResultCommand(503, "中".encode(), 1).message, "中")
+
+    def test_quitOpaque(self):
+        self.assertEqual(QuitCommand().opaque, DEFAULT_OPAQUE)
+
+    def test_transactionId(self):
+        command = TransactionCommand("TX:s:1", "s", "BEGIN", 1)
+        self.assertEqual(command.transactionId.sessionId, "s")
+
+
+class SplitTests(SynchronousTestCase):
+    """
+    L{javaSplit} is C{Pattern.compile(" ").split}.
+    """
+
+    def test_examples(self):
+        self.assertEqual(javaSplit("stats  9"), ["stats", "", "9"])
+        self.assertEqual(javaSplit("version 12 "), ["version", "12"])
+        self.assertEqual(javaSplit("a  b  "), ["a", "", "b"])
+        self.assertEqual(javaSplit(" a"), ["", "a"])
+        self.assertEqual(javaSplit(""), [""])
+        self.assertEqual(javaSplit("   "), [])
+        self.assertEqual(javaSplit("a\tb"), ["a\tb"])
+
+
+class MalformedTests(SynchronousTestCase):
+    """
+    Whatever Java rejects raises L{ProtocolError}, and nothing else.
+    """
+
+    def test_malformed(self):
+        for wire, opaque in MALFORMED:
+            parser = CommandParser()
+            error = self.assertRaises(ProtocolError, parser.feed, wire)
+            self.assertEqual(error.opaque, opaque, wire)
+            self.assertIn("Invalid command", str(error))
+
+    def test_spentAfterError(self):
+        """
+        After an error the parser refuses everything, even good input.
+        """
+        parser = CommandParser()
+        self.assertRaises(ProtocolError, parser.feed, b"hello\r\n")
+        error = self.assertRaises(ProtocolError, parser.feed, b"version 1\r\n")
+        self.assertIn("hello", str(error))
+        self.assertIsNone(parser.incompleteError())
+
+    def test_parseYieldsCommandsBeforeTheError(self):
+        parser = CommandParser()
+        stream = parser.parse(b"version 1\r\nstats\r\nbogus\r\nversion 2\r\n")
+        self.assertEqual(next(stream), VersionCommand(1))
+        self.assertEqual(next(stream), StatsCommand())
+        self.assertRaises(ProtocolError, next, stream)
+
+    def test_putBodyConsumedBeforeTokenCount(self):
+        """
+        A put with a bad token count is only rejected once its body is in
+        (Java reads the body first), and then names the count.
+        """
+        parser = CommandParser()
+        self.assertEqual(parser.feed(b"put t 0 5 0\r\nhel"), [])
+        error = self.assertRaises(ProtocolError, parser.feed, b"lo")
+        self.assertIn("6, 7 or 8 tokens", str(error))
+
+    def test_bodyTooLarge(self):
+        parser = CommandParser(maxBodySize=10)
+        self.assertEqual(parser.feed(b"value 10 1\r\n"), [])
+        error = self.assertRaises(ProtocolError, CommandParser(maxBodySize=10).feed,
+                                  b"value 11 1\r\n")
+        self.assertIn("exceeds the maximum", str(error))
+        self.assertEqual(error.opaque, 1)
+
+    def test_lineTooLong(self):
+        parser = CommandParser(maxLineLength=10)
+        self.assertEqual(parser.feed(b"version 12"), [])
+        self.assertRaises(ProtocolError, parser.feed, b"3")
+        self.assertRaises(
+            ProtocolError, CommandParser(maxLineLength=10).feed, b"version 123\r\n"
+        )
+        self.assertEqual(
+            CommandParser(maxLineLength=10).feed(b"version 12\r\n"), [VersionCommand(12)]
+        )
+
+    def test_bareLineFeedIsNoTerminator(self):
+        """
+        Only CR LF ends a line: C{stats LF} waits, then reads as a bad word.
+        """
+        parser = CommandParser()
+        self.assertEqual(parser.feed(b"stats\n"), [])
+        self.assertIsNotNone(parser.incompleteError())
+        error = self.assertRaises(ProtocolError, parser.feed, b"\r\n")
+        self.assertIn('expected "sync"', str(error))
+
+    def test_incompleteBody(self):
+        parser = CommandParser()
+        parser.feed(b"put t 0 5 0 1 -9\r\nhel")
+        error = parser.incompleteError()
+        self.assertIsInstance(error, ProtocolError)
+        self.assertEqual(error.opaque, -9)
+        self.assertIn("3 of 5 body bytes", str(error))
+
+    def test_incompleteLine(self):
+        parser = CommandParser()
+        parser.feed(b"version 1\r\nvers")
+        self.assertIn("unterminated", str(parser.incompleteError()))
+
+    def test_completeInput(self):
+        parser = CommandParser()
+        parser.feed(b"version 1\r\n")
+        self.assertIsNone(parser.incompleteError())
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=80))
+    def test_arbitraryBytes(self, data):
+        """
+        Any input gives commands or L{ProtocolError}, nothing else.
+        """
+        try:
+            CommandParser().feed(data)
+        except ProtocolError:
+            pass
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(
+                ["put", "get", "offset", "stats", "version", "value", "result",
+                 "sync", "transaction", "quit", "", "-1", "0", "7", "x", "TX:s:1",
+                 "XID:1:ab:cd:q", "null", "BEGIN", "RECOVER", "2147483648"]
+            ),
+            min_size=1,
+            max_size=9,
+        ),
+        st.binary(max_size=10),
+    )
+    def test_arbitraryTokens(self, tokens, tail):
+        try:
+            CommandParser().feed(" ".join(tokens).encode() + b"\r\n" + tail)
+        except ProtocolError:
+            pass
+
+
+class RoundTripTests(SynchronousTestCase):
+    """
+    Every command decodes from its own encoding, whatever the chunking.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(strategies.commands)
+    def test_roundTrip(self, command):
+        self.assertEqual(CommandParser().feed(command.encode()), [command])
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(strategies.commands, max_size=8), st.data())
+    def test_anySplit(self, commands, data):
+        """
+        Feeding a stream split at arbitrary points yields the same commands
+        as feeding it whole.
+        """
+        stream = b"".join(command.encode() for command in commands)
+        cuts = sorted(
+            data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+        )
+        parser = CommandParser()
+        decoded = []
+        start = 0
+        for cut in cuts + [len(stream)]:
+            decoded.extend(parser.feed(stream[start:cut]))
+            start = cut
+        self.assertEqual(decoded, commands)
+        self.assertEqual(CommandParser().feed(stream), commands)
+        self.assertIsNone(parser.incompleteError())
+
+    def test_byteByByte(self):
+        stream = b"".join(wire for wire, _ in GOLDEN)
+        parser = CommandParser()
+        decoded = []
+        for index in range(len(stream)):
+            decoded.extend(parser.feed(stream[index : index + 1]))
+        self.assertEqual(decoded, [command for _, command in GOLDEN])
