@@ -1,0 +1,469 @@
+"""
+The files of the transaction journal under C{<dataLogPath>/transactions/}
+(the format is ours; docs/transactions.md describes it byte by byte).
+
+L{RedoLog} appends records to C{redo.<N>} with plain C{write(2)} calls, so
+that a record the broker has acted on survives a C{kill -9} of the process,
+and forces them to disk with C{fsync(2)} in a thread, coalescing concurrent
+requests into one call.  L{Checkpoints} and L{HeuristicJournal} hold the
+small files beside it.
+"""
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+log = Logger()
+
+REDO_PREFIX = "redo."
+CHECKPOINT_PREFIX = "checkpoint."
+HEURISTIC_FILE = "heuristic.log"
+DEFAULT_FILE_SIZE = 64 * 1024 * 1024
+
+_FRAME = struct.Struct(">II")
+
+
+class JournalLocation(NamedTuple):
+    """
+    A record's place: the redo file number and the offset of its frame.
+    """
+
+    number: int
+    offset: int
+
+
+class JournalError(Exception):
+    """
+    A record that cannot be decoded.
+    """
+
+
+# Record types (the first byte of a record's payload).
+PUT, PREPARE, COMMIT, DONE, ROLLBACK = 1, 2, 3, 4, 5
+
+
+@dataclass(frozen=True, slots=True)
+class PutRecord:
+    key: str
+    msgId: int
+    topic: str
+    partition: int
+    flag: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareRecord:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """
+    A commit about to be appended: for each partition, in append order, the
+    partition's end offset before the append, from where recovery looks for
+    the transaction's messages.
+    """
+
+    key: str
+    wasPrepared: bool
+    partitions: tuple  # ((topic, partition, startOffset), ...)
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRecord:
+    """
+    Every partition of a committed transaction holds its messages.
+    """
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    key: str
+
+
+def _string(value):
+    raw = value.encode("utf-8")
+    return struct.pack(">H", len(raw)) + raw
+
+
+class _Reader:
+    def __init__(self, payload):
+        self.payload = payload
+        self.position = 0
+
+    def take(self, fmt):
+        values = struct.unpack_from(fmt, self.payload, self.position)
+        self.position += struct.calcsize(fmt)
+        return values
+
+    def string(self):
+        (length,) = self.take(">H")
+        return self.raw(length).decode("utf-8")
+
+    def raw(self, length):
+        value = self.payload[self.position : self.position + length]
+        if len(value) != length:
+            raise JournalError("truncated record")
+        self.position += length
+        return bytes(value)
+
+
+def encodeRecord(record):
+    """
+    The bytes of one record: C{uint32 length}, C{uint32 crc32(payload)},
+    payload.
+    """
+    if isinstance(record, PutRecord):
+        payload = b"".join(
+            [
+                bytes([PUT]),
+                _string(record.key),
+                struct.pack(">q", record.msgId),
+                _string(record.topic),
+                struct.pack(">iiI", record.partition, record.flag, len(record.data)),
+                record.data,
+            ]
+        )
+    elif isinstance(record, CommitRecord):
+        parts = [
+            bytes([COMMIT]),
+            _string(record.key),
+            struct.pack(">BH", record.wasPrepared, len(record.partitions)),
+        ]
+        for topic, partition, offset in record.partitions:
+            parts += [_string(topic), struct.pack(">iq", partition, offset)]
+        payload = b"".join(parts)
+    else:
+        kind = {PrepareRecord: PREPARE, DoneRecord: DONE, RollbackRecord: ROLLBACK}[
+            type(record)
+        ]
+        payload = bytes([kind]) + _string(record.key)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decodePayload(payload):
+    """
+    The record a verified payload holds; L{JournalError} if it is not one.
+    """
+    try:
+        reader = _Reader(payload)
+        (kind,) = reader.take(">B")
+        key = reader.string()
+        if kind == PUT:
+            (msgId,) = reader.take(">q")
+            topic = reader.string()
+            partition, flag, length = reader.take(">iiI")
+            record = PutRecord(key, msgId, topic, partition, flag, reader.raw(length))
+        elif kind == COMMIT:
+            wasPrepared, count = reader.take(">BH")
+            partitions = []
+            for _ in range(count):
+                topic = reader.string()
+                partition, offset = reader.take(">iq")
+                partitions.append((topic, partition, offset))
+            record = CommitRecord(key, bool(wasPrepared), tuple(partitions))
+        elif kind in (PREPARE, DONE, ROLLBACK):
+            record = {PREPARE: PrepareRecord, DONE: DoneRecord, ROLLBACK: RollbackRecord}[
+                kind
+            ](key)
+        else:
+            raise JournalError("unknown record type %d" % (kind,))
+    except (struct.error, UnicodeDecodeError) as e:
+        raise JournalError(str(e)) from e
+    if reader.position != len(payload):
+        raise JournalError("trailing bytes in record")
+    return record
+
+
+def decodeRecords(buffer):
+    """
+    The records at the start of C{buffer} as C{[(offset, record)]}, and the
+    offset where the valid records end (a torn or corrupt tail stops it).
+    """
+    records = []
+    position = 0
+    while position + _FRAME.size <= len(buffer):
+        length, crc = _FRAME.unpack_from(buffer, position)
+        start = position + _FRAME.size
+        payload = buffer[start : start + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        try:
+            record = decodePayload(payload)
+        except JournalError:
+            break
+        records.append((position, record))
+        position = start + length
+    return records, position
+
+
+class _RedoFile:
+    def __init__(self, path, number):
+        self.path = path
+        self.number = number
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.retired = False
+
+
+class RedoLog:
+    """
+    The sequence of C{redo.<N>} files.
+
+    @ivar fileSize: a record that starts beyond this many bytes goes to a new
+        file.
+    """
+
+    def __init__(self, directory, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE):
+        self.directory = directory
+        self.fileSize = fileSize
+        self._reactor = reactor
+        self._threadPool = threadPool
+        self._current = None
+        self._dirty = {}
+        self._waiting = []
+        self._syncing = False
+
+    def numbers(self):
+        """
+        The numbers of the existing redo files, ascending.
+        """
+        numbers = []
+        for name in os.listdir(self.directory):
+            if name.startswith(REDO_PREFIX) and name[len(REDO_PREFIX) :].isdigit():
+                numbers.append(int(name[len(REDO_PREFIX) :]))
+        return sorted(numbers)
+
+    def _path(self, number):
+        return os.path.join(self.directory, REDO_PREFIX + str(number))
+
+    def recover(self, start=None):
+        """
+        Read every valid record from C{start} (a L{JournalLocation}, or the
+        beginning) on, truncating each file after its last valid record, and
+        open the newest file for appending.  Blocking: run it in a thread.
+
+        @return: C{[(JournalLocation, record)]} in journal order.
+        """
+        found = []
+        numbers = self.numbers()
+        for number in numbers:
+            if start is not None and number < start.number:
+                continue
+            offset = start.offset if start is not None and number == start.number else 0
+            path = self._path(number)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                buffer = f.read()
+            records, end = decodeRecords(buffer)
+            found += [(JournalLocation(number, offset + at), r) for at, r in records]
+            if end != len(buffer):
+                log.warn(
+                    "Truncating transaction journal {path} at {offset} (torn or corrupt record)",
+                    path=path,
+                    offset=offset + end,
+                )
+                os.truncate(path, offset + end)
+        self._current = _RedoFile(
+            self._path(numbers[-1] if numbers else 1), numbers[-1] if numbers else 1
+        )
+        return found
+
+    @property
+    def position(self):
+        """
+        Where the next record will be written.
+        """
+        return JournalLocation(self._current.number, self._current.size)
+
+    def append(self, record):
+        """
+        Write one record now (it survives the process from this moment) and
+        return its L{JournalLocation}.
+        """
+        if self._current.size >= self.fileSize:
+            self._rotate()
+        current = self._current
+        data = encodeRecord(record)
+        location = JournalLocation(current.number, current.size)
+        view = memoryview(data)
+        while view:
+            written = os.write(current.fd, view)
+            view = view[written:]
+        current.size += len(data)
+        self._dirty[current.number] = current
+        return location
+
+    def _rotate(self):
+        old = self._current
+        self._current = _RedoFile(self._path(old.number + 1), old.number + 1)
+        if old.number not in self._dirty:
+            os.close(old.fd)
+        else:
+            old.retired = True
+
+    def sync(self):
+        """
+        Force every record written so far to disk.
+
+        @return: a Deferred that fires once they are; requests made while an
+            C{fsync} runs share the next one.
+        """
+        d = Deferred()
+        self._waiting.append(d)
+        if not self._syncing:
+            self._startSync()
+        return d
+
+    def _startSync(self):
+        waiting, self._waiting = self._waiting, []
+        files, self._dirty = list(self._dirty.values()), {}
+        self._syncing = True
+
+        def syncAll():
+            for f in files:
+                os.fsync(f.fd)
+                if f.retired:
+                    os.close(f.fd)
+
+        def done(result):
+            self._syncing = False
+            for d in waiting:
+                d.callback(None) if result is None else d.errback(result)
+            if self._waiting:
+                self._startSync()
+
+        deferToThreadPool(self._reactor, self._threadPool, syncAll).addBoth(done)
+
+    @property
+    def dirty(self):
+        """
+        Whether records were written since the last C{sync}.
+        """
+        return bool(self._dirty)
+
+    def deleteBefore(self, number):
+        """
+        Remove the redo files numbered below C{number} (a checkpoint made
+        them useless).
+        """
+        for old in self.numbers():
+            if old < number and old != self._current.number:
+                os.unlink(self._path(old))
+
+    def close(self):
+        for f in self._dirty.values():
+            if f is not self._current:
+                os.fsync(f.fd)
+                os.close(f.fd)
+        if self._current is not None:
+            os.fsync(self._current.fd)
+            os.close(self._current.fd)
+            self._current = None
+
+
+class Checkpoints:
+    """
+    The C{checkpoint.<N>} files: each holds C{{"number":…,"offset":…}}, the
+    journal location from which recovery must replay.
+    """
+
+    def __init__(self, directory, maxCheckpoints=3):
+        self.directory = directory
+        self.maxCheckpoints = max(1, maxCheckpoints)
+
+    def _numbers(self):
+        return sorted(
+            int(name[len(CHECKPOINT_PREFIX) :])
+            for name in os.listdir(self.directory)
+            if name.startswith(CHECKPOINT_PREFIX)
+            and name[len(CHECKPOINT_PREFIX) :].isdigit()
+        )
+
+    def latest(self):
+        """
+        The newest readable checkpoint, or L{None}.  Blocking.
+        """
+        for number in reversed(self._numbers()):
+            path = os.path.join(self.directory, CHECKPOINT_PREFIX + str(number))
+            try:
+                with open(path, "rb") as f:
+                    value = json.loads(f.read())
+                return JournalLocation(int(value["number"]), int(value["offset"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warn("Ignoring unreadable checkpoint {path}", path=path)
+        return None
+
+    def write(self, location):
+        """
+        Write a new checkpoint file durably and drop the oldest beyond
+        C{maxCheckpoints}.  Blocking: run it in a thread.
+        """
+        numbers = self._numbers()
+        number = (numbers[-1] + 1) if numbers else 1
+        _writeDurably(
+            os.path.join(self.directory, CHECKPOINT_PREFIX + str(number)),
+            json.dumps({"number": location.number, "offset": location.offset}).encode(),
+            self.directory,
+        )
+        for old in (numbers + [number])[: -self.maxCheckpoints]:
+            os.unlink(os.path.join(self.directory, CHECKPOINT_PREFIX + str(old)))
+
+
+def _writeDurably(path, data, directory):
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HeuristicJournal:
+    """
+    C{heuristic.log}: the heuristically completed XA transactions, as a JSON
+    list of C{{"key", "uniqueQualifier", "state"}}, replaced atomically on
+    every change.
+    """
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, HEURISTIC_FILE)
+        self.directory = directory
+
+    def load(self):
+        """
+        C{[(key, uniqueQualifier, state)]}.  Blocking.
+        """
+        try:
+            with open(self.path, "rb") as f:
+                entries = json.loads(f.read() or b"[]")
+        except FileNotFoundError:
+            return []
+        return [(e["key"], e["uniqueQualifier"], int(e["state"])) for e in entries]
+
+    def save(self, entries):
+        """
+        Replace the journal with C{entries}.  Blocking: run it in a thread.
+        """
+        _writeDurably(
+            self.path,
+            json.dumps(
+                [{"key": k, "uniqueQualifier": q, "state": int(s)} for k, q, s in entries]
+            ).encode(),
+            self.directory,
+        )

@@ -1,0 +1,285 @@
+"""
+Durability of transactions: the redo journal, the commit into the
+partitions, checkpoints and crash recovery (spec/transactions.md sections 5
+and 6; our journal format is in docs/transactions.md).
+
+The commit protocol differs from Java's on purpose.  Java appends the
+messages first and journals the commit afterwards, so a crash between the two
+rolls back a transaction whose messages are already in the partitions.  We
+journal a C{COMMIT} record first (forced when C{flushTxLogAtCommit} is 1)
+holding, per partition, the partition's end offset before the append; then
+append each partition's messages with one C{appendBatch}; then journal
+C{DONE}.  Recovery completes a C{COMMIT} without C{DONE} by looking in each
+partition, from the recorded offset on, for the transaction's message ids
+and appending only the missing ones, so every committed message is stored
+exactly once whatever the moment of the crash.
+"""
+
+import os
+
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from metamorphosis.broker.transactions.journal import (
+    DEFAULT_FILE_SIZE,
+    Checkpoints,
+    CommitRecord,
+    DoneRecord,
+    PrepareRecord,
+    PutRecord,
+    RedoLog,
+    RollbackRecord,
+)
+from metamorphosis.broker.transactions.transaction import PendingMessage
+from metamorphosis.protocol.records import decodeRecords
+
+_SCAN_CHUNK = 4 * 1024 * 1024
+
+
+def _byPartition(messages):
+    groups = {}
+    for message in messages:
+        groups.setdefault((message.topic, message.partition), []).append(message)
+    return groups
+
+
+def _batch(messages):
+    return [(m.msgId, m.flag, m.data) for m in messages]
+
+
+def presentIds(store, offset, wanted):
+    """
+    Which of the message ids C{wanted} the partition C{store} holds at or
+    after C{offset}.  Blocking (reads the partition): run it in a thread.
+    """
+    found = set()
+    offset = max(offset, store.minOffset)
+    chunk = _SCAN_CHUNK
+    while True:
+        messages = store.slice(offset, chunk)
+        if messages is None:
+            return found
+        records, consumed = decodeRecords(messages.read(), verify=False)
+        if not consumed:
+            if messages.length < chunk:
+                return found
+            chunk *= 2
+            continue
+        found.update(r.id for r in records if r.id in wanted)
+        offset += consumed
+
+
+class JournalTransactionStore:
+    """
+    Journals the work of transactions and applies committed ones to the
+    message stores of a L{MessageStoreManager}.
+
+    @ivar flushPolicy: C{flushTxLogAtCommit}: 0 never forces the journal,
+        1 forces it before prepare, commit and rollback are answered, 2
+        forces it once a second.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, config, storeManager, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE
+    ):
+        self.directory = os.path.join(config.transactionDataPath, "transactions")
+        self.flushPolicy = config.flushTxLogAtCommit
+        self.checkpointInterval = config.checkpointInterval / 1000.0
+        self._storeManager = storeManager
+        self._reactor = reactor
+        self._threadPool = threadPool
+        self._redo = RedoLog(self.directory, reactor, threadPool, fileSize)
+        self._checkpoints = Checkpoints(self.directory, config.maxCheckpoints)
+        self._lastCheckpoint = None
+        self._live = {}
+        self._loops = []
+
+    def _inThread(self, f, *args):
+        return deferToThreadPool(self._reactor, self._threadPool, f, *args)
+
+    async def open(self, adoptPrepared):
+        """
+        Replay the journal: finish the commits a crash interrupted, roll back
+        every transaction that was neither prepared nor committed, and hand
+        each prepared one to C{adoptPrepared(key, messages, location)}, which
+        returns the transaction object that continues it.
+        """
+        os.makedirs(self.directory, exist_ok=True)
+        self._lastCheckpoint = await self._inThread(self._checkpoints.latest)
+        records = await self._inThread(self._redo.recover, self._lastCheckpoint)
+        pending = {}
+        for location, record in records:
+            if isinstance(record, PutRecord):
+                entry = pending.setdefault(
+                    record.key,
+                    {"location": location, "messages": [], "prepared": False, "commit": None},
+                )
+                entry["messages"].append(
+                    PendingMessage(
+                        record.msgId, record.topic, record.partition, record.flag, record.data
+                    )
+                )
+            elif isinstance(record, PrepareRecord) and record.key in pending:
+                pending[record.key]["prepared"] = True
+            elif isinstance(record, CommitRecord) and record.key in pending:
+                pending[record.key]["commit"] = record
+            elif isinstance(record, (DoneRecord, RollbackRecord)):
+                pending.pop(record.key, None)
+        committed = rolledBack = 0
+        for key, entry in pending.items():
+            if entry["commit"] is not None:
+                await self._redoCommit(key, entry["messages"], entry["commit"])
+                committed += 1
+            elif not entry["prepared"]:
+                self._redo.append(RollbackRecord(key))
+                rolledBack += 1
+            else:
+                tx = adoptPrepared(key, entry["messages"], entry["location"])
+                tx.location = entry["location"]
+                self._live[tx] = tx
+        if records:
+            await self._redo.sync()
+        self.log.info(
+            "Transaction journal recovered: {records} records, {committed} commits "
+            "completed, {rolledBack} rolled back, {prepared} prepared",
+            records=len(records),
+            committed=committed,
+            rolledBack=rolledBack,
+            prepared=len(self._live),
+        )
+        if self.flushPolicy == 2:
+            self._startLoop(1.0, self._flushIfDirty)
+        if self.checkpointInterval > 0:
+            self._startLoop(self.checkpointInterval, self.checkpoint)
+
+    def _startLoop(self, interval, f):
+        loop = LoopingCall(f)
+        loop.clock = self._reactor
+        loop.start(interval, now=False).addErrback(
+            lambda failure: self.log.failure("Transaction journal task failed", failure)
+        )
+        self._loops.append(loop)
+
+    def _flushIfDirty(self):
+        if self._redo.dirty:
+            return self._redo.sync()
+
+    async def _redoCommit(self, key, messages, commit):
+        starts = {(topic, partition): offset for topic, partition, offset in commit.partitions}
+        for (topic, partition), group in _byPartition(messages).items():
+            store = self._storeManager.getOrCreateStore(topic, partition)
+            present = await self._inThread(
+                presentIds,
+                store,
+                starts.get((topic, partition), 0),
+                {m.msgId for m in group},
+            )
+            missing = [m for m in group if m.msgId not in present]
+            if missing:
+                self.log.info(
+                    "Completing commit of {key}: appending {n} messages to {topic}-{partition}",
+                    key=key,
+                    n=len(missing),
+                    topic=topic,
+                    partition=partition,
+                )
+                await store.appendBatch(_batch(missing))
+        self._redo.append(DoneRecord(key))
+
+    def addMessage(self, tx, message):
+        """
+        Journal a put of C{tx} (written at once, not forced).
+        """
+        location = self._redo.append(
+            PutRecord(
+                tx.key,
+                message.msgId,
+                message.topic,
+                message.partition,
+                message.flag,
+                message.data,
+            )
+        )
+        if tx not in self._live:
+            tx.location = location
+            self._live[tx] = tx
+
+    async def _force(self):
+        if self.flushPolicy == 1:
+            await self._redo.sync()
+
+    async def prepare(self, tx):
+        self._redo.append(PrepareRecord(tx.key))
+        await self._force()
+
+    async def commit(self, tx, wasPrepared):
+        """
+        Journal the commit, append the messages to their partitions (one
+        batch per partition, in put order), journal that it is done.
+        """
+        if tx not in self._live:
+            return
+        groups = _byPartition(tx.messages)
+        stores = [
+            (self._storeManager.getOrCreateStore(topic, partition), group)
+            for (topic, partition), group in groups.items()
+        ]
+        self._redo.append(
+            CommitRecord(
+                tx.key,
+                wasPrepared,
+                tuple(
+                    (topic, partition, store.maxOffset)
+                    for (topic, partition), (store, _) in zip(groups, stores)
+                ),
+            )
+        )
+        await self._force()
+        await gatherResults(
+            [store.appendBatch(_batch(group)) for store, group in stores],
+            consumeErrors=True,
+        )
+        self._redo.append(DoneRecord(tx.key))
+        del self._live[tx]
+
+    async def rollback(self, tx):
+        if self._live.pop(tx, None) is None:
+            return
+        self._redo.append(RollbackRecord(tx.key))
+        await self._force()
+
+    async def checkpoint(self):
+        """
+        Record the earliest journal location recovery still needs (the first
+        record of the oldest unfinished transaction, else the journal's end)
+        once the partitions hold everything before it, and delete the redo
+        files before it.
+        """
+        locations = [tx.location for tx in self._live]
+        location = min(locations) if locations else self._redo.position
+        if self._lastCheckpoint is not None and location <= self._lastCheckpoint:
+            return
+        await gatherResults(
+            [store.flush() for _, _, store in self._storeManager.stores()],
+            consumeErrors=True,
+        )
+        await self._redo.sync()
+
+        def write():
+            self._checkpoints.write(location)
+            self._redo.deleteBefore(location.number)
+
+        await self._inThread(write)
+        self._lastCheckpoint = location
+
+    async def close(self):
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        await self.checkpoint()
+        await self._inThread(self._redo.close)

@@ -1,0 +1,230 @@
+"""
+Tests for L{metamorphosis.broker.transactions.store}: journaled commits and
+what recovery makes of a journal cut at every step of a commit.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from metamorphosis.broker.config import MetaConfig
+from metamorphosis.broker.transactions.store import JournalTransactionStore
+from metamorphosis.broker.transactions.transaction import (
+    LocalTransaction,
+    PendingMessage,
+    State,
+    XATransaction,
+)
+from tests.broker.txsupport import ImmediateReactor, MemoryStoreManager, SyncThreadPool
+
+
+class JournalTransactionStoreTests(SynchronousTestCase):
+    def setUp(self):
+        self.config = MetaConfig(dataPath=self.mktemp(), flushTxLogAtCommit=1)
+        self.manager = MemoryStoreManager()
+        self.clock = Clock()
+        self.store, self.prepared = self.restart()
+        self.nextId = 1000
+
+    def restart(self):
+        """
+        A new transaction store on the same journal and partitions, as after
+        a crash (the previous one is simply dropped, never closed).
+        """
+        store = JournalTransactionStore(
+            self.config, self.manager, ImmediateReactor(self.clock), SyncThreadPool()
+        )
+        prepared = []
+
+        def adopt(key, messages, location):
+            tx = XATransaction(key, store, lambda t: None, "q")
+            tx.state = State.PREPARED
+            tx.messages = list(messages)
+            prepared.append(tx)
+            return tx
+
+        self.successResultOf(ensureDeferred(store.open(adopt)))
+        return store, prepared
+
+    def transaction(self, key="TX:s:1", cls=LocalTransaction, messages=(("t", 0),)):
+        if cls is XATransaction:
+            tx = XATransaction(key, self.store, lambda t: None, "q")
+        else:
+            tx = LocalTransaction(key, self.store, lambda t: None)
+        for topic, partition in messages:
+            self.nextId += 1
+            tx.addMessage(
+                PendingMessage(self.nextId, topic, partition, 0, b"m%d" % (self.nextId,))
+            )
+        return tx
+
+    def ids(self, topic, partition):
+        store = self.manager.getStore(topic, partition)
+        return [] if store is None else [r.id for r in store.records()]
+
+    def test_commitAppendsInOrderPerPartition(self):
+        """
+        A commit appends each partition's messages in put order with one
+        batch per partition, and a restart adds nothing.
+        """
+        tx = self.transaction(messages=[("t", 0), ("t", 1), ("t", 0), ("u", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+        self.assertEqual(self.ids("u", 0), [1004])
+        self.assertEqual(self.manager.getStore("t", 0).appends, 1)
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+
+    def test_uncommittedInvisible(self):
+        """
+        Puts are journaled, not appended; a crash rolls them back.
+        """
+        self.transaction(messages=[("t", 0), ("t", 0)])
+        self.assertEqual(self.ids("t", 0), [])
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [])
+        # The rollback was journaled: a third start still has nothing.
+        _, prepared = self.restart()
+        self.assertEqual((self.ids("t", 0), prepared), ([], []))
+
+    def test_rollback(self):
+        tx = self.transaction(messages=[("t", 0)])
+        self.successResultOf(ensureDeferred(tx.rollback()))
+        self.assertEqual(tx.state, State.FINISHED)
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [])
+
+    def crashDuringAppend(self, written):
+        """
+        Commit a transaction over two partitions whose appends never
+        complete; C{written} says which partitions' data reached the file
+        before the crash.
+        """
+        tx = self.transaction(messages=[("t", 0), ("t", 1), ("t", 0)])
+        for partition in (0, 1):
+            store = self.manager.getOrCreateStore("t", partition)
+            store.appendBatch = self.frozenAppend(store, partition in written)
+        ensureDeferred(tx.commit(True))
+        for partition in (0, 1):
+            del self.manager.getStore("t", partition).appendBatch
+
+    def frozenAppend(self, store, writes):
+        original = store.appendBatch
+
+        def append(batch):
+            if writes:
+                original(batch)
+            return Deferred()
+
+        return append
+
+    def test_crashBeforeAppend(self):
+        """
+        A commit journaled but not appended is appended by recovery.
+        """
+        self.crashDuringAppend(written=())
+        self.assertEqual(self.ids("t", 0), [])
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+
+    def test_crashAfterPartialAppend(self):
+        """
+        Recovery appends only to the partitions that miss the messages.
+        """
+        self.crashDuringAppend(written=(1,))
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+
+    def test_crashAfterAppendBeforeDone(self):
+        """
+        A commit fully appended but not marked done is not appended twice.
+        """
+        self.crashDuringAppend(written=(0, 1))
+        self.restart()
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+
+    def test_preparedSurvives(self):
+        """
+        A prepared XA transaction comes back prepared with its messages, and
+        can be committed after the restart.
+        """
+        tx = self.transaction("XID:1:01:02:q", XATransaction, [("t", 0), ("t", 0)])
+        self.assertEqual(self.successResultOf(ensureDeferred(tx.prepare())), 0)
+        self.store, prepared = self.restart()
+        self.assertEqual([p.key for p in prepared], ["XID:1:01:02:q"])
+        self.assertEqual([m.msgId for m in prepared[0].messages], [1001, 1002])
+        self.assertEqual(self.ids("t", 0), [])
+        self.successResultOf(ensureDeferred(prepared[0].commit(False)))
+        self.assertEqual(self.ids("t", 0), [1001, 1002])
+        _, prepared = self.restart()
+        self.assertEqual((prepared, self.ids("t", 0)), ([], [1001, 1002]))
+
+    def test_unpreparedXARolledBack(self):
+        self.transaction("XID:1:01:02:q", XATransaction, [("t", 0)])
+        _, prepared = self.restart()
+        self.assertEqual((prepared, self.ids("t", 0)), ([], []))
+
+    def test_storeFailureRollsBack(self):
+        """
+        A failing append answers XA_RBOTHER and the transaction is rolled
+        back, also after a restart.
+        """
+        tx = self.transaction(messages=[("t", 0)])
+        self.manager.getOrCreateStore("t", 0).failing = True
+        failure = self.failureResultOf(ensureDeferred(tx.commit(True)))
+        self.assertEqual(failure.value.code, 104)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(
+            failure.value.reply(),
+            "XAException:code=104,msg=STORE COMMIT FAILED: Transaction rolled back.",
+        )
+        self.manager.getStore("t", 0).failing = False
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [])
+
+    def test_checkpoint(self):
+        """
+        A checkpoint lets recovery skip finished transactions and delete
+        old redo files, while a prepared transaction before it is kept.
+        """
+        self.store._redo.fileSize = 64
+        prepared = self.transaction("XID:1:01:02:q", XATransaction, [("t", 0)])
+        self.successResultOf(ensureDeferred(prepared.prepare()))
+        for n in range(5):
+            tx = self.transaction("TX:s:%d" % (n,), messages=[("t", 1)])
+            self.successResultOf(ensureDeferred(tx.commit(True)))
+        directory = self.store.directory
+        before = sorted(f for f in os.listdir(directory) if f.startswith("redo."))
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        self.assertEqual(
+            sorted(f for f in os.listdir(directory) if f.startswith("redo.")), before
+        )
+        self.successResultOf(ensureDeferred(prepared.commit(False)))
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        after = sorted(f for f in os.listdir(directory) if f.startswith("redo."))
+        self.assertEqual(len(after), 1)
+        self.assertIn("checkpoint.2", os.listdir(directory))
+        _, recovered = self.restart()
+        self.assertEqual(recovered, [])
+        self.assertEqual(len(self.ids("t", 1)), 5)
+        self.assertEqual(len(self.ids("t", 0)), 1)
+
+    def test_periodicFlush(self):
+        """
+        With C{flushTxLogAtCommit=2} commits do not wait for a sync; a
+        timer forces the journal once a second.
+        """
+        self.config.flushTxLogAtCommit = 2
+        self.store, _ = self.restart()
+        tx = self.transaction(messages=[("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        self.assertTrue(self.store._redo.dirty)
+        self.clock.advance(1)
+        self.assertFalse(self.store._redo.dirty)
