@@ -1,0 +1,376 @@
+"""
+The broker's handling of C{transaction} commands and transactional C{put}s
+(Java C{TransactionalCommandProcessor} and C{TransactionProcessor};
+spec/protocol.md sections 6.2 and 6.7, spec/transactions.md sections 3, 4
+and 7).
+
+Local transactions live in their connection's session context; XA
+transactions live in one broker-wide map so that any connection, typically a
+recovering transaction manager, can complete them.
+"""
+
+from twisted.application import service
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metamorphosis.broker.interfaces import ITransactionProcessor
+from metamorphosis.broker.transactions.errors import (
+    XA_HEURCOM,
+    XA_HEURHAZ,
+    XA_HEURRB,
+    XAER_NOTA,
+    TransactionNotStarted,
+    XAException,
+    xaNotStarted,
+)
+from metamorphosis.broker.transactions.journal import DEFAULT_FILE_SIZE, HeuristicJournal
+from metamorphosis.broker.transactions.store import JournalTransactionStore
+from metamorphosis.broker.transactions.transaction import (
+    LocalTransaction,
+    PendingMessage,
+    State,
+    XATransaction,
+)
+from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.protocol.txid import (
+    LocalTransactionId,
+    XATransactionId,
+    parseTransactionId,
+)
+
+# The key of this processor's state in ISession.context.
+_LOCAL_TRANSACTIONS = "metamorphosis.transactions.local"
+
+_HEURISTIC_ERRORS = {
+    State.HEURISTIC_COMMIT: (XA_HEURCOM, "XA transaction '%s' has been heuristically committed."),
+    State.HEURISTIC_ROLLBACK: (XA_HEURRB, "XA transaction '%s' has been heuristically rolled back."),
+    State.HEURISTIC_COMPLETE: (XA_HEURHAZ, "XA transaction '%s' has been heuristically completed."),
+}
+
+
+class HeuristicTransaction:
+    """
+    A prepared XA transaction an operator completed by hand, remembered
+    until the transaction manager FORGETs it.
+    """
+
+    __slots__ = ("key", "uniqueQualifier", "state")
+
+    def __init__(self, key, uniqueQualifier, state):
+        self.key = key
+        self.uniqueQualifier = uniqueQualifier
+        self.state = State(state)
+
+
+@implementer(ITransactionProcessor)
+class TransactionalProcessor(service.Service):
+    """
+    Transactions of one broker.
+
+    Start it (it recovers the journal) after the message store manager and
+    before the broker accepts connections; stop it before the store manager.
+
+    @ivar xaTransactions: XA key to L{XATransaction}, in begin order.
+    @ivar heuristicTransactions: XA key to L{HeuristicTransaction}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config,
+        storeManager,
+        idWorker,
+        stats,
+        reactor=None,
+        threadPool=None,
+        journalFileSize=DEFAULT_FILE_SIZE,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        if threadPool is None:
+            threadPool = reactor.getThreadPool()
+        self.config = config
+        self.storeManager = storeManager
+        self.idWorker = idWorker
+        self.stats = stats
+        self.reactor = reactor
+        self._threadPool = threadPool
+        self.store = JournalTransactionStore(
+            config, storeManager, reactor, threadPool, journalFileSize
+        )
+        self._heuristicJournal = HeuristicJournal(self.store.directory)
+        self.xaTransactions = {}
+        self.heuristicTransactions = {}
+
+    # Lifetime
+
+    def startService(self):
+        service.Service.startService(self)
+        return ensureDeferred(self._recover())
+
+    async def _recover(self):
+        await self.store.open(self._adoptPrepared)
+        for key, qualifier, state in await deferToThreadPool(
+            self.reactor, self._threadPool, self._heuristicJournal.load
+        ):
+            self.heuristicTransactions[key] = HeuristicTransaction(key, qualifier, state)
+
+    def _adoptPrepared(self, key, messages, location):
+        xid = parseTransactionId(key)
+        tx = XATransaction(xid.key, self.store, self._xaFinished, xid.uniqueQualifier)
+        tx.messages = list(messages)
+        tx.state = State.PREPARED
+        self.xaTransactions[tx.key] = tx
+        return tx
+
+    def stopService(self):
+        service.Service.stopService(self)
+        for tx in self.xaTransactions.values():
+            if tx.timeout is not None and tx.timeout.active():
+                tx.timeout.cancel()
+        return ensureDeferred(self.store.close())
+
+    # The state machine's bookkeeping
+
+    def _xaFinished(self, tx):
+        if self.xaTransactions.get(tx.key) is tx:
+            del self.xaTransactions[tx.key]
+
+    def _localTransactions(self, session):
+        return session.context.setdefault(_LOCAL_TRANSACTIONS, {})
+
+    def getTransaction(self, session, xid):
+        """
+        The live transaction C{xid} names, else the Java error for it.
+        """
+        if isinstance(xid, XATransactionId):
+            tx = self.xaTransactions.get(xid.key)
+            if tx is not None:
+                return tx
+            heuristic = self.heuristicTransactions.get(xid.key)
+            if heuristic is not None:
+                code, message = _HEURISTIC_ERRORS[heuristic.state]
+                raise XAException(code, message % (xid.key,))
+            raise xaNotStarted(xid.key)
+        tx = self._localTransactions(session).get(xid.key)
+        if tx is None:
+            raise TransactionNotStarted(xid.key)
+        return tx
+
+    def beginTransaction(self, session, xid, timeout):
+        if isinstance(xid, XATransactionId):
+            self.stats.statsTxBegin(True)
+            if xid.key in self.xaTransactions:
+                return
+            tx = XATransaction(xid.key, self.store, self._xaFinished, xid.uniqueQualifier)
+            self.xaTransactions[tx.key] = tx
+        elif isinstance(xid, LocalTransactionId):
+            self.stats.statsTxBegin(False)
+            transactions = self._localTransactions(session)
+            if xid.key in transactions:
+                return
+            tx = LocalTransaction(
+                xid.key, self.store, lambda t: transactions.pop(t.key, None)
+            )
+            transactions[tx.key] = tx
+        else:
+            raise TransactionNotStarted(xid.key)
+        if timeout > 0:
+            tx.timeout = self.reactor.callLater(
+                min(timeout, self.config.maxTxTimeoutInSeconds),
+                self._abandon,
+                tx,
+                "XA transaction {key} is timeout,it is rolled back.",
+            )
+
+    def _abandon(self, tx, why):
+        d = tx.abandon()
+        if d is not None:
+            self.log.warn(why, key=tx.key)
+            d.addErrback(
+                lambda f: self.log.failure("Rolling back {key} failed", f, key=tx.key)
+            )
+
+    def preparedTransactions(self, uniqueQualifier):
+        """
+        The keys RECOVER answers: prepared XA transactions, then the
+        heuristically completed ones, of the qualifier (all without one).
+        """
+        def matches(tx):
+            return uniqueQualifier is None or tx.uniqueQualifier == uniqueQualifier
+
+        return [
+            tx.key
+            for tx in self.xaTransactions.values()
+            if tx.state == State.PREPARED and matches(tx)
+        ] + [tx.key for tx in self.heuristicTransactions.values() if matches(tx)]
+
+    async def forgetTransaction(self, xid):
+        if not isinstance(xid, XATransactionId):
+            raise XAException(XAER_NOTA, "%s is not a valid xid" % (xid.key,))
+        return await self._forget(xid.key)
+
+    async def _forget(self, key):
+        if self.heuristicTransactions.pop(key, None) is None:
+            return False
+        await self._saveHeuristics()
+        return True
+
+    # ITransactionProcessor
+
+    def processTransaction(self, command, session):
+        if command.type == "END":
+            return None
+        return ensureDeferred(self._processTransaction(command, session))
+
+    async def _processTransaction(self, command, session):
+        kind = command.type
+        body = ""
+        try:
+            xid = parseTransactionId(command.transactionKey)
+            if kind == "BEGIN":
+                self.beginTransaction(session, xid, command.timeout)
+            elif kind == "PREPARE":
+                body = str(await self.getTransaction(session, xid).prepare())
+            elif kind in ("COMMIT_ONE_PHASE", "COMMIT_TWO_PHASE"):
+                self.stats.statsTxCommit()
+                await self.getTransaction(session, xid).commit(kind == "COMMIT_ONE_PHASE")
+            elif kind == "ROLLBACK":
+                self.stats.statsTxRollback()
+                await self.getTransaction(session, xid).rollback()
+            elif kind == "FORGET":
+                await self.forgetTransaction(xid)
+            elif kind == "RECOVER":
+                body = "\r\n".join(self.preparedTransactions(command.uniqueQualifier))
+            else:
+                body = "Unknow transaction command type:%s" % (kind,)
+                return ResultCommand(500, body.encode("utf-8"), command.opaque)
+        except XAException as e:
+            self.log.info(
+                "Transaction command {kind} {key} failed: {error}",
+                kind=kind,
+                key=command.transactionKey,
+                error=e.reply(),
+            )
+            return ResultCommand(500, e.reply().encode("utf-8"), command.opaque)
+        except (TransactionNotStarted, ValueError) as e:
+            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
+        except Exception as e:
+            self.log.failure("Processing transaction command failed")
+            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
+        return ResultCommand(200, body.encode("utf-8"), command.opaque)
+
+    def processPut(self, command, session):
+        try:
+            tx = self.getTransaction(session, parseTransactionId(command.transactionKey))
+            if tx.state == State.START:
+                tx.state = State.IN_USE
+            partitionString = "%d-%d" % (self.config.brokerId, command.partition)
+            if command.partition == -1:
+                self.stats.statsPutFailed(command.topic, partitionString)
+                raise ValueError(
+                    "Invalid partition for transaction command:%d" % (command.partition,)
+                )
+            self.storeManager.getOrCreateStore(command.topic, command.partition)
+            msgId = self.idWorker.nextId()
+            tx.addMessage(
+                PendingMessage(
+                    msgId, command.topic, command.partition, command.flag, command.data
+                )
+            )
+        except Exception as e:
+            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
+        self.stats.statsPut(command.topic, partitionString)
+        return ResultCommand(
+            200, ("%d %d -1" % (msgId, command.partition)).encode(), command.opaque
+        )
+
+    def sessionClosed(self, session):
+        """
+        Roll back the local transactions of a closed connection: no other
+        connection can ever complete them (Java leaves them to their timeout
+        or the next restart, which has the same visible outcome).
+        """
+        for tx in list(self._localTransactions(session).values()):
+            self._abandon(
+                tx, "Local transaction {key} of a closed connection is rolled back."
+            )
+
+    # Heuristic completion (operator commands, see admin.py)
+
+    async def _saveHeuristics(self):
+        entries = [
+            (h.key, h.uniqueQualifier, h.state) for h in self.heuristicTransactions.values()
+        ]
+        await deferToThreadPool(
+            self.reactor, self._threadPool, self._heuristicJournal.save, entries
+        )
+
+    def _preparedTransaction(self, key):
+        try:
+            xid = parseTransactionId(key)
+        except ValueError:
+            return None
+        tx = self.xaTransactions.get(xid.key) if isinstance(xid, XATransactionId) else None
+        return tx if tx is not None and tx.state == State.PREPARED else None
+
+    async def _completeHeuristically(self, key, state, action):
+        tx = self._preparedTransaction(key)
+        if tx is None:
+            return False
+        await action(tx)
+        self.heuristicTransactions[tx.key] = HeuristicTransaction(
+            tx.key, tx.uniqueQualifier, state
+        )
+        await self._saveHeuristics()
+        self.log.warn("Prepared transaction {key} completed heuristically: {state}",
+                      key=tx.key, state=state.name)
+        return True
+
+    def commitHeuristically(self, key, onePhase=False):
+        """
+        Commit the prepared XA transaction C{key} by operator decision.
+
+        @return: Deferred firing with whether there was such a transaction.
+        """
+        return ensureDeferred(
+            self._completeHeuristically(
+                key, State.HEURISTIC_COMMIT, lambda tx: tx.commit(onePhase)
+            )
+        )
+
+    def rollbackHeuristically(self, key):
+        return ensureDeferred(
+            self._completeHeuristically(
+                key, State.HEURISTIC_ROLLBACK, lambda tx: tx.rollback()
+            )
+        )
+
+    def forgetHeuristic(self, key):
+        """
+        Drop the memory of the heuristically completed transaction C{key}
+        (what FORGET does).
+
+        @return: Deferred firing with whether it was remembered.
+        """
+        try:
+            key = parseTransactionId(key).key
+        except ValueError:
+            pass
+        return ensureDeferred(self._forget(key))
+
+    def completeHeuristically(self, key):
+        """
+        Forget the prepared XA transaction C{key} without committing or
+        rolling it back; its journal records stay, so it is prepared again
+        after a restart (as in Java).
+        """
+        async def detach(tx):
+            del self.xaTransactions[tx.key]
+
+        return ensureDeferred(
+            self._completeHeuristically(key, State.HEURISTIC_COMPLETE, detach)
+        )
