@@ -208,6 +208,12 @@ class BrokerZooKeeper(service.Service):
             try:
                 yield unregistering
                 removed = True
+            except _DISCONNECTED + (TimeoutError, CancelledError) as e:
+                self.log.warn(
+                    "ZooKeeper did not answer ({error!r}) while removing this "
+                    "broker; its ephemeral nodes go when the session ends",
+                    error=e,
+                )
             except Exception:
                 self.log.failure("Could not remove this broker from ZooKeeper")
         self._registeredSession = None
@@ -284,11 +290,19 @@ class BrokerZooKeeper(service.Service):
             return
         if failure.check(CancelledError) or not self.running:
             return
-        self.log.failure(
-            "ZooKeeper registration failed; retrying in {delay} s",
-            failure,
-            delay=self.retryDelay,
-        )
+        if failure.check(BrokerIdConflict):
+            self.log.error(
+                "Broker id {brokerId} is taken: {error}; retrying in {delay} s",
+                brokerId=self.config.brokerId,
+                error=failure.getErrorMessage(),
+                delay=self.retryDelay,
+            )
+        else:
+            self.log.failure(
+                "ZooKeeper registration failed; retrying in {delay} s",
+                failure,
+                delay=self.retryDelay,
+            )
         if self._retryCall is None or not self._retryCall.active():
             self._retryCall = self._reactor.callLater(
                 self.retryDelay, self._queueRegistration
@@ -437,7 +451,10 @@ class BrokerZooKeeper(service.Service):
             except NoNodeError:
                 pass
             except NotEmptyError:
-                yield self._call("set_async", idPath, b"", client=client)
+                # An async slave remains, or a broker with our id took over.
+                children = yield self._call("get_children_async", idPath, client=client)
+                if "master" not in children:
+                    yield self._call("set_async", idPath, b"", client=client)
         for topic in list(self._topics):
             for path in [
                 self.paths.brokerTopicsPathOf(topic, brokerId),

@@ -6,19 +6,22 @@ the conformance C{server.ini}, dumped in C{../shared/transcripts/zk}.
 """
 
 import os
-import zlib
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import SkipTest, TestCase
 
-from metamorphosis.broker.config import MetaConfig, TopicConfig, ZookeeperConfig
+from metamorphosis.broker.config import TopicConfig, loadConfig
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
@@ -79,33 +82,34 @@ def dumpTree(client, root):
         for child in sorted(client.get_children(path)):
             visit(path + "/" + child)
 
-    if client.exists(root):
+    if not client.exists(root):
+        return lines
+    try:
         visit(root)
+    except NoNodeError:
+        # A node went while we walked: take a fresh snapshot.
+        return dumpTree(client, root)
     return lines
 
 
 def conformanceConfig(root, zkConnect=None):
     """
-    The configuration of C{conf/broker/server.ini} (brokerId 0, hostName
-    127.0.0.1, topics meta-test (1 partition), test (2), bench (1)) with
-    the test's ZooKeeper and root, and no wait after unregistering.
+    The conformance suite's C{conf/broker/server.ini} (brokerId 0, hostName
+    127.0.0.1, topics meta-test (1 partition), test (2), bench (1)), read
+    as the broker reads it, with the test's ZooKeeper and root, short
+    timeouts and no wait after unregistering.
     """
     if not SERVER_INI.exists():
         raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
-    config = MetaConfig(
-        brokerId=0,
-        hostName="127.0.0.1",
-        checksum=zlib.crc32(SERVER_INI.read_bytes()),
-        zookeeper=ZookeeperConfig(
-            zkConnect=zkConnect or zookeeperAddress(),
-            zkRoot=root,
-            zkSessionTimeoutMs=4000,
-            zkConnectionTimeoutMs=4000,
-            zkSyncTimeMs=0,
-        ),
+    config = loadConfig(str(SERVER_INI))
+    config.zookeeper = replace(
+        config.zookeeper,
+        zkConnect=zkConnect or zookeeperAddress(),
+        zkRoot=root,
+        zkSessionTimeoutMs=4000,
+        zkConnectionTimeoutMs=4000,
+        zkSyncTimeMs=0,
     )
-    for topic, numPartitions in [("meta-test", 1), ("test", 2), ("bench", 1)]:
-        config.topics[topic] = TopicConfig(topic=topic, numPartitions=numPartitions)
     return config
 
 
@@ -125,17 +129,21 @@ class BrokerZooKeeperTests(TestCase):
         self.addCleanup(self.observer.stop)
         self.addCleanup(self.observer.delete, self.root, recursive=True)
 
+    def logObserver(self, event):
+        self.logged.append(formatEvent(event))
+
     def dump(self):
         return deferToThread(dumpTree, self.observer, self.root)
 
     @inlineCallbacks
-    def waitForTree(self, expected, seconds=20):
+    def waitForTree(self, expected, seconds=20, normalize=lambda line: line):
         """
-        Wait until the subtree is C{expected}; fail with the difference
-        otherwise.
+        Wait until the subtree is C{expected}, both with C{normalize}
+        applied to each line; fail with the difference otherwise.
         """
+        expected = [normalize(line) for line in expected]
         for _ in range(int(seconds * 10)):
-            tree = yield self.dump()
+            tree = [normalize(line) for line in (yield self.dump())]
             if tree == expected:
                 return
             yield deferLater(reactor, 0.1, lambda: None)
@@ -277,25 +285,196 @@ class BrokerZooKeeperTests(TestCase):
     def test_zooKeeperDownAtStart(self):
         """
         A broker whose ZooKeeper cannot be reached starts all the same and
-        registers once ZooKeeper answers, also after a later outage.
+        registers once ZooKeeper answers.
         """
-        host, port = self.address.rsplit(":", 1)
-        forward = ProxyFactory(host, int(port))
-        listening = reactor.listenTCP(0, Factory.forProtocol(lambda: None), interface="127.0.0.1")
-        proxyPort = listening.getHost().port
-        yield listening.stopListening()
-
-        broker = self.startBroker(
-            conformanceConfig(self.root, zkConnect="127.0.0.1:%d" % (proxyPort,))
-        )
+        link = Link(self.address)
+        broker = self.startBroker(conformanceConfig(self.root, zkConnect=link.address))
         self.assertTrue(broker.running)
         yield deferLater(reactor, 1.0, lambda: None)
         self.assertEqual((yield self.dump()), [])
+        link.up()
+        self.addCleanup(link.down)
+        yield self.waitForTree(referenceDump("zk-01-after-broker-start.txt", self.root))
 
-        proxy = reactor.listenTCP(proxyPort, forward, interface="127.0.0.1")
-        self.addCleanup(proxy.stopListening)
+    @inlineCallbacks
+    def test_shortOutage(self):
+        """
+        An outage shorter than the session timeout changes nothing: the
+        session resumes with its nodes.
+        """
+        link = Link(self.address)
+        link.up()
+        self.addCleanup(link.down)
+        config = conformanceConfig(self.root, zkConnect=link.address)
+        config.zookeeper.zkSessionTimeoutMs = 10000
+        broker = self.startBroker(config)
         expected = referenceDump("zk-01-after-broker-start.txt", self.root)
         yield self.waitForTree(expected)
+        session = broker.client.client_id[0]
+        yield link.down()
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertFalse(broker.client.connected)
+        link.up()
+        yield self.waitForTree(expected)
+        self.assertEqual(
+            (yield deferToThread(ownersOf, self.observer, self.root)), {session}
+        )
+
+    @inlineCallbacks
+    def test_longOutage(self):
+        """
+        After an outage longer than the session timeout ZooKeeper has
+        dropped the broker's ephemeral nodes; once it is reachable again the
+        broker registers everything in a new session.
+        """
+        link = Link(self.address)
+        link.up()
+        self.addCleanup(link.down)
+        config = conformanceConfig(self.root, zkConnect=link.address)
+        config.zookeeper.zkSessionTimeoutMs = 2000
+        broker = self.startBroker(config)
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        session = broker.client.client_id[0]
+        yield link.down()
+        yield self.waitForTree(
+            [
+                line.replace("/ids/0  [P] children=2", "/ids/0  [P] children=0")
+                for line in afterShutdown(expected, keepBrokerId=True)
+            ]
+        )
+        link.up()
+        yield self.waitForTree(expected)
+        owners = yield deferToThread(ownersOf, self.observer, self.root)
+        self.assertEqual(len(owners), 1)
+        self.assertNotIn(session, owners)
+
+    @inlineCallbacks
+    def test_stopWhileZooKeeperDown(self):
+        """
+        Stopping a broker that never reached ZooKeeper, or lost it, does not
+        hang.
+        """
+        link = Link(self.address)
+        link.up()
+        self.addCleanup(link.down)
+        config = conformanceConfig(self.root, zkConnect=link.address)
+        config.zookeeper.zkSyncTimeMs = 60000
+        broker = self.startBroker(config)
+        yield self.waitForTree(referenceDump("zk-01-after-broker-start.txt", self.root))
+        yield link.down()
+        yield broker.stopService()
+        self.assertIsNone(broker.client)
+
+        never = self.startBroker(
+            conformanceConfig(self.root, zkConnect=Link(self.address).address)
+        )
+        yield deferLater(reactor, 0.5, lambda: None)
+        yield never.stopService()
+
+    @inlineCallbacks
+    def test_reloadConfig(self):
+        """
+        A reloaded configuration updates the checksum, re-registers the
+        topics whose partition count or visibility changed and registers new
+        ones.
+        """
+        config = conformanceConfig(self.root)
+        broker = self.startBroker(config)
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        config.checksum = 1234
+        config.topics["test"] = replace(config.topics["test"], numPartitions=4)
+        config.topics["bench"] = replace(config.topics["bench"], acceptSubscribe=False)
+        config.topics["newly"] = TopicConfig(topic="newly", numPartitions=2)
+        broker.reloadConfig(config)
+        changed = []
+        for line in expected:
+            if "/master_config_checksum " in line:
+                line = line.replace("dataVersion=0 data='3346228108'", "dataVersion=1 data='1234'")
+            if "/test/0-m " in line:
+                line = line.replace(":2,", ":4,").replace("'2'", "'4'")
+            if "/topics-sub/bench/0-m" in line:
+                continue
+            changed.append(line)
+        changed += topicNodes(self.root, "newly", 2)
+        yield self.waitForTree(sortedTree(changed))
+
+    @inlineCallbacks
+    def test_brokerIdConflict(self):
+        """
+        While another live broker at another address holds this broker id,
+        nothing is registered; the broker takes over once it is gone.
+        """
+        master = self.root + "/brokers/ids/0/master"
+        other = self.startBroker(conformanceConfig(self.root), port=None)
+        other.setBrokerAddress(8123, "10.9.9.9")
+        yield self.waitForTree(
+            [
+                line.replace("127.0.0.1", "10.9.9.9")
+                for line in referenceDump("zk-01-after-broker-start.txt", self.root)
+            ]
+        )
+        self.logged = []
+        globalLogPublisher.addObserver(self.logObserver)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logObserver)
+        broker = BrokerZooKeeper(conformanceConfig(self.root))
+        broker.retryDelay = 0.2
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        broker.setBrokerAddress(8123)
+        yield deferLater(reactor, 1.0, lambda: None)
+        data, _ = yield deferToThread(self.observer.get, master)
+        self.assertEqual(data, b"meta://10.9.9.9:8123")
+        self.assertIn("Broker id 0 is taken", " ".join(self.logged))
+        yield other.stopService()
+        # ids/0 is written once more if the takeover came before the other
+        # broker removed it.
+        idNode = self.root + "/brokers/ids/0  [P] children=2 dataVersion="
+        yield self.waitForTree(
+            referenceDump("zk-01-after-broker-start.txt", self.root),
+            normalize=lambda line: idNode if line.startswith(idNode) else line,
+        )
+
+
+class Link:
+    """
+    A TCP forwarder to ZooKeeper on a port of its own that the test turns
+    on and off, to stage outages.
+    """
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.factory = ProxyFactory(host, int(port))
+        self.connections = []
+        build = self.factory.buildProtocol
+
+        def buildProtocol(addr):
+            protocol = build(addr)
+            self.connections.append(protocol)
+            return protocol
+
+        self.factory.buildProtocol = buildProtocol
+        with socket.socket() as reserved:
+            reserved.bind(("127.0.0.1", 0))
+            self.port = reserved.getsockname()[1]
+        self.address = "127.0.0.1:%d" % (self.port,)
+        self.listening = None
+
+    def up(self):
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+
+    def down(self):
+        """
+        Stop listening and cut every forwarded connection.
+        """
+        for protocol in self.connections:
+            protocol.transport.abortConnection()
+        self.connections = []
+        listening, self.listening = self.listening, None
+        if listening is None:
+            return succeed(None)
+        return listening.stopListening()
 
 
 def sortedTree(lines):
@@ -359,15 +538,15 @@ def ownersOf(client, root):
     return owners
 
 
-def afterShutdown(lines):
+def afterShutdown(lines, keepBrokerId=False):
     """
-    A dump without the ephemeral nodes and C{ids/<id>}, children counts
-    made right.
+    A dump without the ephemeral nodes and (unless C{keepBrokerId})
+    C{ids/<id>}, children counts made right.
     """
     kept = [
         line
         for line in lines
-        if "[E]" not in line and "/brokers/ids/" not in line
+        if "[E]" not in line and (keepBrokerId or "/brokers/ids/" not in line)
     ]
     return sortedTree(kept)
 
