@@ -22,7 +22,12 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from twisted.application import service
-from twisted.internet.defer import CancelledError, DeferredLock, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    DeferredLock,
+    TimeoutError,
+    inlineCallbacks,
+)
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -234,7 +239,7 @@ class BrokerZooKeeper(service.Service):
         if state == KazooState.CONNECTED:
             self.log.info(
                 "ZooKeeper session 0x{session:x} connected",
-                session=self._sessionId(),
+                session=self._sessionId() or 0,
             )
             self._queueRegistration()
         elif state == KazooState.SUSPENDED:

@@ -373,6 +373,29 @@ class BrokerZooKeeperTests(TestCase):
         yield never.stopService()
 
     @inlineCallbacks
+    def test_stopWhileZooKeeperSilent(self):
+        """
+        When ZooKeeper stops answering, the removal is abandoned after
+        C{zk.zkConnectionTimeoutMs} and the broker stops without the
+        C{zk.zkSyncTimeMs} wait.
+        """
+        link = Link(self.address)
+        link.up()
+        self.addCleanup(link.down)
+        config = conformanceConfig(self.root, zkConnect=link.address)
+        config.zookeeper.zkSessionTimeoutMs = 10000
+        config.zookeeper.zkConnectionTimeoutMs = 500
+        config.zookeeper.zkSyncTimeMs = 60000
+        self.logged = []
+        globalLogPublisher.addObserver(self.logObserver)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logObserver)
+        broker = self.startBroker(config)
+        yield self.waitForTree(referenceDump("zk-01-after-broker-start.txt", self.root))
+        link.freeze()
+        yield broker.stopService()
+        self.assertIn("ZooKeeper did not answer", " ".join(self.logged))
+
+    @inlineCallbacks
     def test_reloadConfig(self):
         """
         A reloaded configuration updates the checksum, re-registers the
@@ -463,6 +486,15 @@ class Link:
 
     def up(self):
         self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+
+    def freeze(self):
+        """
+        Stop forwarding without closing anything: ZooKeeper no longer
+        answers, and nothing tells the client so.
+        """
+        for protocol in self.connections:
+            protocol.transport.pauseProducing()
+            protocol.peer.transport.pauseProducing()
 
     def down(self):
         """
