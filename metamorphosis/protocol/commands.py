@@ -305,22 +305,20 @@ def _expect(tokens: list[str], word: str) -> None:
         raise ValueError(f'expected "{word}", got "{tokens[0]}"')
 
 
-def _field(tokens: list[str], index: int) -> str:
-    if index >= len(tokens):
-        raise ValueError(f"{tokens[0]} needs at least {index + 1} tokens, got {len(tokens)}")
-    return tokens[index]
+def _need(tokens: list[str], count: int) -> None:
+    if len(tokens) < count:
+        raise ValueError(f"{tokens[0]} needs at least {count} tokens, got {len(tokens)}")
 
 
-def _int(tokens: list[str], index: int) -> int:
-    return parseJavaInt(_field(tokens, index))
+_int = parseJavaInt
 
 
-def _long(tokens: list[str], index: int) -> int:
-    return parseJavaInt(_field(tokens, index), bits=64)
+def _long(text: str) -> int:
+    return parseJavaInt(text, bits=64)
 
 
-def _bodyLength(tokens: list[str], index: int) -> int:
-    length = _int(tokens, index)
+def _bodyLength(text: str) -> int:
+    length = parseJavaInt(text)
     if length < 0:
         raise ValueError(f"negative body length {length}")
     return length
@@ -332,27 +330,26 @@ def _transactionKey(key: str) -> str:
 
 def _finishPut(tokens: list[str], data: bytes) -> PutCommand:
     count = len(tokens)
-    topic = tokens[1]
-    if count == 6:
-        return PutCommand(topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 5))
     if count == 7:
         slot = tokens[5]
         if not slot:
             raise ValueError("empty checksum or transaction key")
         if isJavaDigit(slot[0]) or slot[0] == "-":
             return PutCommand(
-                topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 6),
-                checksum=parseJavaInt(slot),
+                tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[6]),
+                _int(slot),
             )
         return PutCommand(
-            topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 6),
+            tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[6]),
             transactionKey=_transactionKey(slot),
         )
     if count == 8:
         return PutCommand(
-            topic, _int(tokens, 2), data, _int(tokens, 4), _int(tokens, 7),
-            checksum=_int(tokens, 5), transactionKey=_transactionKey(tokens[6]),
+            tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[7]),
+            _int(tokens[5]), _transactionKey(tokens[6]),
         )
+    if count == 6:
+        return PutCommand(tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[5]))
     raise ValueError(f"put needs 6, 7 or 8 tokens, got {count}")
 
 
@@ -361,78 +358,83 @@ def _finishSync(tokens: list[str], data: bytes) -> SyncCommand:
     if count not in (7, 8):
         raise ValueError(f"sync needs 7 or 8 tokens, got {count}")
     return SyncCommand(
-        tokens[1], _int(tokens, 2), data, _int(tokens, 4), _long(tokens, 5),
-        _int(tokens, count - 1),
-        checksum=_int(tokens, 6) if count == 8 else -1,
+        tokens[1], _int(tokens[2]), data, _int(tokens[4]), _long(tokens[5]),
+        _int(tokens[count - 1]),
+        _int(tokens[6]) if count == 8 else -1,
     )
 
 
 def _finishResult(tokens: list[str], body: bytes) -> ResultCommand:
-    return ResultCommand(_int(tokens, 1), body, _int(tokens, 3))
+    _need(tokens, 4)
+    return ResultCommand(_int(tokens[1]), body, _int(tokens[3]))
 
 
 def _finishValue(tokens: list[str], data: bytes) -> ValueCommand:
-    return ValueCommand(data, _int(tokens, 2))
+    _need(tokens, 3)
+    return ValueCommand(data, _int(tokens[2]))
 
 
 def _decodePut(tokens):
     _expect(tokens, "put")
-    return _Body(_bodyLength(tokens, 3), _finishPut)
+    _need(tokens, 4)
+    return _Body(_bodyLength(tokens[3]), _finishPut)
 
 
 def _decodeGet(tokens):
     _expect(tokens, "get")
-    _field(tokens, 6)
+    _need(tokens, 7)
     return GetCommand(
-        tokens[1], tokens[2], _int(tokens, 3), _long(tokens, 4),
-        _int(tokens, 5), _int(tokens, 6),
+        tokens[1], tokens[2], _int(tokens[3]), _long(tokens[4]),
+        _int(tokens[5]), _int(tokens[6]),
     )
 
 
 def _decodeOffset(tokens):
     _expect(tokens, "offset")
-    _field(tokens, 5)
+    _need(tokens, 6)
     return OffsetCommand(
-        tokens[1], tokens[2], _int(tokens, 3), _long(tokens, 4), _int(tokens, 5)
+        tokens[1], tokens[2], _int(tokens[3]), _long(tokens[4]), _int(tokens[5])
     )
 
 
 def _decodeTransaction(tokens):
     _expect(tokens, "transaction")
-    key = _transactionKey(_field(tokens, 1))
-    kind = _field(tokens, 3)
+    _need(tokens, 4)
+    key = _transactionKey(tokens[1])
+    kind = tokens[3]
     if kind not in TRANSACTION_TYPES:
         raise ValueError(f'unknown transaction type "{kind}"')
     count = len(tokens)
     if count == 7:
         return TransactionCommand(
-            key, tokens[2], kind, _int(tokens, 6),
-            timeout=_int(tokens, 4), uniqueQualifier=tokens[5],
+            key, tokens[2], kind, _int(tokens[6]), _int(tokens[4]), tokens[5]
         )
     if count == 6:
         # StringUtils.isNumeric: digits only (no sign), and true for "".
         if all(isJavaDigit(character) for character in tokens[4]):
             return TransactionCommand(
-                key, tokens[2], kind, _int(tokens, 5), timeout=_int(tokens, 4)
+                key, tokens[2], kind, _int(tokens[5]), timeout=_int(tokens[4])
             )
         return TransactionCommand(
-            key, tokens[2], kind, _int(tokens, 5), uniqueQualifier=tokens[4]
+            key, tokens[2], kind, _int(tokens[5]), uniqueQualifier=tokens[4]
         )
     if count == 5:
-        return TransactionCommand(key, tokens[2], kind, _int(tokens, 4))
+        return TransactionCommand(key, tokens[2], kind, _int(tokens[4]))
     raise ValueError(f"transaction needs 5, 6 or 7 tokens, got {count}")
 
 
 def _decodeResult(tokens):
     _expect(tokens, "result")
-    return _Body(_bodyLength(tokens, 2), _finishResult)
+    _need(tokens, 3)
+    return _Body(_bodyLength(tokens[2]), _finishResult)
 
 
 def _decodeValueOrVersion(tokens):
     if tokens[0] == "value":
-        return _Body(_bodyLength(tokens, 1), _finishValue)
+        _need(tokens, 2)
+        return _Body(_bodyLength(tokens[1]), _finishValue)
     if len(tokens) >= 2:
-        return VersionCommand(_int(tokens, 1))
+        return VersionCommand(_int(tokens[1]))
     return VersionCommand()
 
 
@@ -440,10 +442,11 @@ def _decodeStatsOrSync(tokens):
     if tokens[0] == "stats":
         return StatsCommand(
             tokens[1] if len(tokens) >= 2 else None,
-            _int(tokens, 2) if len(tokens) >= 3 else DEFAULT_OPAQUE,
+            _int(tokens[2]) if len(tokens) >= 3 else DEFAULT_OPAQUE,
         )
     _expect(tokens, "sync")
-    return _Body(_bodyLength(tokens, 3), _finishSync)
+    _need(tokens, 4)
+    return _Body(_bodyLength(tokens[3]), _finishSync)
 
 
 def _decodeQuit(tokens):
@@ -563,7 +566,7 @@ class CommandParser:
                         return
                     if end > self.maxLineLength:
                         raise self._lineTooLong(buffer)
-                    raw = bytes(buffer[:end])
+                    raw = buffer[:end]
                     del buffer[: end + 2]
                     self._scanned = 0
                     decoded = self._decodeLine(raw)
@@ -621,11 +624,13 @@ class CommandParser:
             f"{self.maxLineLength} bytes"
         )
 
-    def _decodeLine(self, raw: bytes):
+    def _decodeLine(self, raw: bytearray):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ProtocolError(f"Invalid command {raw!r}: not UTF-8 ({e.reason})")
+            raise ProtocolError(
+                f"Invalid command {bytes(raw)!r}: not UTF-8 ({e.reason})"
+            )
         tokens = javaSplit(line)
         if not tokens or not tokens[0]:
             raise ProtocolError(f"Invalid command {line!r}: blank command word")

@@ -69,25 +69,27 @@ def parseJavaInt(text: str, radix: int = 10, bits: int = 32) -> int:
 
     @raise ValueError: where Java throws C{NumberFormatException}.
     """
+    low, high = _RANGES[bits]
     digits = text[1:] if text[:1] in ("-", "+") else text
-    if digits:
-        if radix == 10 and digits.isascii() and digits.isdigit():
-            try:
-                value = int(text)
-            except ValueError:  # beyond Python's int-from-string digit limit
+    if radix == 10 and digits.isdigit() and digits.isascii():
+        # The common case: Python's int() agrees on plain ASCII digits.
+        try:
+            value = int(text)
+        except ValueError:  # beyond Python's int-from-string digit limit
+            value = None
+    elif digits:
+        value = 0
+        for character in digits:
+            digit = _javaDigit(character, radix)
+            if digit is None:
                 value = None
+                break
+            value = value * radix + digit
         else:
-            value = 0
-            for character in digits:
-                digit = _javaDigit(character, radix)
-                if digit is None:
-                    value = None
-                    break
-                value = value * radix + digit
-            else:
-                if text[0] == "-":
-                    value = -value
-        low, high = _RANGES[bits]
-        if value is not None and low <= value <= high:
-            return value
+            if text[0] == "-":
+                value = -value
+    else:
+        value = None
+    if value is not None and low <= value <= high:
+        return value
     raise ValueError(f'For input string: "{text}"')
