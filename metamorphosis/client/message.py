@@ -1,0 +1,62 @@
+"""
+The message a producer sends and a consumer receives (Java's
+C{com.taobao.metamorphosis.Message}).
+"""
+
+from metamorphosis.protocol import records
+
+
+class Message:
+    """
+    A message: a topic, a payload and an optional attribute.
+
+    The broker assigns the id; a successful send sets C{id} and
+    C{partition} (the L{metamorphosis.client.partition.Partition} the
+    message went to), as the Java producer does.
+
+    @ivar topic: the topic name.
+    @ivar data: the payload (bytes).
+    @ivar attribute: an optional text attribute stored with the payload
+        (C{None} is no attribute; C{""} is an empty one, and differs).
+    @ivar id: the broker-assigned 64-bit id, or L{None} before sending.
+    @ivar partition: the partition it was sent to (or read from), or
+        L{None}.
+    """
+
+    def __init__(self, topic, data, attribute=None, id=None, partition=None):
+        self.topic = topic
+        self.data = data
+        self.attribute = attribute
+        self.id = id
+        self.partition = partition
+
+    def __repr__(self):
+        return "<Message topic=%r id=%r partition=%s attribute=%r data=%d bytes>" % (
+            self.topic,
+            self.id,
+            self.partition,
+            self.attribute,
+            len(self.data) if self.data is not None else 0,
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.topic, self.data, self.attribute, self.id, self.partition) == (
+            other.topic,
+            other.data,
+            other.attribute,
+            other.id,
+            other.partition,
+        )
+
+    __hash__ = None
+
+    def encode(self):
+        """
+        The put body and flag for this message (attribute prefix + data,
+        flag bit 0 when there is an attribute; message-format.md section 3).
+
+        @return: C{(body, flag)}
+        """
+        return records.encodePayload(self.data, self.attribute)
