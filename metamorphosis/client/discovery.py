@@ -1,0 +1,279 @@
+"""
+Where a producer finds the brokers and partitions of a topic.
+
+L{ZooKeeperDiscovery} follows the brokers' registrations as the Java
+C{ProducerZooKeeper} does (zookeeper.md section 4): the children of
+C{<root>/brokers/topics-pub/<topic>} ending in C{-m} give the master brokers
+and their partition counts, C{<root>/brokers/ids/<id>/master} their
+addresses.  Every kazoo call runs in a thread; watches bring the changes back
+to the reactor thread.  L{StaticDiscovery} is the C{meta://host:port} mode
+without ZooKeeper.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import KazooState
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metamorphosis.client.interfaces import IBrokerDiscovery
+from metamorphosis.client.partition import RANDOM_PARTITION, Partition
+from metamorphosis.zk import ZkPaths
+
+
+@dataclass(frozen=True)
+class TopicView:
+    """
+    What is known of one topic: its master brokers (id -> URL) and its
+    partitions, sorted numerically by (broker id, partition).
+    """
+
+    brokers: dict = field(default_factory=dict)
+    partitions: tuple = ()
+
+    def urls(self):
+        return set(self.brokers.values())
+
+
+class _Listeners:
+    """
+    The change listeners of a discovery, called on the reactor thread.
+    """
+
+    log = Logger()
+
+    def __init__(self):
+        self._listeners = []
+
+    def addListener(self, listener):
+        self._listeners.append(listener)
+
+    def notify(self, topic):
+        for listener in list(self._listeners):
+            try:
+                listener(topic)
+            except Exception:
+                self.log.failure("Broker change listener {listener!r} failed", listener=listener)
+
+
+@implementer(IBrokerDiscovery)
+class ZooKeeperDiscovery(_Listeners):
+    """
+    Broker discovery through ZooKeeper.
+
+    @param zookeeper: a started C{kazoo.client.KazooClient}.
+    @param root: the MetaQ root (C{zk.zkRoot}, C{/meta} by default).
+    """
+
+    log = Logger()
+
+    retryInterval = 2.0
+
+    def __init__(self, zookeeper, root="/meta", reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.zookeeper = zookeeper
+        self.paths = ZkPaths(root)
+        self._views = {}
+        self._watchers = {}
+        self._refreshing = {}
+        self._dirty = set()
+        self._sessionLost = False
+        self._known = set()
+        zookeeper.add_listener(self._stateChanged)
+
+    def _topicPath(self, topic):
+        return "%s/%s" % (self.paths.brokerTopicsPubPath, topic)
+
+    def _masterPath(self, brokerId):
+        return self.paths.brokerIdsPathOf(brokerId)
+
+    def publish(self, topic):
+        if topic in self._views:
+            return self._refreshing.get(topic) or defer.succeed(None)
+        self._views[topic] = TopicView()
+        # One watcher object per topic: kazoo keeps watchers in sets, so
+        # re-registering it on every read does not multiply notifications.
+        self._watchers[topic] = lambda event: self.reactor.callFromThread(self._refresh, topic)
+        return self._refresh(topic)
+
+    def unpublish(self, topic):
+        self._views.pop(topic, None)
+        self._watchers.pop(topic, None)
+        self._dirty.discard(topic)
+        self._known.discard(topic)
+
+    def partitionsFor(self, topic):
+        view = self._views.get(topic)
+        return None if view is None else list(view.partitions)
+
+    def brokerUrlFor(self, topic, partition):
+        view = self._views.get(topic)
+        return None if view is None else view.brokers.get(partition.brokerId)
+
+    def brokerUrls(self, topic):
+        view = self._views.get(topic)
+        return set() if view is None else view.urls()
+
+    def stop(self):
+        self.zookeeper.remove_listener(self._stateChanged)
+        for topic in list(self._views):
+            self.unpublish(topic)
+        pending = list(self._refreshing.values())
+        return defer.DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
+
+    def _stateChanged(self, state):
+        # Called in a kazoo thread; must not block.  Watches die with the
+        # session, so read everything again once a new session is up.
+        if state == KazooState.LOST:
+            self._sessionLost = True
+        elif state == KazooState.CONNECTED and self._sessionLost:
+            self._sessionLost = False
+            self.reactor.callFromThread(self._refreshAll)
+
+    def _refreshAll(self):
+        for topic in list(self._views):
+            self._refresh(topic)
+
+    def _refresh(self, topic):
+        """
+        Read the topic again in a thread; a change arriving during a read
+        causes one more read afterwards.
+
+        @return: a Deferred that fires when the topic's view is current.
+        """
+        if topic not in self._views:
+            return defer.succeed(None)
+        if topic in self._refreshing:
+            self._dirty.add(topic)
+            return self._refreshing[topic]
+        watcher = self._watchers[topic]
+        reading = threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._read, topic, watcher
+        )
+        done = defer.Deferred()
+        self._refreshing[topic] = done
+
+        def read(view):
+            del self._refreshing[topic]
+            if topic not in self._views:
+                done.callback(None)
+                return
+            changed = view != self._views[topic] or topic not in self._known
+            self._views[topic] = view
+            self._known.add(topic)
+            if changed:
+                self.log.info(
+                    "Topic {topic} is on brokers {brokers}, partitions {partitions}",
+                    topic=topic,
+                    brokers=view.brokers,
+                    partitions=" ".join(map(str, view.partitions)),
+                )
+                self.notify(topic)
+            if topic in self._dirty:
+                self._dirty.discard(topic)
+                self._refresh(topic).chainDeferred(done)
+            else:
+                done.callback(None)
+
+        def failed(failure):
+            del self._refreshing[topic]
+            self.log.failure("Reading brokers of topic {topic} from ZooKeeper failed", failure, topic=topic)
+            if topic in self._known:
+                # Keep the last view and try again later.
+                self.reactor.callLater(self.retryInterval, self._refresh, topic)
+                done.callback(None)
+            else:
+                self.unpublish(topic)
+                done.errback(failure)
+
+        reading.addCallbacks(read, failed)
+        return done
+
+    def _read(self, topic, watcher):
+        """
+        Read one topic's brokers and partitions (in a thread).
+        """
+        zookeeper = self.zookeeper
+        path = self._topicPath(topic)
+        zookeeper.ensure_path(path)
+        brokers = {}
+        partitions = []
+        for child in zookeeper.get_children(path, watch=watcher):
+            brokerIdText, sep, role = child.rpartition("-")
+            if role != "m" or not sep:
+                continue
+            try:
+                brokerId = int(brokerIdText)
+                data, _ = zookeeper.get("%s/%s" % (path, child))
+                numParts = int(json.loads(data.decode("utf-8"))["numParts"])
+            except NoNodeError:
+                continue
+            except (ValueError, KeyError, TypeError) as e:
+                self.log.warn(
+                    "Ignoring bad registration {path}/{child}: {error}", path=path, child=child, error=e
+                )
+                continue
+            try:
+                url, _ = zookeeper.get(self._masterPath(brokerId), watch=watcher)
+            except NoNodeError:
+                zookeeper.exists(self._masterPath(brokerId), watch=watcher)
+                continue
+            url = (url or b"").decode("utf-8").strip()
+            if not url:
+                continue
+            brokers[brokerId] = url
+            partitions.extend(Partition(brokerId, n) for n in range(numParts))
+        return TopicView(brokers, tuple(sorted(partitions)))
+
+
+@implementer(IBrokerDiscovery)
+class StaticDiscovery(_Listeners):
+    """
+    Direct mode: one broker at a fixed C{meta://host:port} URL, no
+    ZooKeeper.  A topic with a known partition count is spread over
+    partitions C{0..n-1} by the selector (their broker id is C{brokerId});
+    any other topic is sent with partition C{-1}, so the broker picks one,
+    as the Java client does with C{serverUrl}.
+
+    @param partitions: a mapping of topic name to its number of partitions.
+    """
+
+    def __init__(self, serverUrl, partitions=None, brokerId=0):
+        super().__init__()
+        self.serverUrl = serverUrl
+        self.partitions = dict(partitions or {})
+        self.brokerId = brokerId
+        self._published = set()
+
+    def publish(self, topic):
+        if topic not in self._published:
+            self._published.add(topic)
+            self.notify(topic)
+        return defer.succeed(None)
+
+    def unpublish(self, topic):
+        self._published.discard(topic)
+
+    def partitionsFor(self, topic):
+        if topic not in self._published:
+            return None
+        count = self.partitions.get(topic)
+        if count is None:
+            return [RANDOM_PARTITION]
+        return [Partition(self.brokerId, n) for n in range(count)]
+
+    def brokerUrlFor(self, topic, partition):
+        return self.serverUrl if topic in self._published else None
+
+    def brokerUrls(self, topic):
+        return {self.serverUrl} if topic in self._published else set()
+
+    def stop(self):
+        self._published.clear()
+        return defer.succeed(None)
