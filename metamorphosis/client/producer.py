@@ -320,6 +320,8 @@ class AsyncMessageProducer(MessageProducer):
     cannot be sent, is handed to the local storage and re-sent by the
     session factory's recovery task.
 
+    @ivar failedCount: sends answered with an error or not answered.
+
     @param storage: an L{ILocalMessageStorage} for messages that could not
         be sent, or L{None} to drop (and log) them.
     """
@@ -328,6 +330,7 @@ class AsyncMessageProducer(MessageProducer):
         super().__init__(sessionFactory, selector)
         self.window = SlidingWindow(windowSize)
         self.storage = storage
+        self.failedCount = 0
 
     def asyncSendMessage(self, message, timeout=DEFAULT_SEND_TIMEOUT):
         """
@@ -360,10 +363,12 @@ class AsyncMessageProducer(MessageProducer):
         self.window.release(units)
         if isinstance(result, SendResult):
             if not result.success:
+                self.failedCount += 1
                 self.log.warn(
                     "Async send to {topic} failed: {error}", topic=message.topic, error=result.errorMessage
                 )
         else:
+            self.failedCount += 1
             self.log.warn(
                 "Async send to {topic} failed: {error}", topic=message.topic, error=result.getErrorMessage()
             )
