@@ -67,19 +67,15 @@ class MetaProtocol(protocol.Protocol):
         if self._parser is None:
             self._parser = CommandParser(self.maxBodySize, self.maxLineLength)
         try:
-            for command in self._parser.parse(data):
-                self.commandReceived(command)
-                if self.transport.disconnecting:
-                    return
-        except ProtocolError as error:
-            self._fail(error)
+            try:
+                for command in self._parser.parse(data):
+                    self.commandReceived(command)
+                    if self.transport.disconnecting:
+                        return
+            except ProtocolError as error:
+                self._fail(error)
         except Exception:
-            self._failed = True
-            self._log.failure(
-                "Error handling a command from {peer}; closing the connection",
-                peer=self.transport.getPeer(),
-            )
-            self.transport.loseConnection()
+            self._crashed()
 
     def commandReceived(self, command) -> None:
         """
@@ -125,10 +121,13 @@ class MetaProtocol(protocol.Protocol):
         (which can still be answered); otherwise close, as Java does.
         """
         error = None if self._parser is None else self._parser.incompleteError()
-        if error is not None and not self._failed:
-            self._fail(error)
-        else:
+        if error is None or self._failed:
             self.transport.loseConnection()
+            return
+        try:
+            self._fail(error)
+        except Exception:
+            self._crashed()
 
     def writeConnectionLost(self) -> None:
         """
@@ -148,3 +147,15 @@ class MetaProtocol(protocol.Protocol):
     def _fail(self, error: ProtocolError) -> None:
         self._failed = True
         self.protocolErrorReceived(error)
+
+    def _crashed(self) -> None:
+        """
+        A handler raised: log it with its traceback and close, so that
+        nothing reaches the reactor.
+        """
+        self._failed = True
+        self._log.failure(
+            "Error handling input from {peer}; closing the connection",
+            peer=self.transport.getPeer(),
+        )
+        self.transport.loseConnection()

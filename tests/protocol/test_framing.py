@@ -55,6 +55,11 @@ class Exploding(MetaProtocol):
         raise RuntimeError("handler bug")
 
 
+class ExplodingOnError(Recorder):
+    def protocolErrorReceived(self, error):
+        raise RuntimeError("error handler bug")
+
+
 def connected(protocolClass):
     receiver = protocolClass()
     transport = StringTransport()
@@ -176,6 +181,21 @@ class MetaProtocolTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         receiver.dataReceived(b"version 3\r\n")
         self.assertEqual(self.flushLoggedErrors(RuntimeError), [])
+
+    def test_errorHandlerErrorDoesNotEscape(self):
+        """
+        Neither does an exception from C{protocolErrorReceived}, whether the
+        error is in the data or in its end.
+        """
+        receiver, transport = connected(ExplodingOnError)
+        receiver.dataReceived(b"bogus\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(transport.disconnecting)
+        receiver, transport = connected(ExplodingOnError)
+        receiver.dataReceived(b"put t 0 9 0 1 2\r\n")
+        receiver.readConnectionLost()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(transport.disconnecting)
 
     def test_unhandledCommand(self):
         receiver, transport = connected(MetaProtocol)
