@@ -1,0 +1,245 @@
+"""
+Throughput of the Python client against our broker (issue 5, Performance).
+
+Producer part: one producer sends COUNT messages of SIZE bytes to topic
+C{bench-client-*} and the figures are printed as msgs/s and MB/s:
+
+* C{sync (Twisted)}: C{await producer.sendMessage(...)} one after another;
+* C{sync (blocking)}: C{producer.send(...)} of the blocking API, from a plain
+  thread, one after another (what a script sees);
+* C{async}: C{asyncSendMessage} with the default 20000-unit sliding window,
+  the sender waiting for room rather than spilling, until everything is
+  answered;
+* C{raw pipelined}: the same puts written by a bare L{MetaClientProtocol}
+  with 1000 in flight, no producer logic: the reference for what the broker
+  and one Python connection can do.
+
+Without C{--broker} it starts a broker (C{twistd -n metaq}, a generated
+server.ini, no ZooKeeper, normal flush policy C{unflushThreshold=1000}) on a
+free loopback port and stops it afterwards.
+
+    .venv/bin/python benchmarks/client.py producer
+    .venv/bin/python benchmarks/client.py producer --count 50000 --size 1024
+    .venv/bin/python benchmarks/client.py producer --broker meta://127.0.0.1:8123
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from twisted.internet import defer, task
+
+from metamorphosis.client.blocking import BlockingProducer, ReactorThread
+from metamorphosis.client.connection import BrokerConnection
+from metamorphosis.client.message import Message
+from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
+from metamorphosis.protocol import records
+
+
+YIELD_EVERY = 64
+
+
+def freePort():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def startBroker(directory, unflushThreshold):
+    """
+    Run C{twistd -n metaq} on a free port.
+
+    @return: C{(process, url)}
+    """
+    port = freePort()
+    ini = os.path.join(directory, "server.ini")
+    with open(ini, "w") as f:
+        f.write(
+            "[system]\nbrokerId=0\nnumPartitions=1\nserverPort=%d\n"
+            "unflushThreshold=%d\nunflushInterval=10000\ndataPath=%s\n"
+            "[zookeeper]\nzk.zkEnable=false\n[topic=bench-*]\n"
+            % (port, unflushThreshold, os.path.join(directory, "data"))
+        )
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    process = subprocess.Popen(
+        [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(directory, "broker.log"),
+         "metaq", "--config", ini, "--port", "tcp:%d:interface=127.0.0.1" % port],
+        cwd=directory,
+    )
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, "meta://127.0.0.1:%d" % port
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("the broker did not start; see " + directory)
+            time.sleep(0.1)
+    raise RuntimeError("the broker did not listen in time")
+
+
+def report(label, count, size, elapsed):
+    rate = count / elapsed
+    print("%-18s %8d %6d %10.0f %8.1f" % (label, count, size, rate, rate * size / 1e6))
+    sys.stdout.flush()
+
+
+async def syncTwisted(factory, topic, payload, count):
+    producer = factory.createProducer()
+    await producer.publish(topic)
+    start = time.perf_counter()
+    for _ in range(count):
+        result = await producer.sendMessage(Message(topic, payload))
+        if not result.success:
+            raise RuntimeError("send failed: %s" % (result.errorMessage,))
+    return time.perf_counter() - start
+
+
+async def asyncSend(reactor, factory, topic, payload, count):
+    producer = factory.createAsyncProducer()
+    await producer.publish(topic)
+    start = time.perf_counter()
+    for i in range(count):
+        message = Message(topic, payload)
+        if not producer.asyncSendMessage(message):
+            raise RuntimeError("message spilled: the window should have had room")
+        if producer.window.used >= producer.window.size:
+            await producer.whenWindowAvailable(message)
+        elif i % YIELD_EVERY == 0:
+            # A sender on the reactor thread lets the reactor write and
+            # read now and then; otherwise the whole window is queued first.
+            await task.deferLater(reactor, 0, lambda: None)
+    await producer.flush()
+    elapsed = time.perf_counter() - start
+    if producer.failedCount:
+        raise RuntimeError("%d async sends failed" % producer.failedCount)
+    return elapsed
+
+
+async def rawPipelined(reactor, url, topic, payload, count, inFlight=1000):
+    connection = BrokerConnection(url, reactor)
+    protocol = await connection.whenConnected(10)
+    checksum = records.checksum(payload)
+    done = defer.Deferred()
+    state = {"sent": 0, "answered": 0}
+
+    def answered(reply):
+        if reply.code != 200:
+            done.errback(RuntimeError("put failed: %s" % (reply.body,)))
+            return
+        state["answered"] += 1
+        if state["answered"] == count:
+            done.callback(None)
+        elif state["sent"] < count:
+            sendOne()
+
+    def sendOne():
+        state["sent"] += 1
+        protocol.put(topic, 0, payload, 0, checksum, timeout=30).addCallback(answered)
+
+    start = time.perf_counter()
+    for _ in range(min(inFlight, count)):
+        sendOne()
+    await done
+    elapsed = time.perf_counter() - start
+    await connection.stop()
+    return elapsed
+
+
+def syncBlocking(factory, reactor, topic, payload, count):
+    """
+    Run the blocking API from a plain thread, as a script would.
+    """
+    result = {}
+
+    def script():
+        producer = BlockingProducer(thread.call(factory.createProducer), thread)
+        producer.publish(topic)
+        start = time.perf_counter()
+        for _ in range(count):
+            if not producer.send(Message(topic, payload)).success:
+                raise RuntimeError("send failed")
+        result["elapsed"] = time.perf_counter() - start
+
+    thread = ReactorThread(reactor)
+    worker = threading.Thread(target=script)
+
+    def run():
+        worker.start()
+        return task.deferLater(reactor, 0, waitFor)
+
+    def waitFor():
+        if worker.is_alive():
+            return task.deferLater(reactor, 0.05, waitFor)
+        if "elapsed" not in result:
+            raise RuntimeError("the blocking producer failed")
+        return result["elapsed"]
+
+    return run()
+
+
+async def producerBenchmark(reactor, args):
+    directory = None
+    process = None
+    url = args.broker
+    if url is None:
+        directory = tempfile.mkdtemp(prefix="metaq-client-bench-")
+        process, url = startBroker(directory, args.unflush_threshold)
+    try:
+        config = MetaClientConfig(
+            serverUrl=url,
+            partitions={},
+            localMessagePath=os.path.join(directory or tempfile.gettempdir(), "local"),
+            asyncStoragePath=os.path.join(directory or tempfile.gettempdir(), "async"),
+        )
+        factory = MetaMessageSessionFactory(config, reactor)
+        await factory.start()
+        payload = os.urandom(args.size)
+        stamp = int(time.time())
+        print("broker %s, %d-byte messages, one producer" % (url, args.size))
+        print("%-18s %8s %6s %10s %8s" % ("mode", "msgs", "size", "msgs/s", "MB/s"))
+        # Warm up the connection and the broker's partition.
+        await syncTwisted(factory, "bench-client-%d-warm" % stamp, payload, 200)
+        elapsed = await syncTwisted(factory, "bench-client-%d-sync" % stamp, payload, args.count)
+        report("sync (Twisted)", args.count, args.size, elapsed)
+        elapsed = await syncBlocking(factory, reactor, "bench-client-%d-blocking" % stamp, payload, args.count)
+        report("sync (blocking)", args.count, args.size, elapsed)
+        elapsed = await asyncSend(reactor, factory, "bench-client-%d-async" % stamp, payload, args.count)
+        report("async", args.count, args.size, elapsed)
+        elapsed = await rawPipelined(reactor, url, "bench-client-%d-raw" % stamp, payload, args.count)
+        report("raw pipelined", args.count, args.size, elapsed)
+        await factory.close()
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        if directory is not None and not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def parseArguments(argv):
+    parser = argparse.ArgumentParser(description="Python client throughput against our broker.")
+    sub = parser.add_subparsers(dest="part", required=True)
+    producer = sub.add_parser("producer", help="one producer: sync, blocking, async, raw")
+    producer.add_argument("--count", type=int, default=20000, help="messages per mode")
+    producer.add_argument("--size", type=int, default=1024, help="payload bytes")
+    producer.add_argument("--broker", default=None, help="meta://host:port of a running broker")
+    producer.add_argument("--unflush-threshold", type=int, default=1000,
+                          help="unflushThreshold of the started broker (0 = group commit)")
+    producer.add_argument("--keep", action="store_true", help="keep the started broker's files")
+    producer.set_defaults(run=producerBenchmark)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parseArguments(argv if argv is not None else sys.argv[1:])
+    task.react(lambda reactor: defer.ensureDeferred(args.run(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()
