@@ -119,6 +119,7 @@ class MessageProducer:
         for topic in self._topics:
             self.sessionFactory.unpublishTopic(topic, self)
         self._topics.clear()
+        self.sessionFactory.producerShutdown(self)
         return defer.succeed(None)
 
     def _checkOpen(self):

@@ -250,6 +250,14 @@ class MetaMessageSessionFactory(service.Service):
         self._producers.append(producer)
         return producer
 
+    def producerShutdown(self, producer):
+        """
+        Forget a producer that was shut down.
+        """
+        if producer in self._producers:
+            self._producers.remove(producer)
+        self.recovery.remove(producer)
+
     def createProducer(self, selector=None):
         """
         A L{MessageProducer}; round-robin partition selection by default.

@@ -30,6 +30,10 @@ class FakeBrokerProtocol(MetaProtocol):
             self.factory.clients.remove(self)
         super().connectionLost(reason)
 
+    def dataReceived(self, data):
+        self.factory.raw += data
+        super().dataReceived(data)
+
     def commandReceived(self, command):
         factory = self.factory
         factory.received.append(command)
@@ -54,6 +58,7 @@ class FakeBroker(Factory):
     @ivar partitions: the number of partitions of every topic.
     @ivar stored: (topic, partition, offset, msgId, flag, body) of every
         accepted put, in order.
+    @ivar raw: every byte received, from all connections.
     """
 
     protocol = FakeBrokerProtocol
@@ -63,6 +68,7 @@ class FakeBroker(Factory):
         self.partitions = partitions
         self.clients = []
         self.received = []
+        self.raw = b""
         self.stored = []
         self.closedPartitions = set()
         self.silent = False

@@ -4,6 +4,7 @@ broker over real loopback sockets (direct C{meta://} mode).
 """
 
 import zlib
+from dataclasses import replace
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -17,7 +18,7 @@ from metamorphosis.client.partition import Partition
 from metamorphosis.client.producer import SendResult, SlidingWindow
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import PutCommand
+from metamorphosis.protocol.commands import CommandParser, PutCommand
 
 from .fakebroker import FakeBroker
 
@@ -400,3 +401,48 @@ class OrderedProducerTests(ProducerTestsMixin, TestCase):
         result = yield producer.sendMessage(Message("test", b"3", key))
         self.assertTrue(result.success)
         self.assertEqual(self.broker.payloads(), [b"0", b"1", b"2", b"3"])
+
+
+class JavaWireTests(ProducerTestsMixin, TestCase):
+    """
+    The producer writes what the Java producer wrote in the conformance
+    transcripts, put for put (opaques aside, which are process-wide).
+    """
+
+    partitions = {"meta-test": 1, "test": 2}
+
+    @defer.inlineCallbacks
+    def assertSameAsJava(self, scenario):
+        from tests.protocol.test_transcripts import recordedStreams, transcriptsDirectory
+
+        streams = recordedStreams(transcriptsDirectory() / "raw" / (scenario + ".jsonl"))
+        javaPuts = [c for c in CommandParser().parse(streams[(1, "C->S")]) if isinstance(c, PutCommand)]
+        self.assertTrue(javaPuts)
+        producer = self.factory.createProducer()
+        for topic in {put.topic for put in javaPuts}:
+            yield producer.publish(topic)
+        for put in javaPuts:
+            data, attribute = records.decodePayload(put.data, put.flag)
+            result = yield producer.sendMessage(Message(put.topic, data, attribute))
+            self.assertTrue(result.success)
+        ours = list(CommandParser().parse(self.broker.raw))
+        self.assertEqual(
+            [replace(c, opaque=0) for c in ours], [replace(c, opaque=0) for c in javaPuts]
+        )
+
+        def withoutOpaques(stream):
+            return [line.rsplit(b" ", 1)[0] for line in stream.split(b"\r\n") if line.startswith(b"put ")]
+
+        self.assertEqual(withoutOpaques(self.broker.raw), withoutOpaques(streams[(1, "C->S")]))
+
+    def test_syncPuts(self):
+        return self.assertSameAsJava("01-producer-startup-sync-put")
+
+    def test_attribute(self):
+        return self.assertSameAsJava("02-producer-sync-put-with-attribute")
+
+    def test_roundRobinTwoPartitions(self):
+        """
+        Java's round-robin order over two partitions: 1, 0, 1, 0.
+        """
+        return self.assertSameAsJava("03-producer-sync-put-binary-2-partitions")
