@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis.broker.interfaces import ITransactionProcessor
-from metamorphosis.broker.transactions.errors import (
+from metamorphosis.protocol.xa import (
     XA_HEURCOM,
     XA_HEURHAZ,
     XA_HEURRB,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
-from metamorphosis.broker.transactions.errors import (
+from metamorphosis.protocol.xa import (
     XA_OK,
     XA_RBOTHER,
     XA_RDONLY,

@@ -1,7 +1,10 @@
 """
-The two kinds of failure a transaction command can answer with, spelled as the
-Java broker spells them (spec/protocol.md section 6.7).
+The XA vocabulary of the wire: C{javax.transaction.xa} error codes and flags,
+and the two kinds of failure a C{transaction} command is answered with,
+spelled as the Java broker spells them (spec/protocol.md section 6.7).
 """
+
+import re
 
 # javax.transaction.xa.XAException error codes used by the broker.
 XA_OK = 0
@@ -16,6 +19,20 @@ XA_RBTIMEOUT = 106
 XA_HEURHAZ = 8
 XA_HEURCOM = 7
 XA_HEURRB = 6
+
+
+# XAResource flags.
+TMNOFLAGS = 0
+TMENDRSCAN = 0x00800000
+TMFAIL = 0x20000000
+TMJOIN = 0x00200000
+TMONEPHASE = 0x40000000
+TMRESUME = 0x08000000
+TMSTARTRSCAN = 0x01000000
+TMSUCCESS = 0x04000000
+TMSUSPEND = 0x02000000
+
+_REPLY = re.compile(r"code=(-?\d+),msg=(.*)", re.DOTALL)
 
 
 class XAException(Exception):
@@ -40,6 +57,19 @@ class XAException(Exception):
             self.code,
             "null" if self.message is None else self.message,
         )
+
+    @classmethod
+    def fromReply(cls, text):
+        """
+        The exception an error reply reports, as the Java client reads it
+        (C{TransactionContext.syncSendXATxCommand}): the code of an
+        C{XAException:code=…} text, else XAER_RMERR.
+        """
+        match = _REPLY.search(text)
+        if match is None:
+            return cls(XAER_RMERR, text)
+        message = match.group(2)
+        return cls(int(match.group(1)), None if message == "null" else message)
 
 
 class TransactionNotStarted(Exception):
