@@ -12,7 +12,6 @@ from twisted.trial.unittest import TestCase
 
 from metamorphosis.broker.config import MetaConfig
 from metamorphosis.broker.stats import StatsManager
-from metamorphosis.broker.transactions.admin import TransactionAdminService, adminSocketPath
 from metamorphosis.broker.transactions.processor import TransactionalProcessor
 from metamorphosis.protocol.commands import PutCommand, TransactionCommand
 from metamorphosis.protocol.ids import IdWorker
@@ -39,9 +38,6 @@ class TxAdminToolTests(TestCase):
         )
         await self.processor.startService()
         self.addCleanup(self.processor.stopService)
-        admin = TransactionAdminService(self.processor, adminSocketPath(self.config))
-        admin.startService()
-        self.addCleanup(admin.stopService)
         session = Session()
         for command in [
             TransactionCommand(XID, "s", "BEGIN", 1, 0, "tool"),

@@ -48,6 +48,7 @@ class ProcessorTests(SynchronousTestCase):
             StatsManager(self.config, self.manager),
             reactor=ImmediateReactor(self.clock),
             threadPool=SyncThreadPool(),
+            adminPath=None,
         )
         self.successResultOf(processor.startService())
         return processor

@@ -141,11 +141,12 @@ class TransactionAdminService(service.Service):
             self._port = self._reactor.listenUNIX(
                 self.path, factory, mode=0o600, wantPID=True
             )
-        except Exception:
-            self.log.failure(
-                "Transaction admin socket {path} unavailable; heuristic "
+        except Exception as e:
+            self.log.warn(
+                "Transaction admin socket {path} unavailable ({error}); heuristic "
                 "completion is disabled",
                 path=self.path,
+                error=e,
             )
 
     def stopService(self):

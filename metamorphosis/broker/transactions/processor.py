@@ -10,7 +10,7 @@ recovering transaction manager, can complete them.
 """
 
 from twisted.application import service
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,6 +24,10 @@ from metamorphosis.protocol.xa import (
     TransactionNotStarted,
     XAException,
     xaNotStarted,
+)
+from metamorphosis.broker.transactions.admin import (
+    TransactionAdminService,
+    adminSocketPath,
 )
 from metamorphosis.broker.transactions.journal import DEFAULT_FILE_SIZE, HeuristicJournal
 from metamorphosis.broker.transactions.store import JournalTransactionStore
@@ -39,6 +43,8 @@ from metamorphosis.protocol.txid import (
     XATransactionId,
     parseTransactionId,
 )
+
+_DEFAULT = object()
 
 # The key of this processor's state in ISession.context.
 _LOCAL_TRANSACTIONS = "metamorphosis.transactions.local"
@@ -87,6 +93,7 @@ class TransactionalProcessor(service.Service):
         reactor=None,
         threadPool=None,
         journalFileSize=DEFAULT_FILE_SIZE,
+        adminPath=_DEFAULT,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -104,12 +111,27 @@ class TransactionalProcessor(service.Service):
         self._heuristicJournal = HeuristicJournal(self.store.directory)
         self.xaTransactions = {}
         self.heuristicTransactions = {}
+        if adminPath is _DEFAULT:
+            adminPath = adminSocketPath(config)
+        self.admin = (
+            None if adminPath is None else TransactionAdminService(self, adminPath, reactor)
+        )
 
     # Lifetime
 
     def startService(self):
+        """
+        Recover the journal, then open the admin socket.
+
+        @return: a Deferred that fires when transactions can be served.
+        """
         service.Service.startService(self)
-        return ensureDeferred(self._recover())
+        return ensureDeferred(self._start())
+
+    async def _start(self):
+        await self._recover()
+        if self.admin is not None:
+            self.admin.startService()
 
     async def _recover(self):
         await self.store.open(self._adoptPrepared)
@@ -128,10 +150,15 @@ class TransactionalProcessor(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        return ensureDeferred(self._stop())
+
+    async def _stop(self):
+        if self.admin is not None and self.admin.running:
+            await maybeDeferred(self.admin.stopService)
         for tx in self.xaTransactions.values():
             if tx.timeout is not None and tx.timeout.active():
                 tx.timeout.cancel()
-        return ensureDeferred(self.store.close())
+        await self.store.close()
 
     # The state machine's bookkeeping
 
