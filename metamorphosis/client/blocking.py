@@ -205,6 +205,60 @@ class BlockingAsyncProducer(BlockingProducer):
         return self._call("flush")
 
 
+class BlockingTransactionalProducer(BlockingProducer):
+    """
+    A blocking L{TransactionalMessageProducer} or L{XAMessageProducer}.
+    """
+
+    def beginTransaction(self):
+        return self._call("beginTransaction")
+
+    def setTransactionTimeout(self, seconds):
+        return self._call("setTransactionTimeout", seconds)
+
+    def commit(self):
+        return self._call("commit")
+
+    def rollback(self):
+        return self._call("rollback")
+
+    def getXAResource(self):
+        return BlockingXAResource(self._call("getXAResource"), self.thread)
+
+
+class BlockingXAResource(BlockingProxy):
+    """
+    A blocking L{MetaXAResource}, as a JTA transaction manager calls it.
+    """
+
+    def start(self, xid, flags=0):
+        return self._call("start", xid, flags)
+
+    def end(self, xid, flags=0):
+        return self._call("end", xid, flags)
+
+    def prepare(self, xid):
+        return self._call("prepare", xid)
+
+    def commit(self, xid, onePhase):
+        return self._call("commit", xid, onePhase)
+
+    def rollback(self, xid):
+        return self._call("rollback", xid)
+
+    def forget(self, xid):
+        return self._call("forget", xid)
+
+    def recover(self, flags=0):
+        return self._call("recover", flags)
+
+    def setTransactionTimeout(self, seconds):
+        return self._call("setTransactionTimeout", seconds)
+
+    def isSameRM(self, other):
+        return self.wrapped.isSameRM(getattr(other, "wrapped", other))
+
+
 class BlockingMessageSessionFactory(BlockingProxy):
     """
     A blocking L{MetaMessageSessionFactory}, started on construction.
@@ -216,7 +270,12 @@ class BlockingMessageSessionFactory(BlockingProxy):
         super().__init__(factory, thread)
 
     def createProducer(self, selector=None):
-        return BlockingProducer(self._call("createProducer", selector), self.thread)
+        return BlockingTransactionalProducer(self._call("createProducer", selector), self.thread)
+
+    def createXAProducer(self, selector=None, uniqueQualifier=None):
+        return BlockingTransactionalProducer(
+            self._call("createXAProducer", selector, uniqueQualifier), self.thread
+        )
 
     def createOrderedProducer(self, selector=None, saveToLocalWhenFailed=False):
         return BlockingProducer(

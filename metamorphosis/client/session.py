@@ -26,6 +26,7 @@ from metamorphosis.client.producer import (
     OrderedMessageProducer,
 )
 from metamorphosis.client.selectors import OrderedPartitionSelector
+from metamorphosis.client.transaction import TransactionalMessageProducer, XAMessageProducer
 from metamorphosis.zk import connect, disconnect, normalizeRoot
 
 
@@ -260,10 +261,20 @@ class MetaMessageSessionFactory(service.Service):
 
     def createProducer(self, selector=None):
         """
-        A L{MessageProducer}; round-robin partition selection by default.
+        A L{MessageProducer} (with local transactions: a
+        L{TransactionalMessageProducer}); round-robin partition selection by
+        default.
         """
         self._checkStarted()
-        return self._register(MessageProducer(self, selector))
+        return self._register(TransactionalMessageProducer(self, selector))
+
+    def createXAProducer(self, selector=None, uniqueQualifier=None):
+        """
+        An L{XAMessageProducer}: its messages join XA transactions through
+        its C{getXAResource()} (docs/transactions.md).
+        """
+        self._checkStarted()
+        return self._register(XAMessageProducer(self, selector, uniqueQualifier))
 
     def createAsyncProducer(self, selector=None, slidingWindowSize=20000):
         """
