@@ -85,6 +85,7 @@ class ZooKeeperDiscovery(_Listeners):
         self._dirty = set()
         self._sessionLost = False
         self._known = set()
+        self._retries = {}
         zookeeper.add_listener(self._stateChanged)
 
     def _topicPath(self, topic):
@@ -107,6 +108,9 @@ class ZooKeeperDiscovery(_Listeners):
         self._watchers.pop(topic, None)
         self._dirty.discard(topic)
         self._known.discard(topic)
+        retry = self._retries.pop(topic, None)
+        if retry is not None:
+            retry.cancel()
 
     def partitionsFor(self, topic):
         view = self._views.get(topic)
@@ -135,6 +139,10 @@ class ZooKeeperDiscovery(_Listeners):
         elif state == KazooState.CONNECTED and self._sessionLost:
             self._sessionLost = False
             self.reactor.callFromThread(self._refreshAll)
+
+    def _retry(self, topic):
+        del self._retries[topic]
+        self._refresh(topic)
 
     def _refreshAll(self):
         for topic in list(self._views):
@@ -183,10 +191,17 @@ class ZooKeeperDiscovery(_Listeners):
 
         def failed(failure):
             del self._refreshing[topic]
-            self.log.failure("Reading brokers of topic {topic} from ZooKeeper failed", failure, topic=topic)
+            self.log.warn(
+                "Reading brokers of topic {topic} from ZooKeeper failed: {error}",
+                topic=topic,
+                error=failure.getErrorMessage() or failure.type.__name__,
+            )
             if topic in self._known:
                 # Keep the last view and try again later.
-                self.reactor.callLater(self.retryInterval, self._refresh, topic)
+                if topic not in self._retries:
+                    self._retries[topic] = self.reactor.callLater(
+                        self.retryInterval, self._retry, topic
+                    )
                 done.callback(None)
             else:
                 self.unpublish(topic)

@@ -196,3 +196,35 @@ class ProduceWithDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         for i in range(5):
             sent.append((yield producer.sendMessage(Message("t", b"again"))).partition)
         self.assertEqual(sorted(sent), order)
+
+
+class SessionExpiryTests(ZooKeeperTestsMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_followsChangesAfterExpiry(self):
+        """
+        Watches die with an expired session; after kazoo's new session the
+        topics are read again and watched again.
+        """
+        yield self.register(0, "meta://127.0.0.1:1", "t", 1)
+        client = KazooClient(hosts=self.address, timeout=4)
+        yield inThread(client.start, 10)
+        self.addCleanup(inThread, client.stop)
+        discovery = ZooKeeperDiscovery(client, self.root, reactor)
+        self.addCleanup(discovery.stop)
+        yield discovery.publish("t")
+        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0)])
+
+        def expire():
+            # The usual trick: a second client on the same session, closed,
+            # makes the server expire it.
+            sessionId, password = client.client_id
+            other = KazooClient(hosts=self.address, client_id=(sessionId, password))
+            other.start(10)
+            other.stop()
+            other.close()
+
+        yield inThread(expire)
+        yield eventually(lambda: discovery._sessionLost, timeout=20)
+        yield eventually(lambda: not discovery._sessionLost, timeout=20)
+        yield self.register(1, "meta://127.0.0.1:2", "t", 2)
+        yield eventually(lambda: len(discovery.partitionsFor("t")) == 3, timeout=10)
