@@ -27,6 +27,7 @@ from twisted.internet.defer import (
     DeferredLock,
     TimeoutError,
     inlineCallbacks,
+    succeed,
 )
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -42,8 +43,8 @@ _DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
 class BrokerIdConflict(Exception):
     """
-    Another broker, at another address, holds this broker id's C{master}
-    node.
+    Another broker, at another address, holds this broker's C{master} (or
+    C{slave<n>}) node.
     """
 
 
@@ -63,6 +64,15 @@ class BrokerZooKeeper(service.Service):
         registration.registerTopic(topic)
         ...                                      # the config was reloaded:
         registration.reloadConfig(newConfig)
+
+    An asynchronous slave passes its C{slaveId}: it registers
+    C{ids/<id>/slave<n>} and topic nodes C{<id>-s<n>}, and neither
+    C{ids/<id>} nor C{master_config_checksum} (spec/zookeeper.md section 7).
+    A broker that must vanish from ZooKeeper for a while (a sync master whose
+    slave fails, a promoted master before its offsets are recovered: spec/ha.md
+    sections 3.4, 3.6) calls L{unregisterEverything}, and
+    L{registerEverything} to come back; calling L{unregisterEverything}
+    before L{startService} starts the broker unregistered.
 
     None of these methods blocks, raises for ZooKeeper's sake or returns
     anything to wait for; they are cheap to call on every put that creates a
@@ -97,9 +107,11 @@ class BrokerZooKeeper(service.Service):
     #: reason than a lost connection.
     retryDelay = 5.0
 
-    def __init__(self, config, clientFactory=KazooClient, reactor=None):
+    def __init__(self, config, slaveId=-1, clientFactory=KazooClient, reactor=None):
         """
         @param config: the broker's L{metamorphosis.broker.config.MetaConfig}.
+        @param slaveId: the slave id of an asynchronous slave; -1 for a
+            master.
         @param clientFactory: makes the kazoo client; called as
             L{KazooClient} is, with C{hosts}, C{timeout} and
             C{connection_retry}.
@@ -109,6 +121,7 @@ class BrokerZooKeeper(service.Service):
         self._reactor = reactor
         self._clientFactory = clientFactory
         self.config = config
+        self.slaveId = slaveId
         self.paths = zk.ZkPaths(config.zookeeper.zkRoot)
         self.brokerString = None
         self.client = None
@@ -118,7 +131,12 @@ class BrokerZooKeeper(service.Service):
         self._retryCall = None
         self._clientStarted = None
         self._registeredSession = None
+        self._withdrawn = False
         self._addConfiguredTopics()
+
+    @property
+    def isSlave(self):
+        return self.slaveId >= 0
 
     @property
     def enabled(self):
@@ -166,6 +184,27 @@ class BrokerZooKeeper(service.Service):
         self._addConfiguredTopics()
         self._queueRegistration()
 
+    def unregisterEverything(self):
+        """
+        Remove this broker's nodes from ZooKeeper and stop registering it
+        until L{registerEverything}; the session stays open.
+
+        @return: a Deferred that fires when the nodes are gone (or could not
+            be removed, which is logged); it never fails.
+        """
+        self._withdrawn = True
+        self._registeredSession = None
+        if self.client is None or not self.client.connected:
+            return succeed(False)
+        return self._removeNodes(self.client)
+
+    def registerEverything(self):
+        """
+        Register this broker again after L{unregisterEverything}.
+        """
+        self._withdrawn = False
+        self._queueRegistration()
+
     # Service
 
     def startService(self):
@@ -204,28 +243,41 @@ class BrokerZooKeeper(service.Service):
         if client is None:
             return
         yield self._clientStarted
-        removed = False
-        if self._isRegistered(client):
-            unregistering = self._lock.run(self._unregister, client)
-            unregistering.addTimeout(
-                self.config.zookeeper.zkConnectionTimeoutMs / 1000.0, self._reactor
-            )
-            try:
-                yield unregistering
-                removed = True
-            except _DISCONNECTED + (TimeoutError, CancelledError) as e:
-                self.log.warn(
-                    "ZooKeeper did not answer ({error!r}) while removing this "
-                    "broker; its ephemeral nodes go when the session ends",
-                    error=e,
-                )
-            except Exception:
-                self.log.failure("Could not remove this broker from ZooKeeper")
         self._registeredSession = None
+        removed = False
+        if client.connected and not self._withdrawn:
+            removed = yield self._removeNodes(client)
         yield zk.disconnect(client, self._reactor)
         syncTime = self.config.zookeeper.zkSyncTimeMs / 1000.0
         if removed and syncTime > 0:
             yield deferLater(self._reactor, syncTime, lambda: None)
+
+    @inlineCallbacks
+    def _removeNodes(self, client):
+        """
+        Run L{_unregister} after any registration in progress, giving up
+        after C{zk.zkConnectionTimeoutMs}.
+
+        @return: a Deferred firing with whether this broker's own node was
+            removed.
+        """
+        unregistering = self._lock.run(self._unregister, client)
+        unregistering.addTimeout(
+            self.config.zookeeper.zkConnectionTimeoutMs / 1000.0, self._reactor
+        )
+        try:
+            removed = yield unregistering
+        except _DISCONNECTED + (TimeoutError, CancelledError) as e:
+            self.log.warn(
+                "ZooKeeper did not answer ({error!r}) while removing this "
+                "broker; its ephemeral nodes go when the session ends",
+                error=e,
+            )
+        except Exception:
+            self.log.failure("Could not remove this broker from ZooKeeper")
+        else:
+            return removed
+        return False
 
     # Session tracking
 
@@ -269,6 +321,7 @@ class BrokerZooKeeper(service.Service):
     def _canRegister(self):
         return (
             self.running
+            and not self._withdrawn
             and self.client is not None
             and self.client.connected
             and self.brokerString is not None
@@ -320,18 +373,18 @@ class BrokerZooKeeper(service.Service):
             return
         session = self._sessionId()
         yield self._registerBroker()
-        yield self._putEphemeral(
-            self.paths.masterConfigChecksumPath(self.config.brokerId),
-            str(self.config.checksum),
-        )
+        if not self.isSlave:
+            yield self._putEphemeral(
+                self.paths.masterConfigChecksumPath(self.config.brokerId),
+                str(self.config.checksum),
+            )
         self._registeredSession = session
         for topic in list(self._topics):
             yield self._registerTopic(topic)
         self.log.info(
-            "Registered {broker} in ZooKeeper as broker {brokerId} with "
-            "topics {topics}",
+            "Registered {broker} in ZooKeeper as {name} with topics {topics}",
             broker=self.brokerString,
-            brokerId=self.config.brokerId,
+            name=self.paths.topicBrokerName(self.config.brokerId, self.slaveId),
             topics=", ".join(self._topics),
         )
 
@@ -339,12 +392,17 @@ class BrokerZooKeeper(service.Service):
     def _registerBroker(self):
         """
         C{ids/<id>/master} (ephemeral), then the URL in C{ids/<id>}, as
-        Java C{registerBrokerInZk} writes them.
+        Java C{registerBrokerInZk} writes them; a slave's
+        C{ids/<id>/slave<n>} alone.
         """
         brokerId = self.config.brokerId
         yield self._putEphemeral(
-            self.paths.brokerIdsPathOf(brokerId), self.brokerString, exclusive=True
+            self.paths.brokerIdsPathOf(brokerId, self.slaveId),
+            self.brokerString,
+            exclusive=True,
         )
+        if self.isSlave:
+            return
         idPath = self.paths.brokerIdPath(brokerId)
         data, _ = yield self._call("get_async", idPath)
         if data != self.brokerString.encode("utf-8"):
@@ -361,18 +419,26 @@ class BrokerZooKeeper(service.Service):
         if not self._isRegistered():
             return
         topicConfig = self.config.topicConfig(topic)
-        brokerId = self.config.brokerId
+        brokerId, slaveId = self.config.brokerId, self.slaveId
         numParts = topicConfig.numPartitions
         topicBroker = json.dumps(
-            {"numParts": numParts, "broker": self.paths.topicBrokerName(brokerId)},
+            {"numParts": numParts, "broker": self.paths.topicBrokerName(brokerId, slaveId)},
             separators=(",", ":"),
         )
         yield self._putEphemeral(
-            self.paths.brokerTopicsPathOf(topic, brokerId), str(numParts), recreate=True
+            self.paths.brokerTopicsPathOf(topic, brokerId, slaveId),
+            str(numParts),
+            recreate=True,
         )
         for accepted, path in [
-            (topicConfig.acceptPublish, self.paths.brokerTopicsPubPathOf(topic, brokerId)),
-            (topicConfig.acceptSubscribe, self.paths.brokerTopicsSubPathOf(topic, brokerId)),
+            (
+                topicConfig.acceptPublish,
+                self.paths.brokerTopicsPubPathOf(topic, brokerId, slaveId),
+            ),
+            (
+                topicConfig.acceptSubscribe,
+                self.paths.brokerTopicsSubPathOf(topic, brokerId, slaveId),
+            ),
         ]:
             if accepted:
                 yield self._putEphemeral(path, topicBroker, recreate=True)
@@ -442,14 +508,20 @@ class BrokerZooKeeper(service.Service):
     @inlineCallbacks
     def _unregister(self, client):
         """
-        Java C{BrokerZooKeeper.close(true)}: C{master}, the checksum, then
-        C{ids/<id>} (blanked if an async slave's node is below it), then the
-        topics' nodes.
+        Java C{BrokerZooKeeper.close(true)}: C{master} (or C{slave<n>}), the
+        checksum, then C{ids/<id>} (blanked if an async slave's node is below
+        it), then the topics' nodes; only nodes of this session.
+
+        @return: a Deferred firing with whether this broker's own node was
+            removed.
         """
-        brokerId = self.config.brokerId
-        wasMaster = yield self._deleteOwn(self.paths.brokerIdsPathOf(brokerId), client)
-        yield self._deleteOwn(self.paths.masterConfigChecksumPath(brokerId), client)
-        if wasMaster:
+        brokerId, slaveId = self.config.brokerId, self.slaveId
+        removed = yield self._deleteOwn(
+            self.paths.brokerIdsPathOf(brokerId, slaveId), client
+        )
+        if not self.isSlave:
+            yield self._deleteOwn(self.paths.masterConfigChecksumPath(brokerId), client)
+        if removed and not self.isSlave:
             idPath = self.paths.brokerIdPath(brokerId)
             try:
                 yield self._call("delete_async", idPath, client=client)
@@ -462,14 +534,14 @@ class BrokerZooKeeper(service.Service):
                     yield self._call("set_async", idPath, b"", client=client)
         for topic in list(self._topics):
             for path in [
-                self.paths.brokerTopicsPathOf(topic, brokerId),
-                self.paths.brokerTopicsPubPathOf(topic, brokerId),
-                self.paths.brokerTopicsSubPathOf(topic, brokerId),
+                self.paths.brokerTopicsPathOf(topic, brokerId, slaveId),
+                self.paths.brokerTopicsPubPathOf(topic, brokerId, slaveId),
+                self.paths.brokerTopicsSubPathOf(topic, brokerId, slaveId),
             ]:
                 yield self._deleteOwn(path, client)
-        self.log.info(
-            "Removed {broker} from ZooKeeper", broker=self.brokerString
-        )
+        if removed:
+            self.log.info("Removed {broker} from ZooKeeper", broker=self.brokerString)
+        return removed
 
     def _call(self, method, *args, client=None, **kwargs):
         client = client or self.client

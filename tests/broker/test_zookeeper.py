@@ -31,7 +31,6 @@ TRANSCRIPTS = Path(
         Path(__file__).resolve().parents[2].parent / "shared" / "transcripts",
     )
 )
-SERVER_INI = TRANSCRIPTS / "conf" / "broker" / "server.ini"
 
 
 def referenceDump(name, root):
@@ -92,16 +91,18 @@ def dumpTree(client, root):
     return lines
 
 
-def conformanceConfig(root, zkConnect=None):
+def conformanceConfig(root, zkConnect=None, ini="broker"):
     """
-    The conformance suite's C{conf/broker/server.ini} (brokerId 0, hostName
-    127.0.0.1, topics meta-test (1 partition), test (2), bench (1)), read
-    as the broker reads it, with the test's ZooKeeper and root, short
-    timeouts and no wait after unregistering.
+    One of the conformance suite's configurations, by default
+    C{conf/broker/server.ini} (brokerId 0, hostName 127.0.0.1, topics
+    meta-test (1 partition), test (2), bench (1)), read as the broker reads
+    it, with the test's ZooKeeper and root, short timeouts and no wait after
+    unregistering.
     """
-    if not SERVER_INI.exists():
+    path = TRANSCRIPTS / "conf" / ini / "server.ini"
+    if not path.exists():
         raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
-    config = loadConfig(str(SERVER_INI))
+    config = loadConfig(str(path))
     config.zookeeper = replace(
         config.zookeeper,
         zkConnect=zkConnect or zookeeperAddress(),
@@ -139,11 +140,16 @@ class BrokerZooKeeperTests(TestCase):
     def waitForTree(self, expected, seconds=20, normalize=lambda line: line):
         """
         Wait until the subtree is C{expected}, both with C{normalize}
-        applied to each line; fail with the difference otherwise.
+        applied to each line (L{None}: leave the line out); fail with the
+        difference otherwise.
         """
-        expected = [normalize(line) for line in expected]
+        def normalized(lines):
+            lines = [normalize(line) for line in lines]
+            return [line for line in lines if line is not None]
+
+        expected = normalized(expected)
         for _ in range(int(seconds * 10)):
-            tree = [normalize(line) for line in (yield self.dump())]
+            tree = normalized((yield self.dump()))
             if tree == expected:
                 return
             yield deferLater(reactor, 0.1, lambda: None)
@@ -394,6 +400,64 @@ class BrokerZooKeeperTests(TestCase):
         link.freeze()
         yield broker.stopService()
         self.assertIn("ZooKeeper did not answer", " ".join(self.logged))
+
+    @inlineCallbacks
+    def test_asyncSlave(self):
+        """
+        A master and its async slave write the brokers subtree that the Java
+        master and metaslave wrote (zk-07-ha-async-slave); the slave's
+        shutdown removes only its own nodes.
+        """
+        master = self.startBroker(
+            conformanceConfig(self.root, ini="ha-async-master"), port=8133
+        )
+        slave = BrokerZooKeeper(conformanceConfig(self.root, ini="ha-async-slave"), slaveId=0)
+        slave.startService()
+        self.addCleanup(lambda: slave.running and slave.stopService())
+        slave.setBrokerAddress(8134)
+        brokers = self.root + "/brokers"
+        expected = [
+            line
+            for line in referenceDump("zk-07-ha-async-slave.txt", self.root)
+            if line.startswith(brokers)
+        ]
+        onlyBrokers = lambda line: line if line.startswith(brokers) else None
+        yield self.waitForTree(expected, normalize=onlyBrokers)
+        yield slave.stopService()
+        withoutSlave = sortedTree([line for line in expected if "slave0" not in line and "-s0" not in line])
+        yield self.waitForTree(withoutSlave, normalize=onlyBrokers)
+        self.assertTrue(master.running)
+
+    @inlineCallbacks
+    def test_unregisterEverything(self):
+        """
+        A broker can leave ZooKeeper and come back without closing its
+        session; one that leaves before it starts registers nothing.
+        """
+        broker = self.startBroker(conformanceConfig(self.root))
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(expected)
+        removed = yield broker.unregisterEverything()
+        self.assertTrue(removed)
+        self.assertEqual((yield self.dump()), afterShutdown(expected))
+        broker.registerTopic("while-away")
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual((yield self.dump()), afterShutdown(expected))
+        broker.registerEverything()
+        yield self.waitForTree(
+            sortedTree(expected + topicNodes(self.root, "while-away", 1))
+        )
+
+        later = BrokerZooKeeper(conformanceConfig(uniqueRoot()))
+        self.addCleanup(self.observer.delete, later.paths.root, recursive=True)
+        later.unregisterEverything()
+        later.startService()
+        self.addCleanup(later.stopService)
+        later.setBrokerAddress(8123)
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(
+            (yield deferToThread(dumpTree, self.observer, later.paths.root)), []
+        )
 
     @inlineCallbacks
     def test_reloadConfig(self):
