@@ -140,3 +140,83 @@ class ILocalMessageStorage(Interface):
         """
 
     close = Attribute("A callable returning a Deferred that closes the storage.")
+
+
+# -- consumer side --------------------------------------------------------
+
+
+class IMessageListener(Interface):
+    """
+    Receives a consumer's messages (Java's C{MessageListener}).
+    """
+
+    def receiveMessages(message):
+        """
+        Process one L{metamorphosis.client.fetch.ReceivedMessage}.
+
+        @return: L{None}, or a L{Deferred} (or a coroutine) the consumer
+            waits for before the next message of the partition.  Raising,
+            or a failing Deferred, means the message was not processed: it
+            is fetched again, and after C{maxFetchRetries} failed rounds it
+            goes to local recovery.
+        """
+
+
+class IConsumerMessageFilter(Interface):
+    """
+    A client-side filter (Java's C{ConsumerMessageFilter}).
+    """
+
+    def accept(group, message):
+        """
+        @return: whether the listener should see C{message}; a message not
+            accepted (or for which this raises) is skipped and counts as
+            consumed.
+        """
+
+
+class ILoadBalanceStrategy(Interface):
+    """
+    A rule giving one consumer its share of a topic's partitions.
+    """
+
+    def getPartitions(topic, consumerId, consumers, partitions):
+        """
+        The partitions C{consumerId} should own.
+
+        @param consumers: the consumer id strings of the group subscribed to
+            C{topic}, sorted with L{javaStringKey}.
+        @param partitions: the partition strings (C{"<brokerId>-<n>"}) of the
+            topic, sorted with L{javaStringKey}.
+        @return: a list of partition strings, a subset of C{partitions}.
+        """
+
+
+class IOffsetStorage(Interface):
+    """
+    Durable offsets of consumer groups.  Every method returns a L{Deferred}.
+    """
+
+    def load(topic, group, partition):
+        """
+        The stored state of C{partition}, a L{PartitionOffset} (not
+        modified), or L{None} if nothing was ever stored.
+        """
+
+    def initOffset(topic, group, partition, offset):
+        """
+        Note that C{group} starts consuming C{partition} at C{offset}, for
+        storages that need a record before they can update it.
+        """
+
+    def commitOffset(group, offsets):
+        """
+        Persist, in one batch, those of C{offsets} (L{PartitionOffset}s) that
+        are modified, and clear their modified flags.  A batch that fails
+        leaves them modified for the next commit.
+        """
+
+    def close():
+        """
+        Release connections and files.
+        """

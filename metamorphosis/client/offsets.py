@@ -22,8 +22,9 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from twisted.enterprise import adbapi
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from metamorphosis.client.interfaces import IOffsetStorage
 from metamorphosis.client.partition import Partition
 
 
@@ -48,36 +49,6 @@ class PartitionOffset:
         self.offset = offset
         self.messageId = messageId
         self.modified = True
-
-
-class IOffsetStorage(Interface):
-    """
-    Durable offsets of consumer groups.  Every method returns a L{Deferred}.
-    """
-
-    def load(topic, group, partition):
-        """
-        The stored state of C{partition}, a L{PartitionOffset} (not
-        modified), or L{None} if nothing was ever stored.
-        """
-
-    def initOffset(topic, group, partition, offset):
-        """
-        Note that C{group} starts consuming C{partition} at C{offset}, for
-        storages that need a record before they can update it.
-        """
-
-    def commitOffset(group, offsets):
-        """
-        Persist, in one batch, those of C{offsets} (L{PartitionOffset}s) that
-        are modified, and clear their modified flags.  A batch that fails
-        leaves them modified for the next commit.
-        """
-
-    def close():
-        """
-        Release connections and files.
-        """
 
 
 def _takeModified(offsets):
@@ -487,8 +458,9 @@ class OffsetCommitter:
         self.commit().addErrback(self._logFailure)
 
     def _logFailure(self, failure):
-        self.log.failure("Committing the offsets of group {group} failed",
-                         failure, group=self.group)
+        # The offsets stay modified and go with the next commit.
+        self.log.warn("Committing the offsets of group {group} failed, will retry: {error!r}",
+                      group=self.group, error=failure.value)
 
     def commit(self):
         """

@@ -12,24 +12,9 @@ C{ConsisHashStrategy} compute, over lists sorted the way Java sorts them
 import bisect
 import hashlib
 
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-
-class ILoadBalanceStrategy(Interface):
-    """
-    A rule giving one consumer its share of a topic's partitions.
-    """
-
-    def getPartitions(topic, consumerId, consumers, partitions):
-        """
-        The partitions C{consumerId} should own.
-
-        @param consumers: the consumer id strings of the group subscribed to
-            C{topic}, sorted with L{javaStringKey}.
-        @param partitions: the partition strings (C{"<brokerId>-<n>"}) of the
-            topic, sorted with L{javaStringKey}.
-        @return: a list of partition strings, a subset of C{partitions}.
-        """
+from metamorphosis.client.interfaces import ILoadBalanceStrategy
 
 
 def javaStringKey(text):

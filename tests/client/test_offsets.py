@@ -15,8 +15,9 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from metamorphosis.client.interfaces import IOffsetStorage
 from metamorphosis.client.offsets import (
-    IOffsetStorage, LocalOffsetStorage, OffsetCommitter, PartitionOffset,
+    LocalOffsetStorage, OffsetCommitter, PartitionOffset,
     SQLOffsetStorage, ZooKeeperOffsetStorage, parseZooKeeperOffset)
 from metamorphosis.client.partition import Partition
 from tests.zookeeper import uniqueRoot, zookeeperAddress

@@ -7,9 +7,9 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from metamorphosis.client.interfaces import ILoadBalanceStrategy
 from metamorphosis.client.strategies import (
-    ConsistentHashStrategy, DefaultStrategy, ILoadBalanceStrategy, javaSorted,
-    ketamaHash, strategyNamed)
+    ConsistentHashStrategy, DefaultStrategy, javaSorted, ketamaHash, strategyNamed)
 
 
 def assignment(strategy, consumers, partitions):
