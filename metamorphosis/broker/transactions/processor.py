@@ -291,8 +291,13 @@ class TransactionalProcessor(service.Service):
         return ResultCommand(200, body.encode("utf-8"), command.opaque)
 
     def processPut(self, command, session):
+        key = command.transactionKey
         try:
-            tx = self.getTransaction(session, parseTransactionId(command.transactionKey))
+            # Keys as clients send them are already in canonical form: look
+            # them up before parsing.
+            tx = self.xaTransactions.get(key) or self._localTransactions(session).get(key)
+            if tx is None:
+                tx = self.getTransaction(session, parseTransactionId(key))
             if tx.state == State.START:
                 tx.state = State.IN_USE
             partitionString = "%d-%d" % (self.config.brokerId, command.partition)
