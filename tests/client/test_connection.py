@@ -145,6 +145,19 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.failureResultOf(protocol.version(), MetaConnectionError)
 
+    def test_malformedReply(self):
+        """
+        Bytes that are no MetaQ reply close the connection; pending requests
+        then fail with MetaConnectionError.
+        """
+        clock, protocol, transport = connectedProtocol()
+        d = protocol.version()
+        protocol.dataReceived(b"hello there\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, MetaConnectionError)
+
     def test_cancel(self):
         """
         Cancelling a request forgets it.
