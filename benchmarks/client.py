@@ -14,6 +14,12 @@ C{bench-client-*} and the figures are printed as msgs/s and MB/s:
   with 1000 in flight, no producer logic: the reference for what the broker
   and one Python connection can do.
 
+Consumer part: the broker is filled with COUNT messages of SIZE bytes
+(pipelined puts spread over C{--partitions} partitions of a fresh topic);
+then one L{MessageConsumer} in direct mode (one fetch loop per partition,
+Java's default 1 MiB C{maxSize}, a listener that only counts) reads them
+all, timed from C{completeSubscribe} to the last message.
+
 Without C{--broker} it starts a broker (C{twistd -n metaq}, a generated
 server.ini, no ZooKeeper, normal flush policy C{unflushThreshold=1000}) on a
 free loopback port and stops it afterwards.
@@ -21,6 +27,7 @@ free loopback port and stops it afterwards.
     .venv/bin/python benchmarks/client.py producer
     .venv/bin/python benchmarks/client.py producer --count 50000 --size 1024
     .venv/bin/python benchmarks/client.py producer --broker meta://127.0.0.1:8123
+    .venv/bin/python benchmarks/client.py consumer --count 100000 --size 1024
 """
 
 import argparse
@@ -36,8 +43,11 @@ import time
 from twisted.internet import defer, task
 
 from metamorphosis.client.blocking import BlockingProducer, ReactorThread
-from metamorphosis.client.connection import BrokerConnection
+from metamorphosis.client.connection import BrokerConnection, ConnectionPool
+from metamorphosis.client.consumer import ConsumerConfig, MessageConsumer
 from metamorphosis.client.message import Message
+from metamorphosis.client.offsets import LocalOffsetStorage
+from metamorphosis.client.recovery import DropPolicy
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
 
@@ -51,7 +61,7 @@ def freePort():
         return s.getsockname()[1]
 
 
-def startBroker(directory, unflushThreshold):
+def startBroker(directory, unflushThreshold, numPartitions=1, unflushInterval=10000):
     """
     Run C{twistd -n metaq} on a free port.
 
@@ -61,10 +71,11 @@ def startBroker(directory, unflushThreshold):
     ini = os.path.join(directory, "server.ini")
     with open(ini, "w") as f:
         f.write(
-            "[system]\nbrokerId=0\nnumPartitions=1\nserverPort=%d\n"
-            "unflushThreshold=%d\nunflushInterval=10000\ndataPath=%s\n"
+            "[system]\nbrokerId=0\nnumPartitions=%d\nserverPort=%d\n"
+            "unflushThreshold=%d\nunflushInterval=%d\ndataPath=%s\n"
             "[zookeeper]\nzk.zkEnable=false\n[topic=bench-*]\n"
-            % (port, unflushThreshold, os.path.join(directory, "data"))
+            % (numPartitions, port, unflushThreshold, unflushInterval,
+               os.path.join(directory, "data"))
         )
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
@@ -121,7 +132,7 @@ async def asyncSend(reactor, factory, topic, payload, count):
     return elapsed
 
 
-async def rawPipelined(reactor, url, topic, payload, count, inFlight=1000):
+async def rawPipelined(reactor, url, topic, payload, count, inFlight=1000, partitions=1):
     connection = BrokerConnection(url, reactor)
     protocol = await connection.whenConnected(10)
     checksum = records.checksum(payload)
@@ -139,8 +150,9 @@ async def rawPipelined(reactor, url, topic, payload, count, inFlight=1000):
             sendOne()
 
     def sendOne():
+        partition = state["sent"] % partitions
         state["sent"] += 1
-        protocol.put(topic, 0, payload, 0, checksum, timeout=30).addCallback(answered)
+        protocol.put(topic, partition, payload, 0, checksum, timeout=30).addCallback(answered)
 
     start = time.perf_counter()
     for _ in range(min(inFlight, count)):
@@ -222,6 +234,75 @@ async def producerBenchmark(reactor, args):
             shutil.rmtree(directory, ignore_errors=True)
 
 
+class Counter:
+    """
+    A listener that counts, and fires C{done} with the time of the last
+    expected message.
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self.received = 0
+        self.done = defer.Deferred()
+
+    def receiveMessages(self, message):
+        self.received += 1
+        if self.received == self.count:
+            self.done.callback(time.perf_counter())
+
+
+async def consumeAll(reactor, url, topic, partitions, count, maxSize, directory):
+    """
+    Read C{count} messages of C{topic} with one consumer per partition of
+    one group (a single consumer for one partition).
+
+    @return: the seconds it took.
+    """
+    counter = Counter(count)
+    pool = ConnectionPool(reactor)
+    consumers = []
+    start = time.perf_counter()
+    for partition in range(partitions):
+        config = ConsumerConfig("benchgroup", serverUrl=url, partition="0-%d" % partition)
+        storage = LocalOffsetStorage(os.path.join(directory, "offsets-%d" % partition))
+        consumer = MessageConsumer(config, pool, offsetStorage=storage,
+                                   recoverManager=DropPolicy(), reactor=reactor)
+        consumer.subscribe(topic, maxSize, counter)
+        await consumer.completeSubscribe()
+        consumers.append(consumer)
+    end = await counter.done
+    for consumer in consumers:
+        await consumer.shutdown()
+    await pool.close()
+    return end - start
+
+
+async def consumerBenchmark(reactor, args):
+    directory = tempfile.mkdtemp(prefix="metaq-client-bench-")
+    process = None
+    url = args.broker
+    try:
+        if url is None:
+            process, url = startBroker(directory, 1000, args.partitions, unflushInterval=500)
+        topic = "bench-client-%d-consumer" % int(time.time())
+        payload = os.urandom(args.size)
+        print("broker %s, %d messages of %d bytes in %d partition(s), maxSize %d"
+              % (url, args.count, args.size, args.partitions, args.max_size))
+        await rawPipelined(reactor, url, topic, payload, args.count, partitions=args.partitions)
+        # Let the broker flush the tail: consumers only see flushed data.
+        await task.deferLater(reactor, 1.5, lambda: None)
+        elapsed = await consumeAll(reactor, url, topic, args.partitions, args.count,
+                                   args.max_size, directory)
+        print("%-18s %8s %6s %10s %8s" % ("mode", "msgs", "size", "msgs/s", "MB/s"))
+        report("consumer", args.count, args.size, elapsed)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def parseArguments(argv):
     parser = argparse.ArgumentParser(description="Python client throughput against our broker.")
     sub = parser.add_subparsers(dest="part", required=True)
@@ -233,6 +314,17 @@ def parseArguments(argv):
                           help="unflushThreshold of the started broker (0 = group commit)")
     producer.add_argument("--keep", action="store_true", help="keep the started broker's files")
     producer.set_defaults(run=producerBenchmark)
+    consumer = sub.add_parser("consumer", help="one consumer reading a filled topic")
+    consumer.add_argument("--count", type=int, default=100000, help="messages to read")
+    consumer.add_argument("--size", type=int, default=1024, help="payload bytes")
+    consumer.add_argument("--partitions", type=int, default=1,
+                          help="partitions of the topic (one fetch loop each)")
+    consumer.add_argument("--max-size", type=int, default=1024 * 1024, help="fetch maxSize")
+    consumer.add_argument("--broker", default=None,
+                          help="meta://host:port of a running broker whose bench-* topics "
+                          "have --partitions partitions")
+    consumer.add_argument("--keep", action="store_true", help="keep the started broker's files")
+    consumer.set_defaults(run=consumerBenchmark)
     return parser.parse_args(argv)
 
 
