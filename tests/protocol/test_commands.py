@@ -119,6 +119,7 @@ DECODED = [
     (b"q\r\n", QuitCommand()),
     (b"v 3\r\n", VersionCommand(3)),
     (b"versionx 3 extra\r\n", VersionCommand(3)),
+    (b"values 3\r\n", VersionCommand(3)),  # only "value" itself is a value
     (b"version 12 \r\n", VersionCommand(12)),
     (b"stats topics 5 extra\r\n", StatsCommand("topics", 5)),
     (b"get t g 0 0 1 2 extra\r\n", GetCommand("t", "g", 0, 0, 1, 2)),
@@ -195,6 +196,7 @@ MALFORMED = [
     (b"value 2\r\nab", 0),
     (b"result 200 -1 2\r\n", 2),
     (b"result x 0 2\r\n", 2),
+    (b"result 200 0\r\n", 0),
     (b"xyz\r\n", 0),
     (b"\xffstats\r\n", 0),
     (b"stats \xc3\r\n", 0),
