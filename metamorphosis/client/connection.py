@@ -348,9 +348,11 @@ class BrokerConnection:
     log = Logger()
 
     def __init__(self, url, reactor, reconnectInterval=2.0, maxReconnectAttempts=350,
-                 heartbeatInterval=10.0, opaques=nextOpaque, connectTimeout=10.0):
+                 heartbeatInterval=10.0, opaques=nextOpaque, connectTimeout=10.0,
+                 onConnected=None):
         self.url = url
         self.clock = reactor
+        self.onConnected = onConnected
         self.opaques = opaques
         self.heartbeatInterval = heartbeatInterval
         self.maxReconnectAttempts = maxReconnectAttempts
@@ -397,6 +399,8 @@ class BrokerConnection:
         # Not from inside connectionMade: a waiter may stop or use the
         # connection at once.
         self.clock.callLater(0, self._wakeWaiters)
+        if self.onConnected is not None:
+            self.clock.callLater(0, self.onConnected, self.url)
 
     def _wakeWaiters(self, failure=None):
         if failure is None and self._protocol is None:
@@ -498,6 +502,8 @@ class ConnectionPool:
             from twisted.internet import reactor
         self.reactor = reactor
         self._options = connectionOptions
+        self._listeners = []
+        self._options["onConnected"] = self._connected
         self._connections = {}
         self._references = {}
 
@@ -532,6 +538,17 @@ class ConnectionPool:
             return defer.succeed(None)
         del self._references[url]
         return self._connections.pop(url).stop()
+
+    def addConnectedListener(self, listener):
+        """
+        Call C{listener(url)} whenever a connection of the pool is
+        (re-)established.
+        """
+        self._listeners.append(listener)
+
+    def _connected(self, url):
+        for listener in list(self._listeners):
+            listener(url)
 
     def get(self, url):
         """

@@ -114,6 +114,8 @@ class MetaMessageSessionFactory(service.Service):
             heartbeatInterval=config.heartbeatIntervalInMills / 1000.0,
         )
         self.recovery = LocalRecovery(config.recoverMessageIntervalInMills / 1000.0, reactor)
+        # A broker that comes back gets its kept messages at once.
+        self.connections.addConnectedListener(lambda url: self.recovery.recoverAll())
         self._producers = []
         self._storages = {}
         self._publishers = {}

@@ -446,3 +446,34 @@ class JavaWireTests(ProducerTestsMixin, TestCase):
         Java's round-robin order over two partitions: 1, 0, 1, 0.
         """
         return self.assertSameAsJava("03-producer-sync-put-binary-2-partitions")
+
+
+class RecoveryOnReconnectTests(ProducerTestsMixin, TestCase):
+    partitions = {"test": 2}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.broker = FakeBroker(partitions=2).listen()
+        self.addCleanup(self.broker.stop)
+        self.factory = yield self.makeFactory(partitionsInfo={"test": "0:2"})
+
+    @defer.inlineCallbacks
+    def test_replayedWhenBrokerReturns(self):
+        """
+        Kept messages are re-sent as soon as the connection to their broker
+        is back, without waiting for a new message or the periodic task.
+        """
+        producer = self.factory.createOrderedProducer()
+        yield producer.publish("test")
+        portNumber = self.broker.portNumber
+        yield self.broker.stop()
+        connection = self.factory.connections.get(self.broker.url)
+        yield eventually(lambda: not connection.connected)
+        for i in range(3):
+            result = yield producer.sendMessage(Message("test", b"%d" % i, "k"))
+            self.assertEqual(result.errorMessage, "send to local")
+        self.broker = FakeBroker(partitions=2).listen(portNumber)
+        self.addCleanup(self.broker.stop)
+        yield eventually(lambda: len(self.broker.stored) == 3)
+        self.assertEqual(self.broker.payloads(), [b"0", b"1", b"2"])
+        yield eventually(lambda: not producer.storage.keys())
