@@ -22,7 +22,6 @@ from metamorphosis.client.partition import parsePartitionsInfo
 from metamorphosis.client.producer import (
     AsyncMessageProducer,
     LocalRecovery,
-    MessageProducer,
     OrderedMessageProducer,
 )
 from metamorphosis.client.selectors import OrderedPartitionSelector
