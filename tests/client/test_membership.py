@@ -58,7 +58,7 @@ class Member:
         return [p for t, p, _ in self.fetching if t == topic]
 
 
-class MembershipTests(TestCase):
+class MembershipTestsMixin:
     timeout = 60
 
     @defer.inlineCallbacks
@@ -124,6 +124,8 @@ class MembershipTests(TestCase):
             return {c: self.zk.get(path + "/" + c)[0].decode() for c in self.zk.get_children(path)}
         return threads.deferToThread(read)
 
+
+class MembershipTests(MembershipTestsMixin, TestCase):
     @defer.inlineCallbacks
     def test_javaZnodes(self):
         """
@@ -254,3 +256,50 @@ class MembershipTests(TestCase):
         children = yield threads.deferToThread(
             self.zk.get_children, "%s/consumers/grp/ids" % (self.root,))
         self.assertEqual(children, [member.membership.consumerId])
+
+
+class JavaMemberTests(MembershipTestsMixin, TestCase):
+    """
+    A group shared with a Java consumer, whose znodes are written here
+    exactly as the Java client writes them (zk-03a-during-live-consumer).
+    """
+
+    javaId = "grp-b_127.0.0.1-10108-9b0f8f2b-3557-4c80-a3e1-63ba812139c4"
+
+    def javaMember(self, owned):
+        def register():
+            group = "%s/consumers/grp-b" % (self.root,)
+            self.zk.create("%s/ids/%s" % (group, self.javaId), b"t", ephemeral=True,
+                           makepath=True)
+            for partition in owned:
+                self.zk.create("%s/owners/t/%s" % (group, partition),
+                               self.javaId.encode(), ephemeral=True, makepath=True)
+        return threads.deferToThread(register)
+
+    @defer.inlineCallbacks
+    def test_consistentHashWithJava(self):
+        """
+        With the shares Java's C{ConsisHashStrategy} computed for these two
+        ids, the Python consumer takes exactly the partitions the Java one
+        leaves: no overlap, no gap.
+        """
+        yield self.broker(0, "t", 6)
+        yield self.broker(1, "t", 6)
+        yield self.javaMember(["0-0", "0-1", "0-2", "1-3", "1-4", "1-5"])
+        member = yield self.member(group="grp-b", strategy="CONSIST",
+                                   consumerId="10.0.0.9-4242-3f2c0c55-1b7e-4c1a-9d36-0a8e5f1b2c3d")
+        self.assertEqual(member.owned(), ["0-3", "0-4", "0-5", "1-0", "1-1", "1-2"])
+        owners = yield threads.deferToThread(
+            lambda: sorted(self.zk.get_children("%s/consumers/grp-b/owners/t" % (self.root,))))
+        self.assertEqual(owners, ["0-%d" % i for i in range(6)] + ["1-%d" % i for i in range(6)])
+
+    @defer.inlineCallbacks
+    def test_defaultWithJava(self):
+        """
+        DEFAULT: the ids sort as Java strings (C{grp-b_1...} before
+        C{grp-b_z...}), the Java member has the first range.
+        """
+        yield self.broker(0, "t", 5)
+        yield self.javaMember(["0-0", "0-1", "0-2"])
+        member = yield self.member(group="grp-b", consumerId="zz-python")
+        self.assertEqual(member.owned(), ["0-3", "0-4"])

@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 
+from hypothesis import given, settings, strategies as st
 from kazoo.client import KazooClient
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
@@ -132,6 +133,14 @@ class ParseZooKeeperOffsetTests(TestCase):
                          (222735743569625088, 1073741911))
         self.assertEqual(parseZooKeeperOffset("0-339"), (0, 339))
         self.assertEqual(parseZooKeeperOffset("339"), (-1, 339))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(-2 ** 63, 2 ** 63 - 1), st.integers(0, 2 ** 63 - 1))
+    def test_roundTrip(self, messageId, offset):
+        """
+        Whatever the (signed 64-bit) id, the written form parses back.
+        """
+        self.assertEqual(parseZooKeeperOffset("%d-%d" % (messageId, offset)), (messageId, offset))
 
 
 class LocalOffsetStorageTests(OffsetStorageTestsMixin, TestCase):

@@ -5,6 +5,7 @@ deleted once processed, and a torn write is cut off.
 
 import os
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
@@ -125,6 +126,44 @@ class RecoverManagerTests(TestCase):
             store.delete(key)
         self.assertEqual(os.path.getsize(store.path), 0)
         store.close()
+
+
+class RecoverStorePropertyTests(TestCase):
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.tuples(st.integers(-2 ** 63, 2 ** 63 - 1), st.binary(max_size=64),
+                              st.booleans()), max_size=12),
+           st.integers(0, 200))
+    def test_reopenAfterTornTail(self, entries, cut):
+        """
+        Whatever was appended and deleted, and wherever the file was cut
+        short, reopening gives back a prefix-consistent state: the entries
+        whose entries are intact, in order, minus those deleted.
+        """
+        from metamorphosis.protocol.records import Record
+        directory = self.mktemp()
+        store = RecoverStore(directory, "t", "g")
+        store.open()
+        # (state, file size) after each operation since the log was last
+        # rewritten: the file only grows between rewrites.
+        history = [([], 0)]
+        for msgId, body, delete in entries:
+            key = store.append(Partition(0, 1), Record(msgId, 0, body))
+            history.append((list(store.entries.values()), os.path.getsize(store.path)))
+            if delete:
+                store.delete(key)
+                size = os.path.getsize(store.path)
+                if size < history[-1][1]:
+                    history = []
+                history.append((list(store.entries.values()), size))
+        store.close()
+        keep = max(0, os.path.getsize(store.path) - cut)
+        with open(store.path, "r+b") as f:
+            f.truncate(keep)
+        again = RecoverStore(directory, "t", "g")
+        again.open()
+        expected = [state for state, size in history if size <= keep][-1]
+        self.assertEqual(list(again.entries.values()), expected)
+        again.close()
 
 
 def deferLater(seconds):

@@ -252,6 +252,25 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
         self.assertExactlyOnce([m for c in listeners for m in c.payloads()], first + second)
 
     @defer.inlineCallbacks
+    def test_consumeFromMaxOffset(self):
+        """
+        A group with no stored offset told to start at the end asks for
+        Long.MAX_VALUE; the broker's 301 moves it to the end: old messages
+        are not received, new ones are.
+        """
+        broker = yield self.startBroker(0)
+        yield self.produce(broker, "t", 0, [b"old-%d" % i for i in range(5)])
+        listener = Collector()
+        config = self.config()
+        config.setConsumeFromMaxOffset()
+        yield self.consumer(listener, config)
+        yield sleep(1.0)
+        yield self.produce(broker, "t", 0, [b"new-0", b"new-1"])
+        yield self.waitFor(lambda: len(listener.messages) >= 2)
+        yield sleep(0.3)
+        self.assertEqual(listener.payloads(), [b"new-0", b"new-1"])
+
+    @defer.inlineCallbacks
     def test_broadcast(self):
         """
         Broadcast consumers of one group on two hosts each get every
