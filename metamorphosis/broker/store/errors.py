@@ -1,0 +1,70 @@
+"""
+Errors of the message store, each named for the broker reply it leads to.
+"""
+
+
+class IllegalTopic(Exception):
+    """
+    A put for a topic no C{[topic=…]} section accepts (the broker answers
+    403 with this message).
+    """
+
+    def __init__(self, topic):
+        Exception.__init__(self, "The server do not accept topic %s" % (topic,))
+        self.topic = topic
+
+
+class WrongPartition(Exception):
+    """
+    A partition outside C{[0, numPartitions)}.
+    """
+
+    def __init__(self, partition):
+        Exception.__init__(self, "wrong partition %s" % (partition,))
+        self.partition = partition
+
+
+class OffsetBeforeStart(Exception):
+    """
+    A read below the first segment, e.g. after retention deleted it; the
+    broker moves the consumer with 301 to L{IMessageStore.nearestOffset}.
+    """
+
+    def __init__(self, offset, minOffset):
+        Exception.__init__(
+            self, "offset %d is before the start %d of the log" % (offset, minOffset)
+        )
+        self.offset = offset
+        self.minOffset = minOffset
+
+
+class OffsetMismatch(Exception):
+    """
+    A replicated buffer would not land at the offset its sender expects.
+    """
+
+    def __init__(self, expected, actual):
+        Exception.__init__(
+            self, "expected to append at offset %d but the log ends at %d" % (expected, actual)
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class CorruptRecord(Exception):
+    """
+    A stored record failed its checksum when read back.
+    """
+
+    def __init__(self, topic, partition, offset, reason):
+        Exception.__init__(
+            self,
+            "corrupt record in %s-%s at offset %d: %s" % (topic, partition, offset, reason),
+        )
+        self.offset = offset
+
+
+class StoreClosed(Exception):
+    """
+    An append to a store that is closing or closed.
+    """

@@ -1,0 +1,126 @@
+"""
+The pluggable parts of the message store.
+
+The transaction and replication code wrap a partition store (a sync master
+forwards each append to its slave before acknowledging it; an async slave
+appends records it fetched from the master), so they code against
+L{IMessageStore} rather than the class.  Retention is pluggable the way the
+Java C{DeletePolicy} is.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IMessageStore(Interface):
+    """
+    One partition's log: an append-only byte stream of stored records cut
+    into segment files, addressed by absolute byte offsets.
+    """
+
+    topic = Attribute("The topic name.")
+    partition = Attribute("The partition number.")
+    minOffset = Attribute("Start offset of the first segment.")
+    maxOffset = Attribute(
+        "The flushed high-water mark: the end of the data consumers may see."
+    )
+    messageCount = Attribute(
+        "Records in the recovered last segment plus one per append since "
+        "start-up (a batch counts as one, as in Java)."
+    )
+    sizeInBytes = Attribute("Bytes written to the segment files.")
+
+    def append(msgId, flag, body):
+        """
+        Append one record built from a put body.
+
+        @return: a Deferred firing with the record's offset once the put may
+            be acknowledged: after the write under a count/interval flush
+            policy, after the fsync under group commit.  It errbacks when the
+            write fails.
+        """
+
+    def appendBatch(messages):
+        """
+        Append several records, given as C{(msgId, flag, body)} tuples, as
+        one contiguous write (a transaction commit).
+
+        @return: a Deferred firing with the offset of the first record.
+        """
+
+    def appendRecords(buffer, expectedOffset=None):
+        """
+        Append an already-built buffer of complete records (replication).
+
+        @param expectedOffset: when not L{None}, the buffer must land exactly
+            at this offset, otherwise the Deferred errbacks with
+            L{metamorphosis.broker.store.errors.OffsetMismatch} and nothing
+            is written.
+        @return: a Deferred firing with the offset of the buffer.
+        """
+
+    def slice(offset, maxSize):
+        """
+        A view of at most C{maxSize} bytes from C{offset}, never crossing a
+        segment end.
+
+        @return: a L{MessageSlice}, or L{None} when C{offset} is at or past
+            the high-water mark.
+        @raise OffsetBeforeStart: C{offset} is below L{minOffset}.
+        """
+
+    def readRecords(offset, maxSize):
+        """
+        Read and verify the records at C{offset} in a thread.
+
+        @return: a Deferred firing with C{(records, nextOffset)}; it errbacks
+            with L{metamorphosis.broker.store.errors.CorruptRecord} when a
+            record fails its checksum, after logging it.
+        """
+
+    def nearestOffset(offset):
+        """
+        The start of the segment holding C{offset}; L{minOffset} below the
+        log, L{maxOffset} at or after its end.
+        """
+
+    def flush():
+        """
+        Fsync what was written.  A no-op under group commit.
+
+        @return: a Deferred firing when done.
+        """
+
+    def runDeletePolicy(now=None):
+        """
+        Apply the retention policy to the segments before the active one.
+
+        @return: a Deferred firing with the list of segment start offsets
+            removed.
+        """
+
+    def close():
+        """
+        Write what is queued, flush, and close the segment files.
+
+        @return: a Deferred firing when done.
+        """
+
+
+class IDeletePolicy(Interface):
+    """
+    What happens to an old segment file (Java C{DeletePolicy}).
+    """
+
+    name = Attribute("The policy name: C{delete} or C{archive}.")
+
+    def canDelete(path, now):
+        """
+        Whether the segment file at C{path} is due (C{now} in seconds since
+        the epoch).  Runs in a thread: it may stat the file.
+        """
+
+    def process(path):
+        """
+        Dispose of the segment file at C{path}, which the store no longer
+        uses.  Runs in a thread.
+        """

@@ -1,0 +1,363 @@
+"""
+The service owning every partition store of the broker (Java
+C{MessageStoreManager}, spec/storage.md sections 1, 5, 7 and 8).
+
+At start it loads every C{<topic>-<partition>} directory of the global and
+the per-topic data paths in a thread; afterwards it creates stores lazily on
+the first put, runs one periodic flush per distinct C{unflushInterval} and
+one retention job per distinct C{deleteWhen} schedule.
+"""
+
+import datetime
+import os
+import random
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from metamorphosis.broker.store.cron import CronExpression, InvalidCronExpression
+from metamorphosis.broker.store.errors import IllegalTopic, WrongPartition
+from metamorphosis.broker.store.partition import MessageStore
+from metamorphosis.broker.store.recovery import Finding, loadPartition
+from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
+
+# Sub-directories of a data path that belong to the broker, not to a topic.
+_KNOWN_DIRECTORIES = {"transactions"}
+
+
+def _partitionDirectories(dataPath, findings):
+    """
+    The C{(topic, partition, directory)} of every partition directory under
+    C{dataPath}.  Runs in a thread.
+    """
+    found = []
+    if not os.path.isdir(dataPath):
+        return found
+    for name in sorted(os.listdir(dataPath)):
+        directory = os.path.join(dataPath, name)
+        if not os.path.isdir(directory) or name in _KNOWN_DIRECTORIES:
+            continue
+        topic, dash, number = name.rpartition("-")
+        if not dash or not topic:
+            findings.append(
+                Finding(
+                    "warn",
+                    "Ignoring directory {directory}: not named <topic>-<partition>",
+                    dict(directory=directory),
+                )
+            )
+            continue
+        try:
+            partition = int(number)
+        except ValueError:
+            partition = -1
+        if partition < 0 or str(partition) != number:
+            findings.append(
+                Finding(
+                    "error",
+                    "Ignoring directory {directory}: {number!r} is not a partition "
+                    "number (the Java broker would refuse to start)",
+                    dict(directory=directory, number=number),
+                )
+            )
+            continue
+        found.append((topic, partition, directory))
+    return found
+
+
+class MessageStoreManager(Service):
+    """
+    All partition stores of this broker.
+
+    @param threadpool: the pool for file work; by default the manager runs
+        its own, started and stopped with the service.
+    """
+
+    log = Logger()
+    name = "message-store"
+
+    def __init__(self, config, reactor=None, threadpool=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self._reactor = reactor
+        self._ownPool = threadpool is None
+        self._threadpool = threadpool or ThreadPool(1, 8, "metaq-store")
+        self._stores = {}
+        self._started = None
+        self._flushCalls = {}
+        self._deleteCalls = {}
+        self._policies = {}
+
+    # Life cycle
+
+    def startService(self):
+        Service.startService(self)
+        if self._ownPool:
+            self._threadpool.start()
+        self._started = deferToThreadPool(
+            self._reactor, self._threadpool, self._loadAll
+        ).addCallback(self._registerLoaded)
+        return self._started
+
+    def whenStarted(self):
+        """
+        A Deferred firing once the existing partitions are loaded.
+        """
+        if self._started is None:
+            raise RuntimeError("the store manager is not started")
+        d = Deferred()
+
+        def fire(result):
+            d.callback(result)
+            return result
+
+        self._started.addBoth(fire)
+        return d
+
+    def _dataPaths(self):
+        paths = [self.config.dataPath]
+        for topicConfig in self.config.topics.values():
+            if topicConfig.dataPath:
+                paths.append(topicConfig.dataPath)
+        unique = []
+        for path in paths:
+            if os.path.abspath(path) not in map(os.path.abspath, unique):
+                unique.append(path)
+        return unique
+
+    def _loadAll(self):
+        findings = []
+        loaded = []
+        seen = {}
+        for dataPath in self._dataPaths():
+            try:
+                directories = _partitionDirectories(dataPath, findings)
+            except OSError as e:
+                findings.append(
+                    Finding("error", "Cannot read data path {path}: {error}",
+                            dict(path=dataPath, error=e))
+                )
+                continue
+            for topic, partition, directory in directories:
+                if (topic, partition) in seen:
+                    findings.append(
+                        Finding(
+                            "error",
+                            "Ignoring {directory}: partition {topic}-{partition} is "
+                            "already loaded from {other}",
+                            dict(directory=directory, topic=topic, partition=partition,
+                                 other=seen[topic, partition]),
+                        )
+                    )
+                    continue
+                try:
+                    recovered = loadPartition(directory)
+                except Exception as e:
+                    findings.append(
+                        Finding(
+                            "error",
+                            "Cannot load partition directory {directory}: {error}; "
+                            "{topic}-{partition} is not served",
+                            dict(directory=directory, error=e, topic=topic,
+                                 partition=partition),
+                        )
+                    )
+                    continue
+                seen[topic, partition] = directory
+                loaded.append((topic, partition, directory, recovered))
+        return findings, loaded
+
+    def _log(self, findings):
+        for finding in findings:
+            getattr(self.log, finding.level)(finding.format, **finding.fields)
+
+    def _registerLoaded(self, result):
+        findings, loaded = result
+        self._log(findings)
+        for topic, partition, directory, recovered in loaded:
+            self._log(recovered.findings)
+            store = self._makeStore(
+                topic, partition, directory, recovered.segments, recovered.messageCount
+            )
+            self.log.info(
+                "Loaded {store} from {directory}: offsets {min} to {max}, "
+                "{segments} segment(s)",
+                store=store, directory=directory, min=store.minOffset,
+                max=store.maxOffset, segments=len(recovered.segments),
+            )
+
+    @inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        for call in self._flushCalls.values():
+            if call.running:
+                call.stop()
+        self._flushCalls.clear()
+        for delayed in self._deleteCalls.values():
+            if delayed.active():
+                delayed.cancel()
+        self._deleteCalls.clear()
+        if self._started is not None:
+            yield DeferredList([self._started], consumeErrors=True)
+        results = yield DeferredList(
+            [store.close() for store in self._stores.values()], consumeErrors=True
+        )
+        for ok, result in results:
+            if not ok:
+                self.log.failure("Closing a store failed", result)
+        if self._ownPool:
+            self._threadpool.stop()
+
+    # Stores
+
+    def getStore(self, topic, partition):
+        return self._stores.get((topic, partition))
+
+    def getOrCreateStore(self, topic, partition, offsetIfCreate=0):
+        """
+        The store of a partition, created if need be.
+
+        @param offsetIfCreate: start offset of a newly created partition (an
+            async slave starts at its master's offset).
+        @raise IllegalTopic: no topic section accepts C{topic}.
+        @raise WrongPartition: C{partition} is out of range.
+        """
+        if not self.config.isLegalTopic(topic):
+            raise IllegalTopic(topic)
+        if not 0 <= partition < self.config.numPartitionsOf(topic):
+            raise WrongPartition(partition)
+        store = self._stores.get((topic, partition))
+        if store is None:
+            directory = os.path.join(
+                self.config.topicConfig(topic).dataPath, "%s-%d" % (topic, partition)
+            )
+            store = self._makeStore(topic, partition, directory, offsetIfCreate=offsetIfCreate)
+        return store
+
+    def chooseRandomPartition(self, topic):
+        return random.randrange(self.config.numPartitionsOf(topic))
+
+    def stores(self):
+        return [(topic, partition, store) for (topic, partition), store in self._stores.items()]
+
+    def topics(self):
+        return list(dict.fromkeys(topic for topic, _ in self._stores))
+
+    def _makeStore(self, topic, partition, directory, segments=None, messageCount=0,
+                   offsetIfCreate=0):
+        topicConfig = self.config.topicConfig(topic)
+        store = MessageStore(
+            topic,
+            partition,
+            directory,
+            topicConfig,
+            segments=segments,
+            messageCount=messageCount,
+            deletePolicy=self._deletePolicy(topicConfig),
+            reactor=self._reactor,
+            threadpool=self._threadpool,
+            offsetIfCreate=offsetIfCreate,
+        )
+        self._stores[topic, partition] = store
+        if not store.groupCommit and store.unflushInterval > 0:
+            self._scheduleFlush(store.unflushInterval)
+        if store.deletePolicy is not None:
+            self._scheduleDeletes(topicConfig.deleteWhen)
+        return store
+
+    # Flushing
+
+    def _scheduleFlush(self, interval):
+        if interval in self._flushCalls or not self.running:
+            return
+        call = LoopingCall(self.flushStores, interval)
+        call.clock = self._reactor
+        self._flushCalls[interval] = call
+        call.start(interval / 1000.0, now=False).addErrback(
+            lambda failure: self.log.failure("Periodic flush failed", failure)
+        )
+
+    def flushStores(self, interval):
+        """
+        Flush every store whose topic has this C{unflushInterval} (Java
+        C{FlushRunner}).
+        """
+        return DeferredList(
+            [
+                store.flush()
+                for store in self._stores.values()
+                if not store.groupCommit and store.unflushInterval == interval
+            ],
+            consumeErrors=True,
+        )
+
+    # Retention
+
+    def _deletePolicy(self, topicConfig):
+        """
+        The parsed policy of a topic, or L{None} (logged) when its
+        C{deletePolicy} or C{deleteWhen} is invalid: a bad retention setting
+        disables retention for the topic rather than stopping the broker.
+        """
+        key = (topicConfig.deletePolicy, topicConfig.deleteWhen)
+        if key not in self._policies:
+            try:
+                CronExpression(topicConfig.deleteWhen)
+                self._policies[key] = parseDeletePolicy(topicConfig.deletePolicy)
+            except (InvalidDeletePolicy, InvalidCronExpression) as e:
+                self.log.error(
+                    "Retention disabled for topic {topic}: {error}",
+                    topic=topicConfig.topic, error=e,
+                )
+                self._policies[key] = None
+        return self._policies[key]
+
+    def _scheduleDeletes(self, deleteWhen):
+        if deleteWhen in self._deleteCalls or not self.running:
+            return
+        now = self._reactor.seconds()
+        fireAt = CronExpression(deleteWhen).nextFireTime(datetime.datetime.fromtimestamp(now))
+        if fireAt is None:
+            return
+        delay = max(0.0, fireAt.timestamp() - now)
+        self._deleteCalls[deleteWhen] = self._reactor.callLater(
+            delay, self._deleteJob, deleteWhen
+        )
+
+    @inlineCallbacks
+    def _deleteJob(self, deleteWhen):
+        del self._deleteCalls[deleteWhen]
+        try:
+            yield self.runDeletePolicies(deleteWhen)
+        finally:
+            self._scheduleDeletes(deleteWhen)
+
+    @inlineCallbacks
+    def runDeletePolicies(self, deleteWhen=None, now=None):
+        """
+        Apply retention to the stores whose topic uses the schedule
+        C{deleteWhen} (all stores when L{None}), one store at a time (Java
+        C{DeleteJob}).
+
+        @return: a Deferred firing with C{{(topic, partition): [removed
+            segment starts]}}.
+        """
+        removed = {}
+        for (topic, partition), store in list(self._stores.items()):
+            if deleteWhen is not None and (
+                self.config.topicConfig(topic).deleteWhen != deleteWhen
+            ):
+                continue
+            try:
+                starts = yield store.runDeletePolicy(now)
+            except Exception:
+                self.log.failure("Retention failed for {store}", store=store)
+                continue
+            if starts:
+                removed[topic, partition] = starts
+        return removed

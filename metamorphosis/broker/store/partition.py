@@ -1,0 +1,526 @@
+"""
+One partition's log (Java C{MessageStore}, spec/storage.md sections 2-5).
+
+Appends are queued on the reactor thread and written by jobs in a thread
+pool, one job at a time per partition, so the reactor never waits on the
+disk.  A job takes everything queued when it starts: the records that
+arrive while one job writes and fsyncs form the next job's batch.  Under
+group commit (C{unflushThreshold <= 0}) every job ends with an fsync and the
+puts of its batch are acknowledged after it, so one fsync serves every put
+that arrived while the previous one ran.  Under the count/interval policy a
+job ends with an fsync only when the policy asks for one, and puts are
+acknowledged once written, as the Java broker does.
+
+Offsets are assigned when a job is built, on the reactor thread, from the
+bytes already written; after a failed write the next job simply starts from
+what is known to be on disk.
+
+Consumers see data up to the flushed high-water mark (L{maxOffset}), which
+moves only when an fsync completes.
+"""
+
+import os
+import struct
+from bisect import bisect_right
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metamorphosis.broker.store.errors import (
+    CorruptRecord,
+    OffsetBeforeStart,
+    OffsetMismatch,
+    StoreClosed,
+)
+from metamorphosis.broker.store.interfaces import IMessageStore
+from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
+from metamorphosis.protocol.records import (
+    HEADER_SIZE,
+    InvalidRecord,
+    encodeHeader,
+    iterRecords,
+)
+
+_length = struct.Struct(">i")
+
+
+def _writeAll(fd, data, position):
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view = view[written:]
+        position += written
+
+
+def _fsyncDirectory(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recordsLength(buffer):
+    """
+    Check that C{buffer} is a whole number of records (lengths only, no
+    checksums) and count them.
+
+    @raise ValueError: it ends inside a record or has a negative length.
+    """
+    position = 0
+    count = 0
+    while position < len(buffer):
+        if len(buffer) - position < HEADER_SIZE:
+            raise ValueError("buffer ends inside a record header at %d" % (position,))
+        (length,) = _length.unpack_from(buffer, position)
+        if length < 0 or position + HEADER_SIZE + length > len(buffer):
+            raise ValueError("invalid or truncated record at %d" % (position,))
+        position += HEADER_SIZE + length
+        count += 1
+    return count
+
+
+class _Entry:
+    """
+    One queued append: its records, its size, and the Deferred of the put.
+    """
+
+    __slots__ = ("messages", "raw", "size", "count", "deferred", "expectedOffset", "offset")
+
+    def __init__(self, messages, raw, size, count, expectedOffset=None):
+        self.messages = messages
+        self.raw = raw
+        self.size = size
+        self.count = count
+        self.expectedOffset = expectedOffset
+        self.deferred = Deferred()
+        self.offset = None
+
+    def parts(self):
+        if self.raw is not None:
+            return [self.raw]
+        parts = []
+        for msgId, flag, body in self.messages:
+            parts.append(encodeHeader(msgId, flag, body))
+            parts.append(body)
+        return parts
+
+
+class _Write:
+    """
+    Job step: write entries to a segment from a file position on.
+    """
+
+    def __init__(self, segment, position):
+        self.segment = segment
+        self.position = position
+        self.entries = []
+        self.size = 0
+        self.done = False
+
+    def perform(self):
+        segment = self.segment
+        if segment.file is None:
+            os.makedirs(segment.directory, exist_ok=True)
+            segment.file = openSegmentFile(segment.path, create=True)
+            _fsyncDirectory(segment.directory)
+        data = b"".join([part for entry in self.entries for part in entry.parts()])
+        fd = segment.file.fileno()
+        try:
+            _writeAll(fd, data, self.position)
+        except OSError:
+            # Leave no partial record behind the last good one.
+            try:
+                os.ftruncate(fd, self.position)
+            except OSError:
+                pass
+            raise
+        self.done = True
+
+
+class _Roll:
+    """
+    Job step: seal a full segment (fsync) and create the next one.
+    """
+
+    def __init__(self, old, new):
+        self.old = old
+        self.new = new
+        self.done = False
+
+    def perform(self):
+        os.fsync(self.old.file.fileno())
+        self.new.file = openSegmentFile(self.new.path, create=True)
+        _fsyncDirectory(self.new.directory)
+        self.done = True
+
+
+class _Job:
+    def __init__(self, steps, entries, rejected, waiters, fsync):
+        self.steps = steps
+        self.entries = entries
+        self.rejected = rejected
+        self.waiters = waiters
+        self.fsync = fsync
+        self.synced = False
+
+    def perform(self, segment):
+        for step in self.steps:
+            step.perform()
+        if self.fsync and segment.file is not None:
+            os.fsync(segment.file.fileno())
+        self.synced = self.fsync
+
+
+@implementer(IMessageStore)
+class MessageStore:
+    """
+    The log of one topic partition.
+
+    @param segments: the recovered segments, oldest first; a new partition
+        starts with one empty segment at C{offsetIfCreate}, created on disk
+        by the first write.
+    @param deletePolicy: an L{IDeletePolicy}, or L{None} for no retention.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        topic,
+        partition,
+        directory,
+        topicConfig,
+        segments=None,
+        messageCount=0,
+        deletePolicy=None,
+        reactor=None,
+        threadpool=None,
+        offsetIfCreate=0,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.topic = topic
+        self.partition = partition
+        self.directory = directory
+        self.deletePolicy = deletePolicy
+        self.groupCommit = topicConfig.unflushThreshold <= 0
+        self.unflushThreshold = topicConfig.unflushThreshold
+        self.unflushInterval = topicConfig.unflushInterval
+        self.maxSegmentSize = topicConfig.maxSegmentSize
+        self.messageCount = messageCount
+        self._reactor = reactor
+        self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self._segments = segments or [Segment(directory, offsetIfCreate)]
+        self._flushedEnd = self._segments[-1].end
+        self._unflushed = 0
+        self._lastFlush = reactor.seconds()
+        self._queue = []
+        self._waiters = []
+        self._busy = False
+        self._deleting = False
+        self._closed = False
+
+    def __repr__(self):
+        return "<MessageStore %s-%d>" % (self.topic, self.partition)
+
+    # Reading
+
+    @property
+    def minOffset(self):
+        return self._segments[0].start
+
+    @property
+    def maxOffset(self):
+        return self._flushedEnd
+
+    @property
+    def sizeInBytes(self):
+        return sum(segment.written for segment in self._segments)
+
+    @property
+    def segments(self):
+        """
+        The current segments, oldest first (a copy).
+        """
+        return list(self._segments)
+
+    def _segmentAt(self, offset):
+        index = bisect_right(self._segments, offset, key=lambda segment: segment.start)
+        return self._segments[index - 1]
+
+    def slice(self, offset, maxSize):
+        if offset < self.minOffset:
+            raise OffsetBeforeStart(offset, self.minOffset)
+        if offset >= self._flushedEnd:
+            return None
+        segment = self._segmentAt(offset)
+        position = offset - segment.start
+        length = max(0, min(maxSize, segment.written - position))
+        return MessageSlice(segment.file, offset, position, length)
+
+    def nearestOffset(self, offset):
+        if offset < self.minOffset:
+            return self.minOffset
+        if offset >= self._flushedEnd:
+            return self._flushedEnd
+        return self._segmentAt(offset).start
+
+    def readRecords(self, offset, maxSize):
+        messageSlice = self.slice(offset, maxSize)
+        if messageSlice is None:
+            return succeed(([], offset))
+        d = deferToThreadPool(self._reactor, self._threadpool, self._verifiedRead, messageSlice)
+        d.addCallback(self._reportCorruption, offset)
+        return d
+
+    @staticmethod
+    def _verifiedRead(messageSlice):
+        records = []
+        consumed = 0
+        try:
+            for record, end in iterRecords(messageSlice.read()):
+                records.append(record)
+                consumed = end
+        except InvalidRecord as e:
+            return records, consumed, str(e)
+        return records, consumed, None
+
+    def _reportCorruption(self, result, offset):
+        records, consumed, problem = result
+        if problem is not None and not records:
+            error = CorruptRecord(self.topic, self.partition, offset + consumed, problem)
+            self.log.error("{error}; not served", error=error)
+            raise error
+        return records, offset + consumed
+
+    # Appending
+
+    def append(self, msgId, flag, body):
+        return self._enqueue(
+            _Entry([(msgId, flag, body)], None, HEADER_SIZE + len(body), 1)
+        )
+
+    def appendBatch(self, messages):
+        messages = list(messages)
+        size = sum(HEADER_SIZE + len(body) for _, _, body in messages)
+        return self._enqueue(_Entry(messages, None, size, 1))
+
+    def appendRecords(self, buffer, expectedOffset=None):
+        buffer = bytes(buffer)
+        try:
+            count = recordsLength(buffer)
+        except ValueError as e:
+            return fail(e)
+        return self._enqueue(_Entry(None, buffer, len(buffer), count, expectedOffset))
+
+    def _enqueue(self, entry):
+        if self._closed:
+            return fail(StoreClosed("%r is closed" % (self,)))
+        self._queue.append(entry)
+        self._kick()
+        return entry.deferred
+
+    def flush(self):
+        if self.groupCommit:
+            return succeed(None)
+        return self._whenWritten()
+
+    def _whenWritten(self):
+        """
+        A Deferred firing once all that is queued now is written and synced.
+        """
+        d = Deferred()
+        self._waiters.append(d)
+        self._kick()
+        return d
+
+    def _kick(self):
+        if self._busy or not (self._queue or self._waiters):
+            return
+        job = self._buildJob()
+        if not (job.steps or job.fsync):
+            self._finish(job)
+            return
+        self._busy = True
+        last = self._segments[-1]
+        for step in job.steps:
+            if isinstance(step, _Roll):
+                last = step.new
+        d = deferToThreadPool(self._reactor, self._threadpool, job.perform, last)
+        d.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(job,), errbackArgs=(job,))
+
+    def _buildJob(self):
+        entries, self._queue = self._queue, []
+        waiters, self._waiters = self._waiters, []
+        segment = self._segments[-1]
+        size = segment.written
+        steps = []
+        write = None
+        accepted = []
+        rejected = []
+        for entry in entries:
+            offset = segment.start + size
+            if entry.expectedOffset is not None and entry.expectedOffset != offset:
+                rejected.append((entry, OffsetMismatch(entry.expectedOffset, offset)))
+                continue
+            if write is None:
+                write = _Write(segment, size)
+                steps.append(write)
+            entry.offset = offset
+            write.entries.append(entry)
+            write.size += entry.size
+            size += entry.size
+            accepted.append(entry)
+            if size >= self.maxSegmentSize:
+                new = Segment(self.directory, segment.start + size)
+                steps.append(_Roll(segment, new))
+                segment, size, write = new, 0, None
+        unflushed = self._unflushed + sum(entry.count for entry in accepted)
+        fsync = bool(
+            (self.groupCommit and accepted)
+            or (waiters and unflushed)
+            or unflushed > self.unflushThreshold
+            or (
+                unflushed
+                and (self._reactor.seconds() - self._lastFlush) * 1000 > self.unflushInterval
+            )
+        )
+        return _Job(steps, accepted, rejected, waiters, fsync)
+
+    def _applyProgress(self, job):
+        """
+        Record on the reactor thread what a job's completed steps changed.
+        """
+        written = []
+        for step in job.steps:
+            if not step.done:
+                break
+            if isinstance(step, _Write):
+                step.segment.written = step.position + step.size
+                written.extend(step.entries)
+            else:
+                self._segments.append(step.new)
+                self._flushedEnd = step.new.start
+                self._unflushed = 0
+        count = sum(entry.count for entry in written)
+        self.messageCount += count
+        if job.synced:
+            self._flushedEnd = self._segments[-1].end
+            self._unflushed = 0
+            self._lastFlush = self._reactor.seconds()
+        else:
+            self._unflushed += count
+        return written
+
+    def _jobDone(self, ignored, job):
+        self._applyProgress(job)
+        self._finish(job)
+
+    def _jobFailed(self, failure, job):
+        written = self._applyProgress(job)
+        self.log.failure(
+            "Writing to {store} failed; {count} queued append(s) fail", failure,
+            store=self, count=len(job.entries) - len(written)
+        )
+        acknowledged = written if not self.groupCommit else []
+        kept = set(map(id, acknowledged))
+        for entry in job.entries:
+            if id(entry) not in kept:
+                entry.deferred.errback(failure)
+        for entry, error in job.rejected:
+            entry.deferred.errback(error)
+        for waiter in job.waiters:
+            waiter.errback(failure)
+        for entry in acknowledged:
+            entry.deferred.callback(entry.offset)
+        self._busy = False
+        self._kick()
+
+    def _finish(self, job):
+        for entry in job.entries:
+            entry.deferred.callback(entry.offset)
+        for entry, error in job.rejected:
+            entry.deferred.errback(error)
+        for waiter in job.waiters:
+            waiter.callback(None)
+        self._busy = False
+        self._kick()
+
+    # Retention
+
+    def runDeletePolicy(self, now=None):
+        if self.deletePolicy is None or self._deleting or self._closed:
+            return succeed([])
+        candidates = [s for s in self._segments[:-1] if s.end <= self._flushedEnd]
+        if not candidates:
+            return succeed([])
+        if now is None:
+            now = self._reactor.seconds()
+        self._deleting = True
+        d = deferToThreadPool(
+            self._reactor, self._threadpool, self._dueSegments, candidates, now
+        )
+        d.addCallback(self._removeSegments)
+
+        def done(result):
+            self._deleting = False
+            return result
+
+        return d.addBoth(done)
+
+    def _dueSegments(self, candidates, now):
+        due = []
+        for segment in candidates:
+            if not self.deletePolicy.canDelete(segment.path, now):
+                break
+            due.append(segment)
+        return due
+
+    def _removeSegments(self, due):
+        due = [s for s, current in zip(due, self._segments[:-1]) if s is current]
+        if not due:
+            return []
+        del self._segments[: len(due)]
+        for segment in due:
+            self.log.info(
+                "Deleting {path} with policy {policy}", path=segment.path,
+                policy=self.deletePolicy
+            )
+        return deferToThreadPool(
+            self._reactor, self._threadpool, self._processRemoved, due
+        ).addCallback(self._logRemoved, due)
+
+    def _processRemoved(self, due):
+        problems = []
+        for segment in due:
+            try:
+                self.deletePolicy.process(segment.path)
+            except OSError as e:
+                problems.append((segment.path, e))
+        return problems
+
+    def _logRemoved(self, problems, due):
+        for path, error in problems:
+            self.log.error(
+                "Retention could not process {path}: {error}", path=path, error=error
+            )
+        return [segment.start for segment in due]
+
+    # Closing
+
+    def close(self):
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        d = self._whenWritten()
+
+        def closeFiles(result):
+            for segment in self._segments:
+                if segment.file is not None:
+                    segment.file.close()
+            return result
+
+        return d.addBoth(closeFiles)

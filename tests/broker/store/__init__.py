@@ -1,0 +1,1 @@
+"""Tests for metamorphosis.broker.store."""

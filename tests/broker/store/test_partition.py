@@ -1,0 +1,353 @@
+"""
+Tests for L{metamorphosis.broker.store.partition.MessageStore}: layout,
+offsets, slicing, the flush policies and failures.
+"""
+
+import os
+import stat
+
+from hypothesis import given, settings, strategies as st
+from zope.interface.verify import verifyObject
+
+from twisted.internet.defer import gatherResults
+from twisted.trial.unittest import SynchronousTestCase
+
+from metamorphosis.broker.store.errors import (
+    CorruptRecord,
+    OffsetBeforeStart,
+    OffsetMismatch,
+    StoreClosed,
+)
+from metamorphosis.broker.store.interfaces import IMessageStore
+from metamorphosis.broker.store.partition import MessageStore
+from metamorphosis.broker.store.segment import nameFromOffset, offsetFromName
+from metamorphosis.protocol.records import decodeRecords, encodePayload
+
+from .helpers import (
+    ImmediateReactor,
+    ImmediateThreadPool,
+    ManualThreadPool,
+    makeStore,
+    readPartition,
+    record,
+    topicConfig,
+)
+
+# The stored records of spec/message-format.md section 7, as hex in the spec.
+EXAMPLE1 = bytes.fromhex("00000005" "3610a686" "b41bba610a400000" "00000000" "68656c6c6f")
+EXAMPLE2 = bytes.fromhex(
+    "0000000a" "39362501" "b41bba610a401005" "00000001" "00000004" "74616731" "6869"
+)
+EXAMPLE3 = bytes.fromhex("00000005" "18fc0e13" "031750fa8a400000" "00000001" "00000000" "78")
+
+
+def appendExample(store, number):
+    return {
+        1: lambda: store.append(-5468572396564774912, 0, b"hello"),
+        2: lambda: store.append(-5468572396564770811, 1, bytes.fromhex("00000004746167316869")),
+        3: lambda: store.append(222735743569625088, 1, bytes.fromhex("0000000078")),
+    }[number]()
+
+
+def countFileFsyncs(testCase):
+    """
+    Count the fsyncs of regular files (not directories) from now on.
+    """
+    realFsync = os.fsync
+    fsyncs = []
+
+    def countingFsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fsyncs.append(fd)
+        realFsync(fd)
+
+    testCase.patch(os, "fsync", countingFsync)
+    return fsyncs
+
+
+class NamingTests(SynchronousTestCase):
+    def test_names(self):
+        self.assertEqual(nameFromOffset(0), "00000000000000000000.meta")
+        self.assertEqual(nameFromOffset(1073741911), "00000000001073741911.meta")
+        self.assertEqual(offsetFromName("00000000001073741911.meta"), 1073741911)
+        self.assertIsNone(offsetFromName("00000000000000000000.meta.arc"))
+        self.assertIsNone(offsetFromName("foo.meta"))
+
+
+class GoldenLayoutTests(SynchronousTestCase):
+    """
+    The files a partition holds after known appends, byte for byte as the
+    spec predicts.
+    """
+
+    def test_layout(self):
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0, maxSegmentSize=60)
+        verifyObject(IMessageStore, store)
+        offsets = [self.successResultOf(appendExample(store, n)) for n in (1, 2, 3, 1)]
+        # 25 + 30 = 55 < 60 stays; the third record takes the segment to
+        # 80 >= 60, so it rolls and the fourth starts the segment at 80.
+        self.assertEqual(offsets, [0, 25, 55, 80])
+        self.assertEqual(
+            sorted(os.listdir(directory)),
+            ["00000000000000000000.meta", "00000000000000000080.meta"],
+        )
+        with open(os.path.join(directory, "00000000000000000000.meta"), "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1 + EXAMPLE2 + EXAMPLE3)
+        with open(os.path.join(directory, "00000000000000000080.meta"), "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1)
+        self.assertEqual((store.minOffset, store.maxOffset), (0, 105))
+        self.assertEqual(store.sizeInBytes, 105)
+        self.assertEqual(store.messageCount, 4)
+
+    def test_firstSegmentAtOffsetIfCreate(self):
+        directory = self.mktemp()
+        store = MessageStore(
+            "test", 0, directory, topicConfig(unflushThreshold=0),
+            reactor=ImmediateReactor(), threadpool=ImmediateThreadPool(), offsetIfCreate=4096,
+        )
+        self.assertEqual(self.successResultOf(appendExample(store, 1)), 4096)
+        self.assertEqual(os.listdir(directory), ["00000000000000004096.meta"])
+        self.assertEqual(store.slice(4096, 100).read(), EXAMPLE1)
+
+
+class AppendSliceTests(SynchronousTestCase):
+    @settings(max_examples=25, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.binary(max_size=200), st.none() | st.text(max_size=10)),
+            min_size=1,
+            max_size=25,
+        ),
+        st.integers(min_value=30, max_value=600),
+        st.booleans(),
+    )
+    def test_slicesFromEveryBoundary(self, messages, maxSegmentSize, batch):
+        """
+        After any appends, a slice from each record's offset starts with
+        exactly that record, the records read back in order are the ones
+        appended, and no slice crosses a segment end.
+        """
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0, maxSegmentSize=maxSegmentSize)
+        expected = []
+        offsets = []
+        for index, (data, attribute) in enumerate(messages):
+            body, flag = encodePayload(data, attribute)
+            expected.append(record(index, data, attribute))
+            if batch and index % 3 == 1:
+                offsets.append(self.successResultOf(store.appendBatch([(index, flag, body)])))
+            else:
+                offsets.append(self.successResultOf(store.append(index, flag, body)))
+        positions = [sum(map(len, expected[:i])) for i in range(len(expected))]
+        self.assertEqual(offsets, positions)
+        self.assertEqual(store.maxOffset, sum(map(len, expected)))
+        segmentEnds = [s.end for s in store.segments]
+        for offset, encoded in zip(offsets, expected):
+            piece = store.slice(offset, 1 << 20)
+            self.assertEqual(piece.offset, offset)
+            data = piece.read()
+            self.assertEqual(data[: len(encoded)], encoded)
+            self.assertIn(offset + piece.length, segmentEnds)
+            self.assertEqual(store.nearestOffset(offset) <= offset, True)
+        # Reading the whole log slice by slice gives back every record.
+        offset, seen = 0, []
+        while True:
+            piece = store.slice(offset, 97)
+            if piece is None:
+                break
+            records, consumed = decodeRecords(piece.read())
+            if consumed == 0:
+                piece = store.slice(offset, 1 << 20)
+                records, consumed = decodeRecords(piece.read())
+            seen.extend(r.encode() for r in records)
+            offset += consumed
+        self.assertEqual(seen, expected)
+        names, data = readPartition(directory)
+        self.assertEqual(data, b"".join(expected))
+        self.assertEqual([offsetFromName(n) for n in names], [s.start for s in store.segments])
+
+    def test_sliceBounds(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0, maxSegmentSize=50)
+        for n in (1, 2, 3):
+            appendExample(store, n)
+        # Segments [0, 55) and [55, 80).
+        self.assertEqual(store.slice(0, 1000).length, 55)
+        self.assertEqual(store.slice(25, 10).length, 10)
+        self.assertEqual(store.slice(55, 1000).read(), EXAMPLE3)
+        self.assertIsNone(store.slice(80, 1000))
+        self.assertEqual(store.nearestOffset(30), 0)
+        self.assertEqual(store.nearestOffset(60), 55)
+        self.assertEqual(store.nearestOffset(80), 80)
+        self.assertEqual(store.nearestOffset(9999), 80)
+
+    def test_zeroCopyView(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0, maxSegmentSize=50)
+        for n in (1, 2, 3):
+            appendExample(store, n)
+        piece = store.slice(25, 1000)
+        self.assertEqual(os.pread(piece.fileno(), piece.length, piece.position), EXAMPLE2)
+        self.assertEqual(piece.records()[0][0].attribute, "tag1")
+
+    def test_batchIsOneAppend(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        appendExample(store, 1)
+        offset = self.successResultOf(
+            store.appendBatch([(1, 0, b"a"), (2, 0, b"bb"), (3, 1, b"\0\0\0\0c")])
+        )
+        self.assertEqual(offset, 25)
+        self.assertEqual(store.messageCount, 2)
+        records, consumed = store.slice(25, 1000).records()
+        self.assertEqual([r.id for r in records], [1, 2, 3])
+        self.assertEqual(consumed, 21 + 22 + 25)
+
+
+class ReplicationAppendTests(SynchronousTestCase):
+    def test_appendAtExpectedOffset(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        self.assertEqual(self.successResultOf(store.appendRecords(EXAMPLE1 + EXAMPLE2, 0)), 0)
+        self.assertEqual(store.messageCount, 2)
+        failure = self.failureResultOf(store.appendRecords(EXAMPLE3, 25), OffsetMismatch)
+        self.assertEqual((failure.value.expected, failure.value.actual), (25, 55))
+        self.assertEqual(store.maxOffset, 55)
+        self.assertEqual(self.successResultOf(store.appendRecords(EXAMPLE3, 55)), 55)
+        self.assertEqual(store.slice(0, 1000).read(), EXAMPLE1 + EXAMPLE2 + EXAMPLE3)
+
+    def test_partialRecordRefused(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        self.failureResultOf(store.appendRecords(EXAMPLE1 + EXAMPLE2[:-1]), ValueError)
+        self.assertEqual(store.maxOffset, 0)
+
+
+class FlushPolicyTests(SynchronousTestCase):
+    def test_thresholdIsExceeded(self):
+        """
+        With C{unflushThreshold=3} the fourth message triggers the fsync;
+        until then consumers see nothing, though the puts are acknowledged.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=3, unflushInterval=10**9)
+        for _ in range(3):
+            self.successResultOf(appendExample(store, 1))
+        self.assertEqual(store.maxOffset, 0)
+        self.assertIsNone(store.slice(0, 100))
+        self.successResultOf(appendExample(store, 1))
+        self.assertEqual(store.maxOffset, 100)
+        self.assertEqual(store.slice(0, 1000).length, 100)
+
+    def test_interval(self):
+        reactor = ImmediateReactor()
+        store = makeStore(self.mktemp(), reactor=reactor, unflushThreshold=100,
+                          unflushInterval=1000)
+        appendExample(store, 1)
+        self.assertEqual(store.maxOffset, 0)
+        reactor.advance(1.5)
+        appendExample(store, 1)
+        self.assertEqual(store.maxOffset, 50)
+
+    def test_explicitFlush(self):
+        store = makeStore(self.mktemp(), unflushThreshold=100)
+        appendExample(store, 2)
+        self.assertEqual(store.maxOffset, 0)
+        self.successResultOf(store.flush())
+        self.assertEqual(store.maxOffset, 30)
+
+    def test_rollFlushesTheFullSegment(self):
+        store = makeStore(self.mktemp(), unflushThreshold=100, maxSegmentSize=50)
+        for n in (1, 2, 3):
+            appendExample(store, n)
+        self.assertEqual(store.maxOffset, 55)
+
+    def test_ackAfterWriteUnderThreshold(self):
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=100)
+        fsyncs = countFileFsyncs(self)
+        d = appendExample(store, 1)
+        self.assertNoResult(d)
+        pool.runAll()
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(fsyncs, [])
+
+    def test_groupCommit(self):
+        """
+        Under group commit a put is acknowledged only after its fsync, and
+        all puts arriving while one fsync runs share the next one.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        fsyncs = countFileFsyncs(self)
+        first = appendExample(store, 1)
+        self.assertEqual(len(pool.pending), 1)
+        others = [appendExample(store, 2) for _ in range(5)]
+        self.assertEqual(len(pool.pending), 1)
+        # The flush of the first put is running in a thread: gets go on.
+        self.assertIsNone(store.slice(0, 100))
+        self.assertNoResult(first)
+        pool.runOne()
+        self.assertEqual(len(fsyncs), 1)
+        self.assertEqual(self.successResultOf(first), 0)
+        self.assertEqual(store.maxOffset, 25)
+        for d in others:
+            self.assertNoResult(d)
+        self.assertEqual(len(pool.pending), 1)
+        pool.runOne()
+        self.assertEqual([self.successResultOf(d) for d in others], [25, 55, 85, 115, 145])
+        self.assertEqual(store.maxOffset, 175)
+        self.assertEqual(len(fsyncs), 2)
+        self.assertIs(self.successResultOf(store.flush()), None)
+
+
+class FailureTests(SynchronousTestCase):
+    def test_writeFailure(self):
+        """
+        A failed write fails the puts of its batch; the store then carries
+        on at the last offset known to be written.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        self.assertEqual(self.successResultOf(appendExample(store, 1)), 0)
+        realPwrite = os.pwrite
+
+        def failingPwrite(fd, data, position):
+            realPwrite(fd, bytes(data)[:7], position)
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "pwrite", failingPwrite)
+        self.failureResultOf(appendExample(store, 2), OSError)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(store.maxOffset, 25)
+        self.patch(os, "pwrite", realPwrite)
+        self.assertEqual(self.successResultOf(appendExample(store, 3)), 25)
+        self.assertEqual(store.slice(0, 1000).read(), EXAMPLE1 + EXAMPLE3)
+        self.assertEqual(os.path.getsize(store.segments[-1].path), 50)
+
+    def test_closed(self):
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=100)
+        appendExample(store, 1)
+        self.successResultOf(store.close())
+        self.failureResultOf(appendExample(store, 1), StoreClosed)
+        reopened = makeStore(directory, unflushThreshold=100, recover=True)
+        self.assertEqual(reopened.maxOffset, 25)
+
+    def test_corruptRecordReported(self):
+        """
+        L{MessageStore.readRecords} verifies checksums: a damaged record is
+        logged and reported, records before it are still served.
+        """
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0)
+        gatherResults([appendExample(store, n) for n in (1, 2, 3)])
+        with open(store.segments[0].path, "r+b") as f:
+            f.seek(25 + 22)
+            f.write(b"X")
+        self.assertEqual(store.slice(0, 1000).read()[47:48], b"X")
+        records, nextOffset = self.successResultOf(store.readRecords(0, 1000))
+        self.assertEqual((len(records), nextOffset), (1, 25))
+        failure = self.failureResultOf(store.readRecords(25, 1000), CorruptRecord)
+        self.assertEqual(failure.value.offset, 25)
+        records, nextOffset = self.successResultOf(store.readRecords(55, 1000))
+        self.assertEqual((records[0].data, nextOffset), (b"x", 80))
+        self.assertEqual(self.successResultOf(store.readRecords(80, 1000)), ([], 80))
+
+    def test_offsetBeforeStart(self):
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        self.assertRaises(OffsetBeforeStart, store.slice, -1, 100)
