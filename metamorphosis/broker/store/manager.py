@@ -99,6 +99,11 @@ class MessageStoreManager(Service):
         Service.startService(self)
         if self._ownPool:
             self._threadpool.start()
+            # Should the service never be stopped, its threads must still
+            # not keep the process alive.
+            self._poolShutdown = self._reactor.addSystemEventTrigger(
+                "after", "shutdown", self._threadpool.stop
+            )
         self._started = deferToThreadPool(
             self._reactor, self._threadpool, self._loadAll
         ).addCallback(self._registerLoaded)
@@ -211,6 +216,7 @@ class MessageStoreManager(Service):
             if not ok:
                 self.log.failure("Closing a store failed", result)
         if self._ownPool:
+            self._reactor.removeSystemEventTrigger(self._poolShutdown)
             self._threadpool.stop()
 
     # Stores

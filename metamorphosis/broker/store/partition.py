@@ -498,7 +498,7 @@ class MessageStore:
         for segment in due:
             try:
                 self.deletePolicy.process(segment.path)
-            except OSError as e:
+            except Exception as e:
                 problems.append((segment.path, e))
         return problems
 

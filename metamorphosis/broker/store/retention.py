@@ -76,7 +76,9 @@ class ArchiveDeletePolicy(_AgePolicy):
             os.rename(path, path + ".arc")
             return
         partial = path + ".zip.part"
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(
+            partial, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False
+        ) as archive:
             archive.write(path, os.path.basename(path))
         os.rename(partial, path + ".zip")
         os.remove(path)

@@ -1,0 +1,211 @@
+"""
+Tests for L{metamorphosis.broker.store.manager.MessageStoreManager}.
+"""
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from metamorphosis.broker.config import MetaConfig, TopicConfig
+from metamorphosis.broker.store import (
+    IllegalTopic,
+    MessageStoreManager,
+    StoreClosed,
+    WrongPartition,
+)
+
+from .helpers import ImmediateReactor, ImmediateThreadPool, readPartition, record
+
+
+def makeConfig(dataPath, topics=(), **kwargs):
+    config = MetaConfig(dataPath=dataPath, **kwargs)
+    for name, topicKwargs in topics:
+        topicKwargs.setdefault("dataPath", dataPath)
+        config.topics[name] = TopicConfig(topic=name, **topicKwargs)
+    return config
+
+
+def writeSegment(directory, data, start=0):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "%020d.meta" % (start,)), "wb") as f:
+        f.write(data)
+
+
+class ManagerTests(SynchronousTestCase):
+    def setUp(self):
+        self.dataPath = os.path.abspath(self.mktemp())
+        os.makedirs(self.dataPath)
+        self.reactor = ImmediateReactor()
+
+    def startManager(self, config):
+        manager = MessageStoreManager(config, reactor=self.reactor,
+                                      threadpool=ImmediateThreadPool())
+        with capturedLogs() as events:
+            self.successResultOf(manager.startService())
+        self.successResultOf(manager.whenStarted())
+        self.addCleanup(lambda: manager.running and manager.stopService())
+        return manager, [formatEvent(e) for e in events]
+
+    def test_loadsExistingPartitions(self):
+        otherPath = os.path.abspath(self.mktemp())
+        writeSegment(os.path.join(self.dataPath, "test-0"), record(1, b"one") + b"torn")
+        os.makedirs(os.path.join(self.dataPath, "test-1"))
+        writeSegment(os.path.join(self.dataPath, "meta-test-3"), record(2, b"two"))
+        writeSegment(os.path.join(self.dataPath, "gone-0"), record(3, b"three"))
+        writeSegment(os.path.join(otherPath, "other-0"), record(4, b"four"), start=4096)
+        for name in ("transactions", "nodash", "bad-x"):
+            os.makedirs(os.path.join(self.dataPath, name))
+        with open(os.path.join(self.dataPath, "plain-0"), "w") as f:
+            f.write("not a directory")
+        config = makeConfig(
+            self.dataPath,
+            [("test", dict(numPartitions=2)), ("meta-test", {}),
+             ("other", dict(dataPath=otherPath))],
+        )
+        manager, logs = self.startManager(config)
+        self.assertEqual(
+            [(t, p) for t, p, _ in manager.stores()],
+            [("gone", 0), ("meta-test", 3), ("test", 0), ("test", 1), ("other", 0)],
+        )
+        self.assertEqual(manager.topics(), ["gone", "meta-test", "test", "other"])
+        test0 = manager.getStore("test", 0)
+        self.assertEqual(test0.maxOffset, len(record(1, b"one")))
+        self.assertEqual(manager.getStore("test", 1).maxOffset, 0)
+        self.assertEqual(manager.getStore("other", 0).minOffset, 4096)
+        self.assertEqual(manager.getStore("meta-test", 3).messageCount, 1)
+        self.assertTrue(any("nodash" in line and "not named" in line for line in logs), logs)
+        self.assertTrue(any("bad-x" in line and "partition number" in line for line in logs))
+        self.assertTrue(any("test-0" in line and "cut 4 byte(s)" in line for line in logs))
+        self.assertFalse(any("transactions" in line for line in logs))
+        self.assertFalse(any("plain-0" in line for line in logs))
+
+    def test_legality(self):
+        config = makeConfig(self.dataPath, [("test", dict(numPartitions=3)),
+                                            ("meta-*", dict(numPartitions=1))])
+        manager, _ = self.startManager(config)
+        error = self.assertRaises(IllegalTopic, manager.getOrCreateStore, "foo", 0)
+        self.assertEqual(str(error), "The server do not accept topic foo")
+        error = self.assertRaises(WrongPartition, manager.getOrCreateStore, "test", 3)
+        self.assertEqual(str(error), "wrong partition 3")
+        self.assertRaises(WrongPartition, manager.getOrCreateStore, "test", -1)
+        self.assertRaises(WrongPartition, manager.getOrCreateStore, "meta-x", 1)
+        self.assertIsNotNone(manager.getOrCreateStore("meta-x", 0))
+        for _ in range(20):
+            self.assertIn(manager.chooseRandomPartition("test"), (0, 1, 2))
+
+    def test_lazyCreation(self):
+        topicPath = os.path.abspath(self.mktemp())
+        config = makeConfig(self.dataPath, [("test", dict(numPartitions=2)),
+                                            ("own", dict(dataPath=topicPath))],
+                            unflushThreshold=0)
+        manager, _ = self.startManager(config)
+        self.assertIsNone(manager.getStore("test", 1))
+        store = manager.getOrCreateStore("test", 1)
+        self.assertIs(manager.getOrCreateStore("test", 1), store)
+        self.assertIs(manager.getStore("test", 1), store)
+        self.assertFalse(os.path.exists(os.path.join(self.dataPath, "test-1")))
+        self.assertEqual(self.successResultOf(store.append(5, 0, b"hello")), 0)
+        self.assertEqual(
+            readPartition(os.path.join(self.dataPath, "test-1")),
+            (["00000000000000000000.meta"], record(5, b"hello")),
+        )
+        own = manager.getOrCreateStore("own", 0)
+        self.successResultOf(own.append(6, 0, b"x"))
+        self.assertTrue(os.path.exists(os.path.join(topicPath, "own-0",
+                                                    "00000000000000000000.meta")))
+
+    def test_periodicFlush(self):
+        config = makeConfig(
+            self.dataPath,
+            [("slow", dict(unflushThreshold=1000, unflushInterval=500)),
+             ("gc", dict(unflushThreshold=0, unflushInterval=500))],
+        )
+        manager, _ = self.startManager(config)
+        slow = manager.getOrCreateStore("slow", 0)
+        gc = manager.getOrCreateStore("gc", 0)
+        slow.append(1, 0, b"a")
+        gc.append(1, 0, b"a")
+        self.assertEqual((slow.maxOffset, gc.maxOffset), (0, 21))
+        self.reactor.advance(0.4)
+        self.assertEqual(slow.maxOffset, 0)
+        self.reactor.advance(0.2)
+        self.assertEqual(slow.maxOffset, 21)
+
+    def test_deleteSchedule(self):
+        config = makeConfig(
+            self.dataPath,
+            [("test", dict(deletePolicy="delete,5s", deleteWhen="*/10 * * * * ?",
+                           unflushThreshold=0, maxSegmentSize=40))],
+        )
+        self.reactor.advance(1_000_000)
+        manager, _ = self.startManager(config)
+        store = manager.getOrCreateStore("test", 0)
+        for i in range(3):
+            store.append(i, 0, b"0123456789abcdefghij")
+        self.assertEqual([s.start for s in store.segments], [0, 40, 80, 120])
+        for segment in store.segments:
+            os.utime(segment.path, (1_000_000, 1_000_000))
+        [call] = self.reactor.getDelayedCalls()
+        self.assertEqual(call.getTime(), 1_000_010)
+        self.reactor.advance(10)
+        self.assertEqual([s.start for s in store.segments], [120])
+        self.assertEqual(os.listdir(store.directory), ["00000000000000000120.meta"])
+        [call] = self.reactor.getDelayedCalls()
+        self.assertEqual(call.getTime(), 1_000_020)
+
+    def test_invalidRetentionDisablesIt(self):
+        config = makeConfig(self.dataPath,
+                            [("test", dict(deletePolicy="keep,1", unflushThreshold=0)),
+                             ("other", dict(deleteWhen="0 0 6 * * *", unflushThreshold=0))])
+        manager, _ = self.startManager(config)
+        with capturedLogs() as events:
+            store = manager.getOrCreateStore("test", 0)
+            other = manager.getOrCreateStore("other", 0)
+        self.assertIsNone(store.deletePolicy)
+        self.assertIsNone(other.deletePolicy)
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(any("Retention disabled for topic test" in line for line in lines))
+        self.assertTrue(any("Retention disabled for topic other" in line for line in lines))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopFlushesAndCloses(self):
+        config = makeConfig(self.dataPath, [("test", dict(unflushThreshold=1000))])
+        manager, _ = self.startManager(config)
+        store = manager.getOrCreateStore("test", 0)
+        store.append(1, 0, b"kept")
+        self.assertEqual(store.maxOffset, 0)
+        self.successResultOf(manager.stopService())
+        self.assertEqual(store.maxOffset, 24)
+        self.failureResultOf(store.append(2, 0, b"late"), StoreClosed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        manager, _ = self.startManager(config)
+        self.assertEqual(manager.getStore("test", 0).maxOffset, 24)
+
+
+class ThreadedManagerTests(TestCase):
+    """
+    The manager with its own thread pool on the real reactor.
+    """
+
+    @inlineCallbacks
+    def test_concurrentGroupCommit(self):
+        dataPath = os.path.abspath(self.mktemp())
+        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0,
+                                                     maxSegmentSize=4096))])
+        manager = MessageStoreManager(config, reactor=reactor)
+        yield manager.startService()
+        store = manager.getOrCreateStore("test", 0)
+        bodies = [b"m%04d" % (i,) * (i % 7 + 1) for i in range(300)]
+        offsets = yield gatherResults([store.append(i, 0, b) for i, b in enumerate(bodies)])
+        expected = [sum(20 + len(b) for b in bodies[:i]) for i in range(len(bodies))]
+        self.assertEqual(offsets, expected)
+        self.assertEqual(store.maxOffset, expected[-1] + 20 + len(bodies[-1]))
+        records, _ = yield store.readRecords(0, 1 << 20)
+        self.assertEqual([r.data for r in records][:5], bodies[:5])
+        yield manager.stopService()
+        names, data = readPartition(os.path.join(dataPath, "test-0"))
+        self.assertGreater(len(names), 1)
+        self.assertEqual(data, b"".join(record(i, b) for i, b in enumerate(bodies)))
