@@ -24,7 +24,9 @@ from kazoo.exceptions import (
 from twisted.application import service
 from twisted.internet.defer import (
     CancelledError,
+    DeferredList,
     DeferredLock,
+    DeferredSemaphore,
     TimeoutError,
     inlineCallbacks,
     succeed,
@@ -106,6 +108,9 @@ class BrokerZooKeeper(service.Service):
     #: Seconds between two attempts when a registration fails for another
     #: reason than a lost connection.
     retryDelay = 5.0
+
+    #: How many topics are (un)registered at once.
+    parallelism = 8
 
     def __init__(self, config, slaveId=-1, clientFactory=KazooClient, reactor=None):
         """
@@ -379,13 +384,12 @@ class BrokerZooKeeper(service.Service):
                 str(self.config.checksum),
             )
         self._registeredSession = session
-        for topic in list(self._topics):
-            yield self._registerTopic(topic)
+        yield self._inParallel(self._registerTopic, list(self._topics))
         self.log.info(
-            "Registered {broker} in ZooKeeper as {name} with topics {topics}",
+            "Registered {broker} in ZooKeeper as {name} with {count} topics",
             broker=self.brokerString,
             name=self.paths.topicBrokerName(self.config.brokerId, self.slaveId),
-            topics=", ".join(self._topics),
+            count=len(self._topics),
         )
 
     @inlineCallbacks
@@ -532,16 +536,37 @@ class BrokerZooKeeper(service.Service):
                 children = yield self._call("get_children_async", idPath, client=client)
                 if "master" not in children:
                     yield self._call("set_async", idPath, b"", client=client)
-        for topic in list(self._topics):
-            for path in [
-                self.paths.brokerTopicsPathOf(topic, brokerId, slaveId),
-                self.paths.brokerTopicsPubPathOf(topic, brokerId, slaveId),
-                self.paths.brokerTopicsSubPathOf(topic, brokerId, slaveId),
-            ]:
-                yield self._deleteOwn(path, client)
+        yield self._inParallel(
+            lambda path: self._deleteOwn(path, client),
+            [
+                path
+                for topic in list(self._topics)
+                for path in [
+                    self.paths.brokerTopicsPathOf(topic, brokerId, slaveId),
+                    self.paths.brokerTopicsPubPathOf(topic, brokerId, slaveId),
+                    self.paths.brokerTopicsSubPathOf(topic, brokerId, slaveId),
+                ]
+            ],
+        )
         if removed:
             self.log.info("Removed {broker} from ZooKeeper", broker=self.brokerString)
         return removed
+
+    @inlineCallbacks
+    def _inParallel(self, function, items):
+        """
+        C{function(item)} for every item, at most L{parallelism} at a time:
+        kazoo pipelines the requests on its connection, so a broker with
+        many topics does not pay one round trip after another.  Waits for
+        all, then fails with the first failure if any.
+        """
+        semaphore = DeferredSemaphore(self.parallelism)
+        results = yield DeferredList(
+            [semaphore.run(function, item) for item in items], consumeErrors=True
+        )
+        for succeeded, result in results:
+            if not succeeded:
+                result.raiseException()
 
     def _call(self, method, *args, client=None, **kwargs):
         client = client or self.client
