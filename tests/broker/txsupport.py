@@ -23,20 +23,15 @@ class MemoryStore:
     def __init__(self):
         self.buffer = bytearray()
         self.minOffset = 0
-        self.appends = 0
-        self.failing = False
 
     @property
     def maxOffset(self):
         return len(self.buffer)
 
     def appendBatch(self, batch):
-        if self.failing:
-            raise IOError("disk full")
         offset = len(self.buffer)
         for msgId, flag, body in batch:
             self.buffer += encodeRecord(msgId, flag, body)
-        self.appends += 1
         return succeed(offset)
 
     def slice(self, offset, maxSize):

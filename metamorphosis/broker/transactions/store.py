@@ -17,7 +17,7 @@ exactly once whatever the moment of the crash.
 
 import os
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import FirstError, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -188,6 +188,7 @@ class JournalTransactionStore:
                     partition=partition,
                 )
                 await store.appendBatch(_batch(missing))
+                await store.flush()
         self._redo.append(DoneRecord(key))
 
     def addMessage(self, tx, message):
@@ -239,10 +240,13 @@ class JournalTransactionStore:
             )
         )
         await self._force()
-        await gatherResults(
-            [store.appendBatch(_batch(group)) for store, group in stores],
-            consumeErrors=True,
-        )
+        try:
+            await gatherResults(
+                [store.appendBatch(_batch(group)) for store, group in stores],
+                consumeErrors=True,
+            )
+        except FirstError as e:
+            e.subFailure.raiseException()
         self._redo.append(DoneRecord(tx.key))
         del self._live[tx]
 
