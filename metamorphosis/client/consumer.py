@@ -83,12 +83,13 @@ class ConsumerConfig:
 
     def setConsumeFromMaxOffset(self, always=False):
         """
-        Start from the broker's newest message: the first time only, or
-        (C{always}) at every start whatever offset was stored.
+        Start from the broker's newest message: the first time only (no
+        stored offset yet), or (C{always}) at every start whatever offset
+        was stored.  The first-time form is release 1.4.6.2's; Java's later
+        source made it change nothing.
         """
         self.offset = self.MAX_OFFSET
-        if always:
-            self.alwaysConsumeFromMaxOffset = True
+        self.alwaysConsumeFromMaxOffset = always
 
 
 @implementer(IMessageListener)

@@ -271,6 +271,56 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
         self.assertEqual(listener.payloads(), [b"new-0", b"new-1"])
 
     @defer.inlineCallbacks
+    def test_directModeAndGet(self):
+        """
+        Without ZooKeeper a consumer reads the configured partition of the
+        configured broker; a one-shot get reads from any offset.
+        """
+        broker = yield self.startBroker(0)
+        yield self.produce(broker, "t", 1, [b"d0", b"d1", b"d2"])
+        yield self.produce(broker, "t", 0, [b"other"])
+        listener = Collector()
+        config = self.config("direct", serverUrl=broker.url, partition="0-1")
+        consumer = MessageConsumer(config, self.pool, reactor=reactor, idCache=MessageIdCache(),
+                                   offsetStorage=LocalOffsetStorage(
+                                       os.path.join(self.tmp, "direct.json")))
+        consumer.subscribe("t", 1024 * 1024, listener)
+        self.addCleanup(consumer.shutdown)
+        yield consumer.completeSubscribe()
+        yield self.waitFor(lambda: len(listener.messages) >= 3)
+        self.assertEqual(listener.payloads(), [b"d0", b"d1", b"d2"])
+        messages = yield defer.ensureDeferred(
+            consumer.get("t", _p(0, 1), 20 + 2, 1024, broker.url))
+        self.assertEqual([m.data for m in messages], [b"d1", b"d2"])
+        self.assertEqual([m.id for m in messages], [m.id for m in listener.messages[1:]])
+
+    @defer.inlineCallbacks
+    def test_unacknowledgedRedelivered(self):
+        """
+        Messages consumed with auto-ack off and never acknowledged are not
+        committed: a restarted consumer gets them again; acknowledged ones
+        it does not.
+        """
+        broker = yield self.startBroker(0, {"t": 1})
+        yield self.produce(broker, "t", 0, [b"m%d" % i for i in range(6)])
+
+        class Manual(Collector):
+            def receiveMessages(self, message):
+                message.setAutoAck(False)
+                Collector.receiveMessages(self, message)
+                if message.data == b"m2":
+                    message.ack()
+        first = Manual()
+        consumer = yield self.consumer(first)
+        yield self.waitFor(lambda: len(first.messages) >= 6)
+        yield consumer.shutdown()
+        second = Collector()
+        yield self.consumer(second)
+        yield self.waitFor(lambda: len(second.messages) >= 3)
+        yield sleep(0.3)
+        self.assertEqual(second.payloads(), [b"m3", b"m4", b"m5"])
+
+    @defer.inlineCallbacks
     def test_broadcast(self):
         """
         Broadcast consumers of one group on two hosts each get every
