@@ -226,7 +226,7 @@ class ZooKeeperDiscovery(_Listeners):
             try:
                 brokerId = int(brokerIdText)
                 data, _ = zookeeper.get("%s/%s" % (path, child))
-                numParts = int(json.loads(data.decode("utf-8"))["numParts"])
+                numParts = int(json.loads((data or b"").decode("utf-8"))["numParts"])
             except NoNodeError:
                 continue
             except (ValueError, KeyError, TypeError) as e:

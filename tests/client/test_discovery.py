@@ -99,6 +99,8 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
                 ephemeral=True,
             )
             self.zk.create("%s/brokers/topics-pub/t/5-m" % self.root, b"not json", ephemeral=True)
+            self.zk.create("%s/brokers/topics-pub/t/6-m" % self.root, None, ephemeral=True)
+            self.zk.create("%s/brokers/topics-pub/t/7-m" % self.root, b'{"broker":"7-m"}', ephemeral=True)
 
         yield inThread(slave)
         discovery = self.discovery()
