@@ -94,10 +94,26 @@ def startBroker(directory, unflushThreshold, numPartitions=1, unflushInterval=10
     raise RuntimeError("the broker did not listen in time")
 
 
-def report(label, count, size, elapsed):
+def report(label, count, size, elapsed, cpu=None):
+    """
+    One line of figures; C{cpu} is this process's CPU seconds for the run
+    (the client's cost, whatever else loads the machine).
+    """
     rate = count / elapsed
-    print("%-18s %8d %6d %10.0f %8.1f" % (label, count, size, rate, rate * size / 1e6))
+    cpuText = "" if cpu is None else "%12.1f" % (cpu / count * 1e6)
+    print("%-18s %8d %6d %10.0f %8.1f%s" % (label, count, size, rate, rate * size / 1e6, cpuText))
     sys.stdout.flush()
+
+
+async def measured(run):
+    """
+    Await C{run} (a coroutine or Deferred giving the elapsed seconds).
+
+    @return: C{(elapsed, CPU seconds of this process meanwhile)}
+    """
+    cpu = time.process_time()
+    elapsed = await run
+    return elapsed, time.process_time() - cpu
 
 
 async def syncTwisted(factory, topic, payload, count):
@@ -214,17 +230,18 @@ async def producerBenchmark(reactor, args):
         payload = os.urandom(args.size)
         stamp = int(time.time())
         print("broker %s, %d-byte messages, one producer" % (url, args.size))
-        print("%-18s %8s %6s %10s %8s" % ("mode", "msgs", "size", "msgs/s", "MB/s"))
+        print("%-18s %8s %6s %10s %8s %12s" % ("mode", "msgs", "size", "msgs/s", "MB/s", "client us/msg"))
         # Warm up the connection and the broker's partition.
         await syncTwisted(factory, "bench-client-%d-warm" % stamp, payload, 200)
-        elapsed = await syncTwisted(factory, "bench-client-%d-sync" % stamp, payload, args.count)
-        report("sync (Twisted)", args.count, args.size, elapsed)
-        elapsed = await syncBlocking(factory, reactor, "bench-client-%d-blocking" % stamp, payload, args.count)
-        report("sync (blocking)", args.count, args.size, elapsed)
-        elapsed = await asyncSend(reactor, factory, "bench-client-%d-async" % stamp, payload, args.count)
-        report("async", args.count, args.size, elapsed)
-        elapsed = await rawPipelined(reactor, url, "bench-client-%d-raw" % stamp, payload, args.count)
-        report("raw pipelined", args.count, args.size, elapsed)
+        runs = [
+            ("sync (Twisted)", lambda topic: syncTwisted(factory, topic, payload, args.count)),
+            ("sync (blocking)", lambda topic: syncBlocking(factory, reactor, topic, payload, args.count)),
+            ("async", lambda topic: asyncSend(reactor, factory, topic, payload, args.count)),
+            ("raw pipelined", lambda topic: rawPipelined(reactor, url, topic, payload, args.count)),
+        ]
+        for n, (label, run) in enumerate(runs):
+            elapsed, cpu = await measured(run("bench-client-%d-%d" % (stamp, n)))
+            report(label, args.count, args.size, elapsed, cpu)
         await factory.close()
     finally:
         if process is not None:
