@@ -324,7 +324,12 @@ class GroupMembership:
                 text = self._data("%s/%s" % (topicPath, node))
                 if not text:
                     continue
-                numParts = int(json.loads(text)["numParts"])
+                try:
+                    numParts = int(json.loads(text)["numParts"])
+                except (ValueError, KeyError, TypeError):
+                    self.log.error("Ignoring {path}/{node}: not a broker's topic JSON: {text!r}",
+                                   path=topicPath, node=node, text=text)
+                    continue
                 strings.update("%s-%d" % (parts[0], n) for n in range(numParts))
             if strings:
                 partitions[topic] = javaSorted(strings)

@@ -106,7 +106,13 @@ class ZooKeeperOffsetStorage:
                 return None
             if not data:
                 return None
-            messageId, offset = parseZooKeeperOffset(data.decode("utf-8"))
+            try:
+                messageId, offset = parseZooKeeperOffset(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                self.log.error("Ignoring unreadable offset {data!r} of {group} {topic}/"
+                               "{partition}", data=data, group=group, topic=topic,
+                               partition=partition)
+                return None
             return PartitionOffset(topic, partition, offset, messageId)
         return threads.deferToThread(read)
 

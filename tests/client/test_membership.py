@@ -208,6 +208,18 @@ class MembershipTests(MembershipTestsMixin, TestCase):
         self.assertIn(("t", "0-1", "meta://127.0.0.1:9999"), member.fetching)
 
     @defer.inlineCallbacks
+    def test_badTopicNode(self):
+        """
+        A topics-sub entry that is not a broker's JSON is skipped; the
+        others are consumed.
+        """
+        yield self.broker(0, "t", 2)
+        yield threads.deferToThread(self.zk.create, "%s/brokers/topics-sub/t/1-m" % (self.root,),
+                                    b"{broken", makepath=True)
+        member = yield self.member()
+        self.assertEqual(member.owned(), ["0-0", "0-1"])
+
+    @defer.inlineCallbacks
     def test_ownerConflictRetries(self):
         """
         A partition still owned by someone else makes the attempt fail;

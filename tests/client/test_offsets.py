@@ -123,6 +123,15 @@ class ZooKeeperOffsetStorageTests(OffsetStorageTestsMixin, TestCase):
         loaded = yield self.storage().load("t", "g", Partition(0, 0))
         self.assertEqual((loaded.offset, loaded.messageId), (339, -1))
 
+    @defer.inlineCallbacks
+    def test_garbage(self):
+        """
+        An offset znode that is not an offset is logged and ignored.
+        """
+        yield threads.deferToThread(
+            self.client.create, self.root + "/consumers/g/offsets/t/0-0", b"x-y", makepath=True)
+        self.assertIsNone((yield self.storage().load("t", "g", Partition(0, 0))))
+
 
 class ParseZooKeeperOffsetTests(TestCase):
     def test_formats(self):
