@@ -1,9 +1,17 @@
 """
-A small in-memory stand-in for the store manager, for tests of the parts of
-the broker above the store.
+Small stand-ins for the store manager, for tests of the parts of the broker
+above the store: L{FakeStore} only counts, L{FileStore} keeps records in one
+real file so that C{get} replies are sent from a file descriptor as with the
+real store.
 """
 
+import os
+import random
+
 from twisted.internet import defer
+
+from metamorphosis.broker.store.errors import IllegalTopic, OffsetBeforeStart, WrongPartition
+from metamorphosis.protocol.records import encodeRecord
 
 
 class FakeStore:
@@ -19,8 +27,78 @@ class FakeStore:
         self.maxOffset += size
 
 
+class FileSlice:
+    def __init__(self, fileno, offset, position, length):
+        self._fileno = fileno
+        self.offset = offset
+        self.position = position
+        self.length = length
+
+    def fileno(self):
+        return self._fileno
+
+    def read(self):
+        return os.pread(self._fileno, self.length, self.position)
+
+
+class FileStore(FakeStore):
+    """
+    One partition in one file starting at C{minOffset}; appends are
+    acknowledged at once unless C{hold} is set, then they wait in
+    C{pending}.
+    """
+
+    def __init__(self, path, minOffset=0):
+        FakeStore.__init__(self, minOffset)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.hold = False
+        self.pending = []
+        self.failure = None
+
+    def append(self, msgId, flag, body):
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        record = encodeRecord(msgId, flag, body)
+        offset = self.maxOffset
+        os.pwrite(self.fd, record, offset - self.minOffset)
+        self.add(1, len(record))
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append((d, offset))
+            return d
+        return defer.succeed(offset)
+
+    def release(self):
+        pending, self.pending = self.pending, []
+        for d, offset in pending:
+            d.callback(offset)
+
+    def slice(self, offset, maxSize):
+        if offset < self.minOffset:
+            raise OffsetBeforeStart(offset, self.minOffset)
+        if offset >= self.maxOffset:
+            return None
+        return FileSlice(self.fd, offset, offset - self.minOffset,
+                         min(maxSize, self.maxOffset - offset))
+
+    def nearestOffset(self, offset):
+        if offset >= self.maxOffset:
+            return self.maxOffset
+        return self.minOffset
+
+    def close(self):
+        os.close(self.fd)
+
+
 class FakeStoreManager:
-    def __init__(self):
+    """
+    Stores by (topic, partition) with the legality checks of the real
+    manager; L{getOrCreateStore} makes L{FileStore}s under C{directory}.
+    """
+
+    def __init__(self, config=None, directory=None):
+        self.config = config
+        self.directory = directory
         self._stores = {}
 
     def add(self, topic, partition, store=None):
@@ -33,3 +111,22 @@ class FakeStoreManager:
 
     def getStore(self, topic, partition):
         return self._stores.get((topic, partition))
+
+    def chooseRandomPartition(self, topic):
+        return random.randrange(self.config.numPartitionsOf(topic))
+
+    def getOrCreateStore(self, topic, partition):
+        if not self.config.isLegalTopic(topic):
+            raise IllegalTopic(topic)
+        if not 0 <= partition < self.config.numPartitionsOf(topic):
+            raise WrongPartition(partition)
+        store = self._stores.get((topic, partition))
+        if store is None:
+            path = os.path.join(self.directory, f"{topic}-{partition}")
+            store = self.add(topic, partition, FileStore(path))
+        return store
+
+    def closeAll(self):
+        for store in self._stores.values():
+            if isinstance(store, FileStore):
+                store.close()

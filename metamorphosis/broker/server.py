@@ -1,0 +1,561 @@
+"""
+The broker's side of the MetaQ protocol.
+
+L{BrokerProtocol} only frames: it hands each decoded command to its factory
+and writes back what comes out, keeping a slow reader from making the broker
+buffer without bound. L{BrokerFactory} holds what the connections share and
+routes each command to a processor: L{BrokerProcessor} for the plain broker
+commands (protocol.md section 6, Java C{BrokerCommandProcessor}), an
+L{ITransactionProcessor} for transactions and an optional L{ISyncProcessor}
+for replication.
+"""
+
+import os
+from collections import deque
+
+from twisted.internet import defer, interfaces, protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.reflect import namedAny
+from zope.interface import implementer
+
+from metamorphosis import METAQ_VERSION
+from metamorphosis.broker.interfaces import (
+    IMessageFilter,
+    ISession,
+    ITransactionProcessor,
+)
+from metamorphosis.broker.store.errors import OffsetBeforeStart
+from metamorphosis.protocol import records
+from metamorphosis.protocol.commands import (
+    GetCommand,
+    OffsetCommand,
+    PutCommand,
+    QuitCommand,
+    ResultCommand,
+    StatsCommand,
+    SyncCommand,
+    TransactionCommand,
+    ValueCommand,
+    VersionCommand,
+    valueHeader,
+)
+from metamorphosis.protocol.framing import MetaProtocol
+
+#: protocol.md section 7: the Java broker closes connections without I/O
+#: for this long.
+IDLE_TIMEOUT = 300
+
+#: The largest piece of a file read into memory at once while streaming a
+#: C{get} reply.
+CHUNK_SIZE = 256 * 1024
+
+#: Java C{Long.MAX_VALUE}, the offset that always gets a 301.
+LONG_MAX = 2**63 - 1
+
+OK, MOVED, BAD_REQUEST, FORBIDDEN, NOT_FOUND = 200, 301, 400, 403, 404
+INTERNAL_ERROR, NO_PROCESSOR = 500, 503
+
+#: gecko's answer to a request no processor is registered for
+#: (C{GeckoHandler.responseNoProcessor}).
+NO_PROCESSOR_TEXT = "未注册请求处理器，请求处理器类为"
+SYNC_COMMAND_CLASS = "com.taobao.metamorphosis.network.SyncCommand"
+
+
+def result(code, text, opaque):
+    """
+    A C{result} reply with a text body.
+    """
+    return ResultCommand(code, text.encode("utf-8"), opaque)
+
+
+class FileRegion:
+    """
+    A reply whose body is a region of an open file (a C{get} slice, the
+    config file): sent in chunks read from the file descriptor, so the whole
+    region never sits in memory.
+
+    @ivar source: the object owning the descriptor, kept alive while the
+        region is sent.
+    """
+
+    def __init__(self, header, fileno, position, length, source=None):
+        self.header = header
+        self.fileno = fileno
+        self.position = position
+        self.remaining = length
+        self.source = source
+
+    def nextChunk(self):
+        """
+        The next piece of the region; L{None} when it is all sent.
+        """
+        if self.header is not None:
+            header, self.header = self.header, None
+            return header
+        if self.remaining <= 0:
+            return None
+        chunk = os.pread(self.fileno, min(CHUNK_SIZE, self.remaining), self.position)
+        if not chunk:
+            raise OSError(f"file ended {self.remaining} bytes early")
+        self.position += len(chunk)
+        self.remaining -= len(chunk)
+        return chunk
+
+
+@implementer(ISession)
+class Session:
+    """
+    The state of one connection that processors may keep (Java
+    C{SessionContext}).
+    """
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.context = {}
+
+
+@implementer(interfaces.IPushProducer)
+class BrokerProtocol(MetaProtocol, TimeoutMixin):
+    """
+    One client connection.
+
+    Flow control: the protocol is a streaming producer registered with its
+    own transport. When the transport's buffer fills, it stops reading from
+    the socket, queues the commands already decoded and holds back replies;
+    when the buffer drains it sends the held replies and only then handles
+    the queued commands. So a client that stops reading costs the broker at
+    most one reply in the transport buffer, one file chunk and what one read
+    decoded.
+    """
+
+    log = Logger()
+
+    def __init__(self):
+        self._paused = False
+        self._commands = deque()
+        self._output = deque()
+        self._closing = False
+        self._connected = False
+
+    def connectionMade(self):
+        self._connected = True
+        self.session = Session(self.transport.getPeer())
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.factory.idleTimeout)
+        self.factory.connectionOpened(self)
+
+    def connectionLost(self, reason):
+        self._connected = False
+        self.setTimeout(None)
+        self._commands.clear()
+        self._output.clear()
+        self.factory.connectionClosed(self)
+
+    def dataReceived(self, data):
+        self.resetTimeout()
+        MetaProtocol.dataReceived(self, data)
+
+    def timeoutConnection(self):
+        self.log.info("Closing {peer}: no I/O for {timeout} s",
+                      peer=self.session.peer, timeout=self.timeOut)
+        self.transport.abortConnection()
+
+    # Commands
+
+    def commandReceived(self, command):
+        if self._closing:
+            return
+        if self._paused or self._output or self._commands:
+            self._commands.append(command)
+            return
+        self._handle(command)
+
+    def _handle(self, command):
+        if isinstance(command, QuitCommand):
+            self._closeAfterOutput()
+            return
+        try:
+            reply = self.factory.dispatch(command, self.session)
+        except Exception:
+            self.log.failure("Processing {command!r} failed", command=command)
+            self.transport.loseConnection()
+            return
+        if isinstance(reply, defer.Deferred):
+            reply.addCallback(self.sendReply)
+            reply.addErrback(self._replyFailed, command)
+        else:
+            self.sendReply(reply)
+
+    def _replyFailed(self, failure, command):
+        self.log.failure("Processing {command!r} failed", failure, command=command)
+        if self._connected:
+            self.transport.loseConnection()
+
+    def protocolErrorReceived(self, error):
+        """
+        Malformed input: explain it in one C{result 400} (the replay allows
+        that one frame; the Java broker closes silently), log it, close.
+        """
+        self.log.warn("Closing {peer}: malformed request: {error}",
+                      peer=self.session.peer, error=error)
+        self._commands.clear()
+        self.sendReply(result(BAD_REQUEST, str(error), getattr(error, "opaque", 0)))
+        self._closeAfterOutput()
+
+    def _closeAfterOutput(self):
+        self._closing = True
+        self._commands.clear()
+        if not self._output:
+            self.transport.loseConnection()
+
+    # Output
+
+    def sendReply(self, reply):
+        """
+        Send C{reply} (a command, a L{FileRegion} or L{None} for none) once
+        everything queued before it is out.
+        """
+        if reply is None or not self._connected:
+            return
+        self._output.append(reply)
+        if len(self._output) == 1 and not self._paused:
+            self._flush()
+
+    def _flush(self):
+        while self._output and not self._paused and self._connected:
+            reply = self._output[0]
+            if isinstance(reply, FileRegion):
+                try:
+                    chunk = reply.nextChunk()
+                except OSError as e:
+                    self.log.error("Reading a reply body failed: {error}", error=e)
+                    self.transport.abortConnection()
+                    return
+                if chunk is None:
+                    self._output.popleft()
+                    continue
+            else:
+                chunk = reply.encode()
+                self._output.popleft()
+            self.transport.write(chunk)
+        if not self._output and self._closing and self._connected:
+            self.transport.loseConnection()
+
+    def pauseProducing(self):
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.resetTimeout()
+        self._paused = False
+        self._flush()
+        while self._commands and not self._paused and not self._output:
+            self._handle(self._commands.popleft())
+        if not self._paused and self._connected:
+            self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self._paused = True
+
+
+class ConsumerFilters:
+    """
+    The server-side consumer filters of C{[topic=…] group.<group>=<path>}
+    (Java C{ConsumerFilterManager}), loaded on first use.
+    """
+
+    log = Logger()
+
+    def __init__(self, config):
+        self.config = config
+        self._loaded = {}
+
+    def find(self, topic, group):
+        """
+        The filter for C{group} reading C{topic}, or L{None}.
+        """
+        path = self.config.topicConfig(topic).filters.get(group)
+        if path is None:
+            return None
+        if path not in self._loaded:
+            self._loaded[path] = self._load(path)
+        return self._loaded[path]
+
+    def _load(self, path):
+        obj = namedAny(path)
+        if isinstance(obj, type):
+            obj = obj()
+        if not IMessageFilter.providedBy(obj):
+            raise TypeError(f"{path} does not provide IMessageFilter")
+        return obj
+
+    def apply(self, messageFilter, group, data):
+        """
+        The accepted messages of C{data} (stored records, maybe ending in a
+        partial one) and the number of bytes of complete records scanned.
+        """
+        accepted = []
+        position = 0
+        decoded, consumed = records.decodeRecords(data, verify=False)
+        for record in decoded:
+            try:
+                keep = messageFilter.accept(group, record)
+            except Exception:
+                self.log.failure("Filter {filter!r} failed", filter=messageFilter)
+                keep = False
+            if keep:
+                accepted.append(data[position:position + record.size])
+            position += record.size
+        return b"".join(accepted), consumed
+
+
+class BrokerProcessor:
+    """
+    The answers of a plain broker to C{put}, C{get}, C{offset}, C{version}
+    and C{stats} (protocol.md section 6).
+
+    @ivar registerTopic: called with a topic's name the first time a put
+        reaches it (the ZooKeeper registration), or L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, storeManager, stats, idWorker, hostName):
+        self.config = config
+        self.storeManager = storeManager
+        self.stats = stats
+        self.idWorker = idWorker
+        self.hostName = hostName
+        self.registerTopic = None
+        self.filters = ConsumerFilters(config)
+        self._registered = set()
+
+    def genErrorMessage(self, topic, partition):
+        return (f"Put message to [broker 'meta://{self.hostName}:{self.stats.port}'] "
+                f"[partition '{topic}-{partition}'] failed.")
+
+    def _partitionString(self, partition):
+        return f"{self.config.brokerId}-{partition}"
+
+    def processPut(self, command, session):
+        topic = command.topic
+        partitionString = self._partitionString(command.partition)
+        self.stats.statsPut(topic, partitionString)
+        self.stats.statsMessageSize(topic, len(command.data))
+        if self.config.isClosedPartition(topic, command.partition):
+            return result(
+                FORBIDDEN,
+                self.genErrorMessage(topic, command.partition)
+                + f"Detail:partition[{partitionString}] has been closed",
+                command.opaque,
+            )
+        partition = -1
+        try:
+            partition = command.partition
+            if partition == -1:
+                partition = self.storeManager.chooseRandomPartition(topic)
+            store = self.storeManager.getOrCreateStore(topic, partition)
+            if topic not in self._registered:
+                self._registered.add(topic)
+                if self.registerTopic is not None:
+                    self.registerTopic(topic)
+            msgId = self.idWorker.nextId()
+            if command.checksum != -1 and command.checksum != records.checksum(command.data):
+                raise ValueError("Checksum failure,message may be corrupted when "
+                                 "transfering on networking.")
+            appended = store.append(msgId, command.flag, command.data)
+        except Exception as e:
+            self.log.warn("Put to {topic}-{partition} failed: {error}",
+                          topic=topic, partition=partition, error=e)
+            self.stats.statsPutFailed(topic, partitionString)
+            return result(INTERNAL_ERROR,
+                          self.genErrorMessage(topic, partition) + f"Detail:{e}",
+                          command.opaque)
+
+        def stored(offset):
+            return result(OK, f"{msgId} {partition} {offset}", command.opaque)
+
+        def failed(failure):
+            self.log.failure("Append to {topic}-{partition} failed", failure,
+                             topic=topic, partition=partition)
+            self.stats.statsPutFailed(topic, partitionString)
+            return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition),
+                          command.opaque)
+
+        return appended.addCallbacks(stored, failed)
+
+    def processGet(self, command, session):
+        topic, group, opaque = command.topic, command.group, command.opaque
+        self.stats.statsGet(topic, group)
+        if self.config.isClosedPartition(topic, command.partition):
+            return result(FORBIDDEN, f"Partition[{self._partitionString(command.partition)}]"
+                                     " has been closed", opaque)
+        store = self.storeManager.getStore(topic, command.partition)
+        if store is None:
+            self.stats.statsGetMiss(topic, group)
+            return result(NOT_FOUND, f"The topic `{topic}` in partition "
+                                     f"`{command.partition}` is not exists", opaque)
+        if command.maxSize <= 0:
+            return result(BAD_REQUEST, f"Bad request,invalid max size:{command.maxSize}",
+                          opaque)
+        try:
+            size = min(self.config.maxTransferSize, command.maxSize)
+            try:
+                messages = store.slice(command.offset, size)
+            except OffsetBeforeStart:
+                self.stats.statsGetMiss(topic, group)
+                self.stats.statsGetFailed(topic, group)
+                self.stats.statsOffset(topic, group)
+                return result(MOVED, str(store.nearestOffset(command.offset)), opaque)
+            if messages is None:
+                return self._beyondEnd(command, store)
+            messageFilter = self.filters.find(topic, group)
+            if messageFilter is None:
+                return FileRegion(valueHeader(messages.length, opaque), messages.fileno(),
+                                  messages.position, messages.length, messages)
+            data, scanned = self.filters.apply(messageFilter, group, messages.read())
+            if not data:
+                return result(MOVED, str(command.offset + scanned), opaque)
+            return ValueCommand(data, opaque)
+        except Exception as e:
+            self.log.failure("Get from {topic}-{partition} failed",
+                             topic=topic, partition=command.partition)
+            self.stats.statsGetFailed(topic, group)
+            return result(INTERNAL_ERROR,
+                          self.genErrorMessage(topic, command.partition) + f"Detail:{e}",
+                          opaque)
+
+    def _beyondEnd(self, command, store):
+        topic, group = command.topic, command.group
+        self.stats.statsGetMiss(topic, group)
+        self.stats.statsGetFailed(topic, group)
+        maxOffset = store.maxOffset
+        if command.offset > maxOffset and (
+            self.config.updateConsumerOffsets or command.offset == LONG_MAX
+        ):
+            self.stats.statsOffset(topic, group)
+            return result(MOVED, str(maxOffset), command.opaque)
+        return result(NOT_FOUND, f"Could not find message at position {command.offset}",
+                      command.opaque)
+
+    def processOffset(self, command, session):
+        self.stats.statsOffset(command.topic, command.group)
+        store = self.storeManager.getStore(command.topic, command.partition)
+        if store is None:
+            return result(NOT_FOUND, f"The topic `{command.topic}` in partition "
+                                     f"`{command.partition}` is not exists", command.opaque)
+        return result(OK, str(store.nearestOffset(command.offset)), command.opaque)
+
+    def processVersion(self, command, session):
+        return result(OK, METAQ_VERSION, command.opaque)
+
+    def processStats(self, command, session):
+        if command.item == "config":
+            return self._statsConfig(command.opaque)
+        return result(OK, self.stats.statsInfo(command.item), command.opaque)
+
+    def _statsConfig(self, opaque):
+        path = self.config.path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return result(INTERNAL_ERROR, f"Config file not found:{path}", opaque)
+        except (OSError, TypeError) as e:
+            if path is None:
+                return result(INTERNAL_ERROR, "Config file not found:null", opaque)
+            return result(INTERNAL_ERROR, f"Read config file error:{e}", opaque)
+        return ResultCommand(OK, data, opaque)
+
+
+@implementer(ITransactionProcessor)
+class NoTransactionProcessor:
+    """
+    Answers transaction commands as a Java broker does for transactions it
+    does not know, until the transaction processor is plugged in: BEGIN is
+    refused as on a broker without transaction support, every other
+    operation finds no such transaction.
+    """
+
+    def processTransaction(self, command, session):
+        if command.type == "END":
+            return None
+        if command.type == "RECOVER":
+            return ResultCommand(OK, b"", command.opaque)
+        if command.type == "BEGIN":
+            return result(INTERNAL_ERROR, "Unsupported beginTransaction", command.opaque)
+        return result(INTERNAL_ERROR, self._notStarted(command.transactionKey), command.opaque)
+
+    def processPut(self, command, session):
+        return result(INTERNAL_ERROR, self._notStarted(command.transactionKey), command.opaque)
+
+    def _notStarted(self, key):
+        if key.startswith("XID:"):
+            return f"XAException:code=-4,msg=XA transaction '{key}' has not been started."
+        return f"Local transaction '{key}' has not been started."
+
+    def sessionClosed(self, session):
+        pass
+
+
+class BrokerFactory(protocol.ServerFactory):
+    """
+    The state every connection shares, and the routing of commands to
+    processors.
+
+    @ivar transactionProcessor: an L{ITransactionProcessor}.
+    @ivar syncProcessor: an L{ISyncProcessor}, or L{None} to answer C{sync}
+        with 503.
+    """
+
+    protocol = BrokerProtocol
+    log = Logger()
+
+    def __init__(self, processor, stats, transactionProcessor=None, syncProcessor=None,
+                 idleTimeout=IDLE_TIMEOUT):
+        self.processor = processor
+        self.stats = stats
+        self.transactionProcessor = transactionProcessor or NoTransactionProcessor()
+        self.syncProcessor = syncProcessor
+        self.idleTimeout = idleTimeout
+        self.connections = set()
+
+    def connectionOpened(self, proto):
+        self.connections.add(proto)
+        self.stats.connections = len(self.connections)
+
+    def connectionClosed(self, proto):
+        self.connections.discard(proto)
+        self.stats.connections = len(self.connections)
+        self.transactionProcessor.sessionClosed(proto.session)
+
+    def dispatch(self, command, session):
+        """
+        The reply to C{command}: a command, a L{FileRegion}, L{None} or a
+        Deferred of one of those.
+        """
+        processor = self.processor
+        if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
+            if command.transactionKey is not None:
+                return self.transactionProcessor.processPut(command, session)
+            return processor.processPut(command, session)
+        if isinstance(command, GetCommand):
+            return processor.processGet(command, session)
+        if isinstance(command, OffsetCommand):
+            return processor.processOffset(command, session)
+        if isinstance(command, StatsCommand):
+            return processor.processStats(command, session)
+        if isinstance(command, VersionCommand):
+            return processor.processVersion(command, session)
+        if isinstance(command, TransactionCommand):
+            return self.transactionProcessor.processTransaction(command, session)
+        if isinstance(command, SyncCommand):
+            if self.syncProcessor is None:
+                return result(NO_PROCESSOR, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
+                              command.opaque)
+            return self.syncProcessor.processSync(command, session)
+        # A result or value line sent to the broker is a response nobody
+        # waits for: gecko drops it.
+        self.log.debug("Ignoring {command!r}", command=command)
+        return None

@@ -1,0 +1,227 @@
+"""
+The broker as a Twisted service: C{twistd metaq} / C{twist metaq}.
+
+L{BrokerService} owns the lifetimes: it recovers the message stores, then
+listens, then registers in ZooKeeper (so ZooKeeper never advertises a broker
+that cannot answer), and stops in the reverse order, flushing the stores
+last. L{Options} and L{makeService} are what the plugin in
+C{twisted/plugins/metaq.py} exposes.
+"""
+
+import os
+import signal
+
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from metamorphosis.broker.address import localHost
+from metamorphosis.broker.config import (
+    ConfigError,
+    loadConfig,
+    reloadTopics,
+    standaloneConfig,
+)
+from metamorphosis.broker.server import IDLE_TIMEOUT, BrokerFactory, BrokerProcessor
+from metamorphosis.broker.zookeeper import BrokerZooKeeper
+from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager
+from metamorphosis.broker.store import MessageStoreManager
+from metamorphosis.protocol.ids import IdWorker
+
+
+class BrokerService(service.MultiService):
+    """
+    The whole broker: stores, the listening port, ZooKeeper registration,
+    the realtime-stats reset timer and the SIGHUP reload of the topic
+    sections.
+
+    @ivar port: the listening port once started (an L{IListeningPort}).
+    @ivar started: a Deferred that fires when the broker listens (and fails
+        if it cannot start).
+    """
+
+    log = Logger()
+
+    def __init__(self, config, endpoint, reactor=None, zookeeper=None,
+                 idleTimeout=IDLE_TIMEOUT):
+        service.MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.endpoint = endpoint
+        self.storeManager = MessageStoreManager(config, reactor)
+        self.storeManager.setServiceParent(self)
+        self.stats = StatsManager(config, self.storeManager, clock=reactor.seconds)
+        self.processor = BrokerProcessor(
+            config, self.storeManager, self.stats, IdWorker(config.brokerId),
+            config.hostName or localHost(),
+        )
+        self.factory = BrokerFactory(self.processor, self.stats, idleTimeout=idleTimeout)
+        self.zookeeper = zookeeper
+        if zookeeper is not None:
+            self.processor.registerTopic = zookeeper.registerTopic
+            zookeeper.setServiceParent(self)
+        timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
+        timer.clock = reactor
+        timer.setServiceParent(self)
+        self.timer = timer
+        self.port = None
+        self.started = None
+        self._previousHangup = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self.started = defer.ensureDeferred(self._start())
+        self.started.addErrback(self._startFailed)
+
+    async def _start(self):
+        await defer.maybeDeferred(self.storeManager.startService)
+        if self.zookeeper is not None:
+            for topic in self.storeManager.topics():
+                self.zookeeper.registerTopic(topic)
+            self.zookeeper.startService()
+        self.port = await self.endpoint.listen(self.factory)
+        self.stats.port = self.port.getHost().port
+        self.log.info("MetaQ broker {id} listening on {address}",
+                      id=self.config.brokerId, address=self.port.getHost())
+        if self.zookeeper is not None:
+            self.zookeeper.setBrokerAddress(self.stats.port)
+        self.timer.startService()
+        if self.config.path is not None:
+            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
+        return self.port
+
+    def _startFailed(self, failure):
+        self.log.failure("The broker could not start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+        return failure
+
+    def _hangup(self, signum, frame):
+        self.reactor.callFromThread(self.reloadTopics)
+
+    def reloadTopics(self):
+        """
+        Re-read the topic sections of the configuration file; existing
+        partitions keep being served, new topics are registered in
+        ZooKeeper. A bad file is logged and changes nothing.
+        """
+        try:
+            changed = reloadTopics(self.config)
+        except ConfigError as e:
+            self.log.error("Reload failed, keeping the old topics: {error}", error=e)
+            return []
+        self.log.info("Reloaded topics; new or changed: {topics}", topics=changed)
+        if self.zookeeper is not None:
+            self.zookeeper.reloadConfig(self.config)
+        return changed
+
+    async def _stop(self):
+        if self._previousHangup is not None:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._previousHangup = None
+        if self.timer.running:
+            self.timer.stopService()
+        # Leave ZooKeeper first, so that clients stop choosing this broker
+        # while it still answers them.
+        if self.zookeeper is not None and self.zookeeper.running:
+            await defer.maybeDeferred(self.zookeeper.stopService)
+        if self.port is not None:
+            await self.port.stopListening()
+        for proto in list(self.factory.connections):
+            proto.transport.loseConnection()
+        if self.storeManager.running:
+            await defer.maybeDeferred(self.storeManager.stopService)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        starting = self.started
+        if starting is None or starting.called:
+            return defer.ensureDeferred(self._stop())
+        # Still starting: stop once the start is over, whatever its outcome.
+        stopping = defer.Deferred()
+        starting.addBoth(lambda _: defer.ensureDeferred(self._stop()).chainDeferred(stopping))
+        return stopping
+
+
+class Options(usage.Options):
+    """
+    Command line of C{twistd metaq}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a MetaQ broker. Without --config it runs standalone: port 8123, "
+        "data under ./data, no ZooKeeper, any topic accepted."
+    )
+    optParameters = [
+        ["config", "c", None, "MetaQ server.ini to run with."],
+        ["port", "p", None,
+         "Endpoint to listen on, e.g. tcp:8123:interface=127.0.0.1 "
+         "(default: tcp:<serverPort of the config>); a bare number means tcp:<number>."],
+        ["data-dir", "d", None, "Data directory (overrides dataPath of every topic)."],
+        ["broker-id", None, None, "Broker id (overrides brokerId)."],
+        ["host-name", None, None, "Host name registered in ZooKeeper (overrides hostName)."],
+        ["zookeeper", "z", None,
+         "ZooKeeper connect string; enables registration (overrides zk.zkConnect)."],
+        ["idle-timeout", None, str(IDLE_TIMEOUT),
+         "Seconds without I/O after which a connection is closed."],
+    ]
+
+    def postOptions(self):
+        try:
+            config = (loadConfig(self["config"]) if self["config"] else standaloneConfig())
+        except ConfigError as e:
+            raise SystemExit(f"metaq: bad configuration: {e}")
+        if self["broker-id"] is not None:
+            config.brokerId = self._integer("broker-id")
+        if self["host-name"]:
+            config.hostName = self["host-name"]
+        if self["data-dir"]:
+            config.dataPath = self["data-dir"]
+            if config.dataLogPath is None:
+                config.dataLogPath = self["data-dir"]
+            for topic in config.topics.values():
+                topic.dataPath = self["data-dir"]
+        if self["zookeeper"]:
+            config.zookeeper.zkConnect = self["zookeeper"]
+            config.zookeeper.zkEnable = True
+        self["idle-timeout"] = float(self["idle-timeout"])
+        port = self["port"] or f"tcp:{config.serverPort}"
+        if port.isdigit():
+            port = f"tcp:{port}"
+        self["port"] = port
+        self.metaConfig = config
+
+    def _integer(self, name):
+        try:
+            return int(self[name])
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be an integer, not {self[name]!r}")
+
+
+def zookeeperService(config):
+    """
+    The ZooKeeper registration service for C{config}, or L{None} when
+    registration is off (C{zk.zkEnable=false} or no connect string).
+    """
+    zk = config.zookeeper
+    if not zk.zkEnable or not zk.zkConnect:
+        return None
+    return BrokerZooKeeper(config)
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    config = options.metaConfig
+    os.makedirs(config.dataPath, exist_ok=True)
+    return BrokerService(
+        config,
+        endpoints.serverFromString(reactor, options["port"]),
+        reactor,
+        zookeeper=zookeeperService(config),
+        idleTimeout=options["idle-timeout"],
+    )

@@ -1,0 +1,435 @@
+"""
+Tests for L{metamorphosis.broker.server}: every request answered as the Java
+broker answers it (protocol.md section 6), on in-memory transports.
+"""
+
+import os
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from metamorphosis import METAQ_VERSION
+from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
+from metamorphosis.broker.server import (
+    CHUNK_SIZE,
+    BrokerFactory,
+    BrokerProcessor,
+)
+from metamorphosis.broker.stats import StatsManager
+from metamorphosis.protocol.ids import IdWorker
+from metamorphosis.protocol.records import checksum, decodeRecords, encodeRecord
+
+from tests.broker.fakes import FakeStoreManager, FileStore
+
+ERROR_PREFIX = b"Put message to [broker 'meta://127.0.0.1:8123'] "
+
+
+def parseFrames(data):
+    """
+    Split broker output into C{(kind, code, opaque, body)} frames.
+    """
+    frames = []
+    while data:
+        line, data = data.split(b"\r\n", 1)
+        tokens = line.split(b" ")
+        if tokens[0] == b"result":
+            code, length, opaque = int(tokens[1]), int(tokens[2]), int(tokens[3])
+        else:
+            code, length, opaque = None, int(tokens[1]), int(tokens[2])
+        frames.append((tokens[0].decode(), code, opaque, data[:length]))
+        data = data[length:]
+    return frames
+
+
+class ServerTestCase(unittest.TestCase):
+    def setUp(self):
+        self.config = MetaConfig(brokerId=0, hostName="127.0.0.1", updateConsumerOffsets=False)
+        self.config.topics = {
+            "meta-test": TopicConfig("meta-test"),
+            "test": TopicConfig("test", numPartitions=2),
+            "filtered": TopicConfig("filtered", filters={
+                "even": "tests.broker.filters.EvenIds",
+                "keep": "tests.broker.filters.DataStartsWithKeep",
+                "broken": "tests.broker.filters.rejectAll",
+            }),
+        }
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.stores = FakeStoreManager(self.config, directory)
+        self.addCleanup(self.stores.closeAll)
+        self.clock = Clock()
+        self.stats = StatsManager(self.config, self.stores, clock=self.clock.seconds)
+        self.processor = BrokerProcessor(self.config, self.stores, self.stats, IdWorker(0),
+                                         "127.0.0.1")
+        self.factory = BrokerFactory(self.processor, self.stats)
+
+    def connect(self):
+        proto = self.factory.buildProtocol(None)
+        proto.callLater = self.clock.callLater
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.addCleanup(lambda: proto.connected and proto.connectionLost(None))
+        return proto, transport
+
+    def request(self, data, proto=None):
+        if proto is None:
+            proto, transport = self.connect()
+        else:
+            transport = proto.transport
+        transport.clear()
+        proto.dataReceived(data)
+        return parseFrames(transport.value())
+
+    def put(self, topic, partition, data, opaque=1, check=None):
+        if check is None:
+            check = checksum(data)
+        return self.request(b"put %s %d %d 0 %d %d\r\n%s" % (
+            topic.encode(), partition, len(data), check, opaque, data))
+
+
+class PutTests(ServerTestCase):
+    def test_put(self):
+        [(kind, code, opaque, body)] = self.put("meta-test", 0, b"hello", opaque=-2147483648)
+        self.assertEqual((kind, code, opaque), ("result", 200, -2147483648))
+        msgId, partition, offset = body.split(b" ")
+        self.assertEqual((partition, offset), (b"0", b"0"))
+        [(_, _, _, body)] = self.put("meta-test", 0, b"again")
+        self.assertEqual(body.split(b" ")[1:], [b"0", b"25"])
+        self.assertNotEqual(body.split(b" ")[0], msgId)
+        self.assertEqual(self.stats.cmdPut, 2)
+
+    def test_putWithoutChecksum(self):
+        frames = self.request(b"put meta-test 0 5 0 7\r\nhello")
+        self.assertEqual(frames[0][1], 200)
+
+    def test_randomPartition(self):
+        seen = set()
+        for i in range(30):
+            [(_, code, _, body)] = self.put("test", -1, b"x")
+            self.assertEqual(code, 200)
+            seen.add(int(body.split(b" ")[1]))
+        self.assertEqual(seen, {0, 1})
+
+    def test_unknownTopic(self):
+        [(_, code, _, body)] = self.put("no-such-topic", 0, b"hello", opaque=12)
+        self.assertEqual(code, 500)
+        self.assertEqual(body, ERROR_PREFIX + b"[partition 'no-such-topic-0'] failed."
+                               b"Detail:The server do not accept topic no-such-topic")
+        self.assertEqual(self.stats.putFailed, 1)
+
+    def test_wrongPartition(self):
+        [(_, code, _, body)] = self.put("meta-test", 9, b"hello")
+        self.assertEqual((code, body), (500, ERROR_PREFIX + b"[partition 'meta-test-9'] failed."
+                                             b"Detail:wrong partition 9"))
+
+    def test_badChecksum(self):
+        [(_, code, _, body)] = self.put("meta-test", 0, b"hello", check=123)
+        self.assertEqual((code, body), (500, ERROR_PREFIX + b"[partition 'meta-test-0'] failed."
+                         b"Detail:Checksum failure,message may be corrupted when transfering "
+                         b"on networking."))
+        # As in Java, the store was created before the checksum was checked.
+        self.assertIsNotNone(self.stores.getStore("meta-test", 0))
+        self.assertEqual(self.stores.getStore("meta-test", 0).messageCount, 0)
+
+    def test_closedPartition(self):
+        self.config.closedPartitions.add(("test", 1))
+        [(_, code, _, body)] = self.put("test", 1, b"hello")
+        self.assertEqual((code, body), (403, ERROR_PREFIX + b"[partition 'test-1'] failed."
+                                             b"Detail:partition[0-1] has been closed"))
+        [(_, code, _, body)] = self.request(b"get test g 1 0 100 3\r\n")
+        self.assertEqual((code, body), (403, b"Partition[0-1] has been closed"))
+
+    def test_appendFailure(self):
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.failure = OSError("disk full")
+        [(_, code, _, body)] = self.put("meta-test", 0, b"hello")
+        self.assertEqual((code, body), (500, ERROR_PREFIX + b"[partition 'meta-test-0'] failed."))
+        self.flushLoggedErrors(OSError)
+
+    def test_registersTopicOnce(self):
+        registered = []
+        self.processor.registerTopic = registered.append
+        self.put("meta-test", 0, b"a")
+        self.put("meta-test", 0, b"b")
+        self.put("test", 1, b"c")
+        self.put("nope", 0, b"c")
+        self.assertEqual(registered, ["meta-test", "test"])
+
+    def test_standaloneAcceptsAnyTopic(self):
+        self.config.acceptAnyTopic = True
+        [(_, code, _, body)] = self.put("anything", 0, b"x")
+        self.assertEqual(code, 200)
+
+
+class GetTests(ServerTestCase):
+    def fill(self, *payloads, topic="meta-test"):
+        for payload in payloads:
+            self.assertEqual(self.put(topic, 0, payload)[0][1], 200)
+        return self.stores.getStore(topic, 0)
+
+    def test_value(self):
+        self.fill(b"hello", b"world")
+        [(kind, _, opaque, body)] = self.request(b"get meta-test g 0 0 1048576 -5\r\n")
+        self.assertEqual((kind, opaque), ("value", -5))
+        records, consumed = decodeRecords(body)
+        self.assertEqual([r.data for r in records], [b"hello", b"world"])
+        self.assertEqual(consumed, 50)
+
+    def test_partialValue(self):
+        self.fill(b"hello", b"world")
+        [(kind, _, _, body)] = self.request(b"get meta-test g 0 0 30 1\r\n")
+        self.assertEqual((kind, len(body)), ("value", 30))
+
+    def test_maxTransferSize(self):
+        self.config.maxTransferSize = 26
+        self.fill(b"hello", b"world")
+        [(kind, _, _, body)] = self.request(b"get meta-test g 0 25 1000 1\r\n")
+        self.assertEqual(len(body), 25)
+
+    def test_notExists(self):
+        [(_, code, _, body)] = self.request(b"get no-such-topic grp-r 0 0 1024 15\r\n")
+        self.assertEqual((code, body),
+                         (404, b"The topic `no-such-topic` in partition `0` is not exists"))
+        self.assertEqual(self.stats.getMiss, 1)
+
+    def test_badMaxSize(self):
+        self.fill(b"x")
+        [(_, code, _, body)] = self.request(b"get meta-test grp-r 0 0 0 14\r\n")
+        self.assertEqual((code, body), (400, b"Bad request,invalid max size:0"))
+
+    def test_caughtUp(self):
+        self.fill(b"hello")
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 25 100 1\r\n")
+        self.assertEqual((code, body), (404, b"Could not find message at position 25"))
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 999 100 1\r\n")
+        self.assertEqual((code, body), (404, b"Could not find message at position 999"))
+
+    def test_beyondEndMoves(self):
+        self.config.updateConsumerOffsets = True
+        self.fill(b"hello")
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 999999 1024 16\r\n")
+        self.assertEqual((code, body), (301, b"25"))
+        # At the end exactly: still "no data".
+        [(_, code, _, _)] = self.request(b"get meta-test g 0 25 1024 16\r\n")
+        self.assertEqual(code, 404)
+        self.assertEqual(self.stats.cmdOffset, 1)
+
+    def test_longMaxMoves(self):
+        self.fill(b"hello")
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 9223372036854775807 10 1\r\n")
+        self.assertEqual((code, body), (301, b"25"))
+
+    def test_beforeStart(self):
+        self.stores.add("meta-test", 0, FileStore(self.mktemp(), minOffset=1000))
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 10 100 1\r\n")
+        self.assertEqual((code, body), (301, b"1000"))
+
+    def test_storeError(self):
+        store = self.fill(b"x")
+        store.slice = lambda offset, size: 1 / 0
+        [(_, code, _, body)] = self.request(b"get meta-test g 0 0 100 1\r\n")
+        self.assertEqual(code, 500)
+        self.assertEqual(body, ERROR_PREFIX + b"[partition 'meta-test-0'] failed."
+                               b"Detail:division by zero")
+        self.flushLoggedErrors(ZeroDivisionError)
+
+    def test_largeValueStreamed(self):
+        """
+        A slice larger than a chunk is written in several pieces, never as
+        one copy of the whole slice.
+        """
+        self.config.maxTransferSize = 4 * CHUNK_SIZE
+        payload = os.urandom(3 * CHUNK_SIZE)
+        self.fill(payload)
+        proto, transport = self.connect()
+        writes = []
+        original = transport.write
+        transport.write = lambda data: (writes.append(len(data)), original(data))
+        proto.dataReceived(b"get meta-test g 0 0 %d 1\r\n" % (4 * CHUNK_SIZE,))
+        self.assertLessEqual(max(writes), CHUNK_SIZE)
+        [(_, _, _, body)] = parseFrames(transport.value())
+        self.assertEqual(decodeRecords(body)[0][0].data, payload)
+
+
+class FilterTests(ServerTestCase):
+    def fill(self):
+        store = self.stores.getOrCreateStore("filtered", 0)
+        for msgId, data in [(2, b"keep 1"), (3, b"drop"), (4, b"keep 2"), (5, b"boom")]:
+            store.append(msgId, 0, data)
+        return store
+
+    def test_filtered(self):
+        self.fill()
+        [(kind, _, _, body)] = self.request(b"get filtered even 0 0 1000 1\r\n")
+        self.assertEqual(kind, "value")
+        self.assertEqual(body, encodeRecord(2, 0, b"keep 1") + encodeRecord(4, 0, b"keep 2"))
+
+    def test_filterExceptionRejects(self):
+        self.fill()
+        [(_, _, _, body)] = self.request(b"get filtered keep 0 0 1000 1\r\n")
+        self.assertEqual([r.data for r in decodeRecords(body)[0]], [b"keep 1", b"keep 2"])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_allRejectedMoves(self):
+        self.fill()
+        # From the "drop" record (offset 26) with room for it and half of
+        # the next: only "drop" is complete, and it is rejected.
+        [(_, code, _, body)] = self.request(b"get filtered even 0 26 35 1\r\n")
+        self.assertEqual((code, body), (301, b"50"))
+
+    def test_unfilteredGroup(self):
+        self.fill()
+        [(_, _, _, body)] = self.request(b"get filtered other 0 0 1000 1\r\n")
+        self.assertEqual(len(decodeRecords(body)[0]), 4)
+
+    def test_filterNotProvidingInterface(self):
+        self.fill()
+        [(_, code, _, body)] = self.request(b"get filtered broken 0 0 1000 1\r\n")
+        self.assertEqual(code, 500)
+        self.assertIn(b"does not provide IMessageFilter", body)
+        self.flushLoggedErrors(TypeError)
+
+
+class OtherCommandTests(ServerTestCase):
+    def test_offset(self):
+        [(_, code, _, body)] = self.request(b"offset meta-test g 0 0 9\r\n")
+        self.assertEqual((code, body), (404, b"The topic `meta-test` in partition `0` is not exists"))
+        self.put("meta-test", 0, b"hello")
+        [(_, code, opaque, body)] = self.request(b"offset meta-test g 0 10 9\r\n")
+        self.assertEqual((code, opaque, body), (200, 9, b"0"))
+        [(_, code, _, body)] = self.request(b"offset meta-test g 0 100 9\r\n")
+        self.assertEqual(body, b"25")
+        self.assertEqual(self.stats.cmdOffset, 3)
+
+    def test_version(self):
+        self.assertEqual(self.request(b"version\r\n"),
+                         [("result", 200, 2147483647, METAQ_VERSION.encode())])
+        self.assertEqual(self.request(b"vxyz 12\r\n")[0][2], 12)
+
+    def test_stats(self):
+        [(_, code, opaque, body)] = self.request(b"stats\r\n")
+        self.assertEqual((code, opaque), (200, 2147483647))
+        self.assertTrue(body.startswith(b"STATS\r\npid "))
+        self.assertIn(b"\r\ncurr_connections 1\r\n", body)
+        [(_, _, opaque, body)] = self.request(b"stats help 5\r\n")
+        self.assertEqual(opaque, 5)
+        self.assertIn(b"help Returns help menu.", body)
+
+    def test_statsConfig(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[system]\r\n\xb2\xe2\xca\xd4\n")
+        self.config.path = path
+        self.assertEqual(self.request(b"stats config 4\r\n"),
+                         [("result", 200, 4, b"[system]\r\n\xb2\xe2\xca\xd4\n")])
+        os.remove(path)
+        self.assertEqual(self.request(b"stats config 4\r\n"),
+                         [("result", 500, 4, b"Config file not found:" + path.encode())])
+
+    def test_statsConfigStandalone(self):
+        self.processor.config = standaloneConfig()
+        self.assertEqual(self.request(b"stats config 4\r\n"),
+                         [("result", 500, 4, b"Config file not found:null")])
+
+    def test_sync(self):
+        frames = self.request(b"sync meta-test 0 5 0 -5468572396564774912 907060870 19\r\nhello")
+        self.assertEqual(frames, [("result", 503, 19, (
+            b"\xe6\x9c\xaa\xe6\xb3\xa8\xe5\x86\x8c\xe8\xaf\xb7\xe6\xb1\x82\xe5\xa4\x84\xe7\x90"
+            b"\x86\xe5\x99\xa8\xef\xbc\x8c\xe8\xaf\xb7\xe6\xb1\x82\xe5\xa4\x84\xe7\x90\x86\xe5"
+            b"\x99\xa8\xe7\xb1\xbb\xe4\xb8\xbacom.taobao.metamorphosis.network.SyncCommand"))])
+
+    def test_transactionWithoutProcessor(self):
+        proto, transport = self.connect()
+        self.assertEqual(self.request(b"transaction TX:s:1 s END 3\r\n", proto), [])
+        self.assertEqual(self.request(b"transaction null s RECOVER q 4\r\n", proto),
+                         [("result", 200, 4, b"")])
+        self.assertEqual(self.request(b"transaction TX:s:1 s COMMIT_ONE_PHASE 5\r\n", proto),
+                         [("result", 500, 5, b"Local transaction 'TX:s:1' has not been started.")])
+        frames = self.request(b"put meta-test 0 5 0 907060870 TX:s:1 6\r\nhello", proto)
+        self.assertEqual(frames,
+                         [("result", 500, 6, b"Local transaction 'TX:s:1' has not been started.")])
+
+    def test_quit(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"quit\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_responseIgnored(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"result 200 0 1\r\nversion 3\r\n")
+        self.assertEqual(parseFrames(transport.value()), [("result", 200, 3, b"1.4.6.2")])
+
+    def test_malformed(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"version 1\r\nhello world\r\nversion 2\r\n")
+        frames = parseFrames(transport.value())
+        self.assertEqual(frames[0], ("result", 200, 1, b"1.4.6.2"))
+        self.assertEqual([(k, c) for k, c, _, _ in frames[1:]], [("result", 400)])
+        self.assertTrue(transport.disconnecting)
+
+    def test_connectionCount(self):
+        proto, _ = self.connect()
+        self.connect()
+        self.assertEqual(self.stats.connections, 2)
+        proto.connectionLost(None)
+        self.assertEqual(self.stats.connections, 1)
+
+
+class FlowTests(ServerTestCase):
+    def test_pipelinedRepliesByCompletion(self):
+        """
+        Replies go out as the requests complete: a put whose append is not
+        acknowledged yet does not hold back the get behind it.
+        """
+        self.put("meta-test", 0, b"hello")
+        self.stores.getStore("meta-test", 0).hold = True
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 1 0 1\r\nxget meta-test g 0 0 100 2\r\nversion 3\r\n")
+        self.assertEqual([f[2] for f in parseFrames(transport.value())], [2, 3])
+        transport.clear()
+        self.stores.getStore("meta-test", 0).release()
+        self.assertEqual([f[2] for f in parseFrames(transport.value())], [1])
+
+    def test_backPressure(self):
+        """
+        While the transport asks its producer to pause, the connection stops
+        reading, queues the decoded commands and writes nothing more.
+        """
+        self.config.maxTransferSize = 4 * CHUNK_SIZE
+        self.put("meta-test", 0, os.urandom(3 * CHUNK_SIZE))
+        proto, transport = self.connect()
+        transport.write = self._pausingWrite(transport, proto)
+        proto.dataReceived(b"".join(b"get meta-test g 0 0 %d %d\r\n" % (4 * CHUNK_SIZE, i)
+                                    for i in range(5)))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.written, [b"value %d 0\r\n" % (3 * CHUNK_SIZE + 20,)])
+        self.assertEqual(self.stats.cmdGet, 1)
+        total = 0
+        while proto._output or proto._commands:
+            proto.resumeProducing()
+            total += 1
+            self.assertLessEqual(len(self.written[-1]), CHUNK_SIZE)
+        self.assertEqual(self.stats.cmdGet, 5)
+        frames = parseFrames(b"".join(self.written))
+        self.assertEqual([f[2] for f in frames], [0, 1, 2, 3, 4])
+        self.assertEqual(transport.producerState, "producing")
+
+    def _pausingWrite(self, transport, proto):
+        self.written = []
+
+        def write(data):
+            self.written.append(data)
+            proto.pauseProducing()
+
+        return write
+
+    def test_idleTimeout(self):
+        proto, transport = self.connect()
+        self.clock.advance(299)
+        proto.dataReceived(b"version 1\r\n")
+        self.clock.advance(299)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)

@@ -1,0 +1,189 @@
+"""
+Tests for L{metamorphosis.broker.service}: the broker with its real store on
+a real loopback socket.
+"""
+
+import os
+
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.trial import unittest
+
+from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
+from metamorphosis.broker.service import BrokerService, Options
+from metamorphosis.protocol.commands import ResultCommand, ValueCommand
+from metamorphosis.protocol.records import decodeRecords
+
+from tests.broker.client import connect
+
+
+def transportBuffered(transport):
+    """
+    Bytes a Twisted TCP transport holds that the kernel has not taken yet.
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class BrokerServiceTests(unittest.TestCase):
+    timeout = 60
+
+    def startBroker(self, config):
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        broker = BrokerService(config, endpoint, reactor)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        return broker.started.addCallback(lambda port: (broker, port.getHost().port))
+
+    def config(self, **kwargs):
+        config = MetaConfig(dataPath=self.mktemp(), hostName="127.0.0.1", **kwargs)
+        config.topics = {"t": TopicConfig("t", numPartitions=2, dataPath=config.dataPath,
+                                          unflushThreshold=0)}
+        return config
+
+    async def clientFor(self, port):
+        client = await connect(reactor, port)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        return client
+
+    @defer.inlineCallbacks
+    def test_putAndGet(self):
+        broker, port = yield self.startBroker(self.config())
+        client = yield defer.ensureDeferred(self.clientFor(port))
+        reply = yield client.put("t", 1, b"hello", -7)
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.body.split(b" ")[1:], [b"1", b"0"])
+        reply = yield client.get("t", "g", 1, 0, 1024, 8)
+        self.assertIsInstance(reply, ValueCommand)
+        self.assertEqual([r.data for r in decodeRecords(reply.data)[0]], [b"hello"])
+        reply = yield client.request(b"stats\r\n", 2147483647)
+        self.assertIn(b"\r\nport %d\r\n" % (port,), reply.body)
+        self.assertIn(b"\r\ncurr_connections 1\r\n", reply.body)
+
+    @defer.inlineCallbacks
+    def test_manyConnectionsPipelining(self):
+        """
+        200 connections each pipeline puts and gets at once; every request
+        gets its reply, matched by opaque, and every message is stored once.
+        """
+        broker, port = yield self.startBroker(self.config())
+        clients = yield defer.gatherResults(
+            [defer.ensureDeferred(self.clientFor(port)) for _ in range(200)])
+        perClient = 5
+        requests = []
+        for n, client in enumerate(clients):
+            for i in range(perClient):
+                opaque = n * 1000 + i
+                requests.append(client.put("t", n % 2, b"m-%d-%d" % (n, i), opaque))
+                requests.append(client.get("t", "g", n % 2, 0, 4096, -opaque - 1))
+        replies = yield defer.gatherResults(requests)
+        puts, gets = replies[::2], replies[1::2]
+        self.assertTrue(all(r.code == 200 for r in puts))
+        for reply in gets:
+            self.assertTrue(isinstance(reply, ValueCommand) or reply.code == 404, reply)
+        total = 0
+        for partition in (0, 1):
+            store = broker.storeManager.getStore("t", partition)
+            total += store.messageCount
+        self.assertEqual(total, 200 * perClient)
+        offsets = {(int(r.body.split()[1]), int(r.body.split()[2])) for r in puts}
+        self.assertEqual(len(offsets), 200 * perClient)
+
+    @defer.inlineCallbacks
+    def test_slowConsumerBounded(self):
+        """
+        A consumer that pipelines many 1 MiB gets and stops reading does not
+        make the broker buffer their replies: what the broker holds for it
+        stays around one reply, and the rest of the requests wait.
+        """
+        broker, port = yield self.startBroker(self.config())
+        client = yield defer.ensureDeferred(self.clientFor(port))
+        payload = os.urandom(1000 * 1000)
+        yield client.put("t", 0, payload, 1)
+        client.transport.pauseProducing()
+        gets = 100
+        for i in range(gets):
+            client.expect(10 + i)
+        client.transport.write(b"".join(
+            b"get t g 0 0 1048576 %d\r\n" % (10 + i,) for i in range(gets)))
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        [server] = broker.factory.connections
+        held = transportBuffered(server.transport)
+        self.assertLess(held, 2 * 1024 * 1024)
+        self.assertGreater(len(server._commands), gets // 2)
+        self.assertLess(broker.stats.cmdGet, gets // 2)
+        # Once the consumer reads again, every reply arrives.
+        client.transport.resumeProducing()
+        replies = yield defer.gatherResults(list(client.waiting.values()))
+        self.assertEqual(len(replies), gets)
+        self.assertTrue(all(len(r.data) == len(payload) + 20 for r in replies))
+
+    @defer.inlineCallbacks
+    def test_standaloneAnyTopic(self):
+        config = standaloneConfig(self.mktemp())
+        broker, port = yield self.startBroker(config)
+        client = yield defer.ensureDeferred(self.clientFor(port))
+        reply = yield client.put("whatever", -1, b"x", 3)
+        self.assertEqual(reply.body.split(b" ")[1:], [b"0", b"0"])
+
+    @defer.inlineCallbacks
+    def test_idleConnectionReaped(self):
+        config = self.config()
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        broker = BrokerService(config, endpoint, reactor, idleTimeout=0.5)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        port = yield broker.started
+        client = yield connect(reactor, port.getHost().port)
+        yield client.closed
+
+    @defer.inlineCallbacks
+    def test_reloadTopics(self):
+        path = self.mktemp()
+        data = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"[system]\ndataPath={data}\n[topic=a]\n")
+        options = Options()
+        options.parseOptions(["--config", path])
+        broker, port = yield self.startBroker(options.metaConfig)
+        client = yield defer.ensureDeferred(self.clientFor(port))
+        reply = yield client.put("b", 0, b"x", 1)
+        self.assertEqual(reply.code, 500)
+        with open(path, "w") as f:
+            f.write(f"[system]\ndataPath={data}\n[topic=a]\n[topic=b]\nnumPartitions=3\n")
+        self.assertEqual(broker.reloadTopics(), ["b"])
+        reply = yield client.put("b", 2, b"x", 2)
+        self.assertEqual(reply.code, 200)
+
+
+class OptionsTests(unittest.TestCase):
+    def test_standaloneDefaults(self):
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["port"], "tcp:8123")
+        self.assertTrue(options.metaConfig.acceptAnyTopic)
+        self.assertEqual(options.metaConfig.dataPath, "data")
+
+    def test_overrides(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[system]\nserverPort=9001\n[topic=a]\n")
+        options = Options()
+        options.parseOptions(["--config", path, "--data-dir", "d", "--broker-id", "5",
+                              "--host-name", "h", "--zookeeper", "127.0.0.1:1"])
+        config = options.metaConfig
+        self.assertEqual(options["port"], "tcp:9001")
+        self.assertEqual((config.brokerId, config.hostName, config.dataPath),
+                         (5, "h", "d"))
+        self.assertEqual(config.topicConfig("a").dataPath, "d")
+        self.assertEqual(config.zookeeper.zkConnect, "127.0.0.1:1")
+        self.assertTrue(config.zookeeper.zkEnable)
+        options = Options()
+        options.parseOptions(["--port", "9100"])
+        self.assertEqual(options["port"], "tcp:9100")
+
+    def test_badConfig(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[system]\nbrokerid=1\n")
+        error = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path])
+        self.assertIn("Invalid config key:brokerid,do you mean 'brokerId'?", str(error))
+        self.assertIn(path, str(error))
