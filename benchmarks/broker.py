@@ -134,8 +134,22 @@ async def produce(reactor, host, port, topic, producers, size, count, progress):
     return elapsed, latencies
 
 
-async def consume(reactor, host, port, topic, consumers, expected, progress):
+async def waitFlushed(reactor, connection, topic, size):
+    """
+    Wait until the broker's flushed end of C{topic} covers everything
+    produced (with C{unflushThreshold} the tail waits for the flush timer),
+    so that the consumer figures measure reading only.
+    """
+    while True:
+        reply = await connection.call(b"offset %s g 0 %d 0\r\n" % (topic.encode(), 2**62))
+        if int(reply.body) >= size:
+            return
+        await task.deferLater(reactor, 0.2, lambda: None)
+
+
+async def consume(reactor, host, port, topic, size, consumers, expected, progress):
     connections = await connectAll(reactor, host, port, consumers)
+    await waitFlushed(reactor, connections[0], topic, expected * (20 + size))
 
     async def run(index, connection):
         offset, messages, received = 0, 0, 0
@@ -221,7 +235,7 @@ async def runPolicy(reactor, args, policy, host, port, rss):
     for topic, size in topics[-len(args.sizes):]:
         progress = Progress(f"get C={args.consumers} S={size}", args.count * args.consumers)
         elapsed, messages, received = await consume(
-            reactor, host, port, topic, args.consumers, args.count, progress)
+            reactor, host, port, topic, size, args.consumers, args.count, progress)
         progress.finish()
         print(f"{args.consumers:>9} {size:>6} {messages:>8} {messages / elapsed:>9.0f} "
               f"{received / elapsed / 1e6:>7.1f} {'':>7} {'':>7} {rss.peakMiB():>12.0f}")

@@ -15,8 +15,17 @@ a file.
 
 import re
 import zlib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Optional
+
+
+@lru_cache(maxsize=1024)
+def wildcardPattern(name):
+    """
+    The compiled pattern of a topic name in which C{*} matches any text.
+    """
+    return re.compile(".*".join(re.escape(part) for part in name.split("*")))
 
 
 @dataclass
@@ -146,12 +155,11 @@ class MetaConfig:
         )
 
     def _matchingSection(self, topic):
-        if topic in self.topics:
-            return self.topics[topic]
+        section = self.topics.get(topic)
+        if section is not None:
+            return section
         for name, section in self.topics.items():
-            if "*" in name and re.fullmatch(
-                ".*".join(re.escape(part) for part in name.split("*")), topic
-            ):
+            if "*" in name and wildcardPattern(name).fullmatch(topic):
                 return section
         return None
 
@@ -181,7 +189,8 @@ class MetaConfig:
         """
         The partition count of C{topic} on this broker.
         """
-        return self.topicConfig(topic).numPartitions
+        section = self._matchingSection(topic)
+        return (self if section is None else section).numPartitions
 
 
 class ConfigError(Exception):

@@ -24,17 +24,18 @@ from metamorphosis.broker.config import (
     standaloneConfig,
 )
 from metamorphosis.broker.server import IDLE_TIMEOUT, BrokerFactory, BrokerProcessor
-from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager
 from metamorphosis.broker.store import MessageStoreManager
+from metamorphosis.broker.transactions.processor import TransactionalProcessor
+from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.protocol.ids import IdWorker
 
 
 class BrokerService(service.MultiService):
     """
-    The whole broker: stores, the listening port, ZooKeeper registration,
-    the realtime-stats reset timer and the SIGHUP reload of the topic
-    sections.
+    The whole broker: stores, transactions, the listening port, ZooKeeper
+    registration, the realtime-stats reset timer and the SIGHUP reload of
+    the topic sections.
 
     @ivar port: the listening port once started (an L{IListeningPort}).
     @ivar started: a Deferred that fires when the broker listens (and fails
@@ -54,11 +55,15 @@ class BrokerService(service.MultiService):
         self.storeManager = MessageStoreManager(config, reactor)
         self.storeManager.setServiceParent(self)
         self.stats = StatsManager(config, self.storeManager, clock=reactor.seconds)
+        idWorker = IdWorker(config.brokerId)
         self.processor = BrokerProcessor(
-            config, self.storeManager, self.stats, IdWorker(config.brokerId),
-            config.hostName or localHost(),
+            config, self.storeManager, self.stats, idWorker, config.hostName or localHost(),
         )
-        self.factory = BrokerFactory(self.processor, self.stats, idleTimeout=idleTimeout)
+        self.transactions = TransactionalProcessor(
+            config, self.storeManager, idWorker, self.stats, reactor)
+        self.transactions.setServiceParent(self)
+        self.factory = BrokerFactory(self.processor, self.stats, self.transactions,
+                                     idleTimeout=idleTimeout)
         self.zookeeper = zookeeper
         if zookeeper is not None:
             self.processor.registerTopic = zookeeper.registerTopic
@@ -78,6 +83,7 @@ class BrokerService(service.MultiService):
 
     async def _start(self):
         await defer.maybeDeferred(self.storeManager.startService)
+        await defer.maybeDeferred(self.transactions.startService)
         if self.zookeeper is not None:
             for topic in self.storeManager.topics():
                 self.zookeeper.registerTopic(topic)
@@ -132,6 +138,8 @@ class BrokerService(service.MultiService):
             await self.port.stopListening()
         for proto in list(self.factory.connections):
             proto.transport.loseConnection()
+        if self.transactions.running:
+            await defer.maybeDeferred(self.transactions.stopService)
         if self.storeManager.running:
             await defer.maybeDeferred(self.storeManager.stopService)
 

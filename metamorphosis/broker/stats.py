@@ -7,12 +7,12 @@ with the Java texts, line order and number formatting.
 """
 
 import os
-import re
 import threading
 import time
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from metamorphosis import METAQ_VERSION
+from metamorphosis.broker.config import wildcardPattern
 
 PUT = "put"
 GET = "get"
@@ -177,11 +177,9 @@ class StatsManager:
         C{makeTopicsPatSet}); a standalone broker uses C{[system] stat}.
         """
         for name, section in self.config.topics.items():
-            if section.stat and (name == topic or (
-                "*" in name and re.fullmatch(
-                    ".*".join(re.escape(part) for part in name.split("*")), topic
-                )
-            )):
+            if section.stat and (
+                name == topic or ("*" in name and wildcardPattern(name).fullmatch(topic))
+            ):
                 return True
         return self.config.acceptAnyTopic and self.config.stat
 

@@ -7,7 +7,7 @@ import re
 import signal
 import sys
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor, task
 from twisted.trial import unittest
 
 from metamorphosis.protocol.commands import ValueCommand
@@ -40,7 +40,7 @@ class BrokerProcess(protocol.ProcessProtocol):
     def processEnded(self, reason):
         if not self.listening.called:
             self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason)
+        self.ended.callback(reason.value)
 
 
 class TwistdTests(unittest.TestCase):
@@ -86,9 +86,26 @@ class TwistdTests(unittest.TestCase):
         reply = yield client.request(b"stats config 3\r\n", 3)
         with open(ini, "rb") as f:
             self.assertEqual(reply.body, f.read())
+        # SIGHUP re-reads the topic sections.
+        reply = yield client.put("refunds", 0, b"x", 4)
+        self.assertEqual(reply.code, 500)
+        with open(ini, "a") as f:
+            f.write("[topic=refunds]\n")
+        transport.signalProcess("HUP")
+        for attempt in range(50):
+            reply = yield client.put("refunds", 0, b"x", 5 + attempt)
+            if reply.code == 200:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(reply.code, 200, reply)
+        reply = yield client.get("orders", "g", 0, 0, 1024, 99)
+        self.assertIsInstance(reply, ValueCommand)
         transport.signalProcess("TERM")
         reason = yield process.ended
-        self.assertIsInstance(reason.value, error.ProcessDone, process.output)
+        # twistd stops the reactor, then re-raises the signal to exit as
+        # killed by it.
+        self.assertEqual(reason.signal, signal.SIGTERM, process.output)
+        self.assertIn(b"Main loop terminated.", process.output)
         yield client.closed
         self.assertTrue(os.path.isdir(os.path.join(workdir, "data", "orders-0")))
         self.assertNotIn(b"Traceback", process.output)
@@ -99,9 +116,10 @@ class TwistdTests(unittest.TestCase):
         with open(ini, "w") as f:
             f.write("[system]\nbrokerId=1\nunflushTreshold=0\n")
         process, transport, workdir = self.spawn("--config", ini)
+        process.listening.addErrback(lambda failure: None)
         reason = yield process.ended
-        self.assertIsInstance(reason.value, error.ProcessTerminated)
-        self.assertEqual(reason.value.exitCode, 1)
+        self.assertIsInstance(reason, error.ProcessTerminated)
+        self.assertEqual(reason.exitCode, 1)
         self.assertIn(
             f"{ini}: [system] unflushTreshold (line 3): Invalid config key:unflushTreshold,"
             "do you mean 'unflushThreshold'?".encode(), process.output)
