@@ -145,7 +145,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self.setTimeout(self.factory.idleTimeout)
         self.factory.connectionOpened(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason=protocol.connectionDone):
+        MetaProtocol.connectionLost(self, reason)
         self._connected = False
         self.setTimeout(None)
         self._commands.clear()
@@ -202,6 +203,16 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._commands.clear()
         self.sendReply(result(BAD_REQUEST, str(error), getattr(error, "opaque", 0)))
         self._closeAfterOutput()
+
+    def readConnectionLost(self):
+        """
+        The client will send nothing more: answer what it asked (the
+        replies still held back included), then close, as Java does.
+        """
+        if self._parser is not None and self._parser.incompleteError() is not None:
+            MetaProtocol.readConnectionLost(self)
+        else:
+            self._closeAfterOutput()
 
     def _closeAfterOutput(self):
         self._closing = True
