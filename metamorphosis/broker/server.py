@@ -135,6 +135,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._paused = False
         self._commands = deque()
         self._output = deque()
+        self._inFlight = 0
         self._closing = False
         self._connected = False
 
@@ -174,7 +175,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def _handle(self, command):
         if isinstance(command, QuitCommand):
-            self._closeAfterOutput()
+            self._commands.clear()
+            self._closeWhenDone()
             return
         try:
             reply = self.factory.dispatch(command, self.session)
@@ -183,12 +185,18 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         if isinstance(reply, defer.Deferred):
-            reply.addCallback(self.sendReply)
-            reply.addErrback(self._replyFailed, command)
+            self._inFlight += 1
+            reply.addCallbacks(self._replied, self._replyFailed, errbackArgs=(command,))
         else:
             self.sendReply(reply)
 
+    def _replied(self, reply):
+        self._inFlight -= 1
+        self.sendReply(reply)
+        self._maybeClose()
+
     def _replyFailed(self, failure, command):
+        self._inFlight -= 1
         self.log.failure("Processing {command!r} failed", failure, command=command)
         if self._connected:
             self.transport.loseConnection()
@@ -201,23 +209,29 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self.log.warn("Closing {peer}: malformed request: {error}",
                       peer=self.session.peer, error=error)
         self._commands.clear()
-        self.sendReply(result(BAD_REQUEST, str(error), getattr(error, "opaque", 0)))
-        self._closeAfterOutput()
+        self.sendReply(result(BAD_REQUEST, str(error), error.opaque))
+        self._closeWhenDone()
 
     def readConnectionLost(self):
         """
-        The client will send nothing more: answer what it asked (the
-        replies still held back included), then close, as Java does.
+        The client will send nothing more: answer what it asked, then close
+        (Java closes at once).
         """
         if self._parser is not None and self._parser.incompleteError() is not None:
             MetaProtocol.readConnectionLost(self)
         else:
-            self._closeAfterOutput()
+            self._closeWhenDone()
 
-    def _closeAfterOutput(self):
+    def _closeWhenDone(self):
+        """
+        Take no more commands; close once every command taken is answered.
+        """
         self._closing = True
-        self._commands.clear()
-        if not self._output:
+        self._maybeClose()
+
+    def _maybeClose(self):
+        if (self._closing and self._connected and not self._output
+                and not self._commands and not self._inFlight):
             self.transport.loseConnection()
 
     # Output
@@ -250,8 +264,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
                 chunk = reply.encode()
                 self._output.popleft()
             self.transport.write(chunk)
-        if not self._output and self._closing and self._connected:
-            self.transport.loseConnection()
+        self._maybeClose()
 
     def pauseProducing(self):
         self._paused = True
@@ -263,7 +276,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._flush()
         while self._commands and not self._paused and not self._output:
             self._handle(self._commands.popleft())
-        if not self._paused and self._connected:
+        self._maybeClose()
+        if not (self._paused or self._closing) and self._connected:
             self.transport.resumeProducing()
 
     def stopProducing(self):

@@ -433,3 +433,42 @@ class FlowTests(ServerTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(2)
         self.assertTrue(transport.disconnecting)
+
+
+class ClosingTests(ServerTestCase):
+    def test_quitAfterPendingPut(self):
+        """
+        C{quit} closes the connection once the requests before it are
+        answered; requests after it are ignored.
+        """
+        self.put("meta-test", 0, b"hello")
+        self.stores.getStore("meta-test", 0).hold = True
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 1 0 1\r\nxquit\r\nversion 3\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.stores.getStore("meta-test", 0).release()
+        self.assertEqual([f[2] for f in parseFrames(transport.value())], [1])
+        self.assertTrue(transport.disconnecting)
+
+    def test_halfCloseAnswersQueued(self):
+        """
+        A client that half-closes after pipelining requests still gets every
+        reply, including those held back by flow control.
+        """
+        proto, transport = self.connect()
+        proto.pauseProducing()
+        proto.dataReceived(b"version 1\r\nversion 2\r\n")
+        proto.readConnectionLost()
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        proto.resumeProducing()
+        self.assertEqual([f[2] for f in parseFrames(transport.value())], [1, 2])
+        self.assertTrue(transport.disconnecting)
+
+    def test_halfCloseWithinCommand(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 10 0 5\r\nabc")
+        proto.readConnectionLost()
+        [(kind, code, opaque, body)] = parseFrames(transport.value())
+        self.assertEqual((code, opaque), (400, 5))
+        self.assertTrue(transport.disconnecting)

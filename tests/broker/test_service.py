@@ -187,3 +187,16 @@ class OptionsTests(unittest.TestCase):
         error = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path])
         self.assertIn("Invalid config key:brokerid,do you mean 'brokerId'?", str(error))
         self.assertIn(path, str(error))
+
+
+class PluginTests(unittest.TestCase):
+    def test_discovered(self):
+        """
+        C{twistd metaq} finds the plugin in C{twisted/plugins}.
+        """
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("metaq", makers)
+        self.assertIs(makers["metaq"].options, Options)
