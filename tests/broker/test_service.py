@@ -9,6 +9,7 @@ from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
+from metamorphosis.broker.server import FileRegion
 from metamorphosis.broker.service import BrokerService, Options
 from metamorphosis.protocol.commands import ResultCommand, ValueCommand
 from metamorphosis.protocol.records import decodeRecords
@@ -115,6 +116,25 @@ class BrokerServiceTests(unittest.TestCase):
         replies = yield defer.gatherResults(list(client.waiting.values()))
         self.assertEqual(len(replies), gets)
         self.assertTrue(all(len(r.data) == len(payload) + 20 for r in replies))
+
+    @defer.inlineCallbacks
+    def test_largeGetBySendfile(self):
+        """
+        Over plain TCP a C{get} reply body goes out with C{sendfile}, not
+        through Python, even when it is larger than the socket buffers.
+        """
+        config = self.config(maxTransferSize=8 * 1024 * 1024)
+        broker, port = yield self.startBroker(config)
+        client = yield defer.ensureDeferred(self.clientFor(port))
+        payloads = [os.urandom(3 * 1024 * 1024) for _ in range(2)]
+        for i, payload in enumerate(payloads):
+            reply = yield client.put("t", 0, payload, i)
+            self.assertEqual(reply.code, 200)
+        self.patch(FileRegion, "nextChunk", lambda region: self.fail("copied"))
+        replies = yield defer.gatherResults(
+            [client.get("t", "g", 0, 0, 8 * 1024 * 1024, 10 + i) for i in range(3)])
+        for reply in replies:
+            self.assertEqual([r.data for r in decodeRecords(reply.data)[0]], payloads)
 
     @defer.inlineCallbacks
     def test_standaloneAnyTopic(self):
