@@ -59,13 +59,25 @@ class Progress:
             sys.stderr.flush()
 
 
-class RssSampler:
+class BrokerProcess:
     """
-    The broker's peak resident set size: VmHWM of /proc/<pid>/status.
+    The broker's peak resident set size (VmHWM of /proc/<pid>/status) and
+    the CPU time it used (so that figures taken on a busy machine still say
+    what one message costs the broker).
     """
 
     def __init__(self, pid):
         self.pid = pid
+
+    def cpuSeconds(self):
+        if self.pid is None:
+            return float("nan")
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return float("nan")
 
     def peakMiB(self):
         if self.pid is None:
@@ -212,46 +224,52 @@ def startBroker(policy, directory):
     raise RuntimeError("the broker did not listen in time")
 
 
-async def runPolicy(reactor, args, policy, host, port, rss):
+async def runPolicy(reactor, args, policy, host, port, broker):
     print(f"\n== flush policy: {policy} "
           f"({'unflushThreshold=0, group commit' if policy == 'group' else 'unflushThreshold=1000'})")
     print(f"{'producers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     topics = []
     for producers in args.producers:
         for size in args.sizes:
             topic = f"bench-{policy}-{producers}-{size}-{int(time.time())}"
             progress = Progress(f"put P={producers} S={size}", args.count)
+            cpu = broker.cpuSeconds()
             elapsed, latencies = await produce(
                 reactor, host, port, topic, producers, size, args.count, progress)
+            cpu = broker.cpuSeconds() - cpu
             progress.finish()
             rate = args.count / elapsed
             print(f"{producers:>9} {size:>6} {args.count:>8} {rate:>9.0f} "
                   f"{rate * size / 1e6:>7.1f} {percentile(latencies, 0.5):>7.2f} "
-                  f"{percentile(latencies, 0.99):>7.2f} {rss.peakMiB():>12.0f}")
+                  f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
+                  f"{cpu / args.count * 1e6:>17.0f}")
             topics.append((topic, size))
     print(f"{'consumers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
-          f"{'':>7} {'':>7} {'peak RSS MiB':>12}")
+          f"{'':>7} {'':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     for topic, size in topics[-len(args.sizes):]:
         progress = Progress(f"get C={args.consumers} S={size}", args.count * args.consumers)
+        cpu = broker.cpuSeconds()
         elapsed, messages, received = await consume(
             reactor, host, port, topic, size, args.consumers, args.count, progress)
+        cpu = broker.cpuSeconds() - cpu
         progress.finish()
         print(f"{args.consumers:>9} {size:>6} {messages:>8} {messages / elapsed:>9.0f} "
-              f"{received / elapsed / 1e6:>7.1f} {'':>7} {'':>7} {rss.peakMiB():>12.0f}")
+              f"{received / elapsed / 1e6:>7.1f} {'':>7} {'':>7} {broker.peakMiB():>12.0f} "
+              f"{cpu / messages * 1e6:>17.1f}")
 
 
 async def main(reactor, args):
     if args.broker:
         host, port = args.broker.rsplit(":", 1)
         for policy in args.flush:
-            await runPolicy(reactor, args, policy, host, int(port), RssSampler(args.pid))
+            await runPolicy(reactor, args, policy, host, int(port), BrokerProcess(args.pid))
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-bench-")
         process, port = startBroker(policy, directory)
         try:
-            await runPolicy(reactor, args, policy, "127.0.0.1", port, RssSampler(process.pid))
+            await runPolicy(reactor, args, policy, "127.0.0.1", port, BrokerProcess(process.pid))
         finally:
             process.terminate()
             process.wait(30)
