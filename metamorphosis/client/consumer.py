@@ -211,17 +211,28 @@ class MessageConsumer:
             yield self._startDirect()
 
     @defer.inlineCallbacks
+    def loadOffset(self, topic, partition):
+        """
+        Where to start consuming a partition just taken: its stored offset,
+        else C{config.offset} (noted in the storage); the broker's end when
+        C{alwaysConsumeFromMaxOffset}.
+
+        @return: a Deferred firing with a L{PartitionOffset}.
+        """
+        info = yield self.offsetStorage.load(topic, self.group, partition)
+        if info is None:
+            yield self.offsetStorage.initOffset(topic, self.group, partition, self.config.offset)
+            info = PartitionOffset(topic, partition, self.config.offset)
+        if self.config.alwaysConsumeFromMaxOffset:
+            info.offset = self.config.MAX_OFFSET
+        return info
+
+    @defer.inlineCallbacks
     def _startDirect(self):
         partition = Partition.fromString(self.config.partition or "0-0")
         requests = []
         for topic in self._subscriptions:
-            info = yield self.offsetStorage.load(topic, self.group, partition)
-            if info is None:
-                yield self.offsetStorage.initOffset(topic, self.group, partition,
-                                                    self.config.offset)
-                info = PartitionOffset(topic, partition, self.config.offset)
-            if self.config.alwaysConsumeFromMaxOffset:
-                info.offset = self.config.MAX_OFFSET
+            info = yield self.loadOffset(topic, partition)
             requests.append((self.config.serverUrl, info))
         self._directOffsets = [info for _, info in requests]
         self.startFetching(requests)

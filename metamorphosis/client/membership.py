@@ -24,7 +24,6 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from metamorphosis.client.offsets import PartitionOffset
 from metamorphosis.client.partition import Partition
 from metamorphosis.client.strategies import javaSorted
 
@@ -86,8 +85,8 @@ class GroupMembership:
     One consumer's membership of its group.
 
     @param consumer: the consumer; gives C{group}, C{config}, C{topics()}
-        (the subscribed topics), C{strategy}, C{offsetStorage},
-        C{stopFetching()}, C{commitOffsets()} and
+        (the subscribed topics), C{strategy}, C{loadOffset(topic,
+        partition)}, C{stopFetching()}, C{commitOffsets()} and
         C{startFetching(requests)} where requests are C{(brokerUrl,
         PartitionOffset)} pairs.
     @param client: a started C{KazooClient}.
@@ -390,7 +389,7 @@ class GroupMembership:
                     self.log.warn("Partition {topic}/{p} is still owned by another consumer",
                                   topic=topic, p=text)
                     return False
-                current[partition] = await self._loadOffset(topic, partition)
+                current[partition] = await self.consumer.loadOffset(topic, partition)
         self._startFetching(cluster)
         self._oldPartitions = partitions
         self._oldConsumers = consumers
@@ -415,17 +414,6 @@ class GroupMembership:
                 return False
             return existing == data
         return True
-
-    async def _loadOffset(self, topic, partition):
-        config = self.consumer.config
-        storage = self.consumer.offsetStorage
-        info = await storage.load(topic, self.consumer.group, partition)
-        if info is None:
-            await storage.initOffset(topic, self.consumer.group, partition, config.offset)
-            info = PartitionOffset(topic, partition, config.offset)
-        if config.alwaysConsumeFromMaxOffset:
-            info.offset = config.MAX_OFFSET
-        return info
 
     def _startFetching(self, cluster):
         requests = []

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from metamorphosis.client.consumer import ConsumerConfig
 from metamorphosis.client.membership import GroupMembership
-from metamorphosis.client.offsets import ZooKeeperOffsetStorage
+from metamorphosis.client.offsets import PartitionOffset, ZooKeeperOffsetStorage
 from metamorphosis.client.strategies import DefaultStrategy, javaSorted, strategyNamed
 from metamorphosis.zk import kazooLogger
 from tests.zookeeper import uniqueRoot, zookeeperAddress
@@ -42,6 +42,11 @@ class Member:
 
     def topics(self):
         return list(self._topics)
+
+    @defer.inlineCallbacks
+    def loadOffset(self, topic, partition):
+        info = yield self.offsetStorage.load(topic, self.group, partition)
+        return info or PartitionOffset(topic, partition, 0)
 
     def stopFetching(self):
         self.fetching = []
