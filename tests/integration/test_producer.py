@@ -187,7 +187,7 @@ class ProducerIntegrationTests(TestCase):
         self.zkRoot = uniqueRoot("producer-it")
 
     @defer.inlineCallbacks
-    def factory(self):
+    def factory(self, **options):
         factory = MetaMessageSessionFactory(
             MetaClientConfig(
                 zkConnect=self.zkAddress,
@@ -195,6 +195,7 @@ class ProducerIntegrationTests(TestCase):
                 reconnectIntervalInMills=100,
                 localMessagePath=self.mktemp(),
                 asyncStoragePath=self.mktemp(),
+                **options,
             ),
             reactor,
         )
@@ -327,3 +328,34 @@ class ProducerIntegrationTests(TestCase):
         stored = yield fetchAll(broker.url, "blocking", 0)
         self.assertEqual(len(stored), 110)
         self.assertEqual([r.data for r in stored[:10]], [b"b-%d" % i for i in range(10)])
+
+    @defer.inlineCallbacks
+    def test_orderedSpillAndReplay(self):
+        """
+        An ordered producer keeps the messages of a key locally while its
+        broker is gone from ZooKeeper and re-sends them, in order and before
+        newer ones, once the broker is back.
+        """
+        broker = Broker(self, 0, {"ordered": 2}, self.zkRoot)
+        yield broker.start()
+        factory = yield self.factory(partitionsInfo={"ordered": "0:2"})
+        producer = factory.createOrderedProducer()
+        yield producer.publish("ordered")
+        yield eventually(lambda: len(factory.discovery.partitionsFor("ordered")) == 2)
+        results = []
+        for i in range(5):
+            results.append((yield producer.sendMessage(Message("ordered", b"%d" % i, "key"))))
+        partition = results[0].partition
+        self.assertTrue(all(r.success and r.offset >= 0 and r.partition == partition for r in results))
+        yield broker.stop()
+        yield eventually(lambda: not factory.discovery.partitionsFor("ordered"))
+        for i in range(5, 10):
+            result = yield producer.sendMessage(Message("ordered", b"%d" % i, "key"))
+            self.assertEqual((result.success, result.offset, result.errorMessage), (True, -1, "send to local"))
+        self.assertEqual(producer.storage.count("ordered", partition), 5)
+        yield broker.start()
+        yield eventually(lambda: producer.storage.count("ordered", partition) == 0)
+        result = yield producer.sendMessage(Message("ordered", b"10", "key"))
+        self.assertTrue(result.success)
+        stored = yield fetchAll(broker.url, "ordered", partition.partition)
+        self.assertEqual([r.data for r in stored], [b"%d" % i for i in range(11)])
