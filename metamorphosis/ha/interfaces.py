@@ -4,8 +4,8 @@ The replication plug point.
 A broker runs plain, or with one replication mode, as the Java wrapper runs
 with one of its plugins (spec/ha.md section 1).  Each mode is a provider of
 L{IReplication}; the broker's service asks it, in this order, to adjust the
-configuration (the Java plugin's C{init}, before anything is built), to wrap
-the request processor, and for a service that runs beside the broker (the
+configuration (the Java plugin's C{init}, before anything is built), to plug
+its request handling into the broker's factory, and for a service that runs beside the broker (the
 Java plugin's C{start}/C{stop}).
 """
 
@@ -27,11 +27,11 @@ class IReplication(Interface):
         ZooKeeper registration).
         """
 
-    def wrapProcessor(processor):
+    def install(factory):
         """
-        Return the request processor the broker dispatches to: C{processor}
-        itself, or an object that handles some commands and passes the rest
-        to it.
+        Plug this mode's request handling into the broker's
+        L{metamorphosis.broker.server.BrokerFactory}: replace or wrap its
+        C{processor}, C{transactionProcessor} and C{syncProcessor}.
         """
 
     def makeService(broker):

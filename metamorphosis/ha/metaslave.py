@@ -1,0 +1,433 @@
+"""
+The asynchronous replication slave: MetaQ's C{metaslave} plugin
+(spec/ha.md section 2).
+
+The slave is a plain broker, registered in ZooKeeper as
+C{ids/<id>/slave<n>} with topics C{<id>-s<n>}, that pulls every partition of
+its master with C{get} as consumer group C{slaveGroup} and appends what it
+receives unchanged: the master's record bytes (same length, CRC, id, flag,
+body) at the same offsets.  So a consumer's offset (and the C{msgId-offset}
+value in ZooKeeper) is valid on either broker.
+
+Where the Java slave re-encodes each message and appends it one by one, ours
+appends the fetched buffer of complete records as it is, at the offset it
+was fetched from (L{IMessageStore.appendRecords} with C{expectedOffset}): a
+fetch can never land anywhere else, so the logs cannot diverge.
+
+The replication offset of a partition is the local end of its log, as in
+Java (C{SlaveOffsetStorage.load}): restarting the slave resumes where its
+own data ends.  A partition the slave does not have yet starts at the
+master's first offset (C{offset <t> <group> <p> 0}).
+
+The master is found, and followed, through ZooKeeper: its C{ids/<id>/master}
+node gives its address, C{topics-sub/<t>/<id>-m} its topics and partition
+counts.  Both are re-read every L{MasterFollower.rescanSeconds}, so new
+topics and partitions are replicated as they appear, a master that moves or
+restarts is followed, and while there is no master the pullers idle.
+"""
+
+import json
+
+from kazoo.exceptions import NoNodeError
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metamorphosis import zk
+from metamorphosis.broker.store.errors import OffsetMismatch
+from metamorphosis.ha.interfaces import IReplication
+from metamorphosis.ha.link import NotConnected, PeerLink, RequestTimeout
+from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, ValueCommand
+from metamorphosis.protocol.records import InvalidRecord, decodeRecords
+
+#: The fetch size of the Java slave's subscriptions.
+MAX_SIZE = 1024 * 1024
+
+#: Java C{Long.MAX_VALUE}: an C{offset} query with it answers the master's
+#: high-water mark.
+LONG_MAX = 2**63 - 1
+
+OK, MOVED, NOT_FOUND = 200, 301, 404
+
+
+def parseUrl(url):
+    """
+    C{meta://host:port} to C{(host, port)}.
+    """
+    rest = url.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class PartitionPuller:
+    """
+    Replicates one partition of the master into the local store.
+
+    @ivar offset: the next master offset to fetch, always the local end.
+    @ivar masterOffset: the master's high-water mark as last seen.
+    """
+
+    log = Logger()
+
+    def __init__(self, slave, topic, partition, store):
+        self.slave = slave
+        self.topic = topic
+        self.partition = partition
+        self.store = store
+        self.offset = store.minOffset + store.sizeInBytes
+        self.masterOffset = self.offset
+        self.replicatedMessages = 0
+        self._running = False
+        self._wake = None
+        self.done = None
+
+    @property
+    def lag(self):
+        """
+        Bytes the master has that this slave has not yet stored.
+        """
+        return max(0, self.masterOffset - self.offset)
+
+    def start(self):
+        self._running = True
+        self.done = defer.ensureDeferred(self._run())
+        self.done.addErrback(lambda f: self.log.failure("Replicating {topic}-{partition} stopped", f, topic=self.topic, partition=self.partition))
+
+    def stop(self):
+        self._running = False
+        self.wake()
+        return self.done
+
+    def wake(self):
+        """
+        Cut the current back-off short (the master came back).
+        """
+        if self._wake is not None and not self._wake.called:
+            self._wake.cancel()
+
+    async def _sleep(self, seconds):
+        if seconds <= 0:
+            return
+        self._wake = deferLater(self.slave.reactor, seconds, lambda: None)
+        try:
+            await self._wake
+        except defer.CancelledError:
+            pass
+        finally:
+            self._wake = None
+
+    async def _run(self):
+        maxDelay = self.slave.config.slaveMaxDelayInMills / 1000.0
+        delay = 0.0
+        while self._running:
+            await self._sleep(delay)
+            if not self._running:
+                break
+            try:
+                delay = await self._fetchOnce(delay, maxDelay)
+            except (NotConnected, RequestTimeout) as e:
+                self.log.debug("Fetching {topic}-{partition}: {error}", topic=self.topic, partition=self.partition, error=e)
+                delay = maxDelay
+            except Exception as e:
+                self.log.warn(
+                    "Replicating {topic}-{partition} at {offset} failed: {error}; retrying",
+                    topic=self.topic,
+                    partition=self.partition,
+                    offset=self.offset,
+                    error=e,
+                )
+                delay = maxDelay
+
+    async def _fetchOnce(self, delay, maxDelay):
+        """
+        One C{get} and what follows from its reply.
+
+        @return: the pause before the next fetch: none after data, a growing
+            back-off (C{+maxDelay/10}, as the Java consumer) while there is
+            nothing new, the maximum after an error.
+        """
+        group = self.slave.config.slaveGroup
+        reply = await self.slave.request(
+            lambda opaque: GetCommand(self.topic, group, self.partition, self.offset, MAX_SIZE, opaque)
+        )
+        if isinstance(reply, ValueCommand):
+            return await self._store(reply.data, maxDelay)
+        code, text = reply.code, reply.body.decode("utf-8", "replace")
+        if code == NOT_FOUND:
+            if text.startswith("Could not find message at position"):
+                self.masterOffset = max(self.masterOffset, self.offset)
+            return min(delay + maxDelay / 10, maxDelay)
+        if code == MOVED:
+            self.log.error(
+                "Master moved {topic}-{partition} from {offset} to {moved}: the data in between is gone "
+                "on the master and cannot be replicated; this partition stays at {offset}",
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                moved=text,
+            )
+            return maxDelay
+        self.log.warn(
+            "Master answered get {topic}-{partition} at {offset} with {code} {text}",
+            topic=self.topic,
+            partition=self.partition,
+            offset=self.offset,
+            code=code,
+            text=text,
+        )
+        return maxDelay
+
+    async def _store(self, data, maxDelay):
+        try:
+            fetched, consumed = decodeRecords(data, verify=True)
+        except InvalidRecord as e:
+            self.log.error(
+                "Master sent a corrupt record in {topic}-{partition} at {offset}: {error}",
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                error=e,
+            )
+            return maxDelay
+        if not fetched:
+            self.log.error(
+                "A record of {topic}-{partition} at {offset} is larger than the {size} bytes a fetch may carry",
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                size=MAX_SIZE,
+            )
+            return maxDelay
+        try:
+            await self.store.appendRecords(data[:consumed], expectedOffset=self.offset)
+        except OffsetMismatch as e:
+            self.log.error("Local {topic}-{partition} diverged: {error}", topic=self.topic, partition=self.partition, error=e)
+            self.offset = self.store.minOffset + self.store.sizeInBytes
+            return maxDelay
+        self.offset += consumed
+        self.masterOffset = max(self.masterOffset, self.offset)
+        self.replicatedMessages += len(fetched)
+        self.slave.stored(self.topic, self.partition, len(fetched), consumed)
+        return 0.0
+
+    async def refreshMasterOffset(self):
+        """
+        Ask the master for its high-water mark (for the lag statistic).
+        """
+        reply = await self.slave.request(
+            lambda opaque: OffsetCommand(self.topic, self.slave.config.slaveGroup, self.partition, LONG_MAX, opaque)
+        )
+        if isinstance(reply, ResultCommand) and reply.code == OK:
+            self.masterOffset = int(reply.body)
+
+
+class AsyncSlaveService(service.Service):
+    """
+    Follows the master in ZooKeeper and runs one L{PartitionPuller} per
+    master partition.
+
+    @param config: the L{metamorphosis.ha.config.AsyncSlaveConfig}.
+    @param metaConfig: the broker's L{metamorphosis.broker.config.MetaConfig}.
+    @param storeManager: the broker's store manager.
+    @param onStored: called with C{(topic, partition, messages, bytes)}
+        after each replicated batch (statistics, topic registration).
+    """
+
+    log = Logger()
+
+    #: Seconds between two reads of the master's ZooKeeper registration.
+    rescanSeconds = 1.0
+
+    def __init__(self, config, metaConfig, storeManager, onStored=None, reactor=None, requestTimeout=10.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.metaConfig = metaConfig
+        self.storeManager = storeManager
+        self.onStored = onStored
+        self.requestTimeout = requestTimeout
+        self.paths = zk.ZkPaths(metaConfig.zookeeper.zkRoot)
+        self.pullers = {}
+        self.masterUrl = None
+        self.link = None
+        self.client = None
+        self._loop = None
+        self._stopping = False
+
+    # what the pullers use
+
+    def request(self, makeCommand):
+        if self.link is None:
+            return defer.fail(NotConnected("no master"))
+        return self.link.request(makeCommand, self.requestTimeout)
+
+    def stored(self, topic, partition, messages, size):
+        if self.onStored is not None:
+            self.onStored(topic, partition, messages, size)
+
+    @property
+    def lag(self):
+        return sum(puller.lag for puller in self.pullers.values())
+
+    # lifetime
+
+    def startService(self):
+        service.Service.startService(self)
+        self._stopping = False
+        self._loop = defer.ensureDeferred(self._follow())
+        self._loop.addErrback(lambda f: self.log.failure("Following the master stopped", f))
+
+    async def stopService(self):
+        service.Service.stopService(self)
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
+        await defer.DeferredList([puller.stop() for puller in self.pullers.values()])
+        self.pullers.clear()
+        if self.link is not None:
+            await self.link.stop()
+            self.link = None
+        if self.client is not None:
+            client, self.client = self.client, None
+            await zk.disconnect(client, self.reactor)
+
+    async def _follow(self):
+        zkConfig = self.metaConfig.zookeeper
+        while not self._stopping and self.client is None:
+            try:
+                self.client = await zk.connect(zkConfig, reactor=self.reactor)
+            except Exception as e:
+                self.log.warn("Cannot reach ZooKeeper {connect}: {error}; retrying", connect=zkConfig.zkConnect, error=e)
+                await deferLater(self.reactor, self.rescanSeconds, lambda: None)
+        while not self._stopping:
+            try:
+                await self._scan()
+            except Exception as e:
+                self.log.warn("Reading the master's registration failed: {error}", error=e)
+            await deferLater(self.reactor, self.rescanSeconds, lambda: None)
+
+    def _zk(self, method, *args):
+        return zk.deferKazoo(getattr(self.client, method)(*args), self.reactor)
+
+    async def _scan(self):
+        brokerId = self.metaConfig.brokerId
+        try:
+            data, _ = await self._zk("get_async", self.paths.brokerIdsPathOf(brokerId))
+            masterUrl = data.decode("utf-8") if data else None
+        except NoNodeError:
+            masterUrl = None
+        if masterUrl != self.masterUrl:
+            await self._masterChanged(masterUrl)
+        if masterUrl is None:
+            return
+        for topic, numParts in (await self._masterTopics(brokerId)).items():
+            for partition in range(numParts):
+                if (topic, partition) not in self.pullers:
+                    await self._startPuller(topic, partition)
+        for puller in list(self.pullers.values()):
+            try:
+                await puller.refreshMasterOffset()
+            except Exception:
+                pass
+
+    async def _masterChanged(self, masterUrl):
+        self.log.info("Master of broker {brokerId} is now {url}", brokerId=self.metaConfig.brokerId, url=masterUrl)
+        self.masterUrl = masterUrl
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.stop()
+        if masterUrl is None:
+            return
+        host, port = parseUrl(masterUrl)
+        self.link = PeerLink(self.reactor, host, port)
+        self.link.start()
+        try:
+            await self.link.whenConnected(failAfterFailures=1)
+        except Exception as e:
+            self.log.warn("Cannot connect to the master {url} yet: {error}", url=masterUrl, error=e)
+        for puller in self.pullers.values():
+            puller.wake()
+
+    async def _masterTopics(self, brokerId):
+        """
+        Topic to partition count of the master: the topics under
+        C{topics-sub} with a C{<id>-m} child (Java
+        C{getPartitionsForSubTopicsFromMaster}).
+        """
+        master = self.paths.topicBrokerName(brokerId)
+        try:
+            topics = await self._zk("get_children_async", self.paths.brokerTopicsSubPath)
+        except NoNodeError:
+            return {}
+        found = {}
+        for topic in sorted(topics):
+            try:
+                data, _ = await self._zk("get_async", self.paths.brokerTopicsSubPathOf(topic, brokerId))
+            except NoNodeError:
+                continue
+            try:
+                found[topic] = int(json.loads(data.decode("utf-8"))["numParts"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.log.warn("Ignoring {topic}/{master}: unreadable data {data!r}", topic=topic, master=master, data=data)
+        return found
+
+    async def _startPuller(self, topic, partition):
+        store = self.storeManager.getStore(topic, partition)
+        if store is None:
+            start = await self._masterStart(topic, partition)
+            store = self.storeManager.getOrCreateStore(topic, partition, start)
+        puller = PartitionPuller(self, topic, partition, store)
+        self.pullers[(topic, partition)] = puller
+        self.log.info("Replicating {topic}-{partition} from offset {offset}", topic=topic, partition=partition, offset=puller.offset)
+        puller.start()
+
+    async def _masterStart(self, topic, partition):
+        """
+        Where a partition the slave does not have starts: the master's first
+        offset (C{SlaveOffsetStorage.queryOffsetInMaster}); 0 if the master
+        has no such partition yet.
+        """
+        reply = await self.request(
+            lambda opaque: OffsetCommand(topic, self.config.slaveGroup, partition, 0, opaque)
+        )
+        if reply.code == OK:
+            return int(reply.body)
+        if reply.code == NOT_FOUND:
+            return 0
+        raise RuntimeError(
+            "failed to query offset from %s, topic=%s, partition=%d, httpCode=%d"
+            % (self.masterUrl, topic, partition, reply.code)
+        )
+
+
+@implementer(IReplication)
+class MetaslaveReplication:
+    """
+    The async slave mode.
+    """
+
+    name = "metaslave"
+
+    def __init__(self, config, reactor=None):
+        self.config = config
+        self.reactor = reactor
+        self.service = None
+
+    def configure(self, metaConfig):
+        metaConfig.slaveId = self.config.slaveId
+
+    def install(self, factory):
+        pass
+
+    def makeService(self, broker):
+        self.service = AsyncSlaveService(
+            self.config, broker.config, broker.storeManager, broker.replicated, self.reactor
+        )
+        return self.service
+
+    def statsItems(self):
+        lag = self.service.lag if self.service is not None else 0
+        return [("replication_lag_bytes", lag)]

@@ -1,0 +1,227 @@
+"""
+The synchronous replication master: MetaQ's C{samsa} plugin
+(spec/ha.md sections 3.2 to 3.4).
+
+Every put is forwarded to the gregor slave as a C{sync} carrying the
+master's message id, and appended locally; the producer is answered only
+when both sides have spoken (L{SyncPut}).  Ids are allocated, the C{sync} is
+written and the local append is queued in one step on the reactor thread,
+so the slave receives a partition's records in the master's append order.
+A slave that fails C{slaveContinuousFailureThreshold} times in a row takes
+the master out of ZooKeeper until a probe succeeds (L{SlaveHealth}); while
+the slave is not connected at all, puts fail at once.
+"""
+
+from twisted.application import service
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metamorphosis.ha.interfaces import IReplication
+from metamorphosis.ha.link import PeerLink, RequestTimeout
+from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
+from metamorphosis.ha.outcome import SUCCESS, SlaveHealth, SyncPut
+from metamorphosis.ha.transactions import NoTransactions
+from metamorphosis.protocol import records
+from metamorphosis.protocol.commands import ResultCommand, SyncCommand
+
+FORBIDDEN, INTERNAL_ERROR = 403, 500
+
+CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
+SLAVE_DISCONNECTED = "Slave is disconnected "
+
+
+def _result(code, text, opaque):
+    return ResultCommand(code, text.encode("utf-8"), opaque)
+
+
+class SyncMasterProcessor:
+    """
+    The master's put handling (C{SamsaCommandProcessor.processPutCommand});
+    everything else is the broker's own processor.
+
+    @param processor: the broker's L{metamorphosis.broker.server.BrokerProcessor}.
+    @param link: the L{PeerLink} to the slave.
+    @param health: the L{SlaveHealth} told about each slave reply.
+    @param brokerUrl: a callable giving this broker's C{meta://host:port}.
+    """
+
+    log = Logger()
+
+    def __init__(self, processor, link, config, health, brokerUrl):
+        self.processor = processor
+        self.link = link
+        self.config = config
+        self.health = health
+        self.brokerUrl = brokerUrl
+        self.timeout = config.sendToSlaveTimeoutInMills / 1000.0
+
+    def __getattr__(self, name):
+        # get, offset, stats, version: the broker's own answers.
+        return getattr(self.processor, name)
+
+    def processPut(self, command, session):
+        processor = self.processor
+        topic, opaque = command.topic, command.opaque
+        partitionString = "%d-%d" % (processor.config.brokerId, command.partition)
+        processor.stats.statsPut(topic, partitionString)
+        processor.stats.statsMessageSize(topic, len(command.data))
+        if processor.config.isClosedPartition(topic, command.partition):
+            return _result(FORBIDDEN, "Partition[%s] has been closed" % (partitionString,), opaque)
+        if processor.registerTopic is not None:
+            processor.registerTopic(topic)
+        if not self.link.connected:
+            processor.stats.statsPutFailed(topic, partitionString)
+            return _result(INTERNAL_ERROR, SLAVE_DISCONNECTED, opaque)
+        try:
+            partition = command.partition
+            if partition == -1:
+                partition = processor.storeManager.chooseRandomPartition(topic)
+            store = processor.storeManager.getOrCreateStore(topic, partition)
+            msgId = processor.idWorker.nextId()
+            put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl())
+            self._sendToSlave(put, command, partition, msgId)
+            if command.checksum != -1 and command.checksum != records.checksum(command.data):
+                raise ValueError(CHECKSUM_FAILURE)
+            appended = store.append(msgId, command.flag, command.data)
+        except Exception as e:
+            self.log.warn("Put to {topic} failed: {error}", topic=topic, error=e)
+            processor.stats.statsPutFailed(topic, partitionString)
+            return _result(INTERNAL_ERROR, str(e), opaque)
+        appended.addCallbacks(put.masterStored, self._masterFailed, errbackArgs=(put,))
+
+        def answer(outcome):
+            code, text = outcome
+            if code != SUCCESS:
+                processor.stats.statsPutFailed(topic, partitionString)
+            return _result(code, text, opaque)
+
+        return put.reply.addCallback(answer)
+
+    def _masterFailed(self, failure, put):
+        self.log.failure("Append to {topic}-{partition} failed", failure, topic=put.topic, partition=put.partition)
+        put.masterFailed()
+
+    def _sendToSlave(self, put, command, partition, msgId):
+        sent = self.link.request(
+            lambda opaque: SyncCommand(command.topic, partition, command.data, command.flag, msgId, opaque, command.checksum),
+            self.timeout,
+        )
+
+        def replied(reply):
+            if getattr(reply, "code", None) == SUCCESS:
+                self.health.succeeded()
+                put.slaveStored()
+            else:
+                self.log.warn(
+                    "Slave {slave} refused {topic}-{partition}: {code} {text}",
+                    slave=self.link.url,
+                    topic=command.topic,
+                    partition=partition,
+                    code=getattr(reply, "code", None),
+                    text=getattr(reply, "body", b"").decode("utf-8", "replace"),
+                )
+                self.health.failed()
+                put.slaveFailed()
+
+        def failed(failure):
+            if failure.check(RequestTimeout):
+                # gecko turns a timeout into a 504 reply, which counts.
+                self.health.failed()
+            self.log.warn(
+                "Sync to slave {slave} failed: {error}", slave=self.link.url, error=failure.getErrorMessage()
+            )
+            put.slaveFailed()
+
+        sent.addCallbacks(replied, failed)
+
+
+class SyncMasterService(service.Service):
+    """
+    Owns the link to the slave for the broker's lifetime.
+    """
+
+    def __init__(self, link, health):
+        self.link = link
+        self.health = health
+
+    def startService(self):
+        service.Service.startService(self)
+        self.link.start()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.health.stop()
+        return self.link.stop()
+
+
+def brokerUrl(processor):
+    """
+    The broker's C{meta://host:port} as its error replies name it.
+    """
+    return "meta://%s:%s" % (processor.hostName, processor.stats.port)
+
+
+@implementer(IReplication)
+class SamsaReplication:
+    """
+    The sync master mode.
+
+    @param config: a L{metamorphosis.ha.config.SamsaMasterConfig}.
+    @ivar registration: the broker's ZooKeeper registration, which a
+        failing slave suspends (set by L{makeService}).
+    """
+
+    name = "samsa"
+    log = Logger()
+
+    def __init__(self, config, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        host, port = config.slaveAddress
+        self.link = PeerLink(reactor, host, port)
+        self.registration = None
+        self.processor = None
+        self.health = SlaveHealth(
+            config.slaveContinuousFailureThreshold,
+            config.checkSlaveIntervalInMills / 1000.0,
+            self._probe,
+            lambda: self.registration.suspend() if self.registration is not None else None,
+            lambda: self.registration.resume() if self.registration is not None else None,
+            reactor,
+        )
+
+    def configure(self, metaConfig):
+        if self.config.recoverOffset:
+            self.log.warn(
+                "recoverOffset=true: consumer offsets are not rewritten by this broker "
+                "(see docs/ha.md); registering at once"
+            )
+
+    def install(self, factory):
+        processor = factory.processor
+        self.processor = SyncMasterProcessor(
+            processor, self.link, self.config, self.health, lambda: brokerUrl(processor)
+        )
+        factory.processor = self.processor
+        factory.transactionProcessor = NoTransactions(self.processor.processPut)
+
+    def _probe(self):
+        body = b"test"
+        idWorker = self.processor.processor.idWorker
+        d = self.link.request(
+            lambda opaque: SyncCommand(SLAVE_STATUS_TOPIC, 0, body, 0, idWorker.nextId(), opaque, records.checksum(body)),
+            self.config.sendToSlaveTimeoutInMills / 1000.0,
+        )
+        return d.addCallback(lambda reply: getattr(reply, "code", None))
+
+    def makeService(self, broker):
+        self.registration = getattr(broker, "registration", None)
+        return SyncMasterService(self.link, self.health)
+
+    def statsItems(self):
+        return [
+            ("slave_link", "connected" if self.link.connected else "disconnected"),
+            ("slave_continuous_failures", self.health.consecutiveFailures),
+        ]
