@@ -13,10 +13,10 @@ the Java broker.
 from twisted.application.internet import ClientService
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from metamorphosis.protocol.framing import MetaProtocol
+from metamorphosis.protocol.commands import CommandParser, ProtocolError
 
 _INT_MIN = -(2**31)
 
@@ -48,7 +48,7 @@ class OpaqueGenerator:
         return opaque
 
 
-class RequestProtocol(MetaProtocol):
+class RequestProtocol(Protocol):
     """
     The client end of one connection: L{request} sends a command and gives
     a L{Deferred} of the reply with the same opaque.
@@ -57,7 +57,7 @@ class RequestProtocol(MetaProtocol):
     log = Logger()
 
     def __init__(self, clock, onLost=None):
-        super().__init__()
+        self._parser = CommandParser()
         self._clock = clock
         self._onLost = onLost
         self._pending = {}
@@ -76,6 +76,17 @@ class RequestProtocol(MetaProtocol):
         self._pending[opaque] = (d, call)
         self.sendCommand(command)
         return d
+
+    def dataReceived(self, data):
+        try:
+            for command in self._parser.parse(data):
+                self.commandReceived(command)
+        except ProtocolError as e:
+            self.log.error("Malformed reply from {peer}: {error}", peer=self.transport.getPeer(), error=e)
+            self.transport.abortConnection()
+
+    def sendCommand(self, command):
+        self.transport.write(command.encode())
 
     def _timedOut(self, opaque):
         d, _ = self._pending.pop(opaque)
