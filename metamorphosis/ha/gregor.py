@@ -89,6 +89,7 @@ class GregorReplication:
     """
 
     name = "gregor"
+    log = Logger()
 
     def __init__(self, config):
         self.config = config
@@ -96,6 +97,7 @@ class GregorReplication:
     def configure(self, metaConfig):
         metaConfig.topics[SLAVE_STATUS_TOPIC] = replace(metaConfig.topicConfig(SLAVE_STATUS_TOPIC), numPartitions=1)
         metaConfig.zookeeper.zkEnable = False
+        self.log.info("Replication: gregor (sync slave); not registering in ZooKeeper")
 
     def install(self, factory):
         factory.syncProcessor = SyncProcessor(factory.processor)

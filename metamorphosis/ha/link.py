@@ -56,11 +56,16 @@ class RequestProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, clock, onLost=None):
+    def __init__(self, clock, onMade=None, onLost=None):
         self._parser = CommandParser()
         self._clock = clock
+        self._onMade = onMade
         self._onLost = onLost
         self._pending = {}
+
+    def connectionMade(self):
+        if self._onMade is not None:
+            self._onMade(self)
 
     def request(self, command, timeout):
         """
@@ -123,13 +128,12 @@ class PeerLink:
         self.opaques = OpaqueGenerator()
         self._reactor = reactor
         self._protocol = None
-        factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._lost))
+        factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost))
         self._service = ClientService(
             TCP4ClientEndpoint(reactor, host, port, timeout=5),
             factory,
             retryPolicy=lambda attempt: retryIntervalSeconds,
             clock=reactor,
-            prepareConnection=self._connected,
         )
 
     def _connected(self, protocol):

@@ -187,12 +187,13 @@ class SamsaReplication:
             config.slaveContinuousFailureThreshold,
             config.checkSlaveIntervalInMills / 1000.0,
             self._probe,
-            lambda: self.registration.suspend() if self.registration is not None else None,
-            lambda: self.registration.resume() if self.registration is not None else None,
+            lambda: self.registration.unregisterEverything() if self.registration is not None else None,
+            lambda: self.registration.registerEverything() if self.registration is not None else None,
             reactor,
         )
 
     def configure(self, metaConfig):
+        self.log.info("Replication: samsa (sync master) replicating to {slave}", slave=self.config.slaveUrl)
         if self.config.recoverOffset:
             self.log.warn(
                 "recoverOffset=true: consumer offsets are not rewritten by this broker "
@@ -217,7 +218,7 @@ class SamsaReplication:
         return d.addCallback(lambda reply: getattr(reply, "code", None))
 
     def makeService(self, broker):
-        self.registration = getattr(broker, "registration", None)
+        self.registration = broker.zookeeper
         return SyncMasterService(self.link, self.health)
 
     def statsItems(self):

@@ -27,12 +27,16 @@ class RequestProtocolTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.lost = []
-        self.proto = RequestProtocol(self.clock, self.lost.append)
+        self.made = []
+        self.proto = RequestProtocol(self.clock, self.made.append, self.lost.append)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
 
     def sync(self, opaque):
         return SyncCommand("t", 0, b"body", 0, -5, opaque, 12)
+
+    def test_connectionMade(self):
+        self.assertEqual(self.made, [self.proto])
 
     def test_sendsEncodedCommand(self):
         self.proto.request(self.sync(7), 1)
@@ -122,6 +126,11 @@ class PeerLinkTests(TestCase):
         reply = yield self.link.request(lambda opaque: SyncCommand("topic-a", 0, b"x", 0, 1, opaque), 5)
         self.assertEqual((reply.code, reply.body), (200, b"topic-a"))
         self.factory.connections[0].transport.loseConnection()
+        for _ in range(500):
+            if not self.link.connected:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.failureResultOf(self.link.request(lambda opaque: SyncCommand("t", 0, b"", 0, 1, opaque), 1), NotConnected)
         for _ in range(500):
             if len(self.factory.connections) == 2 and self.link.connected:
                 break
