@@ -410,6 +410,7 @@ class MetaslaveReplication:
     """
 
     name = "metaslave"
+    log = Logger()
 
     def __init__(self, config, reactor=None):
         self.config = config
@@ -418,14 +419,25 @@ class MetaslaveReplication:
 
     def configure(self, metaConfig):
         metaConfig.slaveId = self.config.slaveId
+        self.log.info(
+            "Replication: metaslave (async slave {slaveId}) pulling as group {group}",
+            slaveId=self.config.slaveId,
+            group=self.config.slaveGroup,
+        )
 
     def install(self, factory):
         pass
 
     def makeService(self, broker):
-        self.service = AsyncSlaveService(
-            self.config, broker.config, broker.storeManager, broker.replicated, self.reactor
-        )
+        metaConfig = broker.config
+
+        def replicated(topic, partition, messages, size):
+            broker.stats.statsSlavePut(topic, "%d-%d" % (metaConfig.brokerId, partition), messages)
+            broker.stats.statsMessageSize(topic, size)
+            if broker.zookeeper is not None:
+                broker.zookeeper.registerTopic(topic)
+
+        self.service = AsyncSlaveService(self.config, metaConfig, broker.storeManager, replicated, self.reactor)
         return self.service
 
     def statsItems(self):

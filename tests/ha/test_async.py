@@ -1,0 +1,190 @@
+"""
+Asynchronous replication with real processes and a real ZooKeeper: a master
+and its metaslave started by C{twistd metaq}, a producer on a real socket,
+crashes with SIGKILL.
+"""
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.ha.processes import Broker, serverIni, sleep, waitFor
+from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+TOPICS = (("meta-test", 1), ("test", 2))
+
+
+class AsyncReplicationTests(TestCase):
+    timeout = 90
+
+    def setUp(self):
+        self.root = uniqueRoot("ha-async")
+        self.zk = KazooClient(hosts=zookeeperAddress())
+        self.zk.start(10)
+        self.addCleanup(self.zk.stop)
+        self.addCleanup(self.zk.delete, self.root, recursive=True)
+        self.opaque = 0
+        self.acknowledged = set()
+
+    @defer.inlineCallbacks
+    def startMaster(self, topics=TOPICS):
+        self.master = Broker(self, "master", serverIni(2, topics, zookeeperAddress(), self.root))
+        yield self.master.start()
+        self.producer = yield self.master.connect()
+        self.addCleanup(lambda: self.producer.transport.loseConnection())
+
+    def startSlave(self, topics=TOPICS):
+        self.slave = Broker(
+            self,
+            "slave",
+            serverIni(2, topics, zookeeperAddress(), self.root),
+            "async_slave.properties",
+            "slaveId=0\nslaveMaxDelayInMills=100\n",
+        )
+        return self.slave.start()
+
+    def put(self, topic, partition, payload):
+        self.opaque += 1
+
+        def replied(reply):
+            if reply.code == 200:
+                self.acknowledged.add((topic, int(reply.body.split()[1]), int(reply.body.split()[0])))
+            return reply
+
+        return self.producer.put(topic, partition, payload, self.opaque).addCallback(replied)
+
+    def putMany(self, count, prefix=b"m"):
+        puts = []
+        for i in range(count):
+            topic, partition = [("meta-test", 0), ("test", 0), ("test", 1)][i % 3]
+            puts.append(self.put(topic, partition, b"%s-%d-%s" % (prefix, i, b"y" * (i % 70))))
+        return defer.gatherResults(puts)
+
+    def partitions(self):
+        return [("meta-test", 0), ("test", 0), ("test", 1)]
+
+    def caughtUp(self):
+        return all(
+            self.master.segmentFiles(topic, partition) == self.slave.segmentFiles(topic, partition)
+            and self.master.segmentFiles(topic, partition)
+            for topic, partition in self.partitions()
+        )
+
+    def exists(self, path):
+        return deferToThread(self.zk.exists, self.root + path)
+
+    def data(self, path):
+        """
+        The data of a node, C{b""} while it does not exist.
+        """
+
+        def get():
+            try:
+                return self.zk.get(self.root + path)[0] or b""
+            except NoNodeError:
+                return b""
+
+        return deferToThread(get)
+
+    @defer.inlineCallbacks
+    def test_replicatesByteIdentical(self):
+        """
+        The slave registers as C{slave0} with C{2-s0} topics, pulls every
+        partition and ends with segment files byte for byte the master's,
+        for data written before and after it started.
+        """
+        yield self.startMaster()
+        yield self.putMany(60, b"before")
+        yield self.startSlave()
+        yield self.putMany(60, b"after")
+        yield waitFor(self.caughtUp)
+        self.assertTrue((yield self.exists("/brokers/ids/2/slave0")))
+        self.assertTrue((yield self.exists("/brokers/topics-sub/test/2-s0")))
+        self.assertTrue((yield self.exists("/brokers/topics-pub/meta-test/2-s0")))
+        # The master's own registration is untouched.
+        data = yield self.data("/brokers/ids/2/master")
+        self.assertEqual(data, b"meta://127.0.0.1:%d" % (self.master.port,))
+
+    @defer.inlineCallbacks
+    def test_slaveKilledCatchesUp(self):
+        """
+        A slave killed mid-stream resumes from its own data and catches up.
+        """
+        yield self.startMaster()
+        yield self.startSlave()
+        writing = self.putMany(600, b"a")
+        yield sleep(0.3)
+        yield self.slave.kill()
+        yield writing
+        yield self.putMany(30, b"b")
+        yield self.slave.start()
+        yield waitFor(self.caughtUp)
+
+    @defer.inlineCallbacks
+    def test_masterRestarts(self):
+        """
+        The slave follows a master that is killed and comes back (on
+        another port): replication pauses and resumes, and a consumer can
+        read everything from the slave meanwhile at the master's offsets.
+        """
+        yield self.startMaster()
+        yield self.startSlave()
+        yield self.putMany(30, b"a")
+        yield waitFor(self.caughtUp)
+        yield self.master.kill()
+        consumer = yield self.slave.connect()
+        self.addCleanup(consumer.transport.loseConnection)
+        reply = yield consumer.get("meta-test", "g", 0, 0, 1024 * 1024, 1)
+        self.assertEqual(reply.data, self.master.segmentFiles("meta-test", 0)["00000000000000000000.meta"])
+        self.master.port = 0
+        yield self.master.start()
+        self.producer = yield self.master.connect()
+        yield self.putMany(30, b"b")
+        yield waitFor(self.caughtUp)
+
+    @defer.inlineCallbacks
+    def test_newTopicAndPartition(self):
+        """
+        Topics and partitions the master starts serving later (its topic
+        sections reloaded on SIGHUP) are replicated too.
+        """
+        yield self.startMaster(topics=(("meta-test", 1),))
+        yield self.startSlave()
+        yield self.put("meta-test", 0, b"one")
+        yield waitFor(lambda: self.slave.segmentFiles("meta-test", 0) == self.master.segmentFiles("meta-test", 0))
+        with open(self.master.ini, "w") as f:
+            f.write(serverIni(2, (("meta-test", 1), ("test", 1)), zookeeperAddress(), self.root))
+        self.master.kill("HUP")
+        yield waitFor(lambda: self.exists("/brokers/topics-sub/test/2-m"))
+        yield self.put("test", 0, b"two")
+        with open(self.master.ini, "w") as f:
+            f.write(serverIni(2, TOPICS, zookeeperAddress(), self.root))
+        self.master.kill("HUP")
+        yield waitFor(lambda: self.data("/brokers/topics-sub/test/2-m").addCallback(lambda data: b'"numParts":2' in data))
+        yield self.put("test", 1, b"three")
+        yield waitFor(self.caughtUp)
+
+    @defer.inlineCallbacks
+    def test_lagInStats(self):
+        """
+        C{stats} on the slave says C{slave true} and reports the
+        replication lag, which drops to 0 once caught up.
+        """
+        yield self.startMaster()
+        yield self.startSlave()
+        yield self.putMany(30)
+        yield waitFor(self.caughtUp)
+        client = yield self.slave.connect()
+        self.addCleanup(client.transport.loseConnection)
+
+        @defer.inlineCallbacks
+        def stats():
+            reply = yield client.request(b"stats  7\r\n", 7)
+            return dict(line.split(" ", 1) for line in reply.body.decode().split("\r\n")[1:-2])
+
+        yield waitFor(lambda: stats().addCallback(lambda s: s.get("replication_lag_bytes") == "0"))
+        summary = yield stats()
+        self.assertEqual(summary["slave"], "true")
+        self.assertEqual(int(summary["cmd_put"]), 30)
