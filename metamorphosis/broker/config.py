@@ -121,6 +121,9 @@ class MetaConfig:
     acceptAnyTopic: bool = False
     path: Optional[str] = None
     checksum: int = 0
+    #: The slave number of an async replication slave (set from its
+    #: C{async_slave.properties}, spec/ha.md section 2.1); -1 otherwise.
+    slaveId: int = -1
     closedPartitions: set = field(default_factory=set)
 
     def isClosedPartition(self, topic, partition):

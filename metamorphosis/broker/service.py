@@ -28,6 +28,8 @@ from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager
 from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.broker.transactions.processor import TransactionalProcessor
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
+from metamorphosis.ha.config import ReplicationConfigError
+from metamorphosis.ha.modes import replicationFor
 from metamorphosis.protocol.ids import IdWorker
 
 
@@ -45,7 +47,7 @@ class BrokerService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, endpoint, reactor=None, zookeeper=None,
-                 idleTimeout=IDLE_TIMEOUT):
+                 idleTimeout=IDLE_TIMEOUT, replication=None):
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -68,6 +70,14 @@ class BrokerService(service.MultiService):
         if zookeeper is not None:
             self.processor.registerTopic = zookeeper.registerTopic
             zookeeper.setServiceParent(self)
+        # Replication (docs/ha.md): its request handling is plugged into the
+        # factory now; its service starts once the broker listens.
+        self.replication = replication
+        self.replicationService = None
+        if replication is not None:
+            replication.install(self.factory)
+            self.stats.summaryExtensions.append(replication.statsItems)
+            self.replicationService = replication.makeService(self)
         timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
         timer.clock = reactor
         timer.setServiceParent(self)
@@ -95,6 +105,8 @@ class BrokerService(service.MultiService):
         if self.zookeeper is not None:
             self.zookeeper.setBrokerAddress(self.stats.port)
         self.timer.startService()
+        if self.replicationService is not None:
+            self.replicationService.startService()
         if self.config.path is not None:
             self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
         return self.port
@@ -130,6 +142,8 @@ class BrokerService(service.MultiService):
             self._previousHangup = None
         if self.timer.running:
             self.timer.stopService()
+        if self.replicationService is not None and self.replicationService.running:
+            await defer.maybeDeferred(self.replicationService.stopService)
         # Leave ZooKeeper first, so that clients stop choosing this broker
         # while it still answers them.
         if self.zookeeper is not None and self.zookeeper.running:
@@ -174,6 +188,10 @@ class Options(usage.Options):
         ["host-name", None, None, "Host name registered in ZooKeeper (overrides hostName)."],
         ["zookeeper", "z", None,
          "ZooKeeper connect string; enables registration (overrides zk.zkConnect)."],
+        ["replication", "r", None,
+         "Replication mode: gregor, samsa or metaslave, optionally =FILE of its "
+         "properties (default: the samsa_master, gregor_slave or async_slave "
+         ".properties file beside --config, if any; see docs/ha.md)."],
         ["idle-timeout", None, str(IDLE_TIMEOUT),
          "Seconds without I/O after which a connection is closed."],
     ]
@@ -196,6 +214,12 @@ class Options(usage.Options):
         if self["zookeeper"]:
             config.zookeeper.zkConnect = self["zookeeper"]
             config.zookeeper.zkEnable = True
+        try:
+            self.replication = replicationFor(self["config"], self["replication"])
+        except ReplicationConfigError as e:
+            raise SystemExit(f"metaq: bad replication configuration: {e}")
+        if self.replication is not None:
+            self.replication.configure(config)
         self["idle-timeout"] = float(self["idle-timeout"])
         port = self["port"] or f"tcp:{config.serverPort}"
         if port.isdigit():
@@ -218,7 +242,7 @@ def zookeeperService(config):
     zk = config.zookeeper
     if not zk.zkEnable or not zk.zkConnect:
         return None
-    return BrokerZooKeeper(config)
+    return BrokerZooKeeper(config, slaveId=config.slaveId)
 
 
 def makeService(options):
@@ -232,4 +256,5 @@ def makeService(options):
         reactor,
         zookeeper=zookeeperService(config),
         idleTimeout=options["idle-timeout"],
+        replication=options.replication,
     )

@@ -21,6 +21,7 @@ GET_MISS = "get_miss"
 GET_FAILED = "get_failed"
 PUT_FAILED = "put_failed"
 MESSAGE_SIZE = "message_size"
+PUT_SLAVE = "put_slave"
 
 #: How often the realtime counters are zeroed (Java
 #: C{MetaStatLog.RealTimeStatRestTask}).
@@ -169,6 +170,9 @@ class StatsManager:
         self.cmdPut = self.cmdGet = self.cmdOffset = 0
         self.txBegin = self.txXABegin = self.txCommit = self.txRollback = 0
         self.getMiss = self.getFailed = self.putFailed = 0
+        #: Callables adding C{(key, value)} lines at the end of the summary
+        #: (a replicating broker's state, docs/ha.md).
+        self.summaryExtensions = []
 
     def isStatTopic(self, topic):
         """
@@ -190,6 +194,14 @@ class StatsManager:
     def statsPut(self, topic, partitionString):
         self.cmdPut += 1
         self._record(PUT, topic, partitionString)
+
+    def statsSlavePut(self, topic, partitionString, count=1):
+        """
+        Messages an async slave replicated from its master: counted as puts,
+        and in the realtime key C{put_slave} (Java C{SlaveStatsManager}).
+        """
+        self.cmdPut += count
+        self._record(PUT_SLAVE, topic, partitionString, count)
 
     def statsMessageSize(self, topic, size):
         self._record(MESSAGE_SIZE, topic, "*", size)
@@ -275,7 +287,7 @@ class StatsManager:
                 ("port", self.port),
                 ("uptime", int(self._clock() - self.startTime)),
                 ("version", METAQ_VERSION),
-                ("slave", False),
+                ("slave", self.config.slaveId >= 0),
                 ("curr_connections", self.connections),
                 ("threads", threadCount()),
                 ("cmd_put", self.cmdPut),
@@ -290,6 +302,7 @@ class StatsManager:
                 ("total_messages", totalMessages),
                 ("topics", self.topicCount()),
                 ("config_checksum", self.config.checksum),
+                *(item for extension in self.summaryExtensions for item in extension()),
             )
         ]
 
