@@ -98,14 +98,17 @@ class _Entry:
         self.deferred = Deferred()
         self.offset = None
 
-    def parts(self):
+    def addParts(self, parts):
+        """
+        Add the stored bytes of this entry to C{parts}.  Runs in the I/O
+        thread: the checksums are computed there, off the reactor.
+        """
         if self.raw is not None:
-            return [self.raw]
-        parts = []
+            parts.append(self.raw)
+            return
         for msgId, flag, body in self.messages:
             parts.append(encodeHeader(msgId, flag, body))
             parts.append(body)
-        return parts
 
 
 class _Write:
@@ -126,7 +129,10 @@ class _Write:
             os.makedirs(segment.directory, exist_ok=True)
             segment.file = openSegmentFile(segment.path, create=True)
             _fsyncDirectory(segment.directory)
-        data = b"".join([part for entry in self.entries for part in entry.parts()])
+        parts = []
+        for entry in self.entries:
+            entry.addParts(parts)
+        data = b"".join(parts)
         fd = segment.file.fileno()
         try:
             _writeAll(fd, data, self.position)
@@ -299,9 +305,7 @@ class MessageStore:
     # Appending
 
     def append(self, msgId, flag, body):
-        return self._enqueue(
-            _Entry([(msgId, flag, body)], None, HEADER_SIZE + len(body), 1)
-        )
+        return self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1))
 
     def appendBatch(self, messages):
         messages = list(messages)
@@ -320,7 +324,8 @@ class MessageStore:
         if self._closed:
             return fail(StoreClosed("%r is closed" % (self,)))
         self._queue.append(entry)
-        self._kick()
+        if not self._busy:
+            self._kick()
         return entry.deferred
 
     def flush(self):
