@@ -74,7 +74,7 @@ class IdWorkerTests(SynchronousTestCase):
         ids = [worker.nextId() for _ in range(10000)]
         self.assertEqual(ids, sorted(set(ids)))
 
-    @settings(max_examples=100)
+    @settings(max_examples=100, deadline=None)
     @given(
         st.integers(min_value=0, max_value=1303895660503 + (1 << 41) - 1),
         st.integers(min_value=0, max_value=1023),

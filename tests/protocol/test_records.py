@@ -106,7 +106,7 @@ class InvalidRecordTests(SynchronousTestCase):
 
 
 class PropertyTests(SynchronousTestCase):
-    @settings(max_examples=60)
+    @settings(max_examples=60, deadline=None)
     @given(st.lists(messages, max_size=8))
     def test_roundTrip(self, items):
         buffer = b"".join(record(*item) for item in items)
@@ -117,7 +117,7 @@ class PropertyTests(SynchronousTestCase):
         )
         self.assertEqual(sum(r.size for r in records), len(buffer))
 
-    @settings(max_examples=60)
+    @settings(max_examples=60, deadline=None)
     @given(st.lists(messages, min_size=1, max_size=6), st.data())
     def test_partialTail(self, items, data):
         """
@@ -134,7 +134,7 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(consumed, whole[-1] if whole else 0)
         self.assertEqual([r.encode() for r in records], encoded[: len(whole)])
 
-    @settings(max_examples=40)
+    @settings(max_examples=40, deadline=None)
     @given(payloads, attributes, st.integers(min_value=0, max_value=0x7FFFFFFF))
     def test_flagBitsCarried(self, data, attribute, extra):
         body, flag = encodePayload(data, attribute)

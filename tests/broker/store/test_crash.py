@@ -60,7 +60,7 @@ class Writer:
 class CrashTests(SynchronousTestCase):
     rounds = 3
 
-    def crashRounds(self, threshold):
+    def crashRounds(self, threshold, powerLoss=False):
         dataPath = os.path.abspath(self.mktemp())
         directory = os.path.join(dataPath, "test-0")
         rng = random.Random()
@@ -78,7 +78,22 @@ class CrashTests(SynchronousTestCase):
             hwm = max([int(line[1]) for line in lines if line[0] == "hwm"], default=0)
             # Appending resumed exactly at the end of the recovered log.
             self.assertEqual(acks[0], end)
+            if powerLoss:
+                self.tearUnflushedTail(directory, hwm, rng)
+                acks = {i: offset for i, offset in acks.items() if offset < hwm}
             end = self.verify(directory, round, acks, hwm)
+
+    def tearUnflushedTail(self, directory, hwm, rng):
+        """
+        Cut the last segment anywhere after the flushed high-water mark, as
+        losing power may do to written but unflushed data.
+        """
+        last = max(name for name in os.listdir(directory) if name.endswith(".meta"))
+        path = os.path.join(directory, last)
+        start = int(last[:20])
+        size = os.path.getsize(path)
+        keep = rng.randint(max(hwm - start, 0), size)
+        os.truncate(path, keep)
 
     def verify(self, directory, round, acks, hwm):
         recovered = loadPartition(directory)
@@ -115,6 +130,15 @@ class CrashTests(SynchronousTestCase):
         everything below the reported high-water mark survives.
         """
         self.crashRounds(20)
+
+    def test_powerLossAfterKill(self):
+        """
+        C{unflushThreshold=20}, and after each kill the unflushed end of the
+        last segment is torn at a random byte: everything below the reported
+        high-water mark survives, the torn record and anything after it is
+        cut, and the next round appends right after the last whole record.
+        """
+        self.crashRounds(20, powerLoss=True)
 
     def test_groupCommit(self):
         """

@@ -128,7 +128,7 @@ class CronTests(SynchronousTestCase):
         ):
             self.assertRaises(InvalidCronExpression, CronExpression, bad)
 
-    @settings(max_examples=50)
+    @settings(max_examples=50, deadline=None)
     @given(
         st.integers(0, 59),
         st.integers(0, 59),
