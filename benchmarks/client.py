@@ -7,12 +7,18 @@ C{bench-client-*} and the figures are printed as msgs/s and MB/s:
 * C{sync (Twisted)}: C{await producer.sendMessage(...)} one after another;
 * C{sync (blocking)}: C{producer.send(...)} of the blocking API, from a plain
   thread, one after another (what a script sees);
-* C{async}: C{asyncSendMessage} with the default 20000-unit sliding window,
-  the sender waiting for room rather than spilling, until everything is
-  answered;
-* C{raw pipelined}: the same puts written by a bare L{MetaClientProtocol}
-  with 1000 in flight, no producer logic: the reference for what the broker
-  and one Python connection can do.
+* C{async (w=20000)}: C{asyncSendMessage} with Java's default 20000-unit
+  sliding window, the sender waiting for room rather than spilling and
+  letting the reactor run every 64 messages (as a sender fed by events
+  does), until everything is answered;
+* C{async (w=1000)}: the same with a 1000-unit window and no other pacing,
+  so about 1000 puts are always in flight;
+* C{raw sync} and C{raw pipelined}: the same puts written by a bare
+  L{MetaClientProtocol} with 1 and 1000 in flight, no producer logic: the
+  references for what the broker and one Python connection can do.
+
+The last column is this process's CPU time per message (the client's own
+cost, which does not depend on what else loads the machine).
 
 Consumer part: the broker is filled with COUNT messages of SIZE bytes
 (pipelined puts spread over C{--partitions} partitions of a fresh topic);
@@ -50,9 +56,6 @@ from metamorphosis.client.offsets import LocalOffsetStorage
 from metamorphosis.client.recovery import DropPolicy
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
-
-
-YIELD_EVERY = 64
 
 
 def freePort():
@@ -127,8 +130,14 @@ async def syncTwisted(factory, topic, payload, count):
     return time.perf_counter() - start
 
 
-async def asyncSend(reactor, factory, topic, payload, count):
-    producer = factory.createAsyncProducer()
+async def asyncSend(reactor, factory, topic, payload, count, window=20000, yieldEvery=None):
+    """
+    Fire-and-forget sends paced only by the sliding window (the sender
+    waits for room instead of spilling); with C{yieldEvery} the sender also
+    lets the reactor run after that many messages, as a sender fed by
+    events would.
+    """
+    producer = factory.createAsyncProducer(slidingWindowSize=window)
     await producer.publish(topic)
     start = time.perf_counter()
     for i in range(count):
@@ -137,9 +146,7 @@ async def asyncSend(reactor, factory, topic, payload, count):
             raise RuntimeError("message spilled: the window should have had room")
         if producer.window.used >= producer.window.size:
             await producer.whenWindowAvailable(message)
-        elif i % YIELD_EVERY == 0:
-            # A sender on the reactor thread lets the reactor write and
-            # read now and then; otherwise the whole window is queued first.
+        elif yieldEvery and i % yieldEvery == 0:
             await task.deferLater(reactor, 0, lambda: None)
     await producer.flush()
     elapsed = time.perf_counter() - start
@@ -236,7 +243,12 @@ async def producerBenchmark(reactor, args):
         runs = [
             ("sync (Twisted)", lambda topic: syncTwisted(factory, topic, payload, args.count)),
             ("sync (blocking)", lambda topic: syncBlocking(factory, reactor, topic, payload, args.count)),
-            ("async", lambda topic: asyncSend(reactor, factory, topic, payload, args.count)),
+            ("async (w=20000)", lambda topic: asyncSend(
+                reactor, factory, topic, payload, args.count, yieldEvery=64)),
+            ("async (w=1000)", lambda topic: asyncSend(
+                reactor, factory, topic, payload, args.count, window=1000)),
+            ("raw sync", lambda topic: rawPipelined(
+                reactor, url, topic, payload, args.count, inFlight=1)),
             ("raw pipelined", lambda topic: rawPipelined(reactor, url, topic, payload, args.count)),
         ]
         for n, (label, run) in enumerate(runs):
