@@ -16,12 +16,16 @@ stalling the reactor::
     consumer = createBlockingConsumer(factory, ConsumerConfig("my-group"))
     consumer.subscribe("test", 1024 * 1024, lambda message: print(message.data))
     consumer.completeSubscribe()
+
+    for message in createBlockingTopicBrowser(factory, "test"):
+        print(message.partition, message.data)
 """
 
 from twisted.internet import threads
 from zope.interface import implementer
 
 from metamorphosis.client.blocking import BlockingProxy
+from metamorphosis.client.browser import createTopicBrowser
 from metamorphosis.client.consumer import asListener, createBroadcastConsumer, createConsumer
 from metamorphosis.client.interfaces import IMessageListener
 
@@ -85,4 +89,28 @@ def createBlockingBroadcastConsumer(factory, config, offsetsPath=None):
     """
     return BlockingMessageConsumer(
         factory.thread.call(createBroadcastConsumer, factory.wrapped, config, offsetsPath),
+        factory.thread)
+
+
+class BlockingTopicBrowser(BlockingProxy):
+    """
+    A blocking L{metamorphosis.client.browser.TopicBrowser}: a plain
+    iterator over the topic's messages.
+    """
+
+    def __iter__(self):
+        while True:
+            batch = self._call("nextBatch")
+            if not batch:
+                return
+            yield from batch
+
+
+def createBlockingTopicBrowser(factory, topic, maxSize=1024 * 1024, timeout=5.0):
+    """
+    A blocking topic browser of a
+    L{metamorphosis.client.blocking.BlockingMessageSessionFactory}.
+    """
+    return BlockingTopicBrowser(
+        factory.thread.call(createTopicBrowser, factory.wrapped, topic, maxSize, timeout),
         factory.thread)

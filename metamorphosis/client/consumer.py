@@ -350,17 +350,31 @@ class MessageConsumer:
 
         @return: a list of L{Message}s (complete records only).
         """
-        connection = self.connections.connection(brokerUrl)
-        reply = await connection.request(
-            "get", topic, self.group, partition.partition, offset, maxSize,
-            timeout=(timeout or self.config.fetchTimeoutInMills / 1000.0))
-        if not isinstance(reply, ValueCommand):
-            if reply.code in (403, 404, 301):
-                return []
-            raise MetaClientError("Status:%d,Error message:%s"
-                                  % (reply.code, reply.body.decode("utf-8", "replace")))
-        decoded, _ = records.decodeRecords(reply.data)
-        return [Message(topic, r.data, r.attribute, r.id, partition) for r in decoded]
+        messages, _ = await getOnce(
+            self.connections.connection(brokerUrl), topic, self.group, partition, offset,
+            maxSize, timeout or self.config.fetchTimeoutInMills / 1000.0)
+        return messages
+
+
+async def getOnce(connection, topic, group, partition, offset, maxSize, timeout):
+    """
+    One C{get} outside any fetch loop (Java's C{MessageConsumer.get}).
+
+    @param connection: a L{metamorphosis.client.connection.BrokerConnection}.
+    @return: C{(messages, consumed)}: the complete messages, and the bytes
+        they take (the next offset is C{offset + consumed}); no messages
+        for 403, 404 and 301.
+    @raise MetaClientError: any other reply, a timeout, no connection.
+    """
+    reply = await connection.request("get", topic, group, partition.partition, offset, maxSize,
+                                     timeout=timeout)
+    if not isinstance(reply, ValueCommand):
+        if reply.code in (403, 404, 301):
+            return [], 0
+        raise MetaClientError("Status:%d,Error message:%s"
+                              % (reply.code, reply.body.decode("utf-8", "replace")))
+    decoded, consumed = records.decodeRecords(reply.data)
+    return [Message(topic, r.data, r.attribute, r.id, partition) for r in decoded], consumed
 
 
 def broadcastGroup(group, host=None):

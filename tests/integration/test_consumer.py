@@ -19,14 +19,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 from metamorphosis.broker.config import MetaConfig, TopicConfig, ZookeeperConfig
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.client.blocking import BlockingMessageSessionFactory
-from metamorphosis.client.blockingconsumer import createBlockingConsumer
+from metamorphosis.client.blockingconsumer import (
+    createBlockingConsumer, createBlockingTopicBrowser)
+from metamorphosis.client.browser import createTopicBrowser
 from metamorphosis.client.connection import ConnectionPool
 from metamorphosis.client.consumer import (
     ConsumerConfig, MessageConsumer, broadcastGroup)
 from metamorphosis.client.fetch import MessageIdCache
 from metamorphosis.client.message import Message
 from metamorphosis.client.offsets import LocalOffsetStorage, SQLOffsetStorage
-from metamorphosis.client.session import MetaClientConfig
+from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol.records import checksum, encodePayload
 from metamorphosis.zk import kazooLogger
 from tests.zookeeper import uniqueRoot, zookeeperAddress
@@ -459,12 +461,39 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
                 while len(received) < len(expected) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 consumer.shutdown()
+                browsed = [m.data for m in createBlockingTopicBrowser(factory, "t")]
+                self.assertEqual(sorted(browsed), sorted(expected))
                 return owned
             finally:
                 factory.close()
         owned = yield threads.deferToThread(script)
         self.assertEqual(owned, [("t", _p(0, 0)), ("t", _p(0, 1))])
         self.assertExactlyOnce(received, expected)
+
+
+class TopicBrowserTests(ConsumerIntegrationMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_browseEveryPartition(self):
+        """
+        The browser reads every master partition from offset 0, in
+        partition order, without storing offsets; a message larger than
+        maxSize ends its partition, as in Java.
+        """
+        broker = yield self.startBroker(0)
+        yield self.produce(broker, "t", 0, [b"p0-%d" % i for i in range(30)])
+        yield self.produce(broker, "t", 1, [b"p1-0", b"x" * 300, b"p1-2"])
+        factory = MetaMessageSessionFactory(
+            MetaClientConfig(zkConnect=zookeeperAddress(), zkRoot=self.root), reactor)
+        yield factory.start()
+        self.addCleanup(factory.close)
+        browser = yield defer.ensureDeferred(createTopicBrowser(factory, "t", maxSize=200))
+
+        async def browse():
+            return [(str(m.partition), m.data) async for m in browser]
+        seen = yield defer.ensureDeferred(browse())
+        self.assertEqual(seen, [("0-0", b"p0-%d" % i) for i in range(30)] + [("0-1", b"p1-0")])
+        # No group registration, no offsets.
+        self.assertIsNone((yield threads.deferToThread(self.zk.exists, self.root + "/consumers")))
 
 
 def _p(brokerId, partition):

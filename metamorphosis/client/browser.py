@@ -1,0 +1,94 @@
+"""
+Reading a whole topic from the start, outside any consumer group's
+offsets (Java's C{MetaTopicBrowser}, spec/client.md section 1).
+
+A L{TopicBrowser} walks the topic's master partitions one after the other,
+each from offset 0, with one-shot C{get}s under the group
+C{Just_for_Browser}; it stores no offset and joins no group.
+"""
+
+from twisted.logger import Logger
+
+from metamorphosis.client.consumer import getOnce
+from metamorphosis.client.partition import RANDOM_PARTITION
+
+BROWSER_GROUP = "Just_for_Browser"
+
+
+class TopicBrowser:
+    """
+    The messages of a topic, partition by partition.
+
+    Iterate it in a coroutine (C{async for message in browser}), or call
+    L{nextBatch} until it gives an empty list.  As in Java, a partition
+    ends at the first C{get} that brings no complete message: a message
+    larger than C{maxSize} ends its partition.
+
+    @param partitions: C{(Partition, brokerUrl)} pairs, in browsing order.
+    """
+
+    log = Logger()
+
+    def __init__(self, connections, topic, partitions, maxSize=1024 * 1024, timeout=5.0):
+        if not topic or not topic.strip():
+            raise ValueError("Blank topic")
+        if maxSize <= 0:
+            raise ValueError("Invalid max size")
+        if timeout <= 0:
+            raise ValueError("Invalid timeout value")
+        self.connections = connections
+        self.topic = topic
+        self.maxSize = maxSize
+        self.timeout = timeout
+        self._remaining = list(partitions)
+        self._current = None
+        self._offset = 0
+
+    async def nextBatch(self):
+        """
+        The next messages: those of one C{get}.
+
+        @return: a Deferred-compatible coroutine giving a list of
+            L{Message}s, empty once every partition is read.
+        """
+        while True:
+            if self._current is None:
+                if not self._remaining:
+                    return []
+                self._current = self._remaining.pop(0)
+                self._offset = 0
+            partition, url = self._current
+            messages, consumed = await getOnce(
+                self.connections.connection(url), self.topic, BROWSER_GROUP, partition,
+                self._offset, self.maxSize, self.timeout)
+            if messages:
+                self._offset += consumed
+                return messages
+            self._current = None
+
+    async def __aiter__(self):
+        while True:
+            batch = await self.nextBatch()
+            if not batch:
+                return
+            for message in batch:
+                yield message
+
+
+async def createTopicBrowser(factory, topic, maxSize=1024 * 1024, timeout=5.0):
+    """
+    A browser of C{topic}'s master partitions as a started session factory
+    (L{metamorphosis.client.session.MetaMessageSessionFactory}) knows them
+    now (ZooKeeper's C{topics-pub}, or the direct-mode partition map).
+    """
+    factory._checkStarted()
+    ref = ("browser", topic)
+    await factory.publishTopic(topic, ref)
+    try:
+        partitions = [(p, factory.discovery.brokerUrlFor(topic, p))
+                      for p in factory.discovery.partitionsFor(topic) or ()
+                      if p != RANDOM_PARTITION]
+    finally:
+        factory.unpublishTopic(topic, ref)
+    return TopicBrowser(factory.connections, topic, [(p, url) for p, url in partitions if url],
+                        maxSize, timeout)
