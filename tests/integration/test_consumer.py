@@ -80,6 +80,18 @@ class Broker:
         port = yield self.service.started
         self.port = port.getHost().port
         self.url = "meta://127.0.0.1:%d" % (self.port,)
+        # Registration goes on after the port listens; wait for it so that
+        # consumers see the partitions at their first rebalance.
+        paths = ["%s/brokers/topics-sub/%s/%d-m" % (self.root, topic, self.brokerId)
+                 for topic in self.topics]
+        paths.append("%s/brokers/ids/%d/master" % (self.root, self.brokerId))
+        for _ in range(200):
+            present = yield threads.deferToThread(
+                lambda: all(self.testCase.zk.exists(path) for path in paths))
+            if present:
+                return
+            yield sleep(0.05)
+        self.testCase.fail("broker %d did not register in ZooKeeper" % (self.brokerId,))
 
     def stop(self):
         service, self.service = self.service, None
