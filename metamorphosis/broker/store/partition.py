@@ -346,10 +346,12 @@ class MessageStore:
         if self._busy or not (self._queue or self._waiters):
             return
         job = self._buildJob()
+        # Busy even for a job with nothing to write: appends made by the
+        # callbacks it fires must wait for the next job, not start one.
+        self._busy = True
         if not (job.steps or job.fsync):
             self._finish(job)
             return
-        self._busy = True
         last = self._segments[-1]
         for step in job.steps:
             if isinstance(step, _Roll):

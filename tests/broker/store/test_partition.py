@@ -296,6 +296,29 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(store.flush()), None)
 
 
+    def test_appendsFromCallbacksWaitForTheNextJob(self):
+        """
+        Puts made by the callbacks of a job that had nothing to write (here a
+        refused replicated append) form one new job: two jobs never run at
+        once for one partition.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        first = appendExample(store, 1)
+        appended = []
+        store.appendRecords(EXAMPLE3, expectedOffset=999).addErrback(
+            lambda failure: appended.extend(
+                [appendExample(store, 1), appendExample(store, 2)]
+            )
+        )
+        pool.runOne()
+        self.assertEqual(self.successResultOf(first), 0)
+        self.assertEqual(len(appended), 2)
+        self.assertEqual(len(pool.pending), 1)
+        pool.runAll()
+        self.assertEqual([self.successResultOf(d) for d in appended], [25, 50])
+
+
 class FailureTests(SynchronousTestCase):
     def test_writeFailure(self):
         """
