@@ -164,6 +164,10 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         # sendfile needs the socket itself: plain TCP, not TLS or a test
         # transport.
         self._sendfile = isinstance(self.transport, tcp.Connection)
+        if self._sendfile:
+            # As gecko does: a reply's last small segment must not wait for
+            # the client's delayed ACK of the previous one.
+            self.transport.setTcpNoDelay(True)
         self.session = Session(self.transport.getPeer())
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idleTimeout)

@@ -173,19 +173,33 @@ class StatsManager:
         #: Callables adding C{(key, value)} lines at the end of the summary
         #: (a replicating broker's state, docs/ha.md).
         self.summaryExtensions = []
+        self._statTopicsOf = None
+        self._statTopics = {}
 
     def isStatTopic(self, topic):
         """
         Whether realtime statistics are collected for C{topic}: some topic
         section with C{stat=true} matches it (C{*} = any text, as in Java's
         C{makeTopicsPatSet}); a standalone broker uses C{[system] stat}.
+
+        Answers are remembered until the topic sections are replaced (a
+        reload), as this runs twice for every put.
         """
-        for name, section in self.config.topics.items():
-            if section.stat and (
-                name == topic or ("*" in name and wildcardPattern(name).fullmatch(topic))
-            ):
-                return True
-        return self.config.acceptAnyTopic and self.config.stat
+        topics = self.config.topics
+        if self._statTopicsOf is not topics:
+            self._statTopicsOf = topics
+            self._statTopics = {}
+        matched = self._statTopics.get(topic)
+        if matched is None:
+            matched = self._statTopics[topic] = self._matchesStatSection(topic)
+        return matched or (self.config.acceptAnyTopic and self.config.stat)
+
+    def _matchesStatSection(self, topic):
+        return any(
+            section.stat
+            and (name == topic or ("*" in name and wildcardPattern(name).fullmatch(topic)))
+            for name, section in self.config.topics.items()
+        )
 
     def _record(self, key1, topic, key3, value=1):
         if self.isStatTopic(topic):

@@ -174,3 +174,8 @@ class StatsTests(unittest.TestCase):
         self.config.topics["logs-*"] = TopicConfig("logs-*", stat=True)
         self.assertTrue(self.stats.isStatTopic("logs-a"))
         self.assertFalse(self.stats.isStatTopic("bench"))
+
+    def test_statTopicsFollowReload(self):
+        self.assertFalse(self.stats.isStatTopic("new"))
+        self.config.topics = dict(self.config.topics, new=TopicConfig("new", stat=True))
+        self.assertTrue(self.stats.isStatTopic("new"))
