@@ -541,14 +541,15 @@ class BrokerProcessor:
 
     def _statsConfig(self, opaque):
         path = self.config.path
+        if path is None:
+            # A standalone broker has no file; Java's path would be null.
+            return result(INTERNAL_ERROR, "Config file not found:null", opaque)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return result(INTERNAL_ERROR, f"Config file not found:{path}", opaque)
-        except (OSError, TypeError) as e:
-            if path is None:
-                return result(INTERNAL_ERROR, "Config file not found:null", opaque)
+        except OSError as e:
             return result(INTERNAL_ERROR, f"Read config file error:{e}", opaque)
         return ResultCommand(OK, data, opaque)
 
