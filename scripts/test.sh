@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the checkout, start a private ZooKeeper on a free loopback port, run the
-# whole test suite with trial, and finish with one line `N passed, N failed, N skipped`.
-# Arguments, if any, replace the default test selection (`tests`).
+# whole test suite with trial, replay the Java captures against our broker
+# (scripts/conformance.sh), and finish with one line `N passed, N failed, N skipped`.
+# Arguments, if any, replace the default test selection (`tests`) and skip the replay.
 set -u
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || exit 1
@@ -14,4 +15,9 @@ echo "ZooKeeper for the tests: $METAQ_TEST_ZK"
 jobs=$(nproc 2>/dev/null || echo 2); [ "$jobs" -gt 2 ] && jobs=2
 .venv/bin/python -m twisted.trial --temp-directory="$work/trial" -j"$jobs" "${@:-tests}" 2>&1 | tee "$work/trial.log"
 trial_rc=${PIPESTATUS[0]}
-exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log"
+fi
+bash scripts/conformance.sh "$METAQ_TEST_ZK" 2>&1 | tee "$work/conformance.log"
+conformance_rc=${PIPESTATUS[0]}
+exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log" "$conformance_rc" "$work/conformance.log"
