@@ -335,6 +335,29 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
         self.assertEqual(second.payloads(), [b"m3", b"m4", b"m5"])
 
     @defer.inlineCallbacks
+    def test_offsetInsideAMessage(self):
+        """
+        A stored offset inside a message (transcript 07): the bytes there
+        fail their checksum, the consumer asks C{offset}, refetches from
+        the segment start the broker gives and receives every message
+        once.
+        """
+        broker = yield self.startBroker(0, {"t": 1})
+        expected = [b"msg-%d-" % i + b"x" * 26 for i in range(6)]
+        yield self.produce(broker, "t", 0, expected)
+        yield threads.deferToThread(
+            self.zk.create, "%s/consumers/grp-inv/offsets/t/0-0" % (self.root,), b"-1-16",
+            makepath=True)
+        listener = Collector()
+        consumer = yield self.consumer(listener, self.config("grp-inv"))
+        yield self.waitFor(lambda: len(listener.messages) >= 6)
+        yield consumer.shutdown()
+        self.assertEqual(listener.payloads(), expected)
+        data, _ = yield threads.deferToThread(
+            self.zk.get, "%s/consumers/grp-inv/offsets/t/0-0" % (self.root,))
+        self.assertEqual(data.decode(), "%d-%d" % (listener.messages[-1].id, 6 * (20 + 32)))
+
+    @defer.inlineCallbacks
     def test_broadcast(self):
         """
         Broadcast consumers of one group on two hosts each get every
