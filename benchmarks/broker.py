@@ -5,19 +5,25 @@ For each flush policy (default: unflushThreshold=1000; group commit:
 unflushThreshold=0) it starts a fresh broker (C{twistd -n metaq} with a
 generated server.ini on a free loopback port), then for every P producer
 connections x S bytes it sends COUNT sync puts (one in flight per
-connection), and finally C consumers each fetch everything with 1 MiB gets.
-It prints msgs/s, MB/s, put latency p50/p99 and the broker's peak RSS.
+connection), and finally C consumers each fetch everything of the last
+producer row of each size with 1 MiB gets. It prints msgs/s, MB/s, put
+latency p50/p99, the broker's peak RSS and the broker's CPU time per message.
 
     .venv/bin/python benchmarks/broker.py                  # the full matrix
     .venv/bin/python benchmarks/broker.py --count 20000 --producers 1,10 --sizes 1024
     .venv/bin/python benchmarks/broker.py --broker 127.0.0.1:8123 --pid 1234
 
 With --broker it uses a running broker instead (its topics must accept
-C{bench-*}; --pid gives the process for the RSS figures).
+C{bench-*}; --pid gives the process for the RSS and CPU figures).
+
+The load generator is plain non-blocking sockets and a selector, so that on
+a small machine it leaves the CPU to the broker: what it measures is the
+broker, not a client library.
 """
 
 import argparse
 import os
+import selectors
 import shutil
 import socket
 import subprocess
@@ -25,10 +31,7 @@ import sys
 import tempfile
 import time
 
-from twisted.internet import defer, endpoints, protocol, task
-
-from metamorphosis.protocol.commands import CommandParser, ValueCommand
-from metamorphosis.protocol.records import checksum, decodeRecords
+from metamorphosis.protocol.records import HEADER_SIZE, checksum, decodeHeader
 
 MiB = 1024 * 1024
 
@@ -48,7 +51,7 @@ class Progress:
         now = time.monotonic()
         if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
-            filled = int(30 * self.done / self.total)
+            filled = int(30 * min(self.done, self.total) / self.total)
             sys.stderr.write(f"\r{self.label:<28} [{'#' * filled}{' ' * (30 - filled)}] "
                              f"{100 * self.done // self.total:3d}%")
             sys.stderr.flush()
@@ -69,125 +72,180 @@ class BrokerProcess:
     def __init__(self, pid):
         self.pid = pid
 
-    def cpuSeconds(self):
-        if self.pid is None:
-            return float("nan")
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return float("nan")
-
     def peakMiB(self):
-        if self.pid is None:
-            return float("nan")
         try:
             with open(f"/proc/{self.pid}/status") as status:
                 for line in status:
                     if line.startswith("VmHWM:"):
                         return int(line.split()[1]) / 1024
-        except OSError:
+        except (OSError, TypeError):
             pass
         return float("nan")
 
+    def cpuSeconds(self):
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, TypeError):
+            return float("nan")
 
-class Connection(protocol.Protocol):
+
+class Exchange:
     """
-    One client connection with one request in flight at a time.
+    One connection with at most one request in flight: sends a request,
+    then collects the reply frame (C{result} or C{value}) it gets back.
     """
 
-    def connectionMade(self):
-        self.parser = CommandParser(maxBodySize=64 * MiB)
-        self.pending = None
+    def __init__(self, address):
+        self.sock = socket.create_connection(address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = bytearray()
+        self.sentAt = 0.0
 
-    def dataReceived(self, data):
-        for reply in self.parser.parse(data):
-            pending, self.pending = self.pending, None
-            pending.callback(reply)
+    def send(self, request):
+        self.sentAt = time.perf_counter()
+        self.sock.sendall(request)
 
-    def call(self, data):
-        self.pending = defer.Deferred()
-        self.transport.write(data)
-        return self.pending
+    def receive(self):
+        """
+        Read what is there; return C{(kind, code, body)} once a whole reply
+        arrived, else L{None}.
+        """
+        data = self.sock.recv(4 * MiB)
+        if not data:
+            raise ConnectionError("the broker closed the connection")
+        self.buffer += data
+        end = self.buffer.find(b"\r\n")
+        if end < 0:
+            return None
+        tokens = bytes(self.buffer[:end]).split(b" ")
+        length = int(tokens[2] if tokens[0] == b"result" else tokens[1])
+        if len(self.buffer) < end + 2 + length:
+            return None
+        body = bytes(self.buffer[end + 2:end + 2 + length])
+        del self.buffer[:end + 2 + length]
+        code = int(tokens[1]) if tokens[0] == b"result" else None
+        return tokens[0], code, body
+
+    def call(self, request):
+        self.send(request)
+        while True:
+            reply = self.receive()
+            if reply is not None:
+                return reply
+
+    def close(self):
+        self.sock.close()
 
 
-async def connectAll(reactor, host, port, n):
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port)
-    return await defer.gatherResults(
-        [endpoints.connectProtocol(endpoint, Connection()) for _ in range(n)])
+def produce(address, topic, producers, size, count, progress):
+    """
+    C{count} sync puts of C{size} bytes over C{producers} connections.
 
-
-async def produce(reactor, host, port, topic, producers, size, count, progress):
-    connections = await connectAll(reactor, host, port, producers)
+    @return: elapsed seconds and the sorted latencies.
+    """
     payload = os.urandom(size)
-    header = b"put %s 0 %d 0 %d " % (topic.encode(), size, checksum(payload))
+    request = b"put %s 0 %d 0 %d 1\r\n%s" % (topic.encode(), size, checksum(payload), payload)
+    exchanges = [Exchange(address) for _ in range(producers)]
+    selector = selectors.DefaultSelector()
+    for exchange in exchanges:
+        selector.register(exchange.sock, selectors.EVENT_READ, exchange)
     latencies = []
-    remaining = [count]
-
-    async def run(connection):
-        opaque = 0
-        while remaining[0] > 0:
-            remaining[0] -= 1
-            opaque += 1
-            start = time.perf_counter()
-            reply = await connection.call(header + b"%d\r\n" % opaque + payload)
-            latencies.append(time.perf_counter() - start)
-            if reply.code != 200:
-                raise RuntimeError(f"put failed: {reply.code} {reply.body!r}")
-            progress.advance()
-
+    remaining = count
     start = time.perf_counter()
-    await defer.gatherResults([defer.ensureDeferred(run(c)) for c in connections])
+    for exchange in exchanges[:count]:
+        exchange.send(request)
+        remaining -= 1
+    outstanding = min(count, producers)
+    while outstanding:
+        for key, _ in selector.select():
+            exchange = key.data
+            reply = exchange.receive()
+            if reply is None:
+                continue
+            latencies.append(time.perf_counter() - exchange.sentAt)
+            if reply[1] != 200:
+                raise RuntimeError(f"put failed: {reply}")
+            progress.advance()
+            if remaining:
+                remaining -= 1
+                exchange.send(request)
+            else:
+                outstanding -= 1
     elapsed = time.perf_counter() - start
-    for c in connections:
-        c.transport.loseConnection()
+    for exchange in exchanges:
+        exchange.close()
     latencies.sort()
     return elapsed, latencies
 
 
-async def waitFlushed(reactor, connection, topic, size):
+def countRecords(data):
+    """
+    The complete records at the start of C{data} and their total size.
+    """
+    position, messages = 0, 0
+    while position + HEADER_SIZE <= len(data):
+        end = position + HEADER_SIZE + decodeHeader(data, position)[0]
+        if end > len(data):
+            break
+        position, messages = end, messages + 1
+    return messages, position
+
+
+def waitFlushed(exchange, topic, size):
     """
     Wait until the broker's flushed end of C{topic} covers everything
     produced (with C{unflushThreshold} the tail waits for the flush timer),
     so that the consumer figures measure reading only.
     """
-    while True:
-        reply = await connection.call(b"offset %s g 0 %d 0\r\n" % (topic.encode(), 2**62))
-        if int(reply.body) >= size:
-            return
-        await task.deferLater(reactor, 0.2, lambda: None)
+    while int(exchange.call(b"offset %s g 0 %d 0\r\n" % (topic.encode(), 2**62))[2]) < size:
+        time.sleep(0.2)
 
 
-async def consume(reactor, host, port, topic, size, consumers, expected, progress):
-    connections = await connectAll(reactor, host, port, consumers)
-    await waitFlushed(reactor, connections[0], topic, expected * (20 + size))
+def consume(address, topic, size, consumers, expected, progress):
+    """
+    C{consumers} connections each read all C{expected} messages of
+    C{topic} (as separate groups) with 1 MiB gets.
+    """
+    exchanges = [Exchange(address) for _ in range(consumers)]
+    waitFlushed(exchanges[0], topic, expected * (HEADER_SIZE + size))
+    selector = selectors.DefaultSelector()
+    state = {}
 
-    async def run(index, connection):
-        offset, messages, received = 0, 0, 0
-        while messages < expected:
-            reply = await connection.call(
-                b"get %s g%d 0 %d %d %d\r\n" % (topic.encode(), index, offset, MiB, messages))
-            if not isinstance(reply, ValueCommand):
-                if reply.code == 404:
-                    # Not flushed yet (unflushThreshold): wait for the timer.
-                    await task.deferLater(reactor, 0.05, lambda: None)
-                    continue
-                raise RuntimeError(f"get failed: {reply.code} {reply.body!r}")
-            records, consumed = decodeRecords(reply.data, verify=False)
-            messages += len(records)
-            received += consumed
-            offset += consumed
-            progress.advance(len(records))
-        return messages, received
+    def fetch(index, exchange):
+        offset = state[exchange][0]
+        exchange.send(b"get %s g%d 0 %d %d %d\r\n" % (topic.encode(), index, offset, MiB, index))
 
     start = time.perf_counter()
-    results = await defer.gatherResults(
-        [defer.ensureDeferred(run(i, c)) for i, c in enumerate(connections)])
+    for index, exchange in enumerate(exchanges):
+        state[exchange] = [0, 0, index]
+        selector.register(exchange.sock, selectors.EVENT_READ, exchange)
+        fetch(index, exchange)
+    received = 0
+    active = len(exchanges)
+    while active:
+        for key, _ in selector.select():
+            exchange = key.data
+            reply = exchange.receive()
+            if reply is None:
+                continue
+            kind, code, body = reply
+            if kind != b"value":
+                raise RuntimeError(f"get failed: {reply[:2]} {body[:200]!r}")
+            messages, consumed = countRecords(body)
+            state[exchange][0] += consumed
+            state[exchange][1] += messages
+            received += consumed
+            progress.advance(messages)
+            if state[exchange][1] < expected:
+                fetch(state[exchange][2], exchange)
+            else:
+                active -= 1
     elapsed = time.perf_counter() - start
-    for c in connections:
-        c.transport.loseConnection()
-    return elapsed, sum(m for m, _ in results), sum(b for _, b in results)
+    for exchange in exchanges:
+        exchange.close()
+    return elapsed, sum(s[1] for s in state.values()), received
 
 
 def percentile(values, fraction):
@@ -213,7 +271,7 @@ def startBroker(policy, directory):
         [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(directory, "broker.log"),
          "metaq", "--config", ini, "--port", f"tcp:{port}:interface=127.0.0.1"],
         cwd=directory)
-    for _ in range(200):
+    for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return process, port
@@ -224,55 +282,54 @@ def startBroker(policy, directory):
     raise RuntimeError("the broker did not listen in time")
 
 
-async def runPolicy(reactor, args, policy, host, port, broker):
+def runPolicy(args, policy, address, broker):
     print(f"\n== flush policy: {policy} "
           f"({'unflushThreshold=0, group commit' if policy == 'group' else 'unflushThreshold=1000'})")
     print(f"{'producers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
-    topics = []
+    topics = {}
     for producers in args.producers:
         for size in args.sizes:
             topic = f"bench-{policy}-{producers}-{size}-{int(time.time())}"
             progress = Progress(f"put P={producers} S={size}", args.count)
             cpu = broker.cpuSeconds()
-            elapsed, latencies = await produce(
-                reactor, host, port, topic, producers, size, args.count, progress)
+            elapsed, latencies = produce(address, topic, producers, size, args.count, progress)
             cpu = broker.cpuSeconds() - cpu
             progress.finish()
             rate = args.count / elapsed
             print(f"{producers:>9} {size:>6} {args.count:>8} {rate:>9.0f} "
                   f"{rate * size / 1e6:>7.1f} {percentile(latencies, 0.5):>7.2f} "
                   f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
-                  f"{cpu / args.count * 1e6:>17.0f}")
-            topics.append((topic, size))
+                  f"{cpu / args.count * 1e6:>17.0f}", flush=True)
+            topics[size] = topic
     print(f"{'consumers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'':>7} {'':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
-    for topic, size in topics[-len(args.sizes):]:
+    for size, topic in topics.items():
         progress = Progress(f"get C={args.consumers} S={size}", args.count * args.consumers)
         cpu = broker.cpuSeconds()
-        elapsed, messages, received = await consume(
-            reactor, host, port, topic, size, args.consumers, args.count, progress)
+        elapsed, messages, received = consume(
+            address, topic, size, args.consumers, args.count, progress)
         cpu = broker.cpuSeconds() - cpu
         progress.finish()
         print(f"{args.consumers:>9} {size:>6} {messages:>8} {messages / elapsed:>9.0f} "
               f"{received / elapsed / 1e6:>7.1f} {'':>7} {'':>7} {broker.peakMiB():>12.0f} "
-              f"{cpu / messages * 1e6:>17.1f}")
+              f"{cpu / messages * 1e6:>17.1f}", flush=True)
 
 
-async def main(reactor, args):
+def main(args):
     if args.broker:
         host, port = args.broker.rsplit(":", 1)
         for policy in args.flush:
-            await runPolicy(reactor, args, policy, host, int(port), BrokerProcess(args.pid))
+            runPolicy(args, policy, (host, int(port)), BrokerProcess(args.pid))
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-bench-")
         process, port = startBroker(policy, directory)
         try:
-            await runPolicy(reactor, args, policy, "127.0.0.1", port, BrokerProcess(process.pid))
+            runPolicy(args, policy, ("127.0.0.1", port), BrokerProcess(process.pid))
         finally:
             process.terminate()
-            process.wait(30)
+            process.wait(60)
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -284,12 +341,11 @@ def parseArguments(argv):
     parser.add_argument("--sizes", type=ints, default=[256, 1024, 4096])
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--flush", type=lambda t: t.split(","), default=["default", "group"],
-                        help="default, group or both (comma separated)")
+                        help="default and/or group, comma separated")
     parser.add_argument("--broker", help="host:port of a running broker")
-    parser.add_argument("--pid", type=int, help="pid of that broker (for RSS)")
+    parser.add_argument("--pid", type=int, help="pid of that broker (for RSS and CPU)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    arguments = parseArguments(sys.argv[1:])
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, arguments)))
+    main(parseArguments(sys.argv[1:]))
