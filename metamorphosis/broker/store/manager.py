@@ -92,6 +92,7 @@ class MessageStoreManager(Service):
         self._flushCalls = {}
         self._deleteCalls = {}
         self._policies = {}
+        self._loaded = False
 
     # Life cycle
 
@@ -183,6 +184,7 @@ class MessageStoreManager(Service):
 
     def _registerLoaded(self, result):
         findings, loaded = result
+        self._loaded = True
         self._log(findings)
         for topic, partition, directory, recovered in loaded:
             self._log(recovered.findings)
@@ -232,6 +234,7 @@ class MessageStoreManager(Service):
             async slave starts at its master's offset).
         @raise IllegalTopic: no topic section accepts C{topic}.
         @raise WrongPartition: C{partition} is out of range.
+        @raise RuntimeError: the service has not finished loading.
         """
         if not self.config.isLegalTopic(topic):
             raise IllegalTopic(topic)
@@ -239,6 +242,10 @@ class MessageStoreManager(Service):
             raise WrongPartition(partition)
         store = self._stores.get((topic, partition))
         if store is None:
+            if not self._loaded:
+                # A store made now could be a second one on a directory
+                # still being recovered.
+                raise RuntimeError("the message store manager has not loaded its data yet")
             directory = os.path.join(
                 self.config.topicConfig(topic).dataPath, "%s-%d" % (topic, partition)
             )

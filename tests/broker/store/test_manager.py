@@ -17,7 +17,13 @@ from metamorphosis.broker.store import (
     WrongPartition,
 )
 
-from .helpers import ImmediateReactor, ImmediateThreadPool, readPartition, record
+from .helpers import (
+    ImmediateReactor,
+    ImmediateThreadPool,
+    ManualThreadPool,
+    readPartition,
+    record,
+)
 
 
 def makeConfig(dataPath, topics=(), **kwargs):
@@ -116,6 +122,18 @@ class ManagerTests(SynchronousTestCase):
         self.successResultOf(own.append(6, 0, b"x"))
         self.assertTrue(os.path.exists(os.path.join(topicPath, "own-0",
                                                     "00000000000000000000.meta")))
+
+    def test_noStoreBeforeLoading(self):
+        pool = ManualThreadPool()
+        manager = MessageStoreManager(makeConfig(self.dataPath, [("test", {})]),
+                                      reactor=self.reactor, threadpool=pool)
+        started = manager.startService()
+        self.assertRaises(RuntimeError, manager.getOrCreateStore, "test", 0)
+        self.assertIsNone(manager.getStore("test", 0))
+        pool.runAll()
+        self.successResultOf(started)
+        self.assertIsNotNone(manager.getOrCreateStore("test", 0))
+        self.successResultOf(manager.stopService())
 
     def test_periodicFlush(self):
         config = makeConfig(
