@@ -22,7 +22,7 @@ from metamorphosis.broker.transactions.journal import (
     decodeRecords,
     encodeRecord,
 )
-from tests.broker.txsupport import ImmediateReactor, SyncThreadPool
+from tests.broker.txsupport import ImmediateReactor, ManualThreadPool, SyncThreadPool
 
 keys = st.text(max_size=80)
 records = st.one_of(
@@ -157,6 +157,29 @@ class RedoLogTests(SynchronousTestCase):
         self.assertEqual([r for _, r in recovered], [DoneRecord("1"), DoneRecord("2")])
         log.deleteBefore(3)
         self.assertEqual(log.numbers(), [3])
+
+    def test_rotationDuringSync(self):
+        """
+        A file retired while a sync of it runs in a thread is closed only by
+        a sync, after being forced.
+        """
+        pool = ManualThreadPool()
+        log = RedoLog(self.directory, ImmediateReactor(self.clock), pool, fileSize=10)
+        log.recover()
+        log.append(DoneRecord("a"))
+        results = []
+        log.sync().addCallback(results.append)
+        log.append(DoneRecord("b"))
+        log.append(DoneRecord("c"))
+        while pool.pending:
+            pool.runOne()
+        self.assertEqual(results, [None])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(
+            [r for _, r in self.redoLog().recover()],
+            [DoneRecord("a"), DoneRecord("b"), DoneRecord("c")],
+        )
+        self.assertFalse(log.dirty)
 
     def test_syncCoalesces(self):
         """

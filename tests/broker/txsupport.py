@@ -77,6 +77,23 @@ class SyncThreadPool:
             onResult(True, result)
 
 
+class ManualThreadPool(SyncThreadPool):
+    """
+    Holds "threaded" work until the test runs it with L{runOne}, so that
+    the reactor side can act while a job is in flight.
+    """
+
+    def __init__(self):
+        self.pending = []
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.pending.append((onResult, f, args, kwargs))
+
+    def runOne(self):
+        onResult, f, args, kwargs = self.pending.pop(0)
+        SyncThreadPool.callInThreadWithCallback(self, onResult, f, *args, **kwargs)
+
+
 class ImmediateReactor:
     """
     A clock whose C{callFromThread} runs at once (paired with

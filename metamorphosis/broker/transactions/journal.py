@@ -305,12 +305,18 @@ class RedoLog:
         return location
 
     def _rotate(self):
+        """
+        Start the next file.  The old one is closed by the C{sync} that
+        forces its last records (one may be running in a thread right now,
+        so it cannot be closed here).
+        """
         old = self._current
+        old.retired = True
+        self._dirty[old.number] = old
         self._current = _RedoFile(self._path(old.number + 1), old.number + 1)
-        if old.number not in self._dirty:
-            os.close(old.fd)
-        else:
-            old.retired = True
+        self.sync().addErrback(
+            lambda f: log.failure("Forcing {path} failed", f, path=old.path)
+        )
 
     def sync(self):
         """
@@ -328,18 +334,24 @@ class RedoLog:
     def _startSync(self):
         waiting, self._waiting = self._waiting, []
         files, self._dirty = list(self._dirty.values()), {}
+        # Decided now: a file retired while this sync runs is closed by the
+        # next one.
+        closing = [f for f in files if f.retired]
         self._syncing = True
 
         def syncAll():
             for f in files:
                 os.fsync(f.fd)
-                if f.retired:
-                    os.close(f.fd)
+            for f in closing:
+                os.close(f.fd)
 
         def done(result):
             self._syncing = False
             for d in waiting:
-                d.callback(None) if result is None else d.errback(result)
+                if result is None:
+                    d.callback(None)
+                else:
+                    d.errback(result)
             if self._waiting:
                 self._startSync()
 
