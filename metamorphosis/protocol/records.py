@@ -73,7 +73,7 @@ def encodeHeader(msgId, flag, body):
     """
     The 20-byte header of the record holding C{body}.
     """
-    return _header.pack(len(body), checksum(body), msgId, flag)
+    return _header.pack(len(body), zlib.crc32(body) & 0x7FFFFFFF, msgId, flag)
 
 
 def encodeRecord(msgId, flag, body):
