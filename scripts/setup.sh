@@ -18,8 +18,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=
 [ "${1:-}" = --test ] && extras="[test]"
-stamp=".venv/.installed$extras-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ]; then
+sum=$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+stamp=".venv/.installed$extras-$sum"
+# A test installation includes the runtime one.
+if [ ! -f "$stamp" ] && [ ! -f ".venv/.installed[test]-$sum" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extras" --config-settings editable_mode=compat
   touch "$stamp"
