@@ -169,19 +169,22 @@ def connect(zkConfig, clientFactory=KazooClient, reactor=None, **kwargs):
     Start a kazoo client off the reactor thread.
 
     @return: a Deferred that fires with the connected client, or fails (and
-        the client is stopped) when no session is established within
-        C{zkConnectionTimeoutMs}.
+        the client is stopped and closed) when no session is established
+        within C{zkConnectionTimeoutMs}.
     """
     reactor = _reactor(reactor)
     client = newClient(zkConfig, clientFactory, **kwargs)
-    d = deferToThreadPool(
-        reactor,
-        reactor.getThreadPool(),
-        client.start,
-        zkConfig.zkConnectionTimeoutMs / 1000.0,
-    )
-    d.addCallback(lambda _: client)
-    return d
+
+    def start():
+        try:
+            client.start(zkConfig.zkConnectionTimeoutMs / 1000.0)
+        except BaseException:
+            # kazoo has stopped the client; free its sockets too.
+            client.close()
+            raise
+        return client
+
+    return deferToThreadPool(reactor, reactor.getThreadPool(), start)
 
 
 def disconnect(client, reactor=None):
