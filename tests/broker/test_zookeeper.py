@@ -14,6 +14,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -22,7 +23,9 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import SkipTest, TestCase
 
 from metamorphosis.broker.config import TopicConfig, loadConfig
+from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
+from tests.broker.client import connect as brokerClient
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TRANSCRIPTS = Path(
@@ -114,9 +117,9 @@ def conformanceConfig(root, zkConnect=None, ini="broker"):
     return config
 
 
-class BrokerZooKeeperTests(TestCase):
+class ZooKeeperTreeMixin:
     """
-    The znodes of a L{BrokerZooKeeper} through its life.
+    A test's own root in the test ZooKeeper, read back as dump lines.
     """
 
     timeout = 60
@@ -154,6 +157,12 @@ class BrokerZooKeeperTests(TestCase):
                 return
             yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(tree, expected)
+
+
+class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
+    """
+    The znodes of a L{BrokerZooKeeper} through its life.
+    """
 
     def startBroker(self, config, port=8123):
         broker = BrokerZooKeeper(config)
@@ -657,3 +666,59 @@ def expireSession(address, clientId):
     intruder.start()
     intruder.stop()
     intruder.close()
+
+
+class BrokerServiceRegistrationTests(ZooKeeperTreeMixin, TestCase):
+    """
+    The registration of a whole broker (L{BrokerService}) on a real socket:
+    what a put to a new topic and a restart over the same data do in
+    ZooKeeper.
+    """
+
+    def brokerConfig(self, dataPath):
+        config = conformanceConfig(self.root)
+        config.dataPath = config.dataLogPath = dataPath
+        for topic in config.topics.values():
+            topic.dataPath = dataPath
+        config.topics["new-*"] = TopicConfig(
+            topic="new-*", numPartitions=3, dataPath=dataPath
+        )
+        return config
+
+    @inlineCallbacks
+    def startBroker(self, config):
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        broker = BrokerService(config, endpoint, reactor, zookeeper=zookeeperService(config))
+        broker.startService()
+        self.addCleanup(lambda: broker.running and broker.stopService())
+        port = yield broker.started
+        return broker, port.getHost().port
+
+    def atPort(self, lines, port):
+        return [line.replace("127.0.0.1:8123", "127.0.0.1:%d" % (port,)) for line in lines]
+
+    @inlineCallbacks
+    def test_putToNewTopicAndRestart(self):
+        """
+        A broker registers as the Java one does; a put that creates a topic
+        registers it; a broker started again over the same data registers
+        that topic from its store on disk; a stopped broker leaves nothing
+        of its own.
+        """
+        dataPath = self.mktemp()
+        broker, port = yield self.startBroker(self.brokerConfig(dataPath))
+        expected = referenceDump("zk-01-after-broker-start.txt", self.root)
+        yield self.waitForTree(self.atPort(expected, port))
+
+        client = yield brokerClient(reactor, port)
+        self.addCleanup(client.transport.loseConnection)
+        reply = yield client.put("new-one", 2, b"hello", 7)
+        self.assertEqual(reply.code, 200)
+        withNew = sortedTree(expected + topicNodes(self.root, "new-one", 3))
+        yield self.waitForTree(self.atPort(withNew, port))
+
+        yield broker.stopService()
+        self.assertEqual((yield self.dump()), afterShutdown(withNew))
+
+        broker, port = yield self.startBroker(self.brokerConfig(dataPath))
+        yield self.waitForTree(self.atPort(withNew, port))
