@@ -4,7 +4,7 @@ Tests for L{metamorphosis.broker.transactions.journal}.
 
 import os
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,7 +55,7 @@ records = st.one_of(
 
 
 class RecordCodecTests(SynchronousTestCase):
-    @settings(max_examples=150)
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(records, max_size=6))
     def test_roundTrip(self, values):
         """
@@ -67,7 +67,7 @@ class RecordCodecTests(SynchronousTestCase):
         self.assertEqual([r for _, r in decoded], values)
         self.assertEqual(end, len(buffer))
 
-    @settings(max_examples=100)
+    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(records, min_size=1, max_size=4), st.data())
     def test_tornTail(self, values, data):
         """
@@ -82,7 +82,7 @@ class RecordCodecTests(SynchronousTestCase):
         self.assertEqual([r for _, r in decoded], values[:-1])
         self.assertEqual(end, lastStart)
 
-    @settings(max_examples=100)
+    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(records, st.data())
     def test_corruption(self, record, data):
         """

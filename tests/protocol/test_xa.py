@@ -2,7 +2,7 @@
 Tests for L{metamorphosis.protocol.xa}.
 """
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -10,7 +10,7 @@ from metamorphosis.protocol.xa import XAER_RMERR, XAException
 
 
 class XAExceptionTests(SynchronousTestCase):
-    @settings(max_examples=100)
+    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.integers(-(2**31), 2**31 - 1), st.one_of(st.none(), st.text()))
     def test_roundTrip(self, code, message):
         """
