@@ -121,19 +121,18 @@ class _Reader:
 def encodeRecord(record):
     """
     The bytes of one record: C{uint32 length}, C{uint32 crc32(payload)},
-    payload.
+    payload.  (The payload is assembled only once: a put's data is copied a
+    single time.)
     """
     if isinstance(record, PutRecord):
-        payload = b"".join(
-            [
-                bytes([PUT]),
-                _string(record.key),
-                struct.pack(">q", record.msgId),
-                _string(record.topic),
-                struct.pack(">iiI", record.partition, record.flag, len(record.data)),
-                record.data,
-            ]
-        )
+        parts = [
+            bytes([PUT]),
+            _string(record.key),
+            struct.pack(">q", record.msgId),
+            _string(record.topic),
+            struct.pack(">iiI", record.partition, record.flag, len(record.data)),
+            record.data,
+        ]
     elif isinstance(record, CommitRecord):
         parts = [
             bytes([COMMIT]),
@@ -142,13 +141,15 @@ def encodeRecord(record):
         ]
         for topic, partition, offset in record.partitions:
             parts += [_string(topic), struct.pack(">iq", partition, offset)]
-        payload = b"".join(parts)
     else:
         kind = {PrepareRecord: PREPARE, DoneRecord: DONE, RollbackRecord: ROLLBACK}[
             type(record)
         ]
-        payload = bytes([kind]) + _string(record.key)
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        parts = [bytes([kind]), _string(record.key)]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join([_FRAME.pack(sum(map(len, parts)), crc)] + parts)
 
 
 def decodePayload(payload):
