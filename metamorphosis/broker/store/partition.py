@@ -45,6 +45,13 @@ from metamorphosis.protocol.records import (
 
 _length = struct.Struct(">i")
 
+# Under group commit a job fsyncs once this many bytes are written, like the
+# Java commit thread (min(maxTransferSize, 512 KiB)); the rest of the queue
+# goes to the next job.  Other jobs are capped too, to bound the buffer one
+# write joins.
+GROUP_COMMIT_BYTES = 512 * 1024
+JOB_BYTES = 4 * 1024 * 1024
+
 
 def _writeAll(fd, data, position):
     view = memoryview(data)
@@ -368,7 +375,13 @@ class MessageStore:
         write = None
         accepted = []
         rejected = []
-        for entry in entries:
+        limit = GROUP_COMMIT_BYTES if self.groupCommit else JOB_BYTES
+        taken = 0
+        for index, entry in enumerate(entries):
+            if taken >= limit:
+                self._queue = entries[index:]
+                break
+            taken += entry.size
             offset = segment.start + size
             if entry.expectedOffset is not None and entry.expectedOffset != offset:
                 rejected.append((entry, OffsetMismatch(entry.expectedOffset, offset)))

@@ -296,6 +296,29 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(store.flush()), None)
 
 
+    def test_groupCommitBatchLimit(self):
+        """
+        A group commit batch ends with the record that takes it to the
+        limit; the rest waits for the next fsync.
+        """
+        from metamorphosis.broker.store import partition
+
+        self.patch(partition, "GROUP_COMMIT_BYTES", 60)
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        first = appendExample(store, 1)
+        rest = [appendExample(store, n) for n in (2, 3, 1, 2)]
+        pool.runOne()
+        self.successResultOf(first)
+        pool.runOne()
+        # 30 + 25 = 55 < 60, the 25 more reach 80: three records.
+        self.assertEqual([self.successResultOf(d) for d in rest[:3]], [25, 55, 80])
+        self.assertNoResult(rest[3])
+        self.assertEqual(store.maxOffset, 105)
+        pool.runOne()
+        self.assertEqual(self.successResultOf(rest[3]), 105)
+        self.assertEqual(pool.pending, [])
+
     def test_appendsFromCallbacksWaitForTheNextJob(self):
         """
         Puts made by the callbacks of a job that had nothing to write (here a
