@@ -24,7 +24,7 @@ from metamorphosis.client.blockingconsumer import (
 from metamorphosis.client.browser import createTopicBrowser
 from metamorphosis.client.connection import ConnectionPool
 from metamorphosis.client.consumer import (
-    ConsumerConfig, MessageConsumer, broadcastGroup)
+    ConsumerConfig, MessageConsumer, broadcastGroup, createBroadcastConsumer)
 from metamorphosis.client.fetch import MessageIdCache
 from metamorphosis.client.message import Message
 from metamorphosis.client.offsets import LocalOffsetStorage, SQLOffsetStorage
@@ -504,6 +504,38 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
         owned = yield threads.deferToThread(script)
         self.assertEqual(owned, [("t", _p(0, 0)), ("t", _p(0, 1))])
         self.assertExactlyOnce(received, expected)
+
+
+class SessionFactoryTests(ConsumerIntegrationMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_broadcastConsumers(self):
+        """
+        Broadcast consumers made by session factories on two hosts: groups
+        C{<group>-<ip>}, offsets in local files, every message to each;
+        the factory's close shuts them down (offsets written).
+        """
+        broker = yield self.startBroker(0)
+        received = {}
+        for host in ("10.1.2.3", "10.1.2.4"):
+            factory = MetaMessageSessionFactory(
+                MetaClientConfig(zkConnect=zookeeperAddress(), zkRoot=self.root), reactor)
+            yield factory.start()
+            self.addCleanup(factory.close)
+            listener = received[host] = Collector()
+            path = os.path.join(self.tmp, host + ".offsets")
+            consumer = createBroadcastConsumer(factory, self.config("news"), path, host=host)
+            self.assertEqual(consumer.group, "news-" + host.replace(".", "-"))
+            consumer.subscribe("t", 1024 * 1024, listener)
+            yield consumer.completeSubscribe()
+        expected = [b"n%d" % i for i in range(8)]
+        yield self.produce(broker, "t", 0, expected[:4])
+        yield self.produce(broker, "t", 1, expected[4:])
+        for listener in received.values():
+            yield self.waitFor(lambda: len(listener.messages) >= 8)
+            self.assertExactlyOnce(listener.payloads(), expected)
+        yield factory.close()
+        with open(path) as f:
+            self.assertIn("news-10-1-2-4", f.read())
 
 
 class TopicBrowserTests(ConsumerIntegrationMixin, TestCase):
