@@ -131,10 +131,19 @@ class BrokerServiceTests(unittest.TestCase):
             reply = yield client.put("t", 0, payload, i)
             self.assertEqual(reply.code, 200)
         self.patch(FileRegion, "nextChunk", lambda region: self.fail("copied"))
-        replies = yield defer.gatherResults(
-            [client.get("t", "g", 0, 0, 8 * 1024 * 1024, 10 + i) for i in range(3)])
-        for reply in replies:
+        # Small replies written straight to the socket between large ones
+        # keep their place in the stream.
+        requests = []
+        for i in range(3):
+            requests.append(client.expect(10 + i))
+            requests.append(client.expect(20 + i))
+        client.transport.write(b"".join(
+            b"get t g 0 0 %d %d\r\nversion %d\r\n" % (8 * 1024 * 1024, 10 + i, 20 + i)
+            for i in range(3)))
+        replies = yield defer.gatherResults(requests)
+        for reply in replies[::2]:
             self.assertEqual([r.data for r in decodeRecords(reply.data)[0]], payloads)
+        self.assertEqual({reply.body for reply in replies[1::2]}, {b"1.4.6.2"})
 
     @defer.inlineCallbacks
     def test_standaloneAnyTopic(self):
