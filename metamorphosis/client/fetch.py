@@ -83,10 +83,13 @@ class MessageIdCache:
         return False
 
     def add(self, key):
-        self._ids[key] = True
-        self._ids.move_to_end(key)
-        while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        ids = self._ids
+        if key in ids:
+            ids.move_to_end(key)
+            return
+        ids[key] = True
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
 
 
 processedIds = MessageIdCache()

@@ -314,3 +314,16 @@ class ConsumerConfigTests(TestCase):
         self.assertEqual((config.offset, config.alwaysConsumeFromMaxOffset), (2 ** 63 - 1, False))
         config.setConsumeFromMaxOffset(True)
         self.assertTrue(config.alwaysConsumeFromMaxOffset)
+
+
+class MessageIdCacheTests(TestCase):
+    def test_leastRecentlyUsedGoes(self):
+        cache = MessageIdCache(capacity=3)
+        for key in ("a", "b", "c"):
+            cache.add(key)
+        self.assertIn("a", cache)
+        cache.add("d")
+        self.assertNotIn("b", cache)
+        cache.add("c")
+        cache.add("e")
+        self.assertEqual([k for k in "abcde" if k in cache], ["c", "d", "e"])
