@@ -13,7 +13,13 @@ import os
 import random
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -105,9 +111,7 @@ class MessageStoreManager(Service):
             self._poolShutdown = self._reactor.addSystemEventTrigger(
                 "after", "shutdown", self._threadpool.stop
             )
-        self._started = deferToThreadPool(
-            self._reactor, self._threadpool, self._loadAll
-        ).addCallback(self._registerLoaded)
+        self._started = ensureDeferred(self._load())
         return self._started
 
     def whenStarted(self):
@@ -136,9 +140,13 @@ class MessageStoreManager(Service):
                 unique.append(path)
         return unique
 
-    def _loadAll(self):
+    def _findPartitions(self):
+        """
+        The partition directories of all data paths, each partition once.
+        Runs in a thread.
+        """
         findings = []
-        loaded = []
+        found = []
         seen = {}
         for dataPath in self._dataPaths():
             try:
@@ -161,32 +169,62 @@ class MessageStoreManager(Service):
                         )
                     )
                     continue
-                try:
-                    recovered = loadPartition(directory)
-                except Exception as e:
-                    findings.append(
-                        Finding(
-                            "error",
-                            "Cannot load partition directory {directory}: {error}; "
-                            "{topic}-{partition} is not served",
-                            dict(directory=directory, error=e, topic=topic,
-                                 partition=partition),
-                        )
-                    )
-                    continue
                 seen[topic, partition] = directory
-                loaded.append((topic, partition, directory, recovered))
-        return findings, loaded
+                found.append((topic, partition, directory))
+        return findings, found
+
+    @staticmethod
+    def _loadOne(topic, partition, directory):
+        """
+        Recover one partition directory.  Runs in a thread.
+
+        @return: C{(topic, partition, directory, recovered)}, C{recovered}
+            being a L{Finding} when the directory cannot be loaded.
+        """
+        try:
+            recovered = loadPartition(directory)
+        except Exception as e:
+            recovered = Finding(
+                "error",
+                "Cannot load partition directory {directory}: {error}; "
+                "{topic}-{partition} is not served",
+                dict(directory=directory, error=e, topic=topic, partition=partition),
+            )
+        return topic, partition, directory, recovered
+
+    async def _load(self):
+        findings, found = await deferToThreadPool(
+            self._reactor, self._threadpool, self._findPartitions
+        )
+        self._log(findings)
+        if self.config.loadMessageStoresInParallel:
+            loaded = await gatherResults(
+                [
+                    deferToThreadPool(self._reactor, self._threadpool, self._loadOne, *item)
+                    for item in found
+                ]
+            )
+        else:
+            loaded = await deferToThreadPool(
+                self._reactor, self._threadpool,
+                lambda: [self._loadOne(*item) for item in found],
+            )
+        self._registerLoaded(loaded)
 
     def _log(self, findings):
         for finding in findings:
             getattr(self.log, finding.level)(finding.format, **finding.fields)
 
-    def _registerLoaded(self, result):
-        findings, loaded = result
+    def _registerLoaded(self, loaded):
+        """
+        Make the stores of the loaded partitions, in directory order
+        whichever way they were loaded.
+        """
         self._loaded = True
-        self._log(findings)
         for topic, partition, directory, recovered in loaded:
+            if isinstance(recovered, Finding):
+                self._log([recovered])
+                continue
             self._log(recovered.findings)
             store = self._makeStore(
                 topic, partition, directory, recovered.segments, recovered.messageCount

@@ -88,6 +88,29 @@ class ManagerTests(SynchronousTestCase):
         self.assertFalse(any("transactions" in line for line in logs))
         self.assertFalse(any("plain-0" in line for line in logs))
 
+    def test_loadInParallel(self):
+        """
+        C{loadMessageStoresInParallel} loads each partition in its own pool
+        job; the stores are still registered in directory order.
+        """
+        for name in ("test-0", "test-1", "test-2"):
+            writeSegment(os.path.join(self.dataPath, name), record(1, name.encode()))
+        pool = ManualThreadPool()
+        config = makeConfig(self.dataPath, [("test", dict(numPartitions=3))],
+                            loadMessageStoresInParallel=True)
+        manager = MessageStoreManager(config, reactor=self.reactor, threadpool=pool)
+        started = manager.startService()
+        pool.runOne()
+        self.assertEqual(len(pool.pending), 3)
+        # Finish them in reverse order.
+        pool.pending.reverse()
+        pool.runAll()
+        self.successResultOf(started)
+        self.assertEqual([p for _, p, _ in manager.stores()], [0, 1, 2])
+        self.assertEqual(manager.getStore("test", 2).slice(0, 100).read(),
+                         record(1, b"test-2"))
+        self.successResultOf(manager.stopService())
+
     def test_legality(self):
         config = makeConfig(self.dataPath, [("test", dict(numPartitions=3)),
                                             ("meta-*", dict(numPartitions=1))])
