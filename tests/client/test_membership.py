@@ -195,7 +195,8 @@ class MembershipTests(MembershipTestsMixin, TestCase):
     def test_partitionsAndBrokersChange(self):
         """
         A broker adding partitions and a new broker are picked up; a
-        master replaced by its slave moves the fetches to the slave.
+        master replaced by its slave moves the fetches to the slave; a
+        broker leaving takes its partitions away.
         """
         yield self.broker(0, "t", 1)
         member = yield self.member()
@@ -211,6 +212,12 @@ class MembershipTests(MembershipTestsMixin, TestCase):
                 break
             yield sleep(0.1)
         self.assertIn(("t", "0-1", "meta://127.0.0.1:9999"), member.fetching)
+        # Broker 1 goes away: its partitions are released.
+        yield threads.deferToThread(self.zk.delete, "%s/brokers/topics-sub/t/1-m" % (self.root,))
+        yield threads.deferToThread(self.zk.delete, "%s/brokers/ids/1" % (self.root,),
+                                    recursive=True)
+        yield self.settle([member], expected=["0-0", "0-1"])
+        self.assertEqual(sorted((yield self.owners())), ["0-0", "0-1"])
 
     @defer.inlineCallbacks
     def test_badTopicNode(self):
