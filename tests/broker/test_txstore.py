@@ -22,6 +22,24 @@ from metamorphosis.protocol.records import decodeRecords
 from tests.broker.txsupport import ImmediateReactor, MemoryStoreManager, SyncThreadPool
 
 
+class BrokenManager:
+    """
+    A store manager whose partitions cannot be opened.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    def getOrCreateStore(self, topic, partition):
+        raise OSError("cannot open %s-%d" % (topic, partition))
+
+    def getStore(self, topic, partition):
+        return self.manager.getStore(topic, partition)
+
+    def stores(self):
+        return self.manager.stores()
+
+
 class JournalTransactionStoreTestsMixin:
     """
     The tests, for a store manager given by C{newManager(previous)}.
@@ -175,6 +193,23 @@ class JournalTransactionStoreTestsMixin:
         """
         self.crashDuringAppend(written=(0, 1))
         self.restart()
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+
+    def test_uncompletableCommitKept(self):
+        """
+        A commit that recovery cannot complete (its partition refuses) is
+        logged and kept in the journal, and completed by a later start.
+        """
+        self.crashDuringAppend(written=())
+        refuse = self.newManager
+        self.newManager = lambda previous: BrokenManager(refuse(previous))
+        self.store, _ = self.restart()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        self.newManager = refuse
+        self.manager = self.manager.manager
         self.restart()
         self.assertEqual(self.ids("t", 0), [1001, 1003])
         self.assertEqual(self.ids("t", 1), [1002])

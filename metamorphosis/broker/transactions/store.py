@@ -71,6 +71,16 @@ def presentIds(store, offset, wanted):
         offset += consumed
 
 
+class _Unfinished:
+    """
+    A journaled commit that recovery could not complete.
+    """
+
+    def __init__(self, key, location):
+        self.key = key
+        self.location = location
+
+
 class JournalTransactionStore:
     """
     Journals the work of transactions and applies committed ones to the
@@ -132,7 +142,17 @@ class JournalTransactionStore:
         committed = rolledBack = 0
         for key, entry in pending.items():
             if entry["commit"] is not None:
-                await self._redoCommit(key, entry["messages"], entry["commit"])
+                try:
+                    await self._redoCommit(key, entry["messages"], entry["commit"])
+                except Exception:
+                    # E.g. its topic is no longer accepted: keep it in the
+                    # journal (pinned by the checkpoints) for a later start.
+                    self.log.failure(
+                        "Cannot complete the commit of {key}; it stays journaled", key=key
+                    )
+                    unfinished = _Unfinished(key, entry["location"])
+                    self._live[unfinished] = unfinished
+                    continue
                 committed += 1
             elif not entry["prepared"]:
                 self._redo.append(RollbackRecord(key))
@@ -149,7 +169,7 @@ class JournalTransactionStore:
             records=len(records),
             committed=committed,
             rolledBack=rolledBack,
-            prepared=len(self._live),
+            prepared=sum(not isinstance(tx, _Unfinished) for tx in self._live),
         )
         if self.flushPolicy == 2:
             self._startLoop(1.0, self._flushIfDirty)
