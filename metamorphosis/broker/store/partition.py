@@ -171,19 +171,25 @@ class _Roll:
 
 
 class _Job:
-    def __init__(self, steps, entries, rejected, waiters, fsync):
+    """
+    The file work of one batch, run in a thread: its steps in order, then an
+    fsync of the segment they end in when the flush policy asks for one.
+    """
+
+    def __init__(self, steps, entries, rejected, waiters, fsync, lastSegment):
         self.steps = steps
         self.entries = entries
         self.rejected = rejected
         self.waiters = waiters
         self.fsync = fsync
+        self.lastSegment = lastSegment
         self.synced = False
 
-    def perform(self, segment):
+    def perform(self):
         for step in self.steps:
             step.perform()
-        if self.fsync and segment.file is not None:
-            os.fsync(segment.file.fileno())
+        if self.fsync and self.lastSegment.file is not None:
+            os.fsync(self.lastSegment.file.fileno())
         self.synced = self.fsync
 
 
@@ -359,11 +365,7 @@ class MessageStore:
         if not (job.steps or job.fsync):
             self._finish(job)
             return
-        last = self._segments[-1]
-        for step in job.steps:
-            if isinstance(step, _Roll):
-                last = step.new
-        d = deferToThreadPool(self._reactor, self._threadpool, job.perform, last)
+        d = deferToThreadPool(self._reactor, self._threadpool, job.perform)
         d.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(job,), errbackArgs=(job,))
 
     def _buildJob(self):
@@ -408,7 +410,7 @@ class MessageStore:
                 and (self._reactor.seconds() - self._lastFlush) * 1000 > self.unflushInterval
             )
         )
-        return _Job(steps, accepted, rejected, waiters, fsync)
+        return _Job(steps, accepted, rejected, waiters, fsync, segment)
 
     def _applyProgress(self, job):
         """

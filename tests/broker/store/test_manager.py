@@ -3,9 +3,12 @@ Tests for L{metamorphosis.broker.store.manager.MessageStoreManager}.
 """
 
 import os
+import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -250,3 +253,41 @@ class ThreadedManagerTests(TestCase):
         names, data = readPartition(os.path.join(dataPath, "test-0"))
         self.assertGreater(len(names), 1)
         self.assertEqual(data, b"".join(record(i, b) for i, b in enumerate(bodies)))
+
+    @inlineCallbacks
+    def test_reactorServesWhileFsyncBlocks(self):
+        """
+        While a group commit fsync is stuck in the disk, the reactor keeps
+        running and serving slices; the put is acknowledged only after it.
+        """
+        dataPath = os.path.abspath(self.mktemp())
+        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0))])
+        manager = MessageStoreManager(config, reactor=reactor)
+        yield manager.startService()
+        self.addCleanup(manager.stopService)
+        store = manager.getOrCreateStore("test", 0)
+        yield store.append(1, 0, b"first")
+        release = threading.Event()
+        entered = threading.Event()
+        realFsync = os.fsync
+
+        def slowFsync(fd):
+            entered.set()
+            release.wait(10)
+            realFsync(fd)
+
+        self.patch(os, "fsync", slowFsync)
+        second = store.append(2, 0, b"second")
+        acknowledged = []
+        second.addCallback(acknowledged.append)
+        yield deferToThread(entered.wait, 10)
+        # The reactor is free: a timer fires and a get is answered.
+        yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(store.slice(0, 100).read(), record(1, b"first"))
+        self.assertEqual(store.maxOffset, 25)
+        self.assertEqual(acknowledged, [])
+        release.set()
+        yield second
+        self.assertEqual(acknowledged, [25])
+        self.assertEqual(store.maxOffset, 51)
+
