@@ -64,6 +64,10 @@ class RequestProtocol(Protocol):
         self._pending = {}
 
     def connectionMade(self):
+        # Small requests answered one by one: never wait for Nagle
+        # (gecko sets TCP_NODELAY too).
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         if self._onMade is not None:
             self._onMade(self)
 

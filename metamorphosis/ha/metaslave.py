@@ -240,6 +240,10 @@ class AsyncSlaveService(service.Service):
     #: Seconds between two reads of the master's ZooKeeper registration.
     rescanSeconds = 1.0
 
+    #: Seconds between two queries of the master's high-water marks (for
+    #: the lag statistic).
+    lagSeconds = 0.2
+
     def __init__(self, config, metaConfig, storeManager, onStored=None, reactor=None, requestTimeout=10.0):
         if reactor is None:
             from twisted.internet import reactor
@@ -254,7 +258,7 @@ class AsyncSlaveService(service.Service):
         self.masterUrl = None
         self.link = None
         self.client = None
-        self._loop = None
+        self._loop = self._lagLoop = None
         self._stopping = False
 
     # what the pullers use
@@ -278,13 +282,20 @@ class AsyncSlaveService(service.Service):
         service.Service.startService(self)
         self._stopping = False
         self._loop = defer.ensureDeferred(self._follow())
-        self._loop.addErrback(lambda f: self.log.failure("Following the master stopped", f))
+        self._loop.addErrback(self._loopFailed)
+        self._lagLoop = defer.ensureDeferred(self._measureLag())
+        self._lagLoop.addErrback(self._loopFailed)
+
+    def _loopFailed(self, failure):
+        if not failure.check(defer.CancelledError):
+            self.log.failure("Following the master stopped", failure)
 
     async def stopService(self):
         service.Service.stopService(self)
         self._stopping = True
-        if self._loop is not None:
-            self._loop.cancel()
+        for loop in (self._loop, self._lagLoop):
+            if loop is not None:
+                loop.cancel()
         await defer.DeferredList([puller.stop() for puller in self.pullers.values()])
         self.pullers.clear()
         if self.link is not None:
@@ -309,6 +320,16 @@ class AsyncSlaveService(service.Service):
                 self.log.warn("Reading the master's registration failed: {error}", error=e)
             await deferLater(self.reactor, self.rescanSeconds, lambda: None)
 
+    async def _measureLag(self):
+        while not self._stopping:
+            for puller in list(self.pullers.values()):
+                try:
+                    await puller.refreshMasterOffset()
+                except Exception:
+                    # No master now: the lag is as last known.
+                    pass
+            await deferLater(self.reactor, self.lagSeconds, lambda: None)
+
     def _zk(self, method, *args):
         return zk.deferKazoo(getattr(self.client, method)(*args), self.reactor)
 
@@ -327,11 +348,6 @@ class AsyncSlaveService(service.Service):
             for partition in range(numParts):
                 if (topic, partition) not in self.pullers:
                     await self._startPuller(topic, partition)
-        for puller in list(self.pullers.values()):
-            try:
-                await puller.refreshMasterOffset()
-            except Exception:
-                pass
 
     async def _masterChanged(self, masterUrl):
         self.log.info("Master of broker {brokerId} is now {url}", brokerId=self.metaConfig.brokerId, url=masterUrl)
