@@ -29,6 +29,7 @@ from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.broker.transactions.processor import TransactionalProcessor
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.ha.config import ReplicationConfigError
+from metamorphosis.ha.failover import installFence
 from metamorphosis.ha.modes import replicationFor
 from metamorphosis.protocol.ids import IdWorker
 
@@ -78,6 +79,9 @@ class BrokerService(service.MultiService):
             replication.install(self.factory)
             self.stats.summaryExtensions.append(replication.statsItems)
             self.replicationService = replication.makeService(self)
+        # A master refuses writes while a failover record names another
+        # broker (docs/ha.md, "Failover").
+        self.fence = installFence(self) if config.slaveId < 0 else None
         timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
         timer.clock = reactor
         timer.setServiceParent(self)
@@ -105,6 +109,8 @@ class BrokerService(service.MultiService):
         if self.zookeeper is not None:
             self.zookeeper.setBrokerAddress(self.stats.port)
         self.timer.startService()
+        if self.fence is not None:
+            self.fence.startService()
         if self.replicationService is not None:
             self.replicationService.startService()
         if self.config.path is not None:
@@ -144,6 +150,8 @@ class BrokerService(service.MultiService):
             self.timer.stopService()
         if self.replicationService is not None and self.replicationService.running:
             await defer.maybeDeferred(self.replicationService.stopService)
+        if self.fence is not None and self.fence.running:
+            self.fence.stopService()
         # Leave ZooKeeper first, so that clients stop choosing this broker
         # while it still answers them.
         if self.zookeeper is not None and self.zookeeper.running:

@@ -164,12 +164,18 @@ class AsyncSlaveConfig:
     @ivar slaveMaxDelayInMills: the longest back-off of an idle pull.
     @ivar autoSyncMasterConfig: copy the master's C{server.ini} when its
         checksum changes.
+    @ivar autoPromote: (ours) promote this slave to master when the master
+        has been gone from ZooKeeper for C{promoteAfterMs}
+        (L{metamorphosis.ha.failover}).
+    @ivar promoteAfterMs: (ours) how long the master must be gone first.
     """
 
     slaveId: int
     slaveGroup: str
     slaveMaxDelayInMills: int = 500
     autoSyncMasterConfig: bool = False
+    autoPromote: bool = False
+    promoteAfterMs: int = 5000
 
     plugin = "metaslave"
 
@@ -184,6 +190,8 @@ class AsyncSlaveConfig:
             slaveGroup=read.text("slaveGroup", "meta-slave-group_%d" % (slaveId,)),
             slaveMaxDelayInMills=read.integer("slaveMaxDelayInMills", 500, minimum=0),
             autoSyncMasterConfig=read.boolean("autoSyncMasterConfig", False),
+            autoPromote=read.boolean("autoPromote", False),
+            promoteAfterMs=read.integer("promoteAfterMs", 5000, minimum=0),
         )
 
 

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis import zk
+from metamorphosis.ha import failover
 from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import NotConnected, PeerLink, RequestTimeout
@@ -233,6 +234,12 @@ class AsyncSlaveService(service.Service):
     @param storeManager: the broker's store manager.
     @param onStored: called with C{(topic, partition, messages, bytes)}
         after each replicated batch (statistics, topic registration).
+    @param ownUrl: a callable giving this broker's C{meta://host:port} once
+        known (L{None} before), which a failover record may name.
+    @param onPromoted: called (may return a Deferred) once replication has
+        stopped because this slave is to become the master
+        (L{metamorphosis.ha.failover}).
+    @ivar promoted: whether that happened.
     """
 
     log = Logger()
@@ -244,7 +251,17 @@ class AsyncSlaveService(service.Service):
     #: the lag statistic).
     lagSeconds = 0.2
 
-    def __init__(self, config, metaConfig, storeManager, onStored=None, reactor=None, requestTimeout=10.0):
+    def __init__(
+        self,
+        config,
+        metaConfig,
+        storeManager,
+        onStored=None,
+        reactor=None,
+        requestTimeout=10.0,
+        ownUrl=lambda: None,
+        onPromoted=None,
+    ):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -258,6 +275,12 @@ class AsyncSlaveService(service.Service):
         self.masterUrl = None
         self.link = None
         self.client = None
+        self.ownUrl = ownUrl
+        self.onPromoted = onPromoted
+        self.promoted = False
+        self.fence = None
+        self.failoverPath = failover.recordPath(self.paths, metaConfig.brokerId)
+        self._masterGoneSince = None
         self._loop = self._lagLoop = None
         self._stopping = False
 
@@ -293,6 +316,8 @@ class AsyncSlaveService(service.Service):
     async def stopService(self):
         service.Service.stopService(self)
         self._stopping = True
+        if self.fence is not None and self.fence.running:
+            self.fence.stopService()
         for loop in (self._loop, self._lagLoop):
             if loop is not None:
                 loop.cancel()
@@ -315,10 +340,29 @@ class AsyncSlaveService(service.Service):
                 await deferLater(self.reactor, self.rescanSeconds, lambda: None)
         while not self._stopping:
             try:
-                await self._scan()
+                if await self._scan():
+                    break
             except Exception as e:
                 self.log.warn("Reading the master's registration failed: {error}", error=e)
             await deferLater(self.reactor, self.rescanSeconds, lambda: None)
+        else:
+            return
+        await self._becomeMaster()
+
+    async def _becomeMaster(self):
+        """
+        Stop replicating for good and hand over to L{onPromoted}.
+        """
+        self.promoted = True
+        self._lagLoop.cancel()
+        await defer.DeferredList([puller.stop() for puller in self.pullers.values()])
+        self.pullers.clear()
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.stop()
+        self.log.warn("Promoted: broker {brokerId} slave {slaveId} becomes the master", brokerId=self.metaConfig.brokerId, slaveId=self.config.slaveId)
+        if self.onPromoted is not None:
+            await defer.maybeDeferred(self.onPromoted)
 
     async def _measureLag(self):
         while not self._stopping:
@@ -334,20 +378,66 @@ class AsyncSlaveService(service.Service):
         return zk.deferKazoo(getattr(self.client, method)(*args), self.reactor)
 
     async def _scan(self):
+        """
+        Follow the master's registration once.
+
+        @return: whether this slave is to become the master.
+        """
         brokerId = self.metaConfig.brokerId
         try:
             data, _ = await self._zk("get_async", self.paths.brokerIdsPathOf(brokerId))
             masterUrl = data.decode("utf-8") if data else None
         except NoNodeError:
             masterUrl = None
+        if await self._failover(masterUrl):
+            return True
         if masterUrl != self.masterUrl:
             await self._masterChanged(masterUrl)
         if masterUrl is None:
-            return
+            return False
         for topic, numParts in (await self._masterTopics(brokerId)).items():
             for partition in range(numParts):
                 if (topic, partition) not in self.pullers:
                     await self._startPuller(topic, partition)
+        return False
+
+    async def _failover(self, masterUrl):
+        """
+        Read the failover record: promote when it names this slave; with
+        C{autoPromote}, create it while there is a master, and claim it when
+        the master has been gone long enough.
+
+        @return: whether this slave is to become the master.
+        """
+        ownUrl = self.ownUrl()
+        if ownUrl is None:
+            return False
+        try:
+            record, version = await failover.readRecord(self.client, self.failoverPath, self.reactor)
+        except ValueError as e:
+            self.log.error("{error}; no failover", error=e)
+            return False
+        if record is not None and record.master == ownUrl:
+            return True
+        if not self.config.autoPromote:
+            return False
+        if masterUrl is not None:
+            self._masterGoneSince = None
+            if record is None:
+                await failover.writeRecord(self.client, self.failoverPath, failover.FailoverRecord(0, masterUrl), None, self.reactor)
+            return False
+        now = self.reactor.seconds()
+        if self._masterGoneSince is None:
+            self._masterGoneSince = now
+            self.log.warn("Master of broker {brokerId} is gone", brokerId=self.metaConfig.brokerId)
+        wait = self.config.promoteAfterMs / 1000.0 + self.config.slaveId
+        if now - self._masterGoneSince < wait:
+            return False
+        claim = failover.FailoverRecord(record.epoch + 1 if record is not None else 1, ownUrl)
+        won = await failover.writeRecord(self.client, self.failoverPath, claim, version, self.reactor)
+        if won:
+            self.log.warn("Claimed broker {brokerId} at epoch {epoch}", brokerId=self.metaConfig.brokerId, epoch=claim.epoch)
+        return won
 
     async def _masterChanged(self, masterUrl):
         self.log.info("Master of broker {brokerId} is now {url}", brokerId=self.metaConfig.brokerId, url=masterUrl)
@@ -432,6 +522,7 @@ class MetaslaveReplication:
         self.config = config
         self.reactor = reactor
         self.service = None
+        self.fence = None
 
     def configure(self, metaConfig):
         metaConfig.slaveId = self.config.slaveId
@@ -453,9 +544,32 @@ class MetaslaveReplication:
             if broker.zookeeper is not None:
                 broker.zookeeper.registerTopic(topic)
 
-        self.service = AsyncSlaveService(self.config, metaConfig, broker.storeManager, replicated, self.reactor)
+        registration = broker.zookeeper
+        self.service = AsyncSlaveService(
+            self.config,
+            metaConfig,
+            broker.storeManager,
+            replicated,
+            self.reactor,
+            ownUrl=lambda: registration.brokerString if registration is not None else None,
+            onPromoted=lambda: self._promoted(broker),
+        )
         return self.service
 
+    async def _promoted(self, broker):
+        """
+        Turn this broker into its broker id's master: registered as
+        C{ids/<id>/master} with C{<id>-m} topics, fenced like any master.
+        """
+        registration = broker.zookeeper
+        await registration.unregisterEverything()
+        registration.slaveId = broker.config.slaveId = -1
+        self.fence = self.service.fence = failover.installFence(broker)
+        self.fence.startService()
+        registration.registerEverything()
+
     def statsItems(self):
+        if self.service is not None and self.service.promoted:
+            return [("promoted", True)]
         lag = self.service.lag if self.service is not None else 0
         return [("replication_lag_bytes", lag)]

@@ -1,0 +1,270 @@
+"""
+Failover, which MetaQ leaves to operators: promoting an async slave to
+master when its master is gone, and keeping the old master from taking
+writes when it comes back (docs/ha.md, "Failover").
+
+Who the master of a broker id is, is decided in one ZooKeeper node, the
+failover record C{<zkRoot>/failover/<brokerId>}: JSON
+C{{"epoch": N, "master": "meta://host:port"}}.  It is changed only by a
+versioned write (compare-and-set), so of two slaves trying to promote
+themselves at once exactly one succeeds, and every promotion raises the
+epoch.
+
+* A slave with C{autoPromote=true} creates the record (epoch 0, naming the
+  current master) when it first sees its master, and claims it (epoch + 1,
+  naming itself) once the master's C{ids/<id>/master} node has been gone
+  for C{promoteAfterMs} (plus one second per slave id, so that slave 0
+  normally wins).  A slave whose URL the record names - put there by it or
+  by the admin tool (L{metamorphosis.tools.failover}) - promotes itself:
+  it stops replicating and registers as the master.
+
+* Every broker registering as a master runs a L{Fence}: while a record
+  exists that names another broker it stays out of ZooKeeper and refuses
+  writes; while the record names it, it refuses writes whenever its
+  ZooKeeper connection is down (its master node may be expiring, and a
+  slave may be about to take over), so two brokers never take writes for
+  one broker id at the same time.  Without a record nothing changes.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from metamorphosis import zk
+from metamorphosis.protocol.commands import ResultCommand
+
+
+#: The file in the data directory of a broker that took part in failover.
+MARKER = "failover.marker"
+
+
+def recordPath(paths, brokerId):
+    """
+    The failover record of C{brokerId} under a L{zk.ZkPaths} root.
+    """
+    return "%s/failover/%d" % (paths.root, brokerId)
+
+
+@dataclass(frozen=True)
+class FailoverRecord:
+    epoch: int
+    master: str
+
+    def encode(self):
+        return json.dumps({"epoch": self.epoch, "master": self.master}, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data):
+        """
+        @raise ValueError: not a failover record.
+        """
+        try:
+            value = json.loads(data.decode("utf-8"))
+            return cls(int(value["epoch"]), str(value["master"]))
+        except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError("not a failover record: %r" % (data,)) from e
+
+
+async def readRecord(client, path, reactor=None):
+    """
+    @return: C{(record, version)}, C{(None, None)} when there is none.
+    """
+    try:
+        data, stat = await zk.deferKazoo(client.get_async(path), reactor)
+    except NoNodeError:
+        return None, None
+    return FailoverRecord.decode(data), stat.version
+
+
+async def writeRecord(client, path, record, version, reactor=None):
+    """
+    Create the record (C{version} L{None}) or replace the one at C{version}.
+
+    @return: whether this write won (C{False}: someone else changed the
+        record first).
+    """
+    try:
+        if version is None:
+            await zk.ensurePath(client, path.rsplit("/", 1)[0], reactor)
+            await zk.deferKazoo(client.create_async(path, record.encode()), reactor)
+        else:
+            await zk.deferKazoo(client.set_async(path, record.encode(), version), reactor)
+    except (NodeExistsError, BadVersionError, NoNodeError):
+        return False
+    return True
+
+
+class Fence(service.Service):
+    """
+    Keeps a master from taking writes when the failover record names
+    another broker, or when it cannot know (its ZooKeeper connection is down
+    while the record names it).
+
+    A broker that has seen a record naming it leaves a marker file in its
+    data directory: started again, it refuses writes until it has read the
+    record, so an old master restarted after a failover takes no write at
+    all; a broker that never took part in failover starts taking writes at
+    once, with or without ZooKeeper.
+
+    @param registration: the broker's
+        L{metamorphosis.broker.zookeeper.BrokerZooKeeper}.
+    @param dataPath: the broker's data directory (for the marker file).
+    @ivar refusal: L{None} while writes are allowed, else the reason.
+    """
+
+    log = Logger()
+
+    #: Seconds between two reads of the record.
+    interval = 0.5
+
+    def __init__(self, registration, dataPath, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.registration = registration
+        self.reactor = reactor
+        self.path = recordPath(registration.paths, registration.config.brokerId)
+        self.marker = os.path.join(dataPath, MARKER)
+        self.named = os.path.exists(self.marker)
+        self.refusal = "has not read its failover record yet" if self.named else None
+        self.fenced = False
+        self._loop = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self._loop = defer.ensureDeferred(self._watch())
+        self._loop.addErrback(lambda f: None if f.check(defer.CancelledError) else self.log.failure("Fence stopped", f))
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._loop is not None:
+            self._loop.cancel()
+
+    async def _watch(self):
+        while self.running:
+            try:
+                await self.check()
+            except Exception as e:
+                self.log.info("Reading the failover record failed: {error}", error=e)
+                self._connectionDown()
+            await deferLater(self.reactor, self.interval, lambda: None)
+
+    def _connectionDown(self):
+        if self.named:
+            self.refusal = "lost ZooKeeper; a slave may be taking over"
+
+    async def check(self):
+        client = self.registration.client
+        url = self.registration.brokerString
+        if client is None or not client.connected or url is None:
+            self._connectionDown()
+            return
+        try:
+            record, _ = await readRecord(client, self.path, self.reactor)
+        except ValueError as e:
+            self.log.error("{error}; ignoring it", error=e)
+            record = None
+        if record is None or record.master == url:
+            if self.named != (record is not None):
+                self.named = record is not None
+                await deferToThread(self._mark, self.named)
+            self.refusal = None
+            if self.fenced:
+                self.fenced = False
+                self.log.warn("The failover record names this broker again: registering as master")
+                self.registration.registerEverything()
+            return
+        self.refusal = "broker %d was failed over to %s (epoch %d)" % (
+            self.registration.config.brokerId,
+            record.master,
+            record.epoch,
+        )
+        if not self.fenced:
+            self.fenced = True
+            self.log.error("Fenced: {reason}; not registering and refusing writes", reason=self.refusal)
+            await self.registration.unregisterEverything()
+
+
+    def _mark(self, named):
+        if named:
+            with open(self.marker, "w") as f:
+                f.write(self.path + "\n")
+        elif os.path.exists(self.marker):
+            os.remove(self.marker)
+
+
+class FencedProcessor:
+    """
+    The broker's processor with puts refused while the fence says so; every
+    other request passes through.
+    """
+
+    def __init__(self, processor, fence):
+        self.processor = processor
+        self.fence = fence
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+    def processPut(self, command, session):
+        if self.fence.refusal is not None:
+            return refuse(self.fence, self.processor, command)
+        return self.processor.processPut(command, session)
+
+
+class FencedTransactions:
+    """
+    The transaction processor with everything that could write refused
+    while the fence says so.
+    """
+
+    def __init__(self, transactions, processor, fence):
+        self.transactions = transactions
+        self.processor = processor
+        self.fence = fence
+
+    def __getattr__(self, name):
+        return getattr(self.transactions, name)
+
+    def processPut(self, command, session):
+        if self.fence.refusal is not None:
+            return refuse(self.fence, self.processor, command)
+        return self.transactions.processPut(command, session)
+
+    def processTransaction(self, command, session):
+        if self.fence.refusal is not None and command.type not in ("END", "RECOVER"):
+            return ResultCommand(500, ("Fenced: %s" % (self.fence.refusal,)).encode("utf-8"), command.opaque)
+        return self.transactions.processTransaction(command, session)
+
+
+def refuse(fence, processor, command):
+    """
+    The reply to a put on a fenced broker: the broker's put error with the
+    reason, so that a producer retries elsewhere.
+    """
+    text = processor.genErrorMessage(command.topic, command.partition) + "Detail:%s" % (fence.refusal,)
+    return ResultCommand(500, text.encode("utf-8"), command.opaque)
+
+
+def installFence(broker):
+    """
+    Fence a broker that registers as a master (docs/ha.md): its puts and
+    transactions go through the fence, which runs beside it.
+
+    @return: the L{Fence}, or L{None} for a broker without ZooKeeper.
+    """
+    registration = broker.zookeeper
+    if registration is None:
+        return None
+    fence = Fence(registration, broker.config.dataPath, broker.reactor)
+    factory = broker.factory
+    processor = factory.processor
+    factory.processor = FencedProcessor(processor, fence)
+    factory.transactionProcessor = FencedTransactions(factory.transactionProcessor, processor, fence)
+    return fence
