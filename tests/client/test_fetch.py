@@ -4,6 +4,7 @@ broker replies: offsets, back-off, retries, maxSize growth, local recovery
 hand-off, checksum resets, duplicates, filters, manual acknowledgement.
 """
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -327,3 +328,52 @@ class MessageIdCacheTests(TestCase):
         cache.add("c")
         cache.add("e")
         self.assertEqual([k for k in "abcde" if k in cache], ["c", "d", "e"])
+
+
+class FetchLoopPropertyTests(TestCase):
+    """
+    Whatever the fetch sizes and however often the listener fails on each
+    message, every message ends up exactly once either delivered or in
+    local recovery, in partition order, and the offset ends at the end.
+    """
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 9)), min_size=1, max_size=12),
+           st.integers(70, 400))
+    def test_exactlyOnceInOrder(self, messages, maxSize):
+        stream = b"".join(record(i + 1, data) for i, (data, _) in enumerate(messages))
+        failures = {i + 1: f for i, (_, f) in enumerate(messages)}
+        outcome = []
+
+        class Partition0(FakeConsumer):
+            def receiveMessages(self, message):
+                if failures[message.id]:
+                    failures[message.id] -= 1
+                    raise RuntimeError("failing")
+                outcome.append(("delivered", message.id))
+
+            async def fetch(self, request):
+                data = stream[request.offset:request.offset + request.maxSize]
+                return data or None
+
+            def appendCouldNotProcess(self, message):
+                outcome.append(("recovered", message.id))
+                return defer.succeed(None)
+
+        consumer = Partition0()
+        manager = FetchManager(consumer, Clock(), MessageIdCache())
+        manager.stopped = False
+        info = PartitionOffset("t", Partition(0, 0), 0)
+        request = FetchRequest("meta://127.0.0.1:1", info, maxSize)
+        for _ in range(2000):
+            if info.offset == len(stream):
+                break
+            self.successResultOf(defer.ensureDeferred(manager.processRequest(request)))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(info.offset, len(stream))
+        self.assertEqual([i for _, i in outcome], list(range(1, len(messages) + 1)))
+        for kind, msgId in outcome:
+            if messages[msgId - 1][1] <= 5:
+                self.assertEqual(kind, "delivered")
+            elif messages[msgId - 1][1] >= 7:
+                self.assertEqual(kind, "recovered")
