@@ -91,7 +91,8 @@ class FetchLoopTests(TestCase):
         self.round(a + b + c[:-1])
         self.assertEqual([(m.id, m.data, m.attribute, m.partition, m.topic)
                           for m in self.consumer.received],
-                         [(1, b"a", None, Partition(0, 1), "t"), (2, b"bb", "tag", Partition(0, 1), "t")])
+                         [(1, b"a", None, Partition(0, 1), "t"),
+                          (2, b"bb", "tag", Partition(0, 1), "t")])
         self.assertEqual((self.info.offset, self.info.messageId, self.info.modified),
                          (100 + len(a) + len(b), 2, True))
         self.assertEqual((self.request.delay, self.request.retries), (0, 0))
@@ -116,7 +117,8 @@ class FetchLoopTests(TestCase):
     def test_errorsBackOff(self):
         self.round(MetaTimeoutError("slow"))
         self.round(MetaClientError("Status:500"))
-        self.assertEqual((self.request.delay, self.request.retries, self.info.offset), (1.0, 0, 100))
+        self.assertEqual((self.request.delay, self.request.retries, self.info.offset),
+                         (1.0, 0, 100))
 
     def test_maxSizeGrowsForALargeMessage(self):
         """

@@ -112,13 +112,13 @@ class MembershipTestsMixin:
             return member.membership.unregister()
 
     @defer.inlineCallbacks
-    def settle(self, members, topic="t", expected=None):
+    def settle(self, members, expected, topic="t"):
         """
         Wait until the members' shares cover the topic exactly once.
         """
         for _ in range(150):
             owned = [p for m in members for p in m.owned(topic)]
-            if expected is not None and sorted(owned) == sorted(expected) and len(set(owned)) == len(owned):
+            if sorted(owned) == sorted(expected) and len(set(owned)) == len(owned):
                 return
             yield sleep(0.1)
         self.fail("no stable split: %r" % ([m.owned(topic) for m in members],))

@@ -260,7 +260,8 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
         yield self.waitFor(lambda: sorted(len(s) for s in shares()) == [3, 3], what="3-3 split")
         second = [b"second-%d-%d" % (p, i) for p in range(6) for i in range(5)]
         for p in range(6):
-            yield self.produce(broker, "t", p, [m for m in second if m.startswith(b"second-%d-" % p)])
+            yield self.produce(broker, "t", p,
+                               [m for m in second if m.startswith(b"second-%d-" % p)])
         yield self.waitFor(lambda: sum(len(c.messages) for c in listeners) >= len(first + second))
         yield sleep(0.5)
         self.assertExactlyOnce([m for c in listeners for m in c.payloads()], first + second)
@@ -455,7 +456,8 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
                 lambda: sorted(self.zk.get(ownersPath + "/" + c)[0].decode()
                                for c in self.zk.get_children(ownersPath)))
         for _ in range(200):
-            if zk.client_id and zk.client_id[0] != sessionId and consumer.membership.rebalanceCount >= 2:
+            newSession = zk.client_id and zk.client_id[0] != sessionId
+            if newSession and consumer.membership.rebalanceCount >= 2:
                 if (yield owners()) == [consumer.membership.consumerId] * 2:
                     break
             yield sleep(0.05)
