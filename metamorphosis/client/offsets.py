@@ -12,6 +12,7 @@ next batch, so a slow database sees one write per interval, not one per call.
 All blocking I/O runs in threads.
 """
 
+import itertools
 import json
 import os
 import re
@@ -153,6 +154,18 @@ def defaultOffsetsPath():
     return os.path.join(os.path.expanduser("~"), ".meta_offsets")
 
 
+_fileLocks = {}
+_temporaryNumbers = itertools.count(1)
+
+
+def _fileLock(path):
+    """
+    One lock per offsets file, shared by every storage of this process
+    using it (broadcast consumers all default to C{~/.meta_offsets}).
+    """
+    return _fileLocks.setdefault(os.path.abspath(path), defer.DeferredLock())
+
+
 @implementer(IOffsetStorage)
 class LocalOffsetStorage:
     """
@@ -162,18 +175,18 @@ class LocalOffsetStorage:
     C{{"<group>":[{"topic":..,"partition":{"brokerId":..,"partition":..},
     "offset":..,"messageId":..,"modified":..}, ..], ..}}.
 
-    Unlike Java's, a commit merges into the group's list instead of
-    replacing it, so offsets of partitions the consumer no longer owns are
-    not forgotten; and the message id is read back.
+    Unlike Java's, every load and commit reads the file afresh and a
+    commit merges into it, so several storages (consumers) of a process
+    share one file without overwriting each other's groups, offsets of
+    partitions a consumer no longer owns are kept, and the message id is
+    read back.
     """
 
     log = Logger()
 
     def __init__(self, path=None):
         self.path = path or defaultOffsetsPath()
-        self._groups = None
-        self._counter = 0
-        self._lock = defer.DeferredLock()
+        self._lock = _fileLock(self.path)
 
     def _read(self):
         try:
@@ -196,21 +209,18 @@ class LocalOffsetStorage:
         return groups
 
     @defer.inlineCallbacks
-    def _loaded(self):
-        if self._groups is None:
-            try:
-                groups = yield threads.deferToThread(self._read)
-            except (ValueError, KeyError, TypeError) as e:
-                self.log.error("Ignoring unreadable offsets file {path}: {error}",
-                               path=self.path, error=e)
-                groups = {}
-            if self._groups is None:
-                self._groups = groups
-        return self._groups
+    def _groups(self):
+        try:
+            groups = yield self._lock.run(threads.deferToThread, self._read)
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.error("Ignoring unreadable offsets file {path}: {error}",
+                           path=self.path, error=e)
+            groups = {}
+        return groups
 
     @defer.inlineCallbacks
     def load(self, topic, group, partition):
-        groups = yield self._loaded()
+        groups = yield self._groups()
         found = groups.get(group, {}).get((topic, partition))
         if found is None:
             return None
@@ -225,15 +235,34 @@ class LocalOffsetStorage:
         batch = _takeModified(offsets)
         if not batch:
             return
+        entries = [(info.topic, info.partition, offset, messageId)
+                   for info, offset, messageId in batch]
         try:
-            groups = yield self._loaded()
-            table = groups.setdefault(group, {})
-            for info, offset, messageId in batch:
-                table[(info.topic, info.partition)] = (offset, messageId)
-            yield self._lock.run(threads.deferToThread, self._write, self._render(groups))
+            unreadable = yield self._lock.run(threads.deferToThread, self._merge, group, entries)
         except BaseException:
             _remarkOnFailure(None, batch)
             raise
+        if unreadable is not None:
+            self.log.error("Replaced unreadable offsets file {path} ({error})",
+                           path=self.path, error=unreadable)
+
+    def _merge(self, group, entries):
+        """
+        Read the file, set C{entries} of C{group}, write it back (in a
+        thread, under the file's lock).
+
+        @return: the reason the old file could not be read, if so.
+        """
+        unreadable = None
+        try:
+            groups = self._read()
+        except (ValueError, KeyError, TypeError) as e:
+            groups, unreadable = {}, e
+        table = groups.setdefault(group, {})
+        for topic, partition, offset, messageId in entries:
+            table[(topic, partition)] = (offset, messageId)
+        self._write(self._render(groups))
+        return unreadable
 
     def _render(self, groups):
         return json.dumps({
@@ -244,8 +273,7 @@ class LocalOffsetStorage:
             for group, table in groups.items()})
 
     def _write(self, text):
-        self._counter += 1
-        temporary = "%s.tmp.%d" % (self.path, self._counter)
+        temporary = "%s.tmp.%d" % (self.path, next(_temporaryNumbers))
         with open(temporary, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -189,6 +189,26 @@ class LocalOffsetStorageTests(OffsetStorageTestsMixin, TestCase):
         self.assertIsNone((yield self.storage().load("t", "g", Partition(2, 3))))
 
     @defer.inlineCallbacks
+    def test_sharedFile(self):
+        """
+        Two storages on one file (two broadcast consumers of a process)
+        commit at the same time without losing each other's groups.
+        """
+        first, second = self.storage(), self.storage()
+        a = PartitionOffset("t", Partition(0, 0), 0)
+        b = PartitionOffset("t", Partition(0, 0), 0)
+        a.advance(10, 1)
+        b.advance(20, 2)
+        yield defer.gatherResults([first.commitOffset("g-1", [a]),
+                                   second.commitOffset("g-2", [b])])
+        third = self.storage()
+        self.assertEqual((yield third.load("t", "g-1", Partition(0, 0))).offset, 10)
+        self.assertEqual((yield third.load("t", "g-2", Partition(0, 0))).offset, 20)
+        a.advance(11, 3)
+        yield first.commitOffset("g-1", [a])
+        self.assertEqual((yield second.load("t", "g-1", Partition(0, 0))).offset, 11)
+
+    @defer.inlineCallbacks
     def test_unreadableFile(self):
         """
         A corrupt file is logged and treated as empty, not fatal.
