@@ -31,6 +31,7 @@ L{metamorphosis.client.blocking} has the blocking forms.
 """
 
 import itertools
+import os
 import random
 import socket
 import time
@@ -332,8 +333,25 @@ class TransactionalMessageProducer(TransactionalProducerMixin, MessageProducer):
         self._initTransactions()
 
 
-def defaultUniqueQualifier():
-    return "XAMessageProducer-" + socket.gethostname()
+HOSTNAME_VARIABLE = "METAQ_CLIENT_XAPRODUCER_HOSTNAME"
+
+
+def localHostName():
+    """
+    The host name in XA unique qualifiers: C{$METAQ_CLIENT_XAPRODUCER_HOSTNAME}
+    when set (Java's C{metaq.client.xaproducer.hostname} property), else
+    this host's name.
+    """
+    return os.environ.get(HOSTNAME_VARIABLE, "").strip() or socket.gethostname()
+
+
+def checkUniqueQualifier(value):
+    if not value or not value.strip():
+        raise ValueError("Blank unique qualifier for SimpleXAMessageProducer")
+    if any(c in value for c in "\r\n\t: "):
+        raise ValueError(
+            "Invalid unique qualifier,it should not contains newline,':' or blank characters."
+        )
 
 
 class XAMessageProducer(TransactionalMessageProducer):
@@ -344,16 +362,31 @@ class XAMessageProducer(TransactionalMessageProducer):
 
     def __init__(self, sessionFactory, selector=None, uniqueQualifier=None):
         TransactionalMessageProducer.__init__(self, sessionFactory, selector)
-        self.setUniqueQualifier(uniqueQualifier or defaultUniqueQualifier())
+        if uniqueQualifier is None:
+            self.setUniqueQualifierPrefix("XAMessageProducer")
+        else:
+            self.setUniqueQualifier(uniqueQualifier)
+
+    @property
+    def uniqueQualifier(self):
+        return self.transactionContext.uniqueQualifier
 
     def setUniqueQualifier(self, uniqueQualifier):
         """
         The name of this resource in XA keys; it must stay the same across
         restarts for recovery to find the prepared branches.
+
+        @raise ValueError: blank, or with a CR, LF, tab, colon or space.
         """
-        if not uniqueQualifier or any(c in uniqueQualifier for c in "\r\n\t: "):
-            raise MetaClientError("Invalid unique qualifier: %r" % (uniqueQualifier,))
+        checkUniqueQualifier(uniqueQualifier)
         self.transactionContext.uniqueQualifier = uniqueQualifier
+
+    def setUniqueQualifierPrefix(self, prefix):
+        """
+        Name this resource C{<prefix>-<host name>} (L{localHostName}).
+        """
+        checkUniqueQualifier(prefix)
+        self.transactionContext.uniqueQualifier = prefix + "-" + localHostName()
 
     def brokerUrls(self):
         """

@@ -5,6 +5,7 @@ blocking API.
 """
 
 import os
+import socket
 
 from twisted.internet import defer, endpoints, reactor, threads
 from twisted.trial.unittest import TestCase
@@ -15,7 +16,7 @@ from metamorphosis.client.blocking import BlockingMessageSessionFactory, Reactor
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
-from metamorphosis.client.transaction import Xid
+from metamorphosis.client.transaction import HOSTNAME_VARIABLE, XAMessageProducer, Xid
 from metamorphosis.protocol.xa import (
     TMNOFLAGS,
     TMSUCCESS,
@@ -220,3 +221,29 @@ class TransactionClientTests(TestCase):
             self.assertEqual(self.visible(), [b"local", b"xa"])
 
         return self.runAsync(go)
+
+
+class UniqueQualifierTests(TestCase):
+    """
+    The XA producer's resource name, as Java's C{SimpleXAMessageProducer}.
+    """
+
+    def producer(self, **kwargs):
+        factory = type("Factory", (), {})()
+        return XAMessageProducer(factory, **kwargs)
+
+    def test_default(self):
+        self.patch(os, "environ", {HOSTNAME_VARIABLE: "host-a"})
+        self.assertEqual(self.producer().uniqueQualifier, "XAMessageProducer-host-a")
+
+    def test_prefixAndExplicit(self):
+        self.patch(os, "environ", {})
+        producer = self.producer(uniqueQualifier="orders")
+        self.assertEqual(producer.uniqueQualifier, "orders")
+        producer.setUniqueQualifierPrefix("svc")
+        self.assertEqual(producer.uniqueQualifier, "svc-" + socket.gethostname())
+
+    def test_invalid(self):
+        producer = self.producer()
+        for bad in ("", "  ", "a b", "a:b", "a\tb", "a\r\nb"):
+            self.assertRaises(ValueError, producer.setUniqueQualifier, bad)
