@@ -128,6 +128,7 @@ class _Write:
         self.position = position
         self.entries = []
         self.size = 0
+        self.count = 0
         self.done = False
 
     def perform(self):
@@ -379,6 +380,7 @@ class MessageStore:
         rejected = []
         limit = GROUP_COMMIT_BYTES if self.groupCommit else JOB_BYTES
         taken = 0
+        count = 0
         for index, entry in enumerate(entries):
             if taken >= limit:
                 self._queue = entries[index:]
@@ -394,13 +396,15 @@ class MessageStore:
             entry.offset = offset
             write.entries.append(entry)
             write.size += entry.size
+            write.count += entry.count
             size += entry.size
+            count += entry.count
             accepted.append(entry)
             if size >= self.maxSegmentSize:
                 new = Segment(self.directory, segment.start + size)
                 steps.append(_Roll(segment, new))
                 segment, size, write = new, 0, None
-        unflushed = self._unflushed + sum(entry.count for entry in accepted)
+        unflushed = self._unflushed + count
         fsync = bool(
             (self.groupCommit and accepted)
             or (waiters and unflushed)
@@ -415,19 +419,22 @@ class MessageStore:
     def _applyProgress(self, job):
         """
         Record on the reactor thread what a job's completed steps changed.
+
+        @return: the completed L{_Write} steps.
         """
         written = []
+        count = 0
         for step in job.steps:
             if not step.done:
                 break
             if isinstance(step, _Write):
                 step.segment.written = step.position + step.size
-                written.extend(step.entries)
+                written.append(step)
+                count += step.count
             else:
                 self._segments.append(step.new)
                 self._flushedEnd = step.new.start
                 self._unflushed = 0
-        count = sum(entry.count for entry in written)
         self.messageCount += count
         if job.synced:
             self._flushedEnd = self._segments[-1].end
@@ -442,7 +449,7 @@ class MessageStore:
         self._finish(job)
 
     def _jobFailed(self, failure, job):
-        written = self._applyProgress(job)
+        written = [entry for step in self._applyProgress(job) for entry in step.entries]
         self.log.failure(
             "Writing to {store} failed; {count} queued append(s) fail", failure,
             store=self, count=len(job.entries) - len(written)
