@@ -308,7 +308,11 @@ class ProcessorTests(SynchronousTestCase):
         self.restart()
         self.assertEqual(
             self.tx("COMMIT_TWO_PHASE"),
-            (500, "XAException:code=7,msg=XA transaction '%s' has been heuristically committed." % (XID,)),
+            (
+                500,
+                "XAException:code=7,msg=XA transaction '%s' has been heuristically "
+                "committed." % (XID,),
+            ),
         )
         self.assertEqual(self.tx("RECOVER", "null"), (200, XID))
         self.assertEqual(self.tx("FORGET"), (200, ""))

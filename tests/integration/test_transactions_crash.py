@@ -221,6 +221,56 @@ class CrashTests(unittest.TestCase):
                 tx.state = "rolledback"
         return sum(1 for tx in transactions if tx.state == "committed")
 
+    def test_everyStateSurvivesKill(self):
+        """
+        One transaction in each state: a consumer sees only the committed
+        one, before and after C{kill -9}; after the restart the prepared one
+        is still prepared (and can be committed), the others are gone.
+        """
+        async def go():
+            await self.startBroker()
+            client = await connect(reactor, self.port)
+            opaque = [0]
+
+            async def send(line, body=b""):
+                opaque[0] += 1
+                return await client.request(line + b" %d\r\n" % (opaque[0],) + body, opaque[0])
+
+            def xid(name):
+                return ("XID:1:%s:01:%s" % (name.encode().hex(), QUALIFIER)).encode()
+
+            keys = {
+                "start": xid("start"), "inuse": xid("inuse"), "prepared": xid("prepared"),
+                "committed": xid("committed"), "rolledback": xid("rolledback"),
+                "local": b"TX:states:1",
+            }
+            for name, key in keys.items():
+                qualifier = b"" if key.startswith(b"TX:") else b" " + QUALIFIER.encode()
+                await send(b"transaction %s s BEGIN%s" % (key, qualifier))
+                if name != "start":
+                    payload = name.encode()
+                    put = b"put %s 0 %d 0 %d %s" % (
+                        TOPIC.encode(), len(payload), checksum(payload), key)
+                    reply = await send(put, payload)
+                    self.assertEqual(reply.code, 200)
+            async def xa(name, kind):
+                return await send(
+                    b"transaction %s s %s %s" % (keys[name], kind, QUALIFIER.encode()))
+
+            self.assertEqual((await xa("prepared", b"PREPARE")).body, b"0")
+            self.assertEqual((await xa("committed", b"COMMIT_ONE_PHASE")).code, 200)
+            self.assertEqual((await xa("rolledback", b"ROLLBACK")).code, 200)
+            self.assertEqual(await self.visible(), Counter([b"committed"]))
+            await self.broker.kill()
+            await self.startBroker()
+            self.assertEqual(await self.visible(), Counter([b"committed"]))
+            self.assertEqual(await self.recover(), {keys["prepared"].decode()})
+            prepared = Transaction(keys["prepared"].decode(), True)
+            await self.complete(prepared, b"COMMIT_TWO_PHASE")
+            self.assertEqual(await self.visible(), Counter([b"committed", b"prepared"]))
+
+        return defer.ensureDeferred(go())
+
     def test_killAtRandomPoints(self):
         async def go():
             rng = random.Random()

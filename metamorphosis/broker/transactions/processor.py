@@ -50,9 +50,12 @@ _DEFAULT = object()
 _LOCAL_TRANSACTIONS = "metamorphosis.transactions.local"
 
 _HEURISTIC_ERRORS = {
-    State.HEURISTIC_COMMIT: (XA_HEURCOM, "XA transaction '%s' has been heuristically committed."),
-    State.HEURISTIC_ROLLBACK: (XA_HEURRB, "XA transaction '%s' has been heuristically rolled back."),
-    State.HEURISTIC_COMPLETE: (XA_HEURHAZ, "XA transaction '%s' has been heuristically completed."),
+    State.HEURISTIC_COMMIT: (
+        XA_HEURCOM, "XA transaction '%s' has been heuristically committed."),
+    State.HEURISTIC_ROLLBACK: (
+        XA_HEURRB, "XA transaction '%s' has been heuristically rolled back."),
+    State.HEURISTIC_COMPLETE: (
+        XA_HEURHAZ, "XA transaction '%s' has been heuristically completed."),
 }
 
 
