@@ -8,15 +8,22 @@ C{healConnectionInterval} behaviour), carrying pipelined requests that are
 matched to their replies by opaque.  A request that is not answered in time
 fails with L{RequestTimeout}, the analogue of the 504 gecko synthesizes for
 the Java broker.
+
+A connection that stops answering is dropped (and so re-established): after
+L{RequestProtocol.maxTimeouts} requests in a row time out, and a quiet link
+is probed with gecko's heartbeat, a C{version} request after
+L{RequestProtocol.heartbeatSeconds} without traffic.  So a peer that vanished
+without closing its sockets (a cut cable, a frozen host) is noticed.
 """
 
 from twisted.application.internet import ClientService
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from metamorphosis.protocol.commands import CommandParser, ProtocolError
+from metamorphosis.protocol.commands import CommandParser, ProtocolError, VersionCommand
 
 _INT_MIN = -(2**31)
 
@@ -56,20 +63,39 @@ class RequestProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, clock, onMade=None, onLost=None):
+    #: Consecutive timed-out requests after which the connection is dropped.
+    maxTimeouts = 3
+
+    #: Seconds without traffic after which a heartbeat is sent (gecko's
+    #: client idle time), and how long it may take.
+    heartbeatSeconds = 10.0
+    heartbeatTimeout = 5.0
+
+    def __init__(self, clock, onMade=None, onLost=None, opaques=None):
         self._parser = CommandParser()
         self._clock = clock
         self._onMade = onMade
         self._onLost = onLost
+        self._opaques = opaques if opaques is not None else OpaqueGenerator()
         self._pending = {}
+        self._timeouts = 0
+        self._lastTraffic = clock.seconds()
+        self._heartbeat = LoopingCall(self._checkIdle)
+        self._heartbeat.clock = clock
 
     def connectionMade(self):
         # Small requests answered one by one: never wait for Nagle
         # (gecko sets TCP_NODELAY too).
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        self._lastTraffic = self._clock.seconds()
+        self._heartbeat.start(self.heartbeatSeconds / 2, now=False)
         if self._onMade is not None:
             self._onMade(self)
+
+    def _checkIdle(self):
+        if self._clock.seconds() - self._lastTraffic >= self.heartbeatSeconds:
+            self.request(VersionCommand(self._opaques.next()), self.heartbeatTimeout).addErrback(lambda f: None)
 
     def request(self, command, timeout):
         """
@@ -87,6 +113,7 @@ class RequestProtocol(Protocol):
         return d
 
     def dataReceived(self, data):
+        self._lastTraffic = self._clock.seconds()
         try:
             for command in self._parser.parse(data):
                 self.commandReceived(command)
@@ -95,10 +122,19 @@ class RequestProtocol(Protocol):
             self.transport.abortConnection()
 
     def sendCommand(self, command):
+        self._lastTraffic = self._clock.seconds()
         self.transport.write(command.encode())
 
     def _timedOut(self, opaque):
         d, _ = self._pending.pop(opaque)
+        self._timeouts += 1
+        if self._timeouts == self.maxTimeouts:
+            self.log.warn(
+                "{peer} did not answer {count} requests in a row; dropping the connection",
+                peer=self.transport.getPeer(),
+                count=self._timeouts,
+            )
+            self.transport.abortConnection()
         d.errback(RequestTimeout("no reply to request %d" % (opaque,)))
 
     def commandReceived(self, command):
@@ -109,9 +145,12 @@ class RequestProtocol(Protocol):
             return
         d, call = entry
         call.cancel()
+        self._timeouts = 0
         d.callback(command)
 
     def connectionLost(self, reason=error.ConnectionDone):
+        if self._heartbeat.running:
+            self._heartbeat.stop()
         pending, self._pending = self._pending, {}
         if self._onLost is not None:
             self._onLost(self)
@@ -132,7 +171,7 @@ class PeerLink:
         self.opaques = OpaqueGenerator()
         self._reactor = reactor
         self._protocol = None
-        factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost))
+        factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost, self.opaques))
         self._service = ClientService(
             TCP4ClientEndpoint(reactor, host, port, timeout=5),
             factory,

@@ -54,7 +54,8 @@ class RequestProtocolTests(SynchronousTestCase):
             self.proto.dataReceived(data[i : i + 1])
         self.assertEqual(self.successResultOf(first), ResultCommand(200, b"1 0 0", 1))
         self.assertEqual(self.successResultOf(second), ValueCommand(b"xyz", 2))
-        self.assertFalse(self.clock.getDelayedCalls())
+        # No request timer is left, only the heartbeat.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_strayReplyIgnored(self):
         pending = self.proto.request(self.sync(1), 1)
@@ -75,7 +76,44 @@ class RequestProtocolTests(SynchronousTestCase):
         self.proto.connectionLost(error.ConnectionLost())
         self.failureResultOf(pending, error.ConnectionLost)
         self.assertEqual(self.lost, [self.proto])
+        # No request timer, no heartbeat left.
         self.assertFalse(self.clock.getDelayedCalls())
+
+    def test_consecutiveTimeoutsDropConnection(self):
+        """
+        A peer that stops answering is dropped after three timeouts in a
+        row; a reply in between resets the count.
+        """
+        for opaque in (1, 2):
+            self.proto.request(self.sync(opaque), 1).addErrback(lambda f: None)
+        self.clock.advance(1)
+        self.proto.request(self.sync(3), 1)
+        self.proto.dataReceived(ResultCommand(200, b"", 3).encode())
+        for opaque in (4, 5):
+            self.proto.request(self.sync(opaque), 1).addErrback(lambda f: None)
+        self.clock.advance(1)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.request(self.sync(6), 1).addErrback(lambda f: None)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_heartbeat(self):
+        """
+        After 10 s without traffic the link sends C{version}; traffic
+        postpones it.
+        """
+        self.clock.advance(6)
+        self.proto.dataReceived(ResultCommand(200, b"", 99).encode())
+        self.clock.advance(5)
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(5)
+        self.assertEqual(self.transport.value(), b"version -2147483648\r\n")
+        self.transport.clear()
+        self.proto.dataReceived(ResultCommand(200, b"1.4.6.2", -(2**31)).encode())
+        self.clock.advance(5)
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(5)
+        self.assertEqual(self.transport.value(), b"version -2147483647\r\n")
 
     def test_malformedReply(self):
         """
