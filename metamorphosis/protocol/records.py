@@ -66,7 +66,9 @@ def decodePayload(body, flag):
     (length,) = _attributeLength.unpack_from(body)
     if length < 0 or 4 + length > len(body):
         raise InvalidRecord("Invalid attribute length %d" % (length,))
-    return bytes(body[4 + length :]), bytes(body[4 : 4 + length]).decode("utf-8")
+    # Java's new String(bytes, "UTF-8") replaces malformed sequences.
+    attribute = bytes(body[4 : 4 + length]).decode("utf-8", errors="replace")
+    return bytes(body[4 + length :]), attribute
 
 
 def encodeHeader(msgId, flag, body):

@@ -105,6 +105,35 @@ class InvalidRecordTests(SynchronousTestCase):
         self.assertRaises(InvalidRecord, decodePayload, b"\x00\x00", 1)
 
 
+class MalformedInputTests(SynchronousTestCase):
+    def test_malformedAttributeReplaced(self):
+        """
+        Bytes that are not UTF-8 in an attribute decode with replacement
+        characters, as Java's C{new String(bytes, "UTF-8")} does.
+        """
+        self.assertEqual(decodePayload(b"\x00\x00\x00\x02\xff\xfeok", 1), (b"ok", "\ufffd\ufffd"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=200), st.booleans())
+    def test_anyBytes(self, data, verify):
+        """
+        Arbitrary bytes decode to complete records or raise L{InvalidRecord};
+        nothing else escapes, and every decoded record can be split.
+        """
+        try:
+            records, consumed = decodeRecords(data, verify=verify)
+        except InvalidRecord:
+            return
+        self.assertLessEqual(consumed, len(data))
+        self.assertEqual(sum(r.size for r in records), consumed)
+        for r in records:
+            try:
+                data, attribute = decodePayload(r.body, r.flag)
+            except InvalidRecord:
+                continue
+            self.assertLessEqual(len(data), len(r.body))
+
+
 class PropertyTests(SynchronousTestCase):
     @settings(max_examples=60, deadline=None)
     @given(st.lists(messages, max_size=8))

@@ -5,6 +5,8 @@ foreign files, gaps between segments.
 
 import os
 
+from hypothesis import given, settings, strategies as st
+
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -110,6 +112,36 @@ class TailTests(SynchronousTestCase):
         with open(self.path, "rb") as f:
             result = scanSegment(f.fileno(), len(self.good))
         self.assertEqual((result.validEnd, result.count, result.reason), (len(self.good), 6, None))
+
+
+class ScanPropertyTests(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=100), max_size=8),
+        st.binary(max_size=80),
+        st.integers(min_value=1, max_value=64),
+    )
+    def test_validPrefixKept(self, payloads, tail, chunk):
+        """
+        Whatever follows a run of good records, the scan keeps all of them,
+        and what it keeps decodes as records to the last byte.
+        """
+        from metamorphosis.broker.store import recovery
+
+        self.patch(recovery, "SCAN_CHUNK", chunk)
+        good = b"".join(record(i, p) for i, p in enumerate(payloads))
+        data = good + tail
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        with open(path, "rb") as f:
+            result = scanSegment(f.fileno(), len(data))
+        self.assertGreaterEqual(result.validEnd, len(good))
+        self.assertLessEqual(result.validEnd, len(data))
+        records, consumed = decodeRecords(data[: result.validEnd])
+        self.assertEqual(consumed, result.validEnd)
+        self.assertEqual(len(records), result.count)
+        self.assertEqual(result.reason is None, result.validEnd == len(data))
 
 
 class DirectoryTests(SynchronousTestCase):
