@@ -20,7 +20,6 @@ way::
 """
 
 import atexit
-import concurrent.futures
 import threading
 
 from twisted.internet import defer
@@ -50,6 +49,8 @@ class ReactorThread:
         """
         Start the reactor thread if the reactor is not running yet.
         """
+        if self._thread is not None and self._thread.is_alive():
+            return
         with self._lock:
             if self.reactor.running or (self._thread is not None and self._thread.is_alive()):
                 return
@@ -88,27 +89,31 @@ class ReactorThread:
         if self.inReactorThread():
             raise RuntimeError("A blocking call from the reactor thread would deadlock")
         self.start()
-        future = concurrent.futures.Future()
-        holder = []
+        # A plain lock, released by the reactor thread with the outcome in
+        # place: cheaper than a Future's condition variable, and this is
+        # paid on every blocking send.
+        finished = threading.Lock()
+        finished.acquire()
+        outcome = []
+        running = []
+
+        def done(result):
+            outcome.append(result)
+            finished.release()
 
         def run():
             d = defer.maybeDeferred(function, *args, **kwargs)
-            holder.append(d)
-
-            def done(result):
-                if isinstance(result, Failure):
-                    future.set_exception(result.value)
-                else:
-                    future.set_result(result)
-
+            running.append(d)
             d.addBoth(done)
 
         self.reactor.callFromThread(run)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            self.reactor.callFromThread(lambda: holder and holder[0].cancel())
-            raise TimeoutError("No result within %s s" % (timeout,)) from None
+        if not finished.acquire(timeout=-1 if timeout is None else timeout):
+            self.reactor.callFromThread(lambda: running and running[0].cancel())
+            raise TimeoutError("No result within %s s" % (timeout,))
+        result = outcome[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
 
     def callNoWait(self, function, *args, **kwargs):
         """
