@@ -21,6 +21,8 @@ from metamorphosis.client.errors import (
 from metamorphosis.client.partition import RANDOM_PARTITION, Partition
 from metamorphosis.client.selectors import OrderedPartitionSelector, RoundRobinPartitionSelector
 from metamorphosis.protocol import records
+from metamorphosis.protocol.commands import javaSplit
+from metamorphosis.protocol.javalang import parseJavaInt
 
 DEFAULT_SEND_TIMEOUT = 3.0
 """Seconds; C{SimpleMessageProducer.DEFAULT_OP_TIMEOUT} (3000 ms)."""
@@ -220,7 +222,12 @@ class MessageProducer:
         text = reply.body.decode("utf-8", "replace") if code is not None else ""
         if code == 200:
             try:
-                messageId, partitionNumber, offset = (int(t) for t in text.split(" "))
+                # Java's genSendResult: split on single spaces (trailing
+                # empty tokens dropped), Long.parseLong, Integer.parseInt.
+                idText, partitionText, offsetText = javaSplit(text)
+                messageId = parseJavaInt(idText, bits=64)
+                partitionNumber = parseJavaInt(partitionText)
+                offset = parseJavaInt(offsetText, bits=64)
             except ValueError:
                 return SendResult(False, None, -1, "Invalid put reply: %r" % (text,))
             message.id = messageId
