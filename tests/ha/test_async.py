@@ -10,13 +10,18 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.ha.processes import Broker, serverIni, sleep, waitFor
+from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep, waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TOPICS = (("meta-test", 1), ("test", 2))
 
 
-class AsyncReplicationTests(TestCase):
+class _AsyncCase(TestCase):
+    """
+    A master and its metaslave in a ZooKeeper root of their own, and a
+    producer connected to the master.
+    """
+
     timeout = 90
 
     def setUp(self):
@@ -88,6 +93,9 @@ class AsyncReplicationTests(TestCase):
 
         return deferToThread(get)
 
+
+
+class AsyncReplicationTests(_AsyncCase):
     @defer.inlineCallbacks
     def test_replicatesByteIdentical(self):
         """
@@ -188,3 +196,44 @@ class AsyncReplicationTests(TestCase):
         summary = yield stats()
         self.assertEqual(summary["slave"], "true")
         self.assertEqual(int(summary["cmd_put"]), 30)
+
+
+class AsyncLinkCutTests(_AsyncCase):
+    """
+    The link between slave and master through a proxy the test cuts: the
+    master runs without ZooKeeper and the test registers it there under the
+    proxy's address, so the slave pulls through the proxy.
+    """
+
+    @defer.inlineCallbacks
+    def test_cut(self):
+        """
+        While the link is cut the master keeps taking writes and the slave
+        waits; once it is back the slave catches up byte for byte.
+        """
+        self.master = Broker(self, "master", serverIni(2, TOPICS))
+        yield self.master.start()
+        self.producer = yield self.master.connect()
+        self.addCleanup(lambda: self.producer.transport.loseConnection())
+        proxy = CuttableProxy(self.master.port)
+        self.addCleanup(proxy.stop)
+        url = b"meta://127.0.0.1:%d" % (proxy.address,)
+        ids = self.root + "/brokers/ids/2"
+        yield deferToThread(self.zk.create, ids + "/master", url, ephemeral=True, makepath=True)
+        for topic, partitions in TOPICS:
+            yield deferToThread(
+                self.zk.create,
+                "%s/brokers/topics-sub/%s/2-m" % (self.root, topic),
+                b'{"numParts":%d,"broker":"2-m"}' % (partitions,),
+                ephemeral=True,
+                makepath=True,
+            )
+        yield self.startSlave()
+        yield self.putMany(60, b"a")
+        yield waitFor(self.caughtUp)
+        proxy.cutLink()
+        yield self.putMany(60, b"b")
+        yield sleep(1.0)
+        self.assertFalse(self.caughtUp())
+        proxy.heal()
+        yield waitFor(self.caughtUp)
