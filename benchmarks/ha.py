@@ -23,22 +23,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
-from twisted.internet import defer, task
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from broker import BrokerProcess, Progress, connectAll, percentile, produce  # noqa: E402
+from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
@@ -50,6 +43,7 @@ class Broker:
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory)
         self.port = freePort()
+        self.address = ("127.0.0.1", self.port)
         ini = os.path.join(self.directory, "server.ini")
         with open(ini, "w") as f:
             f.write(
@@ -68,9 +62,10 @@ class Broker:
              "--port", f"tcp:{self.port}:interface=127.0.0.1"],
             cwd=self.directory,
         )
+        self.cpu = BrokerProcess(self.process.pid)
         for _ in range(300):
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(self.address, timeout=0.2).close()
                 return
             except OSError:
                 if self.process.poll() is not None:
@@ -83,74 +78,72 @@ class Broker:
         self.process.wait(30)
 
 
-async def warmUp(reactor, port, attempts=200):
+def warmUp(broker, attempts=200):
     """
     Wait until a put succeeds (a sync master needs its slave link first).
     """
-    [connection] = await connectAll(reactor, "127.0.0.1", port, 1)
+    exchange = Exchange(broker.address)
     try:
         for _ in range(attempts):
-            reply = await connection.call(b"put bench 0 4 0 -1 1\r\nwarm")
-            if reply.code == 200:
+            kind, code, body = exchange.call(b"put bench 0 4 0 -1 1\r\nwarm")
+            if code == 200:
                 return
-            await task.deferLater(reactor, 0.1, lambda: None)
-        raise RuntimeError(f"puts keep failing: {reply.code} {reply.body!r}")
+            time.sleep(0.1)
+        raise RuntimeError(f"puts keep failing: {code} {body!r}")
     finally:
-        connection.transport.loseConnection()
+        exchange.close()
 
 
-async def measure(reactor, args, port, label, brokers):
+def measure(args, entry, label, brokers):
     """
-    Put throughput and latency through the broker on C{port}, and the CPU
-    time C{brokers} (all processes involved) spent per message: on a busy
-    machine the rate follows the CPU available, the CPU cost does not.
+    Put throughput and latency through C{entry}, and the CPU time
+    C{brokers} (all processes involved) spent per message: on a busy machine
+    the rate follows the CPU available, the CPU cost does not.
     """
-    await warmUp(reactor, port)
-    processes = [BrokerProcess(broker.process.pid) for broker in brokers]
-    cpu = sum(process.cpuSeconds() for process in processes)
+    warmUp(entry)
+    before = [broker.cpu.cpuSeconds() for broker in brokers]
     progress = Progress(label, args.count)
-    elapsed, latencies = await produce(reactor, "127.0.0.1", port, "bench", args.producers, args.size,
-                                       args.count, progress)
+    elapsed, latencies = produce(entry.address, "bench", args.producers, args.size, args.count, progress)
     progress.finish()
-    cpu = sum(process.cpuSeconds() for process in processes) - cpu
+    perMessage = [(broker.cpu.cpuSeconds() - cpu) / args.count * 1e6 for broker, cpu in zip(brokers, before)]
     rate = args.count / elapsed
     print(f"{label:<28} {rate:>9.0f} {rate * args.size / 1e6:>7.1f} "
           f"{percentile(latencies, 0.5):>7.2f} {percentile(latencies, 0.99):>7.2f} "
-          f"{cpu / args.count * 1e6:>15.0f}")
-    return rate, cpu / args.count
+          f"{sum(perMessage):>17.0f}  ({' + '.join('%.0f' % cpu for cpu in perMessage)})")
+    return rate, sum(perMessage)
 
 
-async def syncPart(reactor, args, root):
+def syncPart(args, root):
     print(f"\n== sync replication: {args.producers} producers, {args.size} B, {args.count} puts, "
           f"flush {args.flush}")
-    print(f"{'broker':<28} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>15}")
+    print(f"{'broker':<28} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>17}")
     plain = Broker(root, "plain", args.flush)
     try:
-        alone, aloneCpu = await measure(reactor, args, plain.port, "no slave", [plain])
+        alone, aloneCpu = measure(args, plain, "no slave", [plain])
     finally:
         plain.stop()
     slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties")
     master = Broker(root, "samsa", args.flush, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
-        replicated, replicatedCpu = await measure(reactor, args, master.port, "samsa master + gregor slave",
-                                                  [master, slave])
+        replicated, replicatedCpu = measure(args, master, "samsa master + gregor slave", [master, slave])
     finally:
         master.stop()
         slave.stop()
     print(f"sync replication keeps {100 * replicated / alone:.0f}% of the unreplicated throughput "
-          f"(target: at least 50%); it costs {replicatedCpu / aloneCpu:.1f}x the broker CPU per message")
+          f"(target: at least 50%); master and slave spend {replicatedCpu / aloneCpu:.1f}x "
+          f"the CPU per message of the broker alone")
 
 
-async def slaveLag(connection):
-    reply = await connection.call(b"stats  1\r\n")
-    for line in reply.body.decode().split("\r\n"):
+def slaveLag(exchange):
+    kind, code, body = exchange.call(b"stats  1\r\n")
+    for line in body.decode().split("\r\n"):
         if line.startswith("replication_lag_bytes "):
             return int(line.split()[1])
     raise RuntimeError("the slave reports no replication_lag_bytes")
 
 
-async def asyncPart(reactor, args, root):
+def asyncPart(args, root):
     if not args.zookeeper:
         print("\n== async replication: skipped (needs --zookeeper or METAQ_TEST_ZK)")
         return
@@ -161,28 +154,31 @@ async def asyncPart(reactor, args, root):
     slave = Broker(root, "metaslave", args.flush, args.zookeeper, zkRoot, "async_slave.properties",
                    "slaveId=0\nslaveMaxDelayInMills=100\n")
     try:
-        await warmUp(reactor, master.port)
-        [watcher] = await connectAll(reactor, "127.0.0.1", slave.port, 1)
+        warmUp(master)
+        watcher = Exchange(slave.address)
         samples = []
-        sampling = [True]
+        loading = threading.Event()
+        loading.set()
 
-        async def sample():
-            while sampling[0]:
-                samples.append(await slaveLag(watcher))
-                await task.deferLater(reactor, 0.05, lambda: None)
+        def sample():
+            while loading.is_set():
+                samples.append(slaveLag(watcher))
+                time.sleep(0.05)
 
-        sampler = defer.ensureDeferred(sample())
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         progress = Progress("put to the master", args.count)
-        elapsed, _ = await produce(reactor, "127.0.0.1", master.port, "bench", args.producers,
-                                   args.size, args.count, progress)
+        try:
+            elapsed, _ = produce(master.address, "bench", args.producers, args.size, args.count, progress)
+        finally:
+            loading.clear()
+            sampler.join()
         progress.finish()
         loadEnd = time.perf_counter()
-        sampling[0] = False
-        await sampler
-        while await slaveLag(watcher) > 0:
-            await task.deferLater(reactor, 0.02, lambda: None)
+        while slaveLag(watcher) > 0:
+            time.sleep(0.02)
         catchUp = time.perf_counter() - loadEnd
-        watcher.transport.loseConnection()
+        watcher.close()
         record = 20 + args.size
         samples.sort()
         print(f"master took {args.count / elapsed:.0f} msgs/s; slave lag during the load: "
@@ -193,11 +189,11 @@ async def asyncPart(reactor, args, root):
         master.stop()
 
 
-async def main(reactor, args):
+def main(args):
     root = tempfile.mkdtemp(prefix="metaq-habench-")
     try:
-        await syncPart(reactor, args, root)
-        await asyncPart(reactor, args, root)
+        syncPart(args, root)
+        asyncPart(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -214,5 +210,4 @@ def parseArguments(argv):
 
 
 if __name__ == "__main__":
-    arguments = parseArguments(sys.argv[1:])
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, arguments)))
+    main(parseArguments(sys.argv[1:]))
