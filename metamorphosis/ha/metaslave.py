@@ -161,13 +161,18 @@ class PartitionPuller:
                 self.masterOffset = max(self.masterOffset, self.offset)
             return min(delay + maxDelay / 10, maxDelay)
         if code == MOVED:
+            if text.isdigit() and int(text) < self.offset:
+                problem = "this slave holds more than the master (did the master lose data?)"
+            else:
+                problem = "the data in between is gone on the master and cannot be replicated"
             self.log.error(
-                "Master moved {topic}-{partition} from {offset} to {moved}: the data in between is gone "
-                "on the master and cannot be replicated; this partition stays at {offset}",
+                "Master moved {topic}-{partition} from {offset} to {moved}: {problem}; "
+                "this partition stays at {offset}",
                 topic=self.topic,
                 partition=self.partition,
                 offset=self.offset,
                 moved=text,
+                problem=problem,
             )
             return maxDelay
         self.log.warn(
@@ -281,6 +286,7 @@ class AsyncSlaveService(service.Service):
         self.fence = None
         self.failoverPath = failover.recordPath(self.paths, metaConfig.brokerId)
         self._masterGoneSince = None
+        self._refusedTopics = set()
         self._loop = self._lagLoop = None
         self._stopping = False
 
@@ -483,6 +489,15 @@ class AsyncSlaveService(service.Service):
     async def _startPuller(self, topic, partition):
         store = self.storeManager.getStore(topic, partition)
         if store is None:
+            if not self.metaConfig.isLegalTopic(topic):
+                if topic not in self._refusedTopics:
+                    self._refusedTopics.add(topic)
+                    self.log.error(
+                        "The master serves {topic}, which this slave's server.ini does not accept: "
+                        "not replicated (add the topic section to the slave)",
+                        topic=topic,
+                    )
+                return
             start = await self._masterStart(topic, partition)
             store = self.storeManager.getOrCreateStore(topic, partition, start)
         puller = PartitionPuller(self, topic, partition, store)
