@@ -81,7 +81,8 @@ class ZooKeeperDiscovery(_Listeners):
         self.paths = ZkPaths(root)
         self._views = {}
         self._watchers = {}
-        self._refreshing = {}
+        self._refreshing = set()
+        self._waiting = {}
         self._dirty = set()
         self._sessionLost = False
         self._known = set()
@@ -95,13 +96,31 @@ class ZooKeeperDiscovery(_Listeners):
         return self.paths.brokerIdsPathOf(brokerId)
 
     def publish(self, topic):
-        if topic in self._views:
-            return self._refreshing.get(topic) or defer.succeed(None)
-        self._views[topic] = TopicView()
-        # One watcher object per topic: kazoo keeps watchers in sets, so
-        # re-registering it on every read does not multiply notifications.
-        self._watchers[topic] = lambda event: self.reactor.callFromThread(self._refresh, topic)
-        return self._refresh(topic)
+        if topic not in self._views:
+            self._views[topic] = TopicView()
+            # One watcher object per topic: kazoo keeps watchers in sets, so
+            # re-registering it on every read does not multiply notifications.
+            self._watchers[topic] = lambda event: self.reactor.callFromThread(self._refresh, topic)
+            self._refresh(topic)
+        return self._whenCurrent(topic)
+
+    def _whenCurrent(self, topic):
+        """
+        @return: a Deferred of the caller's own that fires when the read in
+            progress for C{topic} (and any read it causes) is done.
+        """
+        if topic not in self._refreshing:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._waiting.setdefault(topic, []).append(waiter)
+        return waiter
+
+    def _release(self, topic, failure=None):
+        for waiter in self._waiting.pop(topic, []):
+            if failure is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(failure)
 
     def unpublish(self, topic):
         self._views.pop(topic, None)
@@ -128,7 +147,7 @@ class ZooKeeperDiscovery(_Listeners):
         self.zookeeper.remove_listener(self._stateChanged)
         for topic in list(self._views):
             self.unpublish(topic)
-        pending = list(self._refreshing.values())
+        pending = [self._whenCurrent(topic) for topic in self._refreshing]
         return defer.DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
     def _stateChanged(self, state):
@@ -151,26 +170,22 @@ class ZooKeeperDiscovery(_Listeners):
     def _refresh(self, topic):
         """
         Read the topic again in a thread; a change arriving during a read
-        causes one more read afterwards.
-
-        @return: a Deferred that fires when the topic's view is current.
+        causes one more read afterwards.  L{_whenCurrent} waits for it.
         """
         if topic not in self._views:
-            return defer.succeed(None)
+            return
         if topic in self._refreshing:
             self._dirty.add(topic)
-            return self._refreshing[topic]
-        watcher = self._watchers[topic]
+            return
+        self._refreshing.add(topic)
         reading = threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), self._read, topic, watcher
+            self.reactor, self.reactor.getThreadPool(), self._read, topic, self._watchers[topic]
         )
-        done = defer.Deferred()
-        self._refreshing[topic] = done
 
         def read(view):
-            del self._refreshing[topic]
+            self._refreshing.discard(topic)
             if topic not in self._views:
-                done.callback(None)
+                self._release(topic)
                 return
             changed = view != self._views[topic] or topic not in self._known
             self._views[topic] = view
@@ -185,12 +200,12 @@ class ZooKeeperDiscovery(_Listeners):
                 self.notify(topic)
             if topic in self._dirty:
                 self._dirty.discard(topic)
-                self._refresh(topic).chainDeferred(done)
+                self._refresh(topic)
             else:
-                done.callback(None)
+                self._release(topic)
 
         def failed(failure):
-            del self._refreshing[topic]
+            self._refreshing.discard(topic)
             self.log.warn(
                 "Reading brokers of topic {topic} from ZooKeeper failed: {error}",
                 topic=topic,
@@ -202,13 +217,12 @@ class ZooKeeperDiscovery(_Listeners):
                     self._retries[topic] = self.reactor.callLater(
                         self.retryInterval, self._retry, topic
                     )
-                done.callback(None)
+                self._release(topic)
             else:
                 self.unpublish(topic)
-                done.errback(failure)
+                self._release(topic, failure)
 
         reading.addCallbacks(read, failed)
-        return done
 
     def _read(self, topic, watcher):
         """

@@ -88,6 +88,40 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         self.assertIsNone(discovery.partitionsFor("other"))
 
     @defer.inlineCallbacks
+    def test_concurrentPublishes(self):
+        """
+        Several publishes of one topic while its first read runs each get a
+        Deferred of their own, all fired once it is known.
+        """
+        yield self.register(0, "meta://127.0.0.1:1", "t", 2)
+        discovery = self.discovery()
+        results = yield defer.gatherResults([discovery.publish("t") for _ in range(3)])
+        self.assertEqual(results, [None, None, None])
+        self.assertEqual(len(discovery.partitionsFor("t")), 2)
+        self.assertIsNone((yield discovery.publish("t")))
+
+    @defer.inlineCallbacks
+    def test_publishFailure(self):
+        """
+        A first read that fails fails every waiting publish, and the topic
+        is not followed (a later publish tries again).
+        """
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("no ZooKeeper")
+
+        discovery = self.discovery()
+        discovery._read = broken
+        first, second = discovery.publish("t"), discovery.publish("t")
+        for d in (first, second):
+            yield self.assertFailure(d, RuntimeError)
+        self.assertIsNone(discovery.partitionsFor("t"))
+        del discovery._read
+        yield self.register(0, "meta://127.0.0.1:1", "t", 1)
+        yield discovery.publish("t")
+        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0)])
+
+    @defer.inlineCallbacks
     def test_ignoresSlavesAndBrokersWithoutMaster(self):
         yield self.register(0, "meta://127.0.0.1:1", "t", 1)
         yield self.register(1, "", "t", 4, master=False)
