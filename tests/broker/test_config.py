@@ -151,6 +151,23 @@ class ParseTests(unittest.TestCase):
         config = parseConfig(b"[system]\nnumPartitions=3\n[topic=a]\nnumPartitions=\n")
         self.assertEqual(config.numPartitionsOf("a"), 3)
 
+    def test_gbkFile(self):
+        """
+        The Java sample files are GBK: comments in Chinese do not stop the
+        parse, and the checksum is of the raw bytes.
+        """
+        data = "; 测试配置\n[system]\nbrokerId=2\n".encode("gbk")
+        config = parseConfig(data, "gbk.ini")
+        self.assertEqual(config.brokerId, 2)
+        self.assertEqual(config.checksum, zlib.crc32(data))
+
+    def test_duplicateSection(self):
+        self.assertConfigError("[topic=a]\n[topic=a]\n", "line 2", "duplicate section")
+
+    def test_colonSeparator(self):
+        config = parseConfig(b"[zookeeper]\nzk.zkConnect : h:2181\n")
+        self.assertEqual(config.zookeeper.zkConnect, "h:2181")
+
     def test_unreadableFile(self):
         path = self.mktemp()
         error = self.assertRaises(ConfigError, loadConfig, path)
