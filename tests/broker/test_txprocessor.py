@@ -335,5 +335,6 @@ class ProcessorTests(SynchronousTestCase):
         self.assertEqual(self.visible(), [])
         # A completed transaction is still prepared in the journal.
         self.restart()
+        self.assertEqual(self.tx("RECOVER", "null"), (200, XID2 + "\r\n" + XID))
         self.assertEqual(self.tx("COMMIT_TWO_PHASE", XID2), (200, ""))
         self.assertEqual(self.visible(), [b"c"])

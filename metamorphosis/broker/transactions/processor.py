@@ -232,11 +232,18 @@ class TransactionalProcessor(service.Service):
         def matches(tx):
             return uniqueQualifier is None or tx.uniqueQualifier == uniqueQualifier
 
-        return [
+        prepared = [
             tx.key
             for tx in self.xaTransactions.values()
             if tx.state == State.PREPARED and matches(tx)
-        ] + [tx.key for tx in self.heuristicTransactions.values() if matches(tx)]
+        ]
+        # A heuristically completed transaction is prepared again after a
+        # restart (its journal records stay): list it once.
+        return prepared + [
+            tx.key
+            for tx in self.heuristicTransactions.values()
+            if matches(tx) and tx.key not in prepared
+        ]
 
     async def forgetTransaction(self, xid):
         if not isinstance(xid, XATransactionId):
