@@ -359,3 +359,28 @@ class ProducerIntegrationTests(TestCase):
         self.assertTrue(result.success)
         stored = yield fetchAll(broker.url, "ordered", partition.partition)
         self.assertEqual([r.data for r in stored], [b"%d" % i for i in range(11)])
+
+    @defer.inlineCallbacks
+    def test_heartbeats(self):
+        """
+        An idle connection sends version heartbeats, which our broker
+        answers: the connection stays the same and no heartbeat fails.
+        """
+        broker = Broker(self, 0, {"idle": 1}, self.zkRoot)
+        yield broker.start()
+        factory = yield self.factory(heartbeatIntervalInMills=100)
+        producer = factory.createProducer()
+        yield producer.publish("idle")
+        yield eventually(lambda: factory.discovery.partitionsFor("idle"))
+        result = yield producer.sendMessage(Message("idle", b"x"))
+        self.assertTrue(result.success)
+        protocol = factory.connections.get(broker.url)._protocol
+        sent = []
+        original = protocol.version
+        protocol.version = lambda *a, **kw: sent.append(1) or original(*a, **kw)
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertGreaterEqual(len(sent), 5)
+        self.assertEqual(protocol._heartbeatFailures, 0)
+        self.assertIs(factory.connections.get(broker.url)._protocol, protocol)
+        result = yield producer.sendMessage(Message("idle", b"y"))
+        self.assertTrue(result.success)
