@@ -1,0 +1,163 @@
+"""
+The offsets tool against a real ZooKeeper and a real broker: committed
+offsets from each storage, the broker's max offset, the lag, the owners,
+and resetting an offset only when no consumer of the group is alive.
+"""
+
+import os
+
+from kazoo.client import KazooClient
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from metamorphosis.client.offsets import (
+    LocalOffsetStorage,
+    PartitionOffset,
+    ZooKeeperOffsetStorage,
+)
+from metamorphosis.client.partition import Partition
+from metamorphosis.tools.cli import openBroker
+from tests.tools.support import brokerUrl, closedPort, runTool, startBroker
+from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+
+def table(out):
+    """
+    The rows of the tool's table: (topic, partition) -> the other columns.
+    """
+    rows = {}
+    for line in out.splitlines()[1:]:
+        if line.startswith("consumers alive"):
+            break
+        topic, partition, *rest = line.split()
+        rows[(topic, partition)] = rest
+    return rows
+
+
+class OffsetsToolTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.root = uniqueRoot()
+        self.zk = KazooClient(hosts=zookeeperAddress())
+        self.zk.start(10)
+        self.addCleanup(self.zk.stop)
+        self.addCleanup(self.zk.delete, self.root, recursive=True)
+
+    async def _brokerWithMessages(self):
+        """
+        A broker with topic t (2 partitions): three 10-byte messages in
+        partition 0 (max offset 90), none in partition 1.
+        """
+        broker = await startBroker(self, {"t": 2}, zookeeperAddress(), self.root)
+        client = await openBroker(reactor, brokerUrl(broker), 5.0)
+        self.addCleanup(client.transport.loseConnection)
+        for _ in range(3):
+            reply = await client.put("t", 0, b"0123456789", 0)
+            self.assertEqual(reply.code, 200)
+        return broker
+
+    def _commit(self, storage, group, offsets):
+        entries = [PartitionOffset("t", Partition.fromString(p), o, 7, modified=True)
+                   for p, o in offsets.items()]
+        return storage.commitOffset(group, entries)
+
+    def _tool(self, *args):
+        return runTool("offsets", "--zookeeper", zookeeperAddress(), "--zk-root", self.root,
+                       *args)
+
+    def _liveConsumer(self, group, consumerId):
+        base = "%s/consumers/%s" % (self.root, group)
+        self.zk.create("%s/ids/%s" % (base, consumerId), b"t", ephemeral=True, makepath=True)
+        self.zk.create("%s/owners/t/0-0" % (base,), consumerId.encode(), ephemeral=True,
+                       makepath=True)
+
+    def test_lagAndOwners(self):
+        """
+        Per partition: the offset committed in ZooKeeper, the broker's max
+        offset, their difference and the owning consumer.
+        """
+        async def check():
+            await self._brokerWithMessages()
+            await self._commit(ZooKeeperOffsetStorage(self.zk, self.root), "g", {"0-0": 30})
+            self._liveConsumer("g", "g_host-1-abc")
+            out, err, status = await self._tool("--group", "g")
+            self.assertEqual(status, 0, err)
+            rows = table(out)
+            self.assertEqual(rows[("t", "0-0")], ["30", "90", "60", "g_host-1-abc"])
+            self.assertEqual(rows[("t", "0-1")], ["-", "-", "-", "-"])
+            self.assertIn("consumers alive: 1\n  g_host-1-abc", out)
+        return ensureDeferred(check())
+
+    def test_localFile(self):
+        """
+        --offsets-file reads the group's offsets from a local offset file.
+        """
+        async def check():
+            await self._brokerWithMessages()
+            path = os.path.abspath(self.mktemp())
+            await self._commit(LocalOffsetStorage(path), "g", {"0-0": 60})
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--offsets-file", path)
+            self.assertEqual(status, 0, err)
+            self.assertEqual(table(out)[("t", "0-0")], ["60", "90", "30", "-"])
+        return ensureDeferred(check())
+
+    def test_setRefusedWhileConsumersAlive(self):
+        """
+        --set is refused while a consumer of the group is registered, and
+        the committed offset is left alone.
+        """
+        async def check():
+            await self._brokerWithMessages()
+            storage = ZooKeeperOffsetStorage(self.zk, self.root)
+            await self._commit(storage, "g", {"0-0": 30})
+            self._liveConsumer("g", "g_host-1-abc")
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--partition", "0-0", "--set", "0")
+            self.assertEqual(status, 1)
+            self.assertIn("consumer(s) of group 'g' alive (g_host-1-abc)", err)
+            self.assertNotIn("Traceback", err)
+            self.assertEqual((await storage.load("t", "g", Partition(0, 0))).offset, 30)
+        return ensureDeferred(check())
+
+    def test_set(self):
+        """
+        With no consumer alive, --set writes the committed offset.
+        """
+        async def check():
+            await self._brokerWithMessages()
+            storage = ZooKeeperOffsetStorage(self.zk, self.root)
+            await self._commit(storage, "g", {"0-0": 30})
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--partition", "0-0", "--set", "90")
+            self.assertEqual(status, 0, err)
+            self.assertEqual((await storage.load("t", "g", Partition(0, 0))).offset, 90)
+            out, err, status = await self._tool("--group", "g")
+            self.assertEqual(table(out)[("t", "0-0")][:3], ["90", "90", "0"])
+        return ensureDeferred(check())
+
+    def test_unknownGroup(self):
+        """
+        A group that is nowhere: a message and status 1.
+        """
+        async def check():
+            out, err, status = await self._tool("--group", "nobody")
+            self.assertEqual(status, 1)
+            self.assertIn("unknown group 'nobody'", err)
+            self.assertNotIn("Traceback", err)
+        return ensureDeferred(check())
+
+    def test_unreachableZooKeeper(self):
+        """
+        No ZooKeeper: a message and status 1 once the timeout passed.
+        """
+        async def check():
+            address = "127.0.0.1:%d" % (closedPort(),)
+            out, err, status = await runTool("offsets", "--zookeeper", address,
+                                             "--timeout", "1", "--group", "g")
+            self.assertEqual(status, 1)
+            self.assertIn("cannot connect to ZooKeeper at " + address, err)
+            self.assertNotIn("Traceback", err)
+        return ensureDeferred(check())
