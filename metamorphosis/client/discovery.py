@@ -13,7 +13,7 @@ without ZooKeeper.
 import json
 from dataclasses import dataclass, field
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -230,7 +230,8 @@ class ZooKeeperDiscovery(_Listeners):
         """
         zookeeper = self.zookeeper
         path = self._topicPath(topic)
-        zookeeper.ensure_path(path)
+        if zookeeper.exists(path) is None:
+            _ensurePath(zookeeper, path)
         brokers = {}
         partitions = []
         for child in zookeeper.get_children(path, watch=watcher):
@@ -259,6 +260,21 @@ class ZooKeeperDiscovery(_Listeners):
             brokers[brokerId] = url
             partitions.extend(Partition(brokerId, n) for n in range(numParts))
         return TopicView(brokers, tuple(sorted(partitions)))
+
+
+def _ensurePath(zookeeper, path):
+    """
+    Create C{path} and its missing parents as persistent nodes without data
+    (null, not empty), as zkclient's C{createPersistent(path, true)} does;
+    blocking, for a thread.
+    """
+    prefix = ""
+    for part in path.strip("/").split("/"):
+        prefix += "/" + part
+        try:
+            zookeeper.create(prefix, None)
+        except NodeExistsError:
+            pass
 
 
 @implementer(IBrokerDiscovery)

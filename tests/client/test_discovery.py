@@ -88,6 +88,20 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         self.assertIsNone(discovery.partitionsFor("other"))
 
     @defer.inlineCallbacks
+    def test_createsTopicPathWithoutData(self):
+        """
+        Publishing a topic no broker has registered yet creates its
+        topics-pub node (and parents) with null data, as zkclient does.
+        """
+        discovery = self.discovery()
+        yield discovery.publish("fresh")
+        self.assertEqual(discovery.partitionsFor("fresh"), [])
+        data, stat = yield inThread(self.zk.get, "%s/brokers/topics-pub/fresh" % self.root)
+        self.assertIsNone(data)
+        data, stat = yield inThread(self.zk.get, "%s/brokers" % self.root)
+        self.assertIsNone(data)
+
+    @defer.inlineCallbacks
     def test_concurrentPublishes(self):
         """
         Several publishes of one topic while its first read runs each get a
