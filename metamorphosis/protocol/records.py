@@ -78,6 +78,20 @@ def encodeHeader(msgId, flag, body):
     return _header.pack(len(body), zlib.crc32(body) & 0x7FFFFFFF, msgId, flag)
 
 
+def encodeRecordParts(messages, parts):
+    """
+    Append to the list C{parts} the header and the body of the record of
+    each C{(msgId, flag, body)} in C{messages}: the batch form of
+    L{encodeRecord}, for a writer that joins many records into one write.
+    """
+    add = parts.append
+    pack = _header.pack
+    crc32 = zlib.crc32
+    for msgId, flag, body in messages:
+        add(pack(len(body), crc32(body) & 0x7FFFFFFF, msgId, flag))
+        add(body)
+
+
 def encodeRecord(msgId, flag, body):
     """
     The complete stored record (header and body) for one message.

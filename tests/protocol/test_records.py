@@ -16,6 +16,7 @@ from metamorphosis.protocol.records import (
     decodeRecords,
     encodePayload,
     encodeRecord,
+    encodeRecordParts,
 )
 
 EXAMPLE1 = bytes.fromhex("00000005" "3610a686" "b41bba610a400000" "00000000" "68656c6c6f")
@@ -145,6 +146,22 @@ class PropertyTests(SynchronousTestCase):
             [(r.id, r.data, r.attribute) for r in records], [tuple(i) for i in items]
         )
         self.assertEqual(sum(r.size for r in records), len(buffer))
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.tuples(messages, st.integers(0, 0x7FFFFFFF)), max_size=6))
+    def test_partsAreRecords(self, items):
+        """
+        L{encodeRecordParts} joins to the same bytes as L{encodeRecord}.
+        """
+        triples = [
+            (msgId, flag, encodePayload(data, attribute)[0])
+            for (msgId, data, attribute), flag in items
+        ]
+        parts = [b"head"]
+        encodeRecordParts(triples, parts)
+        self.assertEqual(
+            b"".join(parts), b"head" + b"".join(encodeRecord(*t) for t in triples)
+        )
 
     @settings(max_examples=60, deadline=None)
     @given(st.lists(messages, min_size=1, max_size=6), st.data())

@@ -39,7 +39,7 @@ from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmen
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
     InvalidRecord,
-    encodeHeader,
+    encodeRecordParts,
     iterRecords,
 )
 
@@ -112,10 +112,8 @@ class _Entry:
         """
         if self.raw is not None:
             parts.append(self.raw)
-            return
-        for msgId, flag, body in self.messages:
-            parts.append(encodeHeader(msgId, flag, body))
-            parts.append(body)
+        else:
+            encodeRecordParts(self.messages, parts)
 
 
 class _Write:
