@@ -36,6 +36,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis import zk
+from metamorphosis.broker.address import localHost
+from metamorphosis.client.membership import consumerUUID
 from metamorphosis.ha import failover
 from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.interfaces import IReplication
@@ -287,6 +289,11 @@ class AsyncSlaveService(service.Service):
         self.failoverPath = failover.recordPath(self.paths, metaConfig.brokerId)
         self._masterGoneSince = None
         self._refusedTopics = set()
+        self._registeredTopics = None
+        self.consumerId = "%s_%s" % (
+            config.slaveGroup,
+            consumerUUID(host=metaConfig.hostName or localHost()),
+        )
         self._loop = self._lagLoop = None
         self._stopping = False
 
@@ -366,6 +373,12 @@ class AsyncSlaveService(service.Service):
         if self.link is not None:
             link, self.link = self.link, None
             await link.stop()
+        if self._registeredTopics is not None:
+            path = "%s/%s/ids/%s" % (self.paths.consumersPath, self.config.slaveGroup, self.consumerId)
+            try:
+                await self._zk("delete_async", path)
+            except NoNodeError:
+                pass
         self.log.warn("Promoted: broker {brokerId} slave {slaveId} becomes the master", brokerId=self.metaConfig.brokerId, slaveId=self.config.slaveId)
         if self.onPromoted is not None:
             await defer.maybeDeferred(self.onPromoted)
@@ -401,11 +414,32 @@ class AsyncSlaveService(service.Service):
             await self._masterChanged(masterUrl)
         if masterUrl is None:
             return False
-        for topic, numParts in (await self._masterTopics(brokerId)).items():
+        topics = await self._masterTopics(brokerId)
+        for topic, numParts in topics.items():
             for partition in range(numParts):
                 if (topic, partition) not in self.pullers:
                     await self._startPuller(topic, partition)
+        await self._registerConsumer(sorted(topics))
         return False
+
+    async def _registerConsumer(self, topics):
+        """
+        Show the replicating consumer in ZooKeeper as the Java slave's
+        consumer appears: C{consumers/<slaveGroup>/ids/<slaveGroup>_<ip>-<pid>-<uuid>}
+        (ephemeral, data: the topics it pulls), without owner nodes or
+        offsets (spec/zookeeper.md section 7).
+        """
+        data = ",".join(topics).encode("utf-8")
+        path = "%s/%s/ids/%s" % (self.paths.consumersPath, self.config.slaveGroup, self.consumerId)
+        # Checked on every scan: the node goes with an expired session.
+        if data == self._registeredTopics and await self._zk("exists_async", path) is not None:
+            return
+        try:
+            await self._zk("set_async", path, data)
+        except NoNodeError:
+            await zk.ensurePath(self.client, path.rsplit("/", 1)[0], self.reactor)
+            await self._zk("create_async", path, data, None, True)
+        self._registeredTopics = data
 
     async def _failover(self, masterUrl):
         """

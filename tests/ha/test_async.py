@@ -111,6 +111,14 @@ class AsyncReplicationTests(_AsyncCase):
         self.assertTrue((yield self.exists("/brokers/ids/2/slave0")))
         self.assertTrue((yield self.exists("/brokers/topics-sub/test/2-s0")))
         self.assertTrue((yield self.exists("/brokers/topics-pub/meta-test/2-s0")))
+        # The replicating consumer shows as the Java slave's does: no
+        # owners, no offsets.
+        [consumer] = yield deferToThread(self.zk.get_children, self.root + "/consumers/meta-slave-group_0/ids")
+        self.assertTrue(consumer.startswith("meta-slave-group_0_127.0.0.1-"), consumer)
+        data = yield self.data("/consumers/meta-slave-group_0/ids/" + consumer)
+        self.assertEqual(data, b"meta-test,test")
+        self.assertIsNone((yield self.exists("/consumers/meta-slave-group_0/owners")))
+        self.assertIsNone((yield self.exists("/consumers/meta-slave-group_0/offsets")))
         # The master's own registration is untouched.
         data = yield self.data("/brokers/ids/2/master")
         self.assertEqual(data, b"meta://127.0.0.1:%d" % (self.master.port,))

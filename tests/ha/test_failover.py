@@ -102,6 +102,7 @@ class FailoverTests(TestCase):
         yield waitFor(lambda: self.masterIs(slave), timeout=30)
         self.assertEqual((yield self.record()), FailoverRecord(1, self.url(slave)))
         self.assertIsNone((yield self.data("/brokers/ids/2/slave0")))
+        self.assertEqual((yield deferToThread(self.zk.get_children, self.root + "/consumers/meta-slave-group_0/ids")), [])
         self.assertEqual(slave.segmentFiles("meta-test", 0), before)
         reply = yield self.put(slave, b"after")
         self.assertEqual(reply.code, 200)
@@ -128,6 +129,10 @@ class FailoverTests(TestCase):
         second = yield self.startSlave(1)
         self.assertEqual((yield self.put(self.master, b"one")).code, 200)
         yield waitFor(lambda: self.record().addCallback(lambda r: r is not None))
+        # Both caught up: a slave ahead of the one promoted could not follow
+        # it (docs/ha.md).
+        for slave in (first, second):
+            yield waitFor(lambda: slave.segmentFiles("meta-test", 0) == self.master.segmentFiles("meta-test", 0))
         yield self.master.kill()
         yield waitFor(lambda: self.record().addCallback(lambda r: r.epoch == 1), timeout=30)
         record = yield self.record()
