@@ -80,6 +80,19 @@ class _AsyncCase(TestCase):
     def exists(self, path):
         return deferToThread(self.zk.exists, self.root + path)
 
+    def children(self, path):
+        """
+        The children of a node, none while it does not exist.
+        """
+
+        def get():
+            try:
+                return self.zk.get_children(self.root + path)
+            except NoNodeError:
+                return []
+
+        return deferToThread(get)
+
     def data(self, path):
         """
         The data of a node, C{b""} while it does not exist.
@@ -113,7 +126,7 @@ class AsyncReplicationTests(_AsyncCase):
         self.assertTrue((yield self.exists("/brokers/topics-pub/meta-test/2-s0")))
         # The replicating consumer shows as the Java slave's does: no
         # owners, no offsets.
-        [consumer] = yield deferToThread(self.zk.get_children, self.root + "/consumers/meta-slave-group_0/ids")
+        [consumer] = yield waitFor(lambda: self.children("/consumers/meta-slave-group_0/ids"))
         self.assertTrue(consumer.startswith("meta-slave-group_0_127.0.0.1-"), consumer)
         data = yield self.data("/consumers/meta-slave-group_0/ids/" + consumer)
         self.assertEqual(data, b"meta-test,test")
