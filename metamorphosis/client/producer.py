@@ -500,7 +500,7 @@ class OrderedMessageProducer(MessageProducer):
         topic = message.topic
         pending = self.storage.count(topic, partition)
         if pending > self.maxInlineRecovery:
-            self.sessionFactory.reactor.callLater(0, self.recover, topic, partition)
+            self.sessionFactory.reactor.callLater(0, self._recoverInBackground, topic, partition)
             return (yield self._keep(message, partition))
         if pending:
             yield self._replay(topic, partition)
@@ -522,6 +522,11 @@ class OrderedMessageProducer(MessageProducer):
             return d.addCallback(lambda result: result.success)
 
         return self.storage.replay(topic, partition, resend)
+
+    def _recoverInBackground(self, topic, partition):
+        self.recover(topic, partition).addErrback(
+            lambda f: self.log.failure("Re-sending kept messages of {topic} failed", f, topic=topic)
+        )
 
     def recover(self, topic, partition):
         """

@@ -379,6 +379,28 @@ class OrderedProducerTests(ProducerTestsMixin, TestCase):
         self.assertEqual(self.broker.payloads(), [b"x"])
 
     @defer.inlineCallbacks
+    def test_longBacklogKeptThenDrained(self):
+        """
+        With more than 20 messages kept, new messages are kept behind them at
+        once and background replays run; once the partition opens
+        everything reaches it in order.
+        """
+        producer = self.factory.createOrderedProducer()
+        yield producer.publish("test")
+        self.broker.closedPartitions.add(0)
+        key = self.keyFor(0)
+        for i in range(25):
+            result = yield producer.sendMessage(Message("test", b"%d" % i, key))
+            self.assertEqual(result.errorMessage, "send to local")
+        self.assertEqual(self.broker.payloads(), [])
+        self.broker.closedPartitions.clear()
+        result = yield producer.sendMessage(Message("test", b"25", key))
+        self.assertTrue(result.success)
+        yield eventually(lambda: len(self.broker.stored) == 26)
+        self.assertEqual(self.broker.payloads(), [b"%d" % i for i in range(26)])
+        yield eventually(lambda: producer.storage.count("test", Partition(0, 0)) == 0)
+
+    @defer.inlineCallbacks
     def test_keptAcrossRestart(self):
         """
         Kept messages survive the producer process: a new factory on the same
