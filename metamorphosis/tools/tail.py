@@ -19,7 +19,6 @@ the broker catches up.
 
 import json
 import os
-import sys
 from collections import deque
 
 from twisted.application import service
@@ -180,12 +179,19 @@ class StateFile:
 
     def save(self, key, offset):
         """
-        @return: a Deferred that fires once C{(key, offset)} (or a later
-            value) is on disk.
+        Write C{(key, offset)} soon, unless a later value comes first.
         """
         self._latest = (key, offset)
         if self._writing is None:
             self._writing = defer.ensureDeferred(self._writeLatest())
+
+    def whenSaved(self):
+        """
+        @return: a Deferred that fires once the latest value is written (or
+            its writing failed, which is logged).
+        """
+        if self._writing is None:
+            return defer.succeed(None)
         waiter = defer.Deferred()
         self._writing.addBoth(lambda result: (waiter.callback(None), result)[1])
         return waiter
@@ -299,7 +305,6 @@ class Tailer(service.Service):
     def _failed(self, why, entry, payload):
         self._done()
         if not isinstance(why, str):
-            why.trap(MetaClientError)
             why = why.getErrorMessage()
         self.log.warn("Sending to {topic} failed ({why}); retrying", topic=self.topic, why=why)
         if self.running:
@@ -335,7 +340,8 @@ class Tailer(service.Service):
         if self._sending:
             self._drained = defer.Deferred()
             yield self._drained
-        yield self.state.save(*self.position)
+        self.state.save(*self.position)
+        yield self.state.whenSaved()
         self.logFile.close()
 
 

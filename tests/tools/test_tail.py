@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from metamorphosis.client.producer import SendResult
 from metamorphosis.tools.tail import LogFile, StateFile, Tailer, startOffset
-from tests.ha.processes import waitFor
+from tests.ha.processes import sleep, waitFor
 from tests.tools.support import (
     ToolProcess,
     brokerUrl,
@@ -280,6 +280,33 @@ class TailToolTests(TestCase):
             received = collections.Counter(m for p in topic.values() for m in p)
             self.assertEqual(received, collections.Counter(expected))
             self.assertTrue(all(topic.values()), "both partitions used")
+        return ensureDeferred(check())
+
+    def test_brokerRestart(self):
+        """
+        Lines written while the broker is down are sent once it is back:
+        none is lost (a put in flight at the crash may be stored twice).
+        """
+        async def check():
+            broker = await startBroker(self, {"logs": 1})
+            path = os.path.abspath(self.mktemp())
+            lines = [b"%d" % i for i in range(60)]
+            append(path, b"".join(line + b"\n" for line in lines[:20]))
+            tail = ToolProcess("tail", "--broker", brokerUrl(broker), "--topic", "logs",
+                               "--from-beginning", "--interval", "0.05", path)
+
+            async def received():
+                return set((await readTopic(broker, "logs", 1))[0])
+            await waitFor(lambda: ensureDeferred(received()).addCallback(
+                lambda r: r == set(lines[:20])))
+            await broker.kill()
+            append(path, b"".join(line + b"\n" for line in lines[20:]))
+            await sleep(1.5)
+            await broker.start()
+            await waitFor(lambda: ensureDeferred(received()).addCallback(
+                lambda r: r == set(lines)))
+            self.assertEqual(await tail.stop(), 0, tail.output)
+            self.assertIn(b"retrying", tail.output)
         return ensureDeferred(check())
 
     def test_missingFile(self):
