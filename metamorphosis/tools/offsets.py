@@ -37,7 +37,7 @@ LONG_MAX = 2**63 - 1
 
 
 class Options(usage.Options):
-    synopsis = "--zookeeper HOST:PORT --group GROUP [options]"
+    synopsis = "Usage: metaq-offsets --zookeeper HOST:PORT --group GROUP [options]"
     optParameters = [
         ["zookeeper", "z", None, "ZooKeeper host:port[,host:port...] (required)"],
         ["zk-root", None, "/meta", "MetaQ's root znode"],

@@ -18,7 +18,7 @@ from metamorphosis.tools.cli import ToolError, brokerUrl, openBroker, runTool
 
 
 class Options(usage.Options):
-    synopsis = "[options] [item]"
+    synopsis = "Usage: metaq-stats [options] [item]"
     longdesc = ("Query 'stats [item]' of a broker (items: topics, offsets, realtime, "
                 "config, reset, help, or a topic name) and print the reply.")
     optParameters = [

@@ -346,7 +346,7 @@ class Tailer(service.Service):
 
 
 class Options(usage.Options):
-    synopsis = "--topic TOPIC (--zookeeper HOST:PORT | --broker URL) [options] FILE"
+    synopsis = "Usage: metaq-tail --topic TOPIC (--zookeeper HOST:PORT | --broker URL) [options] FILE"
     optFlags = [
         ["from-beginning", None, "without a saved position, start at the beginning of the "
                                  "file (default: at its end)"],
@@ -366,10 +366,12 @@ class Options(usage.Options):
         ["timeout", None, 10.0, "seconds to wait for ZooKeeper and the brokers at start", float],
     ]
 
-    def parseArgs(self, path):
-        self["file"] = os.path.abspath(path)
+    def parseArgs(self, path=None):
+        self["file"] = path and os.path.abspath(path)
 
     def postOptions(self):
+        if not self["file"]:
+            raise usage.UsageError("the FILE to follow is missing")
         if not self["topic"]:
             raise usage.UsageError("--topic is required")
         if bool(self["zookeeper"]) == bool(self["broker"]):
