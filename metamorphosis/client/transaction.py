@@ -409,7 +409,10 @@ class XAMessageProducer(TransactionalMessageProducer):
         if not urls:
             raise MetaClientError("There is no broker serving all the published topics")
         url = random.choice(urls)
-        return MetaXAResource(self, self.sessionFactory.connections.get(url), urls)
+        connection = self.sessionFactory.connections.get(url)
+        if connection is None:
+            raise MetaConnectionError("No connection to %s" % (url,))
+        return MetaXAResource(self, connection, urls)
 
 
 class MetaXAResource:
