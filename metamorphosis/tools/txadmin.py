@@ -7,8 +7,9 @@ completion), list them, or forget a heuristic outcome.
     python -m metamorphosis.tools.txadmin --data-path DIR rollback|complete|forget KEY
 
 It talks to the broker through the admin socket in the transaction journal
-directory (docs/transactions.md).  Exit status 0 when the broker did it, 1
-when there was no such transaction, 2 when the broker cannot be reached.
+directory (docs/transactions.md).  Exit status, as the other tools: 0 done,
+1 a failure explained on stderr (no such prepared transaction, broker not
+reachable), 2 bad usage.
 """
 
 import argparse
@@ -69,7 +70,7 @@ async def run(reactor, options, out=sys.stdout, err=sys.stderr):
         )
     except Exception as e:
         print("cannot reach the broker: %s" % (e,), file=err)
-        return 2
+        return 1
     try:
         if options.command == "list":
             answer = await client.callRemote(ListTransactions)

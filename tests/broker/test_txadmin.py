@@ -77,6 +77,6 @@ class TxAdminToolTests(TestCase):
     def test_unreachable(self):
         async def go():
             self.config = MetaConfig(dataPath=self.mktemp())
-            self.assertEqual((await self.tool("list"))[0], 2)
+            self.assertEqual((await self.tool("list"))[0], 1)
 
         return ensureDeferred(go())
