@@ -133,7 +133,7 @@ class ZooKeeperDiscovery(_Listeners):
 
     def partitionsFor(self, topic):
         view = self._views.get(topic)
-        return None if view is None else list(view.partitions)
+        return None if view is None else view.partitions
 
     def brokerUrlFor(self, topic, partition):
         view = self._views.get(topic)
@@ -294,24 +294,23 @@ class StaticDiscovery(_Listeners):
         self.serverUrl = serverUrl
         self.partitions = dict(partitions or {})
         self.brokerId = brokerId
-        self._published = set()
+        self._published = {}
 
     def publish(self, topic):
         if topic not in self._published:
-            self._published.add(topic)
+            count = self.partitions.get(topic)
+            if count is None:
+                self._published[topic] = (RANDOM_PARTITION,)
+            else:
+                self._published[topic] = tuple(Partition(self.brokerId, n) for n in range(count))
             self.notify(topic)
         return defer.succeed(None)
 
     def unpublish(self, topic):
-        self._published.discard(topic)
+        self._published.pop(topic, None)
 
     def partitionsFor(self, topic):
-        if topic not in self._published:
-            return None
-        count = self.partitions.get(topic)
-        if count is None:
-            return [RANDOM_PARTITION]
-        return [Partition(self.brokerId, n) for n in range(count)]
+        return self._published.get(topic)
 
     def brokerUrlFor(self, topic, partition):
         return self.serverUrl if topic in self._published else None

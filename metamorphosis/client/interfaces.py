@@ -22,9 +22,9 @@ class IPartitionSelector(Interface):
         Pick one partition for C{message}.
 
         @param topic: the topic being sent to.
-        @param partitions: the topic's writable partitions, a list of
+        @param partitions: the topic's writable partitions, a sequence of
             L{metamorphosis.client.partition.Partition} sorted numerically
-            by (broker id, partition); may be empty.
+            by (broker id, partition); may be empty or L{None}.
         @param message: the L{metamorphosis.client.message.Message}; it must
             not be changed.
         @return: one L{Partition}.
@@ -55,8 +55,9 @@ class IBrokerDiscovery(Interface):
 
     def partitionsFor(topic):
         """
-        @return: the topic's known master partitions, sorted, or L{None}
-            when the topic is not published.
+        @return: the topic's known master partitions, sorted, as a
+            sequence the caller must not modify, or L{None} when the topic
+            is not published.
         """
 
     def brokerUrlFor(topic, partition):

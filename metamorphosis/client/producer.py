@@ -135,11 +135,17 @@ class MessageProducer:
         The topic whose brokers carry C{topic}: itself when published, else
         the default topic.
         """
-        discovery = self.sessionFactory.discovery
-        if discovery.partitionsFor(topic) is not None:
-            return topic
+        return self._route(topic)[0]
+
+    def _route(self, topic):
+        """
+        @return: C{(routeTopic, its partitions)}, see L{_routeTopic}.
+        """
+        partitions = self.sessionFactory.discovery.partitionsFor(topic)
+        if partitions is not None:
+            return topic, partitions
         if self._defaultTopic is not None:
-            return self._defaultTopic
+            return self._defaultTopic, self.sessionFactory.discovery.partitionsFor(self._defaultTopic)
         raise MetaClientError(
             "There is no aviable partition for topic %s,maybe you don't publish it at first?" % (topic,)
         )
@@ -148,20 +154,19 @@ class MessageProducer:
         """
         @return: C{(partition, brokerUrl)} for C{message}.
         """
-        routeTopic = self._routeTopic(message.topic)
-        discovery = self.sessionFactory.discovery
-        partition = self.selector.getPartition(
-            routeTopic, discovery.partitionsFor(routeTopic), message
-        )
+        routeTopic, partitions = self._route(message.topic)
+        partition = self.selector.getPartition(routeTopic, partitions, message)
         if partition is None:
             raise MetaClientError(
                 "There is no aviable partition for topic %s,maybe you don't publish it at first?"
                 % (message.topic,)
             )
-        return partition, self._brokerUrl(message.topic, partition)
+        return partition, self._brokerUrl(message.topic, partition, routeTopic)
 
-    def _brokerUrl(self, topic, partition):
-        url = self.sessionFactory.discovery.brokerUrlFor(self._routeTopic(topic), partition)
+    def _brokerUrl(self, topic, partition, routeTopic=None):
+        if routeTopic is None:
+            routeTopic = self._routeTopic(topic)
+        url = self.sessionFactory.discovery.brokerUrlFor(routeTopic, partition)
         if url is None:
             raise MetaClientError(
                 "There is no aviable server right now for topic %s and partition %s,"
@@ -231,7 +236,10 @@ class MessageProducer:
             except ValueError:
                 return SendResult(False, None, -1, "Invalid put reply: %r" % (text,))
             message.id = messageId
-            message.partition = Partition(partition.brokerId, partitionNumber)
+            if partition.partition != partitionNumber:
+                # Partition -1: the broker chose.
+                partition = Partition(partition.brokerId, partitionNumber)
+            message.partition = partition
             return SendResult(True, message.partition, offset, None, messageId)
         if code == 403:
             return SendResult(False, None, -1, "403")

@@ -80,7 +80,7 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         discovery = self.discovery()
         yield discovery.publish("t")
         self.assertEqual(
-            discovery.partitionsFor("t"),
+            list(discovery.partitionsFor("t")),
             [Partition(2, 0), Partition(2, 1), Partition(2, 2), Partition(10, 0), Partition(10, 1)],
         )
         self.assertEqual(discovery.brokerUrlFor("t", Partition(10, 1)), "meta://127.0.0.1:10")
@@ -95,7 +95,7 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         """
         discovery = self.discovery()
         yield discovery.publish("fresh")
-        self.assertEqual(discovery.partitionsFor("fresh"), [])
+        self.assertEqual(list(discovery.partitionsFor("fresh")), [])
         data, stat = yield inThread(self.zk.get, "%s/brokers/topics-pub/fresh" % self.root)
         self.assertIsNone(data)
         data, stat = yield inThread(self.zk.get, "%s/brokers" % self.root)
@@ -133,7 +133,7 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         del discovery._read
         yield self.register(0, "meta://127.0.0.1:1", "t", 1)
         yield discovery.publish("t")
-        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0)])
+        self.assertEqual(list(discovery.partitionsFor("t")), [Partition(0, 0)])
 
     @defer.inlineCallbacks
     def test_ignoresSlavesAndBrokersWithoutMaster(self):
@@ -153,7 +153,7 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         yield inThread(slave)
         discovery = self.discovery()
         yield discovery.publish("t")
-        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0)])
+        self.assertEqual(list(discovery.partitionsFor("t")), [Partition(0, 0)])
 
     @defer.inlineCallbacks
     def test_followsChanges(self):
@@ -165,13 +165,13 @@ class ZooKeeperDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         changes = []
         discovery.addListener(changes.append)
         yield discovery.publish("t")
-        self.assertEqual(discovery.partitionsFor("t"), [])
+        self.assertEqual(list(discovery.partitionsFor("t")), [])
         yield self.register(0, "meta://127.0.0.1:1", "t", 2)
         yield eventually(lambda: len(discovery.partitionsFor("t")) == 2)
         yield self.register(1, "meta://127.0.0.1:2", "t", 1)
         yield eventually(lambda: len(discovery.partitionsFor("t")) == 3)
         yield self.unregister(0, "t")
-        yield eventually(lambda: discovery.partitionsFor("t") == [Partition(1, 0)])
+        yield eventually(lambda: list(discovery.partitionsFor("t")) == [Partition(1, 0)])
         self.assertEqual(discovery.brokerUrls("t"), {"meta://127.0.0.1:2"})
         self.assertIn("t", changes)
         self.assertGreaterEqual(len(changes), 4)
@@ -199,8 +199,8 @@ class StaticDiscoveryTests(TestCase):
         self.assertIsNone(discovery.partitionsFor("t"))
         discovery.publish("t")
         discovery.publish("u")
-        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0), Partition(0, 1)])
-        self.assertEqual(discovery.partitionsFor("u"), [Partition(-1, -1)])
+        self.assertEqual(list(discovery.partitionsFor("t")), [Partition(0, 0), Partition(0, 1)])
+        self.assertEqual(list(discovery.partitionsFor("u")), [Partition(-1, -1)])
         self.assertEqual(discovery.brokerUrlFor("u", Partition(-1, -1)), "meta://127.0.0.1:1")
 
 
@@ -262,7 +262,7 @@ class SessionExpiryTests(ZooKeeperTestsMixin, TestCase):
         discovery = ZooKeeperDiscovery(client, self.root, reactor)
         self.addCleanup(discovery.stop)
         yield discovery.publish("t")
-        self.assertEqual(discovery.partitionsFor("t"), [Partition(0, 0)])
+        self.assertEqual(list(discovery.partitionsFor("t")), [Partition(0, 0)])
 
         def expire():
             # The usual trick: a second client on the same session, closed,

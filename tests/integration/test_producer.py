@@ -221,7 +221,7 @@ class ProducerIntegrationTests(TestCase):
         yield producer.publish("it")
         yield eventually(lambda: len(factory.discovery.partitionsFor("it")) == 5)
         partitions = [Partition(0, 0), Partition(0, 1), Partition(1, 0), Partition(1, 1), Partition(1, 2)]
-        self.assertEqual(factory.discovery.partitionsFor("it"), partitions)
+        self.assertEqual(list(factory.discovery.partitionsFor("it")), partitions)
         results = []
         for i in range(20):
             message = Message("it", b"payload-%d" % i, "attr-%d" % i if i % 3 == 0 else None)
