@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
 from metamorphosis.broker.server import FileRegion
 from metamorphosis.broker.service import BrokerService, Options
-from metamorphosis.protocol.commands import ResultCommand, ValueCommand
+from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
 
 from tests.broker.client import connect
