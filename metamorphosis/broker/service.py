@@ -81,7 +81,7 @@ class BrokerService(service.MultiService):
             self.replicationService = replication.makeService(self)
         # A master refuses writes while a failover record names another
         # broker (docs/ha.md, "Failover").
-        self.fence = installFence(self) if config.slaveId < 0 else None
+        self.fence = None if replication is not None and replication.slave else installFence(self)
         timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
         timer.clock = reactor
         timer.setServiceParent(self)
@@ -224,10 +224,10 @@ class Options(usage.Options):
             config.zookeeper.zkEnable = True
         try:
             self.replication = replicationFor(self["config"], self["replication"])
+            if self.replication is not None:
+                self.replication.configure(config)
         except ReplicationConfigError as e:
             raise SystemExit(f"metaq: bad replication configuration: {e}")
-        if self.replication is not None:
-            self.replication.configure(config)
         self["idle-timeout"] = float(self["idle-timeout"])
         port = self["port"] or f"tcp:{config.serverPort}"
         if port.isdigit():

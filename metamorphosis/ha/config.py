@@ -144,13 +144,27 @@ class GregorSlaveConfig:
     """
     C{gregor_slave.properties}: a synchronous replication slave.  The Java
     plugin reads no key from it.
+
+    @ivar autoPromote: (ours) watch the master in ZooKeeper and take its
+        place when it has been gone for C{promoteAfterMs}
+        (L{metamorphosis.ha.failover}); the slave then uses the
+        C{[zookeeper]} section of its C{server.ini}, which the Java slave
+        ignores.
+    @ivar promoteAfterMs: (ours) how long the master must be gone first.
     """
+
+    autoPromote: bool = False
+    promoteAfterMs: int = 5000
 
     plugin = "gregor"
 
     @classmethod
     def fromProperties(cls, properties, source="gregor_slave.properties"):
-        return cls()
+        read = _Reader(properties, source)
+        return cls(
+            autoPromote=read.boolean("autoPromote", False),
+            promoteAfterMs=read.integer("promoteAfterMs", 5000, minimum=0),
+        )
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,66 @@ async def writeRecord(client, path, record, version, reactor=None):
     return True
 
 
+class Candidate:
+    """
+    A slave's side of failover: decides, each time the slave looks at its
+    master's registration, whether it is to become the master.
+
+    @param autoPromote: claim the record when the master is gone; without
+        it the slave promotes only when the record is set to name it.
+    @param waitSeconds: how long the master must be gone first.
+    @param ownUrl: a callable giving the slave's C{meta://host:port}, or
+        L{None} while unknown.
+    """
+
+    log = Logger()
+
+    def __init__(self, path, autoPromote, waitSeconds, ownUrl, clock):
+        self.path = path
+        self.autoPromote = autoPromote
+        self.waitSeconds = waitSeconds
+        self.ownUrl = ownUrl
+        self.clock = clock
+        self._masterGoneSince = None
+
+    async def shouldPromote(self, client, masterUrl):
+        """
+        Read the record: it names this slave - promote; with C{autoPromote},
+        create it while there is a master, and claim it when the master
+        (C{masterUrl} L{None}) has been gone long enough.
+
+        @return: whether this slave is to become the master.
+        """
+        ownUrl = self.ownUrl()
+        if ownUrl is None:
+            return False
+        try:
+            record, version = await readRecord(client, self.path, self.clock)
+        except ValueError as e:
+            self.log.error("{error}; no failover", error=e)
+            return False
+        if record is not None and record.master == ownUrl:
+            return True
+        if not self.autoPromote:
+            return False
+        if masterUrl is not None:
+            self._masterGoneSince = None
+            if record is None:
+                await writeRecord(client, self.path, FailoverRecord(0, masterUrl), None, self.clock)
+            return False
+        now = self.clock.seconds()
+        if self._masterGoneSince is None:
+            self._masterGoneSince = now
+            self.log.warn("The master is gone ({path})", path=self.path)
+        if now - self._masterGoneSince < self.waitSeconds:
+            return False
+        claim = FailoverRecord(record.epoch + 1 if record is not None else 1, ownUrl)
+        won = await writeRecord(client, self.path, claim, version, self.clock)
+        if won:
+            self.log.warn("Claimed {path} at epoch {epoch}", path=self.path, epoch=claim.epoch)
+        return won
+
+
 class Fence(service.Service):
     """
     Keeps a master from taking writes when the failover record names

@@ -20,6 +20,11 @@ class IReplication(Interface):
 
     name = Attribute("The Java plugin name: C{samsa}, C{gregor} or C{metaslave}.")
 
+    slave = Attribute(
+        "Whether the broker is a slave: it does not register as its broker "
+        "id's master (nor is it fenced as one) unless it is promoted."
+    )
+
     def configure(config):
         """
         Adjust the broker's L{metamorphosis.broker.config.MetaConfig} before

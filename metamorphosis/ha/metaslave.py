@@ -286,8 +286,13 @@ class AsyncSlaveService(service.Service):
         self.onPromoted = onPromoted
         self.promoted = False
         self.fence = None
-        self.failoverPath = failover.recordPath(self.paths, metaConfig.brokerId)
-        self._masterGoneSince = None
+        self.candidate = failover.Candidate(
+            failover.recordPath(self.paths, metaConfig.brokerId),
+            config.autoPromote,
+            config.promoteAfterMs / 1000.0 + config.slaveId,
+            ownUrl,
+            self.reactor,
+        )
         self._refusedTopics = set()
         self._registeredTopics = None
         self.consumerId = "%s_%s" % (
@@ -408,7 +413,7 @@ class AsyncSlaveService(service.Service):
             masterUrl = data.decode("utf-8") if data else None
         except NoNodeError:
             masterUrl = None
-        if await self._failover(masterUrl):
+        if await self.candidate.shouldPromote(self.client, masterUrl):
             return True
         if masterUrl != self.masterUrl:
             await self._masterChanged(masterUrl)
@@ -441,43 +446,6 @@ class AsyncSlaveService(service.Service):
             await self._zk("create_async", path, data, None, True)
         self._registeredTopics = data
 
-    async def _failover(self, masterUrl):
-        """
-        Read the failover record: promote when it names this slave; with
-        C{autoPromote}, create it while there is a master, and claim it when
-        the master has been gone long enough.
-
-        @return: whether this slave is to become the master.
-        """
-        ownUrl = self.ownUrl()
-        if ownUrl is None:
-            return False
-        try:
-            record, version = await failover.readRecord(self.client, self.failoverPath, self.reactor)
-        except ValueError as e:
-            self.log.error("{error}; no failover", error=e)
-            return False
-        if record is not None and record.master == ownUrl:
-            return True
-        if not self.config.autoPromote:
-            return False
-        if masterUrl is not None:
-            self._masterGoneSince = None
-            if record is None:
-                await failover.writeRecord(self.client, self.failoverPath, failover.FailoverRecord(0, masterUrl), None, self.reactor)
-            return False
-        now = self.reactor.seconds()
-        if self._masterGoneSince is None:
-            self._masterGoneSince = now
-            self.log.warn("Master of broker {brokerId} is gone", brokerId=self.metaConfig.brokerId)
-        wait = self.config.promoteAfterMs / 1000.0 + self.config.slaveId
-        if now - self._masterGoneSince < wait:
-            return False
-        claim = failover.FailoverRecord(record.epoch + 1 if record is not None else 1, ownUrl)
-        won = await failover.writeRecord(self.client, self.failoverPath, claim, version, self.reactor)
-        if won:
-            self.log.warn("Claimed broker {brokerId} at epoch {epoch}", brokerId=self.metaConfig.brokerId, epoch=claim.epoch)
-        return won
 
     async def _masterChanged(self, masterUrl):
         self.log.info("Master of broker {brokerId} is now {url}", brokerId=self.metaConfig.brokerId, url=masterUrl)
@@ -565,6 +533,7 @@ class MetaslaveReplication:
     """
 
     name = "metaslave"
+    slave = True
     log = Logger()
 
     def __init__(self, config, reactor=None):

@@ -172,6 +172,7 @@ class SamsaReplication:
     """
 
     name = "samsa"
+    slave = False
     log = Logger()
 
     def __init__(self, config, reactor=None):

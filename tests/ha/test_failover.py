@@ -14,6 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from metamorphosis.ha.failover import MARKER, FailoverRecord
+from metamorphosis.protocol.records import decodeRecords
 from metamorphosis.tools import failover as tool
 from tests.ha.processes import Broker, serverIni, waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
@@ -21,7 +22,11 @@ from tests.zookeeper import uniqueRoot, zookeeperAddress
 TOPICS = (("meta-test", 1),)
 
 
-class FailoverTests(TestCase):
+class _FailoverCase(TestCase):
+    """
+    Brokers of broker id 2 in a ZooKeeper root of their own.
+    """
+
     timeout = 90
 
     def setUp(self):
@@ -79,6 +84,9 @@ class FailoverTests(TestCase):
     def masterIs(self, broker):
         return self.data("/brokers/ids/2/master").addCallback(lambda data: data == self.url(broker).encode())
 
+
+
+class FailoverTests(_FailoverCase):
     @defer.inlineCallbacks
     def test_automaticPromotionAndFencing(self):
         """
@@ -166,3 +174,63 @@ class FailoverTests(TestCase):
         yield deferToThread(tool.main, ["--zookeeper", zookeeperAddress(), "--root", self.root, "show", "2"], out)
         self.assertIn("failover record: epoch 1, master %s" % (self.url(slave),), out.getvalue())
         self.assertIn("registered master: %s" % (self.url(slave),), out.getvalue())
+
+
+
+class SyncFailoverTests(_FailoverCase):
+    """
+    A gregor slave with C{autoPromote} taking over from its samsa master.
+    """
+
+    @defer.inlineCallbacks
+    def test_promotionKeepsEveryAcknowledgedMessage(self):
+        """
+        The sync slave, invisible in ZooKeeper while its master lives, takes
+        its place when it dies, with every message the master acknowledged;
+        it refuses syncs from then on, and the old master restarted is
+        fenced.
+        """
+        slave = Broker(
+            self, "gregor", self.ini(), "gregor_slave.properties", "autoPromote=true\npromoteAfterMs=300\n"
+        )
+        yield slave.start()
+        self.master = Broker(
+            self, "samsa", self.ini(), "samsa_master.properties", "slave=127.0.0.1:%d\n" % (slave.port,)
+        )
+        yield self.master.start()
+        yield waitFor(lambda: self.put(self.master, b"probe").addCallback(lambda r: r.code == 200))
+        yield waitFor(lambda: self.record().addCallback(lambda r: r == FailoverRecord(0, self.url(self.master))))
+        yield waitFor(lambda: os.path.exists(os.path.join(self.master.folder, "data", MARKER)))
+        self.assertIsNone((yield self.data("/brokers/ids/2/slave0")))
+        self.assertTrue((yield self.masterIs(self.master)))
+
+        producer = yield self.master.connect()
+        acknowledged = set()
+
+        def replied(reply):
+            if reply.code == 200:
+                acknowledged.add(int(reply.body.split()[0]))
+
+        pending = defer.gatherResults(
+            [producer.put("meta-test", 0, b"m-%d" % (i,), 100 + i).addCallbacks(replied, lambda f: None) for i in range(300)]
+        )
+        yield waitFor(lambda: len(acknowledged) > 20)
+        yield self.master.kill()
+        yield pending
+        yield waitFor(lambda: self.masterIs(slave), timeout=30)
+        self.assertEqual((yield self.record()), FailoverRecord(1, self.url(slave)))
+        stored = {record.id for record in decodeRecords(b"".join(slave.segmentFiles("meta-test", 0).values()))[0]}
+        self.assertEqual(acknowledged - stored, set())
+        self.assertEqual((yield self.put(slave, b"after")).code, 200)
+
+        client = yield slave.connect()
+        self.addCleanup(client.transport.loseConnection)
+        reply = yield client.request(b"sync meta-test 0 4 0 5 -1 9\r\nlate", 9)
+        self.assertEqual(reply.code, 500)
+        self.assertIn(b"promoted", reply.body)
+
+        self.master.port = 0
+        yield self.master.start()
+        fenced = b"was failed over to %s (epoch 1)" % (self.url(slave).encode(),)
+        yield waitFor(lambda: self.put(self.master, b"fork").addCallback(lambda r: fenced in r.body))
+        self.assertTrue((yield self.masterIs(slave)))
