@@ -27,11 +27,13 @@ restarts is followed, and while there is no master the pullers idle.
 """
 
 import json
+import os
 
 from kazoo.exceptions import NoNodeError
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -42,7 +44,7 @@ from metamorphosis.ha import failover
 from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import NotConnected, PeerLink, RequestTimeout
-from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, ValueCommand
+from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, StatsCommand, ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, decodeRecords
 
 #: The fetch size of the Java slave's subscriptions.
@@ -53,6 +55,51 @@ MAX_SIZE = 1024 * 1024
 LONG_MAX = 2**63 - 1
 
 OK, MOVED, NOT_FOUND = 200, 301, 404
+
+
+def _sections(text):
+    """
+    Split ini text into C{(header, text)} chunks, the part before the first
+    section header having header L{None}.
+    """
+    chunks, header, lines = [], None, []
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            chunks.append((header, "".join(lines)))
+            header, lines = stripped[1:-1].strip(), []
+        lines.append(line)
+    chunks.append((header, "".join(lines)))
+    return chunks
+
+
+def _isTopic(header):
+    return header is not None and header.startswith("topic=")
+
+
+def replaceTopicSections(path, masterText):
+    """
+    Make the C{[topic=...]} sections of the file at C{path} those of
+    C{masterText} (the master's C{server.ini}), keeping the other sections;
+    written to a temporary file renamed over C{path}.
+
+    @return: whether the topic sections differed.
+    """
+    with open(path, "rb") as f:
+        own = f.read().decode("utf-8")
+    master = masterText.decode("utf-8") if isinstance(masterText, bytes) else masterText
+    masterTopics = [text for header, text in _sections(master) if _isTopic(header)]
+    ownChunks = _sections(own)
+    if [text.strip() for header, text in ownChunks if _isTopic(header)] == [t.strip() for t in masterTopics]:
+        return False
+    kept = [text for header, text in ownChunks if not _isTopic(header)]
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    temporary = path + ".master"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write("".join(kept + masterTopics))
+    os.replace(temporary, path)
+    return True
 
 
 def parseUrl(url):
@@ -243,6 +290,8 @@ class AsyncSlaveService(service.Service):
         after each replicated batch (statistics, topic registration).
     @param ownUrl: a callable giving this broker's C{meta://host:port} once
         known (L{None} before), which a failover record may name.
+    @param onConfigChanged: called after C{autoSyncMasterConfig} rewrote the
+        topic sections of the slave's C{server.ini}, to reload them.
     @param onPromoted: called (may return a Deferred) once replication has
         stopped because this slave is to become the master
         (L{metamorphosis.ha.failover}).
@@ -268,6 +317,7 @@ class AsyncSlaveService(service.Service):
         requestTimeout=10.0,
         ownUrl=lambda: None,
         onPromoted=None,
+        onConfigChanged=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -295,6 +345,8 @@ class AsyncSlaveService(service.Service):
         )
         self._refusedTopics = set()
         self._registeredTopics = None
+        self._masterChecksum = None
+        self.onConfigChanged = onConfigChanged
         self.consumerId = "%s_%s" % (
             config.slaveGroup,
             consumerUUID(host=metaConfig.hostName or localHost()),
@@ -419,6 +471,8 @@ class AsyncSlaveService(service.Service):
             await self._masterChanged(masterUrl)
         if masterUrl is None:
             return False
+        if self.config.autoSyncMasterConfig:
+            await self._syncMasterConfig(brokerId)
         topics = await self._masterTopics(brokerId)
         for topic, numParts in topics.items():
             for partition in range(numParts):
@@ -426,6 +480,39 @@ class AsyncSlaveService(service.Service):
                     await self._startPuller(topic, partition)
         await self._registerConsumer(sorted(topics))
         return False
+
+    async def _syncMasterConfig(self, brokerId):
+        """
+        C{autoSyncMasterConfig}: when the master's C{master_config_checksum}
+        changes, fetch its configuration (C{stats config}, 3 tries) and, if
+        its topic sections differ from ours, write them into this slave's
+        C{server.ini} and reload the topics (Java
+        C{SubscribeHandler.tryReloadConfig}).  Unlike Java, which replaces
+        the whole file with the master's, the slave keeps its own
+        C{[system]} and C{[zookeeper]} sections (its port, data path...).
+        """
+        try:
+            data, _ = await self._zk("get_async", self.paths.masterConfigChecksumPath(brokerId))
+        except NoNodeError:
+            return
+        if data == self._masterChecksum or self.onConfigChanged is None:
+            return
+        for attempt in range(3):
+            try:
+                reply = await self.request(lambda opaque: StatsCommand("config", opaque))
+            except Exception as e:
+                self.log.warn("Fetching the master's config failed: {error}", error=e)
+                continue
+            if reply.code == OK:
+                break
+            self.log.warn("Fetching the master's config failed: {code} {text}", code=reply.code, text=reply.message)
+        else:
+            return
+        changed = await deferToThread(replaceTopicSections, self.metaConfig.path, reply.body)
+        self._masterChecksum = data
+        if changed:
+            self.log.info("Took the master's topic sections into {path}", path=self.metaConfig.path)
+            self.onConfigChanged()
 
     async def _registerConsumer(self, topics):
         """
@@ -571,6 +658,7 @@ class MetaslaveReplication:
             self.reactor,
             ownUrl=lambda: registration.brokerString if registration is not None else None,
             onPromoted=lambda: self._promoted(broker),
+            onConfigChanged=broker.reloadTopics,
         )
         return self.service
 

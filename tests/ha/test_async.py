@@ -196,6 +196,29 @@ class AsyncReplicationTests(_AsyncCase):
         yield waitFor(self.caughtUp)
 
     @defer.inlineCallbacks
+    def test_autoSyncMasterConfig(self):
+        """
+        With C{autoSyncMasterConfig} the slave takes the topic sections of
+        its master's configuration and replicates a topic it was not
+        configured for, keeping its own [system] and [zookeeper] sections.
+        """
+        yield self.startMaster()
+        self.slave = Broker(
+            self,
+            "slave",
+            serverIni(2, (("meta-test", 1),), zookeeperAddress(), self.root),
+            "async_slave.properties",
+            "slaveId=0\nslaveMaxDelayInMills=100\nautoSyncMasterConfig=true\n",
+        )
+        yield self.slave.start()
+        yield self.putMany(30)
+        yield waitFor(self.caughtUp)
+        with open(self.slave.ini) as f:
+            ini = f.read()
+        self.assertIn("[topic=test]\nnumPartitions=2\n", ini)
+        self.assertIn("zk.zkRoot=%s\n" % (self.root,), ini)
+
+    @defer.inlineCallbacks
     def test_lagInStats(self):
         """
         C{stats} on the slave says C{slave true} and reports the

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.config import AsyncSlaveConfig
 from metamorphosis.ha.link import NotConnected
-from metamorphosis.ha.metaslave import MAX_SIZE, PartitionPuller
+from metamorphosis.ha.metaslave import MAX_SIZE, PartitionPuller, replaceTopicSections
 from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, ValueCommand
 from metamorphosis.protocol.records import encodeRecord
 
@@ -156,3 +156,32 @@ class PartitionPullerTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.slave.reactor.advance(10)
         self.assertEqual(len(self.slave.requests), 1)
+
+
+class ReplaceTopicSectionsTests(SynchronousTestCase):
+    """
+    L{replaceTopicSections}: C{autoSyncMasterConfig} takes the master's
+    topics and keeps the slave's own sections.
+    """
+
+    SLAVE = "; slave\n[system]\nbrokerId=2\nserverPort=8134\n[zookeeper]\nzk.zkConnect=h:1\n[topic=a]\nnumPartitions=1\n"
+    MASTER = b"[system]\nbrokerId=2\nserverPort=8133\n[topic=a]\nnumPartitions=1\n[topic=b]\nnumPartitions=3\n"
+
+    def setUp(self):
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            f.write(self.SLAVE)
+
+    def test_takesMasterTopics(self):
+        self.assertTrue(replaceTopicSections(self.path, self.MASTER))
+        with open(self.path) as f:
+            self.assertEqual(
+                f.read(),
+                "; slave\n[system]\nbrokerId=2\nserverPort=8134\n[zookeeper]\nzk.zkConnect=h:1\n"
+                "[topic=a]\nnumPartitions=1\n[topic=b]\nnumPartitions=3\n",
+            )
+
+    def test_unchanged(self):
+        self.assertFalse(replaceTopicSections(self.path, b"[system]\nserverPort=1\n[topic=a]\nnumPartitions=1\n"))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), self.SLAVE)
