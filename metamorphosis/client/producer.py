@@ -365,6 +365,9 @@ class AsyncMessageProducer(MessageProducer):
         try:
             partition, url = self._select(message)
             connection = self._connection(url)
+            if not connection.connected:
+                # Java's sendToGroup fails at once without a connection.
+                raise MetaConnectionError("No connection to %s" % (url,))
         except MetaClientError as e:
             self.window.release(units)
             self._keep(message, str(e))

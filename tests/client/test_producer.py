@@ -308,6 +308,27 @@ class AsyncProducerTests(ProducerTestsMixin, TestCase):
         self.assertEqual(sorted(self.broker.payloads()), [b"m%d" % i for i in range(5)])
 
 
+class AsyncProducerDisconnectedTests(ProducerTestsMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_keptWhileDisconnected(self):
+        """
+        Without a connection to the broker a message is kept locally at once
+        (Java's send fails immediately) and re-sent when the broker is back.
+        """
+        producer = self.factory.createAsyncProducer()
+        yield producer.publish("test")
+        portNumber = self.broker.portNumber
+        yield self.broker.stop()
+        connection = self.factory.connections.get(self.broker.url)
+        yield eventually(lambda: not connection.connected)
+        self.assertFalse(producer.asyncSendMessage(Message("test", b"while-down")))
+        yield eventually(lambda: producer.storage.count("test", Partition(-1, -1)) == 1)
+        self.broker = FakeBroker(partitions=3).listen(portNumber)
+        self.addCleanup(self.broker.stop)
+        yield eventually(lambda: self.broker.payloads() == [b"while-down"])
+        yield eventually(lambda: producer.storage.count("test", Partition(-1, -1)) == 0)
+
+
 class OrderedProducerTests(ProducerTestsMixin, TestCase):
     partitions = {"test": 2}
 
