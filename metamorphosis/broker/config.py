@@ -610,9 +610,18 @@ def standaloneConfig(dataPath="data"):
     The configuration of a broker started without a file: port 8123, data
     under C{dataPath}, no ZooKeeper, any topic accepted with the default
     partition count.
+
+    The flush and visibility settings are those of the C{server.ini} that
+    MetaQ ships rather than the Java field defaults: group commit
+    (C{unflushThreshold=0}, so an acknowledged put is on disk and at once
+    visible to consumers), realtime statistics on, and C{get} beyond the end
+    answered with the max offset.
     """
     return MetaConfig(
         dataPath=dataPath,
+        unflushThreshold=0,
+        stat=True,
+        updateConsumerOffsets=True,
         acceptAnyTopic=True,
         zookeeper=ZookeeperConfig(zkEnable=False),
     )

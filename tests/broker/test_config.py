@@ -182,6 +182,17 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(config.numPartitionsOf("anything"), 1)
         self.assertFalse(config.zookeeper.zkEnable)
 
+    def test_standaloneFlushesAsShipped(self):
+        """
+        Without a file the broker flushes and answers as MetaQ's shipped
+        C{server.ini} says: group commit for every topic, realtime stats,
+        and C{updateConsumerOffsets}.
+        """
+        config = standaloneConfig()
+        self.assertTrue(config.topicConfig("anything").groupCommit)
+        self.assertTrue(config.topicConfig("anything").stat)
+        self.assertTrue(config.updateConsumerOffsets)
+
     def test_reloadTopics(self):
         path = self.mktemp()
         with open(path, "wb") as f:

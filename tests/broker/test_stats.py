@@ -165,6 +165,7 @@ class StatsTests(unittest.TestCase):
 
     def test_standaloneStatTopics(self):
         config = standaloneConfig()
+        config.stat = False
         stats = StatsManager(config, self.stores, clock=self.clock.seconds)
         self.assertFalse(stats.isStatTopic("any"))
         config.stat = True
