@@ -7,6 +7,8 @@ consumer of the group is alive.
     python -m metamorphosis.tools.offsets --zookeeper 127.0.0.1:2181 --group g
     python -m metamorphosis.tools.offsets --zookeeper ... --group g \\
         --topic t --partition 0-1 --set 0
+    python -m metamorphosis.tools.offsets --broker meta://127.0.0.1:8123 \\
+        --partitions 2 --topic t --group g --offsets-file ~/.meta_offsets
 
 Where things are in ZooKeeper: spec/zookeeper.md sections 3 and 6.  The max
 offset comes from each partition's master broker as Java consumers learn it:
@@ -30,17 +32,21 @@ from metamorphosis.client.offsets import (
     ZooKeeperOffsetStorage,
 )
 from metamorphosis.client.partition import Partition
-from metamorphosis.tools.cli import ToolError, openBroker, openZooKeeper, runTool
+from metamorphosis.tools.cli import ToolError, brokerUrl, openBroker, openZooKeeper, runTool
 from metamorphosis.zk import disconnect, normalizeRoot
 
 LONG_MAX = 2**63 - 1
 
 
 class Options(usage.Options):
-    synopsis = "Usage: metaq-offsets --zookeeper HOST:PORT --group GROUP [options]"
+    synopsis = ("Usage: metaq-offsets (--zookeeper HOST:PORT | --broker URL --topic TOPIC) "
+                "--group GROUP [options]")
     optParameters = [
-        ["zookeeper", "z", None, "ZooKeeper host:port[,host:port...] (required)"],
+        ["zookeeper", "z", None, "ZooKeeper host:port[,host:port...]"],
         ["zk-root", None, "/meta", "MetaQ's root znode"],
+        ["broker", "b", None, "without ZooKeeper: the one broker of --topic (meta://host:port), "
+                              "with --offsets-file or --offsets-url"],
+        ["partitions", None, 1, "with --broker: the topic's number of partitions", int],
         ["group", "g", None, "the consumer group (required)"],
         ["topic", "t", None, "only this topic (required with --set)"],
         ["partition", "p", None, "with --set: the partition, <brokerId>-<partition>"],
@@ -55,9 +61,21 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        for required in ("zookeeper", "group"):
-            if not self[required]:
-                raise usage.UsageError("--%s is required" % (required,))
+        if not self["group"]:
+            raise usage.UsageError("--group is required")
+        if bool(self["zookeeper"]) == bool(self["broker"]):
+            raise usage.UsageError("give one of --zookeeper and --broker")
+        if self["broker"]:
+            self["broker"] = brokerUrl(self["broker"])
+            if not self["topic"]:
+                raise usage.UsageError("--broker needs --topic")
+            if not (self["offsets-file"] or self["offsets-url"]):
+                raise usage.UsageError("--broker needs --offsets-file or --offsets-url")
+            if self["set"] is not None:
+                raise usage.UsageError("--set needs --zookeeper, to know that no consumer "
+                                       "of the group is alive")
+            if self["partitions"] < 1:
+                raise usage.UsageError("--partitions must be at least 1")
         if self["offsets-file"] and self["offsets-url"]:
             raise usage.UsageError("--offsets-file and --offsets-url exclude each other")
         if self["set"] is not None:
@@ -234,8 +252,8 @@ async def listOffsets(reactor, options, view, storage, out, err):
     finally:
         brokers.close()
     if not view.exists and all(row[2] == "-" for row in rows):
-        raise ToolError("unknown group %r: not in ZooKeeper under %s/consumers and no "
-                        "committed offset" % (group, options["zk-root"]))
+        raise ToolError("unknown group %r: no consumer registered and no committed offset"
+                        % (group,))
     header = ("TOPIC", "PARTITION", "COMMITTED", "MAX", "LAG", "OWNER")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header) - 1)]
     for row in [header] + rows:
@@ -245,12 +263,20 @@ async def listOffsets(reactor, options, view, storage, out, err):
     return 0
 
 
-async def setOffset(options, view, storage, out):
+async def setOffset(reactor, options, view, storage, out, err):
     if view.consumers:
         raise ToolError("refusing to set the offset: %d consumer(s) of group %r alive (%s); "
                         "stop them first" % (len(view.consumers), options["group"],
                                             ", ".join(view.consumers)))
     topic, partition = options["topic"], options["partition"]
+    brokers = MaxOffsets(reactor, view.masters, options["timeout"], err)
+    try:
+        maximum = await brokers.maxOffset(topic, options["group"], partition)
+    finally:
+        brokers.close()
+    if maximum is not None and options["set"] > maximum:
+        raise ToolError("refusing to set the offset: %d is beyond the max offset %d of %s %s"
+                        % (options["set"], maximum, topic, partition))
     offset = PartitionOffset(topic, partition, options["set"], -1, modified=True)
     await storage.commitOffset(options["group"], [offset])
     print("%s %s %s: committed offset set to %d"
@@ -258,21 +284,34 @@ async def setOffset(options, view, storage, out):
     return 0
 
 
+def directView(options):
+    """
+    The L{GroupView} of direct mode: the partitions of the one broker.
+    """
+    partitions = [Partition(0, n) for n in range(options["partitions"])]
+    return GroupView(partitions={options["topic"]: partitions}, masters={0: options["broker"]})
+
+
 async def main(reactor, options, out=None, err=None):
     out, err = out or sys.stdout, err or sys.stderr
-    zookeeper = await openZooKeeper(reactor, options["zookeeper"], options["timeout"])
-    storage = None
+    zookeeper = storage = None
+    if options["zookeeper"]:
+        zookeeper = await openZooKeeper(reactor, options["zookeeper"], options["timeout"])
     try:
-        view = await threads.deferToThread(
-            readGroup, zookeeper, options["zk-root"], options["group"], options["topic"])
+        if zookeeper is None:
+            view = directView(options)
+        else:
+            view = await threads.deferToThread(
+                readGroup, zookeeper, options["zk-root"], options["group"], options["topic"])
         storage = offsetStorage(options, zookeeper)
         if options["set"] is not None:
-            return await setOffset(options, view, storage, out)
+            return await setOffset(reactor, options, view, storage, out, err)
         return await listOffsets(reactor, options, view, storage, out, err)
     finally:
         if storage is not None:
             await storage.close()
-        await disconnect(zookeeper, reactor)
+        if zookeeper is not None:
+            await disconnect(zookeeper, reactor)
 
 
 def run(argv=None):

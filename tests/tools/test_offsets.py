@@ -104,6 +104,24 @@ class OffsetsToolTests(TestCase):
             self.assertEqual(table(out)[("t", "0-0")], ["60", "90", "30", "-"])
         return ensureDeferred(check())
 
+    def test_directMode(self):
+        """
+        Without ZooKeeper, --broker and --partitions name the partitions of
+        a group kept in a local offset file.
+        """
+        async def check():
+            broker = await self._brokerWithMessages()
+            path = os.path.abspath(self.mktemp())
+            await self._commit(LocalOffsetStorage(path), "g", {"0-1": 0})
+            out, err, status = await runTool(
+                "offsets", "--broker", brokerUrl(broker), "--partitions", "2", "--topic", "t",
+                "--group", "g", "--offsets-file", path)
+            self.assertEqual(status, 0, err)
+            rows = table(out)
+            self.assertEqual(rows[("t", "0-0")], ["-", "90", "-", "-"])
+            self.assertEqual(rows[("t", "0-1")][0], "0")
+        return ensureDeferred(check())
+
     def test_setRefusedWhileConsumersAlive(self):
         """
         --set is refused while a consumer of the group is registered, and
@@ -124,7 +142,8 @@ class OffsetsToolTests(TestCase):
 
     def test_set(self):
         """
-        With no consumer alive, --set writes the committed offset.
+        With no consumer alive, --set writes the committed offset, unless
+        it is beyond the broker's max offset.
         """
         async def check():
             await self._brokerWithMessages()
@@ -136,6 +155,11 @@ class OffsetsToolTests(TestCase):
             self.assertEqual((await storage.load("t", "g", Partition(0, 0))).offset, 90)
             out, err, status = await self._tool("--group", "g")
             self.assertEqual(table(out)[("t", "0-0")][:3], ["90", "90", "0"])
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--partition", "0-0", "--set", "91")
+            self.assertEqual(status, 1)
+            self.assertIn("91 is beyond the max offset 90 of t 0-0", err)
+            self.assertEqual((await storage.load("t", "g", Partition(0, 0))).offset, 90)
         return ensureDeferred(check())
 
     def test_unknownGroup(self):
