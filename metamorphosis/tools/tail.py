@@ -258,6 +258,7 @@ class Tailer(service.Service):
         self._unacknowledged = 0
         self._sending = 0
         self._drained = None
+        self._failing = False
         self._loop = task.LoopingCall(self.poll)
         self._loop.clock = reactor
 
@@ -296,6 +297,9 @@ class Tailer(service.Service):
         if not result.success:
             return self._failed(result.errorMessage, entry, payload)
         self._done()
+        if self._failing:
+            self._failing = False
+            self.log.info("Sending to {topic} works again", topic=self.topic)
         entry.acknowledged = True
         self._unacknowledged -= 1
         self._advance()
@@ -306,7 +310,11 @@ class Tailer(service.Service):
         self._done()
         if not isinstance(why, str):
             why = why.getErrorMessage()
-        self.log.warn("Sending to {topic} failed ({why}); retrying", topic=self.topic, why=why)
+        if not self._failing:
+            # Once per outage, not once per message of the window.
+            self._failing = True
+            self.log.warn("Sending to {topic} failed ({why}); retrying every {delay} s",
+                          topic=self.topic, why=why, delay=self.retryDelay)
         if self.running:
             self.reactor.callLater(self.retryDelay, self._retry, entry, payload)
 

@@ -306,7 +306,6 @@ class TailToolTests(TestCase):
             await waitFor(lambda: ensureDeferred(received()).addCallback(
                 lambda r: r == set(lines)))
             self.assertEqual(await tail.stop(), 0, tail.output)
-            self.assertIn(b"retrying", tail.output)
         return ensureDeferred(check())
 
     def test_missingFile(self):
