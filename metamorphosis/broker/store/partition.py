@@ -1,10 +1,13 @@
 """
 One partition's log (Java C{MessageStore}, spec/storage.md sections 2-5).
 
-Appends are queued on the reactor thread and written by jobs in a thread
-pool, one job at a time per partition, so the reactor never waits on the
-disk.  A job takes everything queued when it starts: the records that
-arrive while one job writes and fsyncs form the next job's batch.  Under
+Appends are queued on the reactor thread and handled by jobs, one job at a
+time per partition.  A job takes everything queued when it starts: the
+records that arrive while one job writes and fsyncs form the next job's
+batch.  A small batch into an existing segment is written on the reactor
+thread (a C{pwrite} into the page cache, cheaper than a round trip through
+a thread); fsyncs, segment creation and large batches run in a thread pool,
+so the reactor never waits on the disk.  Under
 group commit (C{unflushThreshold <= 0}) every job ends with an fsync and the
 puts of its batch are acknowledged after it, so one fsync serves every put
 that arrived while the previous one ran.  Under the count/interval policy a
@@ -26,6 +29,7 @@ from bisect import bisect_right
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from metamorphosis.broker.store.errors import (
@@ -51,6 +55,9 @@ _length = struct.Struct(">i")
 # write joins.
 GROUP_COMMIT_BYTES = 512 * 1024
 JOB_BYTES = 4 * 1024 * 1024
+
+# Batches smaller than this are written on the reactor thread.
+INLINE_WRITE_BYTES = 512 * 1024
 
 
 def _writeAll(fd, data, position):
@@ -171,8 +178,10 @@ class _Roll:
 
 class _Job:
     """
-    The file work of one batch, run in a thread: its steps in order, then an
-    fsync of the segment they end in when the flush policy asks for one.
+    The file work of one batch: its steps in order, then an fsync of the
+    segment they end in when the flush policy asks for one.  The steps of a
+    small batch into an open segment run on the reactor thread
+    (L{writeInline}), the rest in a thread (L{perform}).
     """
 
     def __init__(self, steps, entries, rejected, waiters, fsync, lastSegment):
@@ -184,9 +193,28 @@ class _Job:
         self.lastSegment = lastSegment
         self.synced = False
 
-    def perform(self):
+    def writesInline(self):
+        """
+        Whether the steps are only writes, small and into open files.
+        """
+        size = 0
+        for step in self.steps:
+            if not isinstance(step, _Write) or step.segment.file is None:
+                return False
+            size += step.size
+        return size < INLINE_WRITE_BYTES
+
+    def writeInline(self):
         for step in self.steps:
             step.perform()
+
+    def needsThread(self):
+        return self.fsync or any(not step.done for step in self.steps)
+
+    def perform(self):
+        for step in self.steps:
+            if not step.done:
+                step.perform()
         if self.fsync and self.lastSegment.file is not None:
             os.fsync(self.lastSegment.file.fileno())
         self.synced = self.fsync
@@ -355,17 +383,24 @@ class MessageStore:
         return d
 
     def _kick(self):
-        if self._busy or not (self._queue or self._waiters):
-            return
-        job = self._buildJob()
-        # Busy even for a job with nothing to write: appends made by the
-        # callbacks it fires must wait for the next job, not start one.
-        self._busy = True
-        if not (job.steps or job.fsync):
+        while not self._busy and (self._queue or self._waiters):
+            job = self._buildJob()
+            # Busy even for a job done on the spot: appends made by the
+            # callbacks it fires must wait for the next job, not start one.
+            self._busy = True
+            if job.writesInline():
+                try:
+                    job.writeInline()
+                except Exception:
+                    self._fail(Failure(), job)
+                    continue
+            if job.needsThread():
+                d = deferToThreadPool(self._reactor, self._threadpool, job.perform)
+                d.addCallbacks(self._jobDone, self._jobFailed,
+                               callbackArgs=(job,), errbackArgs=(job,))
+                return
+            self._applyProgress(job)
             self._finish(job)
-            return
-        d = deferToThreadPool(self._reactor, self._threadpool, job.perform)
-        d.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(job,), errbackArgs=(job,))
 
     def _buildJob(self):
         entries, self._queue = self._queue, []
@@ -445,8 +480,13 @@ class MessageStore:
     def _jobDone(self, ignored, job):
         self._applyProgress(job)
         self._finish(job)
+        self._kick()
 
     def _jobFailed(self, failure, job):
+        self._fail(failure, job)
+        self._kick()
+
+    def _fail(self, failure, job):
         written = [entry for step in self._applyProgress(job) for entry in step.entries]
         self.log.failure(
             "Writing to {store} failed; {count} queued append(s) fail", failure,
@@ -464,7 +504,6 @@ class MessageStore:
         for entry in acknowledged:
             entry.deferred.callback(entry.offset)
         self._busy = False
-        self._kick()
 
     def _finish(self, job):
         for entry in job.entries:
@@ -474,7 +513,6 @@ class MessageStore:
         for waiter in job.waiters:
             waiter.callback(None)
         self._busy = False
-        self._kick()
 
     # Retention
 

@@ -296,6 +296,56 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(store.flush()), None)
 
 
+    def test_smallWritesOnTheReactorThread(self):
+        """
+        Once the segment file exists, a small batch is written on the
+        calling thread and, without an fsync due, acknowledged at once; a
+        batch of C{INLINE_WRITE_BYTES} or more goes to the thread pool.
+        """
+        from metamorphosis.broker.store import partition
+
+        self.patch(partition, "INLINE_WRITE_BYTES", 100)
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=100)
+        fsyncs = countFileFsyncs(self)
+        first = appendExample(store, 1)
+        self.assertNoResult(first)
+        # The first write creates the file: in a thread.
+        pool.runAll()
+        self.assertEqual(self.successResultOf(first), 0)
+        self.assertEqual(self.successResultOf(appendExample(store, 2)), 25)
+        self.assertEqual(pool.pending, [])
+        self.assertEqual(store.segments[-1].written, 55)
+        large = store.appendBatch([(1, 0, b"x" * 80)])
+        self.assertNoResult(large)
+        self.assertEqual(len(pool.pending), 1)
+        self.assertEqual(os.path.getsize(store.segments[-1].path), 55)
+        pool.runAll()
+        self.assertEqual(self.successResultOf(large), 55)
+        self.assertEqual(os.path.getsize(store.segments[-1].path), 155)
+        self.assertEqual(fsyncs, [])
+
+    def test_groupCommitWritesInlineFsyncsInAThread(self):
+        """
+        Under group commit a small batch is written on the reactor thread
+        but acknowledged only after the fsync, which runs in a thread.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        fsyncs = countFileFsyncs(self)
+        first = appendExample(store, 1)
+        pool.runAll()
+        self.assertEqual(self.successResultOf(first), 0)
+        d = appendExample(store, 2)
+        self.assertEqual(os.path.getsize(store.segments[-1].path), 55)
+        self.assertNoResult(d)
+        self.assertEqual(len(fsyncs), 1)
+        self.assertEqual(store.maxOffset, 25)
+        pool.runOne()
+        self.assertEqual(len(fsyncs), 2)
+        self.assertEqual(self.successResultOf(d), 25)
+        self.assertEqual(store.maxOffset, 55)
+
     def test_groupCommitBatchLimit(self):
         """
         A group commit batch ends with the record that takes it to the
