@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from metamorphosis.client.offsets import (
     LocalOffsetStorage,
     PartitionOffset,
+    SQLOffsetStorage,
     ZooKeeperOffsetStorage,
 )
 from metamorphosis.client.partition import Partition
@@ -102,6 +103,35 @@ class OffsetsToolTests(TestCase):
                                                 "--offsets-file", path)
             self.assertEqual(status, 0, err)
             self.assertEqual(table(out)[("t", "0-0")], ["60", "90", "30", "-"])
+        return ensureDeferred(check())
+
+    def test_sqlDatabase(self):
+        """
+        --offsets-url reads the group's offsets from a database (SQLite
+        here, through the client's SQLOffsetStorage).
+        """
+        async def check():
+            await self._brokerWithMessages()
+            url = "sqlite:///" + os.path.abspath(self.mktemp())
+            storage = SQLOffsetStorage.fromURL(url)
+            await self._commit(storage, "g", {"0-0": 90})
+            await storage.close()
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--offsets-url", url)
+            self.assertEqual(status, 0, err)
+            self.assertEqual(table(out)[("t", "0-0")], ["90", "90", "0", "-"])
+        return ensureDeferred(check())
+
+    def test_badOffsetsUrl(self):
+        """
+        An offsets URL of no known kind: a message and status 1.
+        """
+        async def check():
+            out, err, status = await self._tool("--group", "g", "--topic", "t",
+                                                "--offsets-url", "oracle://db/x")
+            self.assertEqual(status, 1)
+            self.assertIn("bad --offsets-url: Unsupported offset storage URL", err)
+            self.assertNotIn("Traceback", err)
         return ensureDeferred(check())
 
     def test_directMode(self):
