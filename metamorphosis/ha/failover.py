@@ -210,6 +210,9 @@ class Fence(service.Service):
         while self.running:
             try:
                 await self.check()
+            except defer.CancelledError:
+                # stopService cancelled us: no further round, no timer left behind.
+                raise
             except Exception as e:
                 self.log.info("Reading the failover record failed: {error}", error=e)
                 self._connectionDown()

@@ -152,6 +152,9 @@ class MasterWatch(service.Service):
                     if await self.candidate.shouldPromote(client, masterUrl):
                         self._promote()
                         return
+                except defer.CancelledError:
+                    # stopService cancelled us: no further round, no timer left behind.
+                    raise
                 except Exception as e:
                     self.log.warn("Watching the master failed: {error}", error=e)
             await deferLater(self.broker.reactor, self.interval, lambda: None)

@@ -405,6 +405,8 @@ class AsyncSlaveService(service.Service):
         while not self._stopping and self.client is None:
             try:
                 self.client = await zk.connect(zkConfig, reactor=self.reactor)
+            except defer.CancelledError:
+                raise
             except Exception as e:
                 self.log.warn("Cannot reach ZooKeeper {connect}: {error}; retrying", connect=zkConfig.zkConnect, error=e)
                 await deferLater(self.reactor, self.rescanSeconds, lambda: None)
@@ -412,6 +414,8 @@ class AsyncSlaveService(service.Service):
             try:
                 if await self._scan():
                     break
+            except defer.CancelledError:
+                raise
             except Exception as e:
                 self.log.warn("Reading the master's registration failed: {error}", error=e)
             await deferLater(self.reactor, self.rescanSeconds, lambda: None)
@@ -445,6 +449,9 @@ class AsyncSlaveService(service.Service):
             for puller in list(self.pullers.values()):
                 try:
                     await puller.refreshMasterOffset()
+                except defer.CancelledError:
+                    # stopService cancelled us: no timer left behind.
+                    raise
                 except Exception:
                     # No master now: the lag is as last known.
                     pass
