@@ -123,6 +123,14 @@ class MembershipTestsMixin:
             yield sleep(0.1)
         self.fail("no stable split: %r" % ([m.owned(topic) for m in members],))
 
+    @defer.inlineCallbacks
+    def waitFor(self, condition, seconds=30):
+        for _ in range(seconds * 10):
+            if condition():
+                return
+            yield sleep(0.1)
+        self.fail("timed out waiting for the condition")
+
     def owners(self, topic="t"):
         def read():
             path = "%s/consumers/grp/owners/%s" % (self.root, topic)
@@ -206,12 +214,16 @@ class MembershipTests(MembershipTestsMixin, TestCase):
         yield self.broker(1, "t", 1, slave=None)
         yield self.settle([member], expected=["0-0", "0-1", "1-0"])
         yield self.broker(0, "t", 2, url="meta://127.0.0.1:9999", slave=1)
+        # The master's session ends: both its ephemeral nodes go.  As in
+        # Java, a consumer watches the children of brokers/ids and of
+        # topics-sub/<topic>, not ids/<id>/master itself: the topics-sub
+        # change, coming last, is what makes it read the new cluster.
         yield threads.deferToThread(self.zk.delete, "%s/brokers/ids/0/master" % (self.root,))
-        for _ in range(100):
-            if ("t", "0-0", "meta://127.0.0.1:9999") in member.fetching:
-                break
-            yield sleep(0.1)
-        self.assertIn(("t", "0-1", "meta://127.0.0.1:9999"), member.fetching)
+        yield threads.deferToThread(self.zk.delete, "%s/brokers/topics-sub/t/0-m" % (self.root,))
+        moved = [("t", "0-0", "meta://127.0.0.1:9999"), ("t", "0-1", "meta://127.0.0.1:9999"),
+                 ("t", "1-0", "meta://127.0.0.1:8124")]
+        yield self.waitFor(lambda: member.fetching == moved)
+        self.assertEqual(member.fetching, moved)
         # Broker 1 goes away: its partitions are released.
         yield threads.deferToThread(self.zk.delete, "%s/brokers/topics-sub/t/1-m" % (self.root,))
         yield threads.deferToThread(self.zk.delete, "%s/brokers/ids/1" % (self.root,),
