@@ -278,8 +278,14 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
         listener = Collector()
         config = self.config()
         config.setConsumeFromMaxOffset()
-        yield self.consumer(listener, config)
-        yield sleep(1.0)
+        consumer = yield self.consumer(listener, config)
+
+        def movedToTheEnd():
+            # The broker's 301 has replaced Long.MAX_VALUE with its end
+            # offset: messages produced from now on are after it.
+            return [r.offset for r in consumer.fetchManager.requests
+                    if str(r.partition) == "0-0"] == [5 * (20 + len(b"old-0"))]
+        yield self.waitFor(movedToTheEnd, what="the 301 to the end of partition 0-0")
         yield self.produce(broker, "t", 0, [b"new-0", b"new-1"])
         yield self.waitFor(lambda: len(listener.messages) >= 2)
         yield sleep(0.3)
