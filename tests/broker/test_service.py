@@ -5,7 +5,7 @@ a real loopback socket.
 
 import os
 
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, endpoints, reactor
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
@@ -15,6 +15,7 @@ from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
 
 from tests.broker.client import connect
+from tests.waiting import waitFor
 
 
 def transportBuffered(transport):
@@ -105,8 +106,9 @@ class BrokerServiceTests(unittest.TestCase):
             client.expect(10 + i)
         client.transport.write(b"".join(
             b"get t g 0 0 1048576 %d\r\n" % (10 + i,) for i in range(gets)))
-        yield task.deferLater(reactor, 1.0, lambda: None)
         [server] = broker.factory.connections
+        # The broker reads on while replies pile up unsent, then stops.
+        yield waitFor(lambda: len(server._commands) > gets // 2, what="the gets read")
         held = transportBuffered(server.transport)
         self.assertLess(held, 2 * 1024 * 1024)
         self.assertGreater(len(server._commands), gets // 2)

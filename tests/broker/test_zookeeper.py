@@ -26,6 +26,7 @@ from metamorphosis.broker.config import TopicConfig, loadConfig
 from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from tests.broker.client import connect as brokerClient
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TRANSCRIPTS = Path(
@@ -327,7 +328,7 @@ class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
         yield self.waitForTree(expected)
         session = broker.client.client_id[0]
         yield link.down()
-        yield deferLater(reactor, 1.0, lambda: None)
+        yield waitFor(lambda: not broker.client.connected, what="the lost connection")
         self.assertFalse(broker.client.connected)
         link.up()
         yield self.waitForTree(expected)
@@ -519,7 +520,8 @@ class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
         broker.startService()
         self.addCleanup(broker.stopService)
         broker.setBrokerAddress(8123)
-        yield deferLater(reactor, 1.0, lambda: None)
+        yield waitFor(lambda: "Broker id 0 is taken" in " ".join(self.logged),
+                      what="the conflict")
         data, _ = yield deferToThread(self.observer.get, master)
         self.assertEqual(data, b"meta://10.9.9.9:8123")
         self.assertIn("Broker id 0 is taken", " ".join(self.logged))

@@ -23,6 +23,7 @@ from metamorphosis.client.connection import (
 )
 from metamorphosis.client.errors import MetaConnectionError, MetaTimeoutError
 from metamorphosis.protocol.commands import ResultCommand, ValueCommand
+from tests.waiting import waitFor
 
 
 class OpaqueGeneratorTests(SynchronousTestCase):
@@ -322,7 +323,7 @@ class BrokerConnectionTests(TestCase):
         )
         self.addCleanup(connection.stop)
         connection.start()
-        yield deferLater(reactor, 0.3, lambda: None)
+        yield waitFor(lambda: not connection._service.running, what="giving up")
         self.assertFalse(connection._service.running)
         self.listen(portNumber)
         reply = yield connection.request("version", timeout=5)

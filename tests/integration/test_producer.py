@@ -25,6 +25,7 @@ from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFac
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
 
+from ..waiting import waitFor
 from ..zookeeper import uniqueRoot, zookeeperAddress
 
 TWISTD = os.environ.get(
@@ -378,7 +379,7 @@ class ProducerIntegrationTests(TestCase):
         sent = []
         original = protocol.version
         protocol.version = lambda *a, **kw: sent.append(1) or original(*a, **kw)
-        yield deferLater(reactor, 1.0, lambda: None)
+        yield waitFor(lambda: len(sent) >= 5, what="five heartbeats")
         self.assertGreaterEqual(len(sent), 5)
         self.assertEqual(protocol._heartbeatFailures, 0)
         self.assertIs(factory.connections.get(broker.url)._protocol, protocol)
