@@ -101,6 +101,7 @@ class SlaveHealth:
         self.consecutiveFailures = 0
         self.healing = None
         self._stopped = False
+        self._pause = None
 
     def succeeded(self):
         """
@@ -123,9 +124,11 @@ class SlaveHealth:
 
     def stop(self):
         """
-        Stop probing (broker shutdown).
+        Stop probing (broker shutdown), leaving no timer behind.
         """
         self._stopped = True
+        if self._pause is not None:
+            self._pause.cancel()
 
     async def _heal(self):
         self.log.warn(
@@ -142,9 +145,15 @@ class SlaveHealth:
             except Exception as e:
                 self.log.info("Probing the slave failed: {error}", error=e)
                 code = None
-            if code == SUCCESS:
+            if code == SUCCESS or self._stopped:
                 break
-            await deferLater(self._clock, self.intervalSeconds)
+            self._pause = deferLater(self._clock, self.intervalSeconds)
+            try:
+                await self._pause
+            except defer.CancelledError:
+                pass
+            finally:
+                self._pause = None
         if self._stopped:
             self.log.warn("Stopped probing the slave; the master stays unregistered")
             return

@@ -130,6 +130,22 @@ class SlaveHealthTests(SynchronousTestCase):
             self.health.failed()
         self.health.stop()
         self.probes[0].callback(500)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(1)
+        self.assertEqual(len(self.probes), 1)
+        self.assertEqual(self.events, ["unregister"])
+
+    def test_stopWhilePausing(self):
+        """
+        Stopped between two probes, the healer cancels its pause: a
+        stopped broker leaves no timer behind.
+        """
+        for _ in range(3):
+            self.health.failed()
+        self.probes[0].callback(500)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.health.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
         self.assertEqual(len(self.probes), 1)
         self.assertEqual(self.events, ["unregister"])
