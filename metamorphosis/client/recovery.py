@@ -188,13 +188,18 @@ class RecoverManager:
         """
         if self._loop is not None:
             return
-        self._loop = task.LoopingCall(self.replay)
-        self._loop.clock = self.reactor
+        loop = self._loop = task.LoopingCall(self.replay)
+        loop.clock = self.reactor
         existing = yield threads.deferToThread(self._existing)
         for topic, group in list(self._listeners):
+            if self._loop is not loop:
+                return
             if "%s@%s" % (topic, group) in existing:
                 yield self._store(topic, group)
-        self._first = self.reactor.callLater(self.firstDelay, self._startLoop)
+        # L{stop} may have come while we read the directory: then nothing
+        # is scheduled, or it would outlive the manager.
+        if self._loop is loop:
+            self._first = self.reactor.callLater(self.firstDelay, self._startLoop)
 
     def _startLoop(self):
         self._first = None

@@ -76,6 +76,19 @@ class RecoverManagerTests(TestCase):
         self.assertEqual(third.pending("t", "g"), 0)
 
     @defer.inlineCallbacks
+    def test_stopWhileStarting(self):
+        """
+        A manager stopped before its start is over schedules no replay:
+        no timer outlives it (trial fails the test on one left behind).
+        """
+        manager = self.manager()
+        manager.register("t", "g", Listener())
+        starting = manager.start()
+        yield manager.stop()
+        yield starting
+        self.assertIsNone(manager._first)
+
+    @defer.inlineCallbacks
     def test_scheduledReplay(self):
         from twisted.internet import reactor
         manager = RecoverManager(self.path, interval=0.05, firstDelay=0.01, reactor=reactor)
