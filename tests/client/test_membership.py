@@ -116,7 +116,7 @@ class MembershipTestsMixin:
         """
         Wait until the members' shares cover the topic exactly once.
         """
-        for _ in range(150):
+        for _ in range(300):
             owned = [p for m in members for p in m.owned(topic)]
             if sorted(owned) == sorted(expected) and len(set(owned)) == len(owned):
                 return
@@ -280,7 +280,7 @@ class MembershipTests(MembershipTestsMixin, TestCase):
         yield threads.deferToThread(thief.start)
         yield threads.deferToThread(thief.stop)
         yield threads.deferToThread(thief.close)
-        for _ in range(150):
+        for _ in range(300):
             owners = yield self.owners()
             if (client.client_id and client.client_id[0] != sessionId
                     and owners == {"0-0": member.membership.consumerId,

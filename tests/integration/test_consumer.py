@@ -85,7 +85,7 @@ class Broker:
         paths = ["%s/brokers/topics-sub/%s/%d-m" % (self.root, topic, self.brokerId)
                  for topic in self.topics]
         paths.append("%s/brokers/ids/%d/master" % (self.root, self.brokerId))
-        for _ in range(200):
+        for _ in range(600):
             present = yield threads.deferToThread(
                 lambda: all(self.testCase.zk.exists(path) for path in paths))
             if present:
@@ -461,7 +461,7 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
             return threads.deferToThread(
                 lambda: sorted(self.zk.get(ownersPath + "/" + c)[0].decode()
                                for c in self.zk.get_children(ownersPath)))
-        for _ in range(200):
+        for _ in range(600):
             newSession = zk.client_id and zk.client_id[0] != sessionId
             if newSession and consumer.membership.rebalanceCount >= 2:
                 if (yield owners()) == [consumer.membership.consumerId] * 2:
