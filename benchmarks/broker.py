@@ -302,6 +302,8 @@ def runPolicy(args, policy, address, broker):
                   f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
                   f"{cpu / args.count * 1e6:>17.0f}", flush=True)
             topics[size] = topic
+    if args.consumers < 1:
+        return
     print(f"{'consumers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'':>7} {'':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     for size, topic in topics.items():
@@ -339,7 +341,8 @@ def parseArguments(argv):
     parser.add_argument("--count", type=int, default=100000, help="puts per row")
     parser.add_argument("--producers", type=ints, default=[1, 10, 50])
     parser.add_argument("--sizes", type=ints, default=[256, 1024, 4096])
-    parser.add_argument("--consumers", type=int, default=1)
+    parser.add_argument("--consumers", type=int, default=1,
+                        help="consumer connections reading everything back (0: no consuming)")
     parser.add_argument("--flush", type=lambda t: t.split(","), default=["default", "group"],
                         help="default and/or group, comma separated")
     parser.add_argument("--broker", help="host:port of a running broker")
