@@ -122,6 +122,7 @@ class Candidate:
         self.ownUrl = ownUrl
         self.clock = clock
         self._masterGoneSince = None
+        self._waitingForAMaster = False
 
     async def shouldPromote(self, client, masterUrl):
         """
@@ -148,13 +149,22 @@ class Candidate:
             if record is None:
                 await writeRecord(client, self.path, FailoverRecord(0, masterUrl), None, self.clock)
             return False
+        if record is None:
+            # The record is made while a master is registered: without one,
+            # no master was ever seen here.  A slave started before its
+            # master (a sync pair starts that way) waits for it rather than
+            # taking a place nobody held.
+            if not self._waitingForAMaster:
+                self._waitingForAMaster = True
+                self.log.info("No master seen yet ({path}); waiting for one", path=self.path)
+            return False
         now = self.clock.seconds()
         if self._masterGoneSince is None:
             self._masterGoneSince = now
             self.log.warn("The master is gone ({path})", path=self.path)
         if now - self._masterGoneSince < self.waitSeconds:
             return False
-        claim = FailoverRecord(record.epoch + 1 if record is not None else 1, ownUrl)
+        claim = FailoverRecord(record.epoch + 1, ownUrl)
         won = await writeRecord(client, self.path, claim, version, self.clock)
         if won:
             self.log.warn("Claimed {path} at epoch {epoch}", path=self.path, epoch=claim.epoch)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from metamorphosis.ha.failover import MARKER, FailoverRecord
 from metamorphosis.protocol.records import decodeRecords
 from metamorphosis.tools import failover as tool
-from tests.ha.processes import Broker, serverIni, waitFor
+from tests.ha.processes import Broker, serverIni, sleep, waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TOPICS = (("meta-test", 1),)
@@ -234,3 +234,20 @@ class SyncFailoverTests(_FailoverCase):
         fenced = b"was failed over to %s (epoch 1)" % (self.url(slave).encode(),)
         yield waitFor(lambda: self.put(self.master, b"fork").addCallback(lambda r: fenced in r.body))
         self.assertTrue((yield self.masterIs(slave)))
+
+    @defer.inlineCallbacks
+    def test_slaveStartedFirstWaitsForItsMaster(self):
+        """
+        A sync slave with C{autoPromote}, started before its master as a
+        sync pair is, does not take the place of a master it never saw,
+        however long it waits.
+        """
+        slave = Broker(self, "gregor", self.ini(), "gregor_slave.properties",
+                       "autoPromote=true\npromoteAfterMs=100\n")
+        yield slave.start()
+        yield waitFor(lambda: "No master seen yet" in slave.output)
+        # Three rounds of its watch (one each 0.5 s), all past promoteAfterMs.
+        yield sleep(1.5)
+        self.assertIsNone((yield self.record()))
+        self.assertIsNone((yield self.data("/brokers/ids/2/master")))
+        self.assertNotIn("Promoted", slave.output)
