@@ -16,8 +16,9 @@ jobs=$(nproc 2>/dev/null || echo 2); [ "$jobs" -gt 2 ] && jobs=2
 .venv/bin/python -m twisted.trial --temp-directory="$work/trial" -j"$jobs" "${@:-tests}" 2>&1 | tee "$work/trial.log"
 trial_rc=${PIPESTATUS[0]}
 if [ $# -gt 0 ]; then
-  exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log"
+  .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log"; exit $?
 fi
 bash scripts/conformance.sh "$METAQ_TEST_ZK" 2>&1 | tee "$work/conformance.log"
 conformance_rc=${PIPESTATUS[0]}
-exec .venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log" "$conformance_rc" "$work/conformance.log"
+.venv/bin/python scripts/summary.py "$trial_rc" "$work/trial.log" "$conformance_rc" "$work/conformance.log"
+exit $?  # not exec: the EXIT trap must stop ZooKeeper

@@ -46,16 +46,19 @@ def runTool(name, *args):
 
 class ToolProcess(protocol.ProcessProtocol):
     """
-    A long-running tool (the tail) the test stops with SIGTERM.
+    A long-running tool (the tail) the test stops with SIGTERM; stopped at
+    the latest when C{testCase} cleans up, so a failing test leaves no tool
+    running.
     """
 
-    def __init__(self, name, *args):
+    def __init__(self, testCase, name, *args):
         self.output = b""
         self.ended = defer.Deferred()
         self.status = None
         self.transport = reactor.spawnProcess(
             self, sys.executable,
             [sys.executable, "-m", "metamorphosis.tools." + name] + list(args), env=os.environ)
+        testCase.addCleanup(self.stop)
 
     def outReceived(self, data):
         self.output += data

@@ -259,7 +259,7 @@ class TailToolTests(TestCase):
                 return sum(len(p) for p in topic.values()) >= len(expected)
 
             def start():
-                return ToolProcess("tail", "--zookeeper", zookeeperAddress(), "--zk-root", root,
+                return ToolProcess(self, "tail", "--zookeeper", zookeeperAddress(), "--zk-root", root,
                                    "--topic", "logs", "--from-beginning", "--window", "5",
                                    "--interval", "0.05", path)
 
@@ -292,7 +292,7 @@ class TailToolTests(TestCase):
             path = os.path.abspath(self.mktemp())
             lines = [b"%d" % i for i in range(60)]
             append(path, b"".join(line + b"\n" for line in lines[:20]))
-            tail = ToolProcess("tail", "--broker", brokerUrl(broker), "--topic", "logs",
+            tail = ToolProcess(self, "tail", "--broker", brokerUrl(broker), "--topic", "logs",
                                "--from-beginning", "--interval", "0.05", path)
 
             async def received():
@@ -345,7 +345,7 @@ class TailToolTests(TestCase):
             broker = await startBroker(self, {"logs": 2})
             path = os.path.abspath(self.mktemp())
             append(path, b"".join(b"%d\n" % i for i in range(10)))
-            tail = ToolProcess("tail", "--broker", brokerUrl(broker), "--partitions", "2",
+            tail = ToolProcess(self, "tail", "--broker", brokerUrl(broker), "--partitions", "2",
                                "--topic", "logs", "--from-beginning", path)
 
             async def received():
