@@ -6,19 +6,14 @@ and a TCP proxy the test can cut.
 """
 
 import os
-import re
-import sys
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, reactor
 from twisted.internet.task import deferLater
 from twisted.python import log
 from twisted.protocols.portforward import ProxyClientFactory, ProxyFactory, ProxyServer
 
 from tests.broker.client import connect
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-_LISTENING = re.compile(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)")
+from tests.integration.brokerprocess import TWISTD, BrokerProcess
 
 
 def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/meta", unflushThreshold=0):
@@ -44,26 +39,6 @@ def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/met
     for topic, partitions in topics:
         lines += ["[topic=%s]" % (topic,), "numPartitions=%d" % (partitions,)]
     return "\n".join(lines) + "\n"
-
-
-class _Output(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-        match = _LISTENING.search(self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason)
 
 
 class Broker:
@@ -107,7 +82,7 @@ class Broker:
         """
         if port is not None:
             self.port = port
-        self.process = _Output()
+        self.process = BrokerProcess()
         self.transport = reactor.spawnProcess(
             self.process,
             TWISTD,

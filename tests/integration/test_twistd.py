@@ -3,44 +3,16 @@ The broker as users run it: C{twistd -n metaq} in its own process.
 """
 
 import os
-import re
 import signal
-import sys
 
-from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet import defer, error, reactor, task
 from twisted.trial import unittest
 
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
 
 from tests.broker.client import connect
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-class BrokerProcess(protocol.ProcessProtocol):
-    """
-    Watches the broker's output for the line saying where it listens.
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
-                          self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason.value)
+from tests.integration.brokerprocess import TWISTD, BrokerProcess
 
 
 class TwistdTests(unittest.TestCase):
