@@ -6,13 +6,12 @@ uses.
 
 import json
 import os
-import uuid
 
 from hypothesis import given, settings, strategies as st
 from kazoo.client import KazooClient
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -21,6 +20,7 @@ from metamorphosis.client.offsets import (
     LocalOffsetStorage, OffsetCommitter, PartitionOffset,
     SQLOffsetStorage, ZooKeeperOffsetStorage, parseZooKeeperOffset)
 from metamorphosis.client.partition import Partition
+from tests.sqlservers import MARIADB, POSTGRESQL
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 
@@ -257,45 +257,18 @@ class ServerSQLMixin(OffsetStorageTestsMixin):
     """
 
     def setUp(self):
-        try:
-            connection = self.connect()
-        except Exception as e:
-            raise SkipTest("no %s server at %s: %s" % (self.name, self.url, e))
-        connection.close()
-        self.table = "offsets_test_" + uuid.uuid4().hex[:12]
-        self.addCleanup(self.dropTable)
+        self.table = self.server.scratchTable(self, "offsets_test_")
 
     def makeStorage(self):
-        return SQLOffsetStorage.fromURL(self.url, table=self.table)
-
-    def dropTable(self):
-        connection = self.connect()
-        try:
-            cursor = connection.cursor()
-            cursor.execute("drop table if exists " + self.table)
-            connection.commit()
-        finally:
-            connection.close()
+        return SQLOffsetStorage.fromURL(self.server.url, table=self.table)
 
 
 class MariaDBOffsetStorageTests(ServerSQLMixin, TestCase):
-    name = "MySQL/MariaDB"
-    url = "mysql://root@127.0.0.1:3306/test"
-
-    def connect(self):
-        import pymysql
-        return pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test",
-                               connect_timeout=3)
+    server = MARIADB
 
 
 class PostgreSQLOffsetStorageTests(ServerSQLMixin, TestCase):
-    name = "PostgreSQL"
-    url = "postgresql://postgres@127.0.0.1:5432/test"
-
-    def connect(self):
-        import psycopg2
-        return psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test",
-                                connect_timeout=3)
+    server = POSTGRESQL
 
 
 @implementer(IOffsetStorage)

@@ -31,6 +31,7 @@ from metamorphosis.client.offsets import LocalOffsetStorage, SQLOffsetStorage
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol.records import checksum, encodePayload
 from metamorphosis.zk import kazooLogger
+from tests.sqlservers import MARIADB, POSTGRESQL
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 try:
@@ -624,41 +625,16 @@ class SQLiteOffsetsRestartTests(OffsetStorageRestartMixin, TestCase):
 class ServerOffsetsRestartMixin(OffsetStorageRestartMixin):
     @defer.inlineCallbacks
     def setUp(self):
-        try:
-            self.connect().close()
-        except Exception as e:
-            raise SkipTest("no %s server answers at %s: %s" % (self.name, self.url, e))
-        self.table = "consumer_it_" + uuid.uuid4().hex[:10]
-        self.addCleanup(self.drop)
+        self.table = self.server.scratchTable(self, "consumer_it_")
         yield ConsumerIntegrationMixin.setUp(self)
 
     def storage(self):
-        return SQLOffsetStorage.fromURL(self.url, table=self.table)
-
-    def drop(self):
-        connection = self.connect()
-        try:
-            connection.cursor().execute("drop table if exists " + self.table)
-            connection.commit()
-        finally:
-            connection.close()
+        return SQLOffsetStorage.fromURL(self.server.url, table=self.table)
 
 
 class MariaDBOffsetsRestartTests(ServerOffsetsRestartMixin, TestCase):
-    name = "MySQL/MariaDB"
-    url = "mysql://root@127.0.0.1:3306/test"
-
-    def connect(self):
-        import pymysql
-        return pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test",
-                               connect_timeout=3)
+    server = MARIADB
 
 
 class PostgreSQLOffsetsRestartTests(ServerOffsetsRestartMixin, TestCase):
-    name = "PostgreSQL"
-    url = "postgresql://postgres@127.0.0.1:5432/test"
-
-    def connect(self):
-        import psycopg2
-        return psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test",
-                                connect_timeout=3)
+    server = POSTGRESQL
