@@ -10,6 +10,7 @@ L{ITransactionProcessor} for transactions and an optional L{ISyncProcessor}
 for replication.
 """
 
+import errno
 import os
 from collections import deque
 
@@ -41,6 +42,7 @@ from metamorphosis.protocol.commands import (
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
+from metamorphosis.ratelog import RateLimitedLog
 
 #: protocol.md section 7: the Java broker closes connections without I/O
 #: for this long.
@@ -60,6 +62,20 @@ INTERNAL_ERROR, NO_PROCESSOR = 500, 503
 #: (C{GeckoHandler.responseNoProcessor}).
 NO_PROCESSOR_TEXT = "未注册请求处理器，请求处理器类为"
 SYNC_COMMAND_CLASS = "com.taobao.metamorphosis.network.SyncCommand"
+
+
+#: Errors of a full file system: refused writes, not broker faults.
+DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT])
+
+
+def describeWriteError(error):
+    """
+    The text telling a client why a write failed; a full disk says so in
+    words, since that is what the operator must act on.
+    """
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return f"the broker's disk is full ({error.strerror})"
+    return str(error)
 
 
 def result(code, text, opaque):
@@ -121,6 +137,13 @@ class FileRegion:
         self.position += len(chunk)
         self.remaining -= len(chunk)
         return chunk
+
+
+def _peerString(address):
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    return f"{host}:{address.port}"
 
 
 @implementer(ISession)
@@ -233,8 +256,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         Malformed input: explain it in one C{result 400} (the replay allows
         that one frame; the Java broker closes silently), log it, close.
         """
-        self.log.warn("Closing {peer}: malformed request: {error}",
-                      peer=self.session.peer, error=error)
+        self.factory.refusals.warn(
+            "malformed-request", "Closing {peer}: malformed request: {error}",
+            peer=_peerString(self.session.peer), error=str(error))
         self._commands.clear()
         self.sendReply(result(BAD_REQUEST, str(error), error.opaque))
         self._closeWhenDone()
@@ -444,6 +468,7 @@ class BrokerProcessor:
         self.hostName = hostName
         self.registerTopic = None
         self.filters = ConsumerFilters(config)
+        self.refusals = RateLimitedLog(self.log)
         self._registered = set()
 
     def genErrorMessage(self, topic, partition):
@@ -481,21 +506,36 @@ class BrokerProcessor:
                                  "transfering on networking.")
             appended = store.append(msgId, command.flag, command.data)
         except Exception as e:
-            self.log.warn("Put to {topic}-{partition} failed: {error}",
-                          topic=topic, partition=partition, error=e)
+            self.refusals.warn(
+                "put-refused:" + type(e).__name__,
+                "Refused a put to {topic}-{partition}: {error}",
+                topic=topic, partition=partition, error=describeWriteError(e))
             self.stats.statsPutFailed(topic, partitionString)
             return result(INTERNAL_ERROR,
-                          self.genErrorMessage(topic, partition) + f"Detail:{e}",
+                          self.genErrorMessage(topic, partition)
+                          + f"Detail:{describeWriteError(e)}",
                           command.opaque)
 
         def stored(offset):
             return result(OK, f"{msgId} {partition} {offset}", command.opaque)
 
         def failed(failure):
-            self.log.failure("Append to {topic}-{partition} failed", failure,
-                             topic=topic, partition=partition)
             self.stats.statsPutFailed(topic, partitionString)
-            return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition),
+            error = failure.value
+            if not isinstance(error, OSError):
+                self.log.failure("Append to {topic}-{partition} failed", failure,
+                                 topic=topic, partition=partition)
+                return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition),
+                              command.opaque)
+            # An I/O error is the disk's state, not a bug: one line per
+            # interval, and the client is told what happened.
+            self.refusals.error(
+                "append-failed:" + errno.errorcode.get(error.errno, "?"),
+                "Append to {topic}-{partition} failed: {error}",
+                topic=topic, partition=partition, error=describeWriteError(error))
+            return result(INTERNAL_ERROR,
+                          self.genErrorMessage(topic, partition)
+                          + f"Detail:{describeWriteError(error)}",
                           command.opaque)
 
         return appended.addCallbacks(stored, failed)
@@ -534,8 +574,14 @@ class BrokerProcessor:
                 return result(MOVED, str(command.offset + scanned), opaque)
             return ValueCommand(data, opaque)
         except Exception as e:
-            self.log.failure("Get from {topic}-{partition} failed",
-                             topic=topic, partition=command.partition)
+            if isinstance(e, OSError):
+                self.refusals.error(
+                    "get-failed:" + errno.errorcode.get(e.errno, "?"),
+                    "Get from {topic}-{partition} failed: {error}",
+                    topic=topic, partition=command.partition, error=str(e))
+            else:
+                self.log.failure("Get from {topic}-{partition} failed",
+                                 topic=topic, partition=command.partition)
             self.stats.statsGetFailed(topic, group)
             return result(INTERNAL_ERROR,
                           self.genErrorMessage(topic, command.partition) + f"Detail:{e}",
@@ -636,6 +682,7 @@ class BrokerFactory(protocol.ServerFactory):
         self.syncProcessor = syncProcessor
         self.idleTimeout = idleTimeout
         self.connections = set()
+        self.refusals = RateLimitedLog(self.log)
 
     def connectionOpened(self, proto):
         self.connections.add(proto)

@@ -3,9 +3,11 @@ Tests for L{metamorphosis.broker.server}: every request answered as the Java
 broker answers it (protocol.md section 6), on in-memory transports.
 """
 
+import errno
 import os
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -141,11 +143,48 @@ class PutTests(ServerTestCase):
         self.assertEqual((code, body), (403, b"Partition[0-1] has been closed"))
 
     def test_appendFailure(self):
+        """
+        An append failing on a full disk is answered with a reply saying so;
+        a flood of them logs one line per interval, without a traceback.
+        """
         store = self.stores.getOrCreateStore("meta-test", 0)
-        store.failure = OSError("disk full")
+        store.failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with capturedLogs() as events:
+            for i in range(100):
+                [(_, code, _, body)] = self.put("meta-test", 0, b"hello")
+        self.assertEqual((code, body), (500, ERROR_PREFIX + b"[partition 'meta-test-0'] failed."
+                                             b"Detail:the broker's disk is full "
+                                             b"(No space left on device)"))
+        self.assertEqual(len(events), 1)
+        self.assertNotIn("log_failure", events[0])
+        self.assertIn("disk is full", formatEvent(events[0]))
+        self.assertEqual(self.stats.putFailed, 100)
+
+    def test_appendBug(self):
+        """
+        An append failing with anything but an I/O error is a bug: logged
+        with its traceback.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.failure = ZeroDivisionError()
         [(_, code, _, body)] = self.put("meta-test", 0, b"hello")
         self.assertEqual((code, body), (500, ERROR_PREFIX + b"[partition 'meta-test-0'] failed."))
-        self.flushLoggedErrors(OSError)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_refusalsLogOncePerInterval(self):
+        """
+        Refused puts log one line per interval, with the count of the
+        others, and no traceback.
+        """
+        self.processor.refusals.clock = self.clock
+        with capturedLogs() as events:
+            for i in range(50):
+                self.put("no-such-topic", 0, b"hello")
+            self.clock.advance(61)
+            self.put("no-such-topic", 0, b"hello")
+        self.assertEqual(len(events), 2)
+        self.assertEqual(events[1]["suppressed"], 49)
+        self.assertNotIn("log_failure", events[1])
 
     def test_registersTopicOnce(self):
         registered = []

@@ -46,6 +46,7 @@ from metamorphosis.protocol.records import (
     encodeRecordParts,
     iterRecords,
 )
+from metamorphosis.ratelog import RateLimitedLog
 
 _length = struct.Struct(">i")
 
@@ -232,6 +233,9 @@ class MessageStore:
     """
 
     log = Logger()
+    #: I/O errors (a full disk) are the disk's state, not bugs: logged
+    #: without traceback, one line per interval for all stores.
+    ioErrors = RateLimitedLog(log)
 
     def __init__(
         self,
@@ -488,10 +492,16 @@ class MessageStore:
 
     def _fail(self, failure, job):
         written = [entry for step in self._applyProgress(job) for entry in step.entries]
-        self.log.failure(
-            "Writing to {store} failed; {count} queued append(s) fail", failure,
-            store=self, count=len(job.entries) - len(written)
-        )
+        count = len(job.entries) - len(written)
+        if isinstance(failure.value, OSError):
+            self.ioErrors.error(
+                "write-failed", "Writing to {store} failed; {count} queued append(s) "
+                "fail: {error}", store=str(self), count=count, error=str(failure.value))
+        else:
+            self.log.failure(
+                "Writing to {store} failed; {count} queued append(s) fail", failure,
+                store=self, count=count
+            )
         acknowledged = written if not self.groupCommit else []
         kept = set(map(id, acknowledged))
         for entry in job.entries:
