@@ -10,6 +10,7 @@ import sys
 from twisted.internet import defer, error, protocol
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _LISTENING = re.compile(
     rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)"
@@ -51,20 +52,26 @@ class BrokerProcess(protocol.ProcessProtocol):
         return self.ended
 
 
-def startBroker(reactor, config, workdir):
+def startBroker(reactor, config, workdir, faults=False):
     """
     Run C{twistd -n metaq --config <config>} listening on a free loopback
     port, in C{workdir}.
 
+    @param faults: run it through L{tests.integration.faultybroker}, whose
+        disk faults the test switches on with files in C{workdir}.
     @return: a L{BrokerProcess}.
     """
     process = BrokerProcess()
-    reactor.spawnProcess(
-        process,
-        TWISTD,
-        [TWISTD, "--nodaemon", "--pidfile=", "metaq", "--config", config,
-         "--port", "tcp:0:interface=127.0.0.1"],
-        env=os.environ.copy(),
-        path=workdir,
-    )
+    arguments = ["--nodaemon", "--pidfile=", "metaq", "--config", config,
+                 "--port", "tcp:0:interface=127.0.0.1"]
+    env = os.environ.copy()
+    if faults:
+        executable = sys.executable
+        arguments = [executable, "-m", "tests.integration.faultybroker"] + arguments
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [_REPOSITORY, env.get("PYTHONPATH")]))
+    else:
+        executable = TWISTD
+        arguments = [TWISTD] + arguments
+    reactor.spawnProcess(process, executable, arguments, env=env, path=workdir)
     return process

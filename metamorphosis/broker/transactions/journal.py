@@ -298,9 +298,18 @@ class RedoLog:
         data = encodeRecord(record)
         location = JournalLocation(current.number, current.size)
         view = memoryview(data)
-        while view:
-            written = os.write(current.fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(current.fd, view)
+                view = view[written:]
+        except OSError:
+            # A full disk may take part of the record: remove it, or every
+            # record appended after it would be unreadable at recovery.
+            try:
+                os.ftruncate(current.fd, current.size)
+            except OSError:
+                pass
+            raise
         current.size += len(data)
         self._dirty[current.number] = current
         return location

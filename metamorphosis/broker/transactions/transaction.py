@@ -72,6 +72,8 @@ class Transaction:
         self.messages = []
         self.location = None
         self.timeout = None
+        self.preparing = False
+        self._abandoned = False
         self._store = store
         self._onFinished = onFinished
 
@@ -85,7 +87,12 @@ class Transaction:
     def addMessage(self, message):
         """
         Journal a put and keep it for the commit.
+
+        @raise XAException: a PREPARE is being journaled: the put would be
+            missing from the prepared transaction.
         """
+        if self.preparing:
+            raise XAException(XAER_PROTO, "Cannot add a message while prepare is in progress.")
         if self.state == State.START:
             self.state = State.IN_USE
         self.messages.append(message)
@@ -119,6 +126,10 @@ class Transaction:
         @return: a Deferred if it rolls back, else L{None}.
         """
         self.timeout = None
+        if self.preparing:
+            # Decided when the journal write ends: prepared, or rolled back.
+            self._abandoned = True
+            return None
         if self.state in (State.START, State.IN_USE):
             return ensureDeferred(self.rollback())
         return None
@@ -159,19 +170,47 @@ class XATransaction(Transaction):
         return self._uniqueQualifier
 
     async def prepare(self):
+        """
+        Journal the PREPARE, and only once it is written (and forced when
+        the flush policy asks for it) become prepared.  When the journal
+        cannot be written (a full disk) the transaction stays in use and
+        the client gets an XA error: RECOVER does not list it, a COMMIT
+        does not deliver it, and the PREPARE may be retried.
+        """
         if self.state == State.START:
             self._finish()
             return XA_RDONLY
-        if self.state == State.IN_USE:
-            self.state = State.PREPARED
-            if self.timeout is not None and self.timeout.active():
-                self.timeout.cancel()
-            self.timeout = None
+        if self.state != State.IN_USE or self.preparing:
+            raise XAException(XAER_PROTO, "Cannot call prepare now.")
+        self.preparing = True
+        try:
             await self._store.prepare(self)
-            return XA_OK
-        raise XAException(XAER_PROTO, "Cannot call prepare now.")
+        except Exception as e:
+            self.log.warn(
+                "Prepare of {key} failed, the transaction journal could not be "
+                "written: {error}", key=self.key, error=str(e),
+            )
+            if self.state == State.IN_USE and self._abandoned:
+                # It was abandoned while the journal was written: nothing
+                # else would end it.
+                await self.rollback()
+            raise XAException(
+                XAER_RMERR,
+                "Prepare failed, the transaction journal could not be written: %s" % (e,),
+            )
+        finally:
+            self.preparing = False
+        if self.state != State.IN_USE:
+            raise XAException(XAER_PROTO, "The transaction ended while it was prepared.")
+        self.state = State.PREPARED
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.cancel()
+        self.timeout = None
+        return XA_OK
 
     async def commit(self, onePhase):
+        if self.preparing:
+            raise XAException(XAER_PROTO, "Cannot call commit while prepare is in progress.")
         if self.state in (State.START, State.IN_USE):
             if not onePhase:
                 raise XAException(
