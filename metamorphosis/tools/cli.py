@@ -1,8 +1,12 @@
 """
 What the command-line tools share: running a tool under C{react} with its
-C{usage.Options}, turning the failures a user can act on into one line on
-stderr and a non-zero exit status, and opening the one broker connection or
-ZooKeeper session a tool needs.
+C{usage.Options}, the options every tool takes the same way (given before
+the subcommand of C{metaq} or after it), turning the failures a user can
+act on into one line on stderr and a non-zero exit status, and opening the
+one broker connection or ZooKeeper session a tool needs.
+
+Exit status of every tool: L{EXIT_OK} done, L{EXIT_FAILURE} a failure
+explained in one line on stderr, L{EXIT_USAGE} bad usage.
 """
 
 import sys
@@ -23,8 +27,81 @@ from metamorphosis.client.connection import MetaClientProtocol, brokerEndpoint, 
 from metamorphosis.client.session import MetaClientConfig
 from metamorphosis.zk import connect
 
+EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+#: The options C{metaq} takes before a subcommand and hands down to it: a
+#: subcommand that has one of them and was not given it takes the value
+#: given to C{metaq} (C{metaq -z zk:2181 offsets -g g} and
+#: C{metaq offsets -z zk:2181 -g g} are the same).
+SHARED = ("zookeeper", "zk-root", "broker", "timeout")
+
+
+def inheritShared(options):
+    """
+    Fill the L{SHARED} options of a subcommand's C{options} that were left
+    at their default from its parent's (C{metaq}'s) options.  Call it first
+    in C{postOptions}.
+    """
+    parent = getattr(options, "parent", None)
+    while parent is not None:
+        for name in SHARED:
+            given = parent.opts.get(name)
+            if name in options.defaults and given is not None and (
+                    options[name] == options.defaults[name]):
+                options[name] = given
+        parent = getattr(parent, "parent", None)
+
+
+class Verbosity:
+    """
+    C{-v} (repeatable) and C{-q}, for a C{usage.Options}: mixed in by every
+    tool.  C{-q} shows errors only and no progress; C{-v} shows the
+    informational log, C{-vv} the debug log.
+    """
+
+    def opt_verbose(self):
+        """
+        Log more (repeat for debug output).
+        """
+        self.opts["verbose"] = self.opts.get("verbose", 0) + 1
+
+    opt_v = opt_verbose
+
+    def opt_quiet(self):
+        """
+        Errors only: no warnings, no progress.
+        """
+        self.opts["quiet"] = True
+
+    opt_q = opt_quiet
+
+
+def verbosity(options):
+    """
+    C{(verbose, quiet)} given to C{options} or any of its parents.
+    """
+    verbose, quiet = 0, False
+    while options is not None:
+        verbose += options.opts.get("verbose", 0)
+        quiet = quiet or options.opts.get("quiet", False)
+        options = getattr(options, "parent", None)
+    return verbose, quiet
+
+
+def logLevel(options, default=LogLevel.warn):
+    """
+    The lowest level logged for a tool run with C{options}.
+    """
+    verbose, quiet = verbosity(options)
+    if quiet:
+        return LogLevel.error
+    if verbose >= 2:
+        return LogLevel.debug
+    if verbose == 1:
+        return LogLevel.info
+    return default
 
 
 class ToolError(Exception):
@@ -89,21 +166,23 @@ def logTo(stream, level):
     )
 
 
-def runTool(name, options, main, argv=None, stderr=None, logLevel=LogLevel.error):
+def runTool(name, options, main, argv=None, stderr=None, defaultLevel=LogLevel.warn):
     """
     Parse C{argv} into C{options} and run C{main(reactor, options)} (a
     coroutine returning the exit status) under C{react}.  Exits 2 on a usage
     error and 1 on a L{ToolError} or any other failure, with one line on
-    stderr and no traceback.
+    stderr and no traceback.  The log goes to stderr from C{defaultLevel}
+    on, or as C{-v}/C{-q} say.
     """
     stderr = stderr or sys.stderr
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
-        print("%s: %s" % (name, e), file=stderr)
-        print("Try '%s --help'." % (name,), file=stderr)
+        command = " ".join(filter(None, [name, getattr(options, "subCommand", None)]))
+        print("%s: %s" % (command, e), file=stderr)
+        print("Try '%s --help'." % (command,), file=stderr)
         raise SystemExit(EXIT_USAGE)
-    logTo(stderr, logLevel)
+    logTo(stderr, logLevel(options, defaultLevel))
 
     def report(failure):
         if failure.check(SystemExit):
@@ -123,3 +202,15 @@ def runTool(name, options, main, argv=None, stderr=None, logLevel=LogLevel.error
         return ensureDeferred(main(reactor, options)).addCallbacks(exitWith, report)
 
     react(start)
+
+
+def runAlias(name, command, options, main, argv=None, **kwargs):
+    """
+    Run a tool under its old name (C{metaq-stats} for C{metaq stats}),
+    kept for one release: the same tool, with a deprecation note on a
+    terminal.
+    """
+    options.synopsis = "Usage: %s %s" % (name, options.synopsis)
+    if sys.stderr.isatty():
+        print("%s is deprecated: use 'metaq %s'" % (name, command), file=sys.stderr)
+    runTool(name, options, main, argv, **kwargs)

@@ -11,19 +11,20 @@ an async slave at that address promotes itself within a second, and a
 master at any other address is fenced (stops taking writes and leaves
 ZooKeeper).  Use it as well to re-admit a master that moved.  C{clear}
 removes the record: no broker is fenced any more and automatic promotion
-starts over.  C{--root} is C{zk.zkRoot} (default C{/meta}).  Exit status 0
-on success, 1 when the record changed under us or does not exist, 2 when
-ZooKeeper cannot be reached.
+starts over.  C{--zk-root} is C{zk.zkRoot} (default C{/meta}).  Exit status
+0 on success, 1 when the record changed under us or does not exist or
+ZooKeeper cannot be reached, 2 on bad usage.
 """
 
-import argparse
 import sys
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from twisted.internet.threads import deferToThread
+from twisted.python import usage
 
 from metamorphosis import zk
 from metamorphosis.ha.failover import FailoverRecord, recordPath
+from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, openZooKeeper, runAlias
 
 
 def show(client, paths, brokerId, out):
@@ -50,7 +51,7 @@ def show(client, paths, brokerId, out):
 
 def promote(client, paths, brokerId, url, out):
     if not url.startswith("meta://"):
-        raise SystemExit("the new master must be a meta://host:port URL")
+        raise ToolError("the new master must be a meta://host:port URL")
     path = recordPath(paths, brokerId)
     try:
         data, stat = client.get(path)
@@ -81,34 +82,71 @@ def clear(client, paths, brokerId, out):
     return 0
 
 
-def main(argv=None, out=sys.stdout):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--zookeeper", required=True, help="ZooKeeper connect string")
-    parser.add_argument("--root", default="/meta", help="zk.zkRoot of the brokers")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("show", "clear"):
-        sub.add_parser(name).add_argument("brokerId", type=int)
-    promoting = sub.add_parser("promote")
-    promoting.add_argument("brokerId", type=int)
-    promoting.add_argument("url", help="meta://host:port of the new master")
-    args = parser.parse_args(argv)
-    client = KazooClient(hosts=args.zookeeper)
+class BrokerIdOptions(usage.Options):
+    synopsis = "BROKER_ID"
+
+    def parseArgs(self, brokerId):
+        try:
+            self["brokerId"] = int(brokerId)
+        except ValueError:
+            raise usage.UsageError("the broker id must be an integer, not %r" % (brokerId,))
+
+
+class PromoteOptions(BrokerIdOptions):
+    synopsis = "BROKER_ID meta://HOST:PORT"
+
+    def parseArgs(self, brokerId, url):
+        BrokerIdOptions.parseArgs(self, brokerId)
+        self["url"] = url
+
+
+class Options(Verbosity, usage.Options):
+    synopsis = "--zookeeper HOST:PORT (show|promote|clear) BROKER_ID [URL]"
+    longdesc = __doc__.split("\n\n")[0].strip()
+    optParameters = [
+        ["zookeeper", "z", None, "ZooKeeper connect string (required)"],
+        ["zk-root", None, "/meta", "zk.zkRoot of the brokers"],
+        ["timeout", None, 10.0, "seconds to wait for ZooKeeper", float],
+    ]
+    subCommands = [
+        ["show", None, BrokerIdOptions, "the failover record and the registered master and slaves"],
+        ["promote", None, PromoteOptions, "name the new master of a broker id (manual failover)"],
+        ["clear", None, BrokerIdOptions, "remove the failover record"],
+    ]
+
+    def opt_root(self, root):
+        """
+        The same as --zk-root (its old name).
+        """
+        self["zk-root"] = root
+
+    def postOptions(self):
+        inheritShared(self)
+        if not self["zookeeper"]:
+            raise usage.UsageError("--zookeeper is required")
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required: show, promote or clear")
+
+
+async def main(reactor, options, out=None):
+    out = out or sys.stdout
+    client = await openZooKeeper(reactor, options["zookeeper"], options["timeout"])
     try:
-        client.start(10)
-    except Exception as e:
-        out.write("cannot reach ZooKeeper %s: %s\n" % (args.zookeeper, e))
-        return 2
-    try:
-        paths = zk.ZkPaths(args.root)
-        if args.command == "show":
-            return show(client, paths, args.brokerId, out)
-        if args.command == "clear":
-            return clear(client, paths, args.brokerId, out)
-        return promote(client, paths, args.brokerId, args.url, out)
+        paths = zk.ZkPaths(zk.normalizeRoot(options["zk-root"]))
+        arguments = options.subOptions
+        if options.subCommand == "show":
+            return await deferToThread(show, client, paths, arguments["brokerId"], out)
+        if options.subCommand == "clear":
+            return await deferToThread(clear, client, paths, arguments["brokerId"], out)
+        return await deferToThread(
+            promote, client, paths, arguments["brokerId"], arguments["url"], out)
     finally:
-        client.stop()
-        client.close()
+        await zk.disconnect(client, reactor)
+
+
+def run(argv=None):
+    runAlias("metaq-failover", "failover", Options(), main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

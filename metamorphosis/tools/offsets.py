@@ -32,15 +32,22 @@ from metamorphosis.client.offsets import (
     ZooKeeperOffsetStorage,
 )
 from metamorphosis.client.partition import Partition
-from metamorphosis.tools.cli import ToolError, brokerUrl, openBroker, openZooKeeper, runTool
+from metamorphosis.tools.cli import (
+    ToolError,
+    Verbosity,
+    brokerUrl,
+    inheritShared,
+    openBroker,
+    openZooKeeper,
+    runAlias,
+)
 from metamorphosis.zk import disconnect, normalizeRoot
 
 LONG_MAX = 2**63 - 1
 
 
-class Options(usage.Options):
-    synopsis = ("Usage: metaq-offsets (--zookeeper HOST:PORT | --broker URL --topic TOPIC) "
-                "--group GROUP [options]")
+class Options(Verbosity, usage.Options):
+    synopsis = "(--zookeeper HOST:PORT | --broker URL --topic TOPIC) --group GROUP [options]"
     optParameters = [
         ["zookeeper", "z", None, "ZooKeeper host:port[,host:port...]"],
         ["zk-root", None, "/meta", "MetaQ's root znode"],
@@ -61,6 +68,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
+        inheritShared(self)
         if not self["group"]:
             raise usage.UsageError("--group is required")
         if bool(self["zookeeper"]) == bool(self["broker"]):
@@ -315,7 +323,7 @@ async def main(reactor, options, out=None, err=None):
 
 
 def run(argv=None):
-    runTool("metaq-offsets", Options(), main, argv)
+    runAlias("metaq-offsets", "offsets", Options(), main, argv)
 
 
 if __name__ == "__main__":

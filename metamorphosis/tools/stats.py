@@ -14,11 +14,18 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from metamorphosis.client.errors import MetaClientError
-from metamorphosis.tools.cli import ToolError, brokerUrl, openBroker, runTool
+from metamorphosis.tools.cli import (
+    ToolError,
+    Verbosity,
+    brokerUrl,
+    inheritShared,
+    openBroker,
+    runAlias,
+)
 
 
-class Options(usage.Options):
-    synopsis = "Usage: metaq-stats [options] [item]"
+class Options(Verbosity, usage.Options):
+    synopsis = "[options] [item]"
     longdesc = ("Query 'stats [item]' of a broker (items: topics, offsets, realtime, "
                 "config, reset, help, or a topic name) and print the reply.")
     optParameters = [
@@ -33,6 +40,7 @@ class Options(usage.Options):
         self["item"] = item
 
     def postOptions(self):
+        inheritShared(self)
         self["broker"] = brokerUrl(self["broker"])
         if self["watch"] is not None and self["watch"] <= 0:
             raise usage.UsageError("--watch needs a positive number of seconds")
@@ -101,7 +109,7 @@ async def main(reactor, options, out=None):
 
 
 def run(argv=None):
-    runTool("metaq-stats", Options(), main, argv)
+    runAlias("metaq-stats", "stats", Options(), main, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from twisted.python import usage
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
-from metamorphosis.tools.cli import ToolError, brokerUrl, runTool
+from metamorphosis.tools.cli import ToolError, Verbosity, brokerUrl, inheritShared, runAlias
 
 
 def fileKey(stat):
@@ -353,8 +353,8 @@ class Tailer(service.Service):
         self.logFile.close()
 
 
-class Options(usage.Options):
-    synopsis = "Usage: metaq-tail --topic TOPIC (--zookeeper HOST:PORT | --broker URL) [options] FILE"
+class Options(Verbosity, usage.Options):
+    synopsis = "--topic TOPIC (--zookeeper HOST:PORT | --broker URL) [options] FILE"
     optFlags = [
         ["from-beginning", None, "without a saved position, start at the beginning of the "
                                  "file (default: at its end)"],
@@ -378,6 +378,7 @@ class Options(usage.Options):
         self["file"] = path and os.path.abspath(path)
 
     def postOptions(self):
+        inheritShared(self)
         if not self["file"]:
             raise usage.UsageError("the FILE to follow is missing")
         if not self["topic"]:
@@ -478,7 +479,7 @@ async def main(reactor, options):
 
 
 def run(argv=None):
-    runTool("metaq-tail", Options(), main, argv, logLevel=LogLevel.info)
+    runAlias("metaq-tail", "tail", Options(), main, argv, defaultLevel=LogLevel.info)
 
 
 if __name__ == "__main__":

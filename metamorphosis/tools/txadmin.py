@@ -12,16 +12,14 @@ directory (docs/transactions.md).  Exit status, as the other tools: 0 done,
 reachable), 2 bad usage.
 """
 
-import argparse
 import os
 import sys
 
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.task import react
 from twisted.protocols import amp
+from twisted.python import usage
 
-from metamorphosis.broker.config import loadConfig
+from metamorphosis.broker.config import ConfigError, loadConfig
 from metamorphosis.broker.transactions.admin import (
     SOCKET_NAME,
     CommitTransaction,
@@ -31,6 +29,7 @@ from metamorphosis.broker.transactions.admin import (
     RollbackTransaction,
     adminSocketPath,
 )
+from metamorphosis.tools.cli import ToolError, Verbosity, runAlias
 
 _COMMANDS = {
     "commit": CommitTransaction,
@@ -40,68 +39,93 @@ _COMMANDS = {
 }
 
 
-def parseArguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="txadmin", description="Heuristic completion of prepared XA transactions."
-    )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", help="the broker's server.ini")
-    where.add_argument("--data-path", help="the broker's dataLogPath (or dataPath)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="prepared and heuristically completed transactions")
-    for name, command in _COMMANDS.items():
-        p = sub.add_parser(name, help=command.__doc__.strip().splitlines()[0])
-        p.add_argument("key", help="the XID key, as RECOVER lists it")
-        if name == "commit":
-            p.add_argument("--one-phase", action="store_true")
-    return parser.parse_args(argv)
+class ListOptions(usage.Options):
+    synopsis = ""
+
+
+class KeyOptions(usage.Options):
+    synopsis = "KEY"
+
+    def parseArgs(self, key):
+        self["key"] = key
+
+
+class CommitOptions(KeyOptions):
+    synopsis = "[--one-phase] KEY"
+    optFlags = [["one-phase", None, "commit in one phase (the transaction was not prepared)"]]
+
+    def parseArgs(self, key, *rest):
+        # "commit KEY --one-phase", the order the tool always took.
+        if rest not in ((), ("--one-phase",)):
+            raise usage.UsageError("unexpected arguments: %s" % (" ".join(rest),))
+        if rest:
+            self["one-phase"] = True
+        KeyOptions.parseArgs(self, key)
+
+
+class Options(Verbosity, usage.Options):
+    synopsis = "(--config server.ini | --data-path DIR) COMMAND [KEY]"
+    longdesc = "Heuristic completion of prepared XA transactions."
+    optParameters = [
+        ["config", "c", None, "the broker's server.ini"],
+        ["data-path", "d", None, "the broker's dataLogPath (or dataPath)"],
+    ]
+    subCommands = [["list", None, ListOptions, "prepared and heuristically completed transactions"]] + [
+        [name, None, CommitOptions if name == "commit" else KeyOptions,
+         command.__doc__.strip().splitlines()[0]]
+        for name, command in _COMMANDS.items()
+    ]
+
+    def postOptions(self):
+        if bool(self["config"]) == bool(self["data-path"]):
+            raise usage.UsageError("give one of --config and --data-path")
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required: list, " + ", ".join(_COMMANDS))
 
 
 def socketPath(options):
-    if options.config:
-        return adminSocketPath(loadConfig(options.config))
-    return os.path.join(options.data_path, "transactions", SOCKET_NAME)
+    if options["config"]:
+        try:
+            return adminSocketPath(loadConfig(options["config"]))
+        except ConfigError as e:
+            raise ToolError("bad configuration: %s" % (e,))
+    return os.path.join(options["data-path"], "transactions", SOCKET_NAME)
 
 
-async def run(reactor, options, out=sys.stdout, err=sys.stderr):
+async def main(reactor, options, out=None):
+    out = out or sys.stdout
     try:
         client = await connectProtocol(
             UNIXClientEndpoint(reactor, socketPath(options)), amp.AMP()
         )
+    except ToolError:
+        raise
     except Exception as e:
-        print("cannot reach the broker: %s" % (e,), file=err)
-        return 1
+        raise ToolError("cannot reach the broker: %s" % (e,))
+    command, key = options.subCommand, options.subOptions.get("key")
     try:
-        if options.command == "list":
+        if command == "list":
             answer = await client.callRemote(ListTransactions)
             for key in answer["prepared"]:
                 print("%s PREPARED" % (key,), file=out)
             for line in answer["heuristic"]:
                 print(line, file=out)
             return 0
-        arguments = {"key": options.key}
-        if options.command == "commit":
-            arguments["onePhase"] = options.one_phase
-        answer = await client.callRemote(_COMMANDS[options.command], **arguments)
+        arguments = {"key": key}
+        if command == "commit":
+            arguments["onePhase"] = bool(options.subOptions["one-phase"])
+        answer = await client.callRemote(_COMMANDS[command], **arguments)
         if not answer["done"]:
-            print("no such transaction: %s" % (options.key,), file=err)
-            return 1
-        print("%s: %s" % (options.command, options.key), file=out)
+            raise ToolError("no such transaction: %s" % (key,))
+        print("%s: %s" % (command, key), file=out)
         return 0
     finally:
         client.transport.loseConnection()
 
 
-def main(argv=None):
-    options = parseArguments(sys.argv[1:] if argv is None else argv)
-
-    async def go(reactor):
-        code = await run(reactor, options)
-        if code:
-            raise SystemExit(code)
-
-    react(lambda reactor: ensureDeferred(go(reactor)))
+def run(argv=None):
+    runAlias("metaq-txadmin", "txadmin", Options(), main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -16,6 +16,7 @@ from metamorphosis.broker.transactions.processor import TransactionalProcessor
 from metamorphosis.protocol.commands import PutCommand, TransactionCommand
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.tools import txadmin
+from metamorphosis.tools.cli import ToolError
 from tests.broker.txsupport import MemoryStoreManager
 
 XID = "XID:1:0a0b:01:tool"
@@ -52,12 +53,12 @@ class TxAdminToolTests(TestCase):
 
     async def tool(self, *argv):
         out = io.StringIO()
-        code = await txadmin.run(
-            reactor,
-            txadmin.parseArguments(["--data-path", self.config.dataPath, *argv]),
-            out,
-            io.StringIO(),
-        )
+        options = txadmin.Options()
+        options.parseOptions(["--data-path", self.config.dataPath, *argv])
+        try:
+            code = await txadmin.main(reactor, options, out)
+        except ToolError:
+            code = 1
         return code, out.getvalue()
 
     def test_listCommitForget(self):

@@ -9,7 +9,7 @@ import os
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -150,6 +150,14 @@ class FailoverTests(_FailoverCase):
         yield waitFor(lambda: loser.segmentFiles("meta-test", 0) == winner.segmentFiles("meta-test", 0))
         self.assertEqual((yield self.record()).epoch, 1)
 
+    def failoverTool(self, out, *argv):
+        """
+        Run C{metaq failover} in this process; a Deferred of its exit status.
+        """
+        options = tool.Options()
+        options.parseOptions(["--zookeeper", zookeeperAddress(), "--zk-root", self.root, *argv])
+        return defer.ensureDeferred(tool.main(reactor, options, out))
+
     @defer.inlineCallbacks
     def test_manualPromotion(self):
         """
@@ -161,9 +169,7 @@ class FailoverTests(_FailoverCase):
         self.assertEqual((yield self.put(self.master, b"one")).code, 200)
         yield waitFor(lambda: self.master.segmentFiles("meta-test", 0) == slave.segmentFiles("meta-test", 0))
         out = io.StringIO()
-        status = yield deferToThread(
-            tool.main, ["--zookeeper", zookeeperAddress(), "--root", self.root, "promote", "2", self.url(slave)], out
-        )
+        status = yield self.failoverTool(out, "promote", "2", self.url(slave))
         self.assertEqual(status, 0)
         self.assertIn("master is now %s (epoch 1)" % (self.url(slave),), out.getvalue())
         yield waitFor(lambda: self.masterIs(slave), timeout=30)
@@ -171,7 +177,7 @@ class FailoverTests(_FailoverCase):
         self.assertEqual(reply.code, 500)
         self.assertEqual((yield self.put(slave, b"two")).code, 200)
         out = io.StringIO()
-        yield deferToThread(tool.main, ["--zookeeper", zookeeperAddress(), "--root", self.root, "show", "2"], out)
+        yield self.failoverTool(out, "show", "2")
         self.assertIn("failover record: epoch 1, master %s" % (self.url(slave),), out.getvalue())
         self.assertIn("registered master: %s" % (self.url(slave),), out.getvalue())
 

@@ -44,6 +44,47 @@ def runTool(name, *args):
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
 
 
+def runMetaq(*args, stdin=None):
+    """
+    Run C{metaq args} (as C{python -m metamorphosis.tools.main}) to its end,
+    with C{stdin} (bytes) as its standard input if given.
+
+    @return: a Deferred firing with C{(stdout, stderr, exit status)} as text.
+    """
+    command = (sys.executable, "-m", "metamorphosis.tools.main") + args
+    if stdin is None:
+        d = getProcessOutputAndValue(command[0], command[1:], env=os.environ)
+    else:
+        d = _withInput(command, stdin)
+    return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, stdin):
+        self.stdin = stdin
+        self.out, self.err = [], []
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.done.callback((b"".join(self.out), b"".join(self.err), reason.value.exitCode))
+
+
+def _withInput(command, stdin):
+    collect = _Collect(stdin)
+    reactor.spawnProcess(collect, command[0], list(command), env=os.environ)
+    return collect.done
+
+
 class ToolProcess(protocol.ProcessProtocol):
     """
     A long-running tool (the tail) the test stops with SIGTERM; stopped at
