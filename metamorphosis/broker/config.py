@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional
 
+from metamorphosis.broker.access import AccessConfigError, AccessRules, parseAccess
+
 
 @lru_cache(maxsize=1024)
 def wildcardPattern(name):
@@ -125,6 +127,12 @@ class MetaConfig:
     #: C{async_slave.properties}, spec/ha.md section 2.1); -1 otherwise.
     slaveId: int = -1
     closedPartitions: set = field(default_factory=set)
+    #: The C{[listeners]} section: C{(name, endpoint string)} pairs in file
+    #: order; empty for the one plain listener on C{serverPort}.
+    listeners: list = field(default_factory=list)
+    #: The C{[access]} section (L{metamorphosis.broker.access.AccessRules});
+    #: without it everything is allowed.
+    access: AccessRules = field(default_factory=AccessRules)
 
     def isClosedPartition(self, topic, partition):
         """
@@ -513,8 +521,40 @@ def parseConfig(data, path="<string>"):
     config.zookeeper.zkRoot = root
 
     config.topics = _topicSections(config, path, sections)
+    config.listeners = _listenersSection(path, sections)
+    config.access = _accessSection(path, sections, config.access)
     _verify(config, path)
     return config
+
+
+def _listenersSection(path, sections):
+    """
+    The C{[listeners]} section: each key names a listener, its value is a
+    Twisted server endpoint string (checked when the broker starts).
+    """
+    for name, line, entries in sections:
+        if name == "listeners":
+            listeners = []
+            for key, value, number in entries:
+                if not value.strip():
+                    raise ConfigError(f"{path}: [listeners] {key} (line {number}): "
+                                      "empty endpoint")
+                listeners.append((key, value.strip()))
+            return listeners
+    return []
+
+
+def _accessSection(path, sections, default):
+    """
+    The C{[access]} section's rules, or C{default} without one.
+    """
+    for name, line, entries in sections:
+        if name == "access":
+            try:
+                return parseAccess([(key, value) for key, value, _ in entries])
+            except AccessConfigError as e:
+                raise ConfigError(f"{path}: [access] (line {line}): {e}")
+    return default
 
 
 def _readSections(data, path):
@@ -530,10 +570,12 @@ def _readSections(data, path):
         if name in seen:
             raise ConfigError(f"{path}, line {line}: duplicate section [{name}]")
         seen.add(name)
-        if name not in ("system", "zookeeper") and not name.startswith("topic="):
+        if name not in ("system", "zookeeper", "listeners", "access") and not name.startswith(
+            "topic="
+        ):
             raise ConfigError(
                 f"{path}, line {line}: [{name}]: unknown section, expected "
-                "[system], [zookeeper] or [topic=NAME]"
+                "[system], [zookeeper], [listeners], [access] or [topic=NAME]"
             )
     return sections
 
@@ -629,8 +671,9 @@ def standaloneConfig(dataPath="data"):
 
 def reloadTopics(config):
     """
-    Re-read the topic sections of C{config}'s file into C{config} (the
-    C{[system]} and C{[zookeeper]} sections need a restart, as in Java).
+    Re-read the topic sections and the C{[access]} rules of C{config}'s file
+    into C{config} (the C{[system]}, C{[zookeeper]} and C{[listeners]}
+    sections need a restart, as in Java).
 
     @return: the names of the topics that are new or changed.
     @raise ConfigError: the file is unreadable or invalid; C{config} is
@@ -638,8 +681,11 @@ def reloadTopics(config):
     """
     path = config.path
     data = _readFile(path)
-    topics = _topicSections(config, path, _readSections(data, path))
+    sections = _readSections(data, path)
+    topics = _topicSections(config, path, sections)
+    rules = _accessSection(path, sections, AccessRules())
     changed = [name for name, topic in topics.items() if config.topics.get(name) != topic]
     config.topics = topics
+    config.access = rules
     config.checksum = zlib.crc32(data)
     return changed

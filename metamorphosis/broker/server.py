@@ -21,11 +21,13 @@ from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 from metamorphosis import METAQ_VERSION
+from metamorphosis.broker.access import AccessGate, AccessRules, principalOf
 from metamorphosis.broker.interfaces import (
     IMessageFilter,
     ISession,
     ITransactionProcessor,
 )
+from metamorphosis.broker.redaction import redactSecrets
 from metamorphosis.broker.store.errors import OffsetBeforeStart
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import (
@@ -151,11 +153,27 @@ class Session:
     """
     The state of one connection that processors may keep (Java
     C{SessionContext}).
+
+    @ivar closed: whether the connection is gone.
     """
 
-    def __init__(self, peer):
+    def __init__(self, peer, transport=None):
         self.peer = peer
         self.context = {}
+        self.closed = False
+        self._transport = transport
+        self._principal = None
+
+    @property
+    def principal(self):
+        """
+        Who is connected (L{metamorphosis.broker.access.Principal}), known
+        once the TLS handshake is over, so read at the first command.
+        """
+        if self._principal is None:
+            self._principal = principalOf(self.peer, self._transport)
+            self._transport = None
+        return self._principal
 
 
 @implementer(interfaces.IPushProducer)
@@ -191,7 +209,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             # As gecko does: a reply's last small segment must not wait for
             # the client's delayed ACK of the previous one.
             self.transport.setTcpNoDelay(True)
-        self.session = Session(self.transport.getPeer())
+        self.session = Session(self.transport.getPeer(), self.transport)
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idleTimeout)
         self.factory.connectionOpened(self)
@@ -628,7 +646,7 @@ class BrokerProcessor:
             return result(INTERNAL_ERROR, f"Config file not found:{path}", opaque)
         except OSError as e:
             return result(INTERNAL_ERROR, f"Read config file error:{e}", opaque)
-        return ResultCommand(OK, data, opaque)
+        return ResultCommand(OK, redactSecrets(data), opaque)
 
 
 @implementer(ITransactionProcessor)
@@ -669,14 +687,16 @@ class BrokerFactory(protocol.ServerFactory):
     @ivar transactionProcessor: an L{ITransactionProcessor}.
     @ivar syncProcessor: an L{ISyncProcessor}, or L{None} to answer C{sync}
         with 503.
+    @ivar access: the L{AccessGate} every command passes first.
     """
 
     protocol = BrokerProtocol
     log = Logger()
 
     def __init__(self, processor, stats, transactionProcessor=None, syncProcessor=None,
-                 idleTimeout=IDLE_TIMEOUT):
+                 idleTimeout=IDLE_TIMEOUT, access=None):
         self.processor = processor
+        self.access = access or AccessGate(AccessRules)
         self.stats = stats
         self.transactionProcessor = transactionProcessor or NoTransactionProcessor()
         self.syncProcessor = syncProcessor
@@ -691,6 +711,7 @@ class BrokerFactory(protocol.ServerFactory):
     def connectionClosed(self, proto):
         self.connections.discard(proto)
         self.stats.connections = len(self.connections)
+        proto.session.closed = True
         self.transactionProcessor.sessionClosed(proto.session)
 
     def dispatch(self, command, session):
@@ -698,6 +719,9 @@ class BrokerFactory(protocol.ServerFactory):
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
         Deferred of one of those.
         """
+        refusal = self.access.check(command, session)
+        if refusal is not None:
+            return refusal
         processor = self.processor
         if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
             if command.transactionKey is not None:

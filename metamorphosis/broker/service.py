@@ -16,6 +16,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from metamorphosis.broker.access import AccessGate
 from metamorphosis.broker.address import localHost
 from metamorphosis.broker.config import (
     ConfigError,
@@ -65,8 +66,11 @@ class BrokerService(service.MultiService):
         self.transactions = TransactionalProcessor(
             config, self.storeManager, idWorker, self.stats, reactor)
         self.transactions.setServiceParent(self)
+        # The [access] rules are read at each check: a reload changes them.
+        self.access = AccessGate(lambda: config.access, clock=reactor)
+        self.transactions.access = self.access
         self.factory = BrokerFactory(self.processor, self.stats, self.transactions,
-                                     idleTimeout=idleTimeout)
+                                     idleTimeout=idleTimeout, access=self.access)
         self.zookeeper = zookeeper
         if zookeeper is not None:
             self.processor.registerTopic = zookeeper.registerTopic

@@ -5,8 +5,9 @@ spec/protocol.md sections 6.2 and 6.7, spec/transactions.md sections 3, 4
 and 7).
 
 Local transactions live in their connection's session context; XA
-transactions live in one broker-wide map so that any connection, typically a
-recovering transaction manager, can complete them.
+transactions live in one broker-wide map so that another connection,
+typically a recovering transaction manager, can complete them, as far as the
+access rules allow (docs/security.md).
 """
 
 from twisted.application import service
@@ -15,6 +16,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metamorphosis.broker.access import AccessDenied
 from metamorphosis.broker.interfaces import ITransactionProcessor
 from metamorphosis.protocol.xa import (
     XA_HEURCOM,
@@ -67,6 +69,10 @@ class HeuristicTransaction:
 
     __slots__ = ("key", "uniqueQualifier", "state")
 
+    #: Nobody owns it: only the C{transactions} or C{admin} right may
+    #: touch it.
+    owner = None
+
     def __init__(self, key, uniqueQualifier, state):
         self.key = key
         self.uniqueQualifier = uniqueQualifier
@@ -83,7 +89,12 @@ class TransactionalProcessor(service.Service):
 
     @ivar xaTransactions: XA key to L{XATransaction}, in begin order.
     @ivar heuristicTransactions: XA key to L{HeuristicTransaction}.
+    @ivar access: the broker's L{metamorphosis.broker.access.AccessGate},
+        which says whose XA branches a session may touch; L{None} lets every
+        session touch every branch (MetaQ's behaviour).
     """
+
+    access = None
 
     log = Logger()
 
@@ -172,16 +183,27 @@ class TransactionalProcessor(service.Service):
     def _localTransactions(self, session):
         return session.context.setdefault(_LOCAL_TRANSACTIONS, {})
 
+    def _mayTouch(self, session, tx):
+        return self.access is None or self.access.mayTouch(session, tx.owner)
+
+    def _checkOwner(self, session, tx):
+        if not self._mayTouch(session, tx):
+            raise AccessDenied(f"XA transaction {tx.key} begun by another connection")
+
     def getTransaction(self, session, xid):
         """
         The live transaction C{xid} names, else the Java error for it.
+
+        @raise AccessDenied: an XA branch the session may not touch.
         """
         if isinstance(xid, XATransactionId):
             tx = self.xaTransactions.get(xid.key)
             if tx is not None:
+                self._checkOwner(session, tx)
                 return tx
             heuristic = self.heuristicTransactions.get(xid.key)
             if heuristic is not None:
+                self._checkOwner(session, heuristic)
                 code, message = _HEURISTIC_ERRORS[heuristic.state]
                 raise XAException(code, message % (xid.key,))
             raise xaNotStarted(xid.key)
@@ -194,8 +216,10 @@ class TransactionalProcessor(service.Service):
         if isinstance(xid, XATransactionId):
             self.stats.statsTxBegin(True)
             if xid.key in self.xaTransactions:
+                self._checkOwner(session, self.xaTransactions[xid.key])
                 return
             tx = XATransaction(xid.key, self.store, self._xaFinished, xid.uniqueQualifier)
+            tx.owner = session
             self.xaTransactions[tx.key] = tx
         elif isinstance(xid, LocalTransactionId):
             self.stats.statsTxBegin(False)
@@ -224,13 +248,15 @@ class TransactionalProcessor(service.Service):
                 lambda f: self.log.failure("Rolling back {key} failed", f, key=tx.key)
             )
 
-    def preparedTransactions(self, uniqueQualifier):
+    def preparedTransactions(self, uniqueQualifier, session=None):
         """
         The keys RECOVER answers: prepared XA transactions, then the
-        heuristically completed ones, of the qualifier (all without one).
+        heuristically completed ones, of the qualifier (all without one),
+        that C{session} may touch (all without one).
         """
         def matches(tx):
-            return uniqueQualifier is None or tx.uniqueQualifier == uniqueQualifier
+            return (uniqueQualifier is None or tx.uniqueQualifier == uniqueQualifier) and (
+                session is None or self._mayTouch(session, tx))
 
         prepared = [
             tx.key
@@ -245,9 +271,12 @@ class TransactionalProcessor(service.Service):
             if matches(tx) and tx.key not in prepared
         ]
 
-    async def forgetTransaction(self, xid):
+    async def forgetTransaction(self, xid, session=None):
         if not isinstance(xid, XATransactionId):
             raise XAException(XAER_NOTA, "%s is not a valid xid" % (xid.key,))
+        heuristic = self.heuristicTransactions.get(xid.key)
+        if heuristic is not None and session is not None:
+            self._checkOwner(session, heuristic)
         return await self._forget(xid.key)
 
     async def _forget(self, key):
@@ -279,12 +308,16 @@ class TransactionalProcessor(service.Service):
                 self.stats.statsTxRollback()
                 await self.getTransaction(session, xid).rollback()
             elif kind == "FORGET":
-                await self.forgetTransaction(xid)
+                await self.forgetTransaction(xid, session)
             elif kind == "RECOVER":
-                body = "\r\n".join(self.preparedTransactions(command.uniqueQualifier))
+                body = "\r\n".join(
+                    self.preparedTransactions(command.uniqueQualifier, session))
             else:
                 body = "Unknow transaction command type:%s" % (kind,)
                 return ResultCommand(500, body.encode("utf-8"), command.opaque)
+        except AccessDenied as e:
+            return self.access.refuse(session, "transactions", str(e), command.opaque,
+                                      xa=True)
         except XAException as e:
             self.log.info(
                 "Transaction command {kind} {key} failed: {error}",
@@ -308,6 +341,8 @@ class TransactionalProcessor(service.Service):
             tx = self.xaTransactions.get(key) or self._localTransactions(session).get(key)
             if tx is None:
                 tx = self.getTransaction(session, parseTransactionId(key))
+            elif tx.isXA:
+                self._checkOwner(session, tx)
             if tx.state == State.START:
                 tx.state = State.IN_USE
             partitionString = "%d-%d" % (self.config.brokerId, command.partition)
@@ -323,6 +358,9 @@ class TransactionalProcessor(service.Service):
                     msgId, command.topic, command.partition, command.flag, command.data
                 )
             )
+        except AccessDenied as e:
+            return self.access.refuse(session, "transactions", str(e), command.opaque,
+                                      xa=True)
         except Exception as e:
             return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
         self.stats.statsPut(command.topic, partitionString)

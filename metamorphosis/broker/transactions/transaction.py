@@ -155,11 +155,15 @@ class LocalTransaction(Transaction):
 
 class XATransaction(Transaction):
     """
-    An XA transaction (C{XID:…}), held broker-wide so that any connection can
-    complete it.
+    An XA transaction (C{XID:…}), held broker-wide so that a recovering
+    transaction manager can complete it from another connection.
+
+    @ivar owner: the session that began it, L{None} when it was recovered
+        from the journal (the access rules decide who else may touch it).
     """
 
     isXA = True
+    owner = None
 
     def __init__(self, key, store, onFinished, uniqueQualifier):
         Transaction.__init__(self, key, store, onFinished)
