@@ -53,6 +53,7 @@ from metamorphosis.protocol.commands import (
     StatsCommand,
     SyncCommand,
 )
+from metamorphosis.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 
 #: The C{stats} items that need the C{admin} right.
 ADMIN_STATS_ITEMS = frozenset(["reset", "config"])
@@ -252,15 +253,11 @@ def parseAccess(entries):
 #: consumer silently back off as if there were no data.
 UNAUTHORIZED = 401
 
-#: Seconds between two denial log lines about the same principal and right.
-DENIAL_LOG_INTERVAL = 60.0
-
-
 class AccessGate:
     """
     The access checks of a running broker: which right a request needs,
     the refusal reply, and the denial log (one line per principal and right
-    per L{DENIAL_LOG_INTERVAL}, with the number of refusals since).
+    per interval, with the number of refusals not logged).
 
     @ivar rules: a callable returning the current L{AccessRules} (the
         configuration may be reloaded).
@@ -268,13 +265,9 @@ class AccessGate:
 
     log = Logger()
 
-    def __init__(self, rules, clock=None, logInterval=DENIAL_LOG_INTERVAL):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, rules, clock=None, logInterval=DEFAULT_INTERVAL):
         self.rules = rules
-        self.clock = clock
-        self.logInterval = logInterval
-        self._logged = {}
+        self._denials = RateLimitedLog(self.log, logInterval, clock)
 
     def check(self, command, session):
         """
@@ -323,18 +316,9 @@ class AccessGate:
             reads an C{XAException:code=} text (C{XAER_RMERR}, -3).
         """
         principal = session.principal
-        key = (str(principal), right)
-        now = self.clock.seconds()
-        last, count = self._logged.get(key, (None, 0))
-        if last is None or now - last >= self.logInterval:
-            self.log.warn(
-                "Access denied: {principal} may not {right} {what}"
-                " ({suppressed} more refusals since the last line)",
-                principal=str(principal), right=right, what=what, suppressed=count,
-            )
-            self._logged[key] = (now, 0)
-        else:
-            self._logged[key] = (last, count + 1)
+        self._denials.warn(f"access-{right}-{principal}",
+                           "Access denied: {principal} may not {right} {what}",
+                           principal=str(principal), right=right, what=what)
         text = f"Access denied: {principal} may not {right} {what}"
         if xa:
             text = f"XAException:code=-3,msg={text}"
