@@ -20,14 +20,22 @@ from functools import lru_cache
 from typing import Optional
 
 from metamorphosis.broker.access import AccessConfigError, AccessRules, parseAccess
+from metamorphosis.protocol.topics import (
+    DEFAULT_MAX_TOPIC_LENGTH,
+    IllegalTopicName,
+    checkTopicPattern,
+    isLegalTopic,
+    topicPattern,
+)
 
 
 @lru_cache(maxsize=1024)
 def wildcardPattern(name):
     """
-    The compiled pattern of a topic name in which C{*} matches any text.
+    The compiled pattern of a topic section name in which C{*} matches any
+    run of characters legal in a topic name (never C{/}).
     """
-    return re.compile(".*".join(re.escape(part) for part in name.split("*")))
+    return topicPattern(name)
 
 
 @dataclass
@@ -118,6 +126,9 @@ class MetaConfig:
     stat: bool = False
     updateConsumerOffsets: bool = False
     loadMessageStoresInParallel: bool = False
+    # Limits against hostile or broken clients (not in the Java broker;
+    # docs/limits.md).
+    maxTopicNameLength: int = DEFAULT_MAX_TOPIC_LENGTH
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -181,6 +192,8 @@ class MetaConfig:
         C{MessageStoreManager.isLegalTopic}), or the broker runs with its
         standalone default of accepting any topic.
         """
+        if not isLegalTopic(topic, self.maxTopicNameLength):
+            return False
         return self.acceptAnyTopic or self._matchingSection(topic) is not None
 
     def topicConfig(self, topic):
@@ -211,6 +224,12 @@ class ConfigError(Exception):
     """
 
 
+#: Keys of C{[system]} this broker adds to Java's: its limits against
+#: hostile or broken clients (docs/limits.md).
+LIMIT_KEYS = frozenset(
+    """maxTopicNameLength""".split()
+)
+
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
 #: which C{Config.getFieldSet} accepts; those after C{loadMessageStoresInParallel}
 #: are internal fields, accepted and ignored as Java does.
@@ -224,7 +243,7 @@ SYSTEM_KEYS = frozenset(
     loadMessageStoresInParallel serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
-)
+) | LIMIT_KEYS
 
 #: Keys of C{[zookeeper]}: the ZKConfig C{@Key} names; Java also accepts
 #: every C{[system]} name there (without effect).
@@ -244,7 +263,8 @@ _SYSTEM_INTS = frozenset(
     """brokerId serverPort dashboardHttpPort numPartitions unflushThreshold
     unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
     putProcessThreadCount quartzThreadCount maxCheckpoints
-    maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds""".split()
+    maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
+    maxTopicNameLength""".split()
 )
 _SYSTEM_LONGS = frozenset(["checkpointInterval"])
 _SYSTEM_BOOLS = frozenset(
@@ -592,6 +612,10 @@ def _topicSections(config, path, sections):
         topicName = name[len("topic="):].strip()
         if not topicName:
             raise ConfigError(f"{path}, line {line}: [{name}]: topic section without a name")
+        try:
+            checkTopicPattern(topicName, config.maxTopicNameLength)
+        except IllegalTopicName as e:
+            raise ConfigError(f"{path}, line {line}: [{name}]: {e}")
         topics[topicName] = _topicConfig(config, path, name, topicName, entries)
         if topics[topicName].numPartitions <= 0:
             raise ConfigError(f"{path}: [{name}] numPartitions: must be positive")
@@ -625,6 +649,10 @@ def _verify(config, path):
         problems.append(("system", "brokerId", "must be between 0 and 1023"))
     if not 0 <= config.serverPort <= 65535:
         problems.append(("system", "serverPort", "must be a TCP port"))
+    if not 1 <= config.maxTopicNameLength <= DEFAULT_MAX_TOPIC_LENGTH:
+        # Longer names no longer fit a directory name with the partition.
+        problems.append(("system", "maxTopicNameLength",
+                         f"must be between 1 and {DEFAULT_MAX_TOPIC_LENGTH}"))
     if problems:
         section, key, reason = problems[0]
         raise ConfigError(f"{path}: [{section}] {key}: {reason}")

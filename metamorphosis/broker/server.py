@@ -44,6 +44,7 @@ from metamorphosis.protocol.commands import (
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
+from metamorphosis.protocol.topics import IllegalTopicName, checkTopic
 from metamorphosis.ratelog import RateLimitedLog
 
 #: protocol.md section 7: the Java broker closes connections without I/O
@@ -701,6 +702,7 @@ class BrokerFactory(protocol.ServerFactory):
         self.transactionProcessor = transactionProcessor or NoTransactionProcessor()
         self.syncProcessor = syncProcessor
         self.idleTimeout = idleTimeout
+        self.config = processor.config
         self.connections = set()
         self.refusals = RateLimitedLog(self.log)
 
@@ -719,6 +721,15 @@ class BrokerFactory(protocol.ServerFactory):
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
         Deferred of one of those.
         """
+        topic = getattr(command, "topic", None)
+        if topic is not None:
+            # Before any processor, store, file or ZooKeeper node sees it.
+            try:
+                checkTopic(topic, self.config.maxTopicNameLength)
+            except IllegalTopicName as e:
+                self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
+                                   peer=_peerString(session.peer), error=str(e))
+                return result(BAD_REQUEST, str(e), command.opaque)
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal

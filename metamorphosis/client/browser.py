@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from metamorphosis.client.consumer import getOnce
 from metamorphosis.client.partition import RANDOM_PARTITION
+from metamorphosis.protocol.topics import checkTopic
 
 BROWSER_GROUP = "Just_for_Browser"
 
@@ -32,6 +33,7 @@ class TopicBrowser:
     def __init__(self, connections, topic, partitions, maxSize=1024 * 1024, timeout=5.0):
         if not topic or not topic.strip():
             raise ValueError("Blank topic")
+        checkTopic(topic)
         if maxSize <= 0:
             raise ValueError("Invalid max size")
         if timeout <= 0:

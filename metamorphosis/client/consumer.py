@@ -29,6 +29,7 @@ from metamorphosis.client.recovery import RecoverManager
 from metamorphosis.client.strategies import strategyNamed
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ValueCommand
+from metamorphosis.protocol.topics import checkTopic
 
 _ILLEGAL_GROUP = re.compile(r"[~!#$%^&*()+=`'\",;/?\[\]<>.:\s]")
 
@@ -179,6 +180,7 @@ class MessageConsumer:
             raise MetaClientError("Topic %s is already subscribed" % (topic,))
         if not topic or maxSize <= 0:
             raise ValueError("A subscription needs a topic and a positive maxSize")
+        checkTopic(topic)
         self._subscriptions[topic] = (maxSize, asListener(listener), messageFilter)
         return self
 

@@ -4,6 +4,7 @@ C{com.taobao.metamorphosis.Message}).
 """
 
 from metamorphosis.protocol import records
+from metamorphosis.protocol.topics import checkTopic
 
 
 class Message:
@@ -14,7 +15,8 @@ class Message:
     C{partition} (the L{metamorphosis.client.partition.Partition} the
     message went to), as the Java producer does.
 
-    @ivar topic: the topic name.
+    @ivar topic: the topic name: ASCII letters, digits, C{.}, C{_} and
+        C{-}, 1 to 249 characters, not C{.} or C{..}.
     @ivar data: the payload (bytes).
     @ivar attribute: an optional text attribute stored with the payload
         (C{None} is no attribute; C{""} is an empty one, and differs).
@@ -24,7 +26,11 @@ class Message:
     """
 
     def __init__(self, topic, data, attribute=None, id=None, partition=None):
-        self.topic = topic
+        """
+        @raise metamorphosis.protocol.topics.IllegalTopicName: C{topic} is
+            not a legal topic name, which no broker would accept.
+        """
+        self.topic = checkTopic(topic)
         self.data = data
         self.attribute = attribute
         self.id = id

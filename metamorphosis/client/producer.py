@@ -23,6 +23,7 @@ from metamorphosis.client.selectors import OrderedPartitionSelector, RoundRobinP
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import javaSplit
 from metamorphosis.protocol.javalang import parseJavaInt
+from metamorphosis.protocol.topics import IllegalTopicName, checkTopic
 
 DEFAULT_SEND_TIMEOUT = 3.0
 """Seconds; C{SimpleMessageProducer.DEFAULT_OP_TIMEOUT} (3000 ms)."""
@@ -66,6 +67,10 @@ def checkMessage(message):
         raise MetaClientError("Null message")
     if not message.topic or not message.topic.strip():
         raise MetaClientError("Blank topic")
+    try:
+        checkTopic(message.topic)
+    except IllegalTopicName as e:
+        raise MetaClientError(str(e))
     if message.data is None:
         raise MetaClientError("Null data")
 
@@ -94,6 +99,7 @@ class MessageProducer:
             connections to them are being made.
         """
         self._checkOpen()
+        checkTopic(topic)
         self._topics.add(topic)
         return self.sessionFactory.publishTopic(topic, self)
 

@@ -138,6 +138,32 @@ class ParseTests(unittest.TestCase):
     def test_topicWithoutName(self):
         self.assertConfigError("[topic=]\nnumPartitions=1\n", "[topic=]", "without a name")
 
+    def test_illegalTopicSections(self):
+        """
+        A topic section must name a legal topic, with C{*} as a wildcard.
+        """
+        for name in ("../x", "app/*", "/abs", "a b", ".."):
+            self.assertConfigError(f"[topic={name}]\n", f"[topic={name}]",
+                                   "Illegal topic name")
+
+    def test_wildcardMatchesOnlyLegalNames(self):
+        """
+        C{*} in a section name matches legal characters only, so
+        C{[topic=app*]} never accepts a path.
+        """
+        config = parseConfig(b"[topic=app*]\n[topic=*]\n")
+        self.assertTrue(config.isLegalTopic("app.orders"))
+        for topic in ("app/../../esc", "app/x", "../x", "app\x00", "x" * 250):
+            self.assertFalse(config.isLegalTopic(topic), topic)
+
+    def test_maxTopicNameLength(self):
+        config = parseConfig(b"[system]\nmaxTopicNameLength=10\n[topic=*]\n")
+        self.assertEqual(config.maxTopicNameLength, 10)
+        self.assertTrue(config.isLegalTopic("a" * 10))
+        self.assertFalse(config.isLegalTopic("a" * 11))
+        self.assertConfigError("[system]\nmaxTopicNameLength=300\n", "maxTopicNameLength",
+                               "between 1 and 249")
+
     def test_unknownSection(self):
         self.assertConfigError("[sytem]\nbrokerId=1\n", "[sytem]", "unknown section")
 

@@ -511,3 +511,62 @@ class ClosingTests(ServerTestCase):
         [(kind, code, opaque, body)] = parseFrames(transport.value())
         self.assertEqual((code, opaque), (400, 5))
         self.assertTrue(transport.disconnecting)
+
+
+class TopicNameTests(ServerTestCase):
+    """
+    An illegal topic name is answered with a 400 naming the problem before
+    any processor, store or file sees it.
+    """
+
+    ILLEGAL = ["../x", "/tmp/abs", "./meta-test", "../data/meta-test", "a\x00b", "x" * 300,
+               "..", "app/../../esc"]
+
+    def setUp(self):
+        ServerTestCase.setUp(self)
+        self.config.acceptAnyTopic = True
+
+    def assertRefused(self, frames, topic):
+        [(kind, code, opaque, body)] = frames
+        self.assertEqual((kind, code), ("result", 400), body)
+        self.assertIn(b"Illegal topic name", body)
+        self.assertIn(repr(topic).encode(), body)
+
+    def test_put(self):
+        for topic in self.ILLEGAL:
+            self.assertRefused(self.put(topic, 0, b"hello"), topic)
+        self.assertEqual(self.stores.stores(), [])
+        self.assertEqual(os.listdir(self.stores.directory), [])
+
+    def test_otherCommands(self):
+        """
+        get, offset, sync and transactional puts are checked too; the
+        connection stays usable.
+        """
+        proto, transport = self.connect()
+        for topic in self.ILLEGAL:
+            name = topic.encode()
+            for request in (b"get %s g 0 0 100 7\r\n" % name,
+                            b"offset %s g 0 0 7\r\n" % name,
+                            b"sync %s 0 5 0 1 7 -1\r\nhello" % name,
+                            b"put %s 0 5 0 TX:abc:1 7\r\nhello" % name):
+                self.assertRefused(self.request(request, proto), topic)
+        self.assertEqual(self.request(b"version 8\r\n", proto)[0][1], 200)
+        self.assertEqual(self.stores.stores(), [])
+
+    def test_legalNames(self):
+        for topic in ("meta-test", "com.example.orders", "a" * 249):
+            [(_, code, _, _)] = self.put(topic, 0, b"x")
+            self.assertEqual(code, 200)
+
+    def test_configuredLength(self):
+        self.config.maxTopicNameLength = 8
+        self.assertRefused(self.put("abcdefghi", 0, b"hello"), "abcdefghi")
+        self.assertEqual(self.put("abcdefgh", 0, b"x")[0][1], 200)
+
+    def test_loggedOncePerInterval(self):
+        with capturedLogs() as events:
+            for i in range(20):
+                self.put("../x", 0, b"hello")
+        self.assertEqual(len(events), 1)
+        self.assertNotIn("log_failure", events[0])

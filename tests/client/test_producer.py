@@ -19,6 +19,7 @@ from metamorphosis.client.producer import SendResult, SlidingWindow
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import CommandParser, PutCommand
+from metamorphosis.protocol.topics import IllegalTopicName
 
 from .fakebroker import FakeBroker
 
@@ -189,9 +190,21 @@ class MessageProducerTests(ProducerTestsMixin, TestCase):
     def test_invalidMessages(self):
         producer = self.factory.createProducer()
         yield producer.publish("test")
-        for message in (None, Message("", b"x"), Message("  ", b"x"), Message("test", None)):
+        renamed = Message("test", b"x")
+        renamed.topic = "../escape"
+        for message in (None, Message("test", None), renamed):
             yield self.assertFailure(producer.sendMessage(message), MetaClientError)
         self.assertEqual(self.broker.received, [])
+
+    def test_illegalTopics(self):
+        """
+        A topic name no broker accepts is refused before anything is sent.
+        """
+        producer = self.factory.createProducer()
+        for topic in ("", "  ", "../x", "/tmp/abs", "a\x00b", "x" * 250, ".", ".."):
+            self.assertRaises(IllegalTopicName, Message, topic, b"x")
+            self.assertRaises(IllegalTopicName, producer.publish, topic)
+        self.assertEqual(Message("com.example.orders", b"x").topic, "com.example.orders")
 
     @defer.inlineCallbacks
     def test_shutdown(self):

@@ -30,6 +30,7 @@ from metamorphosis.broker.store.errors import IllegalTopic, WrongPartition
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
+from metamorphosis.protocol.topics import isLegalTopic
 
 # Sub-directories of a data path that belong to the broker, not to a topic.
 _KNOWN_DIRECTORIES = {"transactions"}
@@ -48,6 +49,15 @@ def _partitionDirectories(dataPath, findings):
         if not os.path.isdir(directory) or name in _KNOWN_DIRECTORIES:
             continue
         topic, dash, number = name.rpartition("-")
+        if dash and topic and not isLegalTopic(topic):
+            findings.append(
+                Finding(
+                    "error",
+                    "Ignoring directory {directory}: {topic!r} is not a legal topic name",
+                    dict(directory=directory, topic=topic),
+                )
+            )
+            continue
         if not dash or not topic:
             findings.append(
                 Finding(
@@ -284,9 +294,12 @@ class MessageStoreManager(Service):
                 # A store made now could be a second one on a directory
                 # still being recovered.
                 raise RuntimeError("the message store manager has not loaded its data yet")
-            directory = os.path.join(
-                self.config.topicConfig(topic).dataPath, "%s-%d" % (topic, partition)
-            )
+            dataPath = self.config.topicConfig(topic).dataPath
+            directory = os.path.join(dataPath, "%s-%d" % (topic, partition))
+            # Defence in depth behind the name check: the directory is a
+            # direct child of the data path, never elsewhere or an alias.
+            if os.path.dirname(os.path.realpath(directory)) != os.path.realpath(dataPath):
+                raise IllegalTopic(topic)
             store = self._makeStore(topic, partition, directory, offsetIfCreate=offsetIfCreate)
         return store
 

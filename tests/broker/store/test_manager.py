@@ -128,6 +128,35 @@ class ManagerTests(SynchronousTestCase):
         for _ in range(20):
             self.assertIn(manager.chooseRandomPartition("test"), (0, 1, 2))
 
+    def test_pathsStayInsideDataPath(self):
+        """
+        Defence in depth behind the name check: a name that would resolve
+        outside the data path, or to another partition's directory through a
+        symbolic link, gets no store.
+        """
+        config = makeConfig(self.dataPath, acceptAnyTopic=True)
+        manager, _ = self.startManager(config)
+        for topic in ("../x", "/tmp/abs", "./victim", "a\x00b", "x" * 300):
+            self.assertRaises(IllegalTopic, manager.getOrCreateStore, topic, 0)
+        outside = os.path.abspath(self.mktemp())
+        os.makedirs(outside)
+        os.symlink(outside, os.path.join(self.dataPath, "linked-0"))
+        self.assertRaises(IllegalTopic, manager.getOrCreateStore, "linked", 0)
+        self.assertEqual(os.listdir(outside), [])
+        self.assertEqual(sorted(os.listdir(self.dataPath)), ["linked-0"])
+
+    def test_illegalDirectoriesNotLoaded(self):
+        """
+        A directory whose topic part is not a legal topic name is not
+        loaded, and says so.
+        """
+        writeSegment(os.path.join(self.dataPath, "bad name-0"), record(1, b"one"))
+        writeSegment(os.path.join(self.dataPath, "good-0"), record(1, b"one"))
+        manager, logs = self.startManager(makeConfig(self.dataPath, acceptAnyTopic=True))
+        self.assertEqual([(t, p) for t, p, _ in manager.stores()], [("good", 0)])
+        self.assertTrue(any("'bad name' is not a legal topic name" in line for line in logs),
+                        logs)
+
     def test_lazyCreation(self):
         topicPath = os.path.abspath(self.mktemp())
         config = makeConfig(self.dataPath, [("test", dict(numPartitions=2)),

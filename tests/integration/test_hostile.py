@@ -1,0 +1,65 @@
+"""
+A real broker process against hostile clients (docs/limits.md): illegal
+topic names, memory held by unfinished requests, too many topics, messages
+too large to read, and replies across SIGTERM.
+"""
+
+import os
+import signal
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from tests.broker.client import connect
+from tests.integration.brokerprocess import startBroker
+
+
+class HostileClientTests(unittest.TestCase):
+    timeout = 120
+
+    def startBroker(self, system="", topics="[topic=*]\n"):
+        """
+        Start C{twistd metaq} on a fresh data directory with C{system} keys
+        added to C{[system]}.
+
+        @return: a Deferred firing with C{(process, port, workdir)}.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        ini = os.path.join(workdir, "server.ini")
+        with open(ini, "w") as f:
+            f.write("[system]\nbrokerId=0\nnumPartitions=1\ndataPath=data\n"
+                    "unflushThreshold=0\n" + system
+                    + "\n[zookeeper]\nzk.zkEnable=false\n" + topics)
+        process = startBroker(reactor, ini, workdir)
+        self.addCleanup(process.kill)
+        return process.listening.addCallback(lambda port: (process, port, workdir))
+
+    @defer.inlineCallbacks
+    def test_illegalTopicNames(self):
+        """
+        Puts to paths, aliases of an existing topic, NUL and over-long names
+        are answered 400 before any file exists; the aliased topic's
+        acknowledged messages stay as they were.
+        """
+        process, port, workdir = yield self.startBroker()
+        client = yield connect(reactor, port)
+        reply = yield client.put("victim", 0, b"acknowledged", 1)
+        self.assertEqual(reply.code, 200)
+        before = os.listdir(workdir)
+        for opaque, topic in enumerate(
+                ["../x", "/tmp/abs-%d" % os.getpid(), "./victim", "../data/victim",
+                 "a\x00b", "x" * 300, "app/../../esc"], 2):
+            reply = yield client.put(topic, 0, b"hostile", opaque)
+            self.assertEqual(reply.code, 400, reply)
+            self.assertIn(b"Illegal topic name", reply.body)
+            reply = yield client.get(topic, "g", 0, 0, 1024, 100 + opaque)
+            self.assertEqual(reply.code, 400, reply)
+        self.assertEqual(os.listdir(workdir), before)
+        self.assertEqual(sorted(os.listdir(os.path.join(workdir, "data"))),
+                         ["transactions", "victim-0"])
+        self.assertFalse(os.path.exists("/tmp/abs-%d-0" % os.getpid()))
+        reply = yield client.get("victim", "g", 0, 0, 1024, 200)
+        self.assertIn(b"acknowledged", reply.data)
+        self.assertNotIn(b"hostile", reply.data)
+        self.assertNotIn(b"Traceback", process.output)
