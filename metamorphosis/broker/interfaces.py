@@ -77,3 +77,8 @@ class ISyncProcessor(Interface):
         Answer a L{metamorphosis.protocol.commands.SyncCommand}: a reply, None,
         or a Deferred of one.
         """
+
+    def sessionClosed(session):
+        """
+        The connection of C{session} was lost (a master's link may be down).
+        """

@@ -715,6 +715,8 @@ class BrokerFactory(protocol.ServerFactory):
         self.stats.connections = len(self.connections)
         proto.session.closed = True
         self.transactionProcessor.sessionClosed(proto.session)
+        if self.syncProcessor is not None:
+            self.syncProcessor.sessionClosed(proto.session)
 
     def dispatch(self, command, session):
         """

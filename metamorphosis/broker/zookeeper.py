@@ -101,6 +101,9 @@ class BrokerZooKeeper(service.Service):
 
     @ivar brokerString: C{meta://host:port} once the address is known, else
         L{None}.
+    @ivar takeOver: set by a promoted slave that the failover record names:
+        this broker's nodes held by another session (its old master, whose
+        session has not expired yet) are replaced rather than a conflict.
     """
 
     log = Logger()
@@ -137,6 +140,7 @@ class BrokerZooKeeper(service.Service):
         self._clientStarted = None
         self._registeredSession = None
         self._withdrawn = False
+        self.takeOver = False
         self._addConfiguredTopics()
 
     @property
@@ -482,7 +486,7 @@ class BrokerZooKeeper(service.Service):
             if ours and not recreate:
                 yield self._call("set_async", path, value, stat.version)
                 return
-            if exclusive and not ours and current != value:
+            if exclusive and not ours and current != value and not self.takeOver:
                 raise BrokerIdConflict(
                     "%s is held by another session with %r"
                     % (path, current.decode("utf-8", "replace") if current else current)

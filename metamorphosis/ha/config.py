@@ -151,10 +151,14 @@ class GregorSlaveConfig:
         C{[zookeeper]} section of its C{server.ini}, which the Java slave
         ignores.
     @ivar promoteAfterMs: (ours) how long the master must be gone first.
+    @ivar masterGraceMs: (ours) take over without waiting for the master's
+        ZooKeeper session to expire once the master's link is down and its
+        beat in ZooKeeper has not changed for this long; 0 turns this off.
     """
 
     autoPromote: bool = False
     promoteAfterMs: int = 5000
+    masterGraceMs: int = 1200
 
     plugin = "gregor"
 
@@ -164,6 +168,7 @@ class GregorSlaveConfig:
         return cls(
             autoPromote=read.boolean("autoPromote", False),
             promoteAfterMs=read.integer("promoteAfterMs", 5000, minimum=0),
+            masterGraceMs=read.integer("masterGraceMs", 1200, minimum=0),
         )
 
 

@@ -14,7 +14,10 @@ epoch.
   current master) when it first sees its master, and claims it (epoch + 1,
   naming itself) once the master's C{ids/<id>/master} node has been gone
   for C{promoteAfterMs} (plus one second per slave id, so that slave 0
-  normally wins).  A slave whose URL the record names - put there by it or
+  normally wins).  A sync slave claims it much sooner - without waiting
+  for the master's ZooKeeper session to expire - when both its link from
+  the master is down and the master's beat (below) has stopped for
+  C{masterGraceMs}: a flapping link alone never deposes a live master.  A slave whose URL the record names - put there by it or
   by the admin tool (L{metamorphosis.tools.failover}) - promotes itself:
   it stops replicating and registers as the master.
 
@@ -24,6 +27,14 @@ epoch.
   ZooKeeper connection is down (its master node may be expiring, and a
   slave may be about to take over), so two brokers never take writes for
   one broker id at the same time.  Without a record nothing changes.
+
+* Every broker taking part in failover keeps an ephemeral state node,
+  C{<zkRoot>/failover-brokers/<brokerId>/<host:port>}, holding JSON
+  (C{role}, C{epoch}, C{link}...).  A master rewrites its own at every
+  round of its fence (L{Fence.interval}): each write raises the node's
+  version, and that beat is how a slave tells, through ZooKeeper and long
+  before the session expires, that its master is gone.  The admin tool
+  reads these nodes to show the state of a pair.
 """
 
 import json
@@ -72,6 +83,38 @@ class FailoverRecord:
             raise ValueError("not a failover record: %r" % (data,)) from e
 
 
+def statesPath(paths, brokerId):
+    """
+    The parent of the state nodes of the brokers of C{brokerId}.
+    """
+    return "%s/failover-brokers/%d" % (paths.root, brokerId)
+
+
+def stateNodeName(url):
+    """
+    The name of a broker's state node: its C{host:port}.
+    """
+    return url[len("meta://"):] if url.startswith("meta://") else url
+
+
+async def writeState(client, path, state, reactor=None):
+    """
+    Write a broker's state node (ephemeral, created on first use): every
+    write raises its version, which is the beat a slave watches.
+    """
+    data = json.dumps(state, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    try:
+        await zk.deferKazoo(client.set_async(path, data), reactor)
+    except NoNodeError:
+        await zk.ensurePath(client, path.rsplit("/", 1)[0], reactor)
+        try:
+            await zk.deferKazoo(client.create_async(path, data, ephemeral=True), reactor)
+        except NodeExistsError:
+            # Created meanwhile (by this broker's previous session, still
+            # open): the next beat sets it.
+            pass
+
+
 async def readRecord(client, path, reactor=None):
     """
     @return: C{(record, version)}, C{(None, None)} when there is none.
@@ -111,24 +154,66 @@ class Candidate:
     @param waitSeconds: how long the master must be gone first.
     @param ownUrl: a callable giving the slave's C{meta://host:port}, or
         L{None} while unknown.
+    @param graceSeconds: with a C{link} passed to L{shouldPromote}: how
+        long the master's beat must have stopped, while the link is down,
+        for the slave to claim the record without waiting for the master's
+        node to go (0: never).
+    @param statesPath: the parent of the brokers' state nodes
+        (L{statesPath}), where the master's beat is read.
     """
 
     log = Logger()
 
-    def __init__(self, path, autoPromote, waitSeconds, ownUrl, clock):
+    def __init__(self, path, autoPromote, waitSeconds, ownUrl, clock, graceSeconds=0, statesPath=None):
         self.path = path
         self.autoPromote = autoPromote
         self.waitSeconds = waitSeconds
         self.ownUrl = ownUrl
         self.clock = clock
+        self.graceSeconds = graceSeconds
+        self.statesPath = statesPath
         self._masterGoneSince = None
         self._waitingForAMaster = False
+        self._beat = None
+        self._beatSeenAt = None
 
-    async def shouldPromote(self, client, masterUrl):
+    async def _beatStopped(self, client, record):
+        """
+        Read the beat of the master C{record} names and say whether it has
+        stopped: not changed for C{graceSeconds} of this slave's clock since
+        it was last seen changing, or gone after having been seen.  A master
+        never seen beating (one that does not write it) has not stopped.
+        Only versions are compared, never clocks of two hosts.
+        """
+        path = "%s/%s" % (self.statesPath, stateNodeName(record.master))
+        try:
+            _, stat = await zk.deferKazoo(client.get_async(path), self.clock)
+            beat = (record.master, stat.czxid, stat.version)
+        except NoNodeError:
+            beat = (record.master, None, None)
+        now = self.clock.seconds()
+        previous, self._beat = self._beat, beat
+        if previous is None or previous[0] != record.master:
+            # First look at this master: it must be seen beating first.
+            self._beatSeenAt = now if beat[1] is not None else None
+            return False
+        if beat[1] is None:
+            return self._beatSeenAt is not None
+        if beat != previous:
+            self._beatSeenAt = now
+            return False
+        return now - self._beatSeenAt >= self.graceSeconds
+
+    async def shouldPromote(self, client, masterUrl, link=None):
         """
         Read the record: it names this slave - promote; with C{autoPromote},
         create it while there is a master, and claim it when the master
-        (C{masterUrl} L{None}) has been gone long enough.
+        (C{masterUrl} L{None}) has been gone long enough, or - given the
+        C{link} from the master (see L{gregor.MasterLink}) - as soon as that
+        link is down and the master's beat has stopped for
+        C{graceSeconds}.  The claim is made only if C{link.seal()} (which
+        refuses the master's syncs from then on) agrees; a lost claim
+        C{link.unseal()}s.
 
         @return: whether this slave is to become the master.
         """
@@ -144,11 +229,21 @@ class Candidate:
             return True
         if not self.autoPromote:
             return False
+        fast = link is not None and self.graceSeconds > 0 and record is not None and self.statesPath is not None
+        stopped = fast and await self._beatStopped(client, record)
         if masterUrl is not None:
             self._masterGoneSince = None
             if record is None:
                 await writeRecord(client, self.path, FailoverRecord(0, masterUrl), None, self.clock)
-            return False
+                return False
+            if not (stopped and link.down):
+                return False
+            self.log.warn(
+                "Master {master}: link down and no beat in ZooKeeper for {grace} s",
+                master=record.master,
+                grace=self.graceSeconds,
+            )
+            return await self._claim(client, record, version, ownUrl, link, linkDown=True)
         if record is None:
             # The record is made while a master is registered: without one,
             # no master was ever seen here.  A slave started before its
@@ -162,12 +257,30 @@ class Candidate:
         if self._masterGoneSince is None:
             self._masterGoneSince = now
             self.log.warn("The master is gone ({path})", path=self.path)
-        if now - self._masterGoneSince < self.waitSeconds:
+        quick = stopped and link.down
+        if now - self._masterGoneSince < self.waitSeconds and not quick:
+            return False
+        return await self._claim(client, record, version, ownUrl, link, linkDown=quick)
+
+    async def _claim(self, client, record, version, ownUrl, link, linkDown=False):
+        """
+        Claim the record (epoch + 1, naming this slave).  With a C{link},
+        its master's syncs are refused from before the claim is written;
+        with C{linkDown}, only if the link is still down at that moment.
+        """
+        if link is not None and not link.seal(linkDown):
             return False
         claim = FailoverRecord(record.epoch + 1, ownUrl)
-        won = await writeRecord(client, self.path, claim, version, self.clock)
+        try:
+            won = await writeRecord(client, self.path, claim, version, self.clock)
+        except BaseException:
+            if link is not None:
+                link.unseal()
+            raise
         if won:
             self.log.warn("Claimed {path} at epoch {epoch}", path=self.path, epoch=claim.epoch)
+        elif link is not None:
+            link.unseal()
         return won
 
 
@@ -183,27 +296,38 @@ class Fence(service.Service):
     all; a broker that never took part in failover starts taking writes at
     once, with or without ZooKeeper.
 
+    While a record exists, each round also rewrites the broker's state
+    node (L{writeState}): the beat by which a slave knows, through
+    ZooKeeper, that this master is alive.
+
     @param registration: the broker's
         L{metamorphosis.broker.zookeeper.BrokerZooKeeper}.
     @param dataPath: the broker's data directory (for the marker file).
+    @param describe: a callable giving more of the broker's state for its
+        state node, as C{(name, value)} pairs (the replication link).
     @ivar refusal: L{None} while writes are allowed, else the reason.
+    @ivar epoch: the epoch of the record last read, or L{None}.
     """
 
     log = Logger()
 
-    #: Seconds between two reads of the record.
-    interval = 0.5
+    #: Seconds between two rounds (a read of the record and a beat).  A
+    #: slave's C{masterGraceMs} should cover several rounds.
+    interval = 0.3
 
-    def __init__(self, registration, dataPath, reactor=None):
+    def __init__(self, registration, dataPath, reactor=None, describe=None):
         if reactor is None:
             from twisted.internet import reactor
         self.registration = registration
         self.reactor = reactor
+        self.describe = describe
         self.path = recordPath(registration.paths, registration.config.brokerId)
+        self.states = statesPath(registration.paths, registration.config.brokerId)
         self.marker = os.path.join(dataPath, MARKER)
         self.named = os.path.exists(self.marker)
         self.refusal = "has not read its failover record yet" if self.named else None
         self.fenced = False
+        self.epoch = None
         self._loop = None
 
     def startService(self):
@@ -243,6 +367,7 @@ class Fence(service.Service):
         except ValueError as e:
             self.log.error("{error}; ignoring it", error=e)
             record = None
+        self.epoch = None if record is None else record.epoch
         if record is None or record.master == url:
             if self.named != (record is not None):
                 self.named = record is not None
@@ -252,16 +377,27 @@ class Fence(service.Service):
                 self.fenced = False
                 self.log.warn("The failover record names this broker again: registering as master")
                 self.registration.registerEverything()
-            return
-        self.refusal = "broker %d was failed over to %s (epoch %d)" % (
-            self.registration.config.brokerId,
-            record.master,
-            record.epoch,
-        )
-        if not self.fenced:
-            self.fenced = True
-            self.log.error("Fenced: {reason}; not registering and refusing writes", reason=self.refusal)
-            await self.registration.unregisterEverything()
+        else:
+            self.refusal = "broker %d was failed over to %s (epoch %d)" % (
+                self.registration.config.brokerId,
+                record.master,
+                record.epoch,
+            )
+            if not self.fenced:
+                self.fenced = True
+                self.log.error("Fenced: {reason}; not registering and refusing writes", reason=self.refusal)
+                await self.registration.unregisterEverything()
+        if record is not None:
+            await self.beat(client, url)
+
+    async def beat(self, client, url):
+        """
+        Rewrite this broker's state node.
+        """
+        state = {"role": "fenced" if self.fenced else "master", "epoch": self.epoch}
+        if self.describe is not None:
+            state.update(self.describe())
+        await writeState(client, "%s/%s" % (self.states, stateNodeName(url)), state, self.reactor)
 
 
     def _mark(self, named):
@@ -335,7 +471,9 @@ def installFence(broker):
     registration = broker.zookeeper
     if registration is None:
         return None
-    fence = Fence(registration, broker.config.dataPath, broker.reactor)
+    replication = getattr(broker, "replication", None)
+    describe = None if replication is None else (lambda: dict(replication.statsItems()))
+    fence = Fence(registration, broker.config.dataPath, broker.reactor, describe)
     factory = broker.factory
     processor = factory.processor
     factory.processor = FencedProcessor(processor, fence)

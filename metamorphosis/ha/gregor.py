@@ -10,6 +10,14 @@ store is called on the reactor thread in the order the commands were
 decoded, which is the ordering the Java slave buys with its ordered thread
 pool.  The slave does not register in ZooKeeper; the master finds it by
 address.
+
+With C{autoPromote} (ours) the slave takes its master's place when the
+master is gone (L{MasterWatch}).  It knows at once when its master's
+connections drop (L{MasterLink}) and, through the master's beat in
+ZooKeeper, whether the master is still alive; once it decides to take over
+it refuses every further C{sync}, so the old master cannot acknowledge
+another put: under sync replication that refusal is the fence for
+acknowledged data.
 """
 
 from dataclasses import replace
@@ -40,6 +48,67 @@ def _result(code, text, opaque):
     return ResultCommand(code, text.encode("utf-8"), opaque)
 
 
+class MasterLink:
+    """
+    The connections this slave receives C{sync} on - its master's link -
+    and the seal that refuses them for good once the slave takes over.
+
+    @ivar sealed: whether syncs are refused.
+    @ivar onDown: called when the last of those connections is lost.
+    """
+
+    log = Logger()
+
+    def __init__(self):
+        self.sessions = set()
+        self.sealed = False
+        self.onDown = None
+
+    @property
+    def down(self):
+        """
+        Whether no connection that carried a C{sync} is open.
+        """
+        return not self.sessions
+
+    def synced(self, session):
+        if session not in self.sessions:
+            self.sessions.add(session)
+            self.log.info("Master link up from {peer}", peer=_peer(session))
+
+    def closed(self, session):
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.log.warn("Master link from {peer} lost", peer=_peer(session))
+            if not self.sessions and self.onDown is not None:
+                self.onDown()
+
+    def seal(self, whenDown=False):
+        """
+        Refuse every C{sync} from now on; with C{whenDown}, only if the link
+        is down at this moment (checked and sealed in one step, on the
+        reactor thread, so no sync slips in between).
+
+        @return: whether it is sealed.
+        """
+        if whenDown and not self.down:
+            return False
+        self.sealed = True
+        return True
+
+    def unseal(self):
+        """
+        Take syncs again: the claim this seal was for was lost.
+        """
+        self.sealed = False
+
+
+def _peer(session):
+    peer = getattr(session, "peer", None)
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return "%s:%s" % (host, port) if host is not None else str(peer)
+
+
 @implementer(ISyncProcessor)
 class SyncProcessor:
     """
@@ -48,21 +117,27 @@ class SyncProcessor:
 
     @param processor: the broker's L{metamorphosis.broker.server.BrokerProcessor},
         whose store manager, statistics and error texts the slave shares.
+    @ivar link: the L{MasterLink}; sealed when this slave takes over.
     """
 
     log = Logger()
 
-    #: Set when this slave was promoted: it takes no more syncs from the
-    #: master it replaced.
-    promoted = False
-
     def __init__(self, processor):
         self.processor = processor
+        self.link = MasterLink()
+
+    @property
+    def promoted(self):
+        return self.link.sealed
+
+    def sessionClosed(self, session):
+        self.link.closed(session)
 
     def processSync(self, command, session):
         processor = self.processor
         topic, partition, opaque = command.topic, command.partition, command.opaque
-        if self.promoted:
+        self.link.synced(session)
+        if self.link.sealed:
             return _result(
                 INTERNAL_ERROR,
                 processor.genErrorMessage(topic, partition) + "Detail:this slave was promoted to master",
@@ -101,42 +176,75 @@ class SyncProcessor:
 @implementer(IReplication)
 class MasterWatch(service.Service):
     """
-    A sync slave with C{autoPromote}: watches its master's registration and
-    the failover record (L{metamorphosis.ha.failover.Candidate}) and, when
-    it is to take over, stops taking syncs and registers as the master.
+    A sync slave with C{autoPromote}: watches its master's registration, its
+    beat and the failover record (L{metamorphosis.ha.failover.Candidate})
+    and, when it is to take over, refuses the master's syncs and registers
+    as the master in the old master's place.
+
+    It looks every L{interval} seconds, every L{downInterval} while the link
+    from the master is down, and at once when it goes down.  Its own state
+    node (role, link) is kept up to date for the admin tool.
     """
 
     log = Logger()
 
-    #: Seconds between two reads of the master's registration.
-    interval = 0.5
+    #: Seconds between two looks while the master's link is up.
+    interval = 0.25
+
+    #: Seconds between two looks while it is down.
+    downInterval = 0.1
 
     def __init__(self, broker, syncProcessor, config):
         self.broker = broker
         self.syncProcessor = syncProcessor
+        self.link = syncProcessor.link
         registration = broker.zookeeper
         self.registration = registration
+        brokerId = broker.config.brokerId
+        self.states = failover.statesPath(registration.paths, brokerId)
         self.candidate = failover.Candidate(
-            failover.recordPath(registration.paths, broker.config.brokerId),
+            failover.recordPath(registration.paths, brokerId),
             True,
             config.promoteAfterMs / 1000.0,
             lambda: registration.brokerString,
             broker.reactor,
+            config.masterGraceMs / 1000.0,
+            self.states,
         )
         self.fence = None
         self._loop = None
+        self._wakeup = None
+        self._stateWritten = None
 
     def startService(self):
         service.Service.startService(self)
+        self.link.onDown = self._wake
         self._loop = defer.ensureDeferred(self._watch())
         self._loop.addErrback(lambda f: None if f.check(defer.CancelledError) else self.log.failure("Watching the master stopped", f))
 
     def stopService(self):
         service.Service.stopService(self)
+        self.link.onDown = None
         if self._loop is not None:
             self._loop.cancel()
         if self.fence is not None and self.fence.running:
             self.fence.stopService()
+
+    def _wake(self):
+        if self._wakeup is not None and not self._wakeup.called:
+            self._wakeup.callback(None)
+
+    async def _pause(self):
+        self._wakeup = defer.Deferred()
+        call = self.broker.reactor.callLater(
+            self.downInterval if self.link.down else self.interval, self._wake
+        )
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+            if call.active():
+                call.cancel()
 
     async def _watch(self):
         masterPath = self.registration.paths.brokerIdsPathOf(self.broker.config.brokerId)
@@ -149,21 +257,33 @@ class MasterWatch(service.Service):
                         masterUrl = data.decode("utf-8") if data else None
                     except NoNodeError:
                         masterUrl = None
-                    if await self.candidate.shouldPromote(client, masterUrl):
+                    if await self.candidate.shouldPromote(client, masterUrl, self.link):
                         self._promote()
                         return
+                    await self._writeState(client)
                 except defer.CancelledError:
                     # stopService cancelled us: no further round, no timer left behind.
                     raise
                 except Exception as e:
                     self.log.warn("Watching the master failed: {error}", error=e)
-            await deferLater(self.broker.reactor, self.interval, lambda: None)
+            await self._pause()
+
+    async def _writeState(self, client):
+        url = self.registration.brokerString
+        state = {"role": "slave", "link": "disconnected" if self.link.down else "connected"}
+        if url is None or state == self._stateWritten:
+            return
+        await failover.writeState(client, "%s/%s" % (self.states, failover.stateNodeName(url)), state, self.broker.reactor)
+        self._stateWritten = state
 
     def _promote(self):
         self.log.warn("Promoted: this sync slave becomes broker {brokerId}'s master", brokerId=self.broker.config.brokerId)
-        self.syncProcessor.promoted = True
+        self.link.seal()
         self.fence = failover.installFence(self.broker)
         self.fence.startService()
+        # The old master's nodes may outlive it by a session timeout: the
+        # record names this broker now, so it takes their place at once.
+        self.registration.takeOver = True
         self.registration.registerEverything()
 
 
@@ -208,7 +328,7 @@ class GregorReplication:
         return self.watch
 
     def statsItems(self):
-        if self.syncProcessor is not None and self.syncProcessor.promoted:
+        if self.watch is not None and self.watch.fence is not None:
             return [("promoted", True)]
         return []
 

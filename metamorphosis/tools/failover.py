@@ -14,25 +14,43 @@ removes the record: no broker is fenced any more and automatic promotion
 starts over.  C{--zk-root} is C{zk.zkRoot} (default C{/meta}).  Exit status
 0 on success, 1 when the record changed under us or does not exist or
 ZooKeeper cannot be reached, 2 on bad usage.
+
+C{show} prints the state of the pair (or group) of brokers of that id:
+the record with its epoch and node version, the registered master, and
+for every broker taking part in failover its role (C{master}, C{slave},
+C{fenced}), the replication link as it sees it, and the age of its state
+node (a live master rewrites it every 0.3 s).
 """
 
+import json
 import sys
+import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 
 from metamorphosis import zk
-from metamorphosis.ha.failover import FailoverRecord, recordPath
+from metamorphosis.ha.failover import FailoverRecord, recordPath, statesPath
 from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, openZooKeeper, runAlias
 
 
-def show(client, paths, brokerId, out):
+def show(client, paths, brokerId, out, now=time.time):
+    """
+    The state of the brokers of C{brokerId}: the record (epoch, node
+    version), the registered master, and every broker's state node - role
+    (master, slave, fenced), the replication link as that broker sees it,
+    and how long ago it last wrote it (a master rewrites it every 0.3 s
+    while alive; ages use this host's clock against ZooKeeper's).
+    """
     path = recordPath(paths, brokerId)
+    record = None
     try:
-        data, _ = client.get(path)
+        data, stat = client.get(path)
         record = FailoverRecord.decode(data)
-        out.write("failover record: epoch %d, master %s\n" % (record.epoch, record.master))
+        out.write(
+            "failover record: epoch %d, master %s (node version %d)\n" % (record.epoch, record.master, stat.version)
+        )
     except NoNodeError:
         out.write("failover record: none (no failover for broker %d)\n" % (brokerId,))
     idPath = paths.brokerIdPath(brokerId)
@@ -40,13 +58,54 @@ def show(client, paths, brokerId, out):
         children = sorted(client.get_children(idPath))
     except NoNodeError:
         children = []
+    registered = None
     for child in children:
         if child == "master" or child.startswith("slave"):
             data, _ = client.get(idPath + "/" + child)
-            out.write("registered %s: %s\n" % (child, data.decode("utf-8", "replace")))
+            url = data.decode("utf-8", "replace")
+            if child == "master":
+                registered = url
+            out.write("registered %s: %s\n" % (child, url))
     if "master" not in children:
         out.write("registered master: none\n")
+    elif record is not None and registered != record.master:
+        out.write("  (not the master the record names: an old session, until it expires)\n")
+    states = statesPath(paths, brokerId)
+    try:
+        names = sorted(client.get_children(states))
+    except NoNodeError:
+        names = []
+    for name in names:
+        try:
+            data, stat = client.get(states + "/" + name)
+            state = json.loads(data.decode("utf-8"))
+        except NoNodeError:
+            continue
+        except ValueError:
+            out.write("broker meta://%s: unreadable state %r\n" % (name, data))
+            continue
+        out.write("broker meta://%s: %s\n" % (name, describeState(state, now() - stat.mtime / 1000.0)))
     return 0
+
+
+def describeState(state, age):
+    """
+    One broker's state node in words.
+    """
+    role = state.get("role", "?")
+    words = [role]
+    if state.get("epoch") is not None:
+        words.append("epoch %s" % (state["epoch"],))
+    if "slave_link" in state:
+        words.append("link to slave %s" % (state["slave_link"],))
+    if "slave_continuous_failures" in state:
+        words.append("%s failed syncs in a row" % (state["slave_continuous_failures"],))
+    if "link" in state:
+        words.append("link from master %s" % (state["link"],))
+    if "replication_lag_bytes" in state:
+        words.append("lag %s bytes" % (state["replication_lag_bytes"],))
+    words.append("written %.1f s ago" % (max(age, 0.0),))
+    return ", ".join(words)
 
 
 def promote(client, paths, brokerId, url, out):
@@ -109,7 +168,8 @@ class Options(Verbosity, usage.Options):
         ["timeout", None, 10.0, "seconds to wait for ZooKeeper", float],
     ]
     subCommands = [
-        ["show", None, BrokerIdOptions, "the failover record and the registered master and slaves"],
+        ["show", None, BrokerIdOptions, "the state of the brokers of an id: record, registered master, "
+         "each broker's role, link and last beat"],
         ["promote", None, PromoteOptions, "name the new master of a broker id (manual failover)"],
         ["clear", None, BrokerIdOptions, "remove the failover record"],
     ]

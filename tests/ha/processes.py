@@ -16,11 +16,12 @@ from tests.broker.client import connect
 from tests.integration.brokerprocess import TWISTD, BrokerProcess
 
 
-def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/meta", unflushThreshold=0):
+def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/meta", unflushThreshold=0,
+              zkSessionTimeoutMs=4000):
     """
     The text of a C{server.ini}: host 127.0.0.1, data in C{data/} of the
     working directory, group commit (so that a reply means fsynced and
-    visible), short ZooKeeper timeouts.
+    visible), short ZooKeeper timeouts unless told otherwise.
     """
     lines = [
         "[system]",
@@ -32,7 +33,7 @@ def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/met
         "zk.zkEnable=%s" % ("true" if zkConnect else "false",),
         "zk.zkConnect=%s" % (zkConnect or "",),
         "zk.zkRoot=%s" % (zkRoot,),
-        "zk.zkSessionTimeoutMs=4000",
+        "zk.zkSessionTimeoutMs=%d" % (zkSessionTimeoutMs,),
         "zk.zkConnectionTimeoutMs=4000",
         "zk.zkSyncTimeMs=0",
     ]
