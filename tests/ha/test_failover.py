@@ -84,6 +84,14 @@ class _FailoverCase(TestCase):
     def masterIs(self, broker):
         return self.data("/brokers/ids/2/master").addCallback(lambda data: data == self.url(broker).encode())
 
+    def failoverTool(self, out, *argv):
+        """
+        Run C{metaq failover} in this process; a Deferred of its exit status.
+        """
+        options = tool.Options()
+        options.parseOptions(["--zookeeper", zookeeperAddress(), "--zk-root", self.root, *argv])
+        return defer.ensureDeferred(tool.main(reactor, options, out))
+
 
 
 class FailoverTests(_FailoverCase):
@@ -149,14 +157,6 @@ class FailoverTests(_FailoverCase):
         self.assertEqual((yield self.put(winner, b"two")).code, 200)
         yield waitFor(lambda: loser.segmentFiles("meta-test", 0) == winner.segmentFiles("meta-test", 0))
         self.assertEqual((yield self.record()).epoch, 1)
-
-    def failoverTool(self, out, *argv):
-        """
-        Run C{metaq failover} in this process; a Deferred of its exit status.
-        """
-        options = tool.Options()
-        options.parseOptions(["--zookeeper", zookeeperAddress(), "--zk-root", self.root, *argv])
-        return defer.ensureDeferred(tool.main(reactor, options, out))
 
     @defer.inlineCallbacks
     def test_manualPromotion(self):
