@@ -129,6 +129,8 @@ class MetaConfig:
     # Limits against hostile or broken clients (not in the Java broker;
     # docs/limits.md).
     maxTopicNameLength: int = DEFAULT_MAX_TOPIC_LENGTH
+    maxUnfinishedRequestBytes: int = 256 * 1024 * 1024
+    maxRequestSeconds: int = 60
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -227,7 +229,7 @@ class ConfigError(Exception):
 #: Keys of C{[system]} this broker adds to Java's: its limits against
 #: hostile or broken clients (docs/limits.md).
 LIMIT_KEYS = frozenset(
-    """maxTopicNameLength""".split()
+    """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -264,9 +266,9 @@ _SYSTEM_INTS = frozenset(
     unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
-    maxTopicNameLength""".split()
+    maxTopicNameLength maxRequestSeconds""".split()
 )
-_SYSTEM_LONGS = frozenset(["checkpointInterval"])
+_SYSTEM_LONGS = frozenset(["checkpointInterval", "maxUnfinishedRequestBytes"])
 _SYSTEM_BOOLS = frozenset(
     """acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel""".split()

@@ -200,6 +200,10 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._inFlight = 0
         self._closing = False
         self._connected = False
+        # Memory and time taken by the request being received.
+        self._unfinished = 0
+        self._deadline = None
+        self._completed = False
 
     def connectionMade(self):
         self._connected = True
@@ -219,13 +223,78 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         MetaProtocol.connectionLost(self, reason)
         self._connected = False
         self.setTimeout(None)
+        self._setUnfinished(0)
+        self._stopDeadline()
         self._commands.clear()
         self._output.clear()
         self.factory.connectionClosed(self)
 
     def dataReceived(self, data):
-        self.resetTimeout()
+        if not self._failed:
+            # A client whose request was refused cannot keep the connection
+            # open by trickling bytes.
+            self.resetTimeout()
+        self._completed = False
         MetaProtocol.dataReceived(self, data)
+        if self._failed or self._parser is None:
+            self._setUnfinished(0)
+            self._stopDeadline()
+            return
+        self._setUnfinished(self._parser.bufferedBytes)
+        if not self._unfinished:
+            self._stopDeadline()
+        elif self._completed or self._deadline is None:
+            # A request began in this read: its clock starts now.
+            self._startDeadline()
+        factory = self.factory
+        if self._unfinished and factory.unfinishedBytes > factory.maxUnfinishedBytes:
+            self._abandonRequest(
+                NO_PROCESSOR, "overloaded",
+                "The broker holds more than {limit} bytes of unfinished requests "
+                "(maxUnfinishedRequestBytes); try again later".format(
+                    limit=factory.maxUnfinishedBytes))
+
+    # Limits of requests being received
+
+    def _setUnfinished(self, count):
+        self.factory.unfinishedBytes += count - self._unfinished
+        self._unfinished = count
+
+    def _startDeadline(self):
+        self._stopDeadline()
+        seconds = self.factory.requestDeadline
+        if seconds > 0:
+            self._deadline = self.callLater(seconds, self._requestTooSlow)
+
+    def _stopDeadline(self):
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _requestTooSlow(self):
+        self._deadline = None
+        self._abandonRequest(
+            BAD_REQUEST, "too-slow",
+            f"Request not complete within {self.factory.requestDeadline} s "
+            "(maxRequestSeconds)")
+
+    def _abandonRequest(self, code, kind, text):
+        """
+        Drop the request being received (its bytes are freed at once),
+        answer why, and close: the rest of its body would be read as
+        commands otherwise.
+        """
+        error = self._parser.abandon(text)
+        self._failed = True
+        self._setUnfinished(0)
+        self._stopDeadline()
+        self.factory.refusals.warn(
+            "request-" + kind, "Closing {peer}: {error}",
+            peer=_peerString(self.session.peer), error=text)
+        self._commands.clear()
+        self.sendReply(result(code, text, error.opaque))
+        self._closeWhenDone()
 
     def timeoutConnection(self):
         self.log.info("Closing {peer}: no I/O for {timeout} s",
@@ -235,6 +304,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
     # Commands
 
     def commandReceived(self, command):
+        self._completed = True
         if self._closing:
             return
         if self._paused or self._output or self._commands:
@@ -402,10 +472,14 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
     def pauseProducing(self):
         self._paused = True
         self.transport.pauseProducing()
+        # The broker stops reading: the client is not slow.
+        self._stopDeadline()
 
     def resumeProducing(self):
         self.resetTimeout()
         self._paused = False
+        if self._unfinished and not self._failed:
+            self._startDeadline()
         self._flush()
         while self._commands and not self._paused and not self._output:
             self._handle(self._commands.popleft())
@@ -705,6 +779,10 @@ class BrokerFactory(protocol.ServerFactory):
         self.config = processor.config
         self.connections = set()
         self.refusals = RateLimitedLog(self.log)
+        #: Bytes of requests being received, over all connections.
+        self.unfinishedBytes = 0
+        self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
+        self.requestDeadline = self.config.maxRequestSeconds
 
     def connectionOpened(self, proto):
         self.connections.add(proto)

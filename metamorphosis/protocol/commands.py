@@ -597,6 +597,27 @@ class CommandParser:
             self._waiting = None
             raise
 
+    @property
+    def bufferedBytes(self) -> int:
+        """
+        The bytes held of a command not yet complete: what one connection
+        costs in memory until its sender finishes the request.
+        """
+        return len(self._buffer)
+
+    def abandon(self, reason: str) -> ProtocolError:
+        """
+        Give up on the input: free what is buffered and spend the parser.
+
+        @return: a L{ProtocolError} with C{reason} and the opaque of the
+            request being received, when one could be read.
+        """
+        opaque = 0 if self._waiting is None else _salvageOpaque(self._waiting.tokens)
+        self._error = ProtocolError(reason, opaque)
+        self._buffer = bytearray()
+        self._waiting = None
+        return self._error
+
     def incompleteError(self) -> ProtocolError | None:
         """
         The error to report when the input ends now: L{None} when it ends

@@ -570,3 +570,97 @@ class TopicNameTests(ServerTestCase):
                 self.put("../x", 0, b"hello")
         self.assertEqual(len(events), 1)
         self.assertNotIn("log_failure", events[0])
+
+
+class UnfinishedRequestTests(ServerTestCase):
+    """
+    The memory and time a request may take while it is being received.
+    """
+
+    def putHeader(self, length, opaque):
+        return b"put meta-test 0 %d 0 -1 %d\r\n" % (length, opaque)
+
+    def test_slowRequestClosed(self):
+        """
+        A request not complete C{maxRequestSeconds} after its first byte is
+        answered 400 and the connection closed, however often bytes arrive.
+        """
+        self.factory.requestDeadline = 10
+        proto, transport = self.connect()
+        proto.dataReceived(self.putHeader(100, 5) + b"x")
+        for i in range(9):
+            self.clock.advance(1)
+            proto.dataReceived(b"x")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.factory.unfinishedBytes, 10)
+        self.clock.advance(1)
+        [(kind, code, opaque, body)] = parseFrames(transport.value())
+        self.assertEqual((kind, code, opaque), ("result", 400, 5))
+        self.assertIn(b"not complete within 10 s", body)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.unfinishedBytes, 0)
+        self.assertEqual(self.stores.stores(), [])
+
+    def test_fastPipelineNeverClosed(self):
+        """
+        A client streaming requests back to back, its buffer never empty,
+        is not affected: each request's clock starts with its own first
+        byte.
+        """
+        self.factory.requestDeadline = 10
+        proto, transport = self.connect()
+        stream = b"".join(self.putHeader(5, i) + b"hello" for i in range(200))
+        for start in range(0, len(stream), 37):
+            proto.dataReceived(stream[start:start + 37])
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        frames = parseFrames(transport.value())
+        self.assertEqual([code for _, code, _, _ in frames], [200] * 200)
+        self.assertEqual(self.factory.unfinishedBytes, 0)
+
+    def test_pausedReadingNotCounted(self):
+        """
+        While the broker does not read (its client does not read replies)
+        the request's clock is stopped.
+        """
+        self.factory.requestDeadline = 10
+        proto, transport = self.connect()
+        proto.dataReceived(self.putHeader(100, 5) + b"x")
+        proto.pauseProducing()
+        self.clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+        proto.resumeProducing()
+        proto.dataReceived(b"x" * 99)
+        self.clock.advance(100)
+        self.assertEqual(parseFrames(transport.value())[0][1], 200)
+
+    def test_globalBound(self):
+        """
+        Past C{maxUnfinishedRequestBytes} over all connections, the
+        connection whose request would go beyond it is answered 503 and
+        closed, its bytes freed; the others go on.
+        """
+        self.factory.maxUnfinishedBytes = 1000
+        first, firstTransport = self.connect()
+        second, secondTransport = self.connect()
+        first.dataReceived(self.putHeader(800, 1) + b"a" * 600)
+        second.dataReceived(self.putHeader(800, 2) + b"b" * 500)
+        [(kind, code, opaque, body)] = parseFrames(secondTransport.value())
+        self.assertEqual((code, opaque), (503, 2))
+        self.assertIn(b"maxUnfinishedRequestBytes", body)
+        self.assertTrue(secondTransport.disconnecting)
+        self.assertFalse(firstTransport.disconnecting)
+        self.assertEqual(self.factory.unfinishedBytes, 600)
+        first.dataReceived(b"a" * 200)
+        self.assertEqual(parseFrames(firstTransport.value())[0][1], 200)
+        self.assertEqual(self.factory.unfinishedBytes, 0)
+        third, thirdTransport = self.connect()
+        third.dataReceived(self.putHeader(800, 3) + b"c" * 800)
+        self.assertEqual(parseFrames(thirdTransport.value())[0][1], 200)
+
+    def test_lostConnectionFreesItsBytes(self):
+        proto, transport = self.connect()
+        proto.dataReceived(self.putHeader(800, 1) + b"a" * 600)
+        self.assertEqual(self.factory.unfinishedBytes, 600)
+        proto.connectionLost(None)
+        self.assertEqual(self.factory.unfinishedBytes, 0)

@@ -7,7 +7,7 @@ too large to read, and replies across SIGTERM.
 import os
 import signal
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from tests.broker.client import connect
@@ -62,4 +62,46 @@ class HostileClientTests(unittest.TestCase):
         reply = yield client.get("victim", "g", 0, 0, 1024, 200)
         self.assertIn(b"acknowledged", reply.data)
         self.assertNotIn(b"hostile", reply.data)
+        self.assertNotIn(b"Traceback", process.output)
+
+    @defer.inlineCallbacks
+    def test_unfinishedRequests(self):
+        """
+        Connections that declare large bodies, send most of them and then
+        trickle bytes: the one going past C{maxUnfinishedRequestBytes} is
+        answered 503 at once, the others 400 after C{maxRequestSeconds},
+        each closed; a normal client is served meanwhile.
+        """
+        process, port, workdir = yield self.startBroker(
+            "maxUnfinishedRequestBytes=4194304\nmaxRequestSeconds=3\n")
+        hostile = []
+        replies = []
+        for opaque in range(3):
+            client = yield connect(reactor, port)
+            replies.append(client.expect(opaque))
+            client.transport.write(b"put t 0 2097152 0 -1 %d\r\n" % opaque
+                                   + b"x" * (1536 * 1024))
+            hostile.append(client)
+
+        def trickle():
+            for client in hostile:
+                if client.transport.connected:
+                    client.transport.write(b"x")
+
+        trickling = task.LoopingCall(trickle)
+        trickling.start(0.5)
+        self.addCleanup(lambda: trickling.running and trickling.stop())
+        normal = yield connect(reactor, port)
+        reply = yield normal.put("t", 0, b"hello", 99)
+        self.assertEqual(reply.code, 200, reply)
+        results = yield defer.gatherResults(replies)
+        codes = sorted(reply.code for reply in results)
+        self.assertEqual(codes, [400, 400, 503], results)
+        for reply in results:
+            expected = (b"maxUnfinishedRequestBytes" if reply.code == 503
+                        else b"not complete within 3 s")
+            self.assertIn(expected, reply.body)
+        yield defer.gatherResults([client.closed for client in hostile])
+        reply = yield normal.put("t", 0, b"again", 100)
+        self.assertEqual(reply.code, 200, reply)
         self.assertNotIn(b"Traceback", process.output)
