@@ -99,11 +99,24 @@ class BrokerZooKeeper(service.Service):
     effect.  The wait is skipped when nothing was registered; the removal is
     abandoned after C{zk.zkConnectionTimeoutMs} if ZooKeeper does not answer.
 
+    The state of the session is in the broker's C{stats} (L{statsItems}):
+    C{zk_state} is C{disabled}, C{connecting}, C{connected}, C{suspended}
+    (the connection dropped: the session may still be alive, kazoo is
+    reconnecting), C{unreachable} (no ZooKeeper server reached for longer
+    than the session timeout: unless the whole ensemble is below quorum,
+    which expires no session, ZooKeeper has expired the session, so the
+    broker's ephemeral nodes are gone and new clients do not find it),
+    C{expired} (ZooKeeper said so on reconnection; a new session follows at
+    once) or C{stopped};
+    C{zk_registered} says whether this session's registration is complete.
+    Whatever the state, the broker goes on serving puts and gets.
+
     @ivar brokerString: C{meta://host:port} once the address is known, else
         L{None}.
     @ivar takeOver: set by a promoted slave that the failover record names:
         this broker's nodes held by another session (its old master, whose
         session has not expired yet) are replaced rather than a conflict.
+    @ivar state: the C{zk_state} text.
     """
 
     log = Logger()
@@ -141,6 +154,8 @@ class BrokerZooKeeper(service.Service):
         self._registeredSession = None
         self._withdrawn = False
         self.takeOver = False
+        self._expiryCall = None
+        self.state = "disabled"
         self._addConfiguredTopics()
 
     @property
@@ -238,6 +253,7 @@ class BrokerZooKeeper(service.Service):
             connect=zkConfig.zkConnect,
             root=self.paths.root,
         )
+        self.state = "connecting"
         self._clientStarted = deferToThreadPool(
             self._reactor, self._reactor.getThreadPool(), self.client.start_async
         )
@@ -248,7 +264,10 @@ class BrokerZooKeeper(service.Service):
         service.Service.stopService(self)
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
+        self._cancelExpiryCall()
         client, self.client = self.client, None
+        if client is not None:
+            self.state = "stopped"
         if client is None:
             return
         yield self._clientStarted
@@ -297,22 +316,61 @@ class BrokerZooKeeper(service.Service):
     def _stateChanged(self, state):
         if self.client is None:
             return
+        self._cancelExpiryCall()
         if state == KazooState.CONNECTED:
+            self.state = "connected"
             self.log.info(
                 "ZooKeeper session 0x{session:x} connected",
                 session=self._sessionId() or 0,
             )
             self._queueRegistration()
         elif state == KazooState.SUSPENDED:
+            self.state = "suspended"
             self.log.warn(
                 "Lost the ZooKeeper connection; reconnecting, still serving"
             )
+            self._expiryCall = self._reactor.callLater(
+                self.config.zookeeper.zkSessionTimeoutMs / 1000.0, self._presumedExpired
+            )
         else:
+            self.state = "expired"
             self.log.warn(
                 "ZooKeeper session lost; this broker will register again "
                 "in a new session"
             )
             self._registeredSession = None
+
+    def _presumedExpired(self):
+        """
+        The connection has been down for a whole session timeout: a
+        ZooKeeper ensemble that has a quorum has expired the session (kazoo
+        learns it only once it reaches a server again), so new clients no
+        longer find this broker.  Registration is redone, whatever happened,
+        on the next connection.
+        """
+        self._expiryCall = None
+        self.state = "unreachable"
+        self._registeredSession = None
+        self.log.warn(
+            "ZooKeeper unreachable for longer than the session timeout "
+            "({timeout} ms): unless the whole ensemble is below quorum, the "
+            "session has expired and new clients no longer find this broker; "
+            "connected clients are still served, and it registers again once "
+            "ZooKeeper answers",
+            timeout=self.config.zookeeper.zkSessionTimeoutMs,
+        )
+
+    def _cancelExpiryCall(self):
+        if self._expiryCall is not None and self._expiryCall.active():
+            self._expiryCall.cancel()
+        self._expiryCall = None
+
+    def statsItems(self):
+        """
+        The summary lines of C{stats} about ZooKeeper: C{zk_state} and
+        C{zk_registered}.
+        """
+        return [("zk_state", self.state), ("zk_registered", self._isRegistered())]
 
     def _sessionId(self, client=None):
         clientId = (client or self.client).client_id

@@ -327,14 +327,19 @@ class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
         expected = referenceDump("zk-01-after-broker-start.txt", self.root)
         yield self.waitForTree(expected)
         session = broker.client.client_id[0]
+        self.assertEqual(broker.statsItems(), [("zk_state", "connected"), ("zk_registered", True)])
         yield link.down()
         yield waitFor(lambda: not broker.client.connected, what="the lost connection")
         self.assertFalse(broker.client.connected)
+        yield waitFor(lambda: broker.state == "suspended", what="the suspended state")
+        self.assertEqual(broker.statsItems(), [("zk_state", "suspended"), ("zk_registered", False)])
         link.up()
         yield self.waitForTree(expected)
         self.assertEqual(
             (yield deferToThread(ownersOf, self.observer, self.root)), {session}
         )
+        yield waitFor(lambda: broker.statsItems()[1][1], what="registered again")
+        self.assertEqual(broker.statsItems(), [("zk_state", "connected"), ("zk_registered", True)])
 
     @inlineCallbacks
     def test_longOutage(self):
@@ -359,11 +364,17 @@ class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
                 for line in afterShutdown(expected, keepBrokerId=True)
             ]
         )
+        # The broker cannot hear of the expiry; it presumes it after a
+        # session timeout without ZooKeeper, and says so.
+        yield waitFor(lambda: broker.state == "unreachable", what="the unreachable state")
+        self.assertEqual(broker.statsItems(), [("zk_state", "unreachable"), ("zk_registered", False)])
         link.up()
         yield self.waitForTree(expected)
         owners = yield deferToThread(ownersOf, self.observer, self.root)
         self.assertEqual(len(owners), 1)
         self.assertNotIn(session, owners)
+        yield waitFor(lambda: broker.statsItems()[1][1], what="registered again")
+        self.assertEqual(broker.state, "connected")
 
     @inlineCallbacks
     def test_stopWhileZooKeeperDown(self):
