@@ -1,0 +1,319 @@
+"""
+Three broker processes (ids 0, 1, 2, the same topic with three partitions
+each) registered in ZooKeeper, two Python producers under load and a
+consumer group of three Python consumers, through the failures a cluster
+meets: a broker killed with SIGKILL and started again, the ZooKeeper leader
+killed and then a follower (the ensemble below quorum), and a broker cut
+off from ZooKeeper but not from its clients until its session expires.
+
+Each scenario checks that every acknowledged message is consumed (at least
+once: duplicates are counted and reported) and prints what it measured
+(the figures of docs/cluster.md).  The ensemble scenario starts a
+three-server ensemble of its own (tests/ensemble.py); the others use the
+suite's ZooKeeper.
+"""
+
+import json
+import time
+
+from twisted.internet import defer, reactor, threads
+from twisted.logger import Logger
+from twisted.trial.unittest import TestCase
+
+from tests.broker.client import connect
+from tests.ensemble import Ensemble
+from tests.ha.processes import CuttableProxy
+from tests.integration.cluster import Cluster, ClusterBroker, Group, waitAllConsumed
+from tests.waiting import waitFor
+from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+log = Logger()
+
+
+def report(name, **figures):
+    """
+    Print a scenario's measurements (and log them, for runs under -j).
+    """
+    text = "%s: %s" % (name, ", ".join("%s=%s" % item for item in figures.items()))
+    print("\n" + text)
+    log.info("{text}", text=text)
+
+
+def since(start):
+    return round(time.monotonic() - start, 2)
+
+
+class _ClusterCase(TestCase):
+    timeout = 400
+
+    async def startCluster(self, zkConnect):
+        self.root = uniqueRoot("metaq-cluster")
+        self.cluster = Cluster(self, zkConnect, self.root)
+        await self.cluster.start()
+        self.group = Group(self, zkConnect, self.root, "cluster")
+        await self.group.start()
+        await waitFor(lambda: self.group.balancedOver(self.cluster.partitions()),
+                      timeout=60, what="the group balanced over 9 partitions")
+        self.producers = [await self.cluster.producer("p%d" % n) for n in range(2)]
+        await self.cluster.waitSeen(self.producers, self.cluster.partitions())
+        await self.waitAcked(20)
+
+    def acked(self):
+        return sum(len(p.acked) for p in self.producers)
+
+    async def waitAcked(self, more, what="sends acknowledged"):
+        """
+        Until every producer has C{more} more acknowledged sends.
+        """
+        targets = [len(p.acked) + more for p in self.producers]
+        await waitFor(lambda: all(len(p.acked) >= t for p, t in zip(self.producers, targets)),
+                      timeout=60, what=what)
+
+    async def finish(self, name, **figures):
+        """
+        Stop producing, wait until every acknowledged message is consumed,
+        report.
+        """
+        for producer in self.producers:
+            await producer.stop()
+        acked = await waitAllConsumed(self.group, self.producers)
+        report(name, acknowledged=len(acked), failedAttempts=sum(len(p.failures) for p in self.producers),
+               consumed=sum(self.group.received.values()), duplicates=self.group.duplicates(), **figures)
+        return acked
+
+    async def znode(self, path):
+        """
+        The data of C{path} (L{None} when absent), read through the test's
+        own ZooKeeper session.
+        """
+        zookeeper = self.cluster.factory.zookeeper
+
+        def read():
+            if zookeeper.exists(path) is None:
+                return None
+            return zookeeper.get(path)[0]
+
+        return await threads.deferToThread(read)
+
+    async def registered(self, broker):
+        data = await self.znode("%s/brokers/ids/%d/master" % (self.root, broker.brokerId))
+        return data == broker.url.encode()
+
+
+class BrokerLossTests(_ClusterCase):
+    """
+    A broker killed with SIGKILL under load, then started again.
+    """
+
+    async def test_killOneBroker(self):
+        await self.startCluster(zookeeperAddress())
+        cluster, group, producers = self.cluster, self.group, self.producers
+        victim = cluster.brokers[1]
+        survivors = [b for b in cluster.brokers if b is not victim]
+
+        killedAt = time.monotonic()
+        await victim.kill()
+        await cluster.waitSeen(producers, cluster.partitions(survivors),
+                               what="producers dropping the killed broker")
+        viewChanged = since(killedAt)
+        await waitFor(lambda: group.balancedOver(cluster.partitions(survivors)),
+                      timeout=60, what="the group rebalanced over the survivors")
+        rebalanced = since(killedAt)
+        # Sends go on; any send caught by the kill was retried, and once
+        # the view changed the failures stop.
+        await self.waitAcked(30, "sends acknowledged by the survivors")
+        calm = time.monotonic()
+        await self.waitAcked(30, "more sends")
+        self.assertEqual([f for p in producers for f in p.failuresSince(calm)], [])
+        failures = [t for p in producers for t, _ in p.failuresSince(killedAt)]
+        lastFailure = round(max(failures) - killedAt, 2) if failures else 0.0
+        self.assertEqual({p.brokerId for p in producers[0].acked.values()} - {0, 1, 2}, set())
+
+        restartedAt = time.monotonic()
+        await victim.start()
+        await cluster.waitSeen(producers, cluster.partitions(), what="producers seeing it back")
+        seenBack = since(restartedAt)
+        await waitFor(lambda: all(p.ackedBy(victim.brokerId, since=restartedAt) > 0 for p in producers),
+                      timeout=60, what="the restarted broker used again")
+        usedBack = since(restartedAt)
+        await waitFor(lambda: group.balancedOver(cluster.partitions()),
+                      timeout=60, what="the group rebalanced over 9 partitions")
+        rebalancedBack = since(restartedAt)
+        await self.finish(
+            "broker loss", producersMovedAfter=viewChanged, lastFailedSendAfter=lastFailure,
+            failedAttemptsAfterKill=len(failures), groupRebalancedAfter=rebalanced,
+            seenAgainAfterRestart=seenBack, usedAgainAfterRestart=usedBack,
+            groupRebalancedAfterRestart=rebalancedBack)
+
+
+class EnsembleLossTests(_ClusterCase):
+    """
+    A three-server ZooKeeper ensemble loses its leader, then a follower.
+    """
+
+    async def test_killLeaderThenFollower(self):
+        ensemble = Ensemble(self.mktemp(), 3)
+        self.addCleanup(ensemble.stop)
+        await ensemble.start()
+        await self.startCluster(ensemble.connect)
+        cluster, group, producers = self.cluster, self.group, self.producers
+
+        async def zkStates():
+            return [(await cluster.stats(b)).get("zk_state") for b in cluster.brokers]
+
+        async def allRegistered():
+            stats = [await cluster.stats(b) for b in cluster.brokers]
+            return all(s.get("zk_registered") == "true" for s in stats)
+
+        # The leader goes: an election among the other two.
+        leader = await ensemble.leader()
+        self.assertIsNotNone(leader)
+        killedAt = time.monotonic()
+        await ensemble.kill(leader)
+        await self.waitAcked(20, "sends acknowledged during the election")
+        await waitFor(ensemble.leader, timeout=60, what="a new leader")
+        elected = since(killedAt)
+        await waitFor(allRegistered, timeout=60, what="brokers registered after the election")
+        reconnected = since(killedAt)
+        for broker in cluster.brokers:
+            self.assertTrue(await self.registered(broker))
+        await self.waitAcked(20)
+
+        # A follower goes too: one server of three, no quorum.  ZooKeeper
+        # is unusable, the data paths are not.
+        follower = (await ensemble.followers())[0]
+        await ensemble.kill(follower)
+        lostAt = time.monotonic()
+        await waitFor(
+            lambda: defer.ensureDeferred(zkStates()).addCallback(
+                lambda states: all(s == "suspended" for s in states)),
+            timeout=60, what="brokers reporting ZooKeeper down in stats")
+        suspended = since(lostAt)
+        received = sum(group.received.values())
+        for broker in cluster.brokers:
+            before = sum(p.ackedBy(broker.brokerId) for p in producers)
+            await waitFor(lambda: sum(p.ackedBy(broker.brokerId) for p in producers) >= before + 10,
+                          timeout=60, what="broker %d storing without ZooKeeper" % broker.brokerId)
+        await waitFor(lambda: sum(group.received.values()) > received + 30,
+                      timeout=60, what="consumption without ZooKeeper")
+        # A whole session timeout without ZooKeeper: the brokers say so,
+        # and still serve.
+        await waitFor(
+            lambda: defer.ensureDeferred(zkStates()).addCallback(
+                lambda states: all(s == "unreachable" for s in states)),
+            timeout=60, what="brokers reporting ZooKeeper unreachable in stats")
+        unreachable = since(lostAt)
+        await self.waitAcked(10, "sends acknowledged without ZooKeeper")
+        for broker in cluster.brokers:
+            self.assertIn("Lost the ZooKeeper connection; reconnecting, still serving", broker.output)
+            self.assertIn("ZooKeeper unreachable for longer than the session timeout", broker.output)
+        withoutQuorum = since(lostAt)
+
+        # The ensemble comes back: every broker registered again.
+        await ensemble.restart(follower)
+        quorumAt = time.monotonic()
+        await ensemble.restart(leader)
+        await waitFor(allRegistered, timeout=60, what="brokers registered after the quorum returned")
+        reregistered = since(quorumAt)
+        self.assertEqual(await zkStates(), ["connected"] * 3)
+        for broker in cluster.brokers:
+            self.assertTrue(await self.registered(broker))
+        await self.waitAcked(20)
+        await self.finish(
+            "ZooKeeper leader then follower lost", newLeaderAfter=elected,
+            brokersRegisteredAfterLeaderLoss=reconnected,
+            suspendedAfter=suspended, unreachableAfter=unreachable,
+            servedWithoutQuorumFor=withoutQuorum,
+            reregisteredAfterQuorum=reregistered)
+
+
+class CutOffTests(TestCase):
+    """
+    A broker that loses ZooKeeper (a proxy between them is cut) but not its
+    clients, while another broker with the same id starts.
+    """
+
+    timeout = 300
+    topics = (("cluster", 2),)
+
+    async def test_sessionExpiryAndDuplicateId(self):
+        zkConnect = zookeeperAddress()
+        host, port = zkConnect.split(",")[0].rsplit(":", 1)
+        proxy = CuttableProxy(int(port))
+        self.addCleanup(proxy.stop)
+        root = uniqueRoot("metaq-cutoff")
+        cluster = Cluster(self, zkConnect, root, self.topics, brokers=0)
+        await cluster.start()
+        zookeeper = cluster.factory.zookeeper
+        masterPath = "%s/brokers/ids/0/master" % (root,)
+        pubPath = "%s/brokers/topics-pub/cluster/0-m" % (root,)
+
+        # Every value ids/0/master takes, and whose session holds it.
+        history = []
+
+        def watch(data, stat, event=None):
+            history.append(None if stat is None else (data, stat.ephemeralOwner))
+
+        await threads.deferToThread(zookeeper.DataWatch, masterPath, watch)
+
+        old = ClusterBroker(self, 0, "127.0.0.1:%d" % (proxy.address,), root, self.topics)
+        await old.start()
+        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+            lambda data: data == old.url.encode()), what="the first broker registered")
+        client = await connect(reactor, old.port)
+        self.addCleanup(client.transport.loseConnection)
+
+        cutAt = time.monotonic()
+        proxy.cutLink()
+        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+            lambda data: data is None), timeout=60, what="the session expired")
+        expired = since(cutAt)
+        self.assertIsNone(await self.holder(zookeeper, pubPath))
+        await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
+            lambda s: s["zk_state"] == "unreachable"), what="the broker noticing the expiry")
+        stats = await cluster.factory.getStats(old.url)
+        self.assertEqual(stats["zk_registered"], "false")
+        self.assertIn("ZooKeeper unreachable for longer than the session timeout", old.output)
+        # Its clients are still served.
+        reply = await client.put("cluster", 0, b"still serving", 1)
+        self.assertEqual(reply.code, 200)
+
+        # Another broker with id 0 starts and takes the free id.
+        new = ClusterBroker(self, 0, zkConnect, root, self.topics)
+        await new.start()
+        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+            lambda data: data == new.url.encode()), what="the second broker registered")
+
+        # The first one reaches ZooKeeper again: it must not take the id back.
+        proxy.heal()
+        await waitFor(lambda: "Broker id 0 is taken" in old.output, timeout=60,
+                      what="the first broker seeing the conflict")
+        stats = await cluster.factory.getStats(old.url)
+        self.assertEqual((stats["zk_state"], stats["zk_registered"]), ("connected", "false"))
+        self.assertEqual(await self.holder(zookeeper, masterPath), new.url.encode())
+        self.assertEqual(json.loads(await self.holder(zookeeper, pubPath))["broker"], "0-m")
+
+        # The second one dies: once its session expires, the first one
+        # (retrying) registers again.
+        killedAt = time.monotonic()
+        await new.kill()
+        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+            lambda data: data == old.url.encode()), timeout=60, what="the first broker back")
+        takenBack = since(killedAt)
+        await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
+            lambda s: s["zk_registered"] == "true"), what="the first broker registered again")
+
+        # One holder at a time: the node went away between two holders.
+        urls = [None if entry is None else entry[0].decode() for entry in history]
+        holders = [u for i, u in enumerate(urls) if i == 0 or u != urls[i - 1]]
+        self.assertEqual(holders, [None, old.url, None, new.url, None, old.url])
+        report("cut off from ZooKeeper", sessionExpiredAfterCut=expired,
+               reRegisteredAfterHolderDied=takenBack, holders="->".join(str(u) for u in holders))
+
+    async def holder(self, zookeeper, path):
+        def read():
+            if zookeeper.exists(path) is None:
+                return None
+            return zookeeper.get(path)[0]
+        return await threads.deferToThread(read)
+
