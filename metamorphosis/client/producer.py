@@ -161,6 +161,8 @@ class MessageProducer:
         @return: C{(partition, brokerUrl)} for C{message}.
         """
         routeTopic, partitions = self._route(message.topic)
+        if getattr(self.selector, "skipsUnreachableBrokers", False):
+            partitions = self._reachable(routeTopic, partitions)
         partition = self.selector.getPartition(routeTopic, partitions, message)
         if partition is None:
             raise MetaClientError(
@@ -168,6 +170,22 @@ class MessageProducer:
                 % (message.topic,)
             )
         return partition, self._brokerUrl(message.topic, partition, routeTopic)
+
+    def _reachable(self, routeTopic, partitions):
+        """
+        The C{partitions} whose broker has a connection up, or all of them
+        when none has: a broker killed without leaving ZooKeeper stays
+        listed until its session expires, and sends to it would each wait
+        for a connection for their whole timeout.
+        """
+        discovery = self.sessionFactory.discovery
+        connections = self.sessionFactory.connections
+        reachable = []
+        for partition in partitions or ():
+            connection = connections.get(discovery.brokerUrlFor(routeTopic, partition))
+            if connection is not None and connection.connected:
+                reachable.append(partition)
+        return reachable or partitions
 
     def _brokerUrl(self, topic, partition, routeTopic=None):
         if routeTopic is None:

@@ -25,7 +25,15 @@ class RoundRobinPartitionSelector:
     The default: cycle through the partitions in their sorted order.  Like
     Java's, the counter is incremented before use, so the first message goes
     to the partition at index 1 (index 0 when there is only one).
+
+    The producer hands it only the partitions of brokers it is connected
+    to, when there are any (L{skipsUnreachableBrokers}).
     """
+
+    #: Any partition will do, so the producer leaves out those of brokers
+    #: it has no connection to (a crashed broker stays in ZooKeeper until
+    #: its session expires).
+    skipsUnreachableBrokers = True
 
     def __init__(self):
         self._counter = 0
@@ -40,8 +48,11 @@ class RoundRobinPartitionSelector:
 @implementer(IPartitionSelector)
 class RandomPartitionSelector:
     """
-    A uniformly random partition per message.
+    A uniformly random partition per message (among those of reachable
+    brokers, as for L{RoundRobinPartitionSelector}).
     """
+
+    skipsUnreachableBrokers = True
 
     def __init__(self, random=random.Random()):
         self._random = random

@@ -15,7 +15,8 @@ from metamorphosis.client.errors import MetaClientError, MetaTimeoutError
 from metamorphosis.client.interfaces import ISendMessageCallback
 from metamorphosis.client.message import Message
 from metamorphosis.client.partition import Partition
-from metamorphosis.client.producer import SendResult, SlidingWindow
+from metamorphosis.client.producer import MessageProducer, SendResult, SlidingWindow
+from metamorphosis.client.selectors import HashPartitionSelector, RandomPartitionSelector
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import CommandParser, PutCommand
@@ -533,3 +534,66 @@ class RecoveryOnReconnectTests(ProducerTestsMixin, TestCase):
         yield eventually(lambda: len(self.broker.stored) == 3)
         self.assertEqual(self.broker.payloads(), [b"0", b"1", b"2"])
         yield eventually(lambda: not producer.storage.keys())
+
+
+class _Connection:
+    def __init__(self, connected):
+        self.connected = connected
+
+
+class _TwoBrokers:
+    """
+    What a producer asks its session factory while selecting: brokers 0 and
+    1 with two partitions each, and whether each has a connection up.
+    """
+
+    def __init__(self, up):
+        self.urls = {0: "meta://127.0.0.1:1", 1: "meta://127.0.0.1:2"}
+        self.partitions = [Partition(b, n) for b in (0, 1) for n in (0, 1)]
+        self.connections = {self.urls[b]: _Connection(b in up) for b in (0, 1)}
+        self.discovery = self
+
+    def partitionsFor(self, topic):
+        return self.partitions
+
+    def brokerUrlFor(self, topic, partition):
+        return self.urls[partition.brokerId]
+
+
+class UnreachableBrokerTests(TestCase):
+    """
+    Round-robin and random selection leave out the partitions of a broker
+    the producer has no connection to (a crashed broker is listed in
+    ZooKeeper until its session expires); key-based selection does not.
+    """
+
+    def select(self, up, selector=None, count=8, attribute=None):
+        producer = MessageProducer(_TwoBrokers(up), selector)
+        return [producer._select(Message("t", b"x", attribute=attribute))[0] for _ in range(count)]
+
+    def test_roundRobinSkipsDisconnectedBroker(self):
+        chosen = self.select(up={0})
+        self.assertEqual({p.brokerId for p in chosen}, {0})
+        self.assertEqual({p.partition for p in chosen}, {0, 1})
+
+    def test_randomSkipsDisconnectedBroker(self):
+        chosen = self.select(up={1}, selector=RandomPartitionSelector(), count=40)
+        self.assertEqual({p.brokerId for p in chosen}, {1})
+
+    def test_allDisconnected(self):
+        """
+        With no broker reachable every partition stays a candidate: the
+        send waits for a connection within its timeout.
+        """
+        chosen = self.select(up=set())
+        self.assertEqual(set(chosen), set(_TwoBrokers(set()).partitions))
+
+    def test_keyedSelectionUnchanged(self):
+        """
+        A key keeps its partition while its broker is away, as in Java.
+        """
+        everywhere = self.select(up={0, 1}, selector=HashPartitionSelector(), attribute="k", count=1)
+        self.assertEqual(
+            self.select(up={0} if everywhere[0].brokerId == 1 else {1},
+                        selector=HashPartitionSelector(), attribute="k", count=1),
+            everywhere)

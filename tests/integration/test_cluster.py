@@ -113,6 +113,9 @@ class BrokerLossTests(_ClusterCase):
 
         killedAt = time.monotonic()
         await victim.kill()
+        await waitFor(lambda: all(any(t > killedAt for t, _ in p.ackTimes) for p in producers),
+                      timeout=60, what="every producer acknowledged after the kill")
+        sendingAgain = since(killedAt)
         await cluster.waitSeen(producers, cluster.partitions(survivors),
                                what="producers dropping the killed broker")
         viewChanged = since(killedAt)
@@ -140,7 +143,7 @@ class BrokerLossTests(_ClusterCase):
                       timeout=60, what="the group rebalanced over 9 partitions")
         rebalancedBack = since(restartedAt)
         await self.finish(
-            "broker loss", producersMovedAfter=viewChanged, lastFailedSendAfter=lastFailure,
+            "broker loss", everyProducerSendingAfter=sendingAgain, producersViewChangedAfter=viewChanged, lastFailedSendAfter=lastFailure,
             failedAttemptsAfterKill=len(failures), groupRebalancedAfter=rebalanced,
             seenAgainAfterRestart=seenBack, usedAgainAfterRestart=usedBack,
             groupRebalancedAfterRestart=rebalancedBack)
