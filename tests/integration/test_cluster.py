@@ -14,20 +14,24 @@ suite's ZooKeeper.
 """
 
 import json
+import os
+import re
 import time
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, threads, utils
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
+from metamorphosis.broker.config import loadConfig
 from tests.broker.client import connect
-from tests.ensemble import Ensemble
+from tests.ensemble import SCRIPT, Ensemble
 from tests.ha.processes import CuttableProxy
 from tests.integration.cluster import Cluster, ClusterBroker, Group, waitAllConsumed
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 log = Logger()
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 
 
 def report(name, **figures):
@@ -320,3 +324,46 @@ class CutOffTests(TestCase):
             return zookeeper.get(path)[0]
         return await threads.deferToThread(read)
 
+
+
+class DocumentationTests(TestCase):
+    """
+    The examples of docs/cluster.md run as written.
+    """
+
+    timeout = 180
+    docs = os.path.join(ROOT, "docs", "cluster.md")
+
+    def blocks(self, language):
+        with open(self.docs) as f:
+            text = f.read()
+        return re.findall(r"```%s\n(.*?)```" % (language,), text, re.S)
+
+    def test_brokerConfiguration(self):
+        """
+        The broker section of a cluster member loads as meant.
+        """
+        [ini] = self.blocks("ini")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(ini)
+        config = loadConfig(path)
+        self.assertEqual((config.brokerId, config.hostName), (1, "10.0.0.12"))
+        self.assertEqual(config.zookeeper.zkConnect, "10.0.0.1:2181,10.0.0.2:2181,10.0.0.3:2181")
+        self.assertEqual(config.topicConfig("orders").numPartitions, 3)
+
+    async def test_ensembleScript(self):
+        """
+        The scripts/zookeeper.sh session, in a directory of the test's own.
+        """
+        [script] = self.blocks("sh")
+        directory = os.path.abspath(self.mktemp())
+        script = script.replace("/tmp/ens", directory)
+        script = "set -e\ncd %s\n%s\necho \"$connect\"\n" % (ROOT, script)
+        self.addCleanup(utils.getProcessValue, "/bin/bash", (SCRIPT, "stop", directory))
+        out, err, code = await utils.getProcessOutputAndValue("/bin/bash", ("-c", script),
+                                                              env=os.environ)
+        self.assertEqual(code, 0, err)
+        lines = out.decode().split()
+        self.assertIn(lines[0], ("leader", "follower"))
+        self.assertEqual(len(lines[-1].split(",")), 3)
