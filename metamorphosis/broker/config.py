@@ -131,6 +131,7 @@ class MetaConfig:
     maxTopicNameLength: int = DEFAULT_MAX_TOPIC_LENGTH
     maxUnfinishedRequestBytes: int = 256 * 1024 * 1024
     maxRequestSeconds: int = 60
+    maxTransactionBytes: int = 256 * 1024 * 1024
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -229,7 +230,8 @@ class ConfigError(Exception):
 #: Keys of C{[system]} this broker adds to Java's: its limits against
 #: hostile or broken clients (docs/limits.md).
 LIMIT_KEYS = frozenset(
-    """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds""".split()
+    """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
+    maxTransactionBytes""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -268,7 +270,8 @@ _SYSTEM_INTS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds""".split()
 )
-_SYSTEM_LONGS = frozenset(["checkpointInterval", "maxUnfinishedRequestBytes"])
+_SYSTEM_LONGS = frozenset(
+    ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
 _SYSTEM_BOOLS = frozenset(
     """acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel""".split()

@@ -27,7 +27,7 @@ class Session:
         self.peer = None
 
 
-class ProcessorTests(SynchronousTestCase):
+class ProcessorTestCase(SynchronousTestCase):
     def setUp(self):
         self.config = MetaConfig(
             dataPath=self.mktemp(),
@@ -91,6 +91,9 @@ class ProcessorTests(SynchronousTestCase):
         store = self.manager.getStore("meta-test", partition)
         return [] if store is None else [r.data for r in store.records()]
 
+
+
+class ProcessorTests(ProcessorTestCase):
     def test_localCommit(self):
         """
         Scenario 09: BEGIN, two puts answered C{<id> 0 -1}, COMMIT_ONE_PHASE;
@@ -338,3 +341,94 @@ class ProcessorTests(SynchronousTestCase):
         self.assertEqual(self.tx("RECOVER", "null"), (200, XID2 + "\r\n" + XID))
         self.assertEqual(self.tx("COMMIT_TWO_PHASE", XID2), (200, ""))
         self.assertEqual(self.visible(), [b"c"])
+
+
+class BoundsTests(ProcessorTestCase):
+    """
+    What open transactions may hold: every one times out, at most
+    C{maxTxTimeoutTimerCapacity} are open, their messages take at most
+    C{maxTransactionBytes}.
+    """
+
+    def test_xaWithoutTimeoutTimesOut(self):
+        """
+        An XA transaction begun without a timeout, whose connection then
+        closes, is rolled back after C{maxTxTimeoutInSeconds}; nothing stays
+        held.
+        """
+        self.config.maxTxTimeoutInSeconds = 5
+        self.assertEqual(self.tx("BEGIN", timeout=0), (200, ""))
+        self.put(b"x" * 1000)
+        self.assertEqual(self.processor.heldBytes, 1000)
+        self.processor.sessionClosed(self.session)
+        self.clock.advance(4.9)
+        self.assertIn(XID, self.processor.xaTransactions)
+        self.clock.advance(0.1)
+        self.assertNotIn(XID, self.processor.xaTransactions)
+        self.assertEqual(self.processor.heldBytes, 0)
+        self.assertEqual(self.processor.openTransactions, set())
+
+    def test_localWithoutTimeoutTimesOut(self):
+        self.config.maxTxTimeoutInSeconds = 5
+        self.tx("BEGIN", LOCAL)
+        self.put(b"late", LOCAL)
+        self.clock.advance(5)
+        self.assertEqual(self.tx("COMMIT_ONE_PHASE", LOCAL)[0], 500)
+        self.assertEqual(self.visible(), [])
+        self.assertEqual(self.processor.heldBytes, 0)
+
+    def test_timerCapacity(self):
+        """
+        Past C{maxTxTimeoutTimerCapacity} open transactions a BEGIN is
+        refused with an XA error (or a plain one for a local transaction);
+        a prepared or finished transaction frees its place.
+        """
+        self.config.maxTxTimeoutTimerCapacity = 2
+        keys = ["XID:1:%02x:01:metaq-ref-harness" % (i,) for i in range(3)]
+        self.assertEqual(self.tx("BEGIN", keys[0])[0], 200)
+        self.assertEqual(self.tx("BEGIN", LOCAL)[0], 200)
+        code, body = self.tx("BEGIN", keys[1])
+        self.assertEqual(code, 500)
+        self.assertIn("XAException:code=-3", body)
+        self.assertIn("maxTxTimeoutTimerCapacity", body)
+        self.assertNotIn(keys[1], self.processor.xaTransactions)
+        code, body = self.tx("BEGIN", "TX:other:1")
+        self.assertEqual(code, 500)
+        self.assertIn("maxTxTimeoutTimerCapacity", body)
+        self.put(b"prepared", keys[0])
+        self.assertEqual(self.tx("PREPARE", keys[0]), (200, "0"))
+        self.assertEqual(self.tx("BEGIN", keys[1])[0], 200)
+        self.tx("ROLLBACK", LOCAL)
+        self.assertEqual(self.tx("BEGIN", keys[2])[0], 200)
+
+    def test_heldBytes(self):
+        """
+        A transactional put that would take the bytes held by unfinished
+        transactions (prepared ones included) past C{maxTransactionBytes}
+        is refused; ending a transaction frees its bytes.
+        """
+        self.config.maxTransactionBytes = 10
+        other = "XID:1:ff:01:metaq-ref-harness"
+        self.tx("BEGIN")
+        self.assertEqual(self.put(b"12345678")[0], 200)
+        self.tx("PREPARE")
+        self.tx("BEGIN", other)
+        code, body = self.put(b"abc", other)
+        self.assertEqual(code, 500)
+        self.assertIn("maxTransactionBytes", body)
+        self.assertEqual(self.put(b"ab", other)[0], 200)
+        self.tx("COMMIT_TWO_PHASE")
+        self.assertEqual(self.processor.heldBytes, 2)
+        self.assertEqual(self.put(b"12345678", other)[0], 200)
+        self.assertEqual(self.tx("COMMIT_ONE_PHASE", other), (200, ""))
+        self.assertEqual(self.visible(), [b"12345678", b"ab", b"12345678"])
+        self.assertEqual(self.processor.heldBytes, 0)
+
+    def test_recoveredPreparedCounted(self):
+        self.tx("BEGIN")
+        self.put(b"kept")
+        self.tx("PREPARE")
+        self.restart()
+        self.assertEqual(self.processor.heldBytes, 4)
+        self.assertEqual(self.tx("COMMIT_TWO_PHASE"), (200, ""))
+        self.assertEqual(self.processor.heldBytes, 0)

@@ -10,7 +10,10 @@ import signal
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from metamorphosis.protocol.commands import PutCommand, TransactionCommand
+
 from tests.broker.client import connect
+from tests.waiting import waitFor
 from tests.integration.brokerprocess import startBroker
 
 
@@ -104,4 +107,48 @@ class HostileClientTests(unittest.TestCase):
         yield defer.gatherResults([client.closed for client in hostile])
         reply = yield normal.put("t", 0, b"again", 100)
         self.assertEqual(reply.code, 200, reply)
+        self.assertNotIn(b"Traceback", process.output)
+
+    @defer.inlineCallbacks
+    def test_abandonedTransactions(self):
+        """
+        XA transactions begun without a timeout by connections that then
+        close are rolled back after C{maxTxTimeoutInSeconds}; meanwhile
+        their messages count against C{maxTransactionBytes}, and a put past
+        it is refused.
+        """
+        process, port, workdir = yield self.startBroker(
+            "maxTxTimeoutInSeconds=2\nmaxTransactionBytes=3145728\n")
+        serial = iter(range(1, 1000))
+
+        @defer.inlineCallbacks
+        def beginAndPut(size):
+            client = yield connect(reactor, port)
+            n = next(serial)
+            key = "XID:1:%02x:01:hostile" % (n,)
+            opaque = n * 10
+            reply = yield client.request(
+                TransactionCommand(key, "s%d" % (n,), "BEGIN", opaque, 0, "hostile").encode(),
+                opaque)
+            self.assertEqual(reply.code, 200, reply)
+            reply = yield client.request(
+                PutCommand("t", 0, b"x" * size, 0, opaque + 1, -1, key).encode(), opaque + 1)
+            client.transport.loseConnection()
+            yield client.closed
+            return reply
+
+        for i in range(2):
+            reply = yield beginAndPut(1024 * 1024)
+            self.assertEqual(reply.code, 200, reply)
+        reply = yield beginAndPut(2 * 1024 * 1024)
+        self.assertEqual(reply.code, 500, reply)
+        self.assertIn(b"maxTransactionBytes", reply.body)
+
+        @defer.inlineCallbacks
+        def accepted():
+            reply = yield beginAndPut(2 * 1024 * 1024)
+            return reply.code == 200
+
+        yield waitFor(accepted, timeout=60, interval=0.5,
+                      what="the abandoned transactions rolled back")
         self.assertNotIn(b"Traceback", process.output)

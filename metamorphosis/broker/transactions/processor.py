@@ -23,6 +23,7 @@ from metamorphosis.protocol.xa import (
     XA_HEURHAZ,
     XA_HEURRB,
     XAER_NOTA,
+    XAER_RMERR,
     TransactionNotStarted,
     XAException,
     xaNotStarted,
@@ -40,6 +41,7 @@ from metamorphosis.broker.transactions.transaction import (
     XATransaction,
 )
 from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.ratelog import RateLimitedLog
 from metamorphosis.protocol.txid import (
     LocalTransactionId,
     XATransactionId,
@@ -59,6 +61,12 @@ _HEURISTIC_ERRORS = {
     State.HEURISTIC_COMPLETE: (
         XA_HEURHAZ, "XA transaction '%s' has been heuristically completed."),
 }
+
+
+class TooManyTransactions(Exception):
+    """
+    A BEGIN refused: C{maxTxTimeoutTimerCapacity} transactions are open.
+    """
 
 
 class HeuristicTransaction:
@@ -97,6 +105,7 @@ class TransactionalProcessor(service.Service):
     access = None
 
     log = Logger()
+    refusals = RateLimitedLog(log)
 
     def __init__(
         self,
@@ -125,6 +134,12 @@ class TransactionalProcessor(service.Service):
         self._heuristicJournal = HeuristicJournal(self.store.directory)
         self.xaTransactions = {}
         self.heuristicTransactions = {}
+        #: Transactions begun and not yet prepared or finished, each with
+        #: its timeout armed (at most C{maxTxTimeoutTimerCapacity}).
+        self.openTransactions = set()
+        #: Bytes of message data held by unfinished transactions (at most
+        #: C{maxTransactionBytes}).
+        self.heldBytes = 0
         if adminPath is _DEFAULT:
             adminPath = adminSocketPath(config)
         self.admin = (
@@ -160,6 +175,7 @@ class TransactionalProcessor(service.Service):
         tx.messages = list(messages)
         tx.state = State.PREPARED
         self.xaTransactions[tx.key] = tx
+        self._hold(tx, sum(len(m.data) for m in tx.messages))
         return tx
 
     def stopService(self):
@@ -169,7 +185,7 @@ class TransactionalProcessor(service.Service):
     async def _stop(self):
         if self.admin is not None and self.admin.running:
             await maybeDeferred(self.admin.stopService)
-        for tx in self.xaTransactions.values():
+        for tx in list(self.xaTransactions.values()) + list(self.openTransactions):
             if tx.timeout is not None and tx.timeout.active():
                 tx.timeout.cancel()
         await self.store.close()
@@ -179,6 +195,24 @@ class TransactionalProcessor(service.Service):
     def _xaFinished(self, tx):
         if self.xaTransactions.get(tx.key) is tx:
             del self.xaTransactions[tx.key]
+        self._release(tx)
+
+    def _localFinished(self, transactions, tx):
+        transactions.pop(tx.key, None)
+        self._release(tx)
+
+    def _hold(self, tx, count):
+        tx.heldBytes += count
+        self.heldBytes += count
+
+    def _release(self, tx):
+        """
+        A transaction ended (or left memory): it holds no bytes and no
+        timer slot any more.
+        """
+        self.openTransactions.discard(tx)
+        self.heldBytes -= tx.heldBytes
+        tx.heldBytes = 0
 
     def _localTransactions(self, session):
         return session.context.setdefault(_LOCAL_TRANSACTIONS, {})
@@ -213,11 +247,22 @@ class TransactionalProcessor(service.Service):
         return tx
 
     def beginTransaction(self, session, xid, timeout):
+        """
+        Begin C{xid}. Unlike Java, every transaction gets a timeout, at most
+        C{maxTxTimeoutInSeconds} (which one without a timeout gets): a
+        client that vanishes after BEGIN must not hold its messages for
+        ever. At most C{maxTxTimeoutTimerCapacity} transactions are open
+        (begun, not prepared or finished) at once.
+
+        @raise XAException: (XA) too many open transactions.
+        @raise TooManyTransactions: (local) too many open transactions.
+        """
         if isinstance(xid, XATransactionId):
             self.stats.statsTxBegin(True)
             if xid.key in self.xaTransactions:
                 self._checkOwner(session, self.xaTransactions[xid.key])
                 return
+            self._checkCapacity(xid)
             tx = XATransaction(xid.key, self.store, self._xaFinished, xid.uniqueQualifier)
             tx.owner = session
             self.xaTransactions[tx.key] = tx
@@ -226,19 +271,32 @@ class TransactionalProcessor(service.Service):
             transactions = self._localTransactions(session)
             if xid.key in transactions:
                 return
+            self._checkCapacity(xid)
             tx = LocalTransaction(
-                xid.key, self.store, lambda t: transactions.pop(t.key, None)
+                xid.key, self.store, lambda t: self._localFinished(transactions, t)
             )
             transactions[tx.key] = tx
         else:
             raise TransactionNotStarted(xid.key)
-        if timeout > 0:
-            tx.timeout = self.reactor.callLater(
-                min(timeout, self.config.maxTxTimeoutInSeconds),
-                self._abandon,
-                tx,
-                "XA transaction {key} is timeout,it is rolled back.",
-            )
+        limit = self.config.maxTxTimeoutInSeconds
+        self.openTransactions.add(tx)
+        tx.timeout = self.reactor.callLater(
+            min(timeout, limit) if timeout > 0 else limit,
+            self._abandon,
+            tx,
+            "XA transaction {key} is timeout,it is rolled back.",
+        )
+
+    def _checkCapacity(self, xid):
+        capacity = self.config.maxTxTimeoutTimerCapacity
+        if len(self.openTransactions) < capacity:
+            return
+        text = (f"Cannot begin {xid.key}: {capacity} transactions are open "
+                "(maxTxTimeoutTimerCapacity)")
+        self.refusals.warn("tx-capacity", "{error}", error=text)
+        if isinstance(xid, XATransactionId):
+            raise XAException(XAER_RMERR, text)
+        raise TooManyTransactions(text)
 
     def _abandon(self, tx, why):
         d = tx.abandon()
@@ -300,7 +358,15 @@ class TransactionalProcessor(service.Service):
             if kind == "BEGIN":
                 self.beginTransaction(session, xid, command.timeout)
             elif kind == "PREPARE":
-                body = str(await self.getTransaction(session, xid).prepare())
+                tx = self.getTransaction(session, xid)
+                body = str(await tx.prepare())
+                if tx.state == State.PREPARED:
+                    # Prepared transactions never time out (they wait for
+                    # their transaction manager) and leave the timer slots.
+                    self.openTransactions.discard(tx)
+                    if tx.timeout is not None and tx.timeout.active():
+                        tx.timeout.cancel()
+                    tx.timeout = None
             elif kind in ("COMMIT_ONE_PHASE", "COMMIT_TWO_PHASE"):
                 self.stats.statsTxCommit()
                 await self.getTransaction(session, xid).commit(kind == "COMMIT_ONE_PHASE")
@@ -326,7 +392,7 @@ class TransactionalProcessor(service.Service):
                 error=e.reply(),
             )
             return ResultCommand(500, e.reply().encode("utf-8"), command.opaque)
-        except (TransactionNotStarted, ValueError) as e:
+        except (TransactionNotStarted, TooManyTransactions, ValueError) as e:
             return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
         except Exception as e:
             self.log.failure("Processing transaction command failed")
@@ -345,6 +411,14 @@ class TransactionalProcessor(service.Service):
                 self._checkOwner(session, tx)
             if tx.state == State.START:
                 tx.state = State.IN_USE
+            size = len(command.data)
+            if self.heldBytes + size > self.config.maxTransactionBytes:
+                text = (f"Open transactions hold {self.heldBytes} bytes; a put of {size} "
+                        f"more would pass maxTransactionBytes "
+                        f"({self.config.maxTransactionBytes})")
+                self.refusals.warn("tx-bytes", "Refused a put to {key}: {error}",
+                                   key=key, error=text)
+                return ResultCommand(500, text.encode("utf-8"), command.opaque)
             partitionString = "%d-%d" % (self.config.brokerId, command.partition)
             if command.partition == -1:
                 self.stats.statsPutFailed(command.topic, partitionString)
@@ -358,6 +432,7 @@ class TransactionalProcessor(service.Service):
                     msgId, command.topic, command.partition, command.flag, command.data
                 )
             )
+            self._hold(tx, size)
         except AccessDenied as e:
             return self.access.refuse(session, "transactions", str(e), command.opaque,
                                       xa=True)
@@ -450,6 +525,7 @@ class TransactionalProcessor(service.Service):
         """
         async def detach(tx):
             del self.xaTransactions[tx.key]
+            self._release(tx)
 
         return ensureDeferred(
             self._completeHeuristically(key, State.HEURISTIC_COMPLETE, detach)

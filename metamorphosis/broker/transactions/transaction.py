@@ -72,6 +72,8 @@ class Transaction:
         self.messages = []
         self.location = None
         self.timeout = None
+        #: Message bytes the broker's bound on open transactions counts.
+        self.heldBytes = 0
         self.preparing = False
         self._abandoned = False
         self._store = store
