@@ -29,3 +29,7 @@ fi
 if [ "${1:-}" = --test ] && [ ! -f /usr/share/java/zookeeper.jar ]; then
   apt_install zookeeper
 fi
+# Headless Chromium for the dashboard page tests (skipped without it).
+if [ "${1:-}" = --test ] && ! command -v chromium > /dev/null; then
+  apt_install chromium || echo "setup.sh: chromium could not be installed; the browser tests will be skipped" >&2
+fi

@@ -101,7 +101,8 @@ class MetaConfig:
 
     brokerId: int = 0
     serverPort: int = 8123
-    dashboardHttpPort: int = 8120
+    #: The HTTP endpoint's port (metrics, health, dashboard); off when unset.
+    dashboardHttpPort: Optional[int] = None
     hostName: Optional[str] = None
     dataPath: str = "meta"
     dataLogPath: Optional[str] = None
@@ -658,6 +659,8 @@ def _verify(config, path):
         # Longer names no longer fit a directory name with the partition.
         problems.append(("system", "maxTopicNameLength",
                          f"must be between 1 and {DEFAULT_MAX_TOPIC_LENGTH}"))
+    if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
+        problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     if problems:
         section, key, reason = problems[0]
         raise ConfigError(f"{path}: [{section}] {key}: {reason}")

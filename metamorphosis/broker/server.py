@@ -767,6 +767,9 @@ class BrokerFactory(protocol.ServerFactory):
 
     protocol = BrokerProtocol
     log = Logger()
+    #: No "Starting factory <object at 0x...>" lines: the service logs
+    #: where the broker listens.
+    noisy = False
 
     def __init__(self, processor, stats, transactionProcessor=None, syncProcessor=None,
                  idleTimeout=IDLE_TIMEOUT, access=None):

@@ -28,6 +28,7 @@ from metamorphosis.broker.server import IDLE_TIMEOUT, BrokerFactory, BrokerProce
 from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager
 from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.broker.transactions.processor import TransactionalProcessor
+from metamorphosis.broker.web.site import BrokerHttp
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.ha.config import ReplicationConfigError
 from metamorphosis.ha.failover import installFence
@@ -49,7 +50,7 @@ class BrokerService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, endpoint, reactor=None, zookeeper=None,
-                 idleTimeout=IDLE_TIMEOUT, replication=None):
+                 idleTimeout=IDLE_TIMEOUT, replication=None, httpEndpoint=None):
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -94,6 +95,9 @@ class BrokerService(service.MultiService):
         self.port = None
         self.started = None
         self._previousHangup = None
+        # Metrics, health and the dashboard (docs/operations.md); created
+        # last, as it reads all of the above.
+        self.http = None if httpEndpoint is None else BrokerHttp(self, httpEndpoint)
 
     def startService(self):
         service.Service.startService(self)
@@ -101,6 +105,9 @@ class BrokerService(service.MultiService):
         self.started.addErrback(self._startFailed)
 
     async def _start(self):
+        if self.http is not None:
+            # First, so that /health answers while the stores recover.
+            await self.http.listen()
         await defer.maybeDeferred(self.storeManager.startService)
         await defer.maybeDeferred(self.transactions.startService)
         if self.zookeeper is not None:
@@ -109,8 +116,9 @@ class BrokerService(service.MultiService):
             self.zookeeper.startService()
         self.port = await self.endpoint.listen(self.factory)
         self.stats.port = self.port.getHost().port
+        address = self.port.getHost()
         self.log.info("MetaQ broker {id} listening on {address}",
-                      id=self.config.brokerId, address=self.port.getHost())
+                      id=self.config.brokerId, address="%s:%d" % (address.host, address.port))
         if self.zookeeper is not None:
             self.zookeeper.setBrokerAddress(self.stats.port)
         self.timer.startService()
@@ -169,6 +177,8 @@ class BrokerService(service.MultiService):
             await defer.maybeDeferred(self.transactions.stopService)
         if self.storeManager.running:
             await defer.maybeDeferred(self.storeManager.stopService)
+        if self.http is not None:
+            await self.http.stop()
 
     def stopService(self):
         service.Service.stopService(self)
@@ -207,6 +217,10 @@ class Options(usage.Options):
          ".properties file beside --config, if any; see docs/ha.md)."],
         ["idle-timeout", None, str(IDLE_TIMEOUT),
          "Seconds without I/O after which a connection is closed."],
+        ["http", None, None,
+         "Endpoint of the HTTP metrics, health and dashboard server, e.g. "
+         "tcp:8120:interface=127.0.0.1, or 'none' (default: tcp:<dashboardHttpPort> "
+         "when the config sets it, else none)."],
     ]
 
     def postOptions(self):
@@ -238,6 +252,12 @@ class Options(usage.Options):
         if port.isdigit():
             port = f"tcp:{port}"
         self["port"] = port
+        http = self["http"]
+        if http is None and config.dashboardHttpPort is not None:
+            http = f"tcp:{config.dashboardHttpPort}"
+        if http is not None and http.isdigit():
+            http = f"tcp:{http}"
+        self["http"] = None if http in (None, "none") else http
         self.metaConfig = config
 
     def _integer(self, name):
@@ -270,4 +290,6 @@ def makeService(options):
         zookeeper=zookeeperService(config),
         idleTimeout=options["idle-timeout"],
         replication=options.replication,
+        httpEndpoint=(None if options["http"] is None
+                      else endpoints.serverFromString(reactor, options["http"])),
     )

@@ -9,6 +9,7 @@ with the Java texts, line order and number formatting.
 import os
 import threading
 import time
+from collections import Counter
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from metamorphosis import METAQ_VERSION
@@ -26,6 +27,12 @@ PUT_SLAVE = "put_slave"
 #: How often the realtime counters are zeroed (Java
 #: C{MetaStatLog.RealTimeStatRestTask}).
 REALTIME_RESET_INTERVAL = 30 * 60
+
+#: Gets are counted per topic and group up to this many pairs (any client
+#: may name any group); gets of further groups are counted under
+#: L{OTHER_GROUPS}.
+MAX_COUNTED_GROUPS = 1000
+OTHER_GROUPS = "*other*"
 
 _HELP = (
     ("*EMPTY*", "Returns broker info."),
@@ -173,6 +180,12 @@ class StatsManager:
         #: Callables adding C{(key, value)} lines at the end of the summary
         #: (a replicating broker's state, docs/ha.md).
         self.summaryExtensions = []
+        #: Counters that only grow, for the metrics endpoint (Prometheus
+        #: computes rates): puts per C{(topic, partition string)}, bytes put
+        #: per topic, gets per C{(topic, group)}.
+        self.putsByPartition = Counter()
+        self.putBytesByTopic = Counter()
+        self.getsByGroup = Counter()
         self._statTopicsOf = None
         self._statTopics = {}
 
@@ -207,6 +220,7 @@ class StatsManager:
 
     def statsPut(self, topic, partitionString):
         self.cmdPut += 1
+        self.putsByPartition[topic, partitionString] += 1
         self._record(PUT, topic, partitionString)
 
     def statsSlavePut(self, topic, partitionString, count=1):
@@ -215,9 +229,11 @@ class StatsManager:
         and in the realtime key C{put_slave} (Java C{SlaveStatsManager}).
         """
         self.cmdPut += count
+        self.putsByPartition[topic, partitionString] += count
         self._record(PUT_SLAVE, topic, partitionString, count)
 
     def statsMessageSize(self, topic, size):
+        self.putBytesByTopic[topic] += size
         self._record(MESSAGE_SIZE, topic, "*", size)
 
     def statsPutFailed(self, topic, partitionString):
@@ -226,6 +242,10 @@ class StatsManager:
 
     def statsGet(self, topic, group):
         self.cmdGet += 1
+        key = (topic, group)
+        if key not in self.getsByGroup and len(self.getsByGroup) >= MAX_COUNTED_GROUPS:
+            key = (topic, OTHER_GROUPS)
+        self.getsByGroup[key] += 1
         self._record(GET, topic, group)
 
     def statsGetMiss(self, topic, group):

@@ -170,6 +170,13 @@ class BrokerZooKeeper(service.Service):
         zkConfig = self.config.zookeeper
         return bool(zkConfig.zkEnable and zkConfig.zkConnect)
 
+    @property
+    def registered(self):
+        """
+        Whether the broker is registered in the current ZooKeeper session.
+        """
+        return self._isRegistered()
+
     def _addConfiguredTopics(self):
         for topic in self.config.topics:
             if "*" not in topic:

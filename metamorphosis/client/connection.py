@@ -317,6 +317,8 @@ class _BrokerClientFactory(Factory):
     connections come and go.
     """
 
+    noisy = False
+
     def __init__(self, brokerConnection):
         self.brokerConnection = brokerConnection
 

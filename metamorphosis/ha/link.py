@@ -172,6 +172,7 @@ class PeerLink:
         self._reactor = reactor
         self._protocol = None
         factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost, self.opaques))
+        factory.noisy = False
         self._service = ClientService(
             TCP4ClientEndpoint(reactor, host, port, timeout=5),
             factory,

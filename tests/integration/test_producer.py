@@ -47,7 +47,7 @@ class _Output(protocol.ProcessProtocol):
 
     def outReceived(self, data):
         self.output += data
-        if not self.listening.called and re.search(rb"listening on IPv4Address", self.output):
+        if not self.listening.called and re.search(rb"listening on 127\.0\.0\.1:", self.output):
             self.listening.callback(None)
 
     errReceived = outReceived

@@ -124,6 +124,16 @@ class MessageStoreManager(Service):
         self._started = ensureDeferred(self._load())
         return self._started
 
+    #: Given to every store as its L{MessageStore.fsyncObserver}.
+    fsyncObserver = None
+
+    @property
+    def loaded(self):
+        """
+        Whether the partitions found at start are recovered and served.
+        """
+        return self._loaded
+
     def whenStarted(self):
         """
         A Deferred firing once the existing partitions are loaded.
@@ -327,6 +337,7 @@ class MessageStoreManager(Service):
             threadpool=self._threadpool,
             offsetIfCreate=offsetIfCreate,
         )
+        store.fsyncObserver = self.fsyncObserver
         self._stores[topic, partition] = store
         if not store.groupCommit and store.unflushInterval > 0:
             self._scheduleFlush(store.unflushInterval)

@@ -24,6 +24,7 @@ moves only when an fsync completes.
 
 import os
 import struct
+import time
 from bisect import bisect_right
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -193,6 +194,7 @@ class _Job:
         self.fsync = fsync
         self.lastSegment = lastSegment
         self.synced = False
+        self.fsyncSeconds = None
 
     def writesInline(self):
         """
@@ -217,7 +219,9 @@ class _Job:
             if not step.done:
                 step.perform()
         if self.fsync and self.lastSegment.file is not None:
+            started = time.monotonic()
             os.fsync(self.lastSegment.file.fileno())
+            self.fsyncSeconds = time.monotonic() - started
         self.synced = self.fsync
 
 
@@ -233,6 +237,9 @@ class MessageStore:
     """
 
     log = Logger()
+    #: Called on the reactor thread with the seconds each fsync of a
+    #: write job took (the flush latency metric), or L{None}.
+    fsyncObserver = None
     #: I/O errors (a full disk) are the disk's state, not bugs: logged
     #: without traceback, one line per interval for all stores.
     ioErrors = RateLimitedLog(log)
@@ -474,6 +481,8 @@ class MessageStore:
                 self._unflushed = 0
         self.messageCount += count
         if job.synced:
+            if job.fsyncSeconds is not None and self.fsyncObserver is not None:
+                self.fsyncObserver(job.fsyncSeconds)
             self._flushedEnd = self._segments[-1].end
             self._unflushed = 0
             self._lastFlush = self._reactor.seconds()

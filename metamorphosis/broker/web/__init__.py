@@ -1,0 +1,3 @@
+"""
+The broker's HTTP endpoint: metrics, health probes and the dashboard page.
+"""
