@@ -799,6 +799,25 @@ class BrokerFactory(protocol.ServerFactory):
         if self.syncProcessor is not None:
             self.syncProcessor.sessionClosed(proto.session)
 
+    def _unreadable(self, command, session):
+        """
+        The refusal of a put whose message no get could ever return (a
+        get's reply holds at most C{maxTransferSize} bytes of whole
+        records), or L{None}. A slave's C{sync} is not checked: its master
+        accepted the message.
+        """
+        size = records.HEADER_SIZE + len(command.data)
+        limit = self.config.maxTransferSize
+        if size <= limit:
+            return None
+        text = (f"Put message to partition '{command.topic}-{command.partition}' failed."
+                f"Detail:message of {len(command.data)} bytes is too large: with its "
+                f"{records.HEADER_SIZE}-byte header it exceeds maxTransferSize ({limit}), "
+                "the most a get can return")
+        self.refusals.warn("message-too-large", "Refused a put from {peer}: {error}",
+                           peer=_peerString(session.peer), error=text)
+        return result(BAD_REQUEST, text, command.opaque)
+
     def dispatch(self, command, session):
         """
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
@@ -816,6 +835,10 @@ class BrokerFactory(protocol.ServerFactory):
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal
+        if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
+            refusal = self._unreadable(command, session)
+            if refusal is not None:
+                return refusal
         processor = self.processor
         if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
             if command.transactionKey is not None:

@@ -186,6 +186,25 @@ class PutTests(ServerTestCase):
         self.assertEqual(events[1]["suppressed"], 49)
         self.assertNotIn("log_failure", events[1])
 
+    def test_unreadableMessage(self):
+        """
+        A put whose record (20-byte header and body) is larger than
+        C{maxTransferSize} could never be returned by a get: it is refused
+        with a 400 saying so, nothing is stored; one that just fits is
+        stored.
+        """
+        self.config.maxTransferSize = 100
+        [(_, code, _, body)] = self.put("meta-test", 0, b"x" * 81, opaque=3)
+        self.assertEqual(code, 400)
+        self.assertIn(b"message of 81 bytes is too large", body)
+        self.assertIn(b"maxTransferSize (100)", body)
+        self.assertIsNone(self.stores.getStore("meta-test", 0))
+        proto, transport = self.connect()
+        self.request(b"put meta-test 0 81 0 -1 TX:a:1 4\r\n" + b"x" * 81, proto)
+        self.assertEqual(parseFrames(transport.value())[0][1], 400)
+        [(_, code, _, body)] = self.put("meta-test", 0, b"x" * 80)
+        self.assertEqual(code, 200)
+
     def test_registersTopicOnce(self):
         registered = []
         self.processor.registerTopic = registered.append

@@ -118,7 +118,7 @@ class HostileClientTests(unittest.TestCase):
         it is refused.
         """
         process, port, workdir = yield self.startBroker(
-            "maxTxTimeoutInSeconds=2\nmaxTransactionBytes=3145728\n")
+            "maxTxTimeoutInSeconds=2\nmaxTransactionBytes=3145728\nmaxTransferSize=4194304\n")
         serial = iter(range(1, 1000))
 
         @defer.inlineCallbacks
@@ -152,3 +152,21 @@ class HostileClientTests(unittest.TestCase):
         yield waitFor(accepted, timeout=60, interval=0.5,
                       what="the abandoned transactions rolled back")
         self.assertNotIn(b"Traceback", process.output)
+
+    @defer.inlineCallbacks
+    def test_unreadableMessage(self):
+        """
+        A message larger than a get can return is refused, and the
+        connection goes on; the largest readable one is stored and read.
+        """
+        process, port, workdir = yield self.startBroker("maxTransferSize=1048576\n")
+        client = yield connect(reactor, port)
+        reply = yield client.put("t", 0, b"x" * (4 * 1024 * 1024), 1)
+        self.assertEqual(reply.code, 400, reply)
+        self.assertIn(b"exceeds maxTransferSize (1048576)", reply.body)
+        largest = b"y" * (1048576 - 20)
+        reply = yield client.put("t", 0, largest, 2)
+        self.assertEqual(reply.code, 200, reply)
+        reply = yield client.get("t", "g", 0, 0, 1048576, 3)
+        self.assertEqual(len(reply.data), 1048576)
+        self.assertIn(largest, reply.data)
