@@ -14,7 +14,7 @@ import collections
 import os
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from metamorphosis.client.consumer import ConsumerConfig, createConsumer
 from metamorphosis.client.errors import MetaClientError
@@ -54,41 +54,47 @@ class ClusterBroker(Broker):
 
 class LoadProducer:
     """
-    One producer sending unique payloads one after the other, as fast as
-    the brokers answer (with C{pause} seconds between two sends).  A send
-    that fails (a failed result or an exception) is recorded and the same
-    payload sent again until a broker stores it: nothing is dropped, and a
-    payload whose send timed out may be stored twice.
+    One producer sending unique payloads from C{senders} loops at once (so
+    that sends are in flight when a broker dies), each loop sending one
+    message after the other with C{pause} seconds between two.  A send that
+    fails (a failed result or an exception) is recorded and the same payload
+    sent again until a broker stores it: nothing is dropped, and a payload
+    whose send failed after the broker stored it is stored twice.
 
     @ivar acked: payload -> the partition that acknowledged it.
+    @ivar ackTimes: C{(time, partition)} of every acknowledgement.
     @ivar failures: C{(time, error text)} of every failed attempt.
+    @ivar retried: the payloads sent more than once.
     """
 
-    def __init__(self, name, factory, topic, pause=0.005):
+    def __init__(self, name, factory, topic, senders=4, pause=0.01):
         self.name = name
         self.factory = factory
         self.topic = topic
+        self.senders = senders
         self.pause = pause
         self.producer = factory.createProducer()
         self.acked = {}
         self.ackTimes = []
         self.failures = []
+        self.retried = set()
+        self._sequence = 0
         self._stopping = False
-        self._loop = None
+        self._loops = None
 
     async def start(self):
         await self.producer.publish(self.topic)
-        self._loop = defer.ensureDeferred(self._run())
+        self._loops = defer.gatherResults(
+            [defer.ensureDeferred(self._run()) for _ in range(self.senders)], consumeErrors=True)
 
     def stop(self):
         self._stopping = True
-        return self._loop
+        return self._loops
 
     async def _run(self):
-        sequence = 0
         while not self._stopping:
-            sequence += 1
-            payload = b"%s-%d" % (self.name.encode(), sequence)
+            self._sequence += 1
+            payload = b"%s-%d" % (self.name.encode(), self._sequence)
             while True:
                 try:
                     result = await self.producer.sendMessage(Message(self.topic, payload), timeout=3.0)
@@ -101,8 +107,7 @@ class LoadProducer:
                         break
                     error = "refused: %s" % (result.errorMessage,)
                 self.failures.append((time.monotonic(), error))
-                if self._stopping and not self.factory.running:
-                    return
+                self.retried.add(payload)
                 await sleep(0.05)
             await sleep(self.pause)
 
@@ -111,6 +116,19 @@ class LoadProducer:
 
     def ackedBy(self, brokerId, since=0):
         return sum(1 for t, p in self.ackTimes if t >= since and p.brokerId == brokerId)
+
+
+def readNode(zookeeper, path):
+    """
+    The data of C{path} (L{None} when absent), read in a thread through a
+    started kazoo client.
+    """
+    def read():
+        if zookeeper.exists(path) is None:
+            return None
+        return zookeeper.get(path)[0]
+
+    return threads.deferToThread(read)
 
 
 class Group:
@@ -169,8 +187,13 @@ class Group:
     def missing(self, payloads):
         return [p for p in payloads if p not in self.received]
 
-    def duplicates(self):
-        return sum(count - 1 for count in self.received.values() if count > 1)
+    def duplicates(self, among=None):
+        """
+        How many deliveries were repeats (of the payloads C{among}, by
+        default of all).
+        """
+        return sum(count - 1 for payload, count in self.received.items()
+                   if count > 1 and (among is None or payload in among))
 
 
 class Cluster:

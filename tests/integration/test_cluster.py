@@ -26,7 +26,7 @@ from metamorphosis.broker.config import loadConfig
 from tests.broker.client import connect
 from tests.ensemble import SCRIPT, Ensemble
 from tests.ha.processes import CuttableProxy
-from tests.integration.cluster import Cluster, ClusterBroker, Group, waitAllConsumed
+from tests.integration.cluster import Cluster, ClusterBroker, Group, readNode, waitAllConsumed
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
@@ -81,26 +81,18 @@ class _ClusterCase(TestCase):
         for producer in self.producers:
             await producer.stop()
         acked = await waitAllConsumed(self.group, self.producers)
+        retried = set().union(*(p.retried for p in self.producers))
+        # A payload sent again after a failure may have been stored by
+        # both attempts (the broker died after storing, before replying);
+        # other duplicates are deliveries repeated by the group.
         report(name, acknowledged=len(acked), failedAttempts=sum(len(p.failures) for p in self.producers),
-               consumed=sum(self.group.received.values()), duplicates=self.group.duplicates(), **figures)
+               consumed=sum(self.group.received.values()), duplicates=self.group.duplicates(),
+               duplicatesOfRetriedSends=self.group.duplicates(among=retried), **figures)
         return acked
 
-    async def znode(self, path):
-        """
-        The data of C{path} (L{None} when absent), read through the test's
-        own ZooKeeper session.
-        """
-        zookeeper = self.cluster.factory.zookeeper
-
-        def read():
-            if zookeeper.exists(path) is None:
-                return None
-            return zookeeper.get(path)[0]
-
-        return await threads.deferToThread(read)
-
     async def registered(self, broker):
-        data = await self.znode("%s/brokers/ids/%d/master" % (self.root, broker.brokerId))
+        data = await readNode(self.cluster.factory.zookeeper,
+                              "%s/brokers/ids/%d/master" % (self.root, broker.brokerId))
         return data == broker.url.encode()
 
 
@@ -265,17 +257,17 @@ class CutOffTests(TestCase):
 
         old = ClusterBroker(self, 0, "127.0.0.1:%d" % (proxy.address,), root, self.topics)
         await old.start()
-        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+        await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data == old.url.encode()), what="the first broker registered")
         client = await connect(reactor, old.port)
         self.addCleanup(client.transport.loseConnection)
 
         cutAt = time.monotonic()
         proxy.cutLink()
-        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+        await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data is None), timeout=60, what="the session expired")
         expired = since(cutAt)
-        self.assertIsNone(await self.holder(zookeeper, pubPath))
+        self.assertIsNone(await readNode(zookeeper, pubPath))
         await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
             lambda s: s["zk_state"] == "unreachable"), what="the broker noticing the expiry")
         stats = await cluster.factory.getStats(old.url)
@@ -288,7 +280,7 @@ class CutOffTests(TestCase):
         # Another broker with id 0 starts and takes the free id.
         new = ClusterBroker(self, 0, zkConnect, root, self.topics)
         await new.start()
-        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+        await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data == new.url.encode()), what="the second broker registered")
 
         # The first one reaches ZooKeeper again: it must not take the id back.
@@ -297,14 +289,14 @@ class CutOffTests(TestCase):
                       what="the first broker seeing the conflict")
         stats = await cluster.factory.getStats(old.url)
         self.assertEqual((stats["zk_state"], stats["zk_registered"]), ("connected", "false"))
-        self.assertEqual(await self.holder(zookeeper, masterPath), new.url.encode())
-        self.assertEqual(json.loads(await self.holder(zookeeper, pubPath))["broker"], "0-m")
+        self.assertEqual(await readNode(zookeeper, masterPath), new.url.encode())
+        self.assertEqual(json.loads(await readNode(zookeeper, pubPath))["broker"], "0-m")
 
         # The second one dies: once its session expires, the first one
         # (retrying) registers again.
         killedAt = time.monotonic()
         await new.kill()
-        await waitFor(lambda: defer.ensureDeferred(self.holder(zookeeper, masterPath)).addCallback(
+        await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data == old.url.encode()), timeout=60, what="the first broker back")
         takenBack = since(killedAt)
         await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
@@ -316,13 +308,6 @@ class CutOffTests(TestCase):
         self.assertEqual(holders, [None, old.url, None, new.url, None, old.url])
         report("cut off from ZooKeeper", sessionExpiredAfterCut=expired,
                reRegisteredAfterHolderDied=takenBack, holders="->".join(str(u) for u in holders))
-
-    async def holder(self, zookeeper, path):
-        def read():
-            if zookeeper.exists(path) is None:
-                return None
-            return zookeeper.get(path)[0]
-        return await threads.deferToThread(read)
 
 
 
