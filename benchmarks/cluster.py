@@ -148,7 +148,8 @@ def main(argv=None):
     parser.add_argument("--brokers", default="1,2,3", help="broker counts to run (default 1,2,3)")
     parser.add_argument("--partitions", type=int, default=2, help="partitions per broker (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="producer processes (default 2)")
-    parser.add_argument("--count", type=int, default=10000, help="messages per producer process")
+    parser.add_argument("--count", type=int, default=30000,
+                        help="messages per producer process (default 30000)")
     parser.add_argument("--size", type=int, default=512, help="message size in bytes (default 512)")
     parser.add_argument("--in-flight", type=int, default=32,
                         help="sends outstanding per producer process (default 32)")
