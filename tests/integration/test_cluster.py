@@ -8,9 +8,9 @@ off from ZooKeeper but not from its clients until its session expires.
 
 Each scenario checks that every acknowledged message is consumed (at least
 once: duplicates are counted and reported) and prints what it measured
-(the figures of docs/cluster.md).  The ensemble scenario starts a
-three-server ensemble of its own (tests/ensemble.py); the others use the
-suite's ZooKeeper.
+(the figures of docs/cluster.md).  The broker and ensemble scenarios each
+start a three-server ZooKeeper ensemble of their own (tests/ensemble.py);
+the cut-off one uses the suite's ZooKeeper through a proxy.
 """
 
 import json
@@ -102,7 +102,9 @@ class BrokerLossTests(_ClusterCase):
     """
 
     async def test_killOneBroker(self):
-        await self.startCluster(zookeeperAddress())
+        ensemble = Ensemble(self.mktemp(), 3)
+        self.addCleanup(ensemble.stop)
+        await self.startCluster(await ensemble.start())
         cluster, group, producers = self.cluster, self.group, self.producers
         victim = cluster.brokers[1]
         survivors = [b for b in cluster.brokers if b is not victim]
