@@ -7,6 +7,15 @@ The cost of replication (issue 7, Performance).
 2. Async replication: the lag of a metaslave (its C{replication_lag_bytes}
    stat, sampled every 50 ms) while the master takes the same load, and how
    long it needs to catch up afterwards.
+3. With C{--failover ROUNDS}, only this: fast failover of a sync pair (issue
+   16).  A samsa master and its gregor slave (C{autoPromote=true}, default
+   C{masterGraceMs}) at the default C{zk.zkSessionTimeoutMs} (30 s); the
+   Python producer (blocking API, through ZooKeeper) puts unique bodies from
+   P threads, retrying each failed send with the same body; the master is
+   killed with SIGKILL; printed per round: kill to the first acknowledged
+   put of a send started after the master was gone (so on the promoted
+   slave), acknowledged messages missing from the slave's log (lost) and
+   bodies stored twice (duplicates, from retried sends).
 
 Every broker is a fresh C{twistd -n metaq} on a free loopback port. The
 async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
@@ -14,6 +23,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
 
     .venv/bin/python benchmarks/ha.py
     .venv/bin/python benchmarks/ha.py --count 50000 --producers 10 --size 1024 --flush group
+    .venv/bin/python benchmarks/ha.py --failover 5
 """
 
 import argparse
@@ -30,6 +40,12 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
+
+from metamorphosis.client.blocking import BlockingMessageSessionFactory  # noqa: E402
+from metamorphosis.client.errors import MetaClientError  # noqa: E402
+from metamorphosis.client.message import Message  # noqa: E402
+from metamorphosis.client.session import MetaClientConfig  # noqa: E402
+from metamorphosis.protocol.records import decodeRecords  # noqa: E402
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -76,6 +92,19 @@ class Broker:
     def stop(self):
         self.process.terminate()
         self.process.wait(30)
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(30)
+
+    def storedBodies(self, topic="bench", partition=0):
+        directory = os.path.join(self.directory, "data", f"{topic}-{partition}")
+        data = b""
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".meta"):
+                with open(os.path.join(directory, name), "rb") as f:
+                    data += f.read()
+        return [record.data for record in decodeRecords(data)[0]]
 
 
 def warmUp(broker, attempts=200):
@@ -189,9 +218,119 @@ def asyncPart(args, root):
         master.stop()
 
 
+class FailoverLoad:
+    """
+    Producer threads putting unique bodies, each failed send retried with
+    the same body until acknowledged.
+    """
+
+    def __init__(self, producer, threads):
+        self.producer = producer
+        self.acknowledged = set()
+        self.failures = 0
+        self.since = None
+        self.firstAfter = None
+        self.running = True
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, n):
+        sequence = 0
+        while self.running:
+            body = b"fo-%d-%d" % (n, sequence)
+            while self.running:
+                started = time.monotonic()
+                try:
+                    success = self.producer.send(Message("bench", body), timeout=2.0).success
+                except MetaClientError:
+                    success = False
+                if success:
+                    with self.lock:
+                        self.acknowledged.add(body)
+                        if self.since is not None and started > self.since and self.firstAfter is None:
+                            self.firstAfter = time.monotonic()
+                    break
+                with self.lock:
+                    self.failures += 1
+                time.sleep(0.02)
+            sequence += 1
+
+    def waitFor(self, predicate, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the failover did not happen in time")
+            time.sleep(0.01)
+
+    def stop(self):
+        self.running = False
+        for thread in self.threads:
+            thread.join()
+
+
+def failoverRound(args, root, number):
+    zkRoot = "/metaq-bench-failover-" + uuid.uuid4().hex[:8]
+    slave = Broker(root, f"gregor{number}", "group", args.zookeeper, zkRoot, "gregor_slave.properties",
+                   "autoPromote=true\n")
+    master = Broker(root, f"samsa{number}", "group", args.zookeeper, zkRoot, "samsa_master.properties",
+                    f"slave=127.0.0.1:{slave.port}\n")
+    factory = None
+    try:
+        warmUp(master)
+        factory = BlockingMessageSessionFactory(MetaClientConfig(
+            zkConnect=args.zookeeper, zkRoot=zkRoot, reconnectIntervalInMills=100,
+            localMessagePath=os.path.join(root, f"local{number}"),
+            asyncStoragePath=os.path.join(root, f"async{number}")))
+        producer = factory.createProducer()
+        producer.publish("bench")
+        load = FailoverLoad(producer, args.producers)
+        try:
+            load.waitFor(lambda: len(load.acknowledged) >= 500)
+            killed = time.monotonic()
+            master.kill()
+            load.since = time.monotonic()
+            load.waitFor(lambda: load.firstAfter is not None)
+            promoted = len(load.acknowledged)
+            load.waitFor(lambda: len(load.acknowledged) >= promoted + 200)
+        finally:
+            load.stop()
+        stored = slave.storedBodies()
+        lost = len(load.acknowledged - set(stored))
+        duplicates = len(stored) - len(set(stored))
+        recovered = load.firstAfter - killed
+        print(f"{number:>5} {recovered:>22.2f} {len(load.acknowledged):>12} {lost:>5} {duplicates:>10} "
+              f"{load.failures:>14}")
+        return recovered, lost, duplicates
+    finally:
+        if factory is not None:
+            factory.close()
+        slave.stop()
+        if master.process.poll() is None:
+            master.stop()
+
+
+def failoverPart(args, root):
+    if not args.zookeeper:
+        raise SystemExit("--failover needs --zookeeper or METAQ_TEST_ZK")
+    print(f"== fast failover of a sync pair: kill -9 of the master under load from {args.producers} "
+          f"Python producer threads, zkSessionTimeoutMs=30000 (default), masterGraceMs=1200 (default)")
+    print(f"{'round':>5} {'kill -> first ack (s)':>22} {'acknowledged':>12} {'lost':>5} {'duplicates':>10} "
+          f"{'failed sends':>14}")
+    results = [failoverRound(args, root, number) for number in range(1, args.failover + 1)]
+    times = sorted(result[0] for result in results)
+    print(f"kill -> first acknowledged put on the promoted slave: median {times[len(times) // 2]:.2f} s, "
+          f"max {times[-1]:.2f} s (goal: at most 3 s); lost {sum(r[1] for r in results)}, "
+          f"duplicates {sum(r[2] for r in results)}")
+
+
 def main(args):
     root = tempfile.mkdtemp(prefix="metaq-habench-")
     try:
+        if args.failover:
+            failoverPart(args, root)
+            return
         syncPart(args, root)
         asyncPart(args, root)
     finally:
@@ -206,6 +345,8 @@ def parseArguments(argv):
     parser.add_argument("--flush", choices=["default", "group"], default="default",
                         help="default: unflushThreshold=1000; group: unflushThreshold=0")
     parser.add_argument("--zookeeper", default=os.environ.get("METAQ_TEST_ZK"))
+    parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
+                        help="measure only fast failover of a sync pair, this many rounds")
     return parser.parse_args(argv)
 
 
