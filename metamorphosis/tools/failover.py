@@ -35,6 +35,11 @@ from metamorphosis.ha.failover import FailoverRecord, recordPath, statesPath
 from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, openZooKeeper, runAlias
 
 
+#: A master's state node older than this is not beating (it is rewritten
+#: every 0.3 s).
+STALE_SECONDS = 2.0
+
+
 def show(client, paths, brokerId, out, now=time.time):
     """
     The state of the brokers of C{brokerId}: the record (epoch, node
@@ -105,6 +110,8 @@ def describeState(state, age):
     if "replication_lag_bytes" in state:
         words.append("lag %s bytes" % (state["replication_lag_bytes"],))
     words.append("written %.1f s ago" % (max(age, 0.0),))
+    if role == "master" and age > STALE_SECONDS:
+        words.append("NOT BEATING (dead or cut off from ZooKeeper; its node goes when its session expires)")
     return ", ".join(words)
 
 

@@ -176,6 +176,22 @@ class FastSyncFailoverTests(_FailoverCase):
         )
         self.assertEqual(lost, set())
 
+        # The pair as the admin tool shows it: the new master, and the old
+        # one's node left by its session, which has not expired yet.
+        out = io.StringIO()
+
+        def shown():
+            out.seek(0)
+            out.truncate()
+            return self.failoverTool(out, "show", "2").addCallback(lambda _: "NOT BEATING" in out.getvalue())
+
+        yield waitFor(shown)
+        text = out.getvalue()
+        self.assertIn("failover record: epoch 1, master %s" % (self.url(self.slave),), text)
+        self.assertIn("registered master: %s\n" % (self.url(self.slave),), text)
+        self.assertRegex(text, "broker %s: master, epoch 0, .*NOT BEATING" % (self.url(self.master),))
+        self.assertRegex(text, "broker %s: master, epoch 1, .*written" % (self.url(self.slave),))
+
         # The old master, restarted while its old session may still be
         # open, is fenced: it refuses puts and does not take the id back.
         self.master.port = 0
