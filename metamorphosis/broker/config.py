@@ -133,6 +133,8 @@ class MetaConfig:
     maxUnfinishedRequestBytes: int = 256 * 1024 * 1024
     maxRequestSeconds: int = 60
     maxTransactionBytes: int = 256 * 1024 * 1024
+    maxAutoCreatedTopics: int = 1000
+    reservedFileDescriptors: int = 64
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -232,7 +234,7 @@ class ConfigError(Exception):
 #: hostile or broken clients (docs/limits.md).
 LIMIT_KEYS = frozenset(
     """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
-    maxTransactionBytes""".split()
+    maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -269,7 +271,7 @@ _SYSTEM_INTS = frozenset(
     unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
-    maxTopicNameLength maxRequestSeconds""".split()
+    maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])

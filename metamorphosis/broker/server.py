@@ -78,6 +78,9 @@ def describeWriteError(error):
     """
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return f"the broker's disk is full ({error.strerror})"
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        return (f"the broker has no file descriptor left ({error.strerror}); "
+                "existing partitions are still served")
     return str(error)
 
 

@@ -6,6 +6,7 @@ too large to read, and replies across SIGTERM.
 
 import os
 import signal
+import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -14,13 +15,13 @@ from metamorphosis.protocol.commands import PutCommand, TransactionCommand
 
 from tests.broker.client import connect
 from tests.waiting import waitFor
-from tests.integration.brokerprocess import startBroker
+from tests.integration.brokerprocess import TWISTD, BrokerProcess, startBroker
 
 
 class HostileClientTests(unittest.TestCase):
     timeout = 120
 
-    def startBroker(self, system="", topics="[topic=*]\n"):
+    def startBroker(self, system="", topics="[topic=*]\n", nofile=None):
         """
         Start C{twistd metaq} on a fresh data directory with C{system} keys
         added to C{[system]}.
@@ -34,7 +35,19 @@ class HostileClientTests(unittest.TestCase):
             f.write("[system]\nbrokerId=0\nnumPartitions=1\ndataPath=data\n"
                     "unflushThreshold=0\n" + system
                     + "\n[zookeeper]\nzk.zkEnable=false\n" + topics)
-        process = startBroker(reactor, ini, workdir)
+        if nofile is None:
+            process = startBroker(reactor, ini, workdir)
+        else:
+            # The broker under a small open-files limit, set before exec.
+            process = BrokerProcess()
+            code = ("import os, resource, sys; "
+                    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
+            reactor.spawnProcess(
+                process, sys.executable,
+                [sys.executable, "-c", code, TWISTD, "--nodaemon", "--pidfile=", "metaq",
+                 "--config", ini, "--port", "tcp:0:interface=127.0.0.1"],
+                env=os.environ.copy(), path=workdir)
         self.addCleanup(process.kill)
         return process.listening.addCallback(lambda port: (process, port, workdir))
 
@@ -170,3 +183,55 @@ class HostileClientTests(unittest.TestCase):
         reply = yield client.get("t", "g", 0, 0, 1048576, 3)
         self.assertEqual(len(reply.data), 1048576)
         self.assertIn(largest, reply.data)
+
+    @defer.inlineCallbacks
+    def test_tooManyTopics(self):
+        """
+        Past C{maxAutoCreatedTopics} a put to a new topic is answered with
+        an error naming the limit, logged once; existing topics are served.
+        """
+        process, port, workdir = yield self.startBroker("maxAutoCreatedTopics=3\n")
+        client = yield connect(reactor, port)
+        for opaque, topic in enumerate(["t1", "t2", "t3"], 1):
+            reply = yield client.put(topic, 0, b"x", opaque)
+            self.assertEqual(reply.code, 200, reply)
+        for opaque in range(10, 30):
+            reply = yield client.put("new%d" % (opaque,), 0, b"x", opaque)
+            self.assertEqual(reply.code, 500, reply)
+            self.assertIn(b"maxAutoCreatedTopics", reply.body)
+        reply = yield client.put("t1", 0, b"x", 99)
+        self.assertEqual(reply.code, 200, reply)
+        self.assertEqual(process.output.count(b"maxAutoCreatedTopics"), 1, process.output)
+
+    @defer.inlineCallbacks
+    def test_outOfDescriptors(self):
+        """
+        Under a small open-files limit, new topics are refused with an
+        error saying why before the descriptors run out; existing topics
+        and new connections keep working, and nothing is logged with a
+        traceback.
+        """
+        process, port, workdir = yield self.startBroker(
+            "reservedFileDescriptors=16\n", nofile=96)
+        client = yield connect(reactor, port)
+        refused = None
+        for opaque in range(1, 200):
+            reply = yield client.put("topic%d" % (opaque,), 0, b"x", opaque)
+            if reply.code != 200:
+                refused = reply
+                break
+        self.assertIsNotNone(refused, "no topic refused under a limit of 96 files")
+        self.assertIn(b"file descriptors", refused.body)
+        created = opaque - 1
+        self.assertGreater(created, 5)
+        reply = yield client.put("topic1", 0, b"again", 500)
+        self.assertEqual(reply.code, 200, reply)
+        others = []
+        for i in range(8):
+            other = yield connect(reactor, port)
+            reply = yield other.get("topic%d" % (created,), "g", 0, 0, 1024, 600 + i)
+            self.assertIn(b"x", reply.data)
+            others.append(other)
+        for other in others:
+            other.transport.loseConnection()
+        self.assertNotIn(b"Traceback", process.output)

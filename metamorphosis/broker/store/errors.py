@@ -14,6 +14,36 @@ class IllegalTopic(Exception):
         self.topic = topic
 
 
+class TooManyTopics(Exception):
+    """
+    A put would create a topic past C{maxAutoCreatedTopics}.
+    """
+
+    def __init__(self, topic, limit):
+        Exception.__init__(
+            self,
+            f"topic {topic} not created: the broker already has {limit} auto-created "
+            f"topics (maxAutoCreatedTopics); a [topic={topic}] section creates it",
+        )
+        self.topic = topic
+
+
+class OutOfDescriptors(Exception):
+    """
+    A new partition would leave fewer free file descriptors than the broker
+    keeps for connections.
+    """
+
+    def __init__(self, topic, free, reserved):
+        Exception.__init__(
+            self,
+            f"topic {topic} not created: only {free} file descriptors are free and the "
+            f"broker keeps {reserved} for connections (reservedFileDescriptors; raise "
+            "the open files limit, ulimit -n)",
+        )
+        self.topic = topic
+
+
 class WrongPartition(Exception):
     """
     A partition outside C{[0, numPartitions)}.

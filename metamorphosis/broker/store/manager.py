@@ -26,7 +26,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from metamorphosis.broker.store.cron import CronExpression, InvalidCronExpression
-from metamorphosis.broker.store.errors import IllegalTopic, WrongPartition
+from metamorphosis.broker.store.errors import (
+    IllegalTopic,
+    OutOfDescriptors,
+    TooManyTopics,
+    WrongPartition,
+)
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
@@ -83,6 +88,23 @@ def _partitionDirectories(dataPath, findings):
             continue
         found.append((topic, partition, directory))
     return found
+
+
+def freeDescriptors():
+    """
+    How many more files this process may open (the soft C{RLIMIT_NOFILE}
+    less the descriptors open now), or L{None} where that cannot be told.
+    """
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        used = len(os.listdir("/proc/self/fd"))
+    except (ImportError, OSError):
+        return None
+    if limit == resource.RLIM_INFINITY:
+        return None
+    return limit - used
 
 
 class MessageStoreManager(Service):
@@ -310,8 +332,28 @@ class MessageStoreManager(Service):
             # direct child of the data path, never elsewhere or an alias.
             if os.path.dirname(os.path.realpath(directory)) != os.path.realpath(dataPath):
                 raise IllegalTopic(topic)
+            self._checkRoomFor(topic)
             store = self._makeStore(topic, partition, directory, offsetIfCreate=offsetIfCreate)
         return store
+
+    def _checkRoomFor(self, topic):
+        """
+        Refuse a new store when it would pass C{maxAutoCreatedTopics} (for
+        a topic that no section names exactly) or leave fewer than
+        C{reservedFileDescriptors} descriptors free: each store holds open
+        files, and new connections need descriptors too.
+
+        @raise TooManyTopics: too many auto-created topics.
+        @raise OutOfDescriptors: too few free descriptors.
+        """
+        config = self.config
+        if topic not in config.topics and not any(t == topic for t, _ in self._stores):
+            created = {t for t, _ in self._stores if t not in config.topics}
+            if len(created) >= config.maxAutoCreatedTopics:
+                raise TooManyTopics(topic, config.maxAutoCreatedTopics)
+        free = freeDescriptors()
+        if free is not None and free < config.reservedFileDescriptors:
+            raise OutOfDescriptors(topic, free, config.reservedFileDescriptors)
 
     def chooseRandomPartition(self, topic):
         return random.randrange(self.config.numPartitionsOf(topic))

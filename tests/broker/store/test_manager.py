@@ -19,6 +19,8 @@ from metamorphosis.broker.store import (
     StoreClosed,
     WrongPartition,
 )
+from metamorphosis.broker.store import manager as manager_module
+from metamorphosis.broker.store.errors import OutOfDescriptors, TooManyTopics
 
 from .helpers import (
     ImmediateReactor,
@@ -144,6 +146,38 @@ class ManagerTests(SynchronousTestCase):
         self.assertRaises(IllegalTopic, manager.getOrCreateStore, "linked", 0)
         self.assertEqual(os.listdir(outside), [])
         self.assertEqual(sorted(os.listdir(self.dataPath)), ["linked-0"])
+
+    def test_autoCreatedTopicsCapped(self):
+        """
+        Past C{maxAutoCreatedTopics} topics that no section names exactly,
+        a put to a new one is refused; topics with their own section,
+        existing topics and new partitions of them are not limited.
+        """
+        config = makeConfig(self.dataPath, [("named", {}), ("wild*", dict(numPartitions=2))],
+                            maxAutoCreatedTopics=2)
+        manager, _ = self.startManager(config)
+        manager.getOrCreateStore("wild1", 0)
+        manager.getOrCreateStore("wild2", 0)
+        error = self.assertRaises(TooManyTopics, manager.getOrCreateStore, "wild3", 0)
+        self.assertIn("maxAutoCreatedTopics", str(error))
+        self.assertIsNotNone(manager.getOrCreateStore("wild1", 1))
+        self.assertIsNotNone(manager.getOrCreateStore("named", 0))
+        self.assertFalse(os.path.exists(os.path.join(self.dataPath, "wild3-0")))
+
+    def test_reservedDescriptors(self):
+        """
+        A new partition that would leave fewer than
+        C{reservedFileDescriptors} free descriptors is refused, saying so.
+        """
+        config = makeConfig(self.dataPath, acceptAnyTopic=True)
+        manager, _ = self.startManager(config)
+        free = manager_module.freeDescriptors()
+        self.assertGreater(free, 0)
+        config.reservedFileDescriptors = free + 10
+        error = self.assertRaises(OutOfDescriptors, manager.getOrCreateStore, "t", 0)
+        self.assertIn("reservedFileDescriptors", str(error))
+        config.reservedFileDescriptors = 0
+        self.assertIsNotNone(manager.getOrCreateStore("t", 0))
 
     def test_illegalDirectoriesNotLoaded(self):
         """
