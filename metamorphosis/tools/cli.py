@@ -10,6 +10,7 @@ explained in one line on stderr, L{EXIT_USAGE} bad usage.
 """
 
 import sys
+import time
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import connectProtocol
@@ -214,3 +215,54 @@ def runAlias(name, command, options, main, argv=None, **kwargs):
     if sys.stderr.isatty():
         print("%s is deprecated: use 'metaq %s'" % (name, command), file=sys.stderr)
     runTool(name, options, main, argv, **kwargs)
+
+
+class Progress:
+    """
+    A count and its rate on one line of a terminal, redrawn at most every
+    C{interval} seconds: for long operations.  Silent when C{stream} is not
+    a terminal (piped, in a script) or with C{-q}.
+    """
+
+    def __init__(self, what, stream=None, options=None, clock=time.monotonic, interval=0.5):
+        self.what = what
+        self.stream = stream or sys.stderr
+        quiet = options is not None and verbosity(options)[1]
+        self.shown = not quiet and self.stream.isatty()
+        self.clock = clock
+        self.interval = interval
+        self.count = 0
+        self.started = clock()
+        self._drawn = None
+
+    def add(self, count=1):
+        self.count += count
+        if self.shown:
+            now = self.clock()
+            if self._drawn is None or now - self._drawn >= self.interval:
+                self._drawn = now
+                self._draw(now, "\r")
+
+    def _draw(self, now, end):
+        seconds = max(now - self.started, 1e-9)
+        self.stream.write("\r%d %s, %.0f/s%s" % (self.count, self.what, self.count / seconds, end))
+        self.stream.flush()
+
+    def done(self):
+        """
+        The final count, on its own line.
+        """
+        if self.shown:
+            self._draw(self.clock(), "\n")
+
+
+def table(out, header, rows):
+    """
+    Print C{rows} (tuples of text) under C{header} in aligned columns, the
+    last one unpadded.
+    """
+    rows = [header] + list(rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+              + ("  " if len(header) > 1 else "") + row[-1], file=out)

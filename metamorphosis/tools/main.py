@@ -25,7 +25,11 @@ from metamorphosis.tools.cli import Verbosity, runTool
 #: name, module, what it does (the line C{metaq --help} shows).
 COMMANDS = [
     ("stats", "metamorphosis.tools.stats", "a broker's stats, once or every few seconds"),
+    ("topics", "metamorphosis.tools.topics", "list topics, or describe one: partitions, brokers, sizes"),
+    ("groups", "metamorphosis.tools.groups", "list consumer groups, or describe one: owners and lag"),
     ("offsets", "metamorphosis.tools.offsets", "a group's committed offsets and lag; reset them"),
+    ("produce", "metamorphosis.tools.produce", "send the lines of stdin to a topic"),
+    ("consume", "metamorphosis.tools.consume", "print a topic's messages on stdout"),
     ("tail", "metamorphosis.tools.tail", "follow a log file into a topic"),
     ("txadmin", "metamorphosis.tools.txadmin", "heuristic completion of prepared XA transactions"),
     ("failover", "metamorphosis.tools.failover", "show or change the failover record of a broker id"),

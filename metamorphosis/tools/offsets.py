@@ -32,7 +32,10 @@ from metamorphosis.client.offsets import (
     ZooKeeperOffsetStorage,
 )
 from metamorphosis.client.partition import Partition
+from metamorphosis.protocol.commands import ValueCommand
+from metamorphosis.protocol.records import InvalidRecord, iterRecords
 from metamorphosis.tools.cli import (
+    Progress,
     ToolError,
     Verbosity,
     brokerUrl,
@@ -40,10 +43,15 @@ from metamorphosis.tools.cli import (
     openBroker,
     openZooKeeper,
     runAlias,
+    table,
 )
 from metamorphosis.zk import disconnect, normalizeRoot
 
 LONG_MAX = 2**63 - 1
+
+#: The largest get made while walking messages (a message can be up to the
+#: broker's maxTransferSize).
+MAX_GET_SIZE = 64 * 1024 * 1024
 
 
 class Options(Verbosity, usage.Options):
@@ -55,11 +63,16 @@ class Options(Verbosity, usage.Options):
                               "with --offsets-file or --offsets-url"],
         ["partitions", None, 1, "with --broker: the topic's number of partitions", int],
         ["group", "g", None, "the consumer group (required)"],
-        ["topic", "t", None, "only this topic (required with --set)"],
-        ["partition", "p", None, "with --set: the partition, <brokerId>-<partition>"],
-        ["set", None, None, "reset the committed offset of --topic/--partition to this "
-                            "byte offset (refused while a consumer of the group is alive)",
-         int],
+        ["topic", "t", None, "only this topic (required to reset)"],
+        ["partition", "p", None, "only this partition, <brokerId>-<partition> (default "
+                                 "when resetting: every partition of --topic)"],
+        ["reset-to", None, None, "reset the committed offsets of --topic (or --partition) to "
+                                 "earliest, latest, or a byte offset that starts a message; "
+                                 "refused while a consumer of the group is alive"],
+        ["shift", None, None, "move the committed offsets of --topic (or --partition) by N "
+                              "messages (negative: back), within the partition; refused "
+                              "while a consumer of the group is alive", int],
+        ["set", None, None, "the same as --reset-to OFFSET (its old name)", int],
         ["offsets-file", None, None, "the group's offsets are in this local offset file "
                                      "(LocalOffsetStorage) instead of ZooKeeper"],
         ["offsets-url", None, None, "the group's offsets are in this SQL database "
@@ -69,6 +82,21 @@ class Options(Verbosity, usage.Options):
 
     def postOptions(self):
         inheritShared(self)
+        if self["set"] is not None:
+            if self["reset-to"] is not None:
+                raise usage.UsageError("--set and --reset-to exclude each other")
+            self["reset-to"] = str(self["set"])
+        resetting = self["reset-to"] is not None or self["shift"] is not None
+        if self["reset-to"] is not None and self["shift"] is not None:
+            raise usage.UsageError("--reset-to and --shift exclude each other")
+        if self["reset-to"] not in (None, "earliest", "latest"):
+            try:
+                self["reset-to"] = int(self["reset-to"])
+            except ValueError:
+                raise usage.UsageError("--reset-to takes earliest, latest or a byte offset, "
+                                       "not %r" % (self["reset-to"],))
+            if self["reset-to"] < 0:
+                raise usage.UsageError("--reset-to needs a non-negative offset")
         if not self["group"]:
             raise usage.UsageError("--group is required")
         if bool(self["zookeeper"]) == bool(self["broker"]):
@@ -79,18 +107,17 @@ class Options(Verbosity, usage.Options):
                 raise usage.UsageError("--broker needs --topic")
             if not (self["offsets-file"] or self["offsets-url"]):
                 raise usage.UsageError("--broker needs --offsets-file or --offsets-url")
-            if self["set"] is not None:
-                raise usage.UsageError("--set needs --zookeeper, to know that no consumer "
-                                       "of the group is alive")
+            if resetting:
+                raise usage.UsageError("resetting needs --zookeeper, to know that no "
+                                       "consumer of the group is alive")
             if self["partitions"] < 1:
                 raise usage.UsageError("--partitions must be at least 1")
         if self["offsets-file"] and self["offsets-url"]:
             raise usage.UsageError("--offsets-file and --offsets-url exclude each other")
-        if self["set"] is not None:
-            if not (self["topic"] and self["partition"]):
-                raise usage.UsageError("--set needs --topic and --partition")
-            if self["set"] < 0:
-                raise usage.UsageError("--set needs a non-negative offset")
+        if resetting and not self["topic"]:
+            raise usage.UsageError("resetting needs --topic")
+        if isinstance(self["reset-to"], int) and self["partition"] is None:
+            raise usage.UsageError("--reset-to OFFSET needs --partition")
         if self["partition"] is not None:
             try:
                 self["partition"] = Partition.fromString(self["partition"])
@@ -194,9 +221,9 @@ def offsetStorage(options, zookeeper):
     return ZooKeeperOffsetStorage(zookeeper, options["zk-root"])
 
 
-class MaxOffsets:
+class Brokers:
     """
-    Max offsets asked of the brokers, one connection per broker, opened
+    The partitions' master brokers, one connection per broker, opened
     when first needed; an unreachable broker gives L{None}s and one
     warning.
     """
@@ -208,7 +235,7 @@ class MaxOffsets:
         self.err = err
         self._brokers = {}
 
-    async def _broker(self, brokerId):
+    async def broker(self, brokerId):
         url = self.masters.get(brokerId)
         if url is None:
             return None
@@ -220,12 +247,17 @@ class MaxOffsets:
                 self._brokers[brokerId] = None
         return self._brokers[brokerId]
 
-    async def maxOffset(self, topic, group, partition):
-        broker = await self._broker(partition.brokerId)
+    async def validOffset(self, topic, group, partition, offset):
+        """
+        The broker's answer to C{offset}: the start of the segment holding
+        C{offset}, the partition's first offset below it, its end offset
+        above it; L{None} when the broker cannot tell.
+        """
+        broker = await self.broker(partition.brokerId)
         if broker is None:
             return None
         try:
-            reply = await broker.offset(topic, group, partition.partition, LONG_MAX,
+            reply = await broker.offset(topic, group, partition.partition, offset,
                                         timeout=self.timeout)
         except MetaClientError as e:
             print("warning: %s %s: %s" % (topic, partition, e), file=self.err)
@@ -233,6 +265,43 @@ class MaxOffsets:
         if reply.code != 200:
             return None
         return int(reply.body)
+
+    def maxOffset(self, topic, group, partition):
+        return self.validOffset(topic, group, partition, LONG_MAX)
+
+    async def messageEnds(self, topic, group, partition, start, progress=None):
+        """
+        Walk the messages of a partition from C{start} (where a message
+        starts) to its end: yields the offset where each one ends.
+        """
+        broker = await self.broker(partition.brokerId)
+        if broker is None:
+            raise ToolError("broker %d of %s %s cannot be reached"
+                            % (partition.brokerId, topic, partition))
+        offset, maxSize = start, 1024 * 1024
+        while True:
+            try:
+                reply = await broker.get(topic, group, partition.partition, offset, maxSize,
+                                         timeout=self.timeout)
+            except MetaClientError as e:
+                raise ToolError("reading %s %s at %d: %s" % (topic, partition, offset, e))
+            if not isinstance(reply, ValueCommand):
+                return
+            try:
+                records = list(iterRecords(reply.data))
+            except InvalidRecord:
+                raise ToolError("%s %s: no message starts at offset %d" % (topic, partition, start))
+            if not records:
+                if maxSize >= MAX_GET_SIZE:
+                    raise ToolError("%s %s: a message at offset %d is larger than %d bytes"
+                                    % (topic, partition, offset, MAX_GET_SIZE))
+                maxSize *= 2
+                continue
+            for _, end in records:
+                yield offset + end
+            if progress is not None:
+                progress.add(len(records))
+            offset += records[-1][1]
 
     def close(self):
         for broker in self._brokers.values():
@@ -246,7 +315,7 @@ def _column(value):
 
 async def listOffsets(reactor, options, view, storage, out, err):
     group = options["group"]
-    brokers = MaxOffsets(reactor, view.masters, options["timeout"], err)
+    brokers = Brokers(reactor, view.masters, options["timeout"], err)
     rows = []
     try:
         for topic, partitions in sorted(view.partitions.items()):
@@ -262,33 +331,105 @@ async def listOffsets(reactor, options, view, storage, out, err):
     if not view.exists and all(row[2] == "-" for row in rows):
         raise ToolError("unknown group %r: no consumer registered and no committed offset"
                         % (group,))
-    header = ("TOPIC", "PARTITION", "COMMITTED", "MAX", "LAG", "OWNER")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header) - 1)]
-    for row in [header] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], file=out)
+    table(out, ("TOPIC", "PARTITION", "COMMITTED", "MAX", "LAG", "OWNER"), rows)
     print("consumers alive: %d%s" % (len(view.consumers), "".join(
         "\n  " + c for c in view.consumers)), file=out)
     return 0
 
 
-async def setOffset(reactor, options, view, storage, out, err):
+async def resetTarget(brokers, options, committed, partition, progress):
+    """
+    Where C{--reset-to} or C{--shift} moves one partition's committed
+    offset (C{committed}, L{None} if there is none).
+
+    @raise ToolError: the broker cannot tell, or the offset asked for is
+        beyond the partition or not where a message starts.
+    """
+    topic, group, target = options["topic"], options["group"], options["reset-to"]
+    minimum = await brokers.validOffset(topic, group, partition, 0)
+    maximum = await brokers.maxOffset(topic, group, partition)
+    if minimum is None or maximum is None:
+        raise ToolError("the broker of %s %s does not know the partition (no message "
+                        "put yet?) or cannot be reached" % (topic, partition))
+    if target == "earliest":
+        return minimum
+    if target == "latest":
+        return maximum
+    if target is not None:
+        if not minimum <= target <= maximum:
+            raise ToolError("%d is beyond the max offset %d of %s %s" % (target, maximum, topic, partition)
+                            if target > maximum else
+                            "%d is before the first offset %d of %s %s" % (target, minimum, topic, partition))
+        segment = await brokers.validOffset(topic, group, partition, target)
+        if target in (segment, maximum):
+            return target
+        previous = segment
+        async for end in brokers.messageEnds(topic, group, partition, segment, progress):
+            if end == target:
+                return target
+            if end > target:
+                raise ToolError("no message of %s %s starts at %d: the nearest start at %d "
+                                "and %d" % (topic, partition, target, previous, end))
+            previous = end
+        raise ToolError("no message of %s %s starts at %d" % (topic, partition, target))
+    shift = options["shift"]
+    start = minimum if committed is None else min(max(committed, minimum), maximum)
+    if shift >= 0:
+        moved = 0
+        if moved == shift:
+            return start
+        async for end in brokers.messageEnds(topic, group, partition, start, progress):
+            moved += 1
+            if moved == shift:
+                return end
+        return maximum
+    # Back: the message starts from the segment holding the offset, then
+    # from the segments before it, until enough are behind.
+    wanted, upTo = -shift, start
+    while upTo > minimum:
+        segment = await brokers.validOffset(topic, group, partition, upTo - 1)
+        starts = [segment]
+        async for end in brokers.messageEnds(topic, group, partition, segment, progress):
+            if end >= upTo:
+                break
+            starts.append(end)
+        if len(starts) >= wanted:
+            return starts[-wanted]
+        wanted -= len(starts)
+        upTo = segment
+    return minimum
+
+
+async def resetOffsets(reactor, options, view, storage, out, err):
     if view.consumers:
         raise ToolError("refusing to set the offset: %d consumer(s) of group %r alive (%s); "
                         "stop them first" % (len(view.consumers), options["group"],
                                             ", ".join(view.consumers)))
-    topic, partition = options["topic"], options["partition"]
-    brokers = MaxOffsets(reactor, view.masters, options["timeout"], err)
+    topic, group = options["topic"], options["group"]
+    partitions = ([options["partition"]] if options["partition"] is not None
+                  else view.partitions.get(topic, []))
+    if not partitions:
+        raise ToolError("no partition of topic %r is known (no broker announces it)" % (topic,))
+    brokers = Brokers(reactor, view.masters, options["timeout"], err)
+    progress = Progress("messages read", err, options)
+    moves = []
     try:
-        maximum = await brokers.maxOffset(topic, options["group"], partition)
+        for partition in partitions:
+            committed = await storage.load(topic, group, partition)
+            committed = None if committed is None else committed.offset
+            target = await resetTarget(brokers, options, committed, partition, progress)
+            moves.append((partition, committed, target))
+    except ToolError as e:
+        raise ToolError("refusing to set the offset: %s" % (e,))
     finally:
+        progress.done()
         brokers.close()
-    if maximum is not None and options["set"] > maximum:
-        raise ToolError("refusing to set the offset: %d is beyond the max offset %d of %s %s"
-                        % (options["set"], maximum, topic, partition))
-    offset = PartitionOffset(topic, partition, options["set"], -1, modified=True)
-    await storage.commitOffset(options["group"], [offset])
-    print("%s %s %s: committed offset set to %d"
-          % (options["group"], topic, partition, options["set"]), file=out)
+    # Every target is known before anything is written.
+    await storage.commitOffset(group, [PartitionOffset(topic, partition, target, -1, modified=True)
+                                       for partition, _, target in moves])
+    for partition, committed, target in moves:
+        print("%s %s %s: committed offset set to %d (was %s)"
+              % (group, topic, partition, target, _column(committed)), file=out)
     return 0
 
 
@@ -312,8 +453,8 @@ async def main(reactor, options, out=None, err=None):
             view = await threads.deferToThread(
                 readGroup, zookeeper, options["zk-root"], options["group"], options["topic"])
         storage = offsetStorage(options, zookeeper)
-        if options["set"] is not None:
-            return await setOffset(reactor, options, view, storage, out, err)
+        if options["reset-to"] is not None or options["shift"] is not None:
+            return await resetOffsets(reactor, options, view, storage, out, err)
         return await listOffsets(reactor, options, view, storage, out, err)
     finally:
         if storage is not None:

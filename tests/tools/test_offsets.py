@@ -19,7 +19,7 @@ from metamorphosis.client.offsets import (
 )
 from metamorphosis.client.partition import Partition
 from metamorphosis.tools.cli import openBroker
-from tests.tools.support import brokerUrl, closedPort, runTool, startBroker
+from tests.tools.support import brokerUrl, closedPort, runMetaq, runTool, startBroker
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 
@@ -190,6 +190,54 @@ class OffsetsToolTests(TestCase):
             self.assertEqual(status, 1)
             self.assertIn("91 is beyond the max offset 90 of t 0-0", err)
             self.assertEqual((await storage.load("t", "g", Partition(0, 0))).offset, 90)
+        return ensureDeferred(check())
+
+    def test_resetModes(self):
+        """
+        metaq offsets resets to earliest, latest, a message's start (not
+        the middle of one) or by a number of messages, for one partition
+        or every partition of the topic.
+        """
+        async def check():
+            await self._brokerWithMessages()
+            storage = ZooKeeperOffsetStorage(self.zk, self.root)
+            await self._commit(storage, "g", {"0-0": 30})
+
+            async def committed():
+                loaded = await storage.load("t", "g", Partition(0, 0))
+                return loaded.offset
+
+            async def reset(*args):
+                out, err, status = await runMetaq(
+                    "--zookeeper", zookeeperAddress(), "--zk-root", self.root,
+                    "offsets", "--group", "g", "--topic", "t", *args)
+                return out, err, status
+
+            out, err, status = await reset("--partition", "0-0", "--reset-to", "latest")
+            self.assertEqual(status, 0, err)
+            self.assertIn("g t 0-0: committed offset set to 90 (was 30)", out)
+            self.assertEqual(await committed(), 90)
+            out, err, status = await reset("--partition", "0-0", "--shift", "-2")
+            self.assertEqual((status, await committed()), (0, 30), err)
+            out, err, status = await reset("--partition", "0-0", "--shift", "1")
+            self.assertEqual((status, await committed()), (0, 60), err)
+            out, err, status = await reset("--partition", "0-0", "--shift", "5")
+            self.assertEqual((status, await committed()), (0, 90), err)
+            out, err, status = await reset("--partition", "0-0", "--shift", "-9")
+            self.assertEqual((status, await committed()), (0, 0), err)
+            out, err, status = await reset("--partition", "0-0", "--reset-to", "60")
+            self.assertEqual((status, await committed()), (0, 60), err)
+            out, err, status = await reset("--partition", "0-0", "--reset-to", "45")
+            self.assertEqual(status, 1)
+            self.assertIn("no message of t 0-0 starts at 45: the nearest start at 30 and 60",
+                          err)
+            self.assertEqual(await committed(), 60)
+            # Every partition of the topic: 0-1 has no message, so refused
+            # as a whole, and nothing is written.
+            out, err, status = await reset("--reset-to", "earliest")
+            self.assertEqual(status, 1)
+            self.assertIn("0-1 does not know the partition", err)
+            self.assertEqual(await committed(), 60)
         return ensureDeferred(check())
 
     def test_unknownGroup(self):

@@ -1,0 +1,98 @@
+"""
+metaq produce and metaq consume (the console producer and consumer)
+against a real broker, with and without ZooKeeper.
+"""
+
+from kazoo.client import KazooClient
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from tests.tools.support import brokerUrl, readTopic, runMetaq, startBroker
+from tests.waiting import waitFor
+from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+
+class DirectTests(TestCase):
+    """
+    Without ZooKeeper: --broker and --partitions.
+    """
+
+    timeout = 90
+
+    def test_produceThenConsume(self):
+        """
+        Every non-empty line of stdin is one message, spread over the
+        partitions; consume --from-beginning --exit-at-end prints them all
+        and stops; --max-messages stops early; --print-offsets prefixes the
+        partition and offset; from the end (the default) there is nothing.
+        """
+        async def check():
+            broker = await startBroker(self, {"console": 2})
+            url = brokerUrl(broker)
+            lines = [b"line %d" % (i,) for i in range(50)]
+            out, err, status = await runMetaq(
+                "--broker", url, "produce", "--topic", "console", "--partitions", "2",
+                stdin=b"\n".join(lines[:25]) + b"\n\n" + b"\n".join(lines[25:]))
+            self.assertEqual((status, out), (0, ""), err)
+            stored = await readTopic(broker, "console", 2)
+            self.assertEqual(sorted(stored[0] + stored[1]), sorted(lines))
+            self.assertTrue(stored[0] and stored[1])
+
+            consume = ("--broker", url, "consume", "--topic", "console", "--partitions", "2")
+            out, err, status = await runMetaq(*consume, "--from-beginning", "--exit-at-end")
+            self.assertEqual(status, 0, err)
+            self.assertEqual(out.encode().splitlines(), stored[0] + stored[1])
+            out, err, status = await runMetaq(*consume, "--from-beginning",
+                                              "--max-messages", "3", "--print-offsets")
+            self.assertEqual(status, 0, err)
+            first = out.splitlines()
+            self.assertEqual(len(first), 3)
+            self.assertEqual(first[0], "0-0 0 " + stored[0][0].decode())
+            self.assertTrue(first[1].startswith("0-0 %d " % (20 + len(stored[0][0]),)), first)
+            out, err, status = await runMetaq(*consume, "--exit-at-end")
+            self.assertEqual((status, out), (0, ""), err)
+        return ensureDeferred(check())
+
+    def test_produceFailure(self):
+        """
+        A topic the broker does not carry: the put is refused, exit 1 with
+        the reason.
+        """
+        async def check():
+            broker = await startBroker(self, {"console": 1})
+            out, err, status = await runMetaq(
+                "--broker", brokerUrl(broker), "produce", "--topic", "other", stdin=b"x\n")
+            self.assertEqual(status, 1)
+            self.assertIn("0 message(s) acknowledged", err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+        return ensureDeferred(check())
+
+
+class ZooKeeperTests(TestCase):
+    timeout = 90
+
+    def test_produceThenConsume(self):
+        """
+        With ZooKeeper the brokers and partitions of the topic are found
+        there.
+        """
+        async def check():
+            root = uniqueRoot()
+            zk = KazooClient(hosts=zookeeperAddress())
+            zk.start(10)
+            self.addCleanup(zk.stop)
+            self.addCleanup(zk.delete, root, recursive=True)
+            broker = await startBroker(self, {"console": 3}, zookeeperAddress(), root)
+            await waitFor(lambda: zk.exists(root + "/brokers/topics-pub/console/0-m"),
+                          what="the topic in ZooKeeper")
+            shared = ("--zookeeper", zookeeperAddress(), "--zk-root", root)
+            out, err, status = await runMetaq(*shared, "produce", "--topic", "console",
+                                              stdin=b"a\nb\nc\nd\ne\nf\n")
+            self.assertEqual(status, 0, err)
+            out, err, status = await runMetaq(*shared, "consume", "--topic", "console",
+                                              "--from-beginning", "--exit-at-end")
+            self.assertEqual(status, 0, err)
+            self.assertEqual(sorted(out.split()), ["a", "b", "c", "d", "e", "f"])
+            stored = await readTopic(broker, "console", 3)
+            self.assertEqual(sum(map(len, stored.values())), 6)
+        return ensureDeferred(check())
