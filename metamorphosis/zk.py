@@ -68,6 +68,17 @@ class ZkPaths:
             return "%s/slave%d" % (self.brokerIdPath(brokerId), slaveId)
         return self.brokerIdPath(brokerId) + "/master"
 
+    def tlsBrokerIdsPathOf(self, brokerId, slaveId=-1):
+        """
+        C{ids/<brokerId>/tls-master} or C{ids/<brokerId>/tls-slave<slaveId>}:
+        the C{meta://host:port} of the broker's TLS listener. Java clients
+        never read it: they take C{master} and the children whose name
+        starts with C{slave}.
+        """
+        if slaveId >= 0:
+            return "%s/tls-slave%d" % (self.brokerIdPath(brokerId), slaveId)
+        return self.brokerIdPath(brokerId) + "/tls-master"
+
     def masterConfigChecksumPath(self, brokerId):
         return self.brokerIdPath(brokerId) + "/master_config_checksum"
 

@@ -13,11 +13,19 @@ import signal
 
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.python import usage
 
 from metamorphosis.broker.access import AccessGate
 from metamorphosis.broker.address import localHost
+from metamorphosis.broker.listeners import (
+    Listener,
+    ListenerError,
+    buildListeners,
+    isTLS,
+    plainAndTLS,
+)
 from metamorphosis.broker.config import (
     ConfigError,
     loadConfig,
@@ -42,7 +50,10 @@ class BrokerService(service.MultiService):
     registration, the realtime-stats reset timer and the SIGHUP reload of
     the topic sections.
 
-    @ivar port: the listening port once started (an L{IListeningPort}).
+    @ivar listeners: the L{metamorphosis.broker.listeners.Listener}s.
+    @ivar port: the listening port of the first plain listener (the address
+        registered for Java clients) once started, else of the first one.
+    @ivar ports: listener name to its L{IListeningPort}.
     @ivar started: a Deferred that fires when the broker listens (and fails
         if it cannot start).
     """
@@ -51,12 +62,17 @@ class BrokerService(service.MultiService):
 
     def __init__(self, config, endpoint, reactor=None, zookeeper=None,
                  idleTimeout=IDLE_TIMEOUT, replication=None, httpEndpoint=None):
+        """
+        @param endpoint: a server endpoint, or a list of L{Listener}s.
+        """
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config
-        self.endpoint = endpoint
+        if not isinstance(endpoint, list):
+            endpoint = [Listener("plain", "tcp", endpoint)]
+        self.listeners = endpoint
         self.storeManager = MessageStoreManager(config, reactor)
         self.storeManager.setServiceParent(self)
         self.stats = StatsManager(config, self.storeManager, clock=reactor.seconds)
@@ -93,6 +109,7 @@ class BrokerService(service.MultiService):
         timer.setServiceParent(self)
         self.timer = timer
         self.port = None
+        self.ports = {}
         self.started = None
         self._previousHangup = None
         # Metrics, health and the dashboard (docs/operations.md); created
@@ -114,12 +131,21 @@ class BrokerService(service.MultiService):
             for topic in self.storeManager.topics():
                 self.zookeeper.registerTopic(topic)
             self.zookeeper.startService()
-        self.port = await self.endpoint.listen(self.factory)
+        for listener in self.listeners:
+            self.ports[listener.name] = port = await listener.endpoint.listen(self.factory)
+            address = port.getHost()
+            self.log.info("MetaQ broker {id} listening on {address} ({name}: {kind})",
+                          id=self.config.brokerId, name=listener.name,
+                          address=(f"{address.host}:{address.port}"
+                                   if isinstance(address, (IPv4Address, IPv6Address))
+                                   else str(address)),
+                          kind="TLS" if listener.tls else "plain")
+        plain, tls = plainAndTLS(self.listeners)
+        self.port = self.ports[(plain or tls).name]
         self.stats.port = self.port.getHost().port
-        address = self.port.getHost()
-        self.log.info("MetaQ broker {id} listening on {address}",
-                      id=self.config.brokerId, address="%s:%d" % (address.host, address.port))
         if self.zookeeper is not None:
+            if tls is not None:
+                self.zookeeper.setTLSAddress(self.ports[tls.name].getHost().port)
             self.zookeeper.setBrokerAddress(self.stats.port)
         self.timer.startService()
         if self.fence is not None:
@@ -169,8 +195,8 @@ class BrokerService(service.MultiService):
         # while it still answers them.
         if self.zookeeper is not None and self.zookeeper.running:
             await defer.maybeDeferred(self.zookeeper.stopService)
-        if self.port is not None:
-            await self.port.stopListening()
+        for port in self.ports.values():
+            await defer.maybeDeferred(port.stopListening)
         for proto in list(self.factory.connections):
             proto.transport.loseConnection()
         if self.transactions.running:
@@ -205,7 +231,8 @@ class Options(usage.Options):
         ["config", "c", None, "MetaQ server.ini to run with."],
         ["port", "p", None,
          "Endpoint to listen on, e.g. tcp:8123:interface=127.0.0.1 "
-         "(default: tcp:<serverPort of the config>); a bare number means tcp:<number>."],
+         "(default: the [listeners] of the config, else tcp:<serverPort>); "
+         "a bare number means tcp:<number>."],
         ["data-dir", "d", None, "Data directory (overrides dataPath of every topic)."],
         ["broker-id", None, None, "Broker id (overrides brokerId)."],
         ["host-name", None, None, "Host name registered in ZooKeeper (overrides hostName)."],
@@ -222,6 +249,18 @@ class Options(usage.Options):
          "tcp:8120:interface=127.0.0.1, or 'none' (default: tcp:<dashboardHttpPort> "
          "when the config sets it, else none)."],
     ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, description):
+        """
+        Another endpoint to listen on, e.g. ssl:8443:privateKey=key.pem
+        (repeatable; with --listen or --port the [listeners] of the config
+        are not used). See docs/security.md.
+        """
+        self["listen"].append(description)
 
     def postOptions(self):
         try:
@@ -248,8 +287,8 @@ class Options(usage.Options):
         except ReplicationConfigError as e:
             raise SystemExit(f"metaq: bad replication configuration: {e}")
         self["idle-timeout"] = float(self["idle-timeout"])
-        port = self["port"] or f"tcp:{config.serverPort}"
-        if port.isdigit():
+        port = self["port"]
+        if port is not None and port.isdigit():
             port = f"tcp:{port}"
         self["port"] = port
         http = self["http"]
@@ -258,6 +297,7 @@ class Options(usage.Options):
         if http is not None and http.isdigit():
             http = f"tcp:{http}"
         self["http"] = None if http in (None, "none") else http
+        self.listeners = listenerDescriptions(config, port, self["listen"])
         self.metaConfig = config
 
     def _integer(self, name):
@@ -265,6 +305,28 @@ class Options(usage.Options):
             return int(self[name])
         except ValueError:
             raise usage.UsageError(f"--{name} must be an integer, not {self[name]!r}")
+
+
+def listenerDescriptions(config, port=None, listen=()):
+    """
+    The C{(name, endpoint string)} pairs the broker listens on: C{--port}
+    and C{--listen} if given, else the C{[listeners]} section, else
+    C{tcp:<serverPort>}.
+
+    @raise SystemExit: ZooKeeper registration is on and there is no plain
+        listener, so no address could be registered for Java clients.
+    """
+    given = ([("port", port)] if port else []) + [
+        (f"listen{n}", description) for n, description in enumerate(listen, 1)
+    ]
+    listeners = given or config.listeners or [("plain", f"tcp:{config.serverPort}")]
+    zk = config.zookeeper
+    if zk.zkEnable and zk.zkConnect and all(isTLS(d) for _, d in listeners):
+        raise SystemExit(
+            "metaq: bad configuration: ZooKeeper registration needs one plain listener "
+            "(its address is what Java clients read); see docs/security.md"
+        )
+    return listeners
 
 
 def zookeeperService(config):
@@ -283,9 +345,13 @@ def makeService(options):
 
     config = options.metaConfig
     os.makedirs(config.dataPath, exist_ok=True)
+    try:
+        listeners = buildListeners(reactor, options.listeners)
+    except ListenerError as e:
+        raise SystemExit(f"metaq: bad listener: {e}")
     return BrokerService(
         config,
-        endpoints.serverFromString(reactor, options["port"]),
+        listeners,
         reactor,
         zookeeper=zookeeperService(config),
         idleTimeout=options["idle-timeout"],

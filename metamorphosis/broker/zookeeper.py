@@ -117,6 +117,7 @@ class BrokerZooKeeper(service.Service):
         this broker's nodes held by another session (its old master, whose
         session has not expired yet) are replaced rather than a conflict.
     @ivar state: the C{zk_state} text.
+    @ivar tlsBrokerString: the same for the TLS listener, if there is one.
     """
 
     log = Logger()
@@ -145,6 +146,7 @@ class BrokerZooKeeper(service.Service):
         self.slaveId = slaveId
         self.paths = zk.ZkPaths(config.zookeeper.zkRoot)
         self.brokerString = None
+        self.tlsBrokerString = None
         self.client = None
         self._topics = {}
         self._lock = DeferredLock()
@@ -192,6 +194,16 @@ class BrokerZooKeeper(service.Service):
             host = self.config.hostName or localHost()
         self.brokerString = brokerURL(host, port)
         self._queueRegistration()
+
+    def setTLSAddress(self, port, host=None):
+        """
+        Give the address of the broker's TLS listener, registered in
+        C{ids/<id>/tls-master} (or C{tls-slave<n>}) beside the plain one.
+        Call it before L{setBrokerAddress}.
+        """
+        if host is None:
+            host = self.config.hostName or localHost()
+        self.tlsBrokerString = brokerURL(host, port)
 
     def registerTopic(self, topic):
         """
@@ -474,6 +486,10 @@ class BrokerZooKeeper(service.Service):
             self.brokerString,
             exclusive=True,
         )
+        if self.tlsBrokerString is not None:
+            yield self._putEphemeral(
+                self.paths.tlsBrokerIdsPathOf(brokerId, self.slaveId), self.tlsBrokerString
+            )
         if self.isSlave:
             return
         idPath = self.paths.brokerIdPath(brokerId)
@@ -589,6 +605,7 @@ class BrokerZooKeeper(service.Service):
             removed.
         """
         brokerId, slaveId = self.config.brokerId, self.slaveId
+        yield self._deleteOwn(self.paths.tlsBrokerIdsPathOf(brokerId, slaveId), client)
         removed = yield self._deleteOwn(
             self.paths.brokerIdsPathOf(brokerId, slaveId), client
         )

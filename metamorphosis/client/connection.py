@@ -75,19 +75,23 @@ def parseBrokerUrl(url):
     return parts.hostname, parts.port
 
 
-def brokerEndpoint(reactor, host, port, timeout):
+def brokerEndpoint(reactor, host, port, timeout, tls=None):
     """
     A client endpoint for a broker address: a plain TCP endpoint for an IP
     address (no resolver round trip on every reconnection), a
-    L{HostnameEndpoint} for a name.
+    L{HostnameEndpoint} for a name; with TLS on top when C{tls} (a
+    L{metamorphosis.tls.ClientTLS}) is given.
     """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if address.version == 6:
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        if address.version == 6:
+            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoint if tls is None else tls.wrap(endpoint, host)
 
 
 class MetaClientProtocol(MetaProtocol):
@@ -351,7 +355,7 @@ class BrokerConnection:
 
     def __init__(self, url, reactor, reconnectInterval=2.0, maxReconnectAttempts=350,
                  heartbeatInterval=10.0, opaques=nextOpaque, connectTimeout=10.0,
-                 onConnected=None):
+                 onConnected=None, tls=None):
         self.url = url
         self.clock = reactor
         self.onConnected = onConnected
@@ -359,7 +363,7 @@ class BrokerConnection:
         self.heartbeatInterval = heartbeatInterval
         self.maxReconnectAttempts = maxReconnectAttempts
         host, port = parseBrokerUrl(url)
-        endpoint = brokerEndpoint(reactor, host, port, connectTimeout)
+        endpoint = brokerEndpoint(reactor, host, port, connectTimeout, tls)
         self._service = ClientService(
             endpoint,
             _BrokerClientFactory(self),
@@ -497,12 +501,17 @@ class ConnectionPool:
     One L{BrokerConnection} per broker URL, shared and reference-counted
     (the Java C{RemotingClientWrapper.connectWithRef/closeWithRef}): a
     connection opens with its first reference and closes with its last.
+
+    @ivar tls: the L{metamorphosis.tls.ClientTLS} every connection uses, or
+        L{None} for plain TCP.
     """
 
-    def __init__(self, reactor=None, **connectionOptions):
+    def __init__(self, reactor=None, tls=None, **connectionOptions):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.tls = tls
+        connectionOptions["tls"] = tls
         self._options = connectionOptions
         self._listeners = []
         self._options["onConnected"] = self._connected

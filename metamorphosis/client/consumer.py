@@ -155,6 +155,8 @@ class MessageConsumer:
                                          config.commitOffsetPeriodInMills / 1000.0, reactor)
         self.membership = (GroupMembership(self, zookeeper, zkRoot, reactor, host)
                            if zookeeper is not None else None)
+        if self.membership is not None:
+            self.membership.tls = getattr(connections, "tls", None) is not None
         self._directOffsets = []
         self._brokers = set()
         self.started = False

@@ -66,14 +66,17 @@ class ZooKeeperDiscovery(_Listeners):
 
     @param zookeeper: a started C{kazoo.client.KazooClient}.
     @param root: the MetaQ root (C{zk.zkRoot}, C{/meta} by default).
+    @param tls: whether to read the brokers' TLS addresses
+        (C{ids/<id>/tls-master}) instead of their plain ones.
     """
 
     log = Logger()
 
     retryInterval = 2.0
 
-    def __init__(self, zookeeper, root="/meta", reactor=None):
+    def __init__(self, zookeeper, root="/meta", reactor=None, tls=False):
         super().__init__()
+        self.tls = tls
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -93,6 +96,8 @@ class ZooKeeperDiscovery(_Listeners):
         return "%s/%s" % (self.paths.brokerTopicsPubPath, topic)
 
     def _masterPath(self, brokerId):
+        if self.tls:
+            return self.paths.tlsBrokerIdsPathOf(brokerId)
         return self.paths.brokerIdsPathOf(brokerId)
 
     def publish(self, topic):

@@ -94,6 +94,10 @@ class GroupMembership:
 
     log = Logger()
 
+    #: Whether the consumer connects over TLS, so reads the brokers' TLS
+    #: addresses (C{tls-master}, C{tls-slave<n>}).
+    tls = False
+
     def __init__(self, consumer, client, root="/meta", reactor=None, host=None):
         if reactor is None:
             from twisted.internet import reactor
@@ -289,18 +293,20 @@ class GroupMembership:
         myTopics = [t for t in data.decode("utf-8").split(",") if t]
         masters, slaves = {}, {}
         idsRoot = "%s/brokers/ids" % (self.root,)
+        # A TLS client reads the TLS addresses: tls-master, tls-slave<n>.
+        prefix = "tls-" if self.tls else ""
         for child in self._children(idsRoot):
             try:
                 brokerId = int(child)
             except ValueError:
                 continue
             for node in self._children("%s/%s" % (idsRoot, child)):
-                if node != "master" and not node.startswith("slave"):
+                if node != prefix + "master" and not node.startswith(prefix + "slave"):
                     continue
                 url = self._data("%s/%s/%s" % (idsRoot, child, node))
                 if not url:
                     continue
-                if node == "master":
+                if node == prefix + "master":
                     masters[brokerId] = url
                 else:
                     slaves.setdefault(brokerId, []).append(url)

@@ -47,6 +47,9 @@ class MetaClientConfig:
         locally kept messages.
     @ivar localMessagePath: where the ordered producer keeps messages.
     @ivar asyncStoragePath: where the async producer keeps overflow.
+    @ivar tls: a L{metamorphosis.tls.ClientTLS} to connect to brokers over
+        TLS: to C{serverUrl} (which must then be a TLS listener), or to the
+        TLS addresses brokers register in ZooKeeper (docs/security.md).
     """
 
     zkConnect: str | None = None
@@ -61,6 +64,7 @@ class MetaClientConfig:
     heartbeatIntervalInMills: int = 10000
     reconnectIntervalInMills: int = 2000
     maxReconnectTimes: int = 350
+    tls: object = None
     localMessagePath: str = field(
         default_factory=lambda: os.environ.get(
             "META_LOCALMESSAGE_PATH", os.path.expanduser("~/.meta_localmessage")
@@ -108,6 +112,7 @@ class MetaMessageSessionFactory(service.Service):
         self.discovery = None
         self.connections = ConnectionPool(
             reactor,
+            tls=config.tls,
             reconnectInterval=config.reconnectIntervalInMills / 1000.0,
             maxReconnectAttempts=config.maxReconnectTimes,
             heartbeatInterval=config.heartbeatIntervalInMills / 1000.0,
@@ -144,7 +149,8 @@ class MetaMessageSessionFactory(service.Service):
             self.connections.acquire(config.serverUrl, self)
         else:
             self.zookeeper = yield connect(config, reactor=self.reactor)
-            self.discovery = ZooKeeperDiscovery(self.zookeeper, self.zkRoot, self.reactor)
+            self.discovery = ZooKeeperDiscovery(self.zookeeper, self.zkRoot, self.reactor,
+                                                tls=config.tls is not None)
         self.discovery.addListener(self._brokersChanged)
         return self
 

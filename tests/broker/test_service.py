@@ -189,7 +189,7 @@ class OptionsTests(unittest.TestCase):
     def test_standaloneDefaults(self):
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options["port"], "tcp:8123")
+        self.assertEqual(options.listeners, [("plain", "tcp:8123")])
         self.assertTrue(options.metaConfig.acceptAnyTopic)
         self.assertEqual(options.metaConfig.dataPath, "data")
 
@@ -201,7 +201,7 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(["--config", path, "--data-dir", "d", "--broker-id", "5",
                               "--host-name", "h", "--zookeeper", "127.0.0.1:1"])
         config = options.metaConfig
-        self.assertEqual(options["port"], "tcp:9001")
+        self.assertEqual(options.listeners, [("plain", "tcp:9001")])
         self.assertEqual((config.brokerId, config.hostName, config.dataPath),
                          (5, "h", "d"))
         self.assertEqual(config.topicConfig("a").dataPath, "d")
@@ -209,7 +209,37 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(config.zookeeper.zkEnable)
         options = Options()
         options.parseOptions(["--port", "9100"])
-        self.assertEqual(options["port"], "tcp:9100")
+        self.assertEqual(options.listeners, [("port", "tcp:9100")])
+
+    def test_listeners(self):
+        """
+        The [listeners] section replaces the serverPort listener; --port
+        and --listen (repeatable) replace the section.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[system]\nserverPort=9001\n[listeners]\n"
+                    "plain = tcp:9001:interface=127.0.0.1\ntls = ssl:9443:privateKey=k.pem\n")
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.listeners, [("plain", "tcp:9001:interface=127.0.0.1"),
+                                             ("tls", "ssl:9443:privateKey=k.pem")])
+        options = Options()
+        options.parseOptions(["--config", path, "--listen", "tcp:1", "--listen", "mtls:2"])
+        self.assertEqual(options.listeners, [("listen1", "tcp:1"), ("listen2", "mtls:2")])
+        options = Options()
+        options.parseOptions(["--config", path, "-p", "7", "--listen", "ssl:2"])
+        self.assertEqual(options.listeners, [("port", "tcp:7"), ("listen1", "ssl:2")])
+
+    def test_zookeeperNeedsAPlainListener(self):
+        """
+        A broker registering in ZooKeeper needs a plain listener: that is
+        the address Java clients read.
+        """
+        options = Options()
+        e = self.assertRaises(SystemExit, options.parseOptions,
+                              ["--zookeeper", "127.0.0.1:1", "--listen", "ssl:2"])
+        self.assertIn("needs one plain listener", str(e))
 
     def test_badConfig(self):
         path = self.mktemp()
