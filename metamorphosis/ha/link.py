@@ -164,7 +164,11 @@ class PeerLink:
     The persistent, self-healing connection to a peer broker.
 
     @ivar url: the peer as C{meta://host:port}.
+    @ivar onConnected: L{None}, or called with no argument each time a
+        connection is made.
     """
+
+    onConnected = None
 
     def __init__(self, reactor, host, port, retryIntervalSeconds=1.0):
         self.url = "meta://%s:%d" % (host, port)
@@ -182,6 +186,8 @@ class PeerLink:
 
     def _connected(self, protocol):
         self._protocol = protocol
+        if self.onConnected is not None:
+            self.onConnected()
 
     def _lost(self, protocol):
         if self._protocol is protocol:

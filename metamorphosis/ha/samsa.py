@@ -182,6 +182,7 @@ class SamsaReplication:
         self.reactor = reactor
         host, port = config.slaveAddress
         self.link = PeerLink(reactor, host, port)
+        self.link.onConnected = self._announce
         self.registration = None
         self.processor = None
         self.health = SlaveHealth(
@@ -217,6 +218,20 @@ class SamsaReplication:
             self.config.sendToSlaveTimeoutInMills / 1000.0,
         )
         return d.addCallback(lambda reply: getattr(reply, "code", None))
+
+    def _announce(self):
+        """
+        Probe the slave on every new connection, so that it knows at once
+        that this connection is its master's link (a slave with
+        C{autoPromote} takes over only while that link is down), even
+        while no put comes.
+        """
+        if self.processor is None:
+            return
+        self._probe().addErrback(
+            lambda f: self.log.info("Announcing this master to {slave} failed: {error}",
+                                    slave=self.config.slaveUrl, error=f.getErrorMessage())
+        )
 
     def makeService(self, broker):
         self.registration = broker.zookeeper

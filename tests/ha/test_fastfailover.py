@@ -227,6 +227,9 @@ class FastSyncFailoverTests(_FailoverCase):
         self.assertEqual((yield self.put(self.slave, b"slave-still-a-slave")).code, 200)
 
         self.link.heal()
+        # The master announces itself on its new connection: the slave
+        # knows its link is up again before any put.
+        yield waitFor(lambda: self.state(self.slave).addCallback(lambda s: s is not None and b'"connected"' in s))
         yield waitFor(lambda: self.put(self.master, b"healed").addCallback(lambda r: r.code == 200))
         self.assertIn(b"healed", self.storedBodies(self.slave))
 
