@@ -490,6 +490,12 @@ class BrokerZooKeeper(service.Service):
             yield self._putEphemeral(
                 self.paths.tlsBrokerIdsPathOf(brokerId, self.slaveId), self.tlsBrokerString
             )
+        elif self.takeOver and not self.isSlave:
+            # The replaced master's TLS address must not outlive it either.
+            try:
+                yield self._call("delete_async", self.paths.tlsBrokerIdsPathOf(brokerId))
+            except NoNodeError:
+                pass
         if self.isSlave:
             return
         idPath = self.paths.brokerIdPath(brokerId)

@@ -152,6 +152,10 @@ class FastSyncFailoverTests(_FailoverCase):
         self.addCleanup(load.stop)
         yield waitFor(lambda: len(load.acknowledged) >= 200, timeout=60)
 
+        # A TLS address of the old master, held by a session that outlives
+        # it: the promoted slave (without TLS) must not leave it behind.
+        yield deferToThread(self.zk.create, self.root + "/brokers/ids/2/tls-master", b"meta://127.0.0.1:1",
+                            ephemeral=True)
         killed = time.monotonic()
         yield self.master.kill()
         load.since = time.monotonic()
@@ -163,6 +167,7 @@ class FastSyncFailoverTests(_FailoverCase):
 
         self.assertEqual((yield self.record()), FailoverRecord(1, self.url(self.slave)))
         self.assertTrue((yield self.masterIs(self.slave)))
+        self.assertIsNone((yield self.data("/brokers/ids/2/tls-master")))
         # Taken over through the fast path, not after the session expired.
         self.assertIn("link down and no beat in ZooKeeper", self.slave.output)
         stored = self.storedBodies(self.slave)
