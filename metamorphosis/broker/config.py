@@ -135,6 +135,7 @@ class MetaConfig:
     maxTransactionBytes: int = 256 * 1024 * 1024
     maxAutoCreatedTopics: int = 1000
     reservedFileDescriptors: int = 64
+    shutdownDrainSeconds: int = 30
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -234,7 +235,8 @@ class ConfigError(Exception):
 #: hostile or broken clients (docs/limits.md).
 LIMIT_KEYS = frozenset(
     """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
-    maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors""".split()
+    maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors
+    shutdownDrainSeconds""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -271,7 +273,8 @@ _SYSTEM_INTS = frozenset(
     unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
-    maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors""".split()
+    maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
+    shutdownDrainSeconds""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])

@@ -365,6 +365,24 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         else:
             self._closeWhenDone()
 
+    def drain(self):
+        """
+        Read nothing more, answer every command already received (puts
+        being stored get their reply once stored), then close: what the
+        broker does to each connection when it stops. A command only partly
+        received is dropped; its client sees the connection close before a
+        reply and knows it was not stored.
+        """
+        if not self._connected or self._closing:
+            return
+        self.transport.pauseProducing()
+        if self._parser is not None and not self._failed:
+            self._parser.abandon("the broker is stopping")
+            self._failed = True
+        self._setUnfinished(0)
+        self._stopDeadline()
+        self._closeWhenDone()
+
     def _closeWhenDone(self):
         """
         Take no more commands; close once every command taken is answered.
@@ -785,6 +803,7 @@ class BrokerFactory(protocol.ServerFactory):
         self.config = processor.config
         self.connections = set()
         self.refusals = RateLimitedLog(self.log)
+        self._drained = None
         #: Bytes of requests being received, over all connections.
         self.unfinishedBytes = 0
         self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
@@ -794,9 +813,43 @@ class BrokerFactory(protocol.ServerFactory):
         self.connections.add(proto)
         self.stats.connections = len(self.connections)
 
+    def drain(self, timeout, clock=None):
+        """
+        Drain every connection (L{BrokerProtocol.drain}); abort those still
+        open after C{timeout} seconds.
+
+        @return: a Deferred firing once every connection is closed.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock
+        if not self.connections:
+            return defer.succeed(None)
+        self._drained = defer.Deferred()
+        for proto in list(self.connections):
+            proto.drain()
+
+        def abort():
+            for proto in list(self.connections):
+                self.log.warn("Closing {peer}: replies not sent within {timeout} s of "
+                              "stopping", peer=_peerString(proto.session.peer),
+                              timeout=timeout)
+                proto.transport.abortConnection()
+
+        timer = clock.callLater(timeout, abort)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return self._drained.addBoth(done)
+
     def connectionClosed(self, proto):
         self.connections.discard(proto)
         self.stats.connections = len(self.connections)
+        if self._drained is not None and not self.connections:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
         proto.session.closed = True
         self.transactionProcessor.sessionClosed(proto.session)
         if self.syncProcessor is not None:

@@ -197,8 +197,9 @@ class BrokerService(service.MultiService):
             await defer.maybeDeferred(self.zookeeper.stopService)
         for port in self.ports.values():
             await defer.maybeDeferred(port.stopListening)
-        for proto in list(self.factory.connections):
-            proto.transport.loseConnection()
+        # Answer what was received (a stored put gets its reply, so its
+        # client does not send it again), then close.
+        await self.factory.drain(self.config.shutdownDrainSeconds, self.reactor)
         if self.transactions.running:
             await defer.maybeDeferred(self.transactions.stopService)
         if self.storeManager.running:

@@ -683,3 +683,70 @@ class UnfinishedRequestTests(ServerTestCase):
         self.assertEqual(self.factory.unfinishedBytes, 600)
         proto.connectionLost(None)
         self.assertEqual(self.factory.unfinishedBytes, 0)
+
+
+class DrainTests(ServerTestCase):
+    """
+    Stopping: read nothing more, answer what was received, then close.
+    """
+
+    def test_pendingPutAnswered(self):
+        """
+        A put being stored when the broker stops gets its reply before the
+        connection closes; a command only partly received is dropped.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.hold = True
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 5 0 -1 1\r\nhello"
+                           b"put meta-test 0 5 0 -1 2\r\nhel")
+        drained = self.factory.drain(10, self.clock)
+        self.assertNoResult(drained)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.factory.unfinishedBytes, 0)
+        proto.dataReceived(b"lo")
+        store.release()
+        [(kind, code, opaque, body)] = parseFrames(transport.value())
+        self.assertEqual((code, opaque), (200, 1))
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.successResultOf(drained)
+        self.assertEqual(store.messageCount, 1)
+
+    def test_queuedCommandsAnswered(self):
+        """
+        Commands decoded while the client was not reading are answered
+        once it reads again.
+        """
+        proto, transport = self.connect()
+        proto.pauseProducing()
+        proto.dataReceived(b"version 1\r\nversion 2\r\n")
+        drained = self.factory.drain(10, self.clock)
+        proto.resumeProducing()
+        self.assertEqual([opaque for _, _, opaque, _ in parseFrames(transport.value())],
+                         [1, 2])
+        self.assertEqual(transport.producerState, "paused")
+        proto.connectionLost(None)
+        self.successResultOf(drained)
+
+    def test_timeout(self):
+        """
+        Connections whose replies are not out after the timeout are
+        aborted.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.hold = True
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 5 0 -1 1\r\nhello")
+        aborted = []
+        transport.abortConnection = lambda: aborted.append(proto)
+        drained = self.factory.drain(10, self.clock)
+        with capturedLogs():
+            self.clock.advance(10)
+        self.assertEqual(aborted, [proto])
+        proto.connectionLost(None)
+        self.successResultOf(drained)
+
+    def test_noConnections(self):
+        self.successResultOf(self.factory.drain(10, self.clock))

@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from metamorphosis.protocol.commands import PutCommand, TransactionCommand
+from metamorphosis.protocol.records import decodeRecords
 
 from tests.broker.client import connect
 from tests.waiting import waitFor
@@ -21,15 +22,16 @@ from tests.integration.brokerprocess import TWISTD, BrokerProcess, startBroker
 class HostileClientTests(unittest.TestCase):
     timeout = 120
 
-    def startBroker(self, system="", topics="[topic=*]\n", nofile=None):
+    def startBroker(self, system="", topics="[topic=*]\n", nofile=None, workdir=None):
         """
         Start C{twistd metaq} on a fresh data directory with C{system} keys
         added to C{[system]}.
 
         @return: a Deferred firing with C{(process, port, workdir)}.
         """
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
+        if workdir is None:
+            workdir = os.path.abspath(self.mktemp())
+            os.makedirs(workdir)
         ini = os.path.join(workdir, "server.ini")
         with open(ini, "w") as f:
             f.write("[system]\nbrokerId=0\nnumPartitions=1\ndataPath=data\n"
@@ -235,3 +237,61 @@ class HostileClientTests(unittest.TestCase):
         for other in others:
             other.transport.loseConnection()
         self.assertNotIn(b"Traceback", process.output)
+
+    @defer.inlineCallbacks
+    def test_sigtermAnswersStoredPuts(self):
+        """
+        Producers pipelining puts when the broker gets SIGTERM: every put
+        it stored was answered before its connection closed (so no client
+        has reason to send it again), and every answered put is stored.
+        """
+        process, port, workdir = yield self.startBroker()
+        acked = set()
+        inFlight = 64
+        clients = []
+
+        def pump(client, name):
+            sent = [0]
+
+            def sendOne():
+                if not client.transport.connected or client.transport.disconnecting:
+                    return
+                sent[0] += 1
+                payload = b"%s-%d" % (name, sent[0])
+                d = client.put("drain", 0, payload, sent[0])
+                d.addCallback(answered, payload)
+                d.addErrback(lambda failure: None)
+
+            def answered(reply, payload):
+                self.assertEqual(reply.code, 200, reply)
+                acked.add(payload)
+                sendOne()
+
+            for i in range(inFlight):
+                sendOne()
+
+        for i in range(4):
+            client = yield connect(reactor, port)
+            clients.append(client)
+            pump(client, b"c%d" % (i,))
+        yield waitFor(lambda: len(acked) >= 2000, what="2000 puts acknowledged")
+        process.transport.signalProcess("TERM")
+        reason = yield process.ended
+        self.assertEqual(reason.signal, signal.SIGTERM, process.output)
+        yield defer.gatherResults([client.closed for client in clients])
+        self.assertNotIn(b"Traceback", process.output)
+
+        process, port, workdir = yield self.startBroker(workdir=workdir)
+        client = yield connect(reactor, port)
+        stored = []
+        offset = 0
+        while True:
+            reply = yield client.get("drain", "g", 0, offset, 1024 * 1024, len(stored) + 1)
+            if not hasattr(reply, "data"):
+                break
+            records, consumed = decodeRecords(reply.data)
+            stored.extend(record.data for record in records)
+            offset += consumed
+        self.assertEqual(len(stored), len(set(stored)))
+        self.assertEqual(set(stored) - acked, set(), "stored but never answered")
+        self.assertEqual(acked - set(stored), set(), "answered but not stored")
