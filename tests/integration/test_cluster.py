@@ -15,18 +15,19 @@ the cut-off one uses the suite's ZooKeeper through a proxy.
 
 import json
 import os
+import random
 import re
 import time
 
 from twisted.internet import defer, reactor, threads, utils
 from twisted.logger import Logger
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from metamorphosis.broker.config import loadConfig
 from tests.broker.client import connect
 from tests.ensemble import SCRIPT, Ensemble
 from tests.ha.processes import CuttableProxy
-from tests.integration.cluster import Cluster, ClusterBroker, Group, readNode, waitAllConsumed
+from tests.integration.cluster import Cluster, ClusterBroker, Group, readNode, sleep, waitAllConsumed
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
@@ -61,9 +62,6 @@ class _ClusterCase(TestCase):
         self.producers = [await self.cluster.producer("p%d" % n) for n in range(2)]
         await self.cluster.waitSeen(self.producers, self.cluster.partitions())
         await self.waitAcked(20)
-
-    def acked(self):
-        return sum(len(p.acked) for p in self.producers)
 
     async def waitAcked(self, more, what="sends acknowledged"):
         """
@@ -226,6 +224,63 @@ class EnsembleLossTests(_ClusterCase):
             suspendedAfter=suspended, unreachableAfter=unreachable,
             servedWithoutQuorumFor=withoutQuorum,
             reregisteredAfterQuorum=reregistered)
+
+
+class SoakTests(_ClusterCase):
+    """
+    Opt-in (C{METAQ_CLUSTER_SOAK=<seconds>}, C{METAQ_CLUSTER_SEED} to
+    replay the choices of a run): for that long, kill a broker
+    or a ZooKeeper server (the leader half of the time) with SIGKILL, keep
+    it down for a few seconds, start it again, wait until the cluster is
+    whole again, and repeat; then check that every acknowledged message was
+    consumed.
+    """
+
+    seconds = float(os.environ.get("METAQ_CLUSTER_SOAK") or 0)
+    timeout = seconds + 600
+
+    async def test_repeatedFailures(self):
+        seconds = self.seconds
+        if not seconds:
+            raise SkipTest("set METAQ_CLUSTER_SOAK=<seconds> to run the soak test")
+        seed = os.environ.get("METAQ_CLUSTER_SEED") or str(random.randrange(10 ** 6))
+        log.info("soak: METAQ_CLUSTER_SEED={seed}", seed=seed)
+        chance = random.Random(seed)
+        ensemble = Ensemble(self.mktemp(), 3)
+        self.addCleanup(ensemble.stop)
+        await self.startCluster(await ensemble.start())
+        cluster, group, producers = self.cluster, self.group, self.producers
+
+        async def whole():
+            for broker in cluster.brokers:
+                stats = await cluster.stats(broker)
+                if stats.get("zk_registered") != "true":
+                    return False
+            return (group.balancedOver(cluster.partitions())
+                    and all(cluster.seen(p) == set(cluster.partitions()) for p in producers))
+
+        end = time.monotonic() + seconds
+        rounds = []
+        while time.monotonic() < end:
+            down = chance.uniform(0.5, 6.0)
+            if chance.random() < 0.5:
+                broker = chance.choice(cluster.brokers)
+                what = "broker %d" % (broker.brokerId,)
+                await broker.kill()
+                await sleep(down)
+                await broker.start()
+            else:
+                server = await ensemble.leader() if chance.random() < 0.5 else chance.randint(1, 3)
+                what = "zookeeper %s" % (server,)
+                await ensemble.kill(server)
+                await sleep(down)
+                await ensemble.restart(server)
+            started = time.monotonic()
+            await waitFor(whole, timeout=120, what="the cluster whole again after %s" % (what,))
+            rounds.append("%s down %.1f s, whole %.1f s later" % (what, down, since(started)))
+            log.info("soak: {round}", round=rounds[-1])
+            await self.waitAcked(10)
+        await self.finish("soak", rounds=len(rounds), seconds=seconds, seed=seed)
 
 
 class CutOffTests(TestCase):
