@@ -5,12 +5,14 @@ too large to read, and replies across SIGTERM.
 """
 
 import os
+import re
 import signal
 import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from metamorphosis.broker.config import MetaConfig, loadConfig
 from metamorphosis.protocol.commands import PutCommand, TransactionCommand
 from metamorphosis.protocol.records import decodeRecords
 
@@ -295,3 +297,23 @@ class HostileClientTests(unittest.TestCase):
         self.assertEqual(len(stored), len(set(stored)))
         self.assertEqual(set(stored) - acked, set(), "stored but never answered")
         self.assertEqual(acked - set(stored), set(), "answered but not stored")
+
+
+class DocumentationTests(unittest.TestCase):
+    """
+    The example of docs/limits.md loads, and states the defaults.
+    """
+
+    def test_limitsExample(self):
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(os.path.join(root, "docs", "limits.md")) as f:
+            [ini] = re.findall(r"```ini\n(.*?)```", f.read(), re.S)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(ini)
+        config = loadConfig(path)
+        defaults = MetaConfig()
+        keys = re.findall(r"^(\w+)=", ini, re.M)
+        self.assertEqual(len(keys), 10)
+        for key in keys:
+            self.assertEqual(getattr(config, key), getattr(defaults, key), key)
