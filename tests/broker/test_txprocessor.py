@@ -4,6 +4,9 @@ every transaction command, what a consumer sees in every state, and what a
 restart keeps.
 """
 
+import errno
+import os
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -431,4 +434,26 @@ class BoundsTests(ProcessorTestCase):
         self.restart()
         self.assertEqual(self.processor.heldBytes, 4)
         self.assertEqual(self.tx("COMMIT_TWO_PHASE"), (200, ""))
+        self.assertEqual(self.processor.heldBytes, 0)
+
+    def test_putRefusedByJournalNotCommitted(self):
+        """
+        A transactional put the journal could not write (a full disk) is
+        answered 500 and is not part of the commit.
+        """
+        self.tx("BEGIN")
+        self.assertEqual(self.put(b"kept")[0], 200)
+        redo = self.processor.store._redo
+        append = redo.append
+
+        def full(record):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        redo.append = full
+        code, body = self.put(b"refused")
+        self.assertEqual(code, 500)
+        self.assertIn("No space left on device", body)
+        redo.append = append
+        self.assertEqual(self.tx("COMMIT_ONE_PHASE"), (200, ""))
+        self.assertEqual(self.visible(), [b"kept"])
         self.assertEqual(self.processor.heldBytes, 0)

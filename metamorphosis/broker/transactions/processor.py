@@ -385,9 +385,10 @@ class TransactionalProcessor(service.Service):
             return self.access.refuse(session, "transactions", str(e), command.opaque,
                                       xa=True)
         except XAException as e:
-            self.log.info(
-                "Transaction command {kind} {key} failed: {error}",
-                kind=kind,
+            self.refusals.info(
+                "xa-refused:%s" % (kind,),
+                "Transaction command {command} {key} failed: {error}",
+                command=kind,
                 key=command.transactionKey,
                 error=e.reply(),
             )
@@ -437,6 +438,9 @@ class TransactionalProcessor(service.Service):
             return self.access.refuse(session, "transactions", str(e), command.opaque,
                                       xa=True)
         except Exception as e:
+            if isinstance(e, OSError):
+                self.refusals.error("tx-put-failed", "Journaling a put of {key} failed: {error}",
+                                    key=key, error=str(e))
             return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
         self.stats.statsPut(command.topic, partitionString)
         return ResultCommand(

@@ -97,8 +97,10 @@ class Transaction:
             raise XAException(XAER_PROTO, "Cannot add a message while prepare is in progress.")
         if self.state == State.START:
             self.state = State.IN_USE
-        self.messages.append(message)
+        # Journal first: a put the journal refused (a full disk) is
+        # answered with an error and must not be committed later.
         self._store.addMessage(self, message)
+        self.messages.append(message)
 
     def _finish(self):
         self.state = State.FINISHED
