@@ -478,7 +478,8 @@ class BrokerZooKeeper(service.Service):
         """
         C{ids/<id>/master} (ephemeral), then the URL in C{ids/<id>}, as
         Java C{registerBrokerInZk} writes them; a slave's
-        C{ids/<id>/slave<n>} alone.
+        C{ids/<id>/slave<n>} alone. The TLS listener's URL, if any, goes to
+        C{tls-master} (C{tls-slave<n>}) once the plain node is ours.
         """
         brokerId = self.config.brokerId
         yield self._putEphemeral(

@@ -15,8 +15,10 @@ C{server.ini} (L{findPluginFile}).
 import os
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from metamorphosis.ha.properties import PropertiesError, readProperties
+from metamorphosis.tls import ClientTLS
 
 #: Plugin name (the Java C{-F<name>=} option) to the properties file the Java
 #: start script passes for it (C{metaServer.sh}).
@@ -80,6 +82,19 @@ class _Reader:
         return value.lower() == "true"
 
 
+def _clientTLS(read):
+    """
+    The C{tls.*} keys: how this broker connects to its peer over TLS
+    (docs/security.md), or L{None} for plain TCP.
+    """
+    caCerts = read.text("tls.caCerts")
+    certificate = read.text("tls.certificate")
+    if caCerts is None and certificate is None and read.text("tls.enabled") != "true":
+        return None
+    return ClientTLS(caCerts=caCerts, certificate=certificate,
+                     privateKey=read.text("tls.privateKey"), hostname=read.text("tls.hostname"))
+
+
 @dataclass(frozen=True)
 class SamsaMasterConfig:
     """
@@ -90,6 +105,8 @@ class SamsaMasterConfig:
         on the reactor here, so it has no effect.
     @ivar recoverOffset: correct consumer offsets in ZooKeeper before
         registering (spec/ha.md section 3.6).
+    @ivar tls: (ours) a L{ClientTLS} to reach the slave over TLS; C{slave}
+        is then the address of the slave's TLS listener.
     """
 
     slave: str
@@ -100,6 +117,7 @@ class SamsaMasterConfig:
     sendToSlaveTimeoutInMills: int = 2000
     slaveContinuousFailureThreshold: int = 100
     checkSlaveIntervalInMills: int = 100
+    tls: Optional[ClientTLS] = None
 
     plugin = "samsa"
 
@@ -136,6 +154,7 @@ class SamsaMasterConfig:
             sendToSlaveTimeoutInMills=read.integer("sendToSlaveTimeoutInMills", 2000, minimum=1),
             slaveContinuousFailureThreshold=read.integer("slaveContinuousFailureThreshold", 100, minimum=1),
             checkSlaveIntervalInMills=read.integer("checkSlaveIntervalInMills", 100, minimum=1),
+            tls=_clientTLS(read),
         )
 
 
@@ -187,6 +206,8 @@ class AsyncSlaveConfig:
         has been gone from ZooKeeper for C{promoteAfterMs}
         (L{metamorphosis.ha.failover}).
     @ivar promoteAfterMs: (ours) how long the master must be gone first.
+    @ivar tls: (ours) a L{ClientTLS} to pull from the master over TLS, at
+        the address the master registers in C{ids/<id>/tls-master}.
     """
 
     slaveId: int
@@ -195,6 +216,7 @@ class AsyncSlaveConfig:
     autoSyncMasterConfig: bool = False
     autoPromote: bool = False
     promoteAfterMs: int = 5000
+    tls: Optional[ClientTLS] = None
 
     plugin = "metaslave"
 
@@ -211,6 +233,7 @@ class AsyncSlaveConfig:
             autoSyncMasterConfig=read.boolean("autoSyncMasterConfig", False),
             autoPromote=read.boolean("autoPromote", False),
             promoteAfterMs=read.integer("promoteAfterMs", 5000, minimum=0),
+            tls=_clientTLS(read),
         )
 
 

@@ -170,15 +170,21 @@ class PeerLink:
 
     onConnected = None
 
-    def __init__(self, reactor, host, port, retryIntervalSeconds=1.0):
+    def __init__(self, reactor, host, port, retryIntervalSeconds=1.0, tls=None):
+        """
+        @param tls: a L{metamorphosis.tls.ClientTLS} to connect over TLS.
+        """
         self.url = "meta://%s:%d" % (host, port)
         self.opaques = OpaqueGenerator()
         self._reactor = reactor
         self._protocol = None
         factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost, self.opaques))
         factory.noisy = False
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
+        if tls is not None:
+            endpoint = tls.wrap(endpoint, host)
         self._service = ClientService(
-            TCP4ClientEndpoint(reactor, host, port, timeout=5),
+            endpoint,
             factory,
             retryPolicy=lambda attempt: retryIntervalSeconds,
             clock=reactor,

@@ -549,8 +549,16 @@ class AsyncSlaveService(service.Service):
             await link.stop()
         if masterUrl is None:
             return
-        host, port = parseUrl(masterUrl)
-        self.link = PeerLink(self.reactor, host, port)
+        linkUrl = masterUrl
+        if self.config.tls is not None:
+            linkUrl = await self._masterTLSUrl()
+            if linkUrl is None:
+                self.log.warn("The master {url} registers no TLS listener (tls-master): "
+                              "not replicating until it does", url=masterUrl)
+                self.masterUrl = None
+                return
+        host, port = parseUrl(linkUrl)
+        self.link = PeerLink(self.reactor, host, port, tls=self.config.tls)
         self.link.start()
         try:
             await self.link.whenConnected(failAfterFailures=1)
@@ -558,6 +566,17 @@ class AsyncSlaveService(service.Service):
             self.log.warn("Cannot connect to the master {url} yet: {error}", url=masterUrl, error=e)
         for puller in self.pullers.values():
             puller.wake()
+
+    async def _masterTLSUrl(self):
+        """
+        The address of the master's TLS listener, or L{None}.
+        """
+        try:
+            data, _ = await self._zk(
+                "get_async", self.paths.tlsBrokerIdsPathOf(self.metaConfig.brokerId))
+        except NoNodeError:
+            return None
+        return data.decode("utf-8") if data else None
 
     async def _masterTopics(self, brokerId):
         """

@@ -181,7 +181,7 @@ class SamsaReplication:
         self.config = config
         self.reactor = reactor
         host, port = config.slaveAddress
-        self.link = PeerLink(reactor, host, port)
+        self.link = PeerLink(reactor, host, port, tls=config.tls)
         self.link.onConnected = self._announce
         self.registration = None
         self.processor = None

@@ -48,8 +48,12 @@ class Broker:
     C{data/}), which outlives restarts.
     """
 
-    def __init__(self, testCase, name, ini, plugin=None, properties=""):
+    def __init__(self, testCase, name, ini, plugin=None, properties="", arguments=()):
+        """
+        @param arguments: more C{twistd metaq} options (e.g. C{--listen}).
+        """
         self.testCase = testCase
+        self.arguments = list(arguments)
         self.folder = os.path.abspath(testCase.mktemp())
         os.makedirs(self.folder)
         self.name = name
@@ -87,7 +91,7 @@ class Broker:
         self.transport = reactor.spawnProcess(
             self.process,
             TWISTD,
-            [TWISTD, "--nodaemon", "--pidfile=", "metaq", "--config", self.ini, "--port", "tcp:%d:interface=127.0.0.1" % (self.port,)],
+            [TWISTD, "--nodaemon", "--pidfile=", "metaq", "--config", self.ini, "--port", "tcp:%d:interface=127.0.0.1" % (self.port,)] + self.arguments,
             env=os.environ.copy(),
             path=self.folder,
         )

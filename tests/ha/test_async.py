@@ -4,6 +4,8 @@ and its metaslave started by C{twistd metaq}, a producer on a real socket,
 crashes with SIGKILL.
 """
 
+import os
+
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from twisted.internet import defer
@@ -280,4 +282,41 @@ class AsyncLinkCutTests(_AsyncCase):
         yield sleep(1.0)
         self.assertFalse(self.caughtUp())
         proxy.heal()
+        yield waitFor(self.caughtUp)
+
+
+class AsyncOverTLSTests(_AsyncCase):
+    @defer.inlineCallbacks
+    def test_slavePullsOverMutualTLS(self):
+        """
+        A master with a plain and an mtls: listener whose access rules let
+        only the certificate C{slave} consume: its async slave, configured
+        with C{tls.*} keys, finds the TLS address in C{ids/<id>/tls-master}
+        and replicates byte for byte; plain connections cannot read.
+        """
+        from tests.tlscerts import CertificateAuthority
+
+        ca = CertificateAuthority(os.path.abspath(self.mktemp()))
+        brokerCert, brokerKey = ca.issue("broker", ["127.0.0.1"])
+        slaveCert, slaveKey = ca.issue("slave")
+        ini = serverIni(2, TOPICS, zookeeperAddress(), self.root) + (
+            "[access]\npublish.* = 127.0.0.1\nconsume.* = cn=slave\n")
+        self.master = Broker(self, "master", ini, arguments=[
+            "--listen", "mtls:0:interface=127.0.0.1:privateKey=%s:certKey=%s:caCerts=%s"
+            % (brokerKey, brokerCert, ca.caPath)])
+        yield self.master.start()
+        self.producer = yield self.master.connect()
+        self.addCleanup(lambda: self.producer.transport.loseConnection())
+        yield self.putMany(30, b"before")
+        reply = yield self.producer.get("test", "g", 0, 0, 1024, 99999)
+        self.assertEqual(reply.code, 401, "plain connections may not consume")
+        tlsUrl = yield waitFor(lambda: self.data("/brokers/ids/2/tls-master"))
+        self.assertNotEqual(tlsUrl, b"meta://127.0.0.1:%d" % (self.master.port,))
+        self.slave = Broker(
+            self, "slave", serverIni(2, TOPICS, zookeeperAddress(), self.root),
+            "async_slave.properties",
+            "slaveId=0\nslaveMaxDelayInMills=100\ntls.caCerts=%s\ntls.certificate=%s\n"
+            "tls.privateKey=%s\n" % (ca.caPath, slaveCert, slaveKey))
+        yield self.slave.start()
+        yield self.putMany(30, b"after")
         yield waitFor(self.caughtUp)

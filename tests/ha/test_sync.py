@@ -211,3 +211,57 @@ class SyncLinkCutTests(_SyncPair):
         for broker in (self.master, self.slave):
             stored = {record.id for record in storedRecords(broker)}
             self.assertEqual(self.acknowledged - stored, set(), broker.name)
+
+
+class SyncOverTLSTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_syncLinkOverMutualTLS(self):
+        """
+        A gregor slave whose only way in for replication is its mtls:
+        listener with the certificate C{master} (C{replicate = cn=master});
+        the samsa master, with C{tls.*} keys, replicates through it, and
+        every acknowledged put is on the slave.
+        """
+        import os
+
+        from tests.tlscerts import CertificateAuthority
+
+        ca = CertificateAuthority(os.path.abspath(self.mktemp()))
+        slaveCert, slaveKey = ca.issue("slave", ["127.0.0.1"])
+        masterCert, masterKey = ca.issue("master")
+        slave = Broker(
+            self, "slave",
+            serverIni(1) + "[access]\nreplicate = cn=master\nconsume.* = *\n",
+            "gregor_slave.properties", "",
+            arguments=["--listen", "mtls:0:interface=127.0.0.1:privateKey=%s:certKey=%s:caCerts=%s"
+                       % (slaveKey, slaveCert, ca.caPath)])
+        yield slave.start()
+        match = yield slave.process.logged(rb"listening on 127\.0\.0\.1:(\d+) \(listen1: TLS\)")
+        tlsPort = int(match.group(1))
+        master = Broker(
+            self, "master", serverIni(1), "samsa_master.properties",
+            samsaProperties(tlsPort) + "tls.caCerts=%s\ntls.certificate=%s\ntls.privateKey=%s\n"
+            % (ca.caPath, masterCert, masterKey))
+        yield master.start()
+        producer = yield master.connect()
+        self.addCleanup(producer.transport.loseConnection)
+        opaques = iter(range(1, 1000))
+
+        @defer.inlineCallbacks
+        def put(payload):
+            reply = yield producer.put("meta-test", 0, payload, next(opaques))
+            return reply.code == 200
+
+        yield waitFor(lambda: put(b"probe"))
+        for i in range(20):
+            self.assertTrue((yield put(b"tls-%d" % (i,))))
+        onSlave = [record.data for record in storedRecords(slave)]
+        self.assertEqual(onSlave[-20:], [b"tls-%d" % (i,) for i in range(20)])
+        # A plain connection may not send syncs to the slave.
+        plain = yield slave.connect()
+        self.addCleanup(plain.transport.loseConnection)
+        reply = yield plain.request(
+            b"sync meta-test 0 1 0 1 -1 77\r\nx", 77)
+        self.assertEqual(reply.code, 401)
