@@ -79,7 +79,3 @@ class Ensemble:
         quorum).
         """
         return self._run("restart", self.directory, server)
-
-    def log(self, server):
-        with open(os.path.join(self.directory, str(server), "zookeeper.log"), errors="replace") as f:
-            return f.read()
