@@ -92,7 +92,7 @@ class BrokerService(service.MultiService):
         if zookeeper is not None:
             self.processor.registerTopic = zookeeper.registerTopic
             zookeeper.setServiceParent(self)
-            self.stats.summaryExtensions.append(zookeeper.statsItems)
+            self.stats.extraItems["zookeeper"] = zookeeper.statsItems
         # Replication (docs/ha.md): its request handling is plugged into the
         # factory now; its service starts once the broker listens.
         self.replication = replication

@@ -180,6 +180,11 @@ class StatsManager:
         #: Callables adding C{(key, value)} lines at the end of the summary
         #: (a replicating broker's state, docs/ha.md).
         self.summaryExtensions = []
+        #: Items of ours, beside Java's, each a callable giving its lines.
+        #: They are not in the summary, whose lines stay exactly the Java
+        #: broker's; such an item shadows a topic of the same name, so the
+        #: names are few and documented (docs/stats.md).
+        self.extraItems = {}
         #: Counters that only grow, for the metrics endpoint (Prometheus
         #: computes rates): puts per C{(topic, partition string)}, bytes put
         #: per topic, gets per C{(topic, group)}.
@@ -306,6 +311,8 @@ class StatsManager:
         elif item == "reset":
             self.realtime.reset()
             lines.append(statsLine("reset", "ok"))
+        elif item in self.extraItems:
+            lines += [statsLine(name, value) for name, value in self.extraItems[item]()]
         else:
             lines += self._topic(item)
         lines.append("END\r\n")

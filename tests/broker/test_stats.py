@@ -163,6 +163,17 @@ class StatsTests(unittest.TestCase):
             "bench", "resultCode 2", "partitions 0", "message_count 0", "bytes 0"])
         self.assertEqual(self.lines("nope")[:2], ["nope", "resultCode 1"])
 
+    def test_extraItem(self):
+        """
+        An item of ours answers its own lines and leaves the summary exactly
+        the Java broker's.
+        """
+        summary = self.lines(None)
+        self.stats.extraItems["zookeeper"] = lambda: [("zk_state", "connected"), ("zk_registered", True)]
+        self.assertEqual(self.lines("zookeeper"), ["zk_state connected", "zk_registered true"])
+        self.assertEqual([line.split()[0] for line in self.lines(None)],
+                         [line.split()[0] for line in summary])
+
     def test_standaloneStatTopics(self):
         config = standaloneConfig()
         config.stat = False

@@ -241,7 +241,7 @@ class Cluster:
         return set(producer.factory.discovery.partitionsFor(producer.topic) or ())
 
     async def stats(self, broker):
-        return await self.factory.getStats(broker.url)
+        return await self.factory.getStats(broker.url, "zookeeper")
 
     async def waitSeen(self, producers, partitions, timeout=60.0, what="partitions"):
         await waitFor(lambda: all(self.seen(p) == set(partitions) for p in producers),
