@@ -40,6 +40,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
+from kazoo.client import KazooClient  # noqa: E402
 
 from metamorphosis.client.blocking import BlockingMessageSessionFactory  # noqa: E402
 from metamorphosis.client.errors import MetaClientError  # noqa: E402
@@ -270,6 +271,29 @@ class FailoverLoad:
             thread.join()
 
 
+def beating(zookeeper, zkRoot, master):
+    """
+    Wait until the master has beaten a few times in ZooKeeper: the round
+    measures a running pair, not one that is still being set up (a master
+    killed before its first beat is replaced by the slow path).
+    """
+    client = KazooClient(hosts=zookeeper)
+    client.start(10)
+    try:
+        path = f"{zkRoot}/failover-brokers/5/127.0.0.1:{master.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            stat = client.exists(path)
+            if stat is not None and stat.version >= 3:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the master does not beat in ZooKeeper")
+            time.sleep(0.05)
+    finally:
+        client.stop()
+        client.close()
+
+
 def failoverRound(args, root, number):
     zkRoot = "/metaq-bench-failover-" + uuid.uuid4().hex[:8]
     slave = Broker(root, f"gregor{number}", "group", args.zookeeper, zkRoot, "gregor_slave.properties",
@@ -279,6 +303,7 @@ def failoverRound(args, root, number):
     factory = None
     try:
         warmUp(master)
+        beating(args.zookeeper, zkRoot, master)
         factory = BlockingMessageSessionFactory(MetaClientConfig(
             zkConnect=args.zookeeper, zkRoot=zkRoot, reconnectIntervalInMills=100,
             localMessagePath=os.path.join(root, f"local{number}"),

@@ -176,6 +176,7 @@ class Candidate:
         self._waitingForAMaster = False
         self._beat = None
         self._beatSeenAt = None
+        self._toldNoBeat = False
 
     async def _beatStopped(self, client, record):
         """
@@ -231,6 +232,16 @@ class Candidate:
             return False
         fast = link is not None and self.graceSeconds > 0 and record is not None and self.statesPath is not None
         stopped = fast and await self._beatStopped(client, record)
+        if fast and link.down and self._beatSeenAt is None and masterUrl is not None:
+            if not self._toldNoBeat:
+                self._toldNoBeat = True
+                self.log.warn(
+                    "Master {master}: link down, and it was never seen beating in ZooKeeper (a Java "
+                    "master, or one that just started): waiting for its registration to go",
+                    master=record.master,
+                )
+        else:
+            self._toldNoBeat = False
         if masterUrl is not None:
             self._masterGoneSince = None
             if record is None:
@@ -368,6 +379,11 @@ class Fence(service.Service):
             self.log.error("{error}; ignoring it", error=e)
             record = None
         self.epoch = None if record is None else record.epoch
+        if record is not None:
+            # First, before anything that may wait for a thread (the
+            # marker file, behind the store's fsyncs): a master that beats
+            # late may be taken for dead.
+            await self.beat(client, url, "master" if record.master == url else "fenced")
         if record is None or record.master == url:
             if self.named != (record is not None):
                 self.named = record is not None
@@ -387,18 +403,15 @@ class Fence(service.Service):
                 self.fenced = True
                 self.log.error("Fenced: {reason}; not registering and refusing writes", reason=self.refusal)
                 await self.registration.unregisterEverything()
-        if record is not None:
-            await self.beat(client, url)
 
-    async def beat(self, client, url):
+    async def beat(self, client, url, role):
         """
         Rewrite this broker's state node.
         """
-        state = {"role": "fenced" if self.fenced else "master", "epoch": self.epoch}
+        state = {"role": role, "epoch": self.epoch}
         if self.describe is not None:
             state.update(self.describe())
         await writeState(client, "%s/%s" % (self.states, stateNodeName(url)), state, self.reactor)
-
 
     def _mark(self, named):
         if named:
