@@ -301,13 +301,47 @@ class HostileClientTests(unittest.TestCase):
 
 class DocumentationTests(unittest.TestCase):
     """
-    The example of docs/limits.md loads, and states the defaults.
+    The examples of docs/limits.md run as written.
     """
 
-    def test_limitsExample(self):
+    timeout = 60
+
+    def block(self, language):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         with open(os.path.join(root, "docs", "limits.md")) as f:
-            [ini] = re.findall(r"```ini\n(.*?)```", f.read(), re.S)
+            [block] = re.findall(r"```%s\n(.*?)```" % (language,), f.read(), re.S)
+        return block
+
+    @defer.inlineCallbacks
+    def test_logFileExample(self):
+        """
+        The broker started with the bounded log file logs to it (on a free
+        port instead of the configuration's).
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, "server.ini"), "w") as f:
+            f.write("[system]\ndataPath=data\n[zookeeper]\nzk.zkEnable=false\n")
+        command = self.block("sh").strip() + " --port tcp:0:interface=127.0.0.1\n"
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(TWISTD) + os.pathsep + env.get("PATH", "")
+        process = BrokerProcess()
+        # It logs to the file, not to its output.
+        process.listening.addErrback(lambda failure: None)
+        reactor.spawnProcess(process, "/bin/bash", ["/bin/bash", "-c", command],
+                             env=env, path=workdir)
+        self.addCleanup(process.kill)
+        log = os.path.join(workdir, "broker.log")
+
+        def listening():
+            if os.path.exists(log):
+                with open(log) as f:
+                    return "listening on" in f.read()
+
+        yield waitFor(listening, what="the broker logging to broker.log")
+
+    def test_limitsExample(self):
+        ini = self.block("ini")
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(ini)
