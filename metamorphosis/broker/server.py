@@ -29,6 +29,7 @@ from metamorphosis.broker.interfaces import (
 )
 from metamorphosis.broker.redaction import redactSecrets
 from metamorphosis.broker.store.errors import OffsetBeforeStart
+from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import (
     GetCommand,
@@ -143,13 +144,6 @@ class FileRegion:
         self.position += len(chunk)
         self.remaining -= len(chunk)
         return chunk
-
-
-def _peerString(address):
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address)
-    return f"{host}:{address.port}"
 
 
 @implementer(ISession)
@@ -294,14 +288,14 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._stopDeadline()
         self.factory.refusals.warn(
             "request-" + kind, "Closing {peer}: {error}",
-            peer=_peerString(self.session.peer), error=text)
+            peer=hostPort(self.session.peer), error=text)
         self._commands.clear()
         self.sendReply(result(code, text, error.opaque))
         self._closeWhenDone()
 
     def timeoutConnection(self):
         self.log.info("Closing {peer}: no I/O for {timeout} s",
-                      peer=self.session.peer, timeout=self.timeOut)
+                      peer=hostPort(self.session.peer), timeout=self.timeOut)
         self.transport.abortConnection()
 
     # Commands
@@ -323,7 +317,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         try:
             reply = self.factory.dispatch(command, self.session)
         except Exception:
-            self.log.failure("Processing {command!r} failed", command=command)
+            self.log.failure("Processing {command} failed", command=repr(command))
             self.transport.loseConnection()
             return
         if isinstance(reply, defer.Deferred):
@@ -339,7 +333,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def _replyFailed(self, failure, command):
         self._inFlight -= 1
-        self.log.failure("Processing {command!r} failed", failure, command=command)
+        self.log.failure("Processing {command} failed", failure, command=repr(command))
         if self._connected:
             self.transport.abortConnection()
 
@@ -350,7 +344,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         """
         self.factory.refusals.warn(
             "malformed-request", "Closing {peer}: malformed request: {error}",
-            peer=_peerString(self.session.peer), error=str(error))
+            peer=hostPort(self.session.peer), error=str(error))
         self._commands.clear()
         self.sendReply(result(BAD_REQUEST, str(error), error.opaque))
         self._closeWhenDone()
@@ -421,7 +415,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
                         chunk = reply.nextChunk()
                 except OSError as e:
                     self.log.error("Sending a reply body to {peer} failed: {error}",
-                                   peer=self.session.peer, error=e)
+                                   peer=hostPort(self.session.peer), error=errorText(e))
                     self.transport.abortConnection()
                     return
                 if chunk is None:
@@ -555,7 +549,7 @@ class ConsumerFilters:
             try:
                 keep = messageFilter.accept(group, record)
             except Exception:
-                self.log.failure("Filter {filter!r} failed", filter=messageFilter)
+                self.log.failure("Filter {filter!r} failed", filter=repr(messageFilter))
                 keep = False
             if keep:
                 accepted.append(data[position:position + record.size])
@@ -871,7 +865,7 @@ class BrokerFactory(protocol.ServerFactory):
                 f"{records.HEADER_SIZE}-byte header it exceeds maxTransferSize ({limit}), "
                 "the most a get can return")
         self.refusals.warn("message-too-large", "Refused a put from {peer}: {error}",
-                           peer=_peerString(session.peer), error=text)
+                           peer=hostPort(session.peer), error=text)
         return result(BAD_REQUEST, text, command.opaque)
 
     def dispatch(self, command, session):
@@ -886,7 +880,7 @@ class BrokerFactory(protocol.ServerFactory):
                 checkTopic(topic, self.config.maxTopicNameLength)
             except IllegalTopicName as e:
                 self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
-                                   peer=_peerString(session.peer), error=str(e))
+                                   peer=hostPort(session.peer), error=str(e))
                 return result(BAD_REQUEST, str(e), command.opaque)
         refusal = self.access.check(command, session)
         if refusal is not None:
@@ -917,5 +911,5 @@ class BrokerFactory(protocol.ServerFactory):
             return self.syncProcessor.processSync(command, session)
         # A result or value line sent to the broker is a response nobody
         # waits for: gecko drops it.
-        self.log.debug("Ignoring {command!r}", command=command)
+        self.log.debug("Ignoring {command}", command=repr(command))
         return None

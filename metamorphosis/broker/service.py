@@ -41,6 +41,7 @@ from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.ha.config import ReplicationConfigError
 from metamorphosis.ha.failover import installFence
 from metamorphosis.ha.modes import replicationFor
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.ids import IdWorker
 
 
@@ -174,7 +175,7 @@ class BrokerService(service.MultiService):
         try:
             changed = reloadTopics(self.config)
         except ConfigError as e:
-            self.log.error("Reload failed, keeping the old topics: {error}", error=e)
+            self.log.error("Reload failed, keeping the old topics: {error}", error=errorText(e))
             return []
         self.log.info("Reloaded topics; new or changed: {topics}", topics=changed)
         if self.zookeeper is not None:

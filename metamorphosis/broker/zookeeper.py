@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from metamorphosis import zk
 from metamorphosis.broker.address import brokerURL, localHost
+from metamorphosis.logfields import errorText
 
 #: The errors that mean "the session is gone or going": the work is redone
 #: when kazoo reports the next connection.
@@ -318,7 +319,7 @@ class BrokerZooKeeper(service.Service):
             self.log.warn(
                 "ZooKeeper did not answer ({error!r}) while removing this "
                 "broker; its ephemeral nodes go when the session ends",
-                error=e,
+                error=errorText(e),
             )
         except Exception:
             self.log.failure("Could not remove this broker from ZooKeeper")

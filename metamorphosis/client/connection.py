@@ -208,7 +208,7 @@ class MetaClientProtocol(MetaProtocol):
         entry = self._pending.pop(getattr(command, "opaque", None), None)
         if entry is None:
             # gecko drops replies nobody waits for (a timed-out request's).
-            self.log.debug("Dropping unexpected reply {command!r}", command=command)
+            self.log.debug("Dropping unexpected reply {command}", command=repr(command))
             return
         deferred, timeoutCall = entry
         timeoutCall.cancel()

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from metamorphosis.client.interfaces import IBrokerDiscovery
 from metamorphosis.client.partition import RANDOM_PARTITION, Partition
+from metamorphosis.logfields import errorText
 from metamorphosis.zk import ZkPaths
 
 
@@ -56,7 +57,7 @@ class _Listeners:
             try:
                 listener(topic)
             except Exception:
-                self.log.failure("Broker change listener {listener!r} failed", listener=listener)
+                self.log.failure("Broker change listener {listener!r} failed", listener=repr(listener))
 
 
 @implementer(IBrokerDiscovery)
@@ -251,7 +252,7 @@ class ZooKeeperDiscovery(_Listeners):
                 continue
             except (ValueError, KeyError, TypeError) as e:
                 self.log.warn(
-                    "Ignoring bad registration {path}/{child}: {error}", path=path, child=child, error=e
+                    "Ignoring bad registration {path}/{child}: {error}", path=path, child=child, error=errorText(e)
                 )
                 continue
             try:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 
 MAX_READ_BUFFER_SIZE = 2 * 1024 * 1024
@@ -239,7 +240,7 @@ class FetchManager:
         def done(result):
             self._running.pop(id(request), None)
             if isinstance(result, Failure):
-                self.log.failure("Fetch round of {request} failed", result, request=request)
+                self.log.failure("Fetch round of {request} failed", result, request=str(request))
                 self.updateDelay(request)
             self._schedule(request, request.delay)
         d.addBoth(done)
@@ -266,7 +267,7 @@ class FetchManager:
         except defer.CancelledError:
             return
         except MetaClientError as e:
-            self.log.warn("Fetching {request} failed: {error}", request=request, error=e)
+            self.log.warn("Fetching {request} failed: {error}", request=str(request), error=errorText(e))
             self.updateDelay(request)
             return
         finally:
@@ -276,7 +277,7 @@ class FetchManager:
                     and data is not None and len(data) > 0):
                 request.increaseMaxSize()
                 self.log.warn("No complete message of {request} in {n} fetches; maxSize "
-                              "raised to {size}", request=request, n=request.retries,
+                              "raised to {size}", request=str(request), n=request.retries,
                               size=request.maxSize)
             if data is not None:
                 request.retries += 1
@@ -289,7 +290,7 @@ class FetchManager:
                 await self._receive(request, data)
         except records.InvalidRecord as e:
             self.log.warn("Invalid message in {request}: {error}; asking for a valid offset",
-                          request=request, error=e)
+                          request=str(request), error=errorText(e))
             await self._resetOffset(request)
 
     def _message(self, request, record):
@@ -305,7 +306,7 @@ class FetchManager:
         record, end = next(records.iterRecords(data, True, MAX_READ_BUFFER_SIZE))
         message = self._message(request, record)
         self.log.warn("Message {id} of {request} failed {n} times; handing it to local "
-                      "recovery", id=record.id, request=request, n=request.retries)
+                      "recovery", id=record.id, request=str(request), n=request.retries)
         await self.consumer.appendCouldNotProcess(message)
         request.retries = 0
         request.setOffset(request.offset + end, record.id, True)
@@ -331,7 +332,7 @@ class FetchManager:
                         await result
                 except Exception:
                     self.log.failure("Processing message {id} of {request} failed",
-                                     id=record.id, request=request)
+                                     id=record.id, request=str(request))
                     break
             if message.rollbackOnly:
                 break
@@ -356,7 +357,7 @@ class FetchManager:
             return bool(messageFilter.accept(group, message))
         except Exception:
             self.log.failure("Filter of {request} failed; skipping message {id}",
-                             request=request, id=message.id)
+                             request=str(request), id=message.id)
             return False
 
     def _afterRound(self, request, consumed, lastId):
@@ -388,7 +389,7 @@ class FetchManager:
             offset = await self.consumer.offsetFor(request)
         except MetaClientError as e:
             self.log.warn("Asking a valid offset of {request} failed: {error}",
-                          request=request, error=e)
+                          request=str(request), error=errorText(e))
             return
         request.retries = 0
         if not self.stopped:

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from metamorphosis.client.interfaces import ILocalMessageStorage
 from metamorphosis.client.message import Message
 from metamorphosis.client.partition import Partition
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 
 _head = struct.Struct(">q")
@@ -101,7 +102,7 @@ class LocalMessageStorage:
             self._counts[key] = self._counts.get(key, 0) + count
             self._heads[key] = head
             self.log.info(
-                "{count} kept message(s) for {topic}@{partition}", count=count, topic=key[0], partition=key[1]
+                "{count} kept message(s) for {topic}@{partition}", count=count, topic=key[0], partition=str(key[1])
             )
 
     def whenReady(self):
@@ -150,7 +151,7 @@ class LocalMessageStorage:
                 "Corrupt kept message in {directory} at {position}: {error}; the rest is skipped",
                 directory=directory,
                 position=position + consumed,
-                error=e,
+                error=errorText(e),
             )
         return found, position + consumed
 
@@ -224,7 +225,7 @@ class LocalMessageStorage:
                         "Dropping {n} unreadable kept message(s) of {topic}@{partition}",
                         n=self._counts[key],
                         topic=topic,
-                        partition=partition,
+                        partition=str(partition),
                     )
                     self._counts[key] = 0
                 continue
@@ -237,8 +238,8 @@ class LocalMessageStorage:
                     self.log.warn(
                         "Re-sending kept message of {topic}@{partition} failed: {error}",
                         topic=topic,
-                        partition=partition,
-                        error=e,
+                        partition=str(partition),
+                        error=errorText(e),
                     )
                     ok = False
                 if not ok:

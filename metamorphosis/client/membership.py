@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from metamorphosis.client.partition import Partition
 from metamorphosis.client.strategies import javaSorted
+from metamorphosis.logfields import errorText
 
 MAX_REBALANCE_ATTEMPTS = 7
 """Java's C{MAX_N_RETRIES}."""
@@ -192,7 +193,7 @@ class GroupMembership:
         try:
             yield threads.deferToThread(self._registerNode)
         except KazooException as e:
-            self.log.warn("Registering {id} again failed: {error!r}", id=self.consumerId, error=e)
+            self.log.warn("Registering {id} again failed: {error!r}", id=self.consumerId, error=errorText(e))
         yield self.rebalance()
 
     @defer.inlineCallbacks
@@ -221,7 +222,7 @@ class GroupMembership:
             except NoNodeError:
                 pass
             except Exception as e:
-                self.log.error("Deleting {path} failed: {error}", path=path, error=e)
+                self.log.error("Deleting {path} failed: {error}", path=path, error=errorText(e))
 
     # -- rebalancing ------------------------------------------------------
 
@@ -265,7 +266,7 @@ class GroupMembership:
                 done = await self._rebalanceOnce()
             except KazooException as e:
                 self.log.warn("ZooKeeper error while rebalancing {id}: {error!r}",
-                              id=self.consumerId, error=e)
+                              id=self.consumerId, error=errorText(e))
                 done = False
             except Exception:
                 self.log.failure("Unexpected error while rebalancing {id}", id=self.consumerId)
@@ -358,7 +359,7 @@ class GroupMembership:
             myTopics, cluster, consumers, partitions = await threads.deferToThread(
                 self._readSnapshot)
         except NoNodeError as e:
-            self.log.warn("Maybe another consumer is rebalancing now: {error}", error=e)
+            self.log.warn("Maybe another consumer is rebalancing now: {error}", error=errorText(e))
             return False
         relevant = [t for t in myTopics
                     if self._oldPartitions.get(t) != partitions.get(t)
@@ -406,7 +407,7 @@ class GroupMembership:
         try:
             await self.consumer.commitOffsets()
         except Exception as e:
-            self.log.warn("Committing offsets before rebalancing failed: {error!r}", error=e)
+            self.log.warn("Committing offsets before rebalancing failed: {error!r}", error=errorText(e))
 
     def _own(self, topic, partition):
         path = "%s/owners/%s/%s" % (self.groupPath, topic, partition)
@@ -427,7 +428,7 @@ class GroupMembership:
             for partition, info in infos.items():
                 url = cluster.brokerFor(partition.brokerId)
                 if url is None:
-                    self.log.error("No broker for {topic}/{p}", topic=topic, p=partition)
+                    self.log.error("No broker for {topic}/{p}", topic=topic, p=str(partition))
                     continue
                 requests.append((url, info))
         self.consumer.startFetching(requests)

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from metamorphosis.client.interfaces import IOffsetStorage
 from metamorphosis.client.partition import Partition
+from metamorphosis.logfields import errorText
 
 
 @dataclass
@@ -112,7 +113,7 @@ class ZooKeeperOffsetStorage:
             except (UnicodeDecodeError, ValueError):
                 self.log.error("Ignoring unreadable offset {data!r} of {group} {topic}/"
                                "{partition}", data=data, group=group, topic=topic,
-                               partition=partition)
+                               partition=str(partition))
                 return None
             return PartitionOffset(topic, partition, offset, messageId)
         return threads.deferToThread(read)
@@ -214,7 +215,7 @@ class LocalOffsetStorage:
             groups = yield self._lock.run(threads.deferToThread, self._read)
         except (ValueError, KeyError, TypeError) as e:
             self.log.error("Ignoring unreadable offsets file {path}: {error}",
-                           path=self.path, error=e)
+                           path=self.path, error=errorText(e))
             groups = {}
         return groups
 
@@ -244,7 +245,7 @@ class LocalOffsetStorage:
             raise
         if unreadable is not None:
             self.log.error("Replaced unreadable offsets file {path} ({error})",
-                           path=self.path, error=unreadable)
+                           path=self.path, error=errorText(unreadable))
 
     def _merge(self, group, entries):
         """
@@ -494,7 +495,7 @@ class OffsetCommitter:
     def _logFailure(self, failure):
         # The offsets stay modified and go with the next commit.
         self.log.warn("Committing the offsets of group {group} failed, will retry: {error!r}",
-                      group=self.group, error=failure.value)
+                      group=self.group, error=errorText(failure.value))
 
     def commit(self):
         """

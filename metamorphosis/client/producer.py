@@ -284,7 +284,7 @@ class MessageProducer:
             return SendResult(False, None, -1, TIMEOUT_ERROR_MESSAGE)
 
         def callbackFailed(failure):
-            self.log.failure("Send callback {callback!r} failed", failure, callback=callback)
+            self.log.failure("Send callback {callback!r} failed", failure, callback=repr(callback))
 
         d = self.sendMessage(message, timeout).addErrback(timedOut)
         d.addCallbacks(callback.onMessageSent, callback.onException)

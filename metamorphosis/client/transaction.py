@@ -46,6 +46,7 @@ from metamorphosis.client.errors import (
     MetaTimeoutError,
 )
 from metamorphosis.client.producer import MessageProducer
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.txid import XATransactionId, parseTransactionId
 from metamorphosis.protocol.xa import (
@@ -478,7 +479,7 @@ class MetaXAResource:
         self.context.connection = self.connection
         pending = defer.ensureDeferred(self.context.sendXA("END", xid))
         pending.addErrback(
-            lambda f: self.context.log.debug("END {xid}: {why}", xid=xid, why=f.value)
+            lambda f: self.context.log.debug("END {xid}: {why}", xid=str(xid), why=errorText(f.value))
         )
         return defer.succeed(None)
 

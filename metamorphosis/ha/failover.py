@@ -49,6 +49,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from metamorphosis import zk
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import ResultCommand
 
 
@@ -224,7 +225,7 @@ class Candidate:
         try:
             record, version = await readRecord(client, self.path, self.clock)
         except ValueError as e:
-            self.log.error("{error}; no failover", error=e)
+            self.log.error("{error}; no failover", error=errorText(e))
             return False
         if record is not None and record.master == ownUrl:
             return True
@@ -359,7 +360,7 @@ class Fence(service.Service):
                 # stopService cancelled us: no further round, no timer left behind.
                 raise
             except Exception as e:
-                self.log.info("Reading the failover record failed: {error}", error=e)
+                self.log.info("Reading the failover record failed: {error}", error=errorText(e))
                 self._connectionDown()
             await deferLater(self.reactor, self.interval, lambda: None)
 
@@ -376,7 +377,7 @@ class Fence(service.Service):
         try:
             record, _ = await readRecord(client, self.path, self.reactor)
         except ValueError as e:
-            self.log.error("{error}; ignoring it", error=e)
+            self.log.error("{error}; ignoring it", error=errorText(e))
             record = None
         self.epoch = None if record is None else record.epoch
         if record is not None:

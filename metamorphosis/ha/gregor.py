@@ -36,6 +36,7 @@ from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.transactions import NoTransactions
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand
 
@@ -158,7 +159,7 @@ class SyncProcessor:
                 raise ValueError(CHECKSUM_FAILURE)
             appended = store.append(command.msgId, command.flag, command.data)
         except Exception as e:
-            self.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic, partition=partition, error=e)
+            self.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic, partition=partition, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition) + "Detail:%s" % (e,), opaque)
 
@@ -265,7 +266,7 @@ class MasterWatch(service.Service):
                     # stopService cancelled us: no further round, no timer left behind.
                     raise
                 except Exception as e:
-                    self.log.warn("Watching the master failed: {error}", error=e)
+                    self.log.warn("Watching the master failed: {error}", error=errorText(e))
             await self._pause()
 
     async def _writeState(self, client):

@@ -23,6 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol.commands import CommandParser, ProtocolError, VersionCommand
 
 _INT_MIN = -(2**31)
@@ -118,7 +119,7 @@ class RequestProtocol(Protocol):
             for command in self._parser.parse(data):
                 self.commandReceived(command)
         except ProtocolError as e:
-            self.log.error("Malformed reply from {peer}: {error}", peer=self.transport.getPeer(), error=e)
+            self.log.error("Malformed reply from {peer}: {error}", peer=hostPort(self.transport.getPeer()), error=errorText(e))
             self.transport.abortConnection()
 
     def sendCommand(self, command):
@@ -131,7 +132,7 @@ class RequestProtocol(Protocol):
         if self._timeouts == self.maxTimeouts:
             self.log.warn(
                 "{peer} did not answer {count} requests in a row; dropping the connection",
-                peer=self.transport.getPeer(),
+                peer=hostPort(self.transport.getPeer()),
                 count=self._timeouts,
             )
             self.transport.abortConnection()
@@ -141,7 +142,7 @@ class RequestProtocol(Protocol):
         opaque = getattr(command, "opaque", None)
         entry = self._pending.pop(opaque, None)
         if entry is None:
-            self.log.debug("Ignoring a reply nobody waits for: {command!r}", command=command)
+            self.log.debug("Ignoring a reply nobody waits for: {command}", command=repr(command))
             return
         d, call = entry
         call.cancel()

@@ -44,6 +44,7 @@ from metamorphosis.ha import failover
 from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import NotConnected, PeerLink, RequestTimeout
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, StatsCommand, ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, decodeRecords
 
@@ -178,7 +179,7 @@ class PartitionPuller:
             try:
                 delay = await self._fetchOnce(delay, maxDelay)
             except (NotConnected, RequestTimeout) as e:
-                self.log.debug("Fetching {topic}-{partition}: {error}", topic=self.topic, partition=self.partition, error=e)
+                self.log.debug("Fetching {topic}-{partition}: {error}", topic=self.topic, partition=self.partition, error=errorText(e))
                 delay = maxDelay
             except Exception as e:
                 self.log.warn(
@@ -186,7 +187,7 @@ class PartitionPuller:
                     topic=self.topic,
                     partition=self.partition,
                     offset=self.offset,
-                    error=e,
+                    error=errorText(e),
                 )
                 delay = maxDelay
 
@@ -243,7 +244,7 @@ class PartitionPuller:
                 topic=self.topic,
                 partition=self.partition,
                 offset=self.offset,
-                error=e,
+                error=errorText(e),
             )
             return maxDelay
         if not fetched:
@@ -258,7 +259,7 @@ class PartitionPuller:
         try:
             await self.store.appendRecords(data[:consumed], expectedOffset=self.offset)
         except OffsetMismatch as e:
-            self.log.error("Local {topic}-{partition} diverged: {error}", topic=self.topic, partition=self.partition, error=e)
+            self.log.error("Local {topic}-{partition} diverged: {error}", topic=self.topic, partition=self.partition, error=errorText(e))
             self.offset = self.store.minOffset + self.store.sizeInBytes
             return maxDelay
         self.offset += consumed
@@ -408,7 +409,7 @@ class AsyncSlaveService(service.Service):
             except defer.CancelledError:
                 raise
             except Exception as e:
-                self.log.warn("Cannot reach ZooKeeper {connect}: {error}; retrying", connect=zkConfig.zkConnect, error=e)
+                self.log.warn("Cannot reach ZooKeeper {connect}: {error}; retrying", connect=zkConfig.zkConnect, error=errorText(e))
                 await deferLater(self.reactor, self.rescanSeconds, lambda: None)
         while not self._stopping:
             try:
@@ -417,7 +418,7 @@ class AsyncSlaveService(service.Service):
             except defer.CancelledError:
                 raise
             except Exception as e:
-                self.log.warn("Reading the master's registration failed: {error}", error=e)
+                self.log.warn("Reading the master's registration failed: {error}", error=errorText(e))
             await deferLater(self.reactor, self.rescanSeconds, lambda: None)
         else:
             return
@@ -508,7 +509,7 @@ class AsyncSlaveService(service.Service):
             try:
                 reply = await self.request(lambda opaque: StatsCommand("config", opaque))
             except Exception as e:
-                self.log.warn("Fetching the master's config failed: {error}", error=e)
+                self.log.warn("Fetching the master's config failed: {error}", error=errorText(e))
                 continue
             if reply.code == OK:
                 break
@@ -563,7 +564,7 @@ class AsyncSlaveService(service.Service):
         try:
             await self.link.whenConnected(failAfterFailures=1)
         except Exception as e:
-            self.log.warn("Cannot connect to the master {url} yet: {error}", url=masterUrl, error=e)
+            self.log.warn("Cannot connect to the master {url} yet: {error}", url=masterUrl, error=errorText(e))
         for puller in self.pullers.values():
             puller.wake()
 

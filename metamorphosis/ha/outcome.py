@@ -10,6 +10,8 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from metamorphosis.logfields import errorText
+
 SUCCESS = 200
 INTERNAL_ERROR = 500
 
@@ -143,7 +145,7 @@ class SlaveHealth:
             try:
                 code = await self._probe()
             except Exception as e:
-                self.log.info("Probing the slave failed: {error}", error=e)
+                self.log.info("Probing the slave failed: {error}", error=errorText(e))
                 code = None
             if code == SUCCESS or self._stopped:
                 break

@@ -21,6 +21,7 @@ from metamorphosis.ha.link import PeerLink, RequestTimeout
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.outcome import SUCCESS, SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand
 
@@ -84,7 +85,7 @@ class SyncMasterProcessor:
                 raise ValueError(CHECKSUM_FAILURE)
             appended = store.append(msgId, command.flag, command.data)
         except Exception as e:
-            self.log.warn("Put to {topic} failed: {error}", topic=topic, error=e)
+            self.log.warn("Put to {topic} failed: {error}", topic=topic, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, str(e), opaque)
         appended.addCallbacks(put.masterStored, self._masterFailed, errbackArgs=(put,))

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol.commands import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_LINE_LENGTH,
@@ -91,8 +92,8 @@ class MetaProtocol(protocol.Protocol):
         """
         self._log.warn(
             "Malformed input from {peer}, closing the connection: {error}",
-            peer=self.transport.getPeer(),
-            error=error,
+            peer=hostPort(self.transport.getPeer()),
+            error=errorText(error),
         )
         self.transport.loseConnection()
 
@@ -104,8 +105,8 @@ class MetaProtocol(protocol.Protocol):
         """
         self._log.warn(
             "Malformed request from {peer}, answering 400 and closing: {error}",
-            peer=self.transport.getPeer(),
-            error=error,
+            peer=hostPort(self.transport.getPeer()),
+            error=errorText(error),
         )
         self.sendCommand(
             ResultCommand(BAD_REQUEST, str(error).encode("utf-8"), error.opaque)
@@ -140,8 +141,8 @@ class MetaProtocol(protocol.Protocol):
             self._failed = True
             self._log.info(
                 "Connection from {peer} lost within a command: {error}",
-                peer=self.transport.getPeer(),
-                error=error,
+                peer=hostPort(self.transport.getPeer()),
+                error=errorText(error),
             )
 
     def _fail(self, error: ProtocolError) -> None:
@@ -156,6 +157,6 @@ class MetaProtocol(protocol.Protocol):
         self._failed = True
         self._log.failure(
             "Error handling input from {peer}; closing the connection",
-            peer=self.transport.getPeer(),
+            peer=hostPort(self.transport.getPeer()),
         )
         self.transport.loseConnection()

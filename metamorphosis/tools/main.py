@@ -30,6 +30,7 @@ COMMANDS = [
     ("offsets", "metamorphosis.tools.offsets", "a group's committed offsets and lag; reset them"),
     ("produce", "metamorphosis.tools.produce", "send the lines of stdin to a topic"),
     ("consume", "metamorphosis.tools.consume", "print a topic's messages on stdout"),
+    ("dump", "metamorphosis.tools.dump", "the records of segment files"),
     ("tail", "metamorphosis.tools.tail", "follow a log file into a topic"),
     ("txadmin", "metamorphosis.tools.txadmin", "heuristic completion of prepared XA transactions"),
     ("failover", "metamorphosis.tools.failover", "show or change the failover record of a broker id"),

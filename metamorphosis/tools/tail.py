@@ -30,6 +30,7 @@ from twisted.python import usage
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
+from metamorphosis.logfields import errorText
 from metamorphosis.tools.cli import ToolError, Verbosity, brokerUrl, inheritShared, runAlias
 
 
@@ -205,7 +206,7 @@ class StateFile:
                                             self._write, value)
                 except OSError as e:
                     self.log.error("Cannot save the position to {path}: {error}",
-                                   path=self.path, error=e)
+                                   path=self.path, error=errorText(e))
                     return
                 self._written = value
         finally:
@@ -276,7 +277,7 @@ class Tailer(service.Service):
             try:
                 message = self.logFile.nextMessage()
             except OSError as e:
-                self.log.error("Cannot read {path}: {error}", path=self.logFile.path, error=e)
+                self.log.error("Cannot read {path}: {error}", path=self.logFile.path, error=errorText(e))
                 break
             if message is None:
                 break

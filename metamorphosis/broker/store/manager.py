@@ -35,6 +35,7 @@ from metamorphosis.broker.store.errors import (
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.topics import isLegalTopic
 
 # Sub-directories of a data path that belong to the broker, not to a topic.
@@ -274,7 +275,7 @@ class MessageStoreManager(Service):
             self.log.info(
                 "Loaded {store} from {directory}: offsets {min} to {max}, "
                 "{segments} segment(s)",
-                store=store, directory=directory, min=store.minOffset,
+                store=str(store), directory=directory, min=store.minOffset,
                 max=store.maxOffset, segments=len(recovered.segments),
             )
 
@@ -429,7 +430,7 @@ class MessageStoreManager(Service):
             except (InvalidDeletePolicy, InvalidCronExpression) as e:
                 self.log.error(
                     "Retention disabled for topic {topic}: {error}",
-                    topic=topicConfig.topic, error=e,
+                    topic=topicConfig.topic, error=errorText(e),
                 )
                 self._policies[key] = None
         return self._policies[key]
@@ -473,7 +474,7 @@ class MessageStoreManager(Service):
             try:
                 starts = yield store.runDeletePolicy(now)
             except Exception:
-                self.log.failure("Retention failed for {store}", store=store)
+                self.log.failure("Retention failed for {store}", store=str(store))
                 continue
             if starts:
                 removed[topic, partition] = starts

@@ -41,6 +41,7 @@ from metamorphosis.broker.store.errors import (
 )
 from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
     InvalidRecord,
@@ -349,7 +350,7 @@ class MessageStore:
         records, consumed, problem = result
         if problem is not None and not records:
             error = CorruptRecord(self.topic, self.partition, offset + consumed, problem)
-            self.log.error("{error}; not served", error=error)
+            self.log.error("{error}; not served", error=errorText(error))
             raise error
         return records, offset + consumed
 
@@ -509,7 +510,7 @@ class MessageStore:
         else:
             self.log.failure(
                 "Writing to {store} failed; {count} queued append(s) fail", failure,
-                store=self, count=count
+                store=str(self), count=count
             )
         acknowledged = written if not self.groupCommit else []
         kept = set(map(id, acknowledged))
@@ -571,7 +572,7 @@ class MessageStore:
         for segment in due:
             self.log.info(
                 "Deleting {path} with policy {policy}", path=segment.path,
-                policy=self.deletePolicy
+                policy=repr(self.deletePolicy)
             )
         return deferToThreadPool(
             self._reactor, self._threadpool, self._processRemoved, due
@@ -589,7 +590,7 @@ class MessageStore:
     def _logRemoved(self, problems, due):
         for path, error in problems:
             self.log.error(
-                "Retention could not process {path}: {error}", path=path, error=error
+                "Retention could not process {path}: {error}", path=path, error=errorText(error)
             )
         return [segment.start for segment in due]
 

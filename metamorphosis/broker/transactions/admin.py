@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from metamorphosis.broker.transactions.transaction import State
+from metamorphosis.logfields import errorText
 
 SOCKET_NAME = "admin.sock"
 
@@ -146,7 +147,7 @@ class TransactionAdminService(service.Service):
                 "Transaction admin socket {path} unavailable ({error}); heuristic "
                 "completion is disabled",
                 path=self.path,
-                error=e,
+                error=errorText(e),
             )
 
     def stopService(self):

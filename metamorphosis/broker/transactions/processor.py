@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from metamorphosis.broker.access import AccessDenied
 from metamorphosis.broker.interfaces import ITransactionProcessor
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.xa import (
     XA_HEURCOM,
     XA_HEURHAZ,
@@ -390,7 +391,7 @@ class TransactionalProcessor(service.Service):
                 "Transaction command {command} {key} failed: {error}",
                 command=kind,
                 key=command.transactionKey,
-                error=e.reply(),
+                error=errorText(e.reply()),
             )
             return ResultCommand(500, e.reply().encode("utf-8"), command.opaque)
         except (TransactionNotStarted, TooManyTransactions, ValueError) as e:

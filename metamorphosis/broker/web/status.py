@@ -21,6 +21,7 @@ from metamorphosis import METAQ_VERSION
 from metamorphosis.broker.address import brokerURL
 from metamorphosis.client.offsets import parseZooKeeperOffset
 from metamorphosis.client.partition import Partition
+from metamorphosis.logfields import hostPort
 
 #: Seconds a reading of the consumer groups is served before the next one.
 GROUPS_REFRESH = 5.0
@@ -28,16 +29,6 @@ GROUPS_REFRESH = 5.0
 #: At most this many groups are read (a cluster may hold thousands of
 #: abandoned group znodes; the page and the metrics show the first ones).
 MAX_GROUPS = 200
-
-
-def peerString(address):
-    """
-    C{host:port} of an L{IAddress}, or its type name for other kinds.
-    """
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return type(address).__name__
-    return "%s:%s" % (host, port)
 
 
 def readGroups(client, root, brokerId, maxOffsets, limit=MAX_GROUPS):
@@ -229,7 +220,7 @@ class BrokerStatus:
     def _connections(self):
         rows = []
         for proto in self.broker.factory.connections:
-            rows.append({"peer": peerString(proto.transport.getPeer())})
+            rows.append({"peer": hostPort(proto.transport.getPeer())})
         return sorted(rows, key=lambda row: row["peer"])
 
     def _topics(self):
