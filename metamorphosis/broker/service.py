@@ -13,7 +13,6 @@ import signal
 
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -41,7 +40,7 @@ from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.ha.config import ReplicationConfigError
 from metamorphosis.ha.failover import installFence
 from metamorphosis.ha.modes import replicationFor
-from metamorphosis.logfields import errorText
+from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol.ids import IdWorker
 
 
@@ -137,9 +136,7 @@ class BrokerService(service.MultiService):
             address = port.getHost()
             self.log.info("MetaQ broker {id} listening on {address} ({name}: {kind})",
                           id=self.config.brokerId, name=listener.name,
-                          address=(f"{address.host}:{address.port}"
-                                   if isinstance(address, (IPv4Address, IPv6Address))
-                                   else str(address)),
+                          address=hostPort(address),
                           kind="TLS" if listener.tls else "plain")
         plain, tls = plainAndTLS(self.listeners)
         self.port = self.ports[(plain or tls).name]

@@ -135,6 +135,6 @@ class JSONLogTests(TestCase):
                 self.assertIsInstance(event["message"], str)
             started = [e for e in events if e.get("log_format", "").startswith("MetaQ broker")]
             self.assertEqual(len(started), 1)
-            self.assertRegex(started[0]["message"], r"^MetaQ broker 3 listening on 127\.0\.0\.1:\d+$")
+            self.assertRegex(started[0]["message"], r"^MetaQ broker 3 listening on 127\.0\.0\.1:\d+ \(\w+: plain\)$")
             self.assertEqual(started[0]["log_source"], "metamorphosis.broker.service.BrokerService")
         return defer.ensureDeferred(check())

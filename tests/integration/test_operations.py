@@ -82,7 +82,7 @@ class OperationsDocumentationTests(TestCase):
         self.assertEqual(config.zookeeper.zkConnect, "10.0.0.1:2181,10.0.0.2:2181,10.0.0.3:2181")
         options = Options()
         options.parseOptions(["--config", path])
-        self.assertEqual((options["port"], options["http"]), ("tcp:8123", "tcp:8120"))
+        self.assertEqual(options["http"], "tcp:8120")
 
     def test_systemdUnit(self):
         """
