@@ -825,7 +825,7 @@ class BrokerFactory(protocol.ServerFactory):
         def abort():
             for proto in list(self.connections):
                 self.log.warn("Closing {peer}: replies not sent within {timeout} s of "
-                              "stopping", peer=_peerString(proto.session.peer),
+                              "stopping", peer=hostPort(proto.session.peer),
                               timeout=timeout)
                 proto.transport.abortConnection()
 

@@ -5,7 +5,6 @@ data), by real HTTP requests to a real broker process.
 
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
