@@ -201,6 +201,10 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._unfinished = 0
         self._deadline = None
         self._completed = False
+        # Closing after the client closes (see drain).
+        self._linger = False
+        self._halfClosed = False
+        self._readLost = False
 
     def connectionMade(self):
         self._connected = True
@@ -284,6 +288,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         """
         error = self._parser.abandon(text)
         self._failed = True
+        # The client is likely still sending: close as in drain, so that
+        # the reply is not lost to a reset.
+        self._linger = True
         self._setUnfinished(0)
         self._stopDeadline()
         self.factory.refusals.warn(
@@ -354,6 +361,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         The client will send nothing more: answer what it asked, then close
         (Java closes at once).
         """
+        self._readLost = True
         if self._parser is not None and self._parser.incompleteError() is not None:
             MetaProtocol.readConnectionLost(self)
         else:
@@ -361,18 +369,24 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def drain(self):
         """
-        Read nothing more, answer every command already received (puts
+        Take no more commands, answer every command already received (puts
         being stored get their reply once stored), then close: what the
         broker does to each connection when it stops. A command only partly
         received is dropped; its client sees the connection close before a
         reply and knows it was not stored.
+
+        The close is a lingering one: what the client still sends is read
+        and dropped, and once every reply is out the broker closes only its
+        sending side and waits for the client to close. Closing a socket
+        with unread input makes the kernel reset the connection, and a reset
+        can destroy replies the client has received but not yet read.
         """
         if not self._connected or self._closing:
             return
-        self.transport.pauseProducing()
         if self._parser is not None and not self._failed:
             self._parser.abandon("the broker is stopping")
-            self._failed = True
+        self._failed = True
+        self._linger = True
         self._setUnfinished(0)
         self._stopDeadline()
         self._closeWhenDone()
@@ -387,7 +401,14 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
     def _maybeClose(self):
         if (self._closing and self._connected and not self._output
                 and not self._commands and not self._inFlight):
-            self.transport.loseConnection()
+            if self._linger and self._sendfile and not self._halfClosed:
+                # Plain TCP: end our output and let the client close
+                # (readConnectionLost then closes the rest); the drain
+                # timeout aborts one that does not.
+                self._halfClosed = True
+                self.transport.loseWriteConnection()
+            elif not self._halfClosed or self._readLost:
+                self.transport.loseConnection()
 
     # Output
 
