@@ -301,8 +301,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._closeWhenDone()
 
     def timeoutConnection(self):
-        self.log.info("Closing {peer}: no I/O for {timeout} s",
-                      peer=hostPort(self.session.peer), timeout=self.timeOut)
+        self.factory.refusals.info("idle", "Closing {peer}: no I/O for {timeout} s",
+                                   peer=hostPort(self.session.peer), timeout=self.timeOut)
         self.transport.abortConnection()
 
     # Commands
