@@ -12,6 +12,11 @@ latency p50/p99, the broker's peak RSS and the broker's CPU time per message.
     .venv/bin/python benchmarks/broker.py                  # the full matrix
     .venv/bin/python benchmarks/broker.py --count 20000 --producers 1,10 --sizes 1024
     .venv/bin/python benchmarks/broker.py --broker 127.0.0.1:8123 --pid 1234
+    .venv/bin/python benchmarks/broker.py --transports plain,tls --producers 10 --sizes 1024
+
+With --transports plain,tls the broker also gets an ssl: listener (a
+self-signed certificate made at start) and every producer row is run over
+both, so the TLS throughput cost reads off two adjacent lines.
 
 With --broker it uses a running broker instead (its topics must accept
 C{bench-*}; --pid gives the process for the RSS and CPU figures).
@@ -26,6 +31,7 @@ import os
 import selectors
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -98,8 +104,11 @@ class Exchange:
     """
 
     def __init__(self, address):
-        self.sock = socket.create_connection(address)
+        host, port, *context = address
+        self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if context and context[0] is not None:
+            self.sock = context[0].wrap_socket(self.sock, server_hostname=host)
         self.buffer = bytearray()
         self.sentAt = 0.0
 
@@ -116,6 +125,10 @@ class Exchange:
         if not data:
             raise ConnectionError("the broker closed the connection")
         self.buffer += data
+        # TLS hands over one record per recv: what it already decrypted
+        # would not wake the selector again.
+        while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            self.buffer += self.sock.recv(4 * MiB)
         end = self.buffer.find(b"\r\n")
         if end < 0:
             return None
@@ -258,8 +271,54 @@ def freePort():
         return s.getsockname()[1]
 
 
-def startBroker(policy, directory):
+def selfSignedCertificate(directory):
+    """
+    A key and certificate for 127.0.0.1 in C{directory}/broker.pem, and the
+    client context trusting it.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256()))
+    path = os.path.join(directory, "broker.pem")
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    with open(path, "wb") as f:
+        f.write(pem + key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    context = ssl.create_default_context(cadata=pem.decode())
+    return path, context
+
+
+def startBroker(policy, directory, tls=False):
+    """
+    A broker on a free port, and with C{tls} an ssl: listener beside it.
+
+    @return: the process and the addresses by transport.
+    """
     port = freePort()
+    listen = []
+    addresses = {"plain": ("127.0.0.1", port)}
+    if tls:
+        tlsPort = freePort()
+        pem, context = selfSignedCertificate(directory)
+        listen = ["--listen", f"ssl:{tlsPort}:interface=127.0.0.1:privateKey={pem}"]
+        addresses["tls"] = ("127.0.0.1", tlsPort, context)
     ini = os.path.join(directory, "server.ini")
     with open(ini, "w") as f:
         f.write(f"[system]\nbrokerId=0\nnumPartitions=1\nserverPort={port}\n"
@@ -269,12 +328,13 @@ def startBroker(policy, directory):
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
         [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(directory, "broker.log"),
-         "metaq", "--config", ini, "--port", f"tcp:{port}:interface=127.0.0.1"],
+         "metaq", "--config", ini, "--port", f"tcp:{port}:interface=127.0.0.1"] + listen,
         cwd=directory)
     for _ in range(300):
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, port
+            for address in addresses.values():
+                socket.create_connection(address[:2], timeout=0.2).close()
+            return process, addresses
         except OSError:
             if process.poll() is not None:
                 raise RuntimeError("the broker did not start; see " + directory)
@@ -282,26 +342,30 @@ def startBroker(policy, directory):
     raise RuntimeError("the broker did not listen in time")
 
 
-def runPolicy(args, policy, address, broker):
+def runPolicy(args, policy, addresses, broker):
     print(f"\n== flush policy: {policy} "
           f"({'unflushThreshold=0, group commit' if policy == 'group' else 'unflushThreshold=1000'})")
-    print(f"{'producers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
+    print(f"{'transport':>9} {'producers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     topics = {}
+    address = addresses["plain"]
     for producers in args.producers:
         for size in args.sizes:
-            topic = f"bench-{policy}-{producers}-{size}-{int(time.time())}"
-            progress = Progress(f"put P={producers} S={size}", args.count)
-            cpu = broker.cpuSeconds()
-            elapsed, latencies = produce(address, topic, producers, size, args.count, progress)
-            cpu = broker.cpuSeconds() - cpu
-            progress.finish()
-            rate = args.count / elapsed
-            print(f"{producers:>9} {size:>6} {args.count:>8} {rate:>9.0f} "
-                  f"{rate * size / 1e6:>7.1f} {percentile(latencies, 0.5):>7.2f} "
-                  f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
-                  f"{cpu / args.count * 1e6:>17.0f}", flush=True)
-            topics[size] = topic
+            for transport in args.transports:
+                topic = f"bench-{policy}-{transport}-{producers}-{size}-{int(time.time())}"
+                progress = Progress(f"put {transport} P={producers} S={size}", args.count)
+                cpu = broker.cpuSeconds()
+                elapsed, latencies = produce(addresses[transport], topic, producers, size,
+                                             args.count, progress)
+                cpu = broker.cpuSeconds() - cpu
+                progress.finish()
+                rate = args.count / elapsed
+                print(f"{transport:>9} {producers:>9} {size:>6} {args.count:>8} {rate:>9.0f} "
+                      f"{rate * size / 1e6:>7.1f} {percentile(latencies, 0.5):>7.2f} "
+                      f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
+                      f"{cpu / args.count * 1e6:>17.0f}", flush=True)
+                if transport == "plain":
+                    topics[size] = topic
     if args.consumers < 1:
         return
     print(f"{'consumers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
@@ -322,13 +386,13 @@ def main(args):
     if args.broker:
         host, port = args.broker.rsplit(":", 1)
         for policy in args.flush:
-            runPolicy(args, policy, (host, int(port)), BrokerProcess(args.pid))
+            runPolicy(args, policy, {"plain": (host, int(port))}, BrokerProcess(args.pid))
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-bench-")
-        process, port = startBroker(policy, directory)
+        process, addresses = startBroker(policy, directory, tls="tls" in args.transports)
         try:
-            runPolicy(args, policy, ("127.0.0.1", port), BrokerProcess(process.pid))
+            runPolicy(args, policy, addresses, BrokerProcess(process.pid))
         finally:
             process.terminate()
             process.wait(60)
@@ -345,7 +409,10 @@ def parseArguments(argv):
                         help="consumer connections reading everything back (0: no consuming)")
     parser.add_argument("--flush", type=lambda t: t.split(","), default=["default", "group"],
                         help="default and/or group, comma separated")
-    parser.add_argument("--broker", help="host:port of a running broker")
+    parser.add_argument("--transports", type=lambda t: t.split(","), default=["plain"],
+                        help="plain and/or tls, comma separated: tls puts go through an "
+                             "ssl: listener of the same broker")
+    parser.add_argument("--broker", help="host:port of a running broker (plain only)")
     parser.add_argument("--pid", type=int, help="pid of that broker (for RSS and CPU)")
     return parser.parse_args(argv)
 
