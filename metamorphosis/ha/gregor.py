@@ -127,10 +127,6 @@ class SyncProcessor:
         self.processor = processor
         self.link = MasterLink()
 
-    @property
-    def promoted(self):
-        return self.link.sealed
-
     def sessionClosed(self, session):
         self.link.closed(session)
 
