@@ -234,6 +234,7 @@ class Progress:
         self.count = 0
         self.started = clock()
         self._drawn = None
+        self._width = 0
 
     def add(self, count=1):
         self.count += count
@@ -241,11 +242,16 @@ class Progress:
             now = self.clock()
             if self._drawn is None or now - self._drawn >= self.interval:
                 self._drawn = now
-                self._draw(now, "\r")
+                self._draw(now, "")
 
     def _draw(self, now, end):
-        seconds = max(now - self.started, 1e-9)
-        self.stream.write("\r%d %s, %.0f/s%s" % (self.count, self.what, self.count / seconds, end))
+        seconds = now - self.started
+        line = "%d %s" % (self.count, self.what)
+        if seconds >= self.interval:
+            # No rate from a blink: it would mean nothing.
+            line += ", %.0f/s" % (self.count / seconds,)
+        self.stream.write("\r" + line.ljust(self._width) + end)
+        self._width = len(line)
         self.stream.flush()
 
     def done(self):

@@ -3,11 +3,13 @@ The C{metaq} command: its subcommands, shared options, errors and exit
 status, against a real broker process.
 """
 
+import io
+
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from metamorphosis.tools import main as metaq
-from metamorphosis.tools.cli import EXIT_FAILURE, EXIT_USAGE
+from metamorphosis.tools.cli import EXIT_FAILURE, EXIT_USAGE, Progress
 from tests.tools.support import brokerUrl, closedPort, runMetaq, startBroker
 
 
@@ -107,3 +109,48 @@ class CommandTests(TestCase):
             self.assertEqual(status, 0, err)
             self.assertIn("port %d" % (broker.port,), out.splitlines())
         return ensureDeferred(check())
+
+
+class Terminal(io.StringIO):
+    def __init__(self, tty):
+        io.StringIO.__init__(self)
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+class ProgressTests(TestCase):
+    def test_onTerminal(self):
+        """
+        On a terminal the count and rate are redrawn on one line at most
+        every interval, and the final count ends the line.
+        """
+        now = [0.0]
+        stream = Terminal(True)
+        progress = Progress("messages", stream, clock=lambda: now[0], interval=0.5)
+        progress.add(10)
+        now[0] = 0.25
+        progress.add(10)
+        now[0] = 2.0
+        progress.add(20)
+        progress.done()
+        self.assertEqual(stream.getvalue(), "\r10 messages\r40 messages, 20/s"
+                                            "\r40 messages, 20/s\n")
+
+    def test_quietWhenPipedOrAsked(self):
+        """
+        Nothing when the stream is not a terminal, or with -q.
+        """
+        piped = Terminal(False)
+        progress = Progress("messages", piped)
+        progress.add(5)
+        progress.done()
+        self.assertEqual(piped.getvalue(), "")
+        options = metaq.Options()
+        options.parseOptions(["-q", "stats"])
+        terminal = Terminal(True)
+        progress = Progress("messages", terminal, options.subOptions)
+        progress.add(5)
+        progress.done()
+        self.assertEqual(terminal.getvalue(), "")
