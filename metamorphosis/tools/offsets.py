@@ -19,11 +19,15 @@ the partition's max offset (protocol.md section 6.4).
 import json
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlencode
 
 from kazoo.exceptions import NoNodeError
 from twisted.internet import threads
 from twisted.python import usage
+from twisted.web.client import Agent, readBody
 
+from metamorphosis.client.connection import parseBrokerUrl
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.offsets import (
     LocalOffsetStorage,
@@ -67,8 +71,12 @@ class Options(Verbosity, usage.Options):
         ["partition", "p", None, "only this partition, <brokerId>-<partition> (default "
                                  "when resetting: every partition of --topic)"],
         ["reset-to", None, None, "reset the committed offsets of --topic (or --partition) to "
-                                 "earliest, latest, or a byte offset that starts a message; "
-                                 "refused while a consumer of the group is alive"],
+                                 "earliest, latest, a byte offset that starts a message, or a "
+                                 "time (ISO 8601: 2026-12-04T06:00:00+00:00; asked of the "
+                                 "brokers' HTTP endpoint); refused while a consumer of the "
+                                 "group is alive"],
+        ["http-port", None, 8120, "with --reset-to TIME: the brokers' HTTP port "
+                                  "(dashboardHttpPort)", int],
         ["shift", None, None, "move the committed offsets of --topic (or --partition) by N "
                               "messages (negative: back), within the partition; refused "
                               "while a consumer of the group is alive", int],
@@ -90,13 +98,7 @@ class Options(Verbosity, usage.Options):
         if self["reset-to"] is not None and self["shift"] is not None:
             raise usage.UsageError("--reset-to and --shift exclude each other")
         if self["reset-to"] not in (None, "earliest", "latest"):
-            try:
-                self["reset-to"] = int(self["reset-to"])
-            except ValueError:
-                raise usage.UsageError("--reset-to takes earliest, latest or a byte offset, "
-                                       "not %r" % (self["reset-to"],))
-            if self["reset-to"] < 0:
-                raise usage.UsageError("--reset-to needs a non-negative offset")
+            self["reset-to"] = parseResetTarget(self["reset-to"])
         if not self["group"]:
             raise usage.UsageError("--group is required")
         if bool(self["zookeeper"]) == bool(self["broker"]):
@@ -125,6 +127,36 @@ class Options(Verbosity, usage.Options):
                 raise usage.UsageError("--partition must be <brokerId>-<partition>, not %r"
                                        % (self["partition"],))
         self["zk-root"] = normalizeRoot(self["zk-root"])
+
+
+@dataclass(frozen=True)
+class AtTime:
+    """
+    A reset to a time: seconds since the epoch.
+    """
+
+    seconds: float
+
+
+def parseResetTarget(text):
+    """
+    The value of C{--reset-to} other than earliest and latest: a byte
+    offset, or an L{AtTime} for an ISO 8601 time (local time without a
+    zone).
+
+    @raise usage.UsageError: neither.
+    """
+    try:
+        offset = int(text)
+    except ValueError:
+        try:
+            return AtTime(datetime.fromisoformat(text).timestamp())
+        except ValueError:
+            raise usage.UsageError("--reset-to takes earliest, latest, a byte offset or an "
+                                   "ISO 8601 time, not %r" % (text,))
+    if offset < 0:
+        raise usage.UsageError("--reset-to needs a non-negative offset")
+    return offset
 
 
 @dataclass
@@ -303,6 +335,28 @@ class Brokers:
                 progress.add(len(records))
             offset += records[-1][1]
 
+    async def offsetForTime(self, topic, partition, seconds, httpPort):
+        """
+        Ask the HTTP endpoint of the partition's broker where what was
+        written at or after C{seconds} starts (C{/offsets.json}).
+        """
+        url = self.masters.get(partition.brokerId)
+        if url is None:
+            raise ToolError("no master of %s %s" % (topic, partition))
+        host, _ = parseBrokerUrl(url)
+        address = "http://%s:%d/offsets.json?%s" % (host, httpPort, urlencode({
+            "topic": topic, "partition": partition.partition, "time": int(seconds * 1000)}))
+        try:
+            response = await Agent(self.reactor, connectTimeout=self.timeout).request(
+                b"GET", address.encode("ascii"))
+            body = json.loads(await readBody(response))
+        except Exception as e:
+            raise ToolError("cannot ask %s: %s (is the broker's HTTP endpoint on port %d?)"
+                            % (address, e, httpPort))
+        if response.code != 200:
+            raise ToolError("%s answered %d: %s" % (address, response.code, body.get("error")))
+        return body["offset"]
+
     def close(self):
         for broker in self._brokers.values():
             if broker is not None:
@@ -355,6 +409,8 @@ async def resetTarget(brokers, options, committed, partition, progress):
         return minimum
     if target == "latest":
         return maximum
+    if isinstance(target, AtTime):
+        return await brokers.offsetForTime(topic, partition, target.seconds, options["http-port"])
     if target is not None:
         if not minimum <= target <= maximum:
             raise ToolError("%d is beyond the max offset %d of %s %s" % (target, maximum, topic, partition)

@@ -15,9 +15,9 @@ from tests.integration.brokerprocess import startBroker
 HTTP_LISTENING = rb"HTTP endpoint \(metrics, health, dashboard\) on 127\.0\.0\.1:(\d+)"
 
 
-def serverIni(topics, zkConnect=None, zkRoot="/meta"):
+def serverIni(topics, zkConnect=None, zkRoot="/meta", system=()):
     lines = ["[system]", "brokerId=3", "hostName=127.0.0.1", "dataPath=data",
-             "unflushThreshold=0", "[zookeeper]",
+             "unflushThreshold=0", *system, "[zookeeper]",
              "zk.zkEnable=%s" % ("true" if zkConnect else "false"),
              "zk.zkConnect=%s" % (zkConnect or ""), "zk.zkRoot=%s" % (zkRoot,),
              "zk.zkSessionTimeoutMs=4000", "zk.zkConnectionTimeoutMs=4000", "zk.zkSyncTimeMs=0"]
@@ -34,13 +34,14 @@ class HttpBroker:
     """
 
     @classmethod
-    async def start(cls, testCase, topics, zkConnect=None, zkRoot="/meta", arguments=()):
+    async def start(cls, testCase, topics, zkConnect=None, zkRoot="/meta", arguments=(),
+                    system=()):
         self = cls()
-        folder = os.path.abspath(testCase.mktemp())
+        self.folder = folder = os.path.abspath(testCase.mktemp())
         os.makedirs(folder)
         ini = os.path.join(folder, "server.ini")
         with open(ini, "w") as f:
-            f.write(serverIni(topics, zkConnect, zkRoot))
+            f.write(serverIni(topics, zkConnect, zkRoot, system))
         self.process = startBroker(reactor, ini, folder, arguments=(
             "--http", "tcp:0:interface=127.0.0.1", *arguments))
         testCase.addCleanup(self.process.kill)

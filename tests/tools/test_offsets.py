@@ -5,6 +5,7 @@ and resetting an offset only when no consumer of the group is alive.
 """
 
 import os
+from datetime import datetime, timezone
 
 from kazoo.client import KazooClient
 from twisted.internet import reactor
@@ -19,6 +20,7 @@ from metamorphosis.client.offsets import (
 )
 from metamorphosis.client.partition import Partition
 from metamorphosis.tools.cli import openBroker
+from tests.broker.httpsupport import HttpBroker
 from tests.tools.support import brokerUrl, closedPort, runMetaq, runTool, startBroker
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
@@ -238,6 +240,40 @@ class OffsetsToolTests(TestCase):
             self.assertEqual(status, 1)
             self.assertIn("0-1 does not know the partition", err)
             self.assertEqual(await committed(), 60)
+        return ensureDeferred(check())
+
+    def test_resetToTime(self):
+        """
+        --reset-to TIME asks the broker's HTTP endpoint: the start of the
+        first segment last written at or after the time, or the end.
+        """
+        async def check():
+            broker = await HttpBroker.start(self, {"t": 1}, zookeeperAddress(), self.root,
+                                            system=["maxSegmentSize=60"])
+            await broker.put("t", 0, [b"0123456789"] * 5)
+            directory = os.path.join(broker.folder, "data", "t-0")
+            for name, seconds in [("00000000000000000000.meta", 1000),
+                                  ("00000000000000000060.meta", 2000),
+                                  ("00000000000000000120.meta", 3000)]:
+                os.utime(os.path.join(directory, name), (seconds, seconds))
+            storage = ZooKeeperOffsetStorage(self.zk, self.root)
+
+            async def resetTo(seconds):
+                out, err, status = await self._tool(
+                    "--group", "g", "--topic", "t", "--http-port", str(broker.httpPort),
+                    "--reset-to", datetime.fromtimestamp(seconds, timezone.utc).isoformat())
+                self.assertEqual(status, 0, err)
+                return (await storage.load("t", "g", Partition(3, 0))).offset
+
+            self.assertEqual(await resetTo(500), 0)
+            self.assertEqual(await resetTo(1500), 60)
+            self.assertEqual(await resetTo(2500), 120)
+            self.assertEqual(await resetTo(4000), 150)
+            out, err, status = await self._tool(
+                "--group", "g", "--topic", "t", "--http-port", str(closedPort()),
+                "--reset-to", "2026-01-01T00:00:00")
+            self.assertEqual(status, 1)
+            self.assertIn("is the broker's HTTP endpoint on port", err)
         return ensureDeferred(check())
 
     def test_unknownGroup(self):

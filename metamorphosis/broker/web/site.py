@@ -17,13 +17,13 @@ import json
 from importlib import resources
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from metamorphosis.broker.web.metrics import brokerRegistry
-from metamorphosis.broker.web.status import BrokerStatus
+from metamorphosis.broker.web.status import BrokerStatus, offsetForTime
 
 JSON = b"application/json; charset=utf-8"
 
@@ -101,6 +101,47 @@ class StatusResource(Resource):
         return server.NOT_DONE_YET
 
 
+class OffsetForTimeResource(Resource):
+    """
+    C{/offsets.json?topic=T&partition=N&time=MS}: the offset of partition
+    N of topic T to read from to get what was written at or after MS
+    (milliseconds since the epoch); see L{offsetForTime}.  For
+    C{metaq offsets --reset-to TIME}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, broker):
+        Resource.__init__(self)
+        self.broker = broker
+
+    def render_GET(self, request):
+        try:
+            topic = request.args[b"topic"][0].decode("utf-8")
+            partition = int(request.args[b"partition"][0])
+            millis = int(request.args[b"time"][0])
+        except (KeyError, IndexError, ValueError, UnicodeDecodeError):
+            return _json(request, {"error": "give topic, partition and time (ms)"}, 400)
+        store = self.broker.storeManager.getStore(topic, partition)
+        if store is None:
+            return _json(request, {"error": "no partition %d of topic %r" % (partition, topic)},
+                         404)
+        d = threads.deferToThread(offsetForTime, store.segments, store.maxOffset, millis / 1000.0)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda failure: None)
+
+        def answer(body, code=200):
+            if not finished.called:
+                request.write(_json(request, body, code))
+                request.finish()
+
+        d.addCallbacks(
+            lambda offset: answer({"topic": topic, "partition": partition, "time": millis,
+                                   "offset": offset}),
+            lambda failure: answer({"error": failure.getErrorMessage()}, 500))
+        return server.NOT_DONE_YET
+
+
 class DashboardResource(Resource):
     isLeaf = True
 
@@ -150,6 +191,7 @@ class BrokerHttp:
         root.putChild(b"health", HealthResource())
         root.putChild(b"ready", ReadyResource(self.status))
         root.putChild(b"status.json", StatusResource(self.status))
+        root.putChild(b"offsets.json", OffsetForTimeResource(broker))
         self.site = BrokerSite(root)
         self.port = None
 

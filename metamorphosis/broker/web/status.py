@@ -88,6 +88,25 @@ def readGroups(client, root, brokerId, maxOffsets, limit=MAX_GROUPS):
     return groups
 
 
+def offsetForTime(segments, maxOffset, seconds):
+    """
+    Where a consumer starts to read what was written at or after
+    C{seconds} (since the epoch): the start of the first segment last
+    modified at or after it (every message of the segments before it was
+    written earlier), or C{maxOffset} when none was.  MetaQ records carry
+    no time, so this is as precise as a segment (blocking: it stats the
+    files).
+    """
+    for segment in segments:
+        try:
+            modified = os.stat(segment.path).st_mtime
+        except FileNotFoundError:
+            continue
+        if modified >= seconds:
+            return segment.start
+    return maxOffset
+
+
 class GroupsView:
     """
     The consumer groups of a broker's ZooKeeper, read in a thread and kept
