@@ -8,7 +8,6 @@ service_identity's, through Twisted.
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
@@ -66,10 +65,10 @@ class ClientTLS:
         the host of the address connected to).
     """
 
-    caCerts: Optional[str] = None
-    certificate: Optional[str] = None
-    privateKey: Optional[str] = None
-    hostname: Optional[str] = None
+    caCerts: str | None = None
+    certificate: str | None = None
+    privateKey: str | None = None
+    hostname: str | None = None
 
     def creatorFor(self, host):
         """

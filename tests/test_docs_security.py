@@ -18,7 +18,6 @@ from metamorphosis.broker.config import parseConfig
 from metamorphosis.broker.listeners import buildListeners
 from metamorphosis.broker.service import BrokerService
 from metamorphosis.ha.config import loadPluginConfig
-
 from tests.tlscerts import CertificateAuthority
 
 DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "security.md")

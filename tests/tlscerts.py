@@ -34,7 +34,7 @@ class CertificateAuthority:
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.name = _name(name)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
             x509.CertificateBuilder()
             .subject_name(self.name)
@@ -57,7 +57,7 @@ class CertificateAuthority:
         @return: C{(certificatePath, keyPath)}.
         """
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(commonName))

@@ -6,11 +6,11 @@ the Python client over TLS, and access rules by certificate name.
 
 import itertools
 
+from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.trial import unittest
-from OpenSSL.SSL import Error as TLSError
 
 from metamorphosis.broker.access import UNAUTHORIZED
 from metamorphosis.broker.config import parseConfig
@@ -23,7 +23,6 @@ from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFac
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import checksum, decodeRecords
 from metamorphosis.tls import ClientTLS
-
 from tests.tlscerts import CertificateAuthority
 
 opaques = itertools.count(1)
