@@ -27,9 +27,9 @@ matching any text)::
     transactions      = cn=transaction-manager
     replicate         = 10.0.0.6
 
-C{admin} covers C{stats reset}, C{stats config}, the transaction branches
-of other connections and the operator commands of the broker's other
-interfaces (closing partitions, reload); C{transactions} covers just the
+C{admin} covers C{stats reset}, C{stats config} and the transaction
+branches of other connections (L{AccessRules.mayAdmin} is also the check for
+any operator command a future interface adds); C{transactions} covers just the
 branches of other connections (for a transaction manager that recovers
 after a crash); C{replicate} covers the C{sync} commands a sync master sends
 its slave. C{stats} (other items) and C{version} stay open to everyone:
