@@ -100,7 +100,8 @@ class BrokerZooKeeper(service.Service):
     effect.  The wait is skipped when nothing was registered; the removal is
     abandoned after C{zk.zkConnectionTimeoutMs} if ZooKeeper does not answer.
 
-    The state of the session is in the broker's C{stats} (L{statsItems}):
+    The state of the session is in the broker's C{stats zookeeper}
+    (L{statsItems}):
     C{zk_state} is C{disabled}, C{connecting}, C{connected}, C{suspended}
     (the connection dropped: the session may still be alive, kazoo is
     reconnecting), C{unreachable} (no ZooKeeper server reached for longer
@@ -387,8 +388,7 @@ class BrokerZooKeeper(service.Service):
 
     def statsItems(self):
         """
-        The summary lines of C{stats} about ZooKeeper: C{zk_state} and
-        C{zk_registered}.
+        The lines of C{stats zookeeper}: C{zk_state} and C{zk_registered}.
         """
         return [("zk_state", self.state), ("zk_registered", self._isRegistered())]
 

@@ -325,9 +325,9 @@ class CutOffTests(TestCase):
             lambda data: data is None), timeout=60, what="the session expired")
         expired = since(cutAt)
         self.assertIsNone(await readNode(zookeeper, pubPath))
-        await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
+        await waitFor(lambda: cluster.factory.getStats(old.url, "zookeeper").addCallback(
             lambda s: s["zk_state"] == "unreachable"), what="the broker noticing the expiry")
-        stats = await cluster.factory.getStats(old.url)
+        stats = await cluster.factory.getStats(old.url, "zookeeper")
         self.assertEqual(stats["zk_registered"], "false")
         self.assertIn("ZooKeeper unreachable for longer than the session timeout", old.output)
         # Its clients are still served.
@@ -344,7 +344,7 @@ class CutOffTests(TestCase):
         proxy.heal()
         await waitFor(lambda: "Broker id 0 is taken" in old.output, timeout=60,
                       what="the first broker seeing the conflict")
-        stats = await cluster.factory.getStats(old.url)
+        stats = await cluster.factory.getStats(old.url, "zookeeper")
         self.assertEqual((stats["zk_state"], stats["zk_registered"]), ("connected", "false"))
         self.assertEqual(await readNode(zookeeper, masterPath), new.url.encode())
         self.assertEqual(json.loads(await readNode(zookeeper, pubPath))["broker"], "0-m")
@@ -356,7 +356,7 @@ class CutOffTests(TestCase):
         await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data == old.url.encode()), timeout=60, what="the first broker back")
         takenBack = since(killedAt)
-        await waitFor(lambda: cluster.factory.getStats(old.url).addCallback(
+        await waitFor(lambda: cluster.factory.getStats(old.url, "zookeeper").addCallback(
             lambda s: s["zk_registered"] == "true"), what="the first broker registered again")
 
         # One holder at a time: the node went away between two holders.
