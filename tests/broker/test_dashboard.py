@@ -6,13 +6,16 @@ the topics that were put to, and updates itself.
 import os
 import struct
 
+from kazoo.client import KazooClient
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.broker.httpsupport import HttpBroker
 from tests.browser import Browser, chromiumPath
+from tests.zookeeper import uniqueRoot
 
 # The cells of the topics table, row by row, as text.
 TOPIC_ROWS = """Array.from(document.querySelectorAll('#topics tbody tr'))
@@ -31,8 +34,17 @@ class DashboardTests(TestCase):
         picture.
         """
         async def check():
-            broker = await HttpBroker.start(self, {"dash-topic": 2})
+            # With the suite's ZooKeeper when there is one, to show a group.
+            zookeeper = os.environ.get("METAQ_TEST_ZK")
+            root = uniqueRoot()
+            broker = await HttpBroker.start(self, {"dash-topic": 2}, zookeeper, root)
             await broker.put("dash-topic", 1, [b"m%d" % (i,) for i in range(3)])
+            if zookeeper:
+                zk = KazooClient(hosts=zookeeper)
+                await deferToThread(zk.start, 10)
+                self.addCleanup(deferToThread, zk.stop)
+                await deferToThread(zk.create, root + "/consumers/dash-group/offsets/dash-topic/3-1",
+                                    b"5-23", makepath=True)
             browser = Browser(self)
             await browser.open(broker.url)
             await browser.waitFor("Number((document.querySelector('#refreshes') || {}).textContent) >= 1")
@@ -44,6 +56,11 @@ class DashboardTests(TestCase):
                 "document.querySelector('#fenced').getClientRects().length === 0"), True)
             rows = await browser.evaluate(TOPIC_ROWS)
             self.assertIn(["dash-topic", "3-1", "3"], [row[:3] for row in rows])
+            if zookeeper:
+                await browser.waitFor("document.querySelector('#groups tbody').textContent"
+                                      ".includes('dash-group')")
+                groups = await browser.evaluate(TOPIC_ROWS.replace("#topics", "#groups"))
+                self.assertEqual(groups[0][:6], ["dash-group", "0", "dash-topic", "3-1", "-", "23"])
 
             # Put while the page polls: it shows the new count by itself,
             # and a positive rate for the partition.

@@ -168,7 +168,7 @@ class BrokerCollector:
                                         "Replication: %s (as in stats)." % (key,), value=number)
 
     def _consumerLag(self):
-        groups = self.status.groups.cached()
+        groups = self.status.lagged(self.status.groups.cached())
         if groups is None:
             return
         lag = GaugeMetricFamily(

@@ -31,12 +31,10 @@ GROUPS_REFRESH = 5.0
 MAX_GROUPS = 200
 
 
-def readGroups(client, root, brokerId, maxOffsets, limit=MAX_GROUPS):
+def readGroups(client, root, limit=MAX_GROUPS):
     """
     The consumer groups under C{root} (blocking: call it in a thread), with
-    their live consumers, owners and committed offsets; the lag of the
-    partitions of broker C{brokerId}, whose end offsets C{maxOffsets} maps
-    from C{(topic, partition number)}.
+    their live consumers, owners and committed offsets.
 
     @return: a list of dicts, by group name.
     """
@@ -73,19 +71,35 @@ def readGroups(client, root, brokerId, maxOffsets, limit=MAX_GROUPS):
                     committed = parseZooKeeperOffset(row["committed"])[1]
                 except ValueError:
                     committed = None
+            partitions.append({"topic": topic, "partition": name, "owner": row.get("owner"),
+                               "committed": committed})
+        groups.append({"group": group, "consumers": consumers, "partitions": partitions})
+    return groups
+
+
+def withLag(groups, brokerId, maxOffsets):
+    """
+    C{groups} (as L{readGroups} gives them) with the end offset and the
+    lag of each partition of broker C{brokerId}, whose end offsets
+    C{maxOffsets} maps from C{(topic, partition number)} (L{None} for
+    other partitions).
+    """
+    result = []
+    for group in groups:
+        partitions = []
+        for row in group["partitions"]:
             maxOffset = lag = None
             try:
-                partition = Partition.fromString(name)
+                partition = Partition.fromString(row["partition"])
             except ValueError:
                 partition = None
             if partition is not None and partition.brokerId == brokerId:
-                maxOffset = maxOffsets.get((topic, partition.partition))
-                if maxOffset is not None and committed is not None:
-                    lag = max(0, maxOffset - committed)
-            partitions.append({"topic": topic, "partition": name, "owner": row.get("owner"),
-                               "committed": committed, "maxOffset": maxOffset, "lag": lag})
-        groups.append({"group": group, "consumers": consumers, "partitions": partitions})
-    return groups
+                maxOffset = maxOffsets.get((row["topic"], partition.partition))
+                if maxOffset is not None and row["committed"] is not None:
+                    lag = max(0, maxOffset - row["committed"])
+            partitions.append(dict(row, maxOffset=maxOffset, lag=lag))
+        result.append(dict(group, partitions=partitions))
+    return result
 
 
 def offsetForTime(segments, maxOffset, seconds):
@@ -152,13 +166,10 @@ class GroupsView:
         return self._groups, self._error
 
     async def _read(self, registration):
-        maxOffsets = {(topic, partition): store.maxOffset
-                      for topic, partition, store in self.broker.storeManager.stores()}
         try:
             self._groups = await threads.deferToThreadPool(
                 self.broker.reactor, self.broker.reactor.getThreadPool(), readGroups,
-                registration.client, registration.paths.root, self.broker.config.brokerId,
-                maxOffsets)
+                registration.client, registration.paths.root)
             self._error = None
         except Exception as e:
             self._error = "%s: %s" % (type(e).__name__, e)
@@ -226,6 +237,17 @@ class BrokerStatus:
         if self.fenced():
             reasons.append("fenced: " + (broker.fence.refusal or "another broker is the master"))
         return reasons
+
+    def lagged(self, groups):
+        """
+        The groups of a reading with the lag of this broker's partitions
+        now.
+        """
+        if groups is None:
+            return None
+        maxOffsets = {(topic, partition): store.maxOffset
+                      for topic, partition, store in self.broker.storeManager.stores()}
+        return withLag(groups, self.broker.config.brokerId, maxOffsets)
 
     def xaStates(self):
         """
@@ -303,7 +325,7 @@ class BrokerStatus:
                 "put_failed": stats.putFailed, "curr_connections": stats.connections,
             },
             "topics": self._topics(),
-            "groups": groups,
+            "groups": self.lagged(groups),
             "groupsError": groupsError,
             "connections": self._connections(),
             "replication": None if replication is None else {
