@@ -27,6 +27,9 @@ from metamorphosis.broker.web.status import BrokerStatus, offsetForTime
 
 JSON = b"application/json; charset=utf-8"
 
+#: Seconds a scrape waits for a reading of the consumer groups.
+GROUPS_WAIT = 2.0
+
 
 def _json(request, value, code=200):
     request.setResponseCode(code)
@@ -36,15 +39,34 @@ def _json(request, value, code=200):
 
 
 class MetricsResource(Resource):
+    """
+    The exposition, rendered once the consumer groups are read from
+    ZooKeeper (at most every few seconds, see L{GroupsView}) or after
+    L{GROUPS_WAIT} seconds with the last reading.
+    """
+
     isLeaf = True
 
-    def __init__(self, registry):
+    def __init__(self, registry, status, reactor):
         Resource.__init__(self)
         self.registry = registry
+        self.status = status
+        self.reactor = reactor
 
     def render_GET(self, request):
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self.registry)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda failure: None)
+        reading = defer.ensureDeferred(self.status.groups.current())
+        reading.addTimeout(GROUPS_WAIT, self.reactor)
+
+        def render(ignored):
+            if not finished.called:
+                request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+                request.write(generate_latest(self.registry))
+                request.finish()
+
+        reading.addBoth(render)
+        return server.NOT_DONE_YET
 
 
 class HealthResource(Resource):
@@ -187,7 +209,7 @@ class BrokerHttp:
         broker.storeManager.fsyncObserver = fsyncs.observe
         root = Resource()
         root.putChild(b"", DashboardResource())
-        root.putChild(b"metrics", MetricsResource(self.registry))
+        root.putChild(b"metrics", MetricsResource(self.registry, self.status, broker.reactor))
         root.putChild(b"health", HealthResource())
         root.putChild(b"ready", ReadyResource(self.status))
         root.putChild(b"status.json", StatusResource(self.status))
