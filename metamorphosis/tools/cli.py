@@ -26,6 +26,7 @@ from twisted.python import usage
 
 from metamorphosis.client.connection import MetaClientProtocol, brokerEndpoint, parseBrokerUrl
 from metamorphosis.client.session import MetaClientConfig
+from metamorphosis.tls import ClientTLS
 from metamorphosis.zk import connect
 
 EXIT_OK = 0
@@ -79,6 +80,37 @@ class Verbosity:
     opt_q = opt_quiet
 
 
+class BrokerTLS:
+    """
+    C{--tls-ca}, C{--tls-cert}, C{--tls-key}, for a C{usage.Options} whose
+    tool connects to a broker: connect to its TLS listener
+    (docs/security.md). Given to C{metaq} or to the command.
+    """
+
+    optParameters = [
+        ["tls-ca", None, None, "connect over TLS, trusting the CA certificates of this PEM file"],
+        ["tls-cert", None, None, "with --tls-ca: this PEM client certificate (for mtls: listeners)"],
+        ["tls-key", None, None, "the key of --tls-cert, if not in the same file"],
+    ]
+
+
+def clientTLS(options):
+    """
+    The L{ClientTLS} the C{--tls-*} options given to C{options} or any of
+    its parents ask for, or L{None} for plain TCP.
+    """
+    given = {}
+    while options is not None:
+        for name in ("tls-ca", "tls-cert", "tls-key"):
+            if options.opts.get(name) is not None:
+                given.setdefault(name, options.opts[name])
+        options = getattr(options, "parent", None)
+    if "tls-ca" not in given and "tls-cert" not in given:
+        return None
+    return ClientTLS(caCerts=given.get("tls-ca"), certificate=given.get("tls-cert"),
+                     privateKey=given.get("tls-key"))
+
+
 def verbosity(options):
     """
     C{(verbose, quiet)} given to C{options} or any of its parents.
@@ -126,10 +158,11 @@ def brokerUrl(text):
     return url
 
 
-async def openBroker(reactor, url, timeout):
+async def openBroker(reactor, url, timeout, tls=None):
     """
     One connection to the broker at C{url}, without reconnection: a tool
-    that loses its broker reports it rather than waiting.
+    that loses its broker reports it rather than waiting; over TLS with
+    C{tls} (a L{ClientTLS}, see L{clientTLS}).
 
     @return: the connected L{MetaClientProtocol}.
     @raise ToolError: the connection could not be made within C{timeout}.
@@ -137,7 +170,7 @@ async def openBroker(reactor, url, timeout):
     host, port = parseBrokerUrl(url)
     try:
         return await connectProtocol(
-            brokerEndpoint(reactor, host, port, timeout), MetaClientProtocol(reactor)
+            brokerEndpoint(reactor, host, port, timeout, tls), MetaClientProtocol(reactor)
         )
     except Exception as e:
         raise ToolError("cannot connect to the broker %s: %s" % (url, e))

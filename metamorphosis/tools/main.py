@@ -3,7 +3,8 @@ C{metaq}: every operations tool as one command with subcommands, as
 C{twistd} has plugins.
 
     metaq [--zookeeper HOST:PORT] [--zk-root /meta] [--broker HOST:PORT]
-          [--timeout S] [-v|-q] COMMAND [options]
+          [--timeout S] [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]]
+          [-v|-q] COMMAND [options]
 
 The shared options may come before the command or after it (see
 L{metamorphosis.tools.cli.SHARED}).  A tool is a module with an C{Options}
@@ -20,7 +21,7 @@ import importlib
 from twisted.python import usage
 
 import metamorphosis
-from metamorphosis.tools.cli import Verbosity, runTool
+from metamorphosis.tools.cli import BrokerTLS, Verbosity, runTool
 
 #: name, module, what it does (the line C{metaq --help} shows).
 COMMANDS = [
@@ -48,7 +49,7 @@ def _subCommands():
     ]
 
 
-class Options(Verbosity, usage.Options):
+class Options(Verbosity, BrokerTLS, usage.Options):
     synopsis = "Usage: metaq [options] COMMAND [command options]"
     subCommand = None
     longdesc = ("Operations tools for MetaQ brokers. 'metaq COMMAND --help' describes a "

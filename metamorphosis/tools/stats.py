@@ -15,16 +15,18 @@ from twisted.python import usage
 
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.tools.cli import (
+    BrokerTLS,
     ToolError,
     Verbosity,
     brokerUrl,
+    clientTLS,
     inheritShared,
     openBroker,
     runAlias,
 )
 
 
-class Options(Verbosity, usage.Options):
+class Options(Verbosity, BrokerTLS, usage.Options):
     synopsis = "[options] [item]"
     longdesc = ("Query 'stats [item]' of a broker (items: topics, offsets, realtime, "
                 "config, reset, help, or a topic name) and print the reply.")
@@ -77,7 +79,8 @@ def rates(before, after, seconds):
 
 async def main(reactor, options, out=None):
     out = out or sys.stdout
-    broker = await openBroker(reactor, options["broker"], options["timeout"])
+    broker = await openBroker(reactor, options["broker"], options["timeout"],
+                              clientTLS(options))
     try:
         previous = None
         rounds = 0

@@ -5,7 +5,9 @@ the Python client over TLS, and access rules by certificate name.
 """
 
 import itertools
+from io import StringIO
 
+from kazoo.client import KazooClient
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor
 from twisted.internet.endpoints import connectProtocol
@@ -15,7 +17,7 @@ from twisted.trial import unittest
 from metamorphosis.broker.access import UNAUTHORIZED
 from metamorphosis.broker.config import parseConfig
 from metamorphosis.broker.listeners import ListenerError, buildListeners
-from metamorphosis.broker.service import BrokerService
+from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.client.connection import MetaClientProtocol, brokerEndpoint
 from metamorphosis.client.errors import MetaConnectionError
 from metamorphosis.client.message import Message
@@ -23,7 +25,12 @@ from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFac
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import checksum, decodeRecords
 from metamorphosis.tls import ClientTLS
+from metamorphosis.tools import main as metaq
+from metamorphosis.tools import stats
+from metamorphosis.tools.cli import ToolError
 from tests.tlscerts import CertificateAuthority
+from tests.waiting import waitFor
+from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 opaques = itertools.count(1)
 
@@ -51,7 +58,10 @@ class TLSListenerTests(unittest.TestCase):
                 b"mtls = mtls:0:interface=127.0.0.1:privateKey=%s:certKey=%s:caCerts=%s\n"
                 % (self.brokerKey.encode(), self.brokerCert.encode(),
                    self.brokerKey.encode(), self.brokerCert.encode(), self.ca.caPath.encode()))
-        config = parseConfig(text + access, "server.ini")
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(text + access)
+        config = parseConfig(text + access, path)
         config.dataPath = config.topics["t"].dataPath = self.mktemp()
         return config
 
@@ -165,6 +175,31 @@ class TLSListenerTests(unittest.TestCase):
         reply = await plain.get("t", "g", 0, 0, 1024)
         self.assertEqual(reply.code, UNAUTHORIZED)
 
+    async def test_statsToolAsOperator(self):
+        """
+        C{metaq --tls-ca … --tls-cert ops.crt stats config} reads the
+        configuration through the mtls: listener where C{admin = cn=ops};
+        the same command with another certificate is refused.
+        """
+        opsCert, opsKey = self.ca.issue("ops")
+        ports = await self.startBroker(b"[access]\nadmin = cn=ops\n")
+
+        def options(cert, key):
+            command = metaq.Options()
+            command.parseOptions(["--tls-ca", self.ca.caPath, "--tls-cert", cert,
+                                  "--tls-key", key, "stats", "-b",
+                                  f"127.0.0.1:{ports['mtls']}", "config"])
+            return command
+
+        out = StringIO()
+        self.assertEqual(await stats.main(reactor, options(opsCert, opsKey).subOptions, out), 0)
+        self.assertIn("[access]", out.getvalue())
+        with self.assertRaises(ToolError) as caught:
+            await stats.main(reactor, options(self.otherCert, self.otherKey).subOptions,
+                             StringIO())
+        self.assertIn("answered 401: Access denied: cn=other@127.0.0.1 may not admin stats config",
+                      str(caught.exception))
+
     def test_badListener(self):
         for description in ("mtls:0:privateKey=%s" % (self.brokerKey,),
                             "ssl:0:privateKey=/nonexistent.pem", "bogus:1"):
@@ -181,11 +216,6 @@ class TLSRegistrationTests(unittest.TestCase):
     timeout = 60
 
     async def test_registrationAndDiscovery(self):
-        from kazoo.client import KazooClient
-
-        from tests.waiting import waitFor
-        from tests.zookeeper import uniqueRoot, zookeeperAddress
-
         address, root = zookeeperAddress(), uniqueRoot()
         directory = self.mktemp()
         ca = CertificateAuthority(directory)
@@ -197,8 +227,6 @@ class TLSRegistrationTests(unittest.TestCase):
                 f"tls = ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}\n")
         config = parseConfig(text.encode(), "server.ini")
         config.dataPath = config.topics["t"].dataPath = self.mktemp()
-        from metamorphosis.broker.service import zookeeperService
-
         broker = BrokerService(config, buildListeners(reactor, config.listeners), reactor,
                                zookeeper=zookeeperService(config))
         broker.startService()
