@@ -19,6 +19,7 @@ from metamorphosis.broker.config import parseConfig
 from metamorphosis.broker.listeners import ListenerError, buildListeners
 from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.client.connection import MetaClientProtocol, brokerEndpoint
+from metamorphosis.client.consumer import ConsumerConfig, createConsumer
 from metamorphosis.client.errors import MetaConnectionError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
@@ -263,6 +264,17 @@ class TLSRegistrationTests(unittest.TestCase):
         self.assertTrue(result.success, result.errorMessage)
         (connection,) = broker.factory.connections
         self.assertEqual(connection.transport.getHost().port, ports["tls"])
+        # A consumer of the same factory finds the broker's TLS address in
+        # its rebalance (tls-master) and reads over TLS.
+        received = []
+        consumer = createConsumer(factory, ConsumerConfig(
+            "g", maxDelayFetchTimeInMills=200, recoverPath=self.mktemp()))
+        consumer.subscribe("t", 1024 * 1024, lambda message: received.append(message.data))
+        await consumer.completeSubscribe()
+        await waitFor(lambda: received, what="the message read over TLS")
+        self.assertEqual(received, [b"found through zookeeper"])
+        self.assertEqual({p.transport.getHost().port for p in broker.factory.connections},
+                         {ports["tls"]})
         await factory.close()
         await broker.stopService()
         self.assertIsNone(observer.exists(f"{ids}/tls-master"))
