@@ -160,6 +160,18 @@ class PutTests(ServerTestCase):
         self.assertIn("disk is full", formatEvent(events[0]))
         self.assertEqual(self.stats.putFailed, 100)
 
+    def test_outOfDescriptors(self):
+        """
+        An append failing for want of file descriptors says so.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.failure = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        with capturedLogs():
+            [(_, code, _, body)] = self.put("meta-test", 0, b"hello")
+        self.assertEqual(code, 500)
+        self.assertIn(b"Detail:the broker has no file descriptor left (Too many open files)",
+                      body)
+
     def test_appendBug(self):
         """
         An append failing with anything but an I/O error is a bug: logged

@@ -433,3 +433,53 @@ class RoundTripTests(SynchronousTestCase):
         for index in range(len(stream)):
             decoded.extend(parser.feed(stream[index : index + 1]))
         self.assertEqual(decoded, [command for _, command in GOLDEN])
+
+
+class UnfinishedTests(SynchronousTestCase):
+    """
+    L{CommandParser.bufferedBytes} and L{CommandParser.abandon}: what the
+    broker's bounds on requests being received rely on.
+    """
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(strategies.commands, min_size=1, max_size=6), st.data())
+    def test_bufferedBoundedByFed(self, commands, data):
+        """
+        At every cut the parser holds no more than the bytes fed since the
+        end of the last complete command, and nothing once the stream ends
+        between commands.
+        """
+        stream = b"".join(command.encode() for command in commands)
+        ends = []
+        position = 0
+        for command in commands:
+            position += len(command.encode())
+            ends.append(position)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+        parser = CommandParser()
+        start = 0
+        for cut in cuts + [len(stream)]:
+            parser.feed(stream[start:cut])
+            start = cut
+            completed = max([end for end in ends if end <= cut], default=0)
+            self.assertLessEqual(parser.bufferedBytes, cut - completed)
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    @settings(max_examples=100, deadline=None)
+    @given(strategies.commands, st.data())
+    def test_abandon(self, command, data):
+        """
+        Abandoning frees the buffer, spends the parser, and names the
+        opaque of a command whose header line was read.
+        """
+        wire = command.encode()
+        cut = data.draw(st.integers(0, len(wire) - 1))
+        parser = CommandParser()
+        self.assertEqual(parser.feed(wire[:cut]), [])
+        headerRead = b"\r\n" in wire[:cut]
+        error = parser.abandon("stopping")
+        self.assertEqual(parser.bufferedBytes, 0)
+        self.assertEqual(str(error), "stopping")
+        if headerRead and hasattr(command, "data"):
+            self.assertEqual(error.opaque, command.opaque)
+        self.assertRaises(ProtocolError, parser.feed, wire[cut:])
