@@ -6,6 +6,9 @@ differ by their source address (127.0.0.1 and 127.0.0.2, both loopback).
 
 import ipaddress
 import itertools
+import os
+import shutil
+import tempfile
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +31,7 @@ from metamorphosis.broker.config import (
     parseConfig,
     reloadTopics,
 )
+from metamorphosis.broker.listeners import buildListeners
 from metamorphosis.broker.redaction import MASK, redactSecrets
 from metamorphosis.broker.service import BrokerService
 from metamorphosis.protocol.commands import (
@@ -369,3 +373,37 @@ admin = 127.0.0.1
         self.assertEqual(reply.body.decode(), XID)
         reply = await self.tx(stranger, "ROLLBACK")
         self.assertEqual(reply.code, 200)
+
+    async def test_unixListener(self):
+        """
+        A connection over a UNIX socket listener is the principal C{unix}:
+        the admin grant C{unix} lets it reset the statistics, TCP clients
+        not.
+        """
+        text = self.ACCESS.replace(b"admin = 127.0.0.1", b"admin = unix")
+        # Short: a UNIX socket path has at most 107 bytes.
+        directory = tempfile.mkdtemp(prefix="metaq-access-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        socketPath = os.path.join(directory, "broker.sock")
+        text += b"[listeners]\nplain = tcp:0:interface=127.0.0.1\nlocal = unix:" + \
+            socketPath.encode() + b"\n"
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(text)
+        config = parseConfig(text, path)
+        config.dataPath = self.mktemp()
+        for topic in config.topics.values():
+            topic.dataPath = config.dataPath
+        broker = BrokerService(config, buildListeners(reactor, config.listeners), reactor)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        await broker.started
+        local = await endpoints.connectProtocol(
+            endpoints.UNIXClientEndpoint(reactor, socketPath), RawClient())
+        self.addCleanup(lambda: local.transport.loseConnection() or local.closed)
+        reply = await self.send(local, StatsCommand("reset", next(opaques)))
+        self.assertEqual(reply.code, 200)
+        tcp = await self.client(broker.ports["plain"].getHost().port, TRUSTED)
+        reply = await self.send(tcp, StatsCommand("reset", next(opaques)))
+        self.assertEqual((reply.code, reply.body.decode()),
+                         (UNAUTHORIZED, f"Access denied: {TRUSTED} may not admin stats reset"))
