@@ -123,6 +123,19 @@ class RuleTests(unittest.TestCase):
         self.assertTrue(grantee.matches(Principal(address)))
         self.assertEqual(grantee.matches(Principal(network.broadcast_address)), True)
 
+    @given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=40)), max_size=5))
+    def test_anyTextParsesOrIsRefused(self, entries):
+        """
+        Whatever an [access] section holds, parsing gives rules or an
+        L{AccessConfigError}, nothing else.
+        """
+        try:
+            rules = parseAccess(entries)
+        except AccessConfigError:
+            return
+        self.assertTrue(rules.enabled)
+        rules.mayPublish(principal("10.0.0.1", "x"), "t")
+
     def test_reloadReplacesRules(self):
         path = self.mktemp()
         with open(path, "wb") as f:
@@ -177,6 +190,14 @@ class RedactionTests(unittest.TestCase):
         self.assertIn(b"serverPort=8123\r\n", redacted)
         self.assertIn(b"privateKey=k.pem:keyPassword=" + MASK.encode() + b":certKey=c", redacted)
         self.assertEqual(redacted.count(b"\r\n"), text.count(b"\r\n"))
+
+    @given(st.binary(max_size=300))
+    def test_anyBytes(self, data):
+        """
+        Redaction never fails and keeps the line structure.
+        """
+        redacted = redactSecrets(data)
+        self.assertEqual(redacted.count(b"\n"), data.count(b"\n"))
 
     @given(st.sampled_from(["password", "keyPassword", "db.passwd", "apiToken", "secret"]),
            st.text(st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=":\\"),
