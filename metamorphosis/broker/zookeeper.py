@@ -115,9 +115,11 @@ class BrokerZooKeeper(service.Service):
 
     @ivar brokerString: C{meta://host:port} once the address is known, else
         L{None}.
-    @ivar takeOver: set by a promoted slave that the failover record names:
-        this broker's nodes held by another session (its old master, whose
-        session has not expired yet) are replaced rather than a conflict.
+    @ivar takeOver: L{None}, or (set by a slave promoted by failover) a
+        callable giving a Deferred of whether this broker may replace, now,
+        nodes of its id held by another session - its old master's, whose
+        session has not expired yet - rather than see a conflict: whether
+        the failover record names it, read just before.
     @ivar state: the C{zk_state} text.
     @ivar tlsBrokerString: the same for the TLS listener, if there is one.
     """
@@ -157,7 +159,7 @@ class BrokerZooKeeper(service.Service):
         self._clientStarted = None
         self._registeredSession = None
         self._withdrawn = False
-        self.takeOver = False
+        self.takeOver = None
         self._expiryCall = None
         self.state = "disabled"
         self._addConfiguredTopics()
@@ -492,12 +494,15 @@ class BrokerZooKeeper(service.Service):
             yield self._putEphemeral(
                 self.paths.tlsBrokerIdsPathOf(brokerId, self.slaveId), self.tlsBrokerString
             )
-        elif self.takeOver and not self.isSlave:
+        elif self.takeOver is not None and not self.isSlave:
             # The replaced master's TLS address must not outlive it either.
-            try:
-                yield self._call("delete_async", self.paths.tlsBrokerIdsPathOf(brokerId))
-            except NoNodeError:
-                pass
+            path = self.paths.tlsBrokerIdsPathOf(brokerId)
+            stat = yield self._call("exists_async", path)
+            if stat is not None and stat.ephemeralOwner != self._sessionId() and (yield self.takeOver()):
+                try:
+                    yield self._call("delete_async", path, stat.version)
+                except NoNodeError:
+                    pass
         if self.isSlave:
             return
         idPath = self.paths.brokerIdPath(brokerId)
@@ -575,7 +580,9 @@ class BrokerZooKeeper(service.Service):
             if ours and not recreate:
                 yield self._call("set_async", path, value, stat.version)
                 return
-            if exclusive and not ours and current != value and not self.takeOver:
+            if exclusive and not ours and current != value and not (
+                self.takeOver is not None and (yield self.takeOver())
+            ):
                 raise BrokerIdConflict(
                     "%s is held by another session with %r"
                     % (path, current.decode("utf-8", "replace") if current else current)

@@ -405,6 +405,23 @@ class Fence(service.Service):
                 self.log.error("Fenced: {reason}; not registering and refusing writes", reason=self.refusal)
                 await self.registration.unregisterEverything()
 
+    def namesThisBroker(self):
+        """
+        Read the record now: whether it names this broker (so that it may
+        take the place of another session's nodes of its id).
+
+        @return: a Deferred firing with a bool.
+        """
+
+        async def read():
+            client, url = self.registration.client, self.registration.brokerString
+            if client is None or url is None:
+                return False
+            record, _ = await readRecord(client, self.path, self.reactor)
+            return record is not None and record.master == url
+
+        return defer.ensureDeferred(read())
+
     async def beat(self, client, url, role):
         """
         Rewrite this broker's state node.

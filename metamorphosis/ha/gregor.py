@@ -278,9 +278,9 @@ class MasterWatch(service.Service):
         self.link.seal()
         self.fence = failover.installFence(self.broker)
         self.fence.startService()
-        # The old master's nodes may outlive it by a session timeout: the
-        # record names this broker now, so it takes their place at once.
-        self.registration.takeOver = True
+        # The old master's nodes may outlive it by a session timeout: while
+        # the record names this broker, it takes their place at once.
+        self.registration.takeOver = self.fence.namesThisBroker
         self.registration.registerEverything()
 
 

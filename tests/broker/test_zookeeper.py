@@ -546,6 +546,35 @@ class BrokerZooKeeperTests(ZooKeeperTreeMixin, TestCase):
         )
 
 
+    @inlineCallbacks
+    def test_takeOverWhileAllowed(self):
+        """
+        A broker with C{takeOver} (a slave promoted by failover) replaces
+        another live session's master node of its id - but only while its
+        C{takeOver} check, asked just before, allows it.
+        """
+        master = self.root + "/brokers/ids/0/master"
+        other = self.startBroker(conformanceConfig(self.root), port=None)
+        other.setBrokerAddress(8123, "10.9.9.9")
+        yield waitFor(lambda: deferToThread(self.observer.exists, master), what="the other broker")
+        self.logged = []
+        globalLogPublisher.addObserver(self.logObserver)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logObserver)
+        allowed = []
+        broker = BrokerZooKeeper(conformanceConfig(self.root))
+        broker.takeOver = lambda: succeed(bool(allowed))
+        broker.retryDelay = 0.2
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        broker.setBrokerAddress(8123)
+        yield waitFor(lambda: "Broker id 0 is taken" in " ".join(self.logged), what="the conflict")
+        data, _ = yield deferToThread(self.observer.get, master)
+        self.assertEqual(data, b"meta://10.9.9.9:8123")
+        allowed.append(True)
+        yield waitFor(lambda: deferToThread(self.observer.get, master).addCallback(
+            lambda result: result[0] == broker.brokerString.encode()), what="the takeover")
+
+
 class Link:
     """
     A TCP forwarder to ZooKeeper on a port of its own that the test turns
