@@ -52,7 +52,6 @@ from metamorphosis import zk
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import ResultCommand
 
-
 #: The file in the data directory of a broker that took part in failover.
 MARKER = "failover.marker"
 

@@ -25,12 +25,10 @@ from dataclasses import replace
 from kazoo.exceptions import NoNodeError
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis import zk
-
 from metamorphosis.broker.interfaces import ISyncProcessor
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError

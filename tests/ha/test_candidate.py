@@ -12,7 +12,13 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from metamorphosis import zk
-from metamorphosis.ha.failover import Candidate, FailoverRecord, readRecord, recordPath, statesPath
+from metamorphosis.ha.failover import (
+    Candidate,
+    FailoverRecord,
+    readRecord,
+    recordPath,
+    statesPath,
+)
 from metamorphosis.ha.gregor import MasterLink
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
