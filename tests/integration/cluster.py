@@ -14,6 +14,7 @@ import collections
 import os
 import time
 
+from kazoo.exceptions import NoNodeError
 from twisted.internet import defer, reactor, task, threads
 
 from metamorphosis.client.consumer import ConsumerConfig, createConsumer
@@ -124,9 +125,10 @@ def readNode(zookeeper, path):
     started kazoo client.
     """
     def read():
-        if zookeeper.exists(path) is None:
+        try:
+            return zookeeper.get(path)[0]
+        except NoNodeError:
             return None
-        return zookeeper.get(path)[0]
 
     return threads.deferToThread(read)
 
