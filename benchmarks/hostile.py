@@ -76,7 +76,7 @@ def readReply(sock, timeout):
             if not chunk:
                 return data.decode(errors="replace") or "closed without reply"
             data += chunk
-    except (socket.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         return None
     except OSError as e:
         return f"error {e}"

@@ -1,9 +1,14 @@
 """
-Turn trial's closing line, and the conformance replay's scenario counts, into
-the one `N passed, N failed[, N skipped]` line that CI reads, and exit non-zero
+Turn trial's closing line, and the result of each further step of the test
+command (the lint, the conformance replay), into the one
+`N passed, N failed[, N skipped]` line that CI reads, and exit non-zero
 unless everything passed.
 
-usage: summary.py TRIAL_STATUS TRIAL_LOG [REPLAY_STATUS REPLAY_LOG]
+usage: summary.py TRIAL_STATUS TRIAL_LOG [STEP STATUS LOG]...
+
+A step counts the `N passed, N failed` lines its log prints (the replay
+prints one per group); a step whose log has none counts as one check,
+passed if its status is 0 (the lint).
 """
 import re
 import sys
@@ -32,18 +37,22 @@ def trialCounts(status, lines):
     return passed, failed, skipped
 
 
-def replayCounts(status, lines):
+def stepCounts(status, lines):
     """
-    (passed, failed, skipped) summed over the replay's per-group
-    C{N passed, N failed} lines; a replay that failed without saying why
-    counts as one failure.
+    (passed, failed, skipped) summed over a step's C{N passed, N failed}
+    lines; a step that prints none is one check that passed if its status
+    is 0, and a step that failed without saying why counts as one failure.
     """
     passed = failed = 0
+    counted = False
     for line in lines:
         match = re.match(r"^(\d+) passed, (\d+) failed\s*$", line)
         if match:
+            counted = True
             passed += int(match.group(1))
             failed += int(match.group(2))
+    if not counted and status == 0:
+        passed = 1
     if status != 0 and failed == 0:
         failed = 1
     return passed, failed, 0
@@ -56,10 +65,12 @@ def readLines(path):
 
 def main(argv):
     totals = trialCounts(int(argv[1]), readLines(argv[2]))
-    if len(argv) > 3:
-        replay = replayCounts(int(argv[3]), readLines(argv[4]))
-        print("conformance: %d passed, %d failed" % replay[:2])
-        totals = tuple(a + b for a, b in zip(totals, replay))
+    steps = argv[3:]
+    for i in range(0, len(steps) - 2, 3):
+        name, status, log = steps[i : i + 3]
+        counts = stepCounts(int(status), readLines(log))
+        print("%s: %d passed, %d failed" % ((name,) + counts[:2]))
+        totals = tuple(a + b for a, b in zip(totals, counts))
     passed, failed, skipped = totals
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 0 if failed == 0 and passed > 0 else 1

@@ -17,7 +17,6 @@ import re
 import zlib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Optional
 
 from metamorphosis.broker.access import AccessConfigError, AccessRules, parseAccess
 from metamorphosis.protocol.topics import (
@@ -45,7 +44,7 @@ class ZookeeperConfig:
     """
 
     zkEnable: bool = True
-    zkConnect: Optional[str] = None
+    zkConnect: str | None = None
     zkSessionTimeoutMs: int = 30000
     zkConnectionTimeoutMs: int = 30000
     zkSyncTimeMs: int = 5000
@@ -102,11 +101,11 @@ class MetaConfig:
     brokerId: int = 0
     serverPort: int = 8123
     #: The HTTP endpoint's port (metrics, health, dashboard); off when unset.
-    dashboardHttpPort: Optional[int] = None
-    hostName: Optional[str] = None
+    dashboardHttpPort: int | None = None
+    hostName: str | None = None
     dataPath: str = "meta"
-    dataLogPath: Optional[str] = None
-    appClassPath: Optional[str] = None
+    dataLogPath: str | None = None
+    appClassPath: str | None = None
     numPartitions: int = 1
     unflushThreshold: int = 1000
     unflushInterval: int = 10000
@@ -139,7 +138,7 @@ class MetaConfig:
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
-    path: Optional[str] = None
+    path: str | None = None
     checksum: int = 0
     #: The slave number of an async replication slave (set from its
     #: C{async_slave.properties}, spec/ha.md section 2.1); -1 otherwise.

@@ -45,6 +45,15 @@ from metamorphosis.protocol.commands import (
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
+from metamorphosis.protocol.status import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    MOVED,
+    NOT_FOUND,
+    OK,
+    SERVICE_UNAVAILABLE,
+)
 from metamorphosis.protocol.topics import IllegalTopicName, checkTopic
 from metamorphosis.ratelog import RateLimitedLog
 
@@ -59,8 +68,6 @@ CHUNK_SIZE = 256 * 1024
 #: Java C{Long.MAX_VALUE}, the offset that always gets a 301.
 LONG_MAX = 2**63 - 1
 
-OK, MOVED, BAD_REQUEST, FORBIDDEN, NOT_FOUND = 200, 301, 400, 403, 404
-INTERNAL_ERROR, NO_PROCESSOR = 500, 503
 
 #: gecko's answer to a request no processor is registered for
 #: (C{GeckoHandler.responseNoProcessor}).
@@ -251,9 +258,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         if self._unfinished and factory.unfinishedBytes > factory.maxUnfinishedBytes:
             self._abandonRequest(
                 NO_PROCESSOR, "overloaded",
-                "The broker holds more than {limit} bytes of unfinished requests "
-                "(maxUnfinishedRequestBytes); try again later".format(
-                    limit=factory.maxUnfinishedBytes))
+                f"The broker holds more than {factory.maxUnfinishedBytes} bytes of unfinished requests "
+                "(maxUnfinishedRequestBytes); try again later")
 
     # Limits of requests being received
 
@@ -927,7 +933,7 @@ class BrokerFactory(protocol.ServerFactory):
             return self.transactionProcessor.processTransaction(command, session)
         if isinstance(command, SyncCommand):
             if self.syncProcessor is None:
-                return result(NO_PROCESSOR, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
+                return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
                               command.opaque)
             return self.syncProcessor.processSync(command, session)
         # A result or value line sent to the broker is a response nobody

@@ -18,18 +18,18 @@ from twisted.python import usage
 
 from metamorphosis.broker.access import AccessGate
 from metamorphosis.broker.address import localHost
+from metamorphosis.broker.config import (
+    ConfigError,
+    loadConfig,
+    reloadTopics,
+    standaloneConfig,
+)
 from metamorphosis.broker.listeners import (
     Listener,
     ListenerError,
     buildListeners,
     isTLS,
     plainAndTLS,
-)
-from metamorphosis.broker.config import (
-    ConfigError,
-    loadConfig,
-    reloadTopics,
-    standaloneConfig,
 )
 from metamorphosis.broker.server import IDLE_TIMEOUT, BrokerFactory, BrokerProcessor
 from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager

@@ -36,6 +36,7 @@ from metamorphosis.protocol.commands import (
     VersionCommand,
 )
 from metamorphosis.protocol.framing import MetaProtocol
+from metamorphosis.protocol.status import OK
 
 INT_MIN = -(2**31)
 INT_MAX = 2**31 - 1
@@ -289,7 +290,7 @@ class MetaClientProtocol(MetaProtocol):
 
     def _heartbeat(self):
         def answered(reply):
-            if reply.code == 200:
+            if reply.code == OK:
                 self._heartbeatFailures = 0
             else:
                 failed("status %d" % (reply.code,))

@@ -11,7 +11,7 @@ its listener keeps failing on to local recovery (L{RecoverManager}).
 
 import re
 from dataclasses import dataclass, replace
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,13 +22,13 @@ from metamorphosis.client.fetch import FetchManager, FetchRequest, processedIds
 from metamorphosis.client.interfaces import IMessageListener
 from metamorphosis.client.membership import GroupMembership, localHost
 from metamorphosis.client.message import Message
-from metamorphosis.client.offsets import (
-    LocalOffsetStorage, OffsetCommitter, PartitionOffset, ZooKeeperOffsetStorage)
+from metamorphosis.client.offsets import LocalOffsetStorage, OffsetCommitter, PartitionOffset, ZooKeeperOffsetStorage
 from metamorphosis.client.partition import Partition
 from metamorphosis.client.recovery import RecoverManager
 from metamorphosis.client.strategies import strategyNamed
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ValueCommand
+from metamorphosis.protocol.status import FORBIDDEN, MOVED, NOT_FOUND, OK
 from metamorphosis.protocol.topics import checkTopic
 
 _ILLEGAL_GROUP = re.compile(r"[~!#$%^&*()+=`'\",;/?\[\]<>.:\s]")
@@ -59,7 +59,7 @@ class ConsumerConfig:
     MAX_OFFSET: ClassVar[int] = 2 ** 63 - 1
 
     group: str
-    consumerId: Optional[str] = None
+    consumerId: str | None = None
     fetchTimeoutInMills: int = 10000
     maxDelayFetchTimeInMills: int = 5000
     commitOffsetPeriodInMills: int = 5000
@@ -68,10 +68,10 @@ class ConsumerConfig:
     offset: int = 0
     alwaysConsumeFromMaxOffset: bool = False
     loadBalanceStrategyType: str = "DEFAULT"
-    partition: Optional[str] = None
-    serverUrl: Optional[str] = None
+    partition: str | None = None
+    serverUrl: str | None = None
     zkSyncTimeMs: int = 5000
-    recoverPath: Optional[str] = None
+    recoverPath: str | None = None
     recoverMessageIntervalInMills: int = 300000
 
     def __post_init__(self):
@@ -317,9 +317,9 @@ class MessageConsumer:
             if len(reply.data) < request.maxSize // 2:
                 request.decreaseMaxSize()
             return reply.data
-        if reply.code in (403, 404):
+        if reply.code in (FORBIDDEN, NOT_FOUND):
             return None
-        if reply.code == 301:
+        if reply.code == MOVED:
             request.retries = 0
             request.setOffset(int(reply.body), -1, True)
             return None
@@ -334,7 +334,7 @@ class MessageConsumer:
         reply = await connection.request(
             "offset", request.topic, self.group, request.partition.partition, request.offset,
             timeout=self.config.fetchTimeoutInMills / 1000.0)
-        if getattr(reply, "code", None) != 200:
+        if getattr(reply, "code", None) != OK:
             raise MetaClientError("Status:%s,Error message:%r"
                                   % (getattr(reply, "code", None), getattr(reply, "body", None)))
         return int(reply.body)
@@ -373,7 +373,7 @@ async def getOnce(connection, topic, group, partition, offset, maxSize, timeout)
     reply = await connection.request("get", topic, group, partition.partition, offset, maxSize,
                                      timeout=timeout)
     if not isinstance(reply, ValueCommand):
-        if reply.code in (403, 404, 301):
+        if reply.code in (FORBIDDEN, NOT_FOUND, MOVED):
             return [], 0
         raise MetaClientError("Status:%d,Error message:%s"
                               % (reply.code, reply.body.decode("utf-8", "replace")))

@@ -23,6 +23,7 @@ from metamorphosis.client.selectors import OrderedPartitionSelector, RoundRobinP
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import javaSplit
 from metamorphosis.protocol.javalang import parseJavaInt
+from metamorphosis.protocol.status import FORBIDDEN, OK
 from metamorphosis.protocol.topics import IllegalTopicName, checkTopic
 
 DEFAULT_SEND_TIMEOUT = 3.0
@@ -249,7 +250,7 @@ class MessageProducer:
         """
         code = getattr(reply, "code", None)
         text = reply.body.decode("utf-8", "replace") if code is not None else ""
-        if code == 200:
+        if code == OK:
             try:
                 # Java's genSendResult: split on single spaces (trailing
                 # empty tokens dropped), Long.parseLong, Integer.parseInt.
@@ -265,7 +266,7 @@ class MessageProducer:
                 partition = Partition(partition.brokerId, partitionNumber)
             message.partition = partition
             return SendResult(True, message.partition, offset, None, messageId)
-        if code == 403:
+        if code == FORBIDDEN:
             return SendResult(False, None, -1, "403")
         if code is None:
             return SendResult(False, None, -1, "Unexpected reply to put: %r" % (reply,))

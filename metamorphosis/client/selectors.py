@@ -45,6 +45,10 @@ class RoundRobinPartitionSelector:
         return partitions[self._counter % len(partitions)]
 
 
+#: The generator of the selectors not given their own.
+_SHARED_RANDOM = random.Random()
+
+
 @implementer(IPartitionSelector)
 class RandomPartitionSelector:
     """
@@ -54,8 +58,8 @@ class RandomPartitionSelector:
 
     skipsUnreachableBrokers = True
 
-    def __init__(self, random=random.Random()):
-        self._random = random
+    def __init__(self, random=None):
+        self._random = random if random is not None else _SHARED_RANDOM
 
     def getPartition(self, topic, partitions, message):
         if not partitions:

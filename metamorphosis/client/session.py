@@ -26,6 +26,7 @@ from metamorphosis.client.producer import (
 )
 from metamorphosis.client.selectors import OrderedPartitionSelector
 from metamorphosis.client.transaction import TransactionalMessageProducer, XAMessageProducer
+from metamorphosis.protocol.status import OK
 from metamorphosis.zk import connect, disconnect, normalizeRoot
 
 
@@ -327,7 +328,7 @@ class MetaMessageSessionFactory(service.Service):
         connection = self.connections.connection(url)
 
         def parse(reply):
-            if getattr(reply, "code", None) != 200:
+            if getattr(reply, "code", None) != OK:
                 raise MetaClientError("Status:%s,Error message:%r" % (getattr(reply, "code", None), reply))
             values = {}
             for line in reply.body.decode("utf-8", "replace").split("\r\n"):

@@ -48,6 +48,7 @@ from metamorphosis.client.errors import (
 from metamorphosis.client.producer import MessageProducer
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
+from metamorphosis.protocol.status import OK
 from metamorphosis.protocol.txid import XATransactionId, parseTransactionId
 from metamorphosis.protocol.xa import (
     TMJOIN,
@@ -178,7 +179,7 @@ class TransactionContext:
         self.key = "TX:%s:%d" % (self.sessionId, next(self._localCounter))
 
         def begun(reply):
-            if reply.code != 200:
+            if reply.code != OK:
                 self.key = None
                 raise MetaClientError(reply.body.decode("utf-8", "replace"))
             return self.key
@@ -208,7 +209,7 @@ class TransactionContext:
             ) from e
         finally:
             self.connection = None
-        if reply.code != 200:
+        if reply.code != OK:
             raise MetaClientError(reply.body.decode("utf-8", "replace"))
 
     # XA transactions
@@ -226,7 +227,7 @@ class TransactionContext:
         except MetaConnectionError as e:
             raise XAException(XAER_RMFAIL, str(e)) from e
         body = reply.body.decode("utf-8", "replace")
-        if reply.code != 200:
+        if reply.code != OK:
             raise XAException.fromReply(body)
         return body
 
@@ -524,7 +525,7 @@ class MetaXAResource:
                     )
                 except (MetaTimeoutError, MetaConnectionError) as e:
                     raise XAException(XAER_RMFAIL, str(e)) from e
-                if reply.code != 200:
+                if reply.code != OK:
                     continue
                 body = reply.body.decode("utf-8")
                 for key in body.split("\r\n") if body else ():

@@ -15,7 +15,6 @@ C{server.ini} (L{findPluginFile}).
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from metamorphosis.ha.properties import PropertiesError, readProperties
 from metamorphosis.tls import ClientTLS
@@ -117,7 +116,7 @@ class SamsaMasterConfig:
     sendToSlaveTimeoutInMills: int = 2000
     slaveContinuousFailureThreshold: int = 100
     checkSlaveIntervalInMills: int = 100
-    tls: Optional[ClientTLS] = None
+    tls: ClientTLS | None = None
 
     plugin = "samsa"
 
@@ -216,7 +215,7 @@ class AsyncSlaveConfig:
     autoSyncMasterConfig: bool = False
     autoPromote: bool = False
     promoteAfterMs: int = 5000
-    tls: Optional[ClientTLS] = None
+    tls: ClientTLS | None = None
 
     plugin = "metaslave"
 

@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from metamorphosis import zk
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.protocol.status import INTERNAL_ERROR
 
 #: The file in the data directory of a broker that took part in failover.
 MARKER = "failover.marker"
@@ -478,7 +479,7 @@ class FencedTransactions:
 
     def processTransaction(self, command, session):
         if self.fence.refusal is not None and command.type not in ("END", "RECOVER"):
-            return ResultCommand(500, ("Fenced: %s" % (self.fence.refusal,)).encode("utf-8"), command.opaque)
+            return ResultCommand(INTERNAL_ERROR, ("Fenced: %s" % (self.fence.refusal,)).encode("utf-8"), command.opaque)
         return self.transactions.processTransaction(command, session)
 
 
@@ -488,7 +489,7 @@ def refuse(fence, processor, command):
     reason, so that a producer retries elsewhere.
     """
     text = processor.genErrorMessage(command.topic, command.partition) + "Detail:%s" % (fence.refusal,)
-    return ResultCommand(500, text.encode("utf-8"), command.opaque)
+    return ResultCommand(INTERNAL_ERROR, text.encode("utf-8"), command.opaque)
 
 
 def installFence(broker):

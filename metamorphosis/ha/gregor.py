@@ -37,8 +37,7 @@ from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand
-
-OK, FORBIDDEN, INTERNAL_ERROR = 200, 403, 500
+from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 

@@ -39,14 +39,15 @@ from zope.interface import implementer
 
 from metamorphosis import zk
 from metamorphosis.broker.address import localHost
+from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.client.membership import consumerUUID
 from metamorphosis.ha import failover
-from metamorphosis.broker.store.errors import OffsetMismatch
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import NotConnected, PeerLink, RequestTimeout
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import GetCommand, OffsetCommand, ResultCommand, StatsCommand, ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, decodeRecords
+from metamorphosis.protocol.status import MOVED, NOT_FOUND, OK
 
 #: The fetch size of the Java slave's subscriptions.
 MAX_SIZE = 1024 * 1024
@@ -55,7 +56,6 @@ MAX_SIZE = 1024 * 1024
 #: high-water mark.
 LONG_MAX = 2**63 - 1
 
-OK, MOVED, NOT_FOUND = 200, 301, 404
 
 
 def _sections(text):

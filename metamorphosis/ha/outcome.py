@@ -11,9 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from metamorphosis.logfields import errorText
-
-SUCCESS = 200
-INTERNAL_ERROR = 500
+from metamorphosis.protocol.status import INTERNAL_ERROR, OK
 
 
 class SyncPut:
@@ -67,7 +65,7 @@ class SyncPut:
             return
         where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
         if self._master and self._slave:
-            result = (SUCCESS, "%d %d %d" % (self.msgId, self.partition, self._offset))
+            result = (OK, "%d %d %d" % (self.msgId, self.partition, self._offset))
         elif self._master:
             result = (INTERNAL_ERROR, "Put message to [slave '%s'] %s" % (self.slaveUrl, where))
         else:
@@ -147,7 +145,7 @@ class SlaveHealth:
             except Exception as e:
                 self.log.info("Probing the slave failed: {error}", error=errorText(e))
                 code = None
-            if code == SUCCESS or self._stopped:
+            if code == OK or self._stopped:
                 break
             self._pause = deferLater(self._clock, self.intervalSeconds)
             try:

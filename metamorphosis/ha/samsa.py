@@ -16,16 +16,15 @@ from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import PeerLink, RequestTimeout
-from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
-from metamorphosis.ha.outcome import SUCCESS, SlaveHealth, SyncPut
+from metamorphosis.ha.outcome import SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand
-
-FORBIDDEN, INTERNAL_ERROR = 403, 500
+from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 SLAVE_DISCONNECTED = "Slave is disconnected "
@@ -92,7 +91,7 @@ class SyncMasterProcessor:
 
         def answer(outcome):
             code, text = outcome
-            if code != SUCCESS:
+            if code != OK:
                 processor.stats.statsPutFailed(topic, partitionString)
             return _result(code, text, opaque)
 
@@ -109,7 +108,7 @@ class SyncMasterProcessor:
         )
 
         def replied(reply):
-            if getattr(reply, "code", None) == SUCCESS:
+            if getattr(reply, "code", None) == OK:
                 self.health.succeeded()
                 put.slaveStored()
             else:

@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from metamorphosis.broker.interfaces import ITransactionProcessor
 from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.protocol.status import INTERNAL_ERROR
 
 #: Transaction type to the Java C{CommandProcessor} method it calls.
 _METHODS = {
@@ -44,7 +45,7 @@ class NoTransactions:
             text = "Unknow transaction command type:%s" % (command.type,)
         else:
             text = "Unsupported " + method
-        return ResultCommand(500, text.encode("utf-8"), command.opaque)
+        return ResultCommand(INTERNAL_ERROR, text.encode("utf-8"), command.opaque)
 
     def processPut(self, command, session):
         return self._processPut(command, session)

@@ -14,8 +14,9 @@ Everything the Java decoder would reject raises L{ProtocolError}; nothing
 else escapes L{CommandParser}.
 """
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 from metamorphosis.protocol.javalang import isJavaBlank, isJavaDigit, parseJavaInt
 from metamorphosis.protocol.txid import parseTransactionId
@@ -132,7 +133,7 @@ class GetCommand:
         return (
             f"get {self.topic} {self.group} {self.partition} {self.offset} "
             f"{self.maxSize} {self.opaque}\r\n"
-        ).encode("utf-8")
+        ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ class OffsetCommand:
         return (
             f"offset {self.topic} {self.group} {self.partition} "
             f"{self.offset} {self.opaque}\r\n"
-        ).encode("utf-8")
+        ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,7 @@ class StatsCommand:
 
     def encode(self) -> bytes:
         item = "" if isJavaBlank(self.item) else self.item
-        return f"stats {item} {self.opaque}\r\n".encode("utf-8")
+        return f"stats {item} {self.opaque}\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,7 @@ class TransactionCommand:
             fields.append(str(self.timeout))
         if not isJavaBlank(self.uniqueQualifier):
             fields.append(self.uniqueQualifier)
-        return f"transaction {' '.join(fields)} {self.opaque}\r\n".encode("utf-8")
+        return f"transaction {' '.join(fields)} {self.opaque}\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)

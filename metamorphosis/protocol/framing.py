@@ -31,10 +31,9 @@ from metamorphosis.protocol.commands import (
     ProtocolError,
     ResultCommand,
 )
+from metamorphosis.protocol.status import BAD_REQUEST
 
-__all__ = ["MetaProtocol", "BAD_REQUEST"]
-
-BAD_REQUEST = 400
+__all__ = ["MetaProtocol"]
 
 
 @implementer(IHalfCloseableProtocol)

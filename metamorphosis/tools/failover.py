@@ -34,7 +34,6 @@ from metamorphosis import zk
 from metamorphosis.ha.failover import FailoverRecord, recordPath, statesPath
 from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, openZooKeeper, runAlias
 
-
 #: A master's state node older than this is not beating (it is rewritten
 #: every 0.3 s).
 STALE_SECONDS = 2.0

@@ -38,6 +38,7 @@ from metamorphosis.client.offsets import (
 from metamorphosis.client.partition import Partition
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, iterRecords
+from metamorphosis.protocol.status import OK
 from metamorphosis.tools.cli import (
     Progress,
     ToolError,
@@ -294,7 +295,7 @@ class Brokers:
         except MetaClientError as e:
             print("warning: %s %s: %s" % (topic, partition, e), file=self.err)
             return None
-        if reply.code != 200:
+        if reply.code != OK:
             return None
         return int(reply.body)
 

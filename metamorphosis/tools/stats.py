@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from metamorphosis.client.errors import MetaClientError
+from metamorphosis.protocol.status import OK
 from metamorphosis.tools.cli import (
     BrokerTLS,
     ToolError,
@@ -91,7 +92,7 @@ async def main(reactor, options, out=None):
                 raise ToolError("%s: %s" % (options["broker"], e))
             now = reactor.seconds()
             body = reply.body.decode("utf-8", "replace")
-            if reply.code != 200:
+            if reply.code != OK:
                 raise ToolError("%s answered %s: %s" % (options["broker"], reply.code, body))
             if options["watch"] is not None:
                 print("--- %s %s" % (options["broker"], time.strftime("%Y-%m-%d %H:%M:%S")),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import (
+    SYSTEM_KEYS,
     ConfigError,
     closestKey,
     evaluateInteger,
@@ -18,7 +19,6 @@ from metamorphosis.broker.config import (
     parseConfig,
     reloadTopics,
     standaloneConfig,
-    SYSTEM_KEYS,
 )
 
 CONFORMANCE_INI = os.path.join(

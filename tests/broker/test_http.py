@@ -29,7 +29,7 @@ def samples(text):
 
 
 def value(found, name, **labels):
-    matching = [v for l, v in found.get(name, []) if all(l.get(k) == w for k, w in labels.items())]
+    matching = [v for have, v in found.get(name, []) if all(have.get(k) == w for k, w in labels.items())]
     assert len(matching) == 1, (name, labels, found.get(name))
     return matching[0]
 

@@ -7,8 +7,8 @@ import errno
 import os
 
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from metamorphosis import METAQ_VERSION
@@ -21,7 +21,6 @@ from metamorphosis.broker.server import (
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.protocol.records import checksum, decodeRecords, encodeRecord
-
 from tests.broker.fakes import FakeStoreManager, FileStore
 
 ERROR_PREFIX = b"Put message to [broker 'meta://127.0.0.1:8123'] "

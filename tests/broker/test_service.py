@@ -13,7 +13,6 @@ from metamorphosis.broker.server import FileRegion
 from metamorphosis.broker.service import BrokerService, Options
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
-
 from tests.broker.client import connect
 from tests.waiting import waitFor
 

@@ -10,7 +10,6 @@ from twisted.trial import unittest
 from metamorphosis import METAQ_VERSION
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
 from metamorphosis.broker.stats import StatsManager, formatDecimal
-
 from tests.broker.fakes import FakeStore, FakeStoreManager
 
 

@@ -151,7 +151,7 @@ class RedoLogTests(SynchronousTestCase):
         log = self.redoLog(fileSize=10)
         log.recover()
         locations = [log.append(DoneRecord(str(i))) for i in range(3)]
-        self.assertEqual([l.number for l in locations], [1, 2, 3])
+        self.assertEqual([location.number for location in locations], [1, 2, 3])
         self.assertEqual(log.numbers(), [1, 2, 3])
         recovered = self.redoLog(fileSize=10).recover(locations[1])
         self.assertEqual([r for _, r in recovered], [DoneRecord("1"), DoneRecord("2")])

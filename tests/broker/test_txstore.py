@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.broker.config import MetaConfig
+from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.broker.transactions.store import JournalTransactionStore
 from metamorphosis.broker.transactions.transaction import (
     LocalTransaction,
@@ -17,7 +18,6 @@ from metamorphosis.broker.transactions.transaction import (
     State,
     XATransaction,
 )
-from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.protocol.records import decodeRecords
 from tests.broker.txsupport import ImmediateReactor, MemoryStoreManager, SyncThreadPool
 

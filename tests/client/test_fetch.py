@@ -4,7 +4,8 @@ broker replies: offsets, back-off, retries, maxSize growth, local recovery
 hand-off, checksum resets, duplicates, filters, manual acknowledgement.
 """
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase

@@ -7,7 +7,8 @@ uses.
 import json
 import os
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kazoo.client import KazooClient
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
@@ -17,8 +18,13 @@ from zope.interface.verify import verifyObject
 
 from metamorphosis.client.interfaces import IOffsetStorage
 from metamorphosis.client.offsets import (
-    LocalOffsetStorage, OffsetCommitter, PartitionOffset,
-    SQLOffsetStorage, ZooKeeperOffsetStorage, parseZooKeeperOffset)
+    LocalOffsetStorage,
+    OffsetCommitter,
+    PartitionOffset,
+    SQLOffsetStorage,
+    ZooKeeperOffsetStorage,
+    parseZooKeeperOffset,
+)
 from metamorphosis.client.partition import Partition
 from tests.sqlservers import MARIADB, POSTGRESQL
 from tests.zookeeper import uniqueRoot, zookeeperAddress

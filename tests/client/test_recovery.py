@@ -5,7 +5,8 @@ deleted once processed, and a torn write is cut off.
 
 import os
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 

@@ -3,13 +3,19 @@ The rebalance strategies against tables computed by hand (DEFAULT) and by
 running Java's C{ConsisHashStrategy} (CONSIST) on the same members.
 """
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from metamorphosis.client.interfaces import ILoadBalanceStrategy
 from metamorphosis.client.strategies import (
-    ConsistentHashStrategy, DefaultStrategy, javaSorted, ketamaHash, strategyNamed)
+    ConsistentHashStrategy,
+    DefaultStrategy,
+    javaSorted,
+    ketamaHash,
+    strategyNamed,
+)
 
 
 def assignment(strategy, consumers, partitions):

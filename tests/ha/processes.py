@@ -9,8 +9,8 @@ import os
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.task import deferLater
-from twisted.python import log
 from twisted.protocols.portforward import ProxyClientFactory, ProxyFactory, ProxyServer
+from twisted.python import log
 
 from tests.broker.client import connect
 from tests.integration.brokerprocess import TWISTD, BrokerProcess

@@ -21,7 +21,6 @@ from metamorphosis.ha.samsa import SamsaReplication
 from metamorphosis.protocol.commands import PutCommand, ResultCommand, SyncCommand, TransactionCommand
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.protocol.records import checksum, decodeRecords
-
 from tests.broker.fakes import FakeStoreManager
 
 BROKER = "meta://127.0.0.1:8131"

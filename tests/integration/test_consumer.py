@@ -19,12 +19,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from metamorphosis.broker.config import MetaConfig, TopicConfig, ZookeeperConfig
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.client.blocking import BlockingMessageSessionFactory
-from metamorphosis.client.blockingconsumer import (
-    createBlockingConsumer, createBlockingTopicBrowser)
+from metamorphosis.client.blockingconsumer import createBlockingConsumer, createBlockingTopicBrowser
 from metamorphosis.client.browser import createTopicBrowser
 from metamorphosis.client.connection import ConnectionPool
-from metamorphosis.client.consumer import (
-    ConsumerConfig, MessageConsumer, broadcastGroup, createBroadcastConsumer)
+from metamorphosis.client.consumer import ConsumerConfig, MessageConsumer, broadcastGroup, createBroadcastConsumer
 from metamorphosis.client.fetch import MessageIdCache
 from metamorphosis.client.message import Message
 from metamorphosis.client.offsets import LocalOffsetStorage, SQLOffsetStorage

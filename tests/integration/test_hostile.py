@@ -15,10 +15,9 @@ from twisted.trial import unittest
 from metamorphosis.broker.config import MetaConfig, loadConfig
 from metamorphosis.protocol.commands import PutCommand, TransactionCommand
 from metamorphosis.protocol.records import decodeRecords
-
 from tests.broker.client import connect
-from tests.waiting import waitFor
 from tests.integration.brokerprocess import TWISTD, BrokerProcess, startBroker
+from tests.waiting import waitFor
 
 
 class HostileClientTests(unittest.TestCase):

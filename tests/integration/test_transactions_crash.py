@@ -12,7 +12,7 @@ from twisted.internet import defer, error, reactor, task
 from twisted.trial import unittest
 
 from metamorphosis.protocol.commands import ValueCommand
-from metamorphosis.protocol.records import decodeRecords, checksum
+from metamorphosis.protocol.records import checksum, decodeRecords
 from tests.broker.client import connect
 from tests.integration.brokerprocess import startBroker
 

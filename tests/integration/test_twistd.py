@@ -10,7 +10,6 @@ from twisted.trial import unittest
 
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
-
 from tests.broker.client import connect
 from tests.integration.brokerprocess import TWISTD, BrokerProcess
 

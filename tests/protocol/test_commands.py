@@ -4,7 +4,6 @@ Tests for L{metamorphosis.protocol.commands}.
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.commands import (

@@ -4,7 +4,6 @@ Tests for L{metamorphosis.protocol.framing}.
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.testing import StringTransport
@@ -14,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from metamorphosis.protocol.commands import (
     CommandParser,
     GetCommand,
-    ProtocolError,
     PutCommand,
     QuitCommand,
     ResultCommand,

@@ -2,8 +2,8 @@
 Tests for L{metamorphosis.protocol.ids}.
 """
 
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.ids import (

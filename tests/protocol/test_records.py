@@ -3,8 +3,8 @@ Tests for L{metamorphosis.protocol.records}: the worked examples of
 spec/message-format.md section 7 and round-trip properties.
 """
 
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.records import (

@@ -4,7 +4,6 @@ Tests for L{metamorphosis.protocol.txid} and L{metamorphosis.protocol.javalang}.
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.javalang import isJavaBlank, isJavaDigit, parseJavaInt

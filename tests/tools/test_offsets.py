@@ -5,7 +5,7 @@ and resetting an offset only when no consumer of the group is alive.
 """
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kazoo.client import KazooClient
 from twisted.internet import reactor
@@ -261,7 +261,7 @@ class OffsetsToolTests(TestCase):
             async def resetTo(seconds):
                 out, err, status = await self._tool(
                     "--group", "g", "--topic", "t", "--http-port", str(broker.httpPort),
-                    "--reset-to", datetime.fromtimestamp(seconds, timezone.utc).isoformat())
+                    "--reset-to", datetime.fromtimestamp(seconds, UTC).isoformat())
                 self.assertEqual(status, 0, err)
                 return (await storage.load("t", "g", Partition(3, 0))).offset
 

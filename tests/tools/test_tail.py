@@ -8,7 +8,8 @@ restarted while the file is appended and rotated.
 import collections
 import os
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock

@@ -18,17 +18,6 @@ from zope.interface import implementer
 
 from metamorphosis.broker.access import AccessDenied
 from metamorphosis.broker.interfaces import ITransactionProcessor
-from metamorphosis.logfields import errorText
-from metamorphosis.protocol.xa import (
-    XA_HEURCOM,
-    XA_HEURHAZ,
-    XA_HEURRB,
-    XAER_NOTA,
-    XAER_RMERR,
-    TransactionNotStarted,
-    XAException,
-    xaNotStarted,
-)
 from metamorphosis.broker.transactions.admin import (
     TransactionAdminService,
     adminSocketPath,
@@ -41,13 +30,25 @@ from metamorphosis.broker.transactions.transaction import (
     State,
     XATransaction,
 )
+from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import ResultCommand
-from metamorphosis.ratelog import RateLimitedLog
+from metamorphosis.protocol.status import INTERNAL_ERROR, OK
 from metamorphosis.protocol.txid import (
     LocalTransactionId,
     XATransactionId,
     parseTransactionId,
 )
+from metamorphosis.protocol.xa import (
+    XA_HEURCOM,
+    XA_HEURHAZ,
+    XA_HEURRB,
+    XAER_NOTA,
+    XAER_RMERR,
+    TransactionNotStarted,
+    XAException,
+    xaNotStarted,
+)
+from metamorphosis.ratelog import RateLimitedLog
 
 _DEFAULT = object()
 
@@ -381,7 +382,7 @@ class TransactionalProcessor(service.Service):
                     self.preparedTransactions(command.uniqueQualifier, session))
             else:
                 body = "Unknow transaction command type:%s" % (kind,)
-                return ResultCommand(500, body.encode("utf-8"), command.opaque)
+                return ResultCommand(INTERNAL_ERROR, body.encode("utf-8"), command.opaque)
         except AccessDenied as e:
             return self.access.refuse(session, "transactions", str(e), command.opaque,
                                       xa=True)
@@ -393,13 +394,13 @@ class TransactionalProcessor(service.Service):
                 key=command.transactionKey,
                 error=errorText(e.reply()),
             )
-            return ResultCommand(500, e.reply().encode("utf-8"), command.opaque)
+            return ResultCommand(INTERNAL_ERROR, e.reply().encode("utf-8"), command.opaque)
         except (TransactionNotStarted, TooManyTransactions, ValueError) as e:
-            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
+            return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
         except Exception as e:
             self.log.failure("Processing transaction command failed")
-            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
-        return ResultCommand(200, body.encode("utf-8"), command.opaque)
+            return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
+        return ResultCommand(OK, body.encode("utf-8"), command.opaque)
 
     def processPut(self, command, session):
         key = command.transactionKey
@@ -442,10 +443,10 @@ class TransactionalProcessor(service.Service):
             if isinstance(e, OSError):
                 self.refusals.error("tx-put-failed", "Journaling a put of {key} failed: {error}",
                                     key=key, error=str(e))
-            return ResultCommand(500, str(e).encode("utf-8"), command.opaque)
+            return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
         self.stats.statsPut(command.topic, partitionString)
         return ResultCommand(
-            200, ("%d %d -1" % (msgId, command.partition)).encode(), command.opaque
+            OK, ("%d %d -1" % (msgId, command.partition)).encode(), command.opaque
         )
 
     def sessionClosed(self, session):

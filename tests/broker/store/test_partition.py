@@ -6,11 +6,11 @@ offsets, slicing, the flush policies and failures.
 import os
 import stat
 
-from hypothesis import given, settings, strategies as st
-from zope.interface.verify import verifyObject
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from metamorphosis.broker.store.errors import (
     CorruptRecord,

@@ -5,8 +5,8 @@ foreign files, gaps between segments.
 
 import os
 
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 

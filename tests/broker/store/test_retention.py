@@ -7,10 +7,10 @@ import datetime
 import os
 import zipfile
 
-from hypothesis import given, settings, strategies as st
-from zope.interface.verify import verifyObject
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from metamorphosis.broker.store.cron import CronExpression, InvalidCronExpression
 from metamorphosis.broker.store.errors import OffsetBeforeStart
