@@ -44,18 +44,41 @@ from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol.ids import IdWorker
 
 
-class BrokerService(service.MultiService):
+class BrokerService(service.Service):
     """
-    The whole broker: stores, transactions, the listening port, ZooKeeper
-    registration, the realtime-stats reset timer and the SIGHUP reload of
-    the topic sections.
+    The whole broker: stores, transactions, the listeners, ZooKeeper
+    registration, and the services that run beside a serving broker (the
+    realtime-stats reset timer, the failover fence, replication, and
+    whatever L{addService} adds).
+
+    A plain service that owns its parts, because their order matters and is
+    not a tree's: L{startService} runs L{_start}, which brings them up one
+    after the other, each once the one before is ready:
+
+      0. the HTTP endpoint (metrics, health) listens, so that C{/health}
+         answers while the stores recover;
+      1. the message stores recover (nothing is served before);
+      2. the transactions replay their journal (prepared transactions are
+         known before a client can ask about them);
+      3. every listener listens (L{addListener} adds one, e.g. a TLS port);
+      4. ZooKeeper registration starts with the bound addresses (ZooKeeper
+         never advertises a broker that cannot answer);
+      5. the beside-services start, in the order they were added.
+
+    L{stopService} runs L{_stop}, the reverse: the beside-services stop
+    (last added first), the broker leaves ZooKeeper (clients stop choosing
+    it while it still answers), the listeners close, what was received is
+    answered and the connections closed, the transactions stop, the stores
+    flush and close, and the HTTP endpoint closes last.
 
     @ivar listeners: the L{metamorphosis.broker.listeners.Listener}s.
     @ivar port: the listening port of the first plain listener (the address
         registered for Java clients) once started, else of the first one.
     @ivar ports: listener name to its L{IListeningPort}.
-    @ivar started: a Deferred that fires when the broker listens (and fails
-        if it cannot start).
+    @ivar services: the services run beside the serving broker, in start
+        order.
+    @ivar started: a Deferred that fires with L{port} when the broker
+        serves (and fails if it cannot start).
     """
 
     log = Logger()
@@ -65,16 +88,14 @@ class BrokerService(service.MultiService):
         """
         @param endpoint: a server endpoint, or a list of L{Listener}s.
         """
-        service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config
         if not isinstance(endpoint, list):
             endpoint = [Listener("plain", "tcp", endpoint)]
-        self.listeners = endpoint
+        self.listeners = list(endpoint)
         self.storeManager = MessageStoreManager(config, reactor)
-        self.storeManager.setServiceParent(self)
         self.stats = StatsManager(config, self.storeManager, clock=reactor.seconds)
         idWorker = IdWorker(config.brokerId)
         self.processor = BrokerProcessor(
@@ -82,7 +103,6 @@ class BrokerService(service.MultiService):
         )
         self.transactions = TransactionalProcessor(
             config, self.storeManager, idWorker, self.stats, reactor)
-        self.transactions.setServiceParent(self)
         # The [access] rules are read at each check: a reload changes them.
         self.access = AccessGate(lambda: config.access, clock=reactor)
         self.transactions.access = self.access
@@ -91,10 +111,14 @@ class BrokerService(service.MultiService):
         self.zookeeper = zookeeper
         if zookeeper is not None:
             self.processor.registerTopic = zookeeper.registerTopic
-            zookeeper.setServiceParent(self)
             self.stats.extraItems["zookeeper"] = zookeeper.statsItems
+        self.services = []
+        timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
+        timer.clock = reactor
+        self.timer = timer
+        self.addService(timer)
         # Replication (docs/ha.md): its request handling is plugged into the
-        # factory now; its service starts once the broker listens.
+        # factory now; its service runs beside the serving broker.
         self.replication = replication
         self.replicationService = None
         if replication is not None:
@@ -102,12 +126,14 @@ class BrokerService(service.MultiService):
             self.stats.summaryExtensions.append(replication.statsItems)
             self.replicationService = replication.makeService(self)
         # A master refuses writes while a failover record names another
-        # broker (docs/ha.md, "Failover").
-        self.fence = None if replication is not None and replication.slave else installFence(self)
-        timer = internet.TimerService(REALTIME_RESET_INTERVAL, self.stats.realtime.reset)
-        timer.clock = reactor
-        timer.setServiceParent(self)
-        self.timer = timer
+        # broker (docs/ha.md, "Failover"); the fence wraps the processors
+        # replication installed, so it is installed after them.
+        slave = replication is not None and replication.slave
+        self.fence = None if slave else installFence(self)
+        if self.fence is not None:
+            self.addService(self.fence)
+        if self.replicationService is not None:
+            self.addService(self.replicationService)
         self.port = None
         self.ports = {}
         self.started = None
@@ -116,21 +142,40 @@ class BrokerService(service.MultiService):
         # last, as it reads all of the above.
         self.http = None if httpEndpoint is None else BrokerHttp(self, httpEndpoint)
 
+    def addListener(self, listener):
+        """
+        Also accept connections on C{listener} (a L{Listener}, for instance
+        a TLS one): the same broker answers them.  Listeners listen in the
+        order added, after the stores and transactions are ready.
+        """
+        if self.running:
+            raise RuntimeError("add listeners before the broker starts")
+        self.listeners.append(listener)
+
+    def addService(self, beside):
+        """
+        Run C{beside} (an L{IService}) while the broker serves: it starts
+        once the broker listens and is registered, in the order added, and
+        stops, in reverse order, before the broker leaves ZooKeeper.
+        """
+        if self.running:
+            raise RuntimeError("add services before the broker starts")
+        self.services.append(beside)
+
     def startService(self):
         service.Service.startService(self)
         self.started = defer.ensureDeferred(self._start())
         self.started.addErrback(self._startFailed)
 
     async def _start(self):
+        # 0. The HTTP endpoint, first, so that /health answers while the
+        # stores recover.
         if self.http is not None:
-            # First, so that /health answers while the stores recover.
             await self.http.listen()
+        # 1. and 2.: the stores, then the transactions that refer to them.
         await defer.maybeDeferred(self.storeManager.startService)
         await defer.maybeDeferred(self.transactions.startService)
-        if self.zookeeper is not None:
-            for topic in self.storeManager.topics():
-                self.zookeeper.registerTopic(topic)
-            self.zookeeper.startService()
+        # 3. Listen.
         for listener in self.listeners:
             self.ports[listener.name] = port = await listener.endpoint.listen(self.factory)
             address = port.getHost()
@@ -141,15 +186,17 @@ class BrokerService(service.MultiService):
         plain, tls = plainAndTLS(self.listeners)
         self.port = self.ports[(plain or tls).name]
         self.stats.port = self.port.getHost().port
+        # 4. Advertise the bound addresses.
         if self.zookeeper is not None:
+            for topic in self.storeManager.topics():
+                self.zookeeper.registerTopic(topic)
             if tls is not None:
                 self.zookeeper.setTLSAddress(self.ports[tls.name].getHost().port)
             self.zookeeper.setBrokerAddress(self.stats.port)
-        self.timer.startService()
-        if self.fence is not None:
-            self.fence.startService()
-        if self.replicationService is not None:
-            self.replicationService.startService()
+            await defer.maybeDeferred(self.zookeeper.startService)
+        # 5. What runs beside a serving broker.
+        for beside in self.services:
+            await defer.maybeDeferred(beside.startService)
         if self.config.path is not None:
             self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
         return self.port
@@ -183,25 +230,25 @@ class BrokerService(service.MultiService):
         if self._previousHangup is not None:
             signal.signal(signal.SIGHUP, self._previousHangup)
             self._previousHangup = None
-        if self.timer.running:
-            self.timer.stopService()
-        if self.replicationService is not None and self.replicationService.running:
-            await defer.maybeDeferred(self.replicationService.stopService)
-        if self.fence is not None and self.fence.running:
-            self.fence.stopService()
-        # Leave ZooKeeper first, so that clients stop choosing this broker
+        # 5. The services beside the broker, last started first stopped.
+        for beside in reversed(self.services):
+            if beside.running:
+                await defer.maybeDeferred(beside.stopService)
+        # 4. Leave ZooKeeper, so that clients stop choosing this broker
         # while it still answers them.
         if self.zookeeper is not None and self.zookeeper.running:
             await defer.maybeDeferred(self.zookeeper.stopService)
-        for port in self.ports.values():
-            await defer.maybeDeferred(port.stopListening)
-        # Answer what was received (a stored put gets its reply, so its
-        # client does not send it again), then close.
+        # 3. Stop listening; answer what was received (a stored put gets
+        # its reply, so its client does not send it again), then close.
+        for name in list(self.ports):
+            await defer.maybeDeferred(self.ports.pop(name).stopListening)
         await self.factory.drain(self.config.shutdownDrainSeconds, self.reactor)
+        # 2. and 1.: the transactions, then the stores (flushed and closed).
         if self.transactions.running:
             await defer.maybeDeferred(self.transactions.stopService)
         if self.storeManager.running:
             await defer.maybeDeferred(self.storeManager.stopService)
+        # 0. The HTTP endpoint, last.
         if self.http is not None:
             await self.http.stop()
 
@@ -262,12 +309,19 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self):
+        """
+        Build the broker's configuration from the file and the overrides;
+        every mistake is a L{usage.UsageError}, which C{twistd} prints with
+        the usage text instead of a traceback.
+        """
+        from twisted.internet import reactor
+
         try:
             config = (loadConfig(self["config"]) if self["config"] else standaloneConfig())
         except ConfigError as e:
-            raise SystemExit(f"metaq: bad configuration: {e}")
+            raise usage.UsageError(f"bad configuration: {e}")
         if self["broker-id"] is not None:
-            config.brokerId = self._integer("broker-id")
+            config.brokerId = self._number("broker-id", int)
         if self["host-name"]:
             config.hostName = self["host-name"]
         if self["data-dir"]:
@@ -284,8 +338,10 @@ class Options(usage.Options):
             if self.replication is not None:
                 self.replication.configure(config)
         except ReplicationConfigError as e:
-            raise SystemExit(f"metaq: bad replication configuration: {e}")
-        self["idle-timeout"] = float(self["idle-timeout"])
+            raise usage.UsageError(f"bad replication configuration: {e}")
+        self["idle-timeout"] = self._number("idle-timeout", float)
+        if self["idle-timeout"] <= 0:
+            raise usage.UsageError("--idle-timeout must be a positive number of seconds")
         port = self["port"]
         if port is not None and port.isdigit():
             port = f"tcp:{port}"
@@ -297,13 +353,33 @@ class Options(usage.Options):
             http = f"tcp:{http}"
         self["http"] = None if http in (None, "none") else http
         self.listeners = listenerDescriptions(config, port, self["listen"])
+        for _, description in self.listeners:
+            if not isTLS(description):
+                # TLS ones load files: they are built by makeService.
+                self.endpointFor(description, reactor)
+        self.httpEndpoint = None if self["http"] is None else self.endpointFor(self["http"], reactor)
+        try:
+            os.makedirs(config.dataPath, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"cannot use the data directory {config.dataPath!r}: {e.strerror}")
         self.metaConfig = config
 
-    def _integer(self, name):
+    def endpointFor(self, description, reactor):
+        """
+        The server endpoint a C{--http}-like string describes.
+
+        @raise usage.UsageError: for a description Twisted cannot parse.
+        """
         try:
-            return int(self[name])
+            return endpoints.serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"bad endpoint {description!r}: {e}")
+
+    def _number(self, name, kind):
+        try:
+            return kind(self[name])
         except ValueError:
-            raise usage.UsageError(f"--{name} must be an integer, not {self[name]!r}")
+            raise usage.UsageError(f"--{name} must be a number, not {self[name]!r}")
 
 
 def listenerDescriptions(config, port=None, listen=()):
@@ -312,8 +388,8 @@ def listenerDescriptions(config, port=None, listen=()):
     and C{--listen} if given, else the C{[listeners]} section, else
     C{tcp:<serverPort>}.
 
-    @raise SystemExit: ZooKeeper registration is on and there is no plain
-        listener, so no address could be registered for Java clients.
+    @raise usage.UsageError: ZooKeeper registration is on and there is no
+        plain listener, so no address could be registered for Java clients.
     """
     given = ([("port", port)] if port else []) + [
         (f"listen{n}", description) for n, description in enumerate(listen, 1)
@@ -321,8 +397,8 @@ def listenerDescriptions(config, port=None, listen=()):
     listeners = given or config.listeners or [("plain", f"tcp:{config.serverPort}")]
     zk = config.zookeeper
     if zk.zkEnable and zk.zkConnect and all(isTLS(d) for _, d in listeners):
-        raise SystemExit(
-            "metaq: bad configuration: ZooKeeper registration needs one plain listener "
+        raise usage.UsageError(
+            "bad configuration: ZooKeeper registration needs one plain listener "
             "(its address is what Java clients read); see docs/security.md"
         )
     return listeners
@@ -343,8 +419,8 @@ def makeService(options):
     from twisted.internet import reactor
 
     config = options.metaConfig
-    os.makedirs(config.dataPath, exist_ok=True)
     try:
+        # Here rather than in postOptions: it loads key and certificate files.
         listeners = buildListeners(reactor, options.listeners)
     except ListenerError as e:
         raise SystemExit(f"metaq: bad listener: {e}")
@@ -355,6 +431,5 @@ def makeService(options):
         zookeeper=zookeeperService(config),
         idleTimeout=options["idle-timeout"],
         replication=options.replication,
-        httpEndpoint=(None if options["http"] is None
-                      else endpoints.serverFromString(reactor, options["http"])),
+        httpEndpoint=options.httpEndpoint,
     )

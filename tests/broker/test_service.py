@@ -5,10 +5,13 @@ a real loopback socket.
 
 import os
 
+from twisted.application import service
 from twisted.internet import defer, endpoints, reactor
+from twisted.python import usage
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
+from metamorphosis.broker.listeners import Listener
 from metamorphosis.broker.server import FileRegion
 from metamorphosis.broker.service import BrokerService, Options
 from metamorphosis.protocol.commands import ValueCommand
@@ -184,6 +187,59 @@ class BrokerServiceTests(unittest.TestCase):
         self.assertEqual(reply.code, 200)
 
 
+class CompositionTests(unittest.TestCase):
+    """
+    The order in which L{BrokerService} brings its parts up and down, and
+    the listeners and services added to it.
+    """
+
+    timeout = 60
+
+    async def test_order(self):
+        """
+        An added service starts once every listener listens and stops
+        while they still do; an added listener serves the same broker; the
+        stores are closed only once everything else has stopped.
+        """
+        config = MetaConfig(dataPath=self.mktemp(), hostName="127.0.0.1")
+        config.topics = {"t": TopicConfig("t", dataPath=config.dataPath, unflushThreshold=0)}
+        broker = BrokerService(config, endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+                               reactor)
+        broker.addListener(Listener("second", "tcp", endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")))
+        seen = []
+
+        class Beside(service.Service):
+            async def _served(self, what):
+                """
+                Put through every listener, as seen at C{what}.
+                """
+                for port in broker.ports.values():
+                    client = await connect(reactor, port.getHost().port)
+                    reply = await client.put("t", 0, what.encode(), 1)
+                    client.transport.loseConnection()
+                    await client.closed
+                    seen.append((what, reply.code, broker.storeManager.running))
+
+            def startService(self):
+                service.Service.startService(self)
+                return defer.ensureDeferred(self._served("start"))
+
+            def stopService(self):
+                service.Service.stopService(self)
+                return defer.ensureDeferred(self._served("stop"))
+
+        broker.addService(Beside())
+        broker.startService()
+        await broker.started
+        self.assertEqual(len(broker.ports), 2)
+        self.assertEqual(seen, [("start", 200, True)] * 2)
+        self.assertRaises(RuntimeError, broker.addService, service.Service())
+        await broker.stopService()
+        self.assertEqual(seen[2:], [("stop", 200, True)] * 2)
+        self.assertEqual(broker.ports, {})
+        self.assertFalse(broker.storeManager.running)
+
+
 class OptionsTests(unittest.TestCase):
     def test_standaloneDefaults(self):
         options = Options()
@@ -236,7 +292,7 @@ class OptionsTests(unittest.TestCase):
         the address Java clients read.
         """
         options = Options()
-        e = self.assertRaises(SystemExit, options.parseOptions,
+        e = self.assertRaises(usage.UsageError, options.parseOptions,
                               ["--zookeeper", "127.0.0.1:1", "--listen", "ssl:2"])
         self.assertIn("needs one plain listener", str(e))
 
@@ -244,9 +300,31 @@ class OptionsTests(unittest.TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("[system]\nbrokerid=1\n")
-        error = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path])
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
         self.assertIn("Invalid config key:brokerid,do you mean 'brokerId'?", str(error))
         self.assertIn(path, str(error))
+
+    def test_badOptions(self):
+        """
+        Every mistake on the command line is a L{usage.UsageError} naming
+        what is wrong, which C{twistd} prints without a traceback.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        cases = [
+            (["--broker-id", "x"], "--broker-id must be a number"),
+            (["--idle-timeout", "soon"], "--idle-timeout must be a number"),
+            (["--idle-timeout", "0"], "--idle-timeout must be a positive"),
+            (["--port", "nosuchtype:1"], "bad endpoint 'nosuchtype:1'"),
+            (["--port", "tcp:notaport"], "bad endpoint 'tcp:notaport'"),
+            (["--replication", "nosuchmode"], "bad replication configuration"),
+            (["--config", self.mktemp()], "bad configuration"),
+            (["--data-dir", os.path.join(blocker, "data")], "cannot use the data directory"),
+        ]
+        for arguments, message in cases:
+            error = self.assertRaises(usage.UsageError, Options().parseOptions, arguments)
+            self.assertIn(message, str(error), arguments)
 
 
 class PluginTests(unittest.TestCase):
