@@ -2,7 +2,6 @@
 Tests for L{metamorphosis.broker.config}: reading MetaQ's server.ini.
 """
 
-import os
 import zlib
 
 from hypothesis import given, settings
@@ -20,11 +19,9 @@ from metamorphosis.broker.config import (
     reloadTopics,
     standaloneConfig,
 )
+from tests.captures import capturePath
 
-CONFORMANCE_INI = os.path.join(
-    os.path.dirname(__file__), "..", "..", "..", "shared", "transcripts", "conf",
-    "broker", "server.ini",
-)
+CONFORMANCE_INI = str(capturePath("conf", "broker", "server.ini"))
 
 SAMPLE = b"""\
 ; comment

@@ -5,10 +5,8 @@ The reference is the Java broker's own registration: the subtree it wrote for
 the conformance C{server.ini}, dumped in C{../shared/transcripts/zk}.
 """
 
-import os
 import socket
 from dataclasses import replace
-from pathlib import Path
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -19,21 +17,15 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from metamorphosis.broker.config import TopicConfig, loadConfig
 from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from tests.broker.client import connect as brokerClient
+from tests.captures import capturePath
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
-
-TRANSCRIPTS = Path(
-    os.environ.get(
-        "METAQ_TRANSCRIPTS",
-        Path(__file__).resolve().parents[2].parent / "shared" / "transcripts",
-    )
-)
 
 
 def referenceDump(name, root):
@@ -41,9 +33,7 @@ def referenceDump(name, root):
     The C{/meta} subtree of one of the Java broker's ZooKeeper dumps, as
     lines of L{dumpTree}, with C{/meta} moved to C{root}.
     """
-    path = TRANSCRIPTS / "zk" / name
-    if not path.exists():
-        raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
+    path = capturePath("zk", name)
     lines = []
     for line in path.read_text().splitlines():
         if line == "/meta" or line.startswith("/meta ") or line.startswith("/meta/"):
@@ -102,9 +92,7 @@ def conformanceConfig(root, zkConnect=None, ini="broker"):
     it, with the test's ZooKeeper and root, short timeouts and no wait after
     unregistering.
     """
-    path = TRANSCRIPTS / "conf" / ini / "server.ini"
-    if not path.exists():
-        raise SkipTest("no transcripts at %s (set METAQ_TRANSCRIPTS)" % (TRANSCRIPTS,))
+    path = capturePath("conf", ini, "server.ini")
     config = loadConfig(str(path))
     config.zookeeper = replace(
         config.zookeeper,

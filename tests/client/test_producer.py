@@ -21,6 +21,7 @@ from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFac
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import CommandParser, PutCommand
 from metamorphosis.protocol.topics import IllegalTopicName
+from tests.captures import capturePath, recordedStreams
 
 from .fakebroker import FakeBroker
 
@@ -470,9 +471,7 @@ class JavaWireTests(ProducerTestsMixin, TestCase):
 
     @defer.inlineCallbacks
     def assertSameAsJava(self, scenario):
-        from tests.protocol.test_transcripts import recordedStreams, transcriptsDirectory
-
-        streams = recordedStreams(transcriptsDirectory() / "raw" / (scenario + ".jsonl"))
+        streams = recordedStreams(capturePath("raw", scenario + ".jsonl"))
         javaPuts = [c for c in CommandParser().parse(streams[(1, "C->S")]) if isinstance(c, PutCommand)]
         self.assertTrue(javaPuts)
         producer = self.factory.createProducer()

@@ -5,7 +5,7 @@ Tests for L{metamorphosis.ha.config}: the plugin files with the Java keys.
 import os
 import shutil
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.ha.config import (
     AsyncSlaveConfig,
@@ -17,20 +17,14 @@ from metamorphosis.ha.config import (
     parsePluginOption,
     replicationConfigFor,
 )
-
-TRANSCRIPT_CONF = os.path.join(
-    os.path.dirname(__file__), "..", "..", "..", "shared", "transcripts", "conf"
-)
+from tests.captures import capturePath
 
 
 def transcriptConf(*parts):
     """
-    A file of the conformance transcripts' configurations, which live next
-    to the checkout.
+    A file of the configurations of the captured Java brokers.
     """
-    if not os.path.isdir(TRANSCRIPT_CONF):
-        raise SkipTest("the conformance transcripts are not next to this checkout")
-    return os.path.join(TRANSCRIPT_CONF, *parts)
+    return str(capturePath("conf", *parts))
 
 
 class SamsaMasterConfigTests(SynchronousTestCase):

@@ -1,14 +1,10 @@
 """
 The codec against the byte-exact captures of the Java client and broker
-(the shared conformance transcripts, C{raw/*.jsonl}).
+(C{tests/data/transcripts/raw/*.jsonl}, see L{tests.captures}).
 """
 
-import base64
-import json
-import os
-from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.commands import (
     DEFAULT_OPAQUE,
@@ -17,35 +13,7 @@ from metamorphosis.protocol.commands import (
     StatsCommand,
     VersionCommand,
 )
-
-_CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def transcriptsDirectory() -> Path:
-    """
-    C{$METAQ_TRANSCRIPTS}, else C{../shared/transcripts} beside the
-    checkout (where the project keeps them).
-    """
-    configured = os.environ.get("METAQ_TRANSCRIPTS")
-    for candidate in (configured, _CHECKOUT.parent / "shared" / "transcripts"):
-        if candidate and (Path(candidate) / "raw").is_dir():
-            return Path(candidate)
-    raise SkipTest("no transcripts: set METAQ_TRANSCRIPTS to their directory")
-
-
-def recordedStreams(path: Path) -> dict[tuple[int, str], bytes]:
-    """
-    Reassemble each connection's C->S and S->C byte streams.
-    """
-    streams: dict[tuple[int, str], bytearray] = {}
-    with path.open() as lines:
-        for line in lines:
-            event = json.loads(line)
-            if "b64" in event:
-                stream = streams.setdefault((event["conn"], event["dir"]), bytearray())
-                stream += base64.b64decode(event["b64"])
-    return {key: bytes(stream) for key, stream in streams.items()}
-
+from tests.captures import capturePath, recordedStreams
 
 # The hand-written ("raw") scenarios that Java cannot reject by design.
 _MALFORMED = "16-malformed-commands.jsonl"
@@ -60,7 +28,7 @@ class TranscriptTests(SynchronousTestCase):
         opaque, which no Java encoder writes: those re-encode to the Java
         form with the default opaque.
         """
-        files = sorted((transcriptsDirectory() / "raw").glob("*.jsonl"))
+        files = sorted(capturePath("raw").glob("*.jsonl"))
         self.assertGreater(len(files), 20)
         counts = {}
         for path in files:
@@ -106,7 +74,7 @@ class TranscriptTests(SynchronousTestCase):
         The six connections the Java broker closed without a reply are
         exactly the ones our decoder rejects.
         """
-        streams = recordedStreams(transcriptsDirectory() / "raw" / _MALFORMED)
+        streams = recordedStreams(capturePath("raw", _MALFORMED))
         for connection in range(1, 7):
             self.assertNotIn((connection, "S->C"), streams)
             self.assertRaises(
