@@ -53,6 +53,7 @@ from metamorphosis.protocol.commands import (
     StatsCommand,
     SyncCommand,
 )
+from metamorphosis.protocol.status import UNAUTHORIZED
 from metamorphosis.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 
 #: The C{stats} items that need the C{admin} right.
@@ -245,13 +246,6 @@ def parseAccess(entries):
             )
     return rules
 
-
-#: The reply code of a refused request: C{Unauthorized}, a code of the
-#: MetaQ status list that the Java broker never sends, so the Java client
-#: reports it as an error with its text (a put fails with the text as its
-#: error message, a get raises C{MetaClientException}); 403 would make a
-#: consumer silently back off as if there were no data.
-UNAUTHORIZED = 401
 
 class AccessGate:
     """

@@ -32,7 +32,11 @@ MOVED = 301
 #: A request the broker could not parse, or a C{get} with C{maxSize <= 0}.
 BAD_REQUEST = 400
 
-#: Defined by MetaQ; no broker sends it.
+#: Never sent by the Java broker; this broker answers it to a request its
+#: C{[access]} rules refuse (docs/security.md), because the Java client
+#: reports it as an error with its text (a put fails with the text as its
+#: error message, a get raises C{MetaClientException}), where a 403 would make
+#: a consumer silently back off as if there were no data.
 UNAUTHORIZED = 401
 
 #: A put, get or sync on a closed partition, or a transactional put while
