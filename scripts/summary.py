@@ -1,14 +1,14 @@
 """
 Turn trial's closing line, and the result of each further step of the test
-command (the lint, the conformance replay), into the one
+command (the lint), into the one
 `N passed, N failed[, N skipped]` line that CI reads, and exit non-zero
 unless everything passed.
 
 usage: summary.py TRIAL_STATUS TRIAL_LOG [STEP STATUS LOG]...
 
-A step counts the `N passed, N failed` lines its log prints (the replay
-prints one per group); a step whose log has none counts as one check,
-passed if its status is 0 (the lint).
+A step counts the `N passed, N failed` lines its log prints, if any; a
+step whose log has none counts as one check, passed if its status is 0
+(the lint).
 """
 import re
 import sys
