@@ -257,7 +257,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         factory = self.factory
         if self._unfinished and factory.unfinishedBytes > factory.maxUnfinishedBytes:
             self._abandonRequest(
-                NO_PROCESSOR, "overloaded",
+                SERVICE_UNAVAILABLE, "overloaded",
                 f"The broker holds more than {factory.maxUnfinishedBytes} bytes of unfinished requests "
                 "(maxUnfinishedRequestBytes); try again later")
 

@@ -2,7 +2,7 @@
 Tests for L{metamorphosis.broker.zookeeper}, against a real ZooKeeper.
 
 The reference is the Java broker's own registration: the subtree it wrote for
-the conformance C{server.ini}, dumped in C{../shared/transcripts/zk}.
+the conformance C{server.ini}, dumped in C{tests/data/transcripts/zk}.
 """
 
 import socket
