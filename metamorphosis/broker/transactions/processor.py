@@ -421,7 +421,7 @@ class TransactionalProcessor(service.Service):
                         f"({self.config.maxTransactionBytes})")
                 self.refusals.warn("tx-bytes", "Refused a put to {key}: {error}",
                                    key=key, error=text)
-                return ResultCommand(500, text.encode("utf-8"), command.opaque)
+                return ResultCommand(INTERNAL_ERROR, text.encode("utf-8"), command.opaque)
             partitionString = "%d-%d" % (self.config.brokerId, command.partition)
             if command.partition == -1:
                 self.stats.statsPutFailed(command.topic, partitionString)
