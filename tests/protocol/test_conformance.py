@@ -70,7 +70,8 @@ class ConformanceTests(TestCase):
         configFile = brokerConfigFile(ini, ini, zookeeperAddress(), uniqueRoot("metaq-conformance"),
                                       str((work / "data").resolve()))
         options = Options()
-        options.parseOptions(["--config", str(ini), "--port", "tcp:0:interface=127.0.0.1"])
+        # The captured files ask for the HTTP endpoint on port 8120: not here.
+        options.parseOptions(["--config", str(ini), "--port", "tcp:0:interface=127.0.0.1", "--http", "none"])
         broker = makeService(options)
         broker.startService()
         self.addCleanup(broker.stopService)
