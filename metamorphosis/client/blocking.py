@@ -20,12 +20,18 @@ way::
 """
 
 import atexit
+import queue
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.python import threadable
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
+from metamorphosis.client.consumer import asListener
+from metamorphosis.client.errors import MetaClientError
+from metamorphosis.client.interfaces import IMessageListener
 from metamorphosis.client.producer import DEFAULT_SEND_TIMEOUT
 from metamorphosis.client.session import MetaMessageSessionFactory
 
@@ -264,15 +270,252 @@ class BlockingXAResource(BlockingProxy):
         return self.wrapped.isSameRM(getattr(other, "wrapped", other))
 
 
+@implementer(IMessageListener)
+class ThreadedListener:
+    """
+    Runs a blocking listener in a thread pool of its consumer's own, never
+    in the reactor's: that one carries the ZooKeeper calls, which a slow
+    listener must not hold up.
+    """
+
+    def __init__(self, listener, reactor, pool):
+        self.listener = asListener(listener)
+        self.reactor = reactor
+        self.pool = pool
+
+    def receiveMessages(self, message):
+        return threads.deferToThreadPool(self.reactor, self.pool, self.listener.receiveMessages, message)
+
+
+class _HandedOver:
+    """
+    A message waiting to be taken by the loop iterating a consumer, and
+    whether it was consumed.
+    """
+
+    def __init__(self, message):
+        self.message = message
+        self.settled = threading.Event()
+        self.consumed = False
+
+    def settle(self, consumed):
+        self.consumed = consumed
+        self.settled.set()
+
+
+class BlockingMessageConsumer(BlockingProxy):
+    """
+    A blocking L{metamorphosis.client.consumer.MessageConsumer}, made by
+    L{BlockingMessageSessionFactory.createConsumer}.
+
+    Two ways to consume:
+
+      - subscribe without a listener and iterate::
+
+            consumer.subscribe("test", 1024 * 1024)
+            consumer.completeSubscribe()
+            for message in consumer:
+                ...
+
+        A message counts as consumed (its offset may be committed) once
+        the loop has taken it and asks for the next one or ends.  The loop
+        ends when the consumer is shut down;
+
+      - subscribe with listeners (callables taking the message, or objects
+        with C{receiveMessages}) and call L{run}, which consumes until
+        Ctrl-C or L{shutdown} from another thread.  Listeners run in this
+        consumer's own thread pool (at most C{listenerThreads} at once,
+        one message at a time per partition), so they may block.
+
+    Either way L{shutdown} (also at the end of a C{with} block and of
+    L{run}) stops fetching, commits the offsets and removes the
+    consumer's znodes at once.
+    """
+
+    #: Listener threads of one consumer, at most (one per partition is
+    #: enough to keep every partition busy).
+    listenerThreads = 16
+
+    def __init__(self, wrapped, thread, onShutdown=None):
+        super().__init__(wrapped, thread)
+        self._pool = ThreadPool(0, self.listenerThreads, "metaq-listeners-%s" % (wrapped.group,))
+        self._inbox = queue.Queue()
+        self._stopping = threading.Event()
+        self._current = None
+        self._iterating = False
+        self._listening = False
+        self._onShutdown = onShutdown
+
+    def subscribe(self, topic, maxSize, listener=None, messageFilter=None):
+        """
+        Consume C{topic}, fetching at most C{maxSize} bytes at a time.
+
+        @param listener: called with each message, in a listener thread;
+            without one, the messages of C{topic} come out of iterating the
+            consumer.
+        @param messageFilter: an optional L{IConsumerMessageFilter}.
+        @return: this consumer.
+        """
+        if listener is None:
+            self._iterating = True
+            listener = self._handOver
+        else:
+            self._listening = True
+        threaded = ThreadedListener(listener, self.thread.reactor, self._pool)
+        self._call("subscribe", topic, maxSize, threaded, messageFilter)
+        return self
+
+    def completeSubscribe(self):
+        """
+        Join the group and start consuming; returns after the first
+        rebalance.
+        """
+        self._pool.start()
+        self._call("completeSubscribe")
+        return self
+
+    def _handOver(self, message):
+        # In a listener thread: wait until the iterating loop has taken the
+        # message and moved on, or the consumer stops without taking it.
+        item = _HandedOver(message)
+        if not self._stopping.is_set():
+            self._inbox.put(item)
+            while not item.settled.wait(0.2):
+                if self._stopping.is_set() and self._current is not item:
+                    item.settle(False)
+        if not item.consumed:
+            message.setRollbackOnly()
+
+    def __iter__(self):
+        if not self._iterating:
+            raise MetaClientError("Subscribe without a listener to iterate over a consumer")
+        try:
+            while True:
+                item = self._take()
+                if item is None:
+                    return
+                self._current = item
+                yield item.message
+                item.settle(True)
+                self._current = None
+        finally:
+            if self._current is not None:
+                self._current.settle(True)
+                self._current = None
+
+    def _take(self):
+        while not self._stopping.is_set():
+            try:
+                return self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def run(self):
+        """
+        Consume with the subscribed listeners until Ctrl-C
+        (C{KeyboardInterrupt}) or L{shutdown} from another thread, then
+        shut down cleanly.
+        """
+        if not self._listening:
+            raise MetaClientError("run() needs listeners: subscribe(topic, maxSize, listener)")
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.shutdown()
+
+    def shutdown(self):
+        """
+        Stop consuming: messages handed over but not taken by the loop stay
+        unconsumed, the offsets are committed, the consumer leaves its
+        group (its znodes are removed at once) and its listener threads end.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        try:
+            while True:
+                self._inbox.get_nowait().settle(False)
+        except queue.Empty:
+            pass
+        try:
+            self._call("shutdown")
+        finally:
+            self._pool.stop()
+            if self._onShutdown is not None:
+                self._onShutdown(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def get(self, topic, partition, offset, maxSize, brokerUrl, timeout=None):
+        return self._call("get", topic, partition, offset, maxSize, brokerUrl, timeout)
+
+    def ownedPartitions(self):
+        return self._call("ownedPartitions")
+
+
+class BlockingTopicBrowser(BlockingProxy):
+    """
+    A blocking L{metamorphosis.client.browser.TopicBrowser}: a plain
+    iterator over the topic's messages.
+    """
+
+    def __iter__(self):
+        while True:
+            batch = self._call("nextBatch")
+            if not batch:
+                return
+            yield from batch
+
+
 class BlockingMessageSessionFactory(BlockingProxy):
     """
-    A blocking L{MetaMessageSessionFactory}, started on construction.
+    A blocking L{MetaMessageSessionFactory}, started on construction and
+    closed by L{close}, at the end of a C{with} block, or at the latest when
+    the interpreter exits (so that its consumers' znodes go at once).
     """
 
     def __init__(self, config, thread=None):
         thread = thread if thread is not None else reactorThread()
         factory = thread.call(lambda: MetaMessageSessionFactory(config, thread.reactor).start())
         super().__init__(factory, thread)
+        self._consumers = []
+        self._closed = False
+        atexit.register(self.close)
+
+    def createConsumer(self, config, offsetStorage=None, recoverManager=None):
+        """
+        A L{BlockingMessageConsumer} of the group C{config.group} (see
+        L{MetaMessageSessionFactory.createConsumer}).
+        """
+        return self._consumer(self._call("createConsumer", config, offsetStorage, recoverManager))
+
+    def createBroadcastConsumer(self, config, offsetsPath=None, host=None, recoverManager=None):
+        """
+        A blocking broadcast consumer (see
+        L{MetaMessageSessionFactory.createBroadcastConsumer}).
+        """
+        return self._consumer(
+            self._call("createBroadcastConsumer", config, offsetsPath, host, recoverManager))
+
+    def _consumer(self, consumer):
+        blocking = BlockingMessageConsumer(consumer, self.thread, self._consumers.remove)
+        self._consumers.append(blocking)
+        return blocking
+
+    def createTopicBrowser(self, topic, maxSize=1024 * 1024, timeout=5.0):
+        """
+        A L{BlockingTopicBrowser}: iterate it for every message of C{topic}
+        from offset 0 (see L{MetaMessageSessionFactory.createTopicBrowser}).
+        """
+        return BlockingTopicBrowser(self._call("createTopicBrowser", topic, maxSize, timeout), self.thread)
 
     def createProducer(self, selector=None):
         return BlockingTransactionalProducer(self._call("createProducer", selector), self.thread)
@@ -296,7 +539,17 @@ class BlockingMessageSessionFactory(BlockingProxy):
         return self._call("getStats", url, item, timeout)
 
     def close(self):
-        return self._call("close")
+        """
+        Shut down the consumers and producers of this factory and close its
+        connections and ZooKeeper session.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        for consumer in list(self._consumers):
+            consumer.shutdown()
+        self._call("close")
 
     def __enter__(self):
         return self

@@ -7,10 +7,11 @@ each from offset 0, with one-shot C{get}s under the group
 C{Just_for_Browser}; it stores no offset and joins no group.
 """
 
+import warnings
+
 from twisted.logger import Logger
 
 from metamorphosis.client.consumer import getOnce
-from metamorphosis.client.partition import RANDOM_PARTITION
 from metamorphosis.protocol.topics import checkTopic
 
 BROWSER_GROUP = "Just_for_Browser"
@@ -77,20 +78,10 @@ class TopicBrowser:
                 yield message
 
 
-async def createTopicBrowser(factory, topic, maxSize=1024 * 1024, timeout=5.0):
+def createTopicBrowser(factory, topic, maxSize=1024 * 1024, timeout=5.0):
     """
-    A browser of C{topic}'s master partitions as a started session factory
-    (L{metamorphosis.client.session.MetaMessageSessionFactory}) knows them
-    now (ZooKeeper's C{topics-pub}, or the direct-mode partition map).
+    Deprecated: use C{factory.createTopicBrowser(topic)}.
     """
-    factory._checkStarted()
-    ref = ("browser", topic)
-    await factory.publishTopic(topic, ref)
-    try:
-        partitions = [(p, factory.discovery.brokerUrlFor(topic, p))
-                      for p in factory.discovery.partitionsFor(topic) or ()
-                      if p != RANDOM_PARTITION]
-    finally:
-        factory.unpublishTopic(topic, ref)
-    return TopicBrowser(factory.connections, topic, [(p, url) for p, url in partitions if url],
-                        maxSize, timeout)
+    warnings.warn("createTopicBrowser(factory, topic) is deprecated: use factory.createTopicBrowser(topic)",
+                  DeprecationWarning, stacklevel=2)
+    return factory.createTopicBrowser(topic, maxSize, timeout)

@@ -10,7 +10,8 @@ its listener keeps failing on to local recovery (L{RecoverManager}).
 """
 
 import re
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass
 from typing import ClassVar
 
 from twisted.internet import defer
@@ -392,25 +393,17 @@ def broadcastGroup(group, host=None):
 
 def createConsumer(factory, config, offsetStorage=None, recoverManager=None):
     """
-    A consumer sharing the broker connections and the ZooKeeper session of
-    a started session factory
-    (L{metamorphosis.client.session.MetaMessageSessionFactory}), shut down
-    with it.  A factory in direct mode (C{serverUrl}) gives its URL to a
-    config that has none.
+    Deprecated: use C{factory.createConsumer(config)}.
     """
-    factory._checkStarted()
-    if factory.zookeeper is None and not config.serverUrl:
-        config = replace(config, serverUrl=factory.config.serverUrl)
-    consumer = MessageConsumer(config, factory.connections, factory.zookeeper, factory.zkRoot,
-                               offsetStorage, recoverManager, factory.reactor)
-    return factory._register(consumer)
+    warnings.warn("createConsumer(factory, config) is deprecated: use factory.createConsumer(config)",
+                  DeprecationWarning, stacklevel=2)
+    return factory.createConsumer(config, offsetStorage, recoverManager)
 
 
 def createBroadcastConsumer(factory, config, offsetsPath=None, host=None, recoverManager=None):
     """
-    A consumer that receives every message of its topics: its group is
-    made per host (L{broadcastGroup}) and its offsets stay on the host, in
-    a L{LocalOffsetStorage} at C{offsetsPath} (C{~/.meta_offsets}).
+    Deprecated: use C{factory.createBroadcastConsumer(config)}.
     """
-    config = replace(config, group=broadcastGroup(config.group, host))
-    return createConsumer(factory, config, LocalOffsetStorage(offsetsPath), recoverManager)
+    warnings.warn("createBroadcastConsumer(factory, config) is deprecated: use "
+                  "factory.createBroadcastConsumer(config)", DeprecationWarning, stacklevel=2)
+    return factory.createBroadcastConsumer(config, offsetsPath, host, recoverManager)

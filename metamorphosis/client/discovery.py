@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis.client.interfaces import IBrokerDiscovery
-from metamorphosis.client.partition import RANDOM_PARTITION, Partition
+from metamorphosis.client.partition import Partition
 from metamorphosis.logfields import errorText
 from metamorphosis.zk import ZkPaths
 
@@ -306,7 +306,9 @@ class StaticDiscovery(_Listeners):
         if topic not in self._published:
             count = self.partitions.get(topic)
             if count is None:
-                self._published[topic] = (RANDOM_PARTITION,)
+                # Partition -1: the broker picks one, and the send result
+                # names it on this broker.
+                self._published[topic] = (Partition(self.brokerId, -1),)
             else:
                 self._published[topic] = tuple(Partition(self.brokerId, n) for n in range(count))
             self.notify(topic)

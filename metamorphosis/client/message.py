@@ -29,7 +29,13 @@ class Message:
         """
         @raise metamorphosis.protocol.topics.IllegalTopicName: C{topic} is
             not a legal topic name, which no broker would accept.
+        @raise TypeError: C{data} is not bytes (a C{str} must be encoded
+            first: MetaQ carries bytes, and the reader decides what they are).
         """
+        if data is not None and not isinstance(data, (bytes, bytearray)):
+            raise TypeError(
+                "Message data must be bytes, not %s; encode text first, e.g. %r.encode('utf-8')"
+                % (type(data).__name__, data if isinstance(data, str) and len(data) < 40 else "text"))
         self.topic = checkTopic(topic)
         self.data = data
         self.attribute = attribute

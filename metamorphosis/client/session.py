@@ -8,16 +8,20 @@ local-recovery task, and creates producers.
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from kazoo.handlers.threading import KazooTimeoutError
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from metamorphosis.client.browser import TopicBrowser
 from metamorphosis.client.connection import ConnectionPool
+from metamorphosis.client.consumer import MessageConsumer, broadcastGroup
 from metamorphosis.client.discovery import StaticDiscovery, ZooKeeperDiscovery
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.localstore import LocalMessageStorage
+from metamorphosis.client.offsets import LocalOffsetStorage
 from metamorphosis.client.partition import parsePartitionsInfo
 from metamorphosis.client.producer import (
     AsyncMessageProducer,
@@ -149,7 +153,13 @@ class MetaMessageSessionFactory(service.Service):
             self.discovery = StaticDiscovery(config.serverUrl, config.partitions)
             self.connections.acquire(config.serverUrl, self)
         else:
-            self.zookeeper = yield connect(config, reactor=self.reactor)
+            try:
+                self.zookeeper = yield connect(config, reactor=self.reactor)
+            except KazooTimeoutError:
+                raise MetaClientError(
+                    "Could not connect to ZooKeeper at %s within %g s (zkConnectionTimeoutMs); "
+                    "is it running, and is zkConnect right?"
+                    % (config.zkConnect, config.zkConnectionTimeoutMs / 1000.0))
             self.discovery = ZooKeeperDiscovery(self.zookeeper, self.zkRoot, self.reactor,
                                                 tls=config.tls is not None)
         self.discovery.addListener(self._brokersChanged)
@@ -309,6 +319,61 @@ class MetaMessageSessionFactory(service.Service):
         producer = OrderedMessageProducer(self, selector, storage, saveToLocalWhenFailed)
         self.recovery.add(producer)
         return self._register(producer)
+
+    # -- consumers ----------------------------------------------------------
+
+    def createConsumer(self, config, offsetStorage=None, recoverManager=None):
+        """
+        A L{MessageConsumer} of the group C{config.group}, sharing this
+        factory's broker connections and ZooKeeper session and shut down
+        with it (Java's C{createConsumer(ConsumerConfig)}).  A factory in
+        direct mode (C{serverUrl}) gives its URL to a config that has none.
+
+        @param config: a L{metamorphosis.client.consumer.ConsumerConfig}.
+        @param offsetStorage: where offsets are kept (an L{IOffsetStorage});
+            ZooKeeper by default, a local file in direct mode.
+        @param recoverManager: where messages the listener keeps failing on
+            go (see L{MessageConsumer}).
+        """
+        self._checkStarted()
+        if self.zookeeper is None and not config.serverUrl:
+            config = replace(config, serverUrl=self.config.serverUrl)
+        consumer = MessageConsumer(config, self.connections, self.zookeeper, self.zkRoot,
+                                   offsetStorage, recoverManager, self.reactor)
+        return self._register(consumer)
+
+    def createBroadcastConsumer(self, config, offsetsPath=None, host=None, recoverManager=None):
+        """
+        A consumer that receives every message of its topics (Java's
+        C{MetaBroadcastMessageSessionFactory}): its group is made per host
+        (C{<group>-<ip>}) and its offsets stay on the host, in a local file
+        at C{offsetsPath} (C{~/.meta_offsets}).
+        """
+        config = replace(config, group=broadcastGroup(config.group, host))
+        return self.createConsumer(config, LocalOffsetStorage(offsetsPath), recoverManager)
+
+    def createTopicBrowser(self, topic, maxSize=1024 * 1024, timeout=5.0):
+        """
+        A L{TopicBrowser} of C{topic}'s master partitions as this factory
+        knows them now (ZooKeeper, or the direct-mode partition map): every
+        message from offset 0, partition after partition, outside any
+        group (Java's C{createTopicBrowser}).
+
+        @return: a Deferred firing with the browser.
+        """
+        return defer.ensureDeferred(self._topicBrowser(topic, maxSize, timeout))
+
+    async def _topicBrowser(self, topic, maxSize, timeout):
+        self._checkStarted()
+        ref = ("browser", topic)
+        await self.publishTopic(topic, ref)
+        try:
+            partitions = [(p, self.discovery.brokerUrlFor(topic, p))
+                          for p in self.discovery.partitionsFor(topic) or () if p.partition >= 0]
+        finally:
+            self.unpublishTopic(topic, ref)
+        return TopicBrowser(self.connections, topic, [(p, url) for p, url in partitions if url],
+                            maxSize, timeout)
 
     def _storage(self, path):
         storage = self._storages.get(path)

@@ -200,8 +200,8 @@ class StaticDiscoveryTests(TestCase):
         discovery.publish("t")
         discovery.publish("u")
         self.assertEqual(list(discovery.partitionsFor("t")), [Partition(0, 0), Partition(0, 1)])
-        self.assertEqual(list(discovery.partitionsFor("u")), [Partition(-1, -1)])
-        self.assertEqual(discovery.brokerUrlFor("u", Partition(-1, -1)), "meta://127.0.0.1:1")
+        self.assertEqual(list(discovery.partitionsFor("u")), [Partition(0, -1)])
+        self.assertEqual(discovery.brokerUrlFor("u", Partition(0, -1)), "meta://127.0.0.1:1")
 
 
 class ProduceWithDiscoveryTests(ZooKeeperTestsMixin, TestCase):

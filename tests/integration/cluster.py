@@ -17,7 +17,7 @@ import time
 from kazoo.exceptions import NoNodeError
 from twisted.internet import defer, reactor, task, threads
 
-from metamorphosis.client.consumer import ConsumerConfig, createConsumer
+from metamorphosis.client.consumer import ConsumerConfig
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.partition import Partition
@@ -164,7 +164,7 @@ class Group:
                                 maxDelayFetchTimeInMills=200, commitOffsetPeriodInMills=500,
                                 zkSyncTimeMs=200, fetchTimeoutInMills=5000,
                                 recoverPath=recoverPath)
-        consumer = createConsumer(factory, config)
+        consumer = factory.createConsumer(config)
         consumer.subscribe(self.topic, 1024 * 1024, self._receive)
         await consumer.completeSubscribe()
         self.consumers.append(consumer)

@@ -9,20 +9,20 @@ once (by the group), or as often as broadcast promises.
 
 import collections
 import os
+import threading
 import time
 import uuid
 
 from kazoo.client import KazooClient
 from twisted.internet import defer, endpoints, reactor, task, threads
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig, ZookeeperConfig
+from metamorphosis.broker.service import BrokerService
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.client.blocking import BlockingMessageSessionFactory
-from metamorphosis.client.blockingconsumer import createBlockingConsumer, createBlockingTopicBrowser
-from metamorphosis.client.browser import createTopicBrowser
 from metamorphosis.client.connection import ConnectionPool
-from metamorphosis.client.consumer import ConsumerConfig, MessageConsumer, broadcastGroup, createBroadcastConsumer
+from metamorphosis.client.consumer import ConsumerConfig, MessageConsumer, broadcastGroup
 from metamorphosis.client.fetch import MessageIdCache
 from metamorphosis.client.message import Message
 from metamorphosis.client.offsets import LocalOffsetStorage, SQLOffsetStorage
@@ -31,12 +31,6 @@ from metamorphosis.protocol.records import checksum, encodePayload
 from metamorphosis.zk import kazooLogger
 from tests.sqlservers import MARIADB, POSTGRESQL
 from tests.zookeeper import uniqueRoot, zookeeperAddress
-
-try:
-    from metamorphosis.broker.service import BrokerService
-except ImportError:
-    # The broker lands separately; until then there is nothing to consume from.
-    BrokerService = None
 
 
 def sleep(seconds):
@@ -123,8 +117,6 @@ class ConsumerIntegrationMixin:
 
     @defer.inlineCallbacks
     def setUp(self):
-        if BrokerService is None:
-            raise SkipTest("the broker service (metamorphosis.broker.service) is not there yet")
         self.root = uniqueRoot("metaq-consumer")
         self.brokers = []
         self.pool = ConnectionPool(reactor)
@@ -482,6 +474,7 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
     def test_blockingConsumer(self):
         yield self.startBroker(0)
         received = []
+        threadNames = set()
         expected = [b"blocking-%d" % i for i in range(20)]
 
         def script():
@@ -489,9 +482,11 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
                                       recoverMessageIntervalInMills=3600000)
             factory = BlockingMessageSessionFactory(config)
             try:
-                consumer = createBlockingConsumer(factory, self.config("blocking"))
-                # A blocking listener: it runs in a thread, not the reactor's.
+                consumer = factory.createConsumer(self.config("blocking"))
+                # A blocking listener: it runs in a thread of the consumer's
+                # own, not the reactor's nor its pool (ZooKeeper's calls).
                 consumer.subscribe("t", 1024 * 1024, lambda m: (time.sleep(0.001),
+                                                                 threadNames.add(threading.current_thread().name),
                                                                  received.append(m.data)))
                 consumer.completeSubscribe()
                 owned = consumer.ownedPartitions()
@@ -503,7 +498,7 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
                 while len(received) < len(expected) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 consumer.shutdown()
-                browsed = [m.data for m in createBlockingTopicBrowser(factory, "t")]
+                browsed = [m.data for m in factory.createTopicBrowser("t")]
                 self.assertEqual(sorted(browsed), sorted(expected))
                 return owned
             finally:
@@ -511,6 +506,56 @@ class BlockingConsumerTests(ConsumerIntegrationMixin, TestCase):
         owned = yield threads.deferToThread(script)
         self.assertEqual(owned, [("t", _p(0, 0)), ("t", _p(0, 1))])
         self.assertExactlyOnce(received, expected)
+        self.assertTrue(threadNames)
+        self.assertTrue(all("metaq-listeners-blocking" in name for name in threadNames), threadNames)
+
+    @defer.inlineCallbacks
+    def test_iterateAndRun(self):
+        """
+        A script iterates over a consumer and breaks out after what it
+        wanted; the next consumer of the group starts after the messages
+        the loop took.  Another one runs its listener until shut down from
+        another thread (as Ctrl-C would).  Each shutdown removes the
+        consumer's znode at once.
+        """
+        yield self.startBroker(0)
+        ids = self.root + "/consumers/loop/ids"
+
+        def script():
+            config = MetaClientConfig(zkConnect=zookeeperAddress(), zkRoot=self.root,
+                                      recoverMessageIntervalInMills=3600000)
+            with BlockingMessageSessionFactory(config) as factory:
+                producer = factory.createProducer()
+                producer.publish("t")
+                for i in range(6):
+                    self.assertTrue(producer.send(Message("t", b"m%d" % (i,))).success)
+                taken = []
+                with factory.createConsumer(self.config("loop")) as consumer:
+                    consumer.subscribe("t", 1024 * 1024)
+                    consumer.completeSubscribe()
+                    self.assertEqual(len(self.zk.get_children(ids)), 1)
+                    for message in consumer:
+                        taken.append(message.data)
+                        if len(taken) == 4:
+                            break
+                self.assertEqual(self.zk.get_children(ids), [])
+                rest = []
+                consumer = factory.createConsumer(self.config("loop"))
+                consumer.subscribe("t", 1024 * 1024, lambda m: rest.append(m.data))
+                consumer.completeSubscribe()
+                def stopWhenDone():
+                    deadline = time.monotonic() + 30
+                    while len(taken) + len(rest) < 6 and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    consumer.shutdown()
+                stopper = threading.Thread(target=stopWhenDone)
+                stopper.start()
+                consumer.run()
+                stopper.join()
+                self.assertEqual(self.zk.get_children(ids), [])
+                return taken, rest
+        taken, rest = yield threads.deferToThread(script)
+        self.assertExactlyOnce(taken + rest, [b"m%d" % (i,) for i in range(6)])
 
 
 class SessionFactoryTests(ConsumerIntegrationMixin, TestCase):
@@ -530,7 +575,7 @@ class SessionFactoryTests(ConsumerIntegrationMixin, TestCase):
             self.addCleanup(factory.close)
             listener = received[host] = Collector()
             path = os.path.join(self.tmp, host + ".offsets")
-            consumer = createBroadcastConsumer(factory, self.config("news"), path, host=host)
+            consumer = factory.createBroadcastConsumer(self.config("news"), path, host=host)
             self.assertEqual(consumer.group, "news-" + host.replace(".", "-"))
             consumer.subscribe("t", 1024 * 1024, listener)
             yield consumer.completeSubscribe()
@@ -560,7 +605,7 @@ class TopicBrowserTests(ConsumerIntegrationMixin, TestCase):
             MetaClientConfig(zkConnect=zookeeperAddress(), zkRoot=self.root), reactor)
         yield factory.start()
         self.addCleanup(factory.close)
-        browser = yield defer.ensureDeferred(createTopicBrowser(factory, "t", maxSize=200))
+        browser = yield factory.createTopicBrowser("t", maxSize=200)
 
         async def browse():
             return [(str(m.partition), m.data) async for m in browser]
