@@ -29,9 +29,7 @@ from metamorphosis.protocol.commands import (
     DEFAULT_MAX_LINE_LENGTH,
     CommandParser,
     ProtocolError,
-    ResultCommand,
 )
-from metamorphosis.protocol.status import BAD_REQUEST
 
 __all__ = ["MetaProtocol"]
 
@@ -86,29 +84,13 @@ class MetaProtocol(protocol.Protocol):
     def protocolErrorReceived(self, error: ProtocolError) -> None:
         """
         The input is malformed.  By default log it and close the connection
-        without a reply, as the Java peers do; a server calls
-        L{rejectMalformed} instead.
+        without a reply, as the Java peers do; the broker overrides this to
+        answer with C{result 400} first (L{metamorphosis.broker.server}).
         """
         self._log.warn(
             "Malformed input from {peer}, closing the connection: {error}",
             peer=hostPort(self.transport.getPeer()),
             error=errorText(error),
-        )
-        self.transport.loseConnection()
-
-    def rejectMalformed(self, error: ProtocolError) -> None:
-        """
-        Answer a malformed request with C{result 400} whose body says what
-        was wrong (with the request's opaque when it could be read, else 0),
-        log it, and close the connection once the reply is written.
-        """
-        self._log.warn(
-            "Malformed request from {peer}, answering 400 and closing: {error}",
-            peer=hostPort(self.transport.getPeer()),
-            error=errorText(error),
-        )
-        self.sendCommand(
-            ResultCommand(BAD_REQUEST, str(error).encode("utf-8"), error.opaque)
         )
         self.transport.loseConnection()
 

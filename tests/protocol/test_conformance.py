@@ -189,6 +189,11 @@ class ComparisonTests(SynchronousTestCase):
         self.assertEqual(len(self.check(stats, recorded, summary(b"x", 0, 40000))), 1)
         self.assertEqual(len(self.check(stats, recorded, summary(b"1", 1, 40000))), 1)
         self.assertEqual(len(self.check(stats, recorded, summary(b"1", 0, 8123))), 1)
+        # Lines of our own may follow the Java broker's, not come before them.
+        extended = Frame("result", 200, 8, summary(b"1", 0, 40000).body.replace(b"END", b"zk_state connected\r\nEND"))
+        self.assertEqual(self.check(stats, recorded, extended), [])
+        early = Frame("result", 200, 8, b"STATS\r\nzk_state connected\r\npid 1\r\nbroker_id 0\r\nport 40000\r\nEND\r\n")
+        self.assertEqual(len(self.check(stats, recorded, early)), 1)
 
     def test_statsConfig(self):
         """

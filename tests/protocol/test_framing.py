@@ -40,12 +40,14 @@ class Recorder(MetaProtocol):
 
 class Rejecter(Recorder):
     """
-    A server: malformed requests get the 400 reply.
+    A server that answers a malformed request with what the error says,
+    the way the broker does.
     """
 
     def protocolErrorReceived(self, error):
         self.errors.append(error)
-        self.rejectMalformed(error)
+        self.sendCommand(ResultCommand(400, str(error).encode("utf-8"), error.opaque))
+        self.transport.loseConnection()
 
 
 class Exploding(MetaProtocol):
@@ -128,15 +130,15 @@ class MetaProtocolTests(SynchronousTestCase):
         receiver.dataReceived(b"version 3\r\n")
         self.assertEqual(receiver.received, [VersionCommand(1)])
 
-    def test_rejectMalformed(self):
+    def test_malformedError(self):
         """
-        A server answers C{result 400} with the explanation and the request's
-        opaque, then closes, and decodes nothing more.
+        The error a malformed request gives has the explanation and the
+        request's opaque, for a server to answer with; nothing more is
+        decoded.
         """
         receiver, transport = connected(Rejecter)
-        with capturedLogs():
-            receiver.dataReceived(b"stats\r\nget meta-test g x 0 100 17\r\n")
-            receiver.dataReceived(b"version 2\r\n")
+        receiver.dataReceived(b"stats\r\nget meta-test g x 0 100 17\r\n")
+        receiver.dataReceived(b"version 2\r\n")
         self.assertEqual(receiver.received, [StatsCommand()])
         [reply] = replies(transport.value())
         self.assertEqual(reply.code, 400)
@@ -145,7 +147,7 @@ class MetaProtocolTests(SynchronousTestCase):
         self.assertIn("get meta-test g x 0 100 17", reply.message)
         self.assertTrue(transport.disconnecting)
 
-    def test_rejectMalformedWithoutOpaque(self):
+    def test_malformedErrorWithoutOpaque(self):
         for line in (b"hello world\r\n", b"\r\n", b"put meta-test\r\n",
                      b"get meta-test g 0 0 100\r\n", b"transaction TX:s:1 s BOGUS\r\n",
                      b"\xff\xfe\r\n"):
