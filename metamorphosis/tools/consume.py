@@ -25,6 +25,7 @@ from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.partition import Partition
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, iterRecords
+from metamorphosis.protocol.status import OK
 from metamorphosis.tools.cli import (
     Progress,
     ToolError,
@@ -127,7 +128,7 @@ class PartitionReader:
     async def start(self):
         reply = await self._ask(self.broker.offset,
                                 0 if self.options["from-beginning"] else LONG_MAX)
-        self.offset = int(reply.body) if reply.code == 200 else 0
+        self.offset = int(reply.body) if reply.code == OK else 0
 
     async def next(self):
         """

@@ -21,6 +21,7 @@ from twisted.internet import threads
 from twisted.python import usage
 
 from metamorphosis.client.errors import MetaClientError
+from metamorphosis.protocol.status import OK
 from metamorphosis.tools.cli import (
     ToolError,
     Verbosity,
@@ -165,7 +166,7 @@ async def brokerStats(reactor, url, timeout, err):
         replies = []
         for item in ("topics", "offsets"):
             reply = await broker.stats(item, timeout=timeout)
-            if reply.code != 200:
+            if reply.code != OK:
                 raise MetaClientError("stats %s answered %d" % (item, reply.code))
             replies.append(reply.body.decode("utf-8", "replace"))
         return parseTopicsReply(replies[0]), parseOffsetsReply(replies[1])
