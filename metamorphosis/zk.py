@@ -12,7 +12,7 @@ pool, as L{connect} and L{disconnect} do.
 Node data is the UTF-8 text of a string, as Java MetaQ's zkclient
 C{StringSerializer} writes it; persistent parents are created without data
 (a null buffer, not an empty one), as zkclient's C{createPersistent(path,
-true)} creates them (spec/zookeeper.md section 1).
+true)} creates them (docs/zookeeper.md).
 """
 
 import logging

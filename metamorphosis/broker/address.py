@@ -2,7 +2,7 @@
 The address a broker publishes: C{meta://<host>:<port>}.
 
 Clients find the broker by this URL in ZooKeeper, and the broker quotes it in
-its error replies (spec/protocol.md section 6), so both use L{brokerURL}.
+its error replies (docs/protocol.md), so both use L{brokerURL}.
 Without a configured C{hostName} the host is the machine's first
 non-loopback IPv4 address, else its first non-loopback IPv6 address, as Java
 C{RemotingUtils.getLocalHost} chooses it.

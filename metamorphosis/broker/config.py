@@ -2,7 +2,7 @@
 The broker's configuration: MetaQ's C{server.ini} as typed objects.
 
 The sections follow the Java C{MetaConfig}, C{TopicConfig} and C{ZKConfig}
-classes (spec/storage.md section 9); the attribute names are the Java key names
+classes (docs/storage.md); the attribute names are the Java key names
 so that a reader of a C{server.ini} finds each key here under its own name.
 Per-topic values that a C{[topic=NAME]} section leaves unset inherit the
 C{[system]} value; L{MetaConfig.topicConfig} resolves that inheritance.
@@ -79,7 +79,7 @@ class TopicConfig:
     def groupCommit(self):
         """
         Whether the store of this topic flushes by group commit
-        (C{unflushThreshold <= 0}, spec/storage.md section 5).
+        (C{unflushThreshold <= 0}, docs/storage.md).
         """
         return self.unflushThreshold <= 0
 
@@ -141,7 +141,7 @@ class MetaConfig:
     path: str | None = None
     checksum: int = 0
     #: The slave number of an async replication slave (set from its
-    #: C{async_slave.properties}, spec/ha.md section 2.1); -1 otherwise.
+    #: C{async_slave.properties}, docs/ha.md); -1 otherwise.
     slaveId: int = -1
     closedPartitions: set = field(default_factory=set)
     #: The C{[listeners]} section: C{(name, endpoint string)} pairs in file

@@ -42,7 +42,7 @@ class ISession(Interface):
 class ITransactionProcessor(Interface):
     """
     Handles C{transaction} commands and puts that carry a transaction key
-    (protocol.md sections 6.2 and 6.7).
+    (docs/protocol.md).
 
     Every method returns a reply (a command with C{encode()}), L{None} for
     no reply, or a Deferred firing with one of those.

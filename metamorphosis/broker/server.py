@@ -5,7 +5,7 @@ L{BrokerProtocol} only frames: it hands each decoded command to its factory
 and writes back what comes out, keeping a slow reader from making the broker
 buffer without bound. L{BrokerFactory} holds what the connections share and
 routes each command to a processor: L{BrokerProcessor} for the plain broker
-commands (protocol.md section 6, Java C{BrokerCommandProcessor}), an
+commands (docs/protocol.md, Java C{BrokerCommandProcessor}), an
 L{ITransactionProcessor} for transactions and an optional L{ISyncProcessor}
 for replication.
 """
@@ -57,7 +57,7 @@ from metamorphosis.protocol.status import (
 from metamorphosis.protocol.topics import IllegalTopicName, checkTopic
 from metamorphosis.ratelog import RateLimitedLog
 
-#: protocol.md section 7: the Java broker closes connections without I/O
+#: The Java broker closes connections without I/O
 #: for this long.
 IDLE_TIMEOUT = 300
 
@@ -587,7 +587,7 @@ class ConsumerFilters:
 class BrokerProcessor:
     """
     The answers of a plain broker to C{put}, C{get}, C{offset}, C{version}
-    and C{stats} (protocol.md section 6).
+    and C{stats} (docs/protocol.md).
 
     @ivar registerTopic: called with a topic's name the first time a put
         reaches it (the ZooKeeper registration), or L{None}.

@@ -1,5 +1,5 @@
 """
-The broker's registration in ZooKeeper (spec/zookeeper.md sections 2 and 3).
+The broker's registration in ZooKeeper (docs/zookeeper.md).
 
 Producers and consumers find a broker and its partitions only through the
 znodes written here, so they are those of the Java C{BrokerZooKeeper}: the
@@ -70,10 +70,9 @@ class BrokerZooKeeper(service.Service):
 
     An asynchronous slave passes its C{slaveId}: it registers
     C{ids/<id>/slave<n>} and topic nodes C{<id>-s<n>}, and neither
-    C{ids/<id>} nor C{master_config_checksum} (spec/zookeeper.md section 7).
+    C{ids/<id>} nor C{master_config_checksum} (docs/zookeeper.md).
     A broker that must vanish from ZooKeeper for a while (a sync master whose
-    slave fails, a promoted master before its offsets are recovered: spec/ha.md
-    sections 3.4, 3.6) calls L{unregisterEverything}, and
+    slave fails, a promoted master before its offsets are recovered: docs/ha.md) calls L{unregisterEverything}, and
     L{registerEverything} to come back; calling L{unregisterEverything}
     before L{startService} starts the broker unregistered.
 

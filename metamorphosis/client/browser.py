@@ -1,6 +1,6 @@
 """
 Reading a whole topic from the start, outside any consumer group's
-offsets (Java's C{MetaTopicBrowser}, spec/client.md section 1).
+offsets (Java's C{MetaTopicBrowser}, docs/client-consumer.md).
 
 A L{TopicBrowser} walks the topic's master partitions one after the other,
 each from offset 0, with one-shot C{get}s under the group

@@ -2,9 +2,7 @@
 Client connections to brokers.
 
 L{MetaClientProtocol} is one TCP connection: it correlates replies to
-requests by opaque (replies may come back in any order, protocol.md section
-1), times requests out, and sends gecko's idle heartbeat (protocol.md
-section 7).  L{BrokerConnection} keeps one such connection to one broker
+requests by opaque (replies may come back in any order, docs/protocol.md), times requests out, and sends gecko's idle heartbeat (docs/protocol.md).  L{BrokerConnection} keeps one such connection to one broker
 alive, reconnecting every two seconds; L{ConnectionPool} shares one
 L{BrokerConnection} per broker URL between the producers and consumers of a
 session factory, counting references as the Java C{RemotingClientWrapper}

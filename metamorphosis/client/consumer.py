@@ -1,5 +1,5 @@
 """
-The message consumer (spec/client.md section 4, Java's
+The message consumer (docs/client-consumer.md, Java's
 C{SimpleMessageConsumer}).
 
 A L{MessageConsumer} subscribes listeners to topics, joins its group in
@@ -51,7 +51,7 @@ def checkGroup(group):
 class ConsumerConfig:
     """
     A consumer's settings, with Java's C{ConsumerConfig} names and
-    defaults (spec/client.md section 4.1); C{serverUrl}, C{zkSyncTimeMs}
+    defaults (docs/client-consumer.md); C{serverUrl}, C{zkSyncTimeMs}
     and C{recoverMessageIntervalInMills} come from Java's
     C{MetaClientConfig} and C{ZKConfig}, C{recoverPath} from its
     C{meta.recover.path} property (default C{~/.meta_recover}).

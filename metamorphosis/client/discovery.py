@@ -2,7 +2,7 @@
 Where a producer finds the brokers and partitions of a topic.
 
 L{ZooKeeperDiscovery} follows the brokers' registrations as the Java
-C{ProducerZooKeeper} does (zookeeper.md section 4): the children of
+C{ProducerZooKeeper} does (docs/zookeeper.md): the children of
 C{<root>/brokers/topics-pub/<topic>} ending in C{-m} give the master brokers
 and their partition counts, C{<root>/brokers/ids/<id>/master} their
 addresses.  Every kazoo call runs in a thread; watches bring the changes back

@@ -1,5 +1,5 @@
 """
-The consumer's fetch loop (spec/client.md sections 4.3 to 4.5, Java's
+The consumer's fetch loop (docs/client-consumer.md, Java's
 C{SimpleFetchManager.FetchRequestRunner}).
 
 Each owned partition has one L{FetchRequest}; L{FetchManager} runs one

@@ -36,7 +36,7 @@ class IPartitionSelector(Interface):
 class IBrokerDiscovery(Interface):
     """
     Where a producer learns a topic's master partitions and the brokers
-    that hold them: ZooKeeper (zookeeper.md section 4) or a fixed
+    that hold them: ZooKeeper (docs/zookeeper.md) or a fixed
     C{meta://} URL.
     """
 

@@ -1,6 +1,6 @@
 """
 Local storage for messages a producer could not send yet (the ordered
-producer's spill, the async producer's overflow; client.md sections 3 and 5).
+producer's spill, the async producer's overflow; docs/client-producer.md).
 
 Each (topic, partition) has a directory C{<path>/<topic>@<brokerId>-<partition>}
 holding C{messages}, the kept messages as MetaQ records (message-format.md:

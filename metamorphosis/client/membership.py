@@ -1,6 +1,6 @@
 """
 Consumer group membership in ZooKeeper and partition rebalancing
-(spec/zookeeper.md section 5, Java's C{ConsumerZooKeeper} and its
+(docs/zookeeper.md, Java's C{ConsumerZooKeeper} and its
 C{ZKLoadRebalanceListener}).
 
 The znodes and their data are Java's, so Python and Java consumers share a

@@ -67,7 +67,7 @@ class Message:
     def encode(self):
         """
         The put body and flag for this message (attribute prefix + data,
-        flag bit 0 when there is an attribute; message-format.md section 3).
+        flag bit 0 when there is an attribute; docs/storage.md).
 
         @return: C{(body, flag)}
         """

@@ -1,6 +1,6 @@
 """
 Where a consumer group keeps the next offset to fetch of each partition it
-consumes (spec/client.md section 4.6, spec/zookeeper.md section 6).
+consumes (docs/client-consumer.md, docs/zookeeper.md).
 
 Three storages provide L{IOffsetStorage}: ZooKeeper (the default, Java's
 exact C{<msgId>-<offset>} znodes), a local JSON file (Java's

@@ -455,7 +455,7 @@ class AsyncMessageProducer(MessageProducer):
 class OrderedMessageProducer(MessageProducer):
     """
     Keeps the order of the messages of one key even while their partition
-    is unavailable (C{OrderedMessageProducer}, client.md section 3).
+    is unavailable (C{OrderedMessageProducer}, docs/client-producer.md).
 
     The selector (an L{OrderedPartitionSelector}) maps a key to one of the
     topic's I{configured} partitions.  When that partition is not available

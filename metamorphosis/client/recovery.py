@@ -1,6 +1,5 @@
 """
-Local recovery of messages a listener could not process (spec/client.md
-section 4.7, Java's C{RecoverStorageManager}).
+Local recovery of messages a listener could not process (docs/client-consumer.md, Java's C{RecoverStorageManager}).
 
 After C{maxFetchRetries} failed rounds the consumer hands the blocking
 message to the L{RecoverManager} and moves on; the message is written to

@@ -1,6 +1,6 @@
 """
 The session factory: what producers and consumers of one application share
-(C{client/MetaMessageSessionFactory.java}, client.md section 1).
+(C{client/MetaMessageSessionFactory.java}, docs/client-producer.md).
 
 It owns the ZooKeeper client (kazoo; every call made in a thread), the
 broker discovery, the connection pool (one connection per broker) and the

@@ -6,7 +6,7 @@ same ZooKeeper snapshot, and takes only its share; the members never talk to
 each other.  A Python consumer therefore shares a group with Java consumers
 only if it computes exactly what Java's C{DefaultLoadBalanceStrategy} and
 C{ConsisHashStrategy} compute, over lists sorted the way Java sorts them
-(spec/zookeeper.md sections 5.2 to 5.4).
+(docs/zookeeper.md).
 """
 
 import bisect

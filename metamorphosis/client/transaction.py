@@ -2,7 +2,7 @@
 Transactions on the client: local transactions of a producer and the XA
 resource a transaction manager drives (Java C{TransactionContext},
 C{SimpleMessageProducer}'s transaction methods, C{SimpleXAMessageProducer};
-spec/transactions.md section 2).
+docs/transactions.md).
 
 A local transaction::
 

@@ -4,8 +4,7 @@ C{gregor_slave.properties} and C{async_slave.properties} as typed objects.
 
 Key names, defaults and validation are those of the Java plugins
 (C{SamsaMasterBroker.init/setConfigs}, C{GregorSlaveBroker},
-C{MetamorphosisSlaveBroker.putSlaveProperties}; spec/ha.md sections 2.1 and
-3.2), so a file written for a Java broker configures ours the same way.
+C{MetamorphosisSlaveBroker.putSlaveProperties}; docs/ha.md), so a file written for a Java broker configures ours the same way.
 Keys this implementation adds are marked as such.
 
 A broker finds its plugin file either by an explicit option or beside its
@@ -103,7 +102,7 @@ class SamsaMasterConfig:
     @ivar callbackThreadCount: parsed for compatibility; replies are handled
         on the reactor here, so it has no effect.
     @ivar recoverOffset: correct consumer offsets in ZooKeeper before
-        registering (spec/ha.md section 3.6).
+        registering (docs/ha.md).
     @ivar tls: (ours) a L{ClientTLS} to reach the slave over TLS; C{slave}
         is then the address of the slave's TLS listener.
     """
@@ -194,7 +193,7 @@ class GregorSlaveConfig:
 class AsyncSlaveConfig:
     """
     C{async_slave.properties}: an asynchronous replication slave
-    (metaslave), spec/ha.md section 2.1.
+    (metaslave), docs/ha.md.
 
     @ivar slaveId: this slave's number under its master (required, >= 0).
     @ivar slaveGroup: the consumer group it pulls the master with.

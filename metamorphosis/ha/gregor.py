@@ -1,6 +1,6 @@
 """
 The synchronous replication slave: MetaQ's C{gregor} plugin
-(spec/ha.md section 3.1, protocol.md section 6.10).
+(docs/ha.md, docs/protocol.md).
 
 The slave is a plain broker that also accepts C{sync}: a put that carries the
 master's partition and message id.  It stores the record exactly as the

@@ -2,7 +2,7 @@
 The replication plug point.
 
 A broker runs plain, or with one replication mode, as the Java wrapper runs
-with one of its plugins (spec/ha.md section 1).  Each mode is a provider of
+with one of its plugins (docs/ha.md).  Each mode is a provider of
 L{IReplication}; the broker's service asks it, in this order, to adjust the
 configuration (the Java plugin's C{init}, before anything is built), to plug
 its request handling into the broker's factory, and for a service that runs beside the broker (the

@@ -1,6 +1,6 @@
 """
 The asynchronous replication slave: MetaQ's C{metaslave} plugin
-(spec/ha.md section 2).
+(docs/ha.md).
 
 The slave is a plain broker, registered in ZooKeeper as
 C{ids/<id>/slave<n>} with topics C{<id>-s<n>}, that pulls every partition of
@@ -527,7 +527,7 @@ class AsyncSlaveService(service.Service):
         Show the replicating consumer in ZooKeeper as the Java slave's
         consumer appears: C{consumers/<slaveGroup>/ids/<slaveGroup>_<ip>-<pid>-<uuid>}
         (ephemeral, data: the topics it pulls), without owner nodes or
-        offsets (spec/zookeeper.md section 7).
+        offsets (docs/zookeeper.md).
         """
         data = ",".join(topics).encode("utf-8")
         path = "%s/%s/ids/%s" % (self.paths.consumersPath, self.config.slaveGroup, self.consumerId)

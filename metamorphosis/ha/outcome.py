@@ -1,8 +1,7 @@
 """
 The pure decision logic of the synchronous replication master: how the two
 outcomes of one put become the producer's reply, and when a failing slave
-takes the master out of service and how it comes back (spec/ha.md sections
-3.3 and 3.4).  Kept free of sockets and stores so that every branch of the
+takes the master out of service and how it comes back (docs/ha.md).  Kept free of sockets and stores so that every branch of the
 Java reply matrix and of the failure threshold is tested with a L{Clock}.
 """
 

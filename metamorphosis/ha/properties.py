@@ -4,7 +4,7 @@ them.
 
 MetaQ's replication plugins are configured by such files
 (C{samsa_master.properties}, C{gregor_slave.properties},
-C{async_slave.properties}; spec/ha.md section 1), which the Java broker reads
+C{async_slave.properties}; docs/ha.md), which the Java broker reads
 as GBK.  Operators copy these files from Java deployments, so the whole syntax
 is honoured: C{#} and C{!} comments, C{=}, C{:} or whitespace between key and
 value, backslash line continuations and escapes, C{\\uXXXX}.

@@ -1,6 +1,6 @@
 """
 The synchronous replication master: MetaQ's C{samsa} plugin
-(spec/ha.md sections 3.2 to 3.4).
+(docs/ha.md).
 
 Every put is forwarded to the gregor slave as a C{sync} carrying the
 master's message id, and appended locally; the producer is answered only

@@ -1,6 +1,6 @@
 """
 Transactions on a replicating broker: there are none
-(spec/transactions.md section 8).
+(docs/transactions.md).
 
 The Java samsa master and gregor slave replace the broker's processor chain
 by one without transaction support: every C{transaction} command is refused

@@ -6,7 +6,7 @@ Java's C{Pattern.split(" ")} does (inner empty tokens kept, trailing ones
 dropped), and for C{put}, C{sync}, C{result} and C{value} a raw body whose
 length is a field of the line.  The decoder dispatches on the first
 character of the first word and accepts exactly what the Java
-C{MetaCodecFactory} decoder accepts (protocol.md sections 1 to 4), with
+C{MetaCodecFactory} decoder accepts (docs/protocol.md), with
 Java's number parsing (L{parseJavaInt}); the encoders write exactly the
 bytes the Java command classes write.
 

@@ -1,6 +1,6 @@
 """
 Message ids: the broker's Snowflake-style generator (Java C{IdWorker},
-spec/message-format.md section 5).
+docs/storage.md).
 
 MetaQ 1.4.5 and later take the timestamp from C{System.nanoTime()}, which on
 Linux is C{CLOCK_MONOTONIC}: milliseconds since boot, far below the

@@ -1,6 +1,6 @@
 """
 Message records: the layout MetaQ stores on disk and sends in C{value}
-responses (spec/message-format.md sections 2-4 and 6).
+responses (docs/storage.md).
 
 A record is a 20-byte header (body length, masked CRC32 of the body, message
 id, flag) followed by the body.  The body is the put command's body unchanged;

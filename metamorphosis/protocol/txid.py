@@ -4,7 +4,7 @@ Transaction identifiers as they travel in C{put} and C{transaction} lines.
 A key is C{TX:<sessionId>:<value>} (a local transaction), C{XID:<formatId>:
 <hex gtrid>:<hex bqual>:<uniqueQualifier>} (an XA branch) or the literal
 C{null} (the id of a C{RECOVER} request).  Parsing follows the Java
-C{TransactionId.valueOf} family exactly (protocol.md section 9), including
+C{TransactionId.valueOf} family exactly (docs/protocol.md), including
 its oddities, because the key is what the broker files transactions under:
 
   - a local key splits on C{:} with Java's trailing-empty-token dropping and

@@ -1,7 +1,7 @@
 """
 The XA vocabulary of the wire: C{javax.transaction.xa} error codes and flags,
 and the two kinds of failure a C{transaction} command is answered with,
-spelled as the Java broker spells them (spec/protocol.md section 6.7).
+spelled as the Java broker spells them (docs/protocol.md).
 """
 
 import re

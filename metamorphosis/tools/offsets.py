@@ -10,10 +10,10 @@ consumer of the group is alive.
     python -m metamorphosis.tools.offsets --broker meta://127.0.0.1:8123 \\
         --partitions 2 --topic t --group g --offsets-file ~/.meta_offsets
 
-Where things are in ZooKeeper: spec/zookeeper.md sections 3 and 6.  The max
+Where things are in ZooKeeper: docs/zookeeper.md.  The max
 offset comes from each partition's master broker as Java consumers learn it:
 C{offset <topic> <group> <partition> 9223372036854775807} is answered with
-the partition's max offset (protocol.md section 6.4).
+the partition's max offset (docs/protocol.md).
 """
 
 import json

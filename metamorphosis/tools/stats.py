@@ -1,5 +1,5 @@
 """
-Print a broker's C{stats [item]} reply (spec/stats.md), once or every few
+Print a broker's C{stats [item]} reply (docs/stats.md), once or every few
 seconds with the per-second rates of its C{cmd_*} counters: telnet's
 C{stats} for scripts.
 

@@ -1,6 +1,6 @@
 """
 Tests for L{metamorphosis.broker.server}: every request answered as the Java
-broker answers it (protocol.md section 6), on in-memory transports.
+broker answers it (docs/protocol.md), on in-memory transports.
 """
 
 import errno

@@ -2,7 +2,7 @@
 A small in-process stand-in for a broker, for producer tests that need a
 real socket but not a real store: it parses requests with the codec, checks
 put checksums, keeps the puts it accepted and answers as the Java broker
-does (protocol.md section 6.1).  Tests can close partitions (403), make it
+does (docs/protocol.md).  Tests can close partitions (403), make it
 silent (timeouts) and stop and restart it on the same port.
 """
 

@@ -69,7 +69,7 @@ class ProtocolTests(SynchronousTestCase):
     def test_putBytes(self):
         """
         A put is written as the 1.4.4+ Java producer writes it: seven tokens
-        with the checksum, then the body (protocol.md section 10).
+        with the checksum, then the body (docs/protocol.md).
         """
         clock, protocol, transport = connectedProtocol()
         protocol.put("test", 0, b"hello", 0, 907060870)

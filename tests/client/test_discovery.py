@@ -1,7 +1,7 @@
 """
 Tests for L{metamorphosis.client.discovery} and producing through it,
 against a real ZooKeeper (the znodes written here are the ones a broker
-registers, zookeeper.md section 2) and in-process fake brokers.
+registers, docs/zookeeper.md) and in-process fake brokers.
 """
 
 import json

@@ -1,5 +1,5 @@
 """
-The fetch loop's rules (spec/client.md sections 4.3 to 4.5) on scripted
+The fetch loop's rules (docs/client-consumer.md) on scripted
 broker replies: offsets, back-off, retries, maxSize growth, local recovery
 hand-off, checksum resets, duplicates, filters, manual acknowledgement.
 """
@@ -268,7 +268,7 @@ class FakeConnections:
 
 class ConsumerFetchTests(TestCase):
     """
-    How L{MessageConsumer.fetch} reads each reply (protocol.md section 8).
+    How L{MessageConsumer.fetch} reads each reply (docs/protocol.md).
     """
 
     def fetch(self, reply, maxSize=1024):

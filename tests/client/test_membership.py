@@ -92,7 +92,7 @@ class MembershipTestsMixin:
             if not self.zk.exists(ids):
                 self.zk.create(ids, url, makepath=True)
             # A broker re-registers a changed topic by deleting its node and
-            # creating it again (spec/zookeeper.md section 3).
+            # creating it again (docs/zookeeper.md).
             path = "%s/brokers/topics-sub/%s/%s" % (self.root, topic, node)
             if self.zk.exists(path):
                 self.zk.delete(path)

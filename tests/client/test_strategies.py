@@ -46,7 +46,7 @@ class DefaultStrategyTests(TestCase):
 
     def test_specExample(self):
         """
-        The example of spec/zookeeper.md section 5.3.
+        Java's worked example of the default strategy.
         """
         self.assertEqual(
             assignment(DefaultStrategy(), ["g_b", "g_a"], ["1-1", "0-0", "0-2", "1-0", "0-1"]),

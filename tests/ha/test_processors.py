@@ -1,8 +1,7 @@
 """
 Tests for the request handling of the replication modes, on the broker's
 real processor with in-memory stores: the gregor slave's C{sync}
-(protocol.md section 6.10) and the samsa master's puts (spec/ha.md section
-3.3), with a link to the slave the test answers by hand.
+(docs/protocol.md) and the samsa master's puts (docs/ha.md), with a link to the slave the test answers by hand.
 """
 
 import os

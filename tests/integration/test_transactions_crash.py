@@ -1,7 +1,7 @@
 """
 Transactions survive C{kill -9} of the broker: a real broker process is
 killed at random moments while local and XA transactions run, restarted on
-the same data, and the promises are checked (spec/transactions.md section 6).
+the same data, and the promises are checked (docs/transactions.md).
 """
 
 import os

@@ -26,7 +26,7 @@ from metamorphosis.protocol.commands import (
 )
 from tests.protocol import strategies
 
-# protocol.md section 10: bytes produced by the Java encoders, and what the
+# Bytes produced by the Java encoders, and what the
 # Java decoder makes of them.
 GOLDEN = [
     (
@@ -85,7 +85,7 @@ GOLDEN = [
     (b"value 5 -2147483646\r\nhello", ValueCommand(b"hello", -2147483646)),
 ]
 
-# protocol.md section 10, "Decoder results": lines the Java encoders never
+# Decoder results: lines the Java encoders never
 # write but the decoder accepts.
 DECODED = [
     (b"put test 0 5 0 0\r\nhello", PutCommand("test", 0, b"hello", 0, 0)),
@@ -205,7 +205,7 @@ MALFORMED = [
 
 class GoldenTests(SynchronousTestCase):
     """
-    The worked examples of protocol.md section 10.
+    Bytes the Java encoders produce, and what they decode to.
     """
 
     def test_encode(self):

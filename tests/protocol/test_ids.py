@@ -28,7 +28,7 @@ class FakeClock:
 class IdWorkerTests(SynchronousTestCase):
     def test_workedExamples(self):
         """
-        The ids of spec/message-format.md section 7.
+        Ids as Java's C{IdWorker} makes them.
         """
         self.assertEqual(IdWorker(0, FakeClock(86400000)).nextId(), -5468572396564774912)
         self.assertEqual(makeId(86400000, 1, 5), -5468572396564770811)

@@ -1,6 +1,6 @@
 """
-Tests for L{metamorphosis.protocol.records}: the worked examples of
-spec/message-format.md section 7 and round-trip properties.
+Tests for L{metamorphosis.protocol.records}: records as the Java broker
+stores them, byte for byte, and round-trip properties.
 """
 
 from hypothesis import given, settings
@@ -39,7 +39,7 @@ def record(msgId, data, attribute):
 
 class WorkedExampleTests(SynchronousTestCase):
     """
-    The records of spec/message-format.md section 7, byte for byte.
+    Records as the Java broker stores them, byte for byte.
     """
 
     def test_noAttribute(self):

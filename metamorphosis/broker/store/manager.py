@@ -1,6 +1,6 @@
 """
 The service owning every partition store of the broker (Java
-C{MessageStoreManager}, spec/storage.md sections 1, 5, 7 and 8).
+C{MessageStoreManager}, docs/storage.md).
 
 At start it loads every C{<topic>-<partition>} directory of the global and
 the per-topic data paths in a thread; afterwards it creates stores lazily on

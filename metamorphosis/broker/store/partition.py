@@ -1,5 +1,5 @@
 """
-One partition's log (Java C{MessageStore}, spec/storage.md sections 2-5).
+One partition's log (Java C{MessageStore}, docs/storage.md).
 
 Appends are queued on the reactor thread and handled by jobs, one job at a
 time per partition.  A job takes everything queued when it starts: the

@@ -1,6 +1,6 @@
 """
 Loading a partition directory at start-up (Java C{MessageStore.loadSegments}
-and C{FileMessageSet.recover}, spec/storage.md section 6).
+and C{FileMessageSet.recover}, docs/storage.md).
 
 Everything here blocks on the file system and runs in a thread.  Instead of
 logging from that thread it returns what it found as L{Finding}s, which the

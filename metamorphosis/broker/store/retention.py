@@ -1,6 +1,6 @@
 """
 Retention policies for old segment files (Java C{DeletePolicyFactory},
-C{DiscardDeletePolicy}, C{ArchiveDeletePolicy}; spec/storage.md section 7).
+C{DiscardDeletePolicy}, C{ArchiveDeletePolicy}; docs/storage.md).
 
 A policy is written C{name,age[,arg]}: C{delete,168} drops segments older
 than 168 hours, C{archive,30m,true} zips segments older than 30 minutes.

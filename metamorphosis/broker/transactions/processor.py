@@ -1,8 +1,7 @@
 """
 The broker's handling of C{transaction} commands and transactional C{put}s
 (Java C{TransactionalCommandProcessor} and C{TransactionProcessor};
-spec/protocol.md sections 6.2 and 6.7, spec/transactions.md sections 3, 4
-and 7).
+docs/protocol.md, docs/transactions.md).
 
 Local transactions live in their connection's session context; XA
 transactions live in one broker-wide map so that another connection,

@@ -1,7 +1,6 @@
 """
 Durability of transactions: the redo journal, the commit into the
-partitions, checkpoints and crash recovery (spec/transactions.md sections 5
-and 6; our journal format is in docs/transactions.md).
+partitions, checkpoints and crash recovery (docs/transactions.md, which also describes our journal format).
 
 The commit protocol differs from Java's on purpose.  Java appends the
 messages first and journals the commit afterwards, so a crash between the two

@@ -1,6 +1,6 @@
 """
 The state machine of one transaction (Java C{Transaction}, C{LocalTransaction}
-and C{XATransaction}; spec/transactions.md section 3).
+and C{XATransaction}; docs/transactions.md).
 
 A transaction only decides which transition a request makes and what it
 answers; making a transition durable is the job of the transaction store it

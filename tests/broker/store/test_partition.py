@@ -33,7 +33,7 @@ from .helpers import (
     topicConfig,
 )
 
-# The stored records of spec/message-format.md section 7, as hex in the spec.
+# Records as the Java broker stores them, in hex.
 EXAMPLE1 = bytes.fromhex("00000005" "3610a686" "b41bba610a400000" "00000000" "68656c6c6f")
 EXAMPLE2 = bytes.fromhex(
     "0000000a" "39362501" "b41bba610a401005" "00000001" "00000004" "74616731" "6869"
@@ -77,7 +77,7 @@ class NamingTests(SynchronousTestCase):
 class GoldenLayoutTests(SynchronousTestCase):
     """
     The files a partition holds after known appends, byte for byte as the
-    spec predicts.
+    Java broker writes them.
     """
 
     def test_layout(self):
