@@ -108,6 +108,13 @@ class DocumentationExamples(TestCase):
     async def runExample(self, code):
         zookeeper, client, root = await self.chroot()
         port = await self.startBroker(zookeeper)
+
+        def registered():
+            published = root + "/meta/brokers/topics-pub/"
+            return all(client.exists(published + topic) and client.get_children(published + topic)
+                       for topic in ("test", "meta-test", "orders"))
+        # As a user's broker would be: registered before the program starts.
+        await waitFor(lambda: threads.deferToThread(registered), timeout=60)
         work = Path(os.path.abspath(self.mktemp()))
         (work / "home").mkdir(parents=True)
         script = work / "example.py"

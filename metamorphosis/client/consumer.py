@@ -194,13 +194,15 @@ class MessageConsumer:
         _, listener, messageFilter = self._subscriptions[topic]
         return listener, messageFilter
 
-    @defer.inlineCallbacks
     def completeSubscribe(self):
         """
         Join the group and start consuming.
 
         @return: a Deferred firing after the first rebalance.
         """
+        return defer.ensureDeferred(self._completeSubscribe())
+
+    async def _completeSubscribe(self):
         if self.started:
             raise MetaClientError("completeSubscribe() was already called")
         if not self._subscriptions:
@@ -208,14 +210,13 @@ class MessageConsumer:
         self.started = True
         for topic, (_, listener, _) in self._subscriptions.items():
             self.recoverManager.register(topic, self.group, listener)
-        yield self.recoverManager.start()
+        await self.recoverManager.start()
         self.committer.start()
         if self.membership is not None:
-            yield self.membership.register()
+            await self.membership.register()
         else:
-            yield self._startDirect()
+            await self._startDirect()
 
-    @defer.inlineCallbacks
     def loadOffset(self, topic, partition):
         """
         Where to start consuming a partition just taken: its stored offset,
@@ -224,44 +225,48 @@ class MessageConsumer:
 
         @return: a Deferred firing with a L{PartitionOffset}.
         """
-        info = yield self.offsetStorage.load(topic, self.group, partition)
+        return defer.ensureDeferred(self._loadOffset(topic, partition))
+
+    async def _loadOffset(self, topic, partition):
+        info = await self.offsetStorage.load(topic, self.group, partition)
         if info is None:
-            yield self.offsetStorage.initOffset(topic, self.group, partition, self.config.offset)
+            await self.offsetStorage.initOffset(topic, self.group, partition, self.config.offset)
             info = PartitionOffset(topic, partition, self.config.offset)
         if self.config.alwaysConsumeFromMaxOffset:
             info.offset = self.config.MAX_OFFSET
         return info
 
-    @defer.inlineCallbacks
-    def _startDirect(self):
+    async def _startDirect(self):
         partition = Partition.fromString(self.config.partition or "0-0")
         requests = []
         for topic in self._subscriptions:
-            info = yield self.loadOffset(topic, partition)
+            info = await self.loadOffset(topic, partition)
             requests.append((self.config.serverUrl, info))
         self._directOffsets = [info for _, info in requests]
         self.startFetching(requests)
 
-    @defer.inlineCallbacks
     def shutdown(self):
         """
         Stop consuming: stop fetching, commit the offsets, leave the group,
         close the offset storage and the connections.
         """
+        return defer.ensureDeferred(self._shutdown())
+
+    async def _shutdown(self):
         if self.closed:
             return
         self.closed = True
         if self.membership is not None and self.started:
-            yield self.membership.unregister()
+            await self.membership.unregister()
         else:
-            yield self.stopFetching()
-        yield self.committer.stop()
+            await self.stopFetching()
+        await self.committer.stop()
         for topic in self._subscriptions:
             self.recoverManager.unregister(topic, self.group)
-        yield self.recoverManager.stop()
-        yield self.offsetStorage.close()
+        await self.recoverManager.stop()
+        await self.offsetStorage.close()
         for url in self._brokers:
-            yield self.connections.release(url, self)
+            await self.connections.release(url, self)
         self._brokers = set()
 
     # -- what membership and the fetch loop call --------------------------

@@ -136,18 +136,20 @@ class GroupMembership:
 
     # -- registration -----------------------------------------------------
 
-    @defer.inlineCallbacks
     def register(self):
         """
         Register in the group, watch members, partitions and brokers, and
         run the first rebalance.
         """
-        yield threads.deferToThread(self._registerNode)
+        return defer.ensureDeferred(self._register())
+
+    async def _register(self):
+        await threads.deferToThread(self._registerNode)
         self.client.add_listener(self._sessionEvent)
         watched = [self.idsPath, "%s/brokers/ids" % (self.root,)]
         watched += ["%s/brokers/topics-sub/%s" % (self.root, t) for t in self.consumer.topics()]
-        yield threads.deferToThread(self._watch, watched)
-        yield self.rebalance()
+        await threads.deferToThread(self._watch, watched)
+        await self.rebalance()
 
     def _registerNode(self):
         self.client.ensure_path(self.idsPath)
@@ -180,37 +182,41 @@ class GroupMembership:
             self._sessionLost = False
             self.reactor.callFromThread(self._newSession)
 
-    @defer.inlineCallbacks
     def _newSession(self):
         """
         The session expired: our ephemeral nodes are gone.  Register
         again and rebalance from scratch (Java's C{resetState}).
         """
+        return defer.ensureDeferred(self._registerAgain())
+
+    async def _registerAgain(self):
         if self._stopped:
             return
         self.log.warn("ZooKeeper session of {id} expired; registering again", id=self.consumerId)
         self._resetState()
         try:
-            yield threads.deferToThread(self._registerNode)
+            await threads.deferToThread(self._registerNode)
         except KazooException as e:
             self.log.warn("Registering {id} again failed: {error!r}", id=self.consumerId, error=errorText(e))
-        yield self.rebalance()
+        await self.rebalance()
 
-    @defer.inlineCallbacks
     def unregister(self):
         """
         Leave the group: stop watching, stop fetching, commit, release the
         partitions and delete the registration.
         """
+        return defer.ensureDeferred(self._unregister())
+
+    async def _unregister(self):
         self._stopped = True
         self.client.remove_listener(self._sessionEvent)
         if self._rebalancing is not None:
-            yield self._rebalancing
-        yield self.consumer.stopFetching()
-        yield self.consumer.commitOffsets()
+            await self._rebalancing
+        await self.consumer.stopFetching()
+        await self.consumer.commitOffsets()
         owned = [(t, p) for t, infos in self.registry.items() for p in infos]
         self.registry = {}
-        yield threads.deferToThread(self._release, owned, True)
+        await threads.deferToThread(self._release, owned, True)
 
     def _release(self, owned, withRegistration=False):
         paths = ["%s/owners/%s/%s" % (self.groupPath, t, p) for t, p in owned]

@@ -178,23 +178,25 @@ class RecoverManager:
     def unregister(self, topic, group):
         self._listeners.pop((topic, group), None)
 
-    @defer.inlineCallbacks
     def start(self):
         """
         Reopen the stores of the registered (topic, group) pairs that have
         kept messages, and schedule the replays.  Stores of other pairs
         are left alone: another process (or consumer) may own them.
         """
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self):
         if self._loop is not None:
             return
         loop = self._loop = task.LoopingCall(self.replay)
         loop.clock = self.reactor
-        existing = yield threads.deferToThread(self._existing)
+        existing = await threads.deferToThread(self._existing)
         for topic, group in list(self._listeners):
             if self._loop is not loop:
                 return
             if "%s@%s" % (topic, group) in existing:
-                yield self._store(topic, group)
+                await self._store(topic, group)
         # L{stop} may have come while we read the directory: then nothing
         # is scheduled, or it would outlive the manager.
         if self._loop is loop:
@@ -211,23 +213,21 @@ class RecoverManager:
         except FileNotFoundError:
             return set()
 
-    @defer.inlineCallbacks
-    def _store(self, topic, group):
+    async def _store(self, topic, group):
         key = (topic, group)
         if key not in self._locks:
             self._locks[key] = defer.DeferredLock()
         lock = self._locks[key]
-        yield lock.acquire()
+        await lock.acquire()
         try:
             if key not in self._stores:
                 store = RecoverStore(self.path, topic, group)
-                yield threads.deferToThread(store.open)
+                await threads.deferToThread(store.open)
                 self._stores[key] = store
         finally:
             lock.release()
         return self._stores[key]
 
-    @defer.inlineCallbacks
     def append(self, group, message):
         """
         Keep C{message} (with its C{topic}, C{partition}, C{id}) for
@@ -235,10 +235,13 @@ class RecoverManager:
 
         @return: a Deferred firing once it is on disk.
         """
-        store = yield self._store(message.topic, group)
+        return defer.ensureDeferred(self._append(group, message))
+
+    async def _append(self, group, message):
+        store = await self._store(message.topic, group)
         body, flag = records.encodePayload(message.data, message.attribute)
         record = records.Record(message.id, flag, body)
-        yield self._locks[(message.topic, group)].run(
+        await self._locks[(message.topic, group)].run(
             threads.deferToThread, store.append, message.partition, record)
 
     def pending(self, topic, group):
@@ -280,17 +283,19 @@ class RecoverManager:
                     continue
                 await self._locks[(topic, group)].run(threads.deferToThread, store.delete, key)
 
-    @defer.inlineCallbacks
     def stop(self):
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
         if self._first is not None and self._first.active():
             self._first.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         if self._replaying is not None:
-            yield self._replaying
+            await self._replaying
         for key, store in list(self._stores.items()):
-            yield self._locks[key].run(threads.deferToThread, store.close)
+            await self._locks[key].run(threads.deferToThread, store.close)
         self._stores.clear()
 
 

@@ -141,20 +141,19 @@ class MetaMessageSessionFactory(service.Service):
         """
         if self._started is None:
             self.running = True
-            self._started = self._start()
+            self._started = defer.ensureDeferred(self._start())
         d = defer.Deferred()
         self._started.addBoth(lambda r: (d.callback(r), r)[1])
         return d
 
-    @defer.inlineCallbacks
-    def _start(self):
+    async def _start(self):
         config = self.config
         if config.serverUrl:
             self.discovery = StaticDiscovery(config.serverUrl, config.partitions)
             self.connections.acquire(config.serverUrl, self)
         else:
             try:
-                self.zookeeper = yield connect(config, reactor=self.reactor)
+                self.zookeeper = await connect(config, reactor=self.reactor)
             except KazooTimeoutError:
                 raise MetaClientError(
                     "Could not connect to ZooKeeper at %s within %g s (zkConnectionTimeoutMs); "
@@ -175,31 +174,33 @@ class MetaMessageSessionFactory(service.Service):
         service.Service.stopService(self)
         return self.close()
 
-    @defer.inlineCallbacks
     def close(self):
         """
         Shut down every producer, close connections and ZooKeeper.
 
         @return: a Deferred.
         """
+        return defer.ensureDeferred(self._close())
+
+    async def _close(self):
         self.running = False
         if self._started is None:
             return
         try:
-            yield self._started
+            await self._started
         except Exception:
             pass
         for producer in list(self._producers):
-            yield producer.shutdown()
-        yield self.recovery.stop()
+            await producer.shutdown()
+        await self.recovery.stop()
         for storage in self._storages.values():
-            yield storage.close()
+            await storage.close()
         if self.discovery is not None:
-            yield self.discovery.stop()
-        yield self.connections.close()
+            await self.discovery.stop()
+        await self.connections.close()
         if self.zookeeper is not None:
             zookeeper, self.zookeeper = self.zookeeper, None
-            yield disconnect(zookeeper, self.reactor)
+            await disconnect(zookeeper, self.reactor)
 
     def _checkStarted(self):
         if self.discovery is None:

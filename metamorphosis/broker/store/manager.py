@@ -18,7 +18,6 @@ from twisted.internet.defer import (
     DeferredList,
     ensureDeferred,
     gatherResults,
-    inlineCallbacks,
 )
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -279,8 +278,10 @@ class MessageStoreManager(Service):
                 max=store.maxOffset, segments=len(recovered.segments),
             )
 
-    @inlineCallbacks
     def stopService(self):
+        return ensureDeferred(self._stopService())
+
+    async def _stopService(self):
         Service.stopService(self)
         for call in self._flushCalls.values():
             if call.running:
@@ -291,8 +292,8 @@ class MessageStoreManager(Service):
                 delayed.cancel()
         self._deleteCalls.clear()
         if self._started is not None:
-            yield DeferredList([self._started], consumeErrors=True)
-        results = yield DeferredList(
+            await DeferredList([self._started], consumeErrors=True)
+        results = await DeferredList(
             [store.close() for store in self._stores.values()], consumeErrors=True
         )
         for ok, result in results:
@@ -447,15 +448,16 @@ class MessageStoreManager(Service):
             delay, self._deleteJob, deleteWhen
         )
 
-    @inlineCallbacks
     def _deleteJob(self, deleteWhen):
+        return ensureDeferred(self._runDeleteJob(deleteWhen))
+
+    async def _runDeleteJob(self, deleteWhen):
         del self._deleteCalls[deleteWhen]
         try:
-            yield self.runDeletePolicies(deleteWhen)
+            await self.runDeletePolicies(deleteWhen)
         finally:
             self._scheduleDeletes(deleteWhen)
 
-    @inlineCallbacks
     def runDeletePolicies(self, deleteWhen=None, now=None):
         """
         Apply retention to the stores whose topic uses the schedule
@@ -465,6 +467,9 @@ class MessageStoreManager(Service):
         @return: a Deferred firing with C{{(topic, partition): [removed
             segment starts]}}.
         """
+        return ensureDeferred(self._runDeletePolicies(deleteWhen, now))
+
+    async def _runDeletePolicies(self, deleteWhen=None, now=None):
         removed = {}
         for (topic, partition), store in list(self._stores.items()):
             if deleteWhen is not None and (
@@ -472,7 +477,7 @@ class MessageStoreManager(Service):
             ):
                 continue
             try:
-                starts = yield store.runDeletePolicy(now)
+                starts = await store.runDeletePolicy(now)
             except Exception:
                 self.log.failure("Retention failed for {store}", store=str(store))
                 continue
