@@ -130,6 +130,7 @@ class MetaMessageSessionFactory(service.Service):
         self._publishers = {}
         self._topicUrls = {}
         self._started = None
+        self._startFailure = None
 
     # -- lifetime ---------------------------------------------------------
 
@@ -142,9 +143,15 @@ class MetaMessageSessionFactory(service.Service):
         if self._started is None:
             self.running = True
             self._started = defer.ensureDeferred(self._start())
+            self._started.addErrback(self._keepStartFailure)
         d = defer.Deferred()
-        self._started.addBoth(lambda r: (d.callback(r), r)[1])
+        self._started.addBoth(lambda r: (d.callback(self._startFailure or r), r)[1])
         return d
+
+    def _keepStartFailure(self, failure):
+        # Every start() caller gets the failure; the shared Deferred keeps
+        # none, so that no unhandled error is left behind.
+        self._startFailure = failure
 
     async def _start(self):
         config = self.config
