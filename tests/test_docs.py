@@ -15,7 +15,10 @@ environment variables with the usual defaults:
     (C{meta://127.0.0.1:8123}).
 
 The broker serves the topics C{test} (2 partitions), C{meta-test} and
-C{orders}, and accepts any other.  The program must exit with status 0 and
+C{orders}, and accepts any other.  A block that needs a setting of its own
+(certificates, several brokers) and is run by another test starts with the
+line C{# Run by tests/<module>.py}; this module only checks that the named
+test exists and reads the page.  The program must exit with status 0 and
 print no traceback.  A block whose program runs until Ctrl-C says so in a
 line C{# Runs until Ctrl-C}: once it has printed a line the test interrupts
 it (SIGINT), and checks that it exits cleanly and that no consumer is left
@@ -38,6 +41,7 @@ from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 UNTIL_INTERRUPTED = "# Runs until Ctrl-C"
+DELEGATED = re.compile(r"\A# Run by (tests/\S+\.py)\n")
 #: Seconds an example may take.
 DEADLINE = 120
 
@@ -78,6 +82,19 @@ class DocumentationExamples(TestCase):
     """
 
     timeout = DEADLINE + 60
+
+    def test_delegated(self):
+        """
+        Each block left to another test names a test module that exists and
+        reads the block's page.
+        """
+        root = DOCS.parent
+        for page, number, code in examples():
+            match = DELEGATED.match(code)
+            if match:
+                module = root / match.group(1)
+                self.assertTrue(module.exists(), (page, number, module))
+                self.assertIn("%s.md" % (page,), module.read_text(encoding="utf-8"), (page, number))
 
     async def startBroker(self, zookeeper):
         data = os.path.abspath(self.mktemp())
@@ -155,6 +172,8 @@ def _exampleTest(code):
 
 
 for _page, _number, _code in examples():
+    if DELEGATED.match(_code):
+        continue
     _name = "test_%s_%d" % (re.sub(r"\W", "_", _page), _number)
     _test = _exampleTest(_code)
     _test.__name__ = _name
