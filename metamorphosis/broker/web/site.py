@@ -30,6 +30,10 @@ JSON = b"application/json; charset=utf-8"
 #: Seconds a scrape waits for a reading of the consumer groups.
 GROUPS_WAIT = 2.0
 
+#: Seconds without a byte after which an HTTP connection is closed (a
+#: client that opens connections and sends nothing holds nothing for long).
+IDLE_TIMEOUT = 60
+
 
 def _json(request, value, code=200):
     request.setResponseCode(code)
@@ -214,7 +218,7 @@ class BrokerHttp:
         root.putChild(b"ready", ReadyResource(self.status))
         root.putChild(b"status.json", StatusResource(self.status))
         root.putChild(b"offsets.json", OffsetForTimeResource(broker))
-        self.site = BrokerSite(root)
+        self.site = BrokerSite(root, timeout=IDLE_TIMEOUT)
         self.port = None
 
     async def listen(self):
