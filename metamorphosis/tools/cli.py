@@ -9,6 +9,7 @@ Exit status of every tool: L{EXIT_OK} done, L{EXIT_FAILURE} a failure
 explained in one line on stderr, L{EXIT_USAGE} bad usage.
 """
 
+import os
 import sys
 import time
 
@@ -200,6 +201,17 @@ def logTo(stream, level):
     )
 
 
+def outputClosed():
+    """
+    Stop quietly, as done, when stdout was closed by its reader
+    (C{metaq consume ... | head}).
+    """
+    # Nothing more can be written; the interpreter's last flush must not
+    # complain either.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(EXIT_OK)
+
+
 def runTool(name, options, main, argv=None, stderr=None, defaultLevel=LogLevel.warn):
     """
     Parse C{argv} into C{options} and run C{main(reactor, options)} (a
@@ -211,6 +223,8 @@ def runTool(name, options, main, argv=None, stderr=None, defaultLevel=LogLevel.w
     stderr = stderr or sys.stderr
     try:
         options.parseOptions(argv)
+    except BrokenPipeError:
+        outputClosed()
     except usage.UsageError as e:
         command = " ".join(filter(None, [name, getattr(options, "subCommand", None)]))
         print("%s: %s" % (command, e), file=stderr)
@@ -221,6 +235,8 @@ def runTool(name, options, main, argv=None, stderr=None, defaultLevel=LogLevel.w
     def report(failure):
         if failure.check(SystemExit):
             return failure
+        if failure.check(BrokenPipeError):
+            outputClosed()
         if failure.check(ToolError):
             print("%s: %s" % (name, failure.value), file=stderr)
         else:

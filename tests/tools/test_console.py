@@ -3,13 +3,37 @@ metaq produce and metaq consume (the console producer and consumer)
 against a real broker, with and without ZooKeeper.
 """
 
+import os
+import sys
+
 from kazoo.client import KazooClient
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.tools.support import brokerUrl, readTopic, runMetaq, startBroker
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
+
+
+class HeadReader(protocol.ProcessProtocol):
+    """
+    Reads the first chunk of a process's stdout, then closes it, as
+    C{head -1} does.
+    """
+
+    def __init__(self):
+        self.err = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.transport.closeChildFD(1)
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.ended.callback((reason.value.exitCode, self.err))
 
 
 class DirectTests(TestCase):
@@ -51,6 +75,26 @@ class DirectTests(TestCase):
             self.assertTrue(first[1].startswith("0-0 %d " % (20 + len(stored[0][0]),)), first)
             out, err, status = await runMetaq(*consume, "--exit-at-end")
             self.assertEqual((status, out), (0, ""), err)
+        return ensureDeferred(check())
+
+    def test_outputClosed(self):
+        """
+        A reader that stops reading (metaq consume | head -1): consume
+        stops quietly, status 0, nothing on stderr.
+        """
+        async def check():
+            broker = await startBroker(self, {"console": 1})
+            url = brokerUrl(broker)
+            out, err, status = await runMetaq(
+                "--broker", url, "produce", "--topic", "console",
+                stdin=b"".join(b"line %d\n" % (i,) for i in range(3000)))
+            self.assertEqual(status, 0, err)
+            reader = HeadReader()
+            reactor.spawnProcess(reader, sys.executable, [
+                sys.executable, "-m", "metamorphosis.tools.main", "--broker", url, "consume",
+                "--topic", "console", "--from-beginning"], env=os.environ)
+            status, err = await reader.ended
+            self.assertEqual((status, err), (0, b""))
         return ensureDeferred(check())
 
     def test_produceFailure(self):
