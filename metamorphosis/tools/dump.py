@@ -61,6 +61,62 @@ def segmentFiles(path):
     return [os.path.join(path, name) for name in sorted(names, key=offsetFromName)]
 
 
+class SegmentReader:
+    """
+    The records of one segment file, read in order, 4 MiB at a time
+    (blocking: use it in a thread).
+
+    @ivar start: the segment's start offset (from its name).
+    @ivar size: the file's size.
+    @ivar problem: after L{records}, L{None} at a clean end, else
+        C{(offset, why, torn)}: where reading stopped, why, and whether it
+        is an incomplete last record (a write cut short) rather than a bad
+        one.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.start = offsetFromName(os.path.basename(path))
+        if self.start is None:
+            raise ToolError("%s: not a segment file (20 digits and %s)" % (path, FILE_SUFFIX))
+        self.size = 0
+        self.problem = None
+
+    def records(self):
+        """
+        Yield C{(offset, record)} for each valid record, up to the end of
+        the file or the first problem.
+
+        @raise OSError: the file cannot be read.
+        """
+        start, position, buffer = self.start, 0, b""
+        with open(self.path, "rb") as f:
+            self.size = size = os.fstat(f.fileno()).st_size
+            while True:
+                data = f.read(CHUNK)
+                buffer += data
+                consumed = 0
+                try:
+                    for record, end in iterRecords(buffer):
+                        yield start + position + consumed, record
+                        consumed = end
+                except InvalidRecord as e:
+                    self.problem = (start + position + consumed, str(e), False)
+                    return
+                position += consumed
+                buffer = buffer[consumed:]
+                need = (HEADER_SIZE + decodeHeader(buffer)[0]
+                        if len(buffer) >= HEADER_SIZE else HEADER_SIZE)
+                if buffer and (not data or position + need > size):
+                    # Cut short, or a length beyond the file: either way
+                    # there is nothing more to read (nor to buffer up to).
+                    self.problem = (start + position, "incomplete last record (%d of %d bytes)"
+                                    % (size - position, need), True)
+                    return
+                if not data:
+                    return
+
+
 def dumpSegment(path, out, printData=False, limit=None):
     """
     Print the records of one segment file.
@@ -68,42 +124,22 @@ def dumpSegment(path, out, printData=False, limit=None):
     @return: C{(records printed, problem or None)}.
     @raise OSError: the file cannot be read.
     """
-    start = offsetFromName(os.path.basename(path))
-    if start is None:
-        raise ToolError("%s: not a segment file (20 digits and %s)" % (path, FILE_SUFFIX))
-    count, position, buffer = 0, 0, b""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        while limit is None or count < limit:
-            data = f.read(CHUNK)
-            buffer += data
-            consumed = 0
-            try:
-                for record, end in iterRecords(buffer):
-                    line = "offset: %d size: %d id: %d flag: %d" % (
-                        start + position + consumed, record.size, record.id, record.flag)
-                    if record.flag & ATTRIBUTE_FLAG:
-                        line += " attribute: %r" % (record.attribute,)
-                    if printData:
-                        line += " data: %r" % (record.data,)
-                    print(line, file=out)
-                    consumed = end
-                    count += 1
-                    if count == limit:
-                        return count, None
-            except InvalidRecord as e:
-                return count, "offset %d: %s" % (start + position + consumed, e)
-            position += consumed
-            buffer = buffer[consumed:]
-            need = (HEADER_SIZE + decodeHeader(buffer)[0]
-                    if len(buffer) >= HEADER_SIZE else HEADER_SIZE)
-            if buffer and (not data or position + need > size):
-                # Cut short, or a length beyond the file: either way there
-                # is nothing more to read (and nothing to buffer up to it).
-                return count, ("offset %d: incomplete last record (%d of %d bytes)"
-                               % (start + position, size - position, need))
-            if not data:
-                return count, None
+    reader = SegmentReader(path)
+    count = 0
+    for offset, record in reader.records():
+        line = "offset: %d size: %d id: %d flag: %d" % (offset, record.size, record.id,
+                                                        record.flag)
+        if record.flag & ATTRIBUTE_FLAG:
+            line += " attribute: %r" % (record.attribute,)
+        if printData:
+            line += " data: %r" % (record.data,)
+        print(line, file=out)
+        count += 1
+        if count == limit:
+            return count, None
+    if reader.problem is not None:
+        offset, why, _ = reader.problem
+        return count, "offset %d: %s" % (offset, why)
     return count, None
 
 

@@ -32,6 +32,7 @@ COMMANDS = [
     ("produce", "metamorphosis.tools.produce", "send the lines of stdin to a topic"),
     ("consume", "metamorphosis.tools.consume", "print a topic's messages on stdout"),
     ("dump", "metamorphosis.tools.dump", "the records of segment files"),
+    ("verify", "metamorphosis.tools.verify", "check a partition's files"),
     ("tail", "metamorphosis.tools.tail", "follow a log file into a topic"),
     ("txadmin", "metamorphosis.tools.txadmin", "heuristic completion of prepared XA transactions"),
     ("failover", "metamorphosis.tools.failover", "show or change the failover record of a broker id"),
