@@ -362,7 +362,7 @@ class BoundsTests(ProcessorTestCase):
         self.config.maxTxTimeoutInSeconds = 5
         self.assertEqual(self.tx("BEGIN", timeout=0), (200, ""))
         self.put(b"x" * 1000)
-        self.assertEqual(self.processor.heldBytes, 1000)
+        self.assertEqual(self.processor.heldBytes, len(XID) + 1000)
         self.processor.sessionClosed(self.session)
         self.clock.advance(4.9)
         self.assertIn(XID, self.processor.xaTransactions)
@@ -410,8 +410,9 @@ class BoundsTests(ProcessorTestCase):
         transactions (prepared ones included) past C{maxTransactionBytes}
         is refused; ending a transaction frees its bytes.
         """
-        self.config.maxTransactionBytes = 10
         other = "XID:1:ff:01:metaq-ref-harness"
+        keys = len(XID) + len(other)
+        self.config.maxTransactionBytes = keys + 10
         self.tx("BEGIN")
         self.assertEqual(self.put(b"12345678")[0], 200)
         self.tx("PREPARE")
@@ -421,18 +422,37 @@ class BoundsTests(ProcessorTestCase):
         self.assertIn("maxTransactionBytes", body)
         self.assertEqual(self.put(b"ab", other)[0], 200)
         self.tx("COMMIT_TWO_PHASE")
-        self.assertEqual(self.processor.heldBytes, 2)
+        self.assertEqual(self.processor.heldBytes, len(other) + 2)
         self.assertEqual(self.put(b"12345678", other)[0], 200)
         self.assertEqual(self.tx("COMMIT_ONE_PHASE", other), (200, ""))
         self.assertEqual(self.visible(), [b"12345678", b"ab", b"12345678"])
         self.assertEqual(self.processor.heldBytes, 0)
+
+    def test_keysCounted(self):
+        """
+        Transaction keys (up to a header line long) count against
+        C{maxTransactionBytes}: a BEGIN past it is refused.
+        """
+        longKey = "XID:1:%s:01:metaq-ref-harness" % ("ab" * 5000,)
+        self.config.maxTransactionBytes = 15000
+        self.assertEqual(self.tx("BEGIN", longKey)[0], 200)
+        code, body = self.tx("BEGIN", longKey.replace("ab", "cd", 1))
+        self.assertEqual(code, 500)
+        self.assertIn("XAException:code=-3", body)
+        self.assertIn("maxTransactionBytes", body)
+        code, body = self.tx("BEGIN", "TX:%s:1" % ("x" * 6000,))
+        self.assertEqual(code, 500)
+        self.assertIn("maxTransactionBytes", body)
+        self.assertEqual(self.tx("ROLLBACK", longKey)[0], 200)
+        self.assertEqual(self.processor.heldBytes, 0)
+        self.assertEqual(self.tx("BEGIN", "TX:%s:1" % ("x" * 6000,))[0], 200)
 
     def test_recoveredPreparedCounted(self):
         self.tx("BEGIN")
         self.put(b"kept")
         self.tx("PREPARE")
         self.restart()
-        self.assertEqual(self.processor.heldBytes, 4)
+        self.assertEqual(self.processor.heldBytes, len(XID) + 4)
         self.assertEqual(self.tx("COMMIT_TWO_PHASE"), (200, ""))
         self.assertEqual(self.processor.heldBytes, 0)
 

@@ -176,7 +176,7 @@ class TransactionalProcessor(service.Service):
         tx.messages = list(messages)
         tx.state = State.PREPARED
         self.xaTransactions[tx.key] = tx
-        self._hold(tx, sum(len(m.data) for m in tx.messages))
+        self._hold(tx, len(tx.key) + sum(len(m.data) for m in tx.messages))
         return tx
 
     def stopService(self):
@@ -279,6 +279,8 @@ class TransactionalProcessor(service.Service):
             transactions[tx.key] = tx
         else:
             raise TransactionNotStarted(xid.key)
+        # Its key is held as long as it is, and counted.
+        self._hold(tx, len(tx.key))
         limit = self.config.maxTxTimeoutInSeconds
         self.openTransactions.add(tx)
         tx.timeout = self.reactor.callLater(
@@ -289,12 +291,24 @@ class TransactionalProcessor(service.Service):
         )
 
     def _checkCapacity(self, xid):
+        """
+        Refuse a BEGIN past C{maxTxTimeoutTimerCapacity} open transactions,
+        or whose key (up to a header line long) would take the bytes held
+        past C{maxTransactionBytes}.
+        """
         capacity = self.config.maxTxTimeoutTimerCapacity
-        if len(self.openTransactions) < capacity:
+        limit = self.config.maxTransactionBytes
+        if len(self.openTransactions) >= capacity:
+            kind = "tx-capacity"
+            text = (f"Cannot begin {xid.key}: {capacity} transactions are open "
+                    "(maxTxTimeoutTimerCapacity)")
+        elif self.heldBytes + len(xid.key) > limit:
+            kind = "tx-bytes"
+            text = (f"Cannot begin {xid.key[:100]}: open transactions hold "
+                    f"{self.heldBytes} bytes (maxTransactionBytes {limit})")
+        else:
             return
-        text = (f"Cannot begin {xid.key}: {capacity} transactions are open "
-                "(maxTxTimeoutTimerCapacity)")
-        self.refusals.warn("tx-capacity", "{error}", error=text)
+        self.refusals.warn(kind, "{error}", error=text)
         if isinstance(xid, XATransactionId):
             raise XAException(XAER_RMERR, text)
         raise TooManyTransactions(text)
