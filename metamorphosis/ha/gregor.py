@@ -326,3 +326,7 @@ class GregorReplication:
             return [("promoted", True)]
         return []
 
+    def partitionLags(self):
+        # Synchronous: a put is answered once the slave has it.
+        return []
+

@@ -51,3 +51,10 @@ class IReplication(Interface):
         Extra C{(key, value)} lines for the broker's C{stats} summary
         (replication state and lag).
         """
+
+    def partitionLags():
+        """
+        C{(topic, partition number, bytes behind the master)} of each
+        partition an async slave replicates (the metrics endpoint); empty
+        for the other modes.
+        """

@@ -706,3 +706,9 @@ class MetaslaveReplication:
             return [("promoted", True)]
         lag = self.service.lag if self.service is not None else 0
         return [("replication_lag_bytes", lag)]
+
+    def partitionLags(self):
+        if self.service is None or self.service.promoted:
+            return []
+        return [(puller.topic, puller.partition, puller.lag)
+                for puller in self.service.pullers.values()]

@@ -242,3 +242,7 @@ class SamsaReplication:
             ("slave_link", "connected" if self.link.connected else "disconnected"),
             ("slave_continuous_failures", self.health.consecutiveFailures),
         ]
+
+    def partitionLags(self):
+        # The master: nothing to catch up with.
+        return []

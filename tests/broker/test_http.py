@@ -4,12 +4,19 @@ data), by real HTTP requests to a real broker process.
 """
 
 from kazoo.client import KazooClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import endpoints, reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
-from metamorphosis.broker.service import Options
+from metamorphosis.broker.config import standaloneConfig
+from metamorphosis.broker.service import BrokerService, Options
+from metamorphosis.broker.web.metrics import brokerRegistry
+from metamorphosis.broker.web.status import BrokerStatus
+from metamorphosis.ha.interfaces import IReplication
 from tests.broker.httpsupport import HttpBroker
 from tests.tools.support import closedPort
 from tests.waiting import waitFor
@@ -168,3 +175,45 @@ class EndpointTests(TestCase):
             self.assertEqual(status["broker"]["notReady"], ["not registered in ZooKeeper"])
             self.assertFalse(status["broker"]["ready"])
         return ensureDeferred(check())
+
+
+@implementer(IReplication)
+class LaggingSlave:
+    """
+    An async slave's replication as the broker sees it, two partitions
+    behind.
+    """
+
+    slave = True
+
+    def install(self, factory):
+        pass
+
+    def configure(self, config):
+        pass
+
+    def makeService(self, broker):
+        return None
+
+    def statsItems(self):
+        return [("replication_lag_bytes", 700)]
+
+    def partitionLags(self):
+        return [("t", 1, 200), ("t", 0, 500)]
+
+
+class CollectorTests(TestCase):
+    def test_replicationLag(self):
+        """
+        A slave's lag, in all and per partition, and its role.
+        """
+        broker = BrokerService(standaloneConfig(self.mktemp()), endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"), reactor, replication=LaggingSlave())
+        registry, _ = brokerRegistry(BrokerStatus(broker))
+        found = samples(generate_latest(registry).decode("utf-8"))
+        self.assertEqual(value(found, "metaq_replication_lag_bytes"), 700)
+        self.assertEqual(value(found, "metaq_replication_partition_lag_bytes", topic="t",
+                               partition="0-0"), 500)
+        self.assertEqual(value(found, "metaq_replication_partition_lag_bytes", topic="t",
+                               partition="0-1"), 200)
+        self.assertEqual(value(found, "metaq_broker_info", role="slave"), 1)

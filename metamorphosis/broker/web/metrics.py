@@ -166,6 +166,13 @@ class BrokerCollector:
             elif number is not None:
                 yield GaugeMetricFamily("metaq_replication_" + key,
                                         "Replication: %s (as in stats)." % (key,), value=number)
+        lags = GaugeMetricFamily("metaq_replication_partition_lag_bytes",
+                                 "Bytes an async slave's partition is behind its master's.",
+                                 labels=["topic", "partition"])
+        brokerId = broker.config.brokerId
+        for topic, partition, lag in sorted(broker.replication.partitionLags()):
+            lags.add_metric([topic, "%d-%d" % (brokerId, partition)], lag)
+        yield lags
 
     def _consumerLag(self):
         groups = self.status.lagged(self.status.groups.cached())
