@@ -5,9 +5,10 @@ L{ReactorThread} runs the Twisted reactor in a background daemon thread (a
 small equivalent of crochet); L{ReactorThread.call} runs a function there
 and blocks the calling thread until its result (or its Deferred's result)
 is in.  L{BlockingProxy} turns the methods of an object living in the
-reactor thread into blocking ones; the blocking session factory and
-producers below are such proxies, and a consumer can be wrapped the same
-way::
+reactor thread into blocking ones; the blocking session factory, its
+producers, consumers and topic browsers below are such proxies (the
+consumer also iterates, and runs its listeners in a thread pool of its
+own; docs/client-consumer.md)::
 
     from metamorphosis.client.blocking import BlockingMessageSessionFactory
     from metamorphosis.client.message import Message

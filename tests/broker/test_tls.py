@@ -19,7 +19,7 @@ from metamorphosis.broker.config import parseConfig
 from metamorphosis.broker.listeners import ListenerError, buildListeners
 from metamorphosis.broker.service import BrokerService, zookeeperService
 from metamorphosis.client.connection import MetaClientProtocol, brokerEndpoint
-from metamorphosis.client.consumer import ConsumerConfig, createConsumer
+from metamorphosis.client.consumer import ConsumerConfig
 from metamorphosis.client.errors import MetaConnectionError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
@@ -267,7 +267,7 @@ class TLSRegistrationTests(unittest.TestCase):
         # A consumer of the same factory finds the broker's TLS address in
         # its rebalance (tls-master) and reads over TLS.
         received = []
-        consumer = createConsumer(factory, ConsumerConfig(
+        consumer = factory.createConsumer(ConsumerConfig(
             "g", maxDelayFetchTimeInMills=200, recoverPath=self.mktemp()))
         consumer.subscribe("t", 1024 * 1024, lambda message: received.append(message.data))
         await consumer.completeSubscribe()
