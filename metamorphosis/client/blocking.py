@@ -345,6 +345,7 @@ class BlockingMessageConsumer(BlockingProxy):
         self._current = None
         self._iterating = False
         self._listening = False
+        self._subscribed = False
         self._onShutdown = onShutdown
 
     def subscribe(self, topic, maxSize, listener=None, messageFilter=None):
@@ -371,6 +372,7 @@ class BlockingMessageConsumer(BlockingProxy):
         Join the group and start consuming; returns after the first
         rebalance.
         """
+        self._subscribed = True
         self._pool.start()
         self._call("completeSubscribe")
         return self
@@ -416,11 +418,15 @@ class BlockingMessageConsumer(BlockingProxy):
         """
         Consume with the subscribed listeners until Ctrl-C
         (C{KeyboardInterrupt}) or L{shutdown} from another thread, then
-        shut down cleanly.
+        shut down cleanly.  Joins the group first (L{completeSubscribe}) if
+        that was not done, so that Ctrl-C while joining shuts down cleanly
+        too.
         """
         if not self._listening:
             raise MetaClientError("run() needs listeners: subscribe(topic, maxSize, listener)")
         try:
+            if not self._subscribed:
+                self.completeSubscribe()
             while not self._stopping.wait(0.5):
                 pass
         except KeyboardInterrupt:
