@@ -53,7 +53,7 @@ class PartitionOffset:
         self.modified = True
 
 
-def _takeModified(offsets):
+def takeModified(offsets):
     """
     Snapshot the modified offsets and mark them clean, in the reactor
     thread, so that consumption may go on while the batch is written.
@@ -64,7 +64,7 @@ def _takeModified(offsets):
     return batch
 
 
-def _remarkOnFailure(failure, batch):
+def remarkModified(failure, batch):
     for o, _, _ in batch:
         o.modified = True
     return failure
@@ -122,7 +122,7 @@ class ZooKeeperOffsetStorage:
         return defer.succeed(None)
 
     def commitOffset(self, group, offsets):
-        batch = _takeModified(offsets)
+        batch = takeModified(offsets)
         if not batch:
             return defer.succeed(None)
 
@@ -131,7 +131,7 @@ class ZooKeeperOffsetStorage:
                 self._update(self._path(group, info.topic, info.partition),
                              ("%d-%d" % (messageId, offset)).encode("utf-8"))
         d = threads.deferToThread(write)
-        d.addErrback(_remarkOnFailure, batch)
+        d.addErrback(remarkModified, batch)
         return d
 
     def _update(self, path, data):
@@ -233,7 +233,7 @@ class LocalOffsetStorage:
 
     @defer.inlineCallbacks
     def commitOffset(self, group, offsets):
-        batch = _takeModified(offsets)
+        batch = takeModified(offsets)
         if not batch:
             return
         entries = [(info.topic, info.partition, offset, messageId)
@@ -241,7 +241,7 @@ class LocalOffsetStorage:
         try:
             unreadable = yield self._lock.run(threads.deferToThread, self._merge, group, entries)
         except BaseException:
-            _remarkOnFailure(None, batch)
+            remarkModified(None, batch)
             raise
         if unreadable is not None:
             self.log.error("Replaced unreadable offsets file {path} ({error})",
@@ -372,30 +372,9 @@ class SQLOffsetStorage:
         C{postgresql://user:password@host:port/database} (psycopg2).  A
         C{?table=name} query sets the table.
         """
-        parts = urlsplit(url)
-        kw.update(parse_qsl(parts.query))
-        if parts.scheme == "sqlite":
-            path = unquote(parts.path)[1:]
-            if path in ("", ":memory:"):
-                raise ValueError("SQLite offsets need a file: %r" % (url,))
-            return cls("sqlite3", path, **kw)
-        if parts.scheme in ("mysql", "postgresql", "postgres"):
-            connkw = {"host": parts.hostname or "127.0.0.1"}
-            if parts.port:
-                connkw["port"] = parts.port
-            if parts.username:
-                connkw["user"] = unquote(parts.username)
-            if parts.password:
-                connkw["password"] = unquote(parts.password)
-            database = parts.path.lstrip("/")
-            if parts.scheme == "mysql":
-                if database:
-                    connkw["database"] = database
-                return cls("pymysql", **connkw, **kw)
-            if database:
-                connkw["dbname"] = database
-            return cls("psycopg2", **connkw, **kw)
-        raise ValueError("Unsupported offset storage URL %r" % (url,))
+        dbapiName, connargs, connkw = connectionArguments(url)
+        connkw.update(kw)
+        return cls(dbapiName, *connargs, **connkw)
 
     @defer.inlineCallbacks
     def _table(self):
@@ -430,28 +409,70 @@ class SQLOffsetStorage:
 
     @defer.inlineCallbacks
     def commitOffset(self, group, offsets):
-        batch = _takeModified(offsets)
+        batch = takeModified(offsets)
         if not batch:
             return
 
-        def write(cursor):
-            for info, offset, messageId in batch:
-                key = (info.topic, str(info.partition), group)
-                cursor.execute(self._updateSQL, (offset, messageId) + key)
-                if cursor.rowcount == 0:
-                    cursor.execute(self._insert, key + (offset, messageId))
         try:
             yield self._table()
-            yield self.pool.runInteraction(write)
+            yield self.pool.runInteraction(self.writeOffsets, group, batch)
         except BaseException:
-            _remarkOnFailure(None, batch)
+            remarkModified(None, batch)
             raise
+
+    def writeOffsets(self, cursor, group, batch):
+        """
+        Write the offsets of C{batch} (from L{takeModified}) with C{cursor},
+        inside a transaction the caller runs: other work in the same
+        database can commit with them, or not at all
+        (L{metamorphosis.usecases.apply} does).
+        """
+        for info, offset, messageId in batch:
+            key = (info.topic, str(info.partition), group)
+            cursor.execute(self._updateSQL, (offset, messageId) + key)
+            if cursor.rowcount == 0:
+                cursor.execute(self._insert, key + (offset, messageId))
 
     def close(self):
         if not self._closed:
             self._closed = True
             self.pool.close()
         return defer.succeed(None)
+
+
+def connectionArguments(url):
+    """
+    The DB-API module name and connection arguments of an offsets URL
+    (see L{SQLOffsetStorage.fromURL}); the query's parameters (C{table})
+    are among the keyword arguments.
+
+    @return: C{(dbapiName, args, kwargs)}.
+    @raise ValueError: an unsupported or in-memory URL.
+    """
+    parts = urlsplit(url)
+    kw = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path)[1:]
+        if path in ("", ":memory:"):
+            raise ValueError("SQLite offsets need a file: %r" % (url,))
+        return "sqlite3", (path,), kw
+    if parts.scheme in ("mysql", "postgresql", "postgres"):
+        kw["host"] = parts.hostname or "127.0.0.1"
+        if parts.port:
+            kw["port"] = parts.port
+        if parts.username:
+            kw["user"] = unquote(parts.username)
+        if parts.password:
+            kw["password"] = unquote(parts.password)
+        database = parts.path.lstrip("/")
+        if parts.scheme == "mysql":
+            if database:
+                kw["database"] = database
+            return "pymysql", (), kw
+        if database:
+            kw["dbname"] = database
+        return "psycopg2", (), kw
+    raise ValueError("Unsupported offset storage URL %r" % (url,))
 
 
 class OffsetCommitter:
@@ -475,6 +496,7 @@ class OffsetCommitter:
         self.clock = clock or reactor
         self._lock = defer.DeferredLock()
         self._loop = None
+        self._failing = False
 
     def start(self):
         self._loop = task.LoopingCall(self._periodic)
@@ -490,12 +512,22 @@ class OffsetCommitter:
         return self.commit()
 
     def _periodic(self):
-        self.commit().addErrback(self._logFailure)
+        self.commit().addCallbacks(self._committed, self._logFailure)
+
+    def _committed(self, _):
+        if self._failing:
+            self._failing = False
+            self.log.info("Committing the offsets of group {group} works again",
+                          group=self.group)
 
     def _logFailure(self, failure):
-        # The offsets stay modified and go with the next commit.
-        self.log.warn("Committing the offsets of group {group} failed, will retry: {error!r}",
-                      group=self.group, error=errorText(failure.value))
+        # The offsets stay modified and go with the next commit; one line
+        # per outage, not one per period.
+        if not self._failing:
+            self._failing = True
+            self.log.warn("Committing the offsets of group {group} failed, will retry every "
+                          "{interval} s: {error}", group=self.group, interval=self.interval,
+                          error=errorText(failure.value))
 
     def commit(self):
         """

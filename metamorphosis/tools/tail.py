@@ -416,10 +416,14 @@ def startOffset(logFile, saved, fromBeginning):
     return offset
 
 
-async def startProducer(reactor, options):
+async def startProducer(reactor, options, createProducer=None, **fields):
     """
     A session factory and a producer of the topic with its brokers
     connected.
+
+    @param createProducer: makes the producer from the started session
+        factory (a plain producer by default).
+    @param fields: further L{MetaClientConfig} fields.
 
     @raise ToolError: ZooKeeper or a broker cannot be reached in time, or
         no broker carries the topic.
@@ -429,7 +433,7 @@ async def startProducer(reactor, options):
     config = MetaClientConfig(
         zkConnect=options["zookeeper"], zkRoot=options["zk-root"],
         zkConnectionTimeoutMs=int(timeout * 1000), serverUrl=options["broker"],
-        partitions={topic: options["partitions"]} if options["broker"] else {})
+        partitions={topic: options["partitions"]} if options["broker"] else {}, **fields)
     session = MetaMessageSessionFactory(config, reactor)
     try:
         try:
@@ -437,7 +441,7 @@ async def startProducer(reactor, options):
         except Exception as e:
             raise ToolError("cannot connect to ZooKeeper at %s: %s"
                             % (options["zookeeper"], e or type(e).__name__))
-        producer = session.createProducer()
+        producer = (createProducer or MetaMessageSessionFactory.createProducer)(session)
         await producer.publish(topic)
         urls = session.discovery.brokerUrls(topic)
         if not urls:
