@@ -33,3 +33,8 @@ fi
 if [ "${1:-}" = --test ] && ! command -v chromium > /dev/null; then
   apt_install chromium || echo "setup.sh: chromium could not be installed; the browser tests will be skipped" >&2
 fi
+# A private MariaDB with binary logging for the change-stream tests (they start
+# their own mariadbd; skipped without it).
+if [ "${1:-}" = --test ] && [ ! -x /usr/sbin/mariadbd ]; then
+  apt_install mariadb-server || echo "setup.sh: mariadb-server could not be installed; the change-stream tests will be skipped" >&2
+fi

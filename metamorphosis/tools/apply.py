@@ -14,14 +14,14 @@ from twisted.python import usage
 from metamorphosis.client.consumer import ConsumerConfig, checkGroup, createConsumer
 from metamorphosis.client.offsets import DEFAULT_TABLE
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
-from metamorphosis.tools.cli import ToolError, runTool
+from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, runTool
 from metamorphosis.usecases.apply import ApplyingOffsetStorage, ChangeApplier, OffsetConflict
 
 log = Logger()
 
 
-class Options(usage.Options):
-    synopsis = ("Usage: metaq apply --topic TOPIC --zookeeper HOST:PORT --postgres URL "
+class Options(Verbosity, usage.Options):
+    synopsis = ("--topic TOPIC --zookeeper HOST:PORT --postgres URL "
                 "[--schema SOURCE=TARGET ...] [options]")
     optParameters = [
         ["topic", "t", None, "the change topic (required)"],
@@ -30,8 +30,9 @@ class Options(usage.Options):
         ["zk-root", None, "/meta", "MetaQ's root znode"],
         ["postgres", "p", None, "the target database, postgresql://user:password@host:port/db "
                                 "(required)"],
-        ["offsets-table", None, DEFAULT_TABLE, "the table of the group's offsets, in the "
-                                               "target database"],
+        ["offsets-table", None, None, "the table of the group's offsets, in the target "
+                                      "database (default: the URL's ?table=, else %s)"
+         % (DEFAULT_TABLE,)],
         ["commit-interval", None, 0.2, "seconds between transactions", float],
         ["max-pending", None, 10000, "rows received and not yet committed, at most", int],
         ["fetch-size", None, 1024 * 1024, "bytes fetched at a time per partition", int],
@@ -58,6 +59,7 @@ class Options(usage.Options):
         self["schemas"][source] = target if sep else source
 
     def postOptions(self):
+        inheritShared(self)
         for name in ("topic", "zookeeper", "postgres"):
             if not self[name]:
                 raise usage.UsageError("--%s is required" % (name,))
@@ -75,8 +77,8 @@ class Options(usage.Options):
 async def main(reactor, options):
     applier = ChangeApplier(options["schemas"], options["max-pending"])
     try:
-        storage = ApplyingOffsetStorage.fromURL(options["postgres"], applier,
-                                                table=options["offsets-table"])
+        table = {"table": options["offsets-table"]} if options["offsets-table"] else {}
+        storage = ApplyingOffsetStorage.fromURL(options["postgres"], applier, **table)
     except ValueError as e:
         raise ToolError(str(e))
     session = MetaMessageSessionFactory(MetaClientConfig(
@@ -107,7 +109,7 @@ async def main(reactor, options):
 
 
 def run(argv=None):
-    runTool("metaq-apply", Options(), main, argv, logLevel=LogLevel.info)
+    runTool("metaq apply", Options(), main, argv, defaultLevel=LogLevel.info)
 
 
 if __name__ == "__main__":

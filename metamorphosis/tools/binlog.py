@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from metamorphosis.client.partition import parsePartitionsInfo
 from metamorphosis.client.selectors import OrderedPartitionSelector
-from metamorphosis.tools.cli import ToolError, brokerUrl, runTool
+from metamorphosis.tools.cli import ToolError, Verbosity, brokerUrl, inheritShared, runTool
 from metamorphosis.tools.tail import StateFile, startProducer
 from metamorphosis.usecases.binlog import BinlogError, BinlogSource, checkServer, firstPosition
 from metamorphosis.usecases.publish import Backoff, ChangePublisher
@@ -51,8 +51,8 @@ def rowKey(message):
     return message.partitionKey
 
 
-class Options(usage.Options):
-    synopsis = ("Usage: metaq binlog --topic TOPIC --partitions BROKER:COUNT "
+class Options(Verbosity, usage.Options):
+    synopsis = ("--topic TOPIC --partitions BROKER:COUNT "
                 "(--zookeeper HOST:PORT | --broker URL) --mysql URL [options]")
     optFlags = [
         ["from-beginning", None, "without a saved position, start at the oldest binary log "
@@ -101,6 +101,7 @@ class Options(usage.Options):
         self["tables"].append(name)
 
     def postOptions(self):
+        inheritShared(self)
         for name in ("topic", "partitions", "state"):
             if not self[name]:
                 raise usage.UsageError("--%s is required" % (name,))
@@ -201,7 +202,7 @@ async def main(reactor, options):
 
 
 def run(argv=None):
-    runTool("metaq-binlog", Options(), main, argv, logLevel=LogLevel.info)
+    runTool("metaq binlog", Options(), main, argv, defaultLevel=LogLevel.info)
 
 
 if __name__ == "__main__":

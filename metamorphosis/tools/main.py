@@ -34,6 +34,8 @@ COMMANDS = [
     ("dump", "metamorphosis.tools.dump", "the records of segment files"),
     ("verify", "metamorphosis.tools.verify", "check a partition's files"),
     ("tail", "metamorphosis.tools.tail", "follow a log file into a topic"),
+    ("binlog", "metamorphosis.tools.binlog", "publish a MySQL/MariaDB binlog's row changes, in order"),
+    ("apply", "metamorphosis.tools.apply", "apply a change stream to PostgreSQL tables"),
     ("txadmin", "metamorphosis.tools.txadmin", "heuristic completion of prepared XA transactions"),
     ("failover", "metamorphosis.tools.failover", "show or change the failover record of a broker id"),
 ]

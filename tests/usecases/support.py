@@ -97,7 +97,6 @@ class ToolProcess(protocol.ProcessProtocol):
         self.runs = 0
         self.transport = None
         self.ended = None
-        testCase.addCleanup(self._logOutput)
         testCase.addCleanup(self.stop)
 
     def start(self):
@@ -112,10 +111,12 @@ class ToolProcess(protocol.ProcessProtocol):
 
     def outReceived(self, data):
         self.output += data
+        log.msg("%s: %s" % (self.name, data.decode("utf-8", "replace").rstrip()))
 
     errReceived = outReceived
 
     def processEnded(self, reason):
+        log.msg("%s ended: %s" % (self.name, reason.value))
         self.transport = None
         self.ended.callback(reason.value.exitCode)
 
@@ -137,6 +138,3 @@ class ToolProcess(protocol.ProcessProtocol):
 
     def stop(self):
         return self.kill("TERM")
-
-    def _logOutput(self):
-        log.msg("--- output of %s ---\n%s" % (self.name, self.output.decode("utf-8", "replace")))
