@@ -30,8 +30,7 @@ from collections import OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from metamorphosis.client.offsets import (
-    SQLOffsetStorage, connectionArguments, remarkModified, takeModified)
+from metamorphosis.client.offsets import SQLOffsetStorage, connectionArguments, remarkModified, takeModified
 from metamorphosis.usecases.changes import columnValue, decode
 
 

@@ -120,3 +120,52 @@ class PublisherTests(TestCase):
             self.assertEqual(sorted(i for ids in producer.sent.values() for i in ids),
                              [1, 2, 3, 4, 5])
         return defer.ensureDeferred(check())
+
+    def test_retryKeepsOrder(self):
+        """
+        A failed send is retried before the next change of its partition:
+        each partition receives its rows in binlog order, and the position
+        waits for the retry.
+        """
+        async def check():
+            producer = ScriptedProducer([RuntimeError("down"), RuntimeError("down")])
+            ids = list(range(1, 30))
+            publisher, _, _ = self.publisher([transaction(10, *ids)], producer)
+            await waitFor(lambda: publisher.position == ("bin.000001", 10))
+            self.assertEqual(sorted(i for sent in producer.sent.values() for i in sent), ids)
+            for sent in producer.sent.values():
+                self.assertEqual(sent, sorted(sent))
+        return defer.ensureDeferred(check())
+
+    def test_keptChangesHoldThePosition(self):
+        """
+        A change the producer kept on local disk counts as handed over, but
+        the position is saved only once no kept change is left.
+        """
+        async def check():
+            kept = SendResult(True, PARTITIONS[0], -1, SEND_TO_LOCAL)
+            producer = ScriptedProducer([kept])
+            producer.storage.counts[PARTITIONS[0]] = 1
+            publisher, _, state = self.publisher([transaction(10, 1)], producer)
+            await waitFor(lambda: publisher.position == ("bin.000001", 10))
+            await waitFor(lambda: producer.recovered, what="kept changes pushed")
+            self.assertNotEqual(StateFile(state.path, reactor).load(), ("bin.000001", 10))
+            producer.storage.counts[PARTITIONS[0]] = 0
+            await waitFor(lambda: StateFile(state.path, reactor).load() == ("bin.000001", 10))
+        return defer.ensureDeferred(check())
+
+    def test_readFailureResumesFromCheckpoint(self):
+        """
+        A failed read opens a new source at the last checkpoint, skipping
+        what was already read.
+        """
+        async def check():
+            producer = ScriptedProducer()
+            first = transaction(10, 1)
+            partial = transaction(20, 2, 3)[:1]
+            publisher, source, _ = self.publisher(
+                [first, partial, ConnectionError("lost"), transaction(20, 2, 3)[1:]], producer)
+            await waitFor(lambda: publisher.position == ("bin.000001", 20))
+            self.assertEqual(source.opened[0], (("bin.000001", 4), None))
+            self.assertEqual(source.opened[1], (("bin.000001", 10), ("bin.000001", 19)))
+        return defer.ensureDeferred(check())
