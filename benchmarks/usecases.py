@@ -2,7 +2,7 @@
 End-to-end throughput of the change stream: COUNT row changes (inserts,
 then updates of the same rows, in transactions of BATCH rows) written to a
 private MariaDB with binary logging, published by C{metaq binlog} to a
-broker (ZooKeeper, 4 partitions, group commit) and applied to PostgreSQL
+broker (ZooKeeper, 4 partitions, MetaQ's default flush policy or group commit) and applied to PostgreSQL
 (127.0.0.1:5432, database C{test}, a scratch schema) by C{metaq apply}.
 Both tools run as processes from the start; the clock runs from the first
 write until PostgreSQL holds the final state of every row.  Also printed:
@@ -10,7 +10,7 @@ when the publisher's saved position reached the end of the binlog (every
 change acknowledged by the broker).
 
     .venv/bin/python benchmarks/usecases.py
-    .venv/bin/python benchmarks/usecases.py --count 50000 --batch 500
+    .venv/bin/python benchmarks/usecases.py --unflush-threshold 0 --partitions 16
 """
 
 import argparse
@@ -77,6 +77,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--count", type=int, default=20000, help="row changes")
     parser.add_argument("--batch", type=int, default=100, help="rows per transaction")
+    parser.add_argument("--unflush-threshold", type=int, default=1000,
+                        help="the broker's unflushThreshold: 0 is group commit (a put is "
+                             "answered once fsynced), 1000 MetaQ's default")
+    parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args(argv)
     cleanups = Cleanups()
     work = tempfile.mkdtemp(prefix="bench-usecases-")
@@ -91,12 +95,12 @@ def main(argv=None):
         connection = mariadb.connect()
         with connection.cursor() as cursor:
             cursor.execute("CREATE DATABASE bench")
-            cursor.execute("CREATE TABLE bench.rows (id INT PRIMARY KEY, v INT, t VARCHAR(40))")
+            cursor.execute("CREATE TABLE bench.items (id INT PRIMARY KEY, v INT, t VARCHAR(40))")
         schema = "bench_" + uuid.uuid4().hex[:8]
         pg = connectPostgreSQL()
         with pg, pg.cursor() as cursor:
             cursor.execute("CREATE SCHEMA %s" % (schema,))
-            cursor.execute("CREATE TABLE %s.rows (id INT PRIMARY KEY, v INT, t VARCHAR(40))"
+            cursor.execute("CREATE TABLE %s.items (id INT PRIMARY KEY, v INT, t VARCHAR(40))"
                            % (schema,))
 
         def dropSchema():
@@ -107,7 +111,8 @@ def main(argv=None):
         brokerDir = os.path.join(work, "broker")
         os.makedirs(brokerDir)
         with open(os.path.join(brokerDir, "server.ini"), "w") as f:
-            f.write(serverIni(0, (("changes", 4),), zk, "/bench"))
+            f.write(serverIni(0, (("changes", args.partitions),), zk, "/bench",
+                              unflushThreshold=args.unflush_threshold))
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         brokerLog = open(os.path.join(work, "broker.log"), "w")
         processes.append(subprocess.Popen(
@@ -120,7 +125,7 @@ def main(argv=None):
         tool = [sys.executable, "-m", "metamorphosis.tools.main", "--zookeeper", zk,
                 "--zk-root", "/bench"]
         processes.append(subprocess.Popen(
-            tool + ["binlog", "--topic", "changes", "--partitions", "0:4", "--mysql", mariadb.url,
+            tool + ["binlog", "--topic", "changes", "--partitions", "0:%d" % (args.partitions,), "--mysql", mariadb.url,
                     "--state", state, "--schema", "bench"], stdout=toolLog, stderr=toolLog))
         processes.append(subprocess.Popen(
             tool + ["apply", "--topic", "changes", "--postgres",
@@ -135,11 +140,11 @@ def main(argv=None):
         with source.cursor() as cursor:
             for first in range(0, inserts, args.batch):
                 ids = range(first, min(first + args.batch, inserts))
-                cursor.executemany("INSERT INTO rows VALUES (%s, 0, 'inserted')",
+                cursor.executemany("INSERT INTO items VALUES (%s, 0, 'inserted')",
                                    [(i,) for i in ids])
                 source.commit()
             for first in range(0, inserts, args.batch):
-                cursor.execute("UPDATE rows SET v = 1, t = 'updated' WHERE id >= %s AND id < %s",
+                cursor.execute("UPDATE items SET v = 1, t = 'updated' WHERE id >= %s AND id < %s",
                                (first, first + args.batch))
                 source.commit()
             cursor.execute("SHOW MASTER STATUS")
@@ -156,14 +161,15 @@ def main(argv=None):
 
         def applied():
             with pg, pg.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM %s.rows WHERE v = 1" % (schema,))
+                cursor.execute("SELECT count(*) FROM %s.items WHERE v = 1" % (schema,))
                 return cursor.fetchone()[0] == inserts
 
         publishedAt = waitUntil(published, 600, "every change published")
         appliedAt = waitUntil(applied, 600, "every change applied")
         changes = 2 * inserts
-        print("%d row changes (%d inserts, %d updates) in transactions of %d rows"
-              % (changes, inserts, inserts, args.batch))
+        print("%d row changes (%d inserts, %d updates) in transactions of %d rows, %d "
+              "partitions, unflushThreshold=%d" % (changes, inserts, inserts, args.batch,
+                                                   args.partitions, args.unflush_threshold))
         print("written to MariaDB      %6.2f s  %8.0f changes/s"
               % (written - started, changes / (written - started)))
         print("published (acknowledged) %6.2f s  %8.0f changes/s"

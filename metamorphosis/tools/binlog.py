@@ -75,6 +75,8 @@ class Options(Verbosity, usage.Options):
         ["local-messages", None, None, "where the ordered producer keeps changes while their "
                                        "partition is unavailable (default: STATE.kept)"],
         ["window", "w", 1000, "changes read and not yet acknowledged, at most", int],
+        ["batch", None, 100, "changes of one table and partition sent in one message, at "
+                             "most (1: one message per change)", int],
         ["kept-limit", None, 10000, "stop reading while this many changes wait on local "
                                     "disk for their broker", int],
         ["heartbeat", None, 1.0, "seconds between the server's heartbeats when idle", float],
@@ -127,7 +129,7 @@ class Options(Verbosity, usage.Options):
             if not sep or not pos.isdigit():
                 raise usage.UsageError("--start takes FILE:POS")
             self["start"] = (file, int(pos))
-        for name in ("window", "kept-limit"):
+        for name in ("window", "kept-limit", "batch"):
             if self[name] < 1:
                 raise usage.UsageError("--%s must be at least 1" % (name,))
 
@@ -184,7 +186,8 @@ async def main(reactor, options):
                             options["schemas"], options["tables"], options["heartbeat"])
 
     publisher = ChangePublisher(openSource, position, producer, topic, state, reactor,
-                                window=options["window"], keptLimit=options["kept-limit"])
+                                window=options["window"], keptLimit=options["kept-limit"],
+                                batchSize=options["batch"])
 
     async def shutDown():
         await publisher.stopService()

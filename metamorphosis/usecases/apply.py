@@ -70,27 +70,13 @@ class ChangeApplier:
 
     def receiveMessages(self, message):
         try:
-            body = decode(message.data)
+            bodies = decode(message.data)
         except (ValueError, UnicodeDecodeError) as e:
             self.log.error("Ignoring message {id} of {topic}: {error}", id=message.id,
                            topic=message.topic, error=e)
             return None
-        if body["type"] == "ddl":
-            self.log.info("Not applied (DDL is applied to PostgreSQL by hand): {query}",
-                          query=body.get("query"))
-            return None
-        schema = self.target(body["schema"])
-        if schema is None:
-            return None
-        key = body.get("primaryKey")
-        if not key:
-            self._warnOnce(("nokey", body["schema"], body["table"]),
-                           "{schema}.{table} has no primary key: its changes are not applied",
-                           schema=body["schema"], table=body["table"])
-            return None
-        row = (schema, body["table"], json.dumps(key, sort_keys=True))
-        self._pending.pop(row, None)
-        self._pending[row] = body
+        for body in bodies:
+            self._keep(body)
         if len(self._pending) >= self.maxPending:
             waiter = defer.Deferred()
             self._waiters.append(waiter)
@@ -98,6 +84,24 @@ class ChangeApplier:
                 self.consumer.commitOffsets().addErrback(lambda f: None)
             return waiter
         return None
+
+    def _keep(self, body):
+        if body["type"] == "ddl":
+            self.log.info("Not applied (DDL is applied to PostgreSQL by hand): {query}",
+                          query=body.get("query"))
+            return
+        schema = self.target(body["schema"])
+        if schema is None:
+            return
+        key = body.get("primaryKey")
+        if not key:
+            self._warnOnce(("nokey", body["schema"], body["table"]),
+                           "{schema}.{table} has no primary key: its changes are not applied",
+                           schema=body["schema"], table=body["table"])
+            return
+        row = (schema, body["table"], json.dumps(key, sort_keys=True))
+        self._pending.pop(row, None)
+        self._pending[row] = body
 
     def target(self, schema):
         if not self.schemas:

@@ -2,7 +2,8 @@
 The row-change messages of a database change stream: what C{metaq binlog}
 publishes and C{metaq apply} consumes.
 
-Each message body is one JSON object (UTF-8)::
+Each message body is one change, a JSON object (UTF-8), or an array of up
+to C{--batch} consecutive changes of one table and partition::
 
     {"type": "insert" | "update" | "delete" | "ddl",
      "schema": "shop", "table": "items",
@@ -180,15 +181,18 @@ def ddlChange(schema, query, position, timestamp, gtid):
 
 def decode(data):
     """
-    Parse a message body.
+    Parse a message body: one change (a JSON object) or several (an array
+    of them).
 
-    @return: the dict.
-    @raise ValueError: not a change of this format.
+    @return: the list of changes (dicts).
+    @raise ValueError: not changes of this format.
     """
     body = json.loads(data.decode("utf-8"))
-    if not isinstance(body, dict) or body.get("type") not in TYPES or "schema" not in body:
-        raise ValueError("not a row change: %r" % (data[:200],))
-    return body
+    bodies = body if isinstance(body, list) else [body]
+    for body in bodies:
+        if not isinstance(body, dict) or body.get("type") not in TYPES or "schema" not in body:
+            raise ValueError("not a row change: %r" % (data[:200],))
+    return bodies
 
 
 def columnValue(value):

@@ -13,6 +13,7 @@ partition is back; while any kept change has not reached the broker, the
 position is not saved.
 """
 
+import itertools
 from collections import deque
 
 from twisted.application import service
@@ -64,13 +65,16 @@ class ChangePublisher(service.Service):
     @param state: a L{metamorphosis.tools.tail.StateFile} for the position.
     @param window: changes read and not yet acknowledged, at most.
     @param keptLimit: stop reading while the producer keeps this many
-        changes on local disk (the broker is away).
+        messages on local disk (the broker is away).
+    @param batchSize: changes in one message at most (consecutive changes
+        of one partition and one table; 1 sends every change alone).
     """
 
     log = Logger()
 
     def __init__(self, openSource, position, producer, topic, state, reactor, window=1000,
-                 keptLimit=10000, readBatch=500, backoff=None):
+                 keptLimit=10000, readBatch=500, backoff=None, batchSize=100,
+                 batchBytes=256 * 1024):
         self.openSource = openSource
         self.producer = producer
         self.topic = topic
@@ -79,6 +83,8 @@ class ChangePublisher(service.Service):
         self.window = window
         self.keptLimit = keptLimit
         self.readBatch = readBatch
+        self.batchSize = batchSize
+        self.batchBytes = batchBytes
         self.backoff = backoff or (lambda: Backoff())
         self.position = position
         self.sent = 0
@@ -218,14 +224,14 @@ class ChangePublisher(service.Service):
         entry = _Entry()
         self._pending.append(entry)
         self._inFlight += 1
-        message = Message(self.topic, item.encode(), item.attribute)
-        message.partitionKey = item.partitionKey
+        probe = Message(self.topic, b"", item.attribute)
+        probe.partitionKey = item.partitionKey
         partition = self.producer.selector.choosePartition(
-            self.topic, self._partitions(), message)
+            self.topic, self._partitions(), probe)
         queue = self._queues.get(partition)
         if queue is None:
             queue = self._queues[partition] = deque()
-        queue.append((entry, message))
+        queue.append((entry, item))
         if partition not in self._senders:
             # Registered before it runs: a send answered at once may end the
             # sender before ensureDeferred returns.
@@ -239,15 +245,16 @@ class ChangePublisher(service.Service):
 
     async def _send(self, partition):
         """
-        Send the queue of one partition, one change at a time, each until
+        Send the queue of one partition, one message at a time, each until
         it is acknowledged (or kept by the producer): a failed send is
-        retried before the next change of the partition goes.
+        retried before the next message of the partition goes.  A message
+        carries up to C{batchSize} consecutive changes of one table.
         """
         queue = self._queues[partition]
         backoff = self.backoff()
         try:
             while queue and self.running:
-                entry, message = queue[0]
+                count, message = self._batch(queue)
                 try:
                     result = await self.producer.sendMessage(message)
                     if not result.success:
@@ -267,14 +274,36 @@ class ChangePublisher(service.Service):
                 if self._sendFailing:
                     self._sendFailing = False
                     self.log.info("Sending to {topic} works again", topic=self.topic)
-                queue.popleft()
-                entry.acknowledged = True
-                self._inFlight -= 1
-                self.sent += 1
+                for _ in range(count):
+                    entry, _ = queue.popleft()
+                    entry.acknowledged = True
+                self._inFlight -= count
+                self.sent += count
                 self._advance()
                 self._wakeReader()
         finally:
             self._senders.pop(partition, None)
+
+    def _batch(self, queue):
+        """
+        The message of the changes at the head of C{queue}: one change as
+        a JSON object, several (of one table, at most C{batchSize} and
+        about C{batchBytes}) as a JSON array.
+
+        @return: C{(number of changes, message)}.
+        """
+        first = queue[0][1]
+        bodies = [first.encode()]
+        size = len(bodies[0])
+        for _, change in itertools.islice(queue, 1, self.batchSize):
+            if change.attribute != first.attribute or size >= self.batchBytes:
+                break
+            bodies.append(change.encode())
+            size += len(bodies[-1]) + 1
+        data = bodies[0] if len(bodies) == 1 else b"[" + b",".join(bodies) + b"]"
+        message = Message(self.topic, data, first.attribute)
+        message.partitionKey = first.partitionKey
+        return len(bodies), message
 
     def _advance(self):
         while self._pending and self._pending[0].acknowledged:

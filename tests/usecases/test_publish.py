@@ -86,7 +86,9 @@ class ScriptedProducer:
         if isinstance(answer, Exception):
             return defer.fail(answer)
         if answer.success:
-            self.sent.setdefault(partition, []).append(json.loads(message.data)["after"]["id"])
+            bodies = json.loads(message.data)
+            for body in bodies if isinstance(bodies, list) else [bodies]:
+                self.sent.setdefault(partition, []).append(body["after"]["id"])
         return defer.succeed(answer)
 
     def recover(self, topic, partition):
