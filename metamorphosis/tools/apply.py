@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from metamorphosis.client.consumer import ConsumerConfig, checkGroup, createConsumer
+from metamorphosis.client.consumer import ConsumerConfig, checkGroup
 from metamorphosis.client.offsets import DEFAULT_TABLE
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, runTool
@@ -94,7 +94,7 @@ async def main(reactor, options):
     config = ConsumerConfig(
         options["group"], commitOffsetPeriodInMills=max(1, int(options["commit-interval"] * 1000)),
         maxDelayFetchTimeInMills=1000, recoverPath=options["recover-path"])
-    consumer = createConsumer(session, config, offsetStorage=storage)
+    consumer = session.createConsumer(config, offsetStorage=storage)
     applier.consumer = consumer
     consumer.subscribe(options["topic"], options["fetch-size"], applier)
     reactor.addSystemEventTrigger("before", "shutdown", session.close)

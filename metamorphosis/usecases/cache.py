@@ -6,7 +6,7 @@ changed them.  An invalidation is one message naming the keys::
     {"keys": ["user:42", "user:42:friends"]}
 
 published to a topic that every node consumes with a I{broadcast}
-consumer (L{metamorphosis.client.consumer.createBroadcastConsumer}): each
+consumer (C{factory.createBroadcastConsumer(config)}): each
 node has its own group and its own offsets, so each receives every
 message, and a node that was down starts where it stopped.
 

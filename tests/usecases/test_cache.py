@@ -12,7 +12,7 @@ import uuid
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
-from metamorphosis.client.consumer import ConsumerConfig, createBroadcastConsumer
+from metamorphosis.client.consumer import ConsumerConfig
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.usecases.cache import CacheInvalidator, invalidation
 from tests.tools.support import startBroker
@@ -62,8 +62,8 @@ class CacheInvalidationTests(TestCase):
         self.addCleanup(lambda: redis.delete([test + n + ":" + k for n in NODES for k in keys]))
 
         async def startNode(node):
-            consumer = createBroadcastConsumer(
-                session, ConsumerConfig("cache", commitOffsetPeriodInMills=200,
+            consumer = session.createBroadcastConsumer(
+                ConsumerConfig("cache", commitOffsetPeriodInMills=200,
                                         maxDelayFetchTimeInMills=500,
                                         recoverPath=os.path.join(folder, "recover-" + node)),
                 offsetsPath=os.path.join(folder, node + ".offsets"), host=node)
