@@ -135,6 +135,14 @@ class MetaConfig:
     maxAutoCreatedTopics: int = 1000
     reservedFileDescriptors: int = 64
     shutdownDrainSeconds: int = 30
+    #: docs/disk-faults.md: how often (ms) the active segment of every
+    #: partition is checked for deletion; 0 only checks at each write.
+    segmentCheckInterval: int = 5000
+    #: Read rate of the background verification of sealed segments; 0
+    #: turns it off.
+    verifyBytesPerSecond: int = 8388608
+    #: Seconds after which a verified segment is verified again.
+    verifyPassInterval: int = 86400
     zookeeper: ZookeeperConfig = field(default_factory=ZookeeperConfig)
     topics: dict = field(default_factory=dict)
     acceptAnyTopic: bool = False
@@ -248,7 +256,8 @@ SYSTEM_KEYS = frozenset(
     deleteWhen quartzThreadCount maxCheckpoints checkpointInterval
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
-    loadMessageStoresInParallel serialVersionUID topics slaveConfig zkConfig
+    loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
+    verifyPassInterval serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -273,7 +282,8 @@ _SYSTEM_INTS = frozenset(
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
-    shutdownDrainSeconds""".split()
+    shutdownDrainSeconds
+    segmentCheckInterval verifyBytesPerSecond verifyPassInterval""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
@@ -665,6 +675,11 @@ def _verify(config, path):
                          f"must be between 1 and {DEFAULT_MAX_TOPIC_LENGTH}"))
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
+    for key in ("segmentCheckInterval", "verifyBytesPerSecond"):
+        if getattr(config, key) < 0:
+            problems.append(("system", key, "must not be negative (0 turns it off)"))
+    if config.verifyPassInterval <= 0:
+        problems.append(("system", "verifyPassInterval", "must be positive"))
     if problems:
         section, key, reason = problems[0]
         raise ConfigError(f"{path}: [{section}] {key}: {reason}")

@@ -28,7 +28,12 @@ from metamorphosis.broker.interfaces import (
     ITransactionProcessor,
 )
 from metamorphosis.broker.redaction import redactSecrets
-from metamorphosis.broker.store.errors import OffsetBeforeStart
+from metamorphosis.broker.store.errors import (
+    DamagedRecords,
+    OffsetBeforeStart,
+    PartitionReadOnly,
+    SegmentLost,
+)
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import (
@@ -639,6 +644,8 @@ class BrokerProcessor:
             if command.checksum != -1 and command.checksum != records.checksum(command.data):
                 raise ValueError("Checksum failure,message may be corrupted when "
                                  "transfering on networking.")
+            if store.readOnly is not None:
+                raise PartitionReadOnly(topic, partition, store.readOnly)
             appended = store.append(msgId, command.flag, command.data)
         except Exception as e:
             self.refusals.warn(
@@ -657,6 +664,11 @@ class BrokerProcessor:
         def failed(failure):
             self.stats.statsPutFailed(topic, partitionString)
             error = failure.value
+            if isinstance(error, (PartitionReadOnly, SegmentLost)):
+                # The store logged the damage once; the client is told.
+                return result(INTERNAL_ERROR,
+                              self.genErrorMessage(topic, partition) + f"Detail:{error}",
+                              command.opaque)
             if not isinstance(error, OSError):
                 self.log.failure("Append to {topic}-{partition} failed", failure,
                                  topic=topic, partition=partition)
@@ -698,6 +710,13 @@ class BrokerProcessor:
                 self.stats.statsGetFailed(topic, group)
                 self.stats.statsOffset(topic, group)
                 return result(MOVED, str(store.nearestOffset(command.offset)), opaque)
+            except DamagedRecords as e:
+                # Never serve known damage: the consumer moves past it (both
+                # the Java and our client follow a 301).
+                self.stats.damagedGets += 1
+                self.stats.statsGetFailed(topic, group)
+                self.stats.statsOffset(topic, group)
+                return result(MOVED, str(e.nextOffset), opaque)
             if messages is None:
                 return self._beyondEnd(command, store)
             messageFilter = self.filters.find(topic, group)
@@ -727,6 +746,11 @@ class BrokerProcessor:
         self.stats.statsGetMiss(topic, group)
         self.stats.statsGetFailed(topic, group)
         maxOffset = store.maxOffset
+        if store.readOnly is not None and command.offset != LONG_MAX:
+            # Its end may be lost, not reached: moving the consumer back
+            # to it would hand it old messages again.
+            return result(NOT_FOUND, f"Could not find message at position {command.offset}",
+                          command.opaque)
         if command.offset > maxOffset and (
             self.config.updateConsumerOffsets or command.offset == LONG_MAX
         ):
@@ -741,6 +765,9 @@ class BrokerProcessor:
         if store is None:
             return result(NOT_FOUND, f"The topic `{command.topic}` in partition "
                                      f"`{command.partition}` is not exists", command.opaque)
+        # Clients ask again for an offset after a record failed its checksum:
+        # have its segment verified soon, so that known damage is skipped.
+        self.storeManager.suspectDamage(store, command.offset)
         return result(OK, str(store.nearestOffset(command.offset)), command.opaque)
 
     def processVersion(self, command, session):

@@ -177,6 +177,8 @@ class StatsManager:
         self.cmdPut = self.cmdGet = self.cmdOffset = 0
         self.txBegin = self.txXABegin = self.txCommit = self.txRollback = 0
         self.getMiss = self.getFailed = self.putFailed = 0
+        #: Gets answered 301 because they asked for a damaged range.
+        self.damagedGets = 0
         #: Callables adding C{(key, value)} lines at the end of the summary
         #: (a replicating broker's state, docs/ha.md).
         self.summaryExtensions = []
@@ -308,6 +310,8 @@ class StatsManager:
             ]
         elif item == "help":
             lines += [statsLine(*entry) for entry in _HELP]
+        elif item == "damaged":
+            lines += self._damaged()
         elif item == "reset":
             self.realtime.reset()
             lines.append(statsLine("reset", "ok"))
@@ -362,6 +366,30 @@ class StatsManager:
         for topic in sorted(self.config.topics):
             if topic not in byTopic:
                 lines.append(statsLine(topic, "*Empty*"))
+        return lines
+
+    def _damaged(self):
+        """
+        Ours, not Java's (kept out of the summary, which stays the Java
+        broker's): the counts of damage (docs/disk-faults.md), then one
+        line per read-only partition and one per damaged range.
+        """
+        stores = self.storeManager.stores()
+        verifier = getattr(self.storeManager, "verifier", None)
+        lines = [
+            statsLine("read_only_partitions",
+                      sum(store.readOnly is not None for _, _, store in stores)),
+            statsLine("damaged_ranges", sum(len(store.damaged) for _, _, store in stores)),
+            statsLine("damaged_gets", self.damagedGets),
+            statsLine("verified_segments", verifier.segmentsVerified if verifier else 0),
+            statsLine("verified_bytes", verifier.bytesVerified if verifier else 0),
+        ]
+        for topic, partition, store in stores:
+            if store.readOnly is not None:
+                lines.append(statsLine(topic, "part", partition, "read_only", store.readOnly))
+            for start, end, reason in store.damaged:
+                lines.append(statsLine(topic, "part", partition, "damaged", start, end,
+                                       end - start, reason))
         return lines
 
     def _offsets(self):

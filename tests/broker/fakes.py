@@ -15,6 +15,9 @@ from metamorphosis.protocol.records import encodeRecord
 
 
 class FakeStore:
+    readOnly = None
+    damaged = ()
+
     def __init__(self, minOffset=0):
         self.minOffset = minOffset
         self.maxOffset = minOffset
@@ -100,6 +103,10 @@ class FakeStoreManager:
         self.config = config
         self.directory = directory
         self._stores = {}
+        self.suspected = []
+
+    def suspectDamage(self, store, offset):
+        self.suspected.append((store, offset))
 
     def add(self, topic, partition, store=None):
         store = store or FakeStore()

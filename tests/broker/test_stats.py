@@ -190,3 +190,27 @@ class StatsTests(unittest.TestCase):
         self.assertFalse(self.stats.isStatTopic("new"))
         self.config.topics = dict(self.config.topics, new=TopicConfig("new", stat=True))
         self.assertTrue(self.stats.isStatTopic("new"))
+
+
+class DamagedItemTests(unittest.TestCase):
+    setUp = StatsTests.setUp
+    lines = StatsTests.lines
+
+    def test_damaged(self):
+        """
+        C{stats damaged}: the counts, then a line per read-only partition
+        and per damaged range.
+        """
+        whole = self.stores.add("whole", 0)
+        broken = self.stores.add("broken", 1, FakeStore())
+        broken.readOnly = "segment file(s) cannot be opened: x"
+        rotten = self.stores.add("rotten", 0, FakeStore())
+        rotten.damaged = [(100, 180, "checksum mismatch")]
+        self.stats.damagedGets = 3
+        self.assertEqual(whole.readOnly, None)
+        self.assertEqual(self.lines("damaged"), [
+            "read_only_partitions 1", "damaged_ranges 1", "damaged_gets 3",
+            "verified_segments 0", "verified_bytes 0",
+            "broken part 1 read_only segment file(s) cannot be opened: x",
+            "rotten part 0 damaged 100 180 80 checksum mismatch",
+        ])

@@ -98,3 +98,45 @@ class StoreClosed(Exception):
     """
     An append to a store that is closing or closed.
     """
+
+
+class PartitionReadOnly(Exception):
+    """
+    A write to a partition whose files are not whole (a segment that cannot
+    be opened, an active segment deleted under the broker): it takes no
+    writes so that no acknowledged offset is handed out twice.
+    """
+
+    def __init__(self, topic, partition, reason):
+        Exception.__init__(
+            self,
+            "partition %s-%s is read only, its files are damaged: %s" % (topic, partition, reason),
+        )
+        self.reason = reason
+
+
+class SegmentLost(Exception):
+    """
+    The active segment file was deleted or replaced under the broker.
+    """
+
+    def __init__(self, path, how):
+        Exception.__init__(self, "segment file %s was %s while the broker used it" % (path, how))
+        self.path = path
+
+
+class DamagedRecords(Exception):
+    """
+    A read at a damaged range of the log; consumers move on to
+    C{nextOffset}, the first byte after it.
+    """
+
+    def __init__(self, offset, nextOffset, reason):
+        Exception.__init__(
+            self,
+            "offset %d is in damaged bytes (%s); the next valid record is at %d"
+            % (offset, reason, nextOffset),
+        )
+        self.offset = offset
+        self.nextOffset = nextOffset
+        self.reason = reason

@@ -36,6 +36,7 @@ from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.topics import isLegalTopic
+from metamorphosis.broker.store.verifier import SegmentVerifier
 
 # Sub-directories of a data path that belong to the broker, not to a topic.
 _KNOWN_DIRECTORIES = {"transactions"}
@@ -131,6 +132,10 @@ class MessageStoreManager(Service):
         self._deleteCalls = {}
         self._policies = {}
         self._loaded = False
+        self._segmentCheck = None
+        self.verifier = SegmentVerifier(
+            self, config.verifyBytesPerSecond, config.verifyPassInterval, reactor
+        )
 
     # Life cycle
 
@@ -144,6 +149,7 @@ class MessageStoreManager(Service):
                 "after", "shutdown", self._threadpool.stop
             )
         self._started = ensureDeferred(self._load())
+        self._started.addCallback(lambda _: self._startChecks())
         return self._started
 
     #: Given to every store as its L{MessageStore.fsyncObserver}.
@@ -155,6 +161,30 @@ class MessageStoreManager(Service):
         Whether the partitions found at start are recovered and served.
         """
         return self._loaded
+    def _startChecks(self):
+        if not self.running:
+            return
+        self.verifier.start()
+        if self.config.segmentCheckInterval > 0:
+            self._segmentCheck = LoopingCall(self.checkActiveSegments)
+            self._segmentCheck.clock = self._reactor
+            self._segmentCheck.start(self.config.segmentCheckInterval / 1000.0, now=False)
+
+    def checkActiveSegments(self):
+        """
+        Check that the active segment file of every partition still has its
+        name (a deleted or replaced one makes its partition read only).
+        """
+        return DeferredList(
+            [store.checkActiveSegment() for store in self._stores.values()],
+            consumeErrors=True,
+        )
+
+    def suspectDamage(self, store, offset):
+        """
+        A consumer had trouble reading C{offset}: verify its segment soon.
+        """
+        self.verifier.suspect(store, offset)
 
     def whenStarted(self):
         """
@@ -229,7 +259,7 @@ class MessageStoreManager(Service):
             recovered = Finding(
                 "error",
                 "Cannot load partition directory {directory}: {error}; "
-                "{topic}-{partition} is not served",
+                "{topic}-{partition} is read only and serves nothing",
                 dict(directory=directory, error=e, topic=topic, partition=partition),
             )
         return topic, partition, directory, recovered
@@ -266,10 +296,15 @@ class MessageStoreManager(Service):
         for topic, partition, directory, recovered in loaded:
             if isinstance(recovered, Finding):
                 self._log([recovered])
+                # Read only rather than absent: a put must not start a new
+                # log at offset 0 over a directory that could not be read.
+                self._makeStore(topic, partition, directory,
+                                readOnly=recovered.format.format(**recovered.fields))
                 continue
             self._log(recovered.findings)
             store = self._makeStore(
-                topic, partition, directory, recovered.segments, recovered.messageCount
+                topic, partition, directory, recovered.segments, recovered.messageCount,
+                damaged=recovered.damaged, readOnly=recovered.readOnly,
             )
             self.log.info(
                 "Loaded {store} from {directory}: offsets {min} to {max}, "
@@ -283,6 +318,9 @@ class MessageStoreManager(Service):
 
     async def _stopService(self):
         Service.stopService(self)
+        if self._segmentCheck is not None and self._segmentCheck.running:
+            self._segmentCheck.stop()
+        await self.verifier.stop()
         for call in self._flushCalls.values():
             if call.running:
                 call.stop()
@@ -367,7 +405,7 @@ class MessageStoreManager(Service):
         return list(dict.fromkeys(topic for topic, _ in self._stores))
 
     def _makeStore(self, topic, partition, directory, segments=None, messageCount=0,
-                   offsetIfCreate=0):
+                   offsetIfCreate=0, damaged=(), readOnly=None):
         topicConfig = self.config.topicConfig(topic)
         store = MessageStore(
             topic,
@@ -380,6 +418,8 @@ class MessageStoreManager(Service):
             reactor=self._reactor,
             threadpool=self._threadpool,
             offsetIfCreate=offsetIfCreate,
+            damaged=damaged,
+            readOnly=readOnly,
         )
         store.fsyncObserver = self.fsyncObserver
         self._stores[topic, partition] = store

@@ -35,10 +35,14 @@ from zope.interface import implementer
 
 from metamorphosis.broker.store.errors import (
     CorruptRecord,
+    DamagedRecords,
     OffsetBeforeStart,
     OffsetMismatch,
+    PartitionReadOnly,
+    SegmentLost,
     StoreClosed,
 )
+from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
 from metamorphosis.logfields import errorText
@@ -77,6 +81,24 @@ def _fsyncDirectory(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def segmentLost(segment):
+    """
+    How the file of C{segment} was lost (C{"deleted"}, C{"replaced"}), or
+    L{None} while its path still names the open file.  Two C{stat} calls:
+    cheap enough before every acknowledgement.
+    """
+    opened = os.fstat(segment.file.fileno())
+    if opened.st_nlink == 0:
+        return "deleted"
+    try:
+        current = os.stat(segment.path)
+    except FileNotFoundError:
+        return "deleted"
+    if (current.st_ino, current.st_dev) != (opened.st_ino, opened.st_dev):
+        return "replaced"
+    return None
 
 
 def recordsLength(buffer):
@@ -159,6 +181,11 @@ class _Write:
             except OSError:
                 pass
             raise
+        # Nothing written into a file that no longer has a name is ever
+        # acknowledged.
+        lost = segmentLost(segment)
+        if lost is not None:
+            raise SegmentLost(segment.path, lost)
         self.done = True
 
 
@@ -235,6 +262,10 @@ class MessageStore:
         starts with one empty segment at C{offsetIfCreate}, created on disk
         by the first write.
     @param deletePolicy: an L{IDeletePolicy}, or L{None} for no retention.
+    @param damaged: C{(start, end, reason)} of the damaged ranges known
+        (recovery found them): never served.
+    @param readOnly: why the partition's files are not whole, or L{None}:
+        a read-only partition refuses every write.
     """
 
     log = Logger()
@@ -257,6 +288,8 @@ class MessageStore:
         reactor=None,
         threadpool=None,
         offsetIfCreate=0,
+        damaged=(),
+        readOnly=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -280,6 +313,8 @@ class MessageStore:
         self._busy = False
         self._deleting = False
         self._closed = False
+        self.readOnly = readOnly
+        self._damaged = sorted(damaged)
 
     def __repr__(self):
         return "<MessageStore %s-%d>" % (self.topic, self.partition)
@@ -305,6 +340,33 @@ class MessageStore:
         """
         return list(self._segments)
 
+    @property
+    def damaged(self):
+        """
+        The known damaged ranges as C{(start, end, reason)}, in order.
+        """
+        return list(self._damaged)
+
+    def markDamaged(self, start, end, reason):
+        """
+        Record a damaged range: it is never served again, a read inside it
+        gets L{DamagedRecords} pointing after it.
+
+        @return: whether it was not known yet.
+        """
+        for known in self._damaged:
+            if known[0] <= start and end <= known[1]:
+                return False
+        self._damaged.append((start, end, reason))
+        self._damaged.sort()
+        return True
+
+    def _damageAt(self, offset):
+        for start, end, reason in self._damaged:
+            if start <= offset < end:
+                return start, end, reason
+        return None
+
     def _segmentAt(self, offset):
         index = bisect_right(self._segments, offset, key=lambda segment: segment.start)
         return self._segments[index - 1]
@@ -314,9 +376,18 @@ class MessageStore:
             raise OffsetBeforeStart(offset, self.minOffset)
         if offset >= self._flushedEnd:
             return None
+        damage = self._damageAt(offset)
+        if damage is not None:
+            raise DamagedRecords(offset, damage[1], damage[2])
         segment = self._segmentAt(offset)
         position = offset - segment.start
         length = max(0, min(maxSize, segment.written - position))
+        for start, _, _ in self._damaged:
+            if offset < start < offset + length:
+                # Up to the damage: the consumer's next fetch starts there
+                # and is moved past it.
+                length = start - offset
+                break
         return MessageSlice(segment.file, offset, position, length)
 
     def nearestOffset(self, offset):
@@ -324,6 +395,9 @@ class MessageStore:
             return self.minOffset
         if offset >= self._flushedEnd:
             return self._flushedEnd
+        damage = self._damageAt(offset)
+        if damage is not None:
+            return damage[1]
         return self._segmentAt(offset).start
 
     def readRecords(self, offset, maxSize):
@@ -375,6 +449,8 @@ class MessageStore:
     def _enqueue(self, entry):
         if self._closed:
             return fail(StoreClosed("%r is closed" % (self,)))
+        if self.readOnly is not None:
+            return fail(PartitionReadOnly(self.topic, self.partition, self.readOnly))
         self._queue.append(entry)
         if not self._busy:
             self._kick()
@@ -502,8 +578,14 @@ class MessageStore:
 
     def _fail(self, failure, job):
         written = [entry for step in self._applyProgress(job) for entry in step.entries]
+        if failure.check(SegmentLost):
+            end = max([self._segments[-1].end]
+                      + [entry.offset + entry.size for entry in job.entries])
+            self._lost(failure.value, end)
         count = len(job.entries) - len(written)
-        if isinstance(failure.value, OSError):
+        if failure.check(SegmentLost):
+            pass  # logged by _lost
+        elif isinstance(failure.value, OSError):
             self.ioErrors.error(
                 "write-failed", "Writing to {store} failed; {count} queued append(s) "
                 "fail: {error}", store=str(self), count=count, error=str(failure.value))
@@ -533,6 +615,56 @@ class MessageStore:
         for waiter in job.waiters:
             waiter.callback(None)
         self._busy = False
+
+    # Lost files
+
+    def checkActiveSegment(self):
+        """
+        Check in a thread that the active segment file still has its name;
+        when it is gone, make the partition read only.  Run by the manager
+        on a timer, so a partition that takes no writes notices too.
+
+        @return: a Deferred firing with the reason, or L{None}.
+        """
+        segment = self._segments[-1]
+        if self.readOnly is not None or self._closed or segment.file is None:
+            return succeed(None)
+
+        def check():
+            try:
+                return segmentLost(segment)
+            except OSError as e:
+                return "unreadable (%s)" % (e,)
+
+        def checked(how):
+            if how is not None and self.readOnly is None and segment is self._segments[-1]:
+                self._lost(SegmentLost(segment.path, how), segment.end)
+                return how
+            return None
+
+        return deferToThreadPool(self._reactor, self._threadpool, check).addCallback(checked)
+
+    def _lost(self, error, nextOffset):
+        """
+        The active segment is gone: take no more writes, now or after a
+        restart (the damage marker), so that its offsets are never handed
+        out again.
+        """
+        if self.readOnly is not None:
+            return
+        self.readOnly = "%s; offsets up to %d were handed out" % (error, nextOffset)
+        self.log.error(
+            "{store}: {error}. The partition takes no more writes (puts are refused) "
+            "until an operator repairs it (docs/disk-faults.md)",
+            store=str(self), error=str(error),
+        )
+        d = deferToThreadPool(
+            self._reactor, self._threadpool,
+            writeDamageMarker, self.directory, str(error), nextOffset,
+        )
+        d.addErrback(lambda failure: self.log.error(
+            "{store}: cannot record the damage in {directory}: {error}",
+            store=str(self), directory=self.directory, error=str(failure.value)))
 
     # Retention
 

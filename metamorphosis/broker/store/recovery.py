@@ -12,9 +12,8 @@ contiguous run of segments is served, older files that do not join it are
 left untouched on disk for an operator to look at.
 """
 
+import json
 import os
-import struct
-import zlib
 from dataclasses import dataclass, field
 
 from metamorphosis.broker.store.segment import (
@@ -24,14 +23,14 @@ from metamorphosis.broker.store.segment import (
     offsetFromName,
     openSegmentFile,
 )
-from metamorphosis.protocol.records import HEADER_SIZE
+from metamorphosis.broker.store.verify import scanRecords
 
-_lengthAndChecksum = struct.Struct(">ii")
-
-SCAN_CHUNK = 4 << 20
+#: The file that keeps a partition read only across restarts once the
+#: broker saw its active segment disappear (docs/disk-faults.md).
+DAMAGE_MARKER = "partition.damaged"
 
 # Files the store itself leaves in a partition directory besides segments.
-_OWN_SUFFIXES = (".meta.arc", ".meta.zip", ".corrupt")
+_OWN_SUFFIXES = (".meta.arc", ".meta.zip", ".corrupt", DAMAGE_MARKER)
 
 
 @dataclass
@@ -51,71 +50,19 @@ class Recovered:
     """
     The usable segments of a partition directory, oldest first, the last
     one validated and open for appending.
+
+    @ivar damaged: C{(startOffset, endOffset, reason)} of the damaged
+        ranges found in the last segment; their bytes stay in place and are
+        never served.
+    @ivar readOnly: why the partition must take no writes (its files are not
+        whole), or L{None}.
     """
 
     segments: list
     messageCount: int
     findings: list = field(default_factory=list)
-
-
-@dataclass
-class ScanResult:
-    """
-    Where the valid records of a segment file end, how many there are, and
-    why the scan stopped before the end of the file (L{None} at a clean end).
-    """
-
-    validEnd: int
-    count: int
-    reason: str = None
-    torn: bool = False
-
-
-def scanSegment(fd, size):
-    """
-    Validate the records of a segment file from its start: each record's
-    length must fit the file and its CRC32 must match.
-
-    @param fd: a file descriptor open for reading.
-    @param size: the file's length.
-    """
-    position = 0
-    count = 0
-    buffer = b""
-    bufferStart = 0
-    view = memoryview(buffer)
-    while True:
-        inBuffer = position - bufferStart
-        available = len(buffer) - inBuffer
-        need = HEADER_SIZE
-        if available >= HEADER_SIZE:
-            length, crc = _lengthAndChecksum.unpack_from(buffer, inBuffer)
-            if length < 0:
-                return ScanResult(position, count, "negative record length %d" % (length,))
-            need = HEADER_SIZE + length
-            if available >= need:
-                body = view[inBuffer + HEADER_SIZE : inBuffer + need]
-                if zlib.crc32(body) & 0x7FFFFFFF != crc:
-                    return ScanResult(position, count, "checksum mismatch")
-                position += need
-                count += 1
-                continue
-        if position + need > size:
-            if position == size:
-                return ScanResult(position, count)
-            return ScanResult(
-                position,
-                count,
-                "incomplete record (%d of %d bytes present)" % (size - position, need),
-                torn=True,
-            )
-        more = os.pread(fd, max(SCAN_CHUNK, need - available), bufferStart + len(buffer))
-        if not more:
-            size = bufferStart + len(buffer)
-            continue
-        buffer = buffer[inBuffer:] + more
-        bufferStart = position
-        view = memoryview(buffer)
+    damaged: list = field(default_factory=list)
+    readOnly: str = None
 
 
 def _listSegments(directory, findings):
@@ -126,7 +73,9 @@ def _listSegments(directory, findings):
     segments = []
     for name in sorted(os.listdir(directory)):
         start = offsetFromName(name)
-        if start is not None and os.path.isfile(os.path.join(directory, name)):
+        if start is not None:
+            # Even when it is not a regular file: a segment that cannot be
+            # opened must make the partition read only, not be skipped.
             segments.append((start, name))
         elif name.endswith(_OWN_SUFFIXES):
             continue
@@ -144,23 +93,24 @@ def _listSegments(directory, findings):
 
 
 def _openAll(directory, names, findings):
+    """
+    Open the segment files.
+
+    @return: C{(segments, unreadable)}: the opened L{Segment}s and the
+        C{(path, error)} of each file that could not be opened.
+    """
     opened = []
+    unreadable = []
     for start, name in names:
         path = os.path.join(directory, name)
         try:
             file = openSegmentFile(path)
             size = os.fstat(file.fileno()).st_size
         except OSError as e:
-            findings.append(
-                Finding(
-                    "error",
-                    "Cannot open segment {path}: {error}; it is not served",
-                    dict(path=path, error=e),
-                )
-            )
+            unreadable.append((path, e.strerror or str(e)))
             continue
         opened.append(Segment(directory, start, size, file))
-    return opened
+    return opened, unreadable
 
 
 def _newestContiguousRun(directory, segments, findings):
@@ -196,57 +146,139 @@ def _newestContiguousRun(directory, segments, findings):
     return segments[first:]
 
 
-def _recoverLast(segment, findings):
+def _recoverLast(segment, findings, readOnly):
     """
-    Validate the last segment and cut it after its last valid record,
-    keeping a copy of what was cut when it was not a simple torn write.
+    Validate the last segment: note its damaged ranges (their bytes stay,
+    the valid records after them are served and appends go after them, so
+    no offset that may have been acknowledged is handed out again) and cut
+    a torn last record, unless the partition is read only.
+
+    @return: C{(valid records, damaged ranges)}.
     """
     fd = segment.file.fileno()
     size = segment.written
-    result = scanSegment(fd, size)
-    if result.validEnd < size:
-        cut = size - result.validEnd
-        kept = None
-        if not result.torn:
-            kept = "%s.%d.corrupt" % (segment.path, result.validEnd)
-            with open(kept, "wb") as copy:
-                copy.write(os.pread(fd, cut, result.validEnd))
-        os.ftruncate(fd, result.validEnd)
+    result = scanRecords(fd, size)
+    damaged = []
+    for d in result.damaged:
+        damaged.append((segment.start + d.start, segment.start + d.end, d.reason))
+        findings.append(
+            Finding(
+                "error",
+                "Damaged records in {path}: {length} byte(s) from offset {offset} "
+                "({reason}) are not served; consumers move on to offset {next}. The "
+                "bytes are left in place",
+                dict(path=segment.path, length=d.end - d.start,
+                     offset=segment.start + d.start, reason=d.reason,
+                     next=segment.start + d.end),
+            )
+        )
+    if result.tornAt is not None and not readOnly:
+        os.ftruncate(fd, result.tornAt)
         os.fsync(fd)
         findings.append(
             Finding(
                 "warn",
-                "Recovered {path}: cut {cut} byte(s) at file position {position} "
-                "(offset {offset}) after {count} valid record(s): {reason}"
-                + ("; the cut bytes are saved in {kept}" if kept else ""),
-                dict(
-                    path=segment.path,
-                    cut=cut,
-                    position=result.validEnd,
-                    offset=segment.start + result.validEnd,
-                    count=result.count,
-                    reason=result.reason,
-                    kept=kept,
-                ),
+                "Recovered {path}: cut {cut} byte(s) of an incomplete last record at "
+                "file position {position} (offset {offset}), a write cut short",
+                dict(path=segment.path, cut=size - result.tornAt, position=result.tornAt,
+                     offset=segment.start + result.tornAt),
             )
         )
-    segment.written = result.validEnd
-    return result.count
+        segment.written = result.tornAt
+    elif result.tornAt is not None:
+        segment.written = result.tornAt
+    return result.count, damaged
+
+
+def readDamageMarker(directory):
+    """
+    The reason kept in the partition's damage marker, or L{None}.
+    """
+    path = os.path.join(directory, DAMAGE_MARKER)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        marker = json.loads(text)
+        return marker["reason"], int(marker["nextOffset"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable damage marker %r" % (text[:200],), None
+
+
+def writeDamageMarker(directory, reason, nextOffset):
+    """
+    Record durably that a partition lost data it had acknowledged, up to
+    C{nextOffset}: it stays read only across restarts until an operator
+    acts (docs/disk-faults.md).  Blocking.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, DAMAGE_MARKER)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump({"reason": reason, "nextOffset": nextOffset}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def loadPartition(directory, offsetIfCreate=0):
     """
     Open the segments of one partition directory, validating and if need be
-    truncating the last one; create the first segment if there is none.
+    cutting a torn record from the last one; create the first segment if
+    there is none.
+
+    A partition whose files are not whole (a segment that cannot be opened,
+    or a damage marker) is loaded read only, without changing any file.
     """
     findings = []
-    segments = _openAll(directory, _listSegments(directory, findings), findings)
+    segments, unreadable = _openAll(directory, _listSegments(directory, findings), findings)
+    readOnly = None
+    if unreadable:
+        readOnly = "segment file(s) cannot be opened: " + "; ".join(
+            "%s (%s)" % (path, error) for path, error in unreadable)
+    marker = readDamageMarker(directory)
+    if marker is not None and readOnly is None:
+        reason, nextOffset = marker
+        markerPath = os.path.join(directory, DAMAGE_MARKER)
+        if nextOffset is not None and segments and segments[-1].end >= nextOffset:
+            # Restored from a copy: everything acknowledged is there again.
+            os.remove(markerPath)
+            findings.append(
+                Finding(
+                    "warn",
+                    "Partition directory {directory} is whole again (its data reaches "
+                    "offset {end}, at least the {next} recorded when it was damaged); "
+                    "removed {marker} and it takes writes",
+                    dict(directory=directory, end=segments[-1].end, next=nextOffset,
+                         marker=markerPath),
+                )
+            )
+        else:
+            readOnly = "%s (recorded in %s)" % (reason, markerPath)
+    if readOnly is not None:
+        findings.append(
+            Finding(
+                "error",
+                "Partition directory {directory} is not whole: {reason}. It is served "
+                "read only: puts are refused until an operator repairs it "
+                "(docs/disk-faults.md)",
+                dict(directory=directory, reason=readOnly),
+            )
+        )
+    damaged = []
+    count = 0
     if segments:
         segments = _newestContiguousRun(directory, segments, findings)
-        count = _recoverLast(segments[-1], findings)
-    else:
+        count, damaged = _recoverLast(segments[-1], findings, readOnly is not None)
+    elif readOnly is None:
         segment = Segment(directory, offsetIfCreate)
         segment.file = openSegmentFile(segment.path, create=True)
         segments = [segment]
-        count = 0
-    return Recovered(segments, count, findings)
+    return Recovered(segments, count, findings, damaged, readOnly)

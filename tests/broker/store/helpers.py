@@ -70,13 +70,15 @@ def makeStore(directory, threadpool=None, reactor=None, recover=False, **configK
     """
     reactor = reactor or ImmediateReactor()
     threadpool = threadpool or ImmediateThreadPool()
-    segments, count = None, 0
+    segments, count, damaged, readOnly = None, 0, (), None
     if recover:
         recovered = loadPartition(directory)
         segments, count = recovered.segments, recovered.messageCount
+        damaged, readOnly = recovered.damaged, recovered.readOnly
     return MessageStore(
         "test", 0, directory, topicConfig(**configKwargs), segments=segments,
         messageCount=count, reactor=reactor, threadpool=threadpool,
+        damaged=damaged, readOnly=readOnly,
     )
 
 

@@ -32,6 +32,9 @@ from .helpers import (
 
 
 def makeConfig(dataPath, topics=(), **kwargs):
+    # No timers of the damage checks unless a test asks for them.
+    kwargs.setdefault("segmentCheckInterval", 0)
+    kwargs.setdefault("verifyBytesPerSecond", 0)
     config = MetaConfig(dataPath=dataPath, **kwargs)
     for name, topicKwargs in topics:
         topicKwargs.setdefault("dataPath", dataPath)

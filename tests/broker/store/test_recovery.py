@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from metamorphosis.broker.store.recovery import loadPartition, scanSegment
+from metamorphosis.broker.store import verify
+from metamorphosis.broker.store.errors import DamagedRecords
+from metamorphosis.broker.store.recovery import loadPartition
 from metamorphosis.protocol.records import decodeRecords
 
 from .helpers import makeStore, readPartition, record
@@ -33,32 +35,48 @@ class TailTests(SynchronousTestCase):
         with open(os.path.join(self.directory, name), "wb") as f:
             f.write(data)
 
-    def assertRecovered(self, validEnd, reasonWord, corruptCopy=None):
+    def assertCut(self, validEnd):
+        """
+        A torn last record is cut and appending continues right after the
+        last valid record.
+        """
         recovered = loadPartition(self.directory)
         [segment] = recovered.segments
-        self.assertEqual(segment.written, validEnd)
-        self.assertEqual(os.path.getsize(self.path), validEnd)
-        with open(self.path, "rb") as f:
-            data = f.read()
-        records, consumed = decodeRecords(data)
-        self.assertEqual(consumed, validEnd)
-        self.assertEqual(recovered.messageCount, len(records))
+        self.assertEqual((segment.written, os.path.getsize(self.path)), (validEnd, validEnd))
+        self.assertEqual(recovered.damaged, [])
         [message] = messages(recovered.findings)
-        self.assertIn(reasonWord, message)
+        self.assertIn("incomplete last record", message)
         self.assertIn(self.path, message)
-        copies = [n for n in os.listdir(self.directory) if n.endswith(".corrupt")]
-        if corruptCopy is None:
-            self.assertEqual(copies, [])
-        else:
-            self.assertEqual(copies, ["00000000000000000000.meta.%d.corrupt" % (validEnd,)])
-            with open(os.path.join(self.directory, copies[0]), "rb") as f:
-                self.assertEqual(f.read(), corruptCopy)
-        # Appending continues right after the last valid record.
         store = makeStore(self.directory, recover=True, unflushThreshold=0)
-        self.assertEqual(store.maxOffset, validEnd)
         self.assertEqual(self.successResultOf(store.append(99, 0, b"next")), validEnd)
         names, data = readPartition(self.directory)
         self.assertEqual(data, self.good[:validEnd] + record(99, b"next"))
+
+    def assertKept(self, data, damaged, reasonWord):
+        """
+        Damaged bytes stay in place and are never served, every valid record
+        is, and appending continues after the end of the file: no offset
+        that may have been acknowledged is handed out again.
+        """
+        self.write(data)
+        recovered = loadPartition(self.directory)
+        [segment] = recovered.segments
+        self.assertEqual((segment.written, os.path.getsize(self.path)), (len(data), len(data)))
+        self.assertEqual([(start, end) for start, end, _ in recovered.damaged], damaged)
+        found = messages(recovered.findings)
+        self.assertEqual(len(found), len(damaged))
+        self.assertIn(reasonWord, found[0])
+        store = makeStore(self.directory, recover=True, unflushThreshold=0)
+        self.assertEqual(self.successResultOf(store.append(99, 0, b"next")), len(data))
+        served = readAll(self, store)
+        kept = [(offset, r.id) for offset, r in served]
+        expected = []
+        offset = 0
+        for r in RECORDS:
+            if not any(start <= offset < end for start, end in damaged):
+                expected.append((offset, decodeRecords(r)[0][0].id))
+            offset += len(r)
+        self.assertEqual(kept, expected + [(len(data), 99)])
         return recovered
 
     def test_clean(self):
@@ -71,50 +89,126 @@ class TailTests(SynchronousTestCase):
     def test_truncatedLastRecord(self):
         for cut in (1, 10, len(RECORDS[-1]) - 20, len(RECORDS[-1]) - 1):
             self.write(self.good[:-cut])
-            self.assertRecovered(len(self.good) - len(RECORDS[-1]), "incomplete")
+            self.assertCut(len(self.good) - len(RECORDS[-1]))
             self.write(self.good)
-
-    def test_garbageAppended(self):
-        self.write(self.good + b"\x00\x00\x00\x03garbage-garbage-garbage")
-        self.assertRecovered(
-            len(self.good), "checksum", corruptCopy=b"\x00\x00\x00\x03garbage-garbage-garbage"
-        )
 
     def test_shortGarbageAppended(self):
         self.write(self.good + b"junk")
-        self.assertRecovered(len(self.good), "incomplete")
+        self.assertCut(len(self.good))
+
+    def test_garbageAppended(self):
+        """
+        Whole-looking bytes that fail their checksum at the end are kept
+        as a damaged range, not cut: they may be an acknowledged record.
+        """
+        garbage = b"\x00\x00\x00\x03garbage-garbage-garbage"
+        self.assertKept(self.good + garbage, [(len(self.good), len(self.good) + len(garbage))],
+                        "checksum")
 
     def test_negativeLength(self):
-        self.write(self.good + b"\xff" * 30)
-        self.assertRecovered(len(self.good), "negative", corruptCopy=b"\xff" * 30)
+        self.assertKept(self.good + b"\xff" * 30,
+                        [(len(self.good), len(self.good) + 30)], "negative")
 
     def test_flippedByteInTheMiddle(self):
         """
-        A damaged record in the middle of the last segment ends the valid
-        log there, as in Java; what follows is cut but kept in a side file
-        and the log line says how much.
+        A damaged record in the middle of the last segment: the records
+        after it are still served, at their offsets (Java cut them all and
+        handed their offsets out again).
         """
         data = bytearray(self.good)
         middle = sum(map(len, RECORDS[:3]))
         data[middle + 25] ^= 0x40
-        self.write(bytes(data))
-        recovered = self.assertRecovered(middle, "checksum", corruptCopy=bytes(data[middle:]))
-        self.assertIn("after 3 valid record(s)", messages(recovered.findings)[0])
+        recovered = self.assertKept(bytes(data), [(middle, middle + len(RECORDS[3]))],
+                                    "checksum")
+        self.assertEqual(recovered.messageCount, 5)
+
+    def test_damagedLengthOfTheLastRecord(self):
+        """
+        The last record with a damaged length field looks torn, but its
+        checksum matches the rest of the file: it was written whole, so it
+        is kept as damage rather than cut.
+        """
+        data = bytearray(self.good)
+        last = len(self.good) - len(RECORDS[-1])
+        data[last + 2] ^= 0x10
+        self.assertKept(bytes(data), [(last, len(data))], "incomplete")
+
+    def test_zeroFilled(self):
+        """
+        Zeroed bytes (a block lost in a crash) are damage, not empty
+        records, and the records after them are kept.
+        """
+        data = bytearray(self.good)
+        start = len(RECORDS[0])
+        end = start + len(RECORDS[1]) + len(RECORDS[2])
+        data[start:end] = bytes(end - start)
+        self.assertKept(bytes(data), [(start, end)], "zero")
 
     def test_scanAcrossChunks(self):
         """
         The scan reads in chunks; records straddling chunk ends are fine.
         """
-        from metamorphosis.broker.store import recovery
-
-        self.patch(recovery, "SCAN_CHUNK", 7)
-        self.write(self.good)
+        self.patch(verify, "SCAN_CHUNK", 7)
+        data = bytearray(self.good)
+        data[len(RECORDS[0]) + 22] ^= 1
+        self.write(bytes(data))
         with open(self.path, "rb") as f:
-            result = scanSegment(f.fileno(), len(self.good))
-        self.assertEqual((result.validEnd, result.count, result.reason), (len(self.good), 6, None))
+            result = verify.scanRecords(f.fileno(), len(data))
+        self.assertEqual(
+            (result.count, [(d.start, d.end) for d in result.damaged], result.tornAt),
+            (5, [(len(RECORDS[0]), len(RECORDS[0]) + len(RECORDS[1]))], None),
+        )
+
+
+def readAll(testCase, store):
+    """
+    Every record a consumer of C{store} is served, following the moves
+    past damaged ranges, as C{[(offset, record)]}.
+    """
+    served = []
+    offset = store.minOffset
+    while offset < store.maxOffset:
+        try:
+            messageSlice = store.slice(offset, 1 << 20)
+        except DamagedRecords as e:
+            testCase.assertEqual(store.nearestOffset(offset), e.nextOffset)
+            offset = e.nextOffset
+            continue
+        records, consumed = messageSlice.records()
+        testCase.assertTrue(consumed)
+        for r in records:
+            served.append((offset, r))
+            offset += r.size
+    return served
 
 
 class ScanPropertyTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(st.binary(min_size=1, max_size=100), min_size=1, max_size=8),
+        st.data(),
+        st.integers(min_value=1, max_value=64),
+    )
+    def test_oneDamagedRecord(self, payloads, data, chunk):
+        """
+        One byte of one record changed (outside the id and flag, which no
+        checksum covers): exactly that record is reported damaged, every
+        other one is found at its place, whatever the read size.
+        """
+        self.patch(verify, "SCAN_CHUNK", chunk)
+        records = [record(i + 1, p) for i, p in enumerate(payloads)]
+        starts = [sum(map(len, records[:i])) for i in range(len(records))]
+        victim = data.draw(st.integers(0, len(records) - 1))
+        where = data.draw(st.sampled_from(
+            list(range(8)) + list(range(20, len(records[victim])))))
+        flip = data.draw(st.integers(1, 255))
+        content = bytearray(b"".join(records))
+        content[starts[victim] + where] ^= flip
+        result = scan(self, bytes(content))
+        end = starts[victim] + len(records[victim])
+        self.assertEqual([(d.start, d.end) for d in result.damaged], [(starts[victim], end)])
+        self.assertEqual((result.count, result.tornAt), (len(records) - 1, None))
+
     @settings(max_examples=60, deadline=None)
     @given(
         st.lists(st.binary(max_size=100), max_size=8),
@@ -124,24 +218,31 @@ class ScanPropertyTests(SynchronousTestCase):
     def test_validPrefixKept(self, payloads, tail, chunk):
         """
         Whatever follows a run of good records, the scan keeps all of them,
-        and what it keeps decodes as records to the last byte.
+        and the damaged ranges and torn tail cover the rest exactly.
         """
-        from metamorphosis.broker.store import recovery
+        self.patch(verify, "SCAN_CHUNK", chunk)
+        good = b"".join(record(i + 1, p) for i, p in enumerate(payloads))
+        content = good + tail
+        result = scan(self, content)
+        self.assertGreaterEqual(result.count, len(payloads))
+        covered = sorted([(d.start, d.end) for d in result.damaged]
+                         + ([(result.tornAt, len(content))] if result.tornAt is not None else []))
+        for start, end in covered:
+            self.assertGreaterEqual(start, len(good))
+        # Between the damage, the bytes decode as whole records.
+        position = len(good)
+        for start, end in covered + [(len(content), len(content))]:
+            records, consumed = decodeRecords(content[position:start])
+            self.assertEqual(consumed, start - position)
+            position = end
 
-        self.patch(recovery, "SCAN_CHUNK", chunk)
-        good = b"".join(record(i, p) for i, p in enumerate(payloads))
-        data = good + tail
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(data)
-        with open(path, "rb") as f:
-            result = scanSegment(f.fileno(), len(data))
-        self.assertGreaterEqual(result.validEnd, len(good))
-        self.assertLessEqual(result.validEnd, len(data))
-        records, consumed = decodeRecords(data[: result.validEnd])
-        self.assertEqual(consumed, result.validEnd)
-        self.assertEqual(len(records), result.count)
-        self.assertEqual(result.reason is None, result.validEnd == len(data))
+
+def scan(testCase, content):
+    path = testCase.mktemp()
+    with open(path, "wb") as f:
+        f.write(content)
+    with open(path, "rb") as f:
+        return verify.scanRecords(f.fileno(), len(content))
 
 
 class DirectoryTests(SynchronousTestCase):
