@@ -65,6 +65,9 @@ class ConsumerConfig:
     maxDelayFetchTimeInMills: int = 5000
     commitOffsetPeriodInMills: int = 5000
     maxFetchRetries: int = 5
+    #: Fetches that may meet the same record failing its checksum before
+    #: the consumer moves past it (docs/disk-faults.md); not in Java.
+    maxInvalidMessageRetries: int = 3
     maxIncreaseFetchDataRetries: int = 5
     offset: int = 0
     alwaysConsumeFromMaxOffset: bool = False

@@ -10,6 +10,7 @@ rules are Java's, so a Python consumer paces a broker as a Java one does.
 """
 
 import inspect
+import struct
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -97,6 +98,26 @@ processedIds = MessageIdCache()
 """The process-wide cache (Java's is per JVM)."""
 
 
+def invalidRecordAt(data):
+    """
+    Where the first record of C{data} that fails its checksum starts, and
+    its size when it is whole in C{data} (else L{None}).
+    """
+    position = 0
+    try:
+        for _, end in records.iterRecords(data, True, MAX_READ_BUFFER_SIZE):
+            position = end
+    except records.InvalidRecord:
+        pass
+    if len(data) - position < records.HEADER_SIZE:
+        return position, None
+    (length,) = struct.unpack_from(">i", data, position)
+    size = records.HEADER_SIZE + length
+    if length < 0 or position + size > len(data):
+        return position, None
+    return position, size
+
+
 class FetchRequest:
     """
     The fetch state of one partition (Java's C{FetchRequest}).
@@ -118,6 +139,10 @@ class FetchRequest:
         self.autoAck = True
         self.acked = False
         self.rolledBack = False
+        # The absolute offset of the last record that failed its checksum,
+        # and how many fetches in a row met it there.
+        self.invalidOffset = -1
+        self.invalidCount = 0
 
     def __repr__(self):
         return "<FetchRequest %s %s@%s offset=%d maxSize=%d>" % (
@@ -193,6 +218,8 @@ class FetchManager:
         self._running = {}
         self._fetching = {}
         self.stopped = True
+        #: Records moved past after failing their checksum too often.
+        self.invalidSkipped = 0
 
     @property
     def config(self):
@@ -289,9 +316,40 @@ class FetchManager:
             else:
                 await self._receive(request, data)
         except records.InvalidRecord as e:
+            if self._skipInvalid(request, data):
+                return
             self.log.warn("Invalid message in {request}: {error}; asking for a valid offset",
                           request=str(request), error=errorText(e))
             await self._resetOffset(request)
+
+    def _skipInvalid(self, request, data):
+        """
+        Count the fetches that met the same damaged record; past
+        C{maxInvalidMessageRetries} of them move past it (by its length
+        field, when the whole record is in C{data}), so that a consumer
+        never loops for good on a record the broker keeps serving (a broker
+        that does not verify its files, or one still verifying).
+
+        @return: whether it was skipped.
+        """
+        position, size = invalidRecordAt(data)
+        offset = request.offset + position
+        if offset == request.invalidOffset:
+            request.invalidCount += 1
+        else:
+            request.invalidOffset, request.invalidCount = offset, 1
+        if request.invalidCount <= self.config.maxInvalidMessageRetries or size is None:
+            return False
+        self.invalidSkipped += 1
+        self.log.error(
+            "Skipping the invalid message of {request} at offset {offset} ({size} bytes): "
+            "its checksum failed in {n} fetches", request=str(request), offset=offset,
+            size=size, n=request.invalidCount)
+        request.invalidOffset, request.invalidCount = -1, 0
+        request.retries = 0
+        if not self.stopped:
+            request.setOffset(offset + size, request.info.messageId, request.autoAck)
+        return True
 
     def _message(self, request, record):
         data, attribute = records.decodePayload(record.body, record.flag)

@@ -226,6 +226,29 @@ class FetchLoopTests(TestCase):
         self.assertEqual([m.id for m in self.consumer.received], [1])
         self.assertEqual((self.info.offset, self.info.messageId), (40, -1))
 
+    def test_invalidRecordSkippedAfterRetries(self):
+        """
+        A broker that keeps serving the same bad record (one that does not
+        verify its files): after C{maxInvalidMessageRetries} rounds that
+        met it, the consumer moves past it by its length, logs it and
+        counts it, and the messages after it are consumed.
+        """
+        good = record(1, b"good")
+        bad = bytearray(record(2, b"bad"))
+        bad[-1] ^= 0xFF
+        after = record(3, b"after")
+        data = good + bytes(bad) + after
+        retries = self.consumer.config.maxInvalidMessageRetries
+        for _ in range(retries):
+            self.consumer.offsets.append(100)
+            self.round(data)
+            self.assertEqual(self.info.offset, 100)
+        self.round(data)
+        self.assertEqual(self.manager.invalidSkipped, 1)
+        self.assertEqual(self.info.offset, 100 + len(good) + len(bad))
+        self.round(after)
+        self.assertEqual([m.id for m in self.consumer.received], [1, 3])
+
     def test_manualAck(self):
         """
         With auto-ack off, consumed messages only move a temporary offset;
