@@ -116,6 +116,17 @@ class _Window:
             offset = 0
         return memoryview(self._buffer)[offset : offset + length]
 
+    def peek(self, position, length):
+        """
+        A few bytes, read on their own when outside the buffer: the
+        resynchronisation looks at many far-away headers and must not
+        reload the buffer for each.
+        """
+        offset = position - self._start
+        if 0 <= offset and offset + length <= len(self._buffer):
+            return memoryview(self._buffer)[offset : offset + length]
+        return os.pread(self._fd, length, position)
+
 
 def _record(window, position, end):
     """
@@ -165,7 +176,7 @@ def _startsRun(window, position, end, maxRecordSize):
     after = position + HEADER_SIZE + length
     if end - after >= HEADER_SIZE:
         # The cheap test first: the next length must be believable.
-        nextLength, _ = _lengthAndChecksum.unpack_from(window.read(after, 8))
+        nextLength, _ = _lengthAndChecksum.unpack_from(window.peek(after, 8))
         if not 0 <= nextLength <= maxRecordSize:
             return False
     return _record(window, position, end)[0] == _OK
@@ -174,12 +185,23 @@ def _startsRun(window, position, end, maxRecordSize):
 def _resync(window, position, end, maxRecordSize):
     """
     The first position from C{position} on where a run of valid records
-    starts, or L{None}.
+    starts, or L{None}.  The length test runs over a buffer directly
+    (about a microsecond per damaged byte); only positions passing it get
+    the full check.
     """
+    unpack = _lengthAndChecksum.unpack_from
     while position < end:
-        if _startsRun(window, position, end, maxRecordSize):
-            return position
-        position += 1
+        count = min(SCAN_CHUNK, end - position)
+        buffer = bytes(window.read(position, count))
+        last = len(buffer) - 8
+        for at in range(0, count):
+            if at <= last:
+                length, _ = unpack(buffer, at)
+                if not 0 < length <= maxRecordSize:
+                    continue
+            if _startsRun(window, position + at, end, maxRecordSize):
+                return position + at
+        position += count
     return None
 
 
