@@ -35,6 +35,11 @@ class HeadReader(protocol.ProcessProtocol):
     def processEnded(self, reason):
         self.ended.callback((reason.value.exitCode, self.err))
 
+    def kill(self):
+        if not self.ended.called:
+            self.transport.signalProcess("KILL")
+            return self.ended
+
 
 class DirectTests(TestCase):
     """
@@ -87,9 +92,12 @@ class DirectTests(TestCase):
             url = brokerUrl(broker)
             out, err, status = await runMetaq(
                 "--broker", url, "produce", "--topic", "console",
-                stdin=b"".join(b"line %d\n" % (i,) for i in range(3000)))
+                stdin=b"".join(b"line %d %s\n" % (i, b"x" * 100) for i in range(3000)))
             self.assertEqual(status, 0, err)
+            # 300 kB, more than a pipe holds: the tool is still writing when
+            # the reader goes.
             reader = HeadReader()
+            self.addCleanup(reader.kill)
             reactor.spawnProcess(reader, sys.executable, [
                 sys.executable, "-m", "metamorphosis.tools.main", "--broker", url, "consume",
                 "--topic", "console", "--from-beginning"], env=os.environ)
