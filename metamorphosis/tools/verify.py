@@ -7,13 +7,13 @@ run it on the broker's host; a running broker only appends to them.
 
 A directory holding segment files is one partition; any other directory
 is a data directory: each of its subdirectories holding segment files is
-checked.  Every record of every segment is read and its length and
-checksum checked (L{metamorphosis.tools.dump.SegmentReader}), and the
-segments must follow each other (each starts where the previous one
-ends).  For each partition it prints the segments and records checked and
-every problem: a bad record (where it is; the rest of that segment is not
-checked), a segment that cannot be read, a gap or an overlap between
-segments.  An incomplete last record (a write cut short, which the broker
+checked, with the store's own verification
+(L{metamorphosis.broker.store.verify.verifyPartition}, which the broker
+runs in the background too): every record's length and checksum, and the
+segments' contiguity.  For each partition it prints the segments and
+records checked and every problem: a damaged range (from a bad record to
+where valid records start again; the records after it are checked too),
+a segment that cannot be read, a gap or an overlap between segments.  An incomplete last record (a write cut short, which the broker
 cuts at its next start) is reported but is no damage.  Exit status 1 when
 a partition is damaged.
 """
@@ -25,8 +25,8 @@ from twisted.internet import threads
 from twisted.python import usage
 
 from metamorphosis.broker.store.segment import offsetFromName
+from metamorphosis.broker.store.verify import verifyPartition
 from metamorphosis.tools.cli import ToolError, Verbosity
-from metamorphosis.tools.dump import SegmentReader, segmentFiles
 
 
 class Options(Verbosity, usage.Options):
@@ -63,38 +63,26 @@ def partitionDirectories(path):
 
 def checkPartition(directory):
     """
-    Check the segments of one partition directory (blocking: call it in a
-    thread).
+    Check the segments of one partition directory with the store's own
+    verification (blocking: call it in a thread).
 
     @return: C{(segments, records, damage, notes)}: the lists of texts of
         what is damaged and of what is worth saying but is no damage.
     """
-    damage, notes, records = [], [], 0
-    previousEnd = None
-    paths = segmentFiles(directory)
-    for path in paths:
-        name = os.path.basename(path)
-        reader = SegmentReader(path)
-        try:
-            for _ in reader.records():
-                records += 1
-        except OSError as e:
-            damage.append("%s: cannot be read: %s" % (name, e.strerror or e))
-            previousEnd = None
-            continue
-        if reader.problem is not None:
-            offset, why, torn = reader.problem
-            if torn and path == paths[-1]:
-                notes.append("%s: offset %d: %s (cut at the broker's next start)"
-                             % (name, offset, why))
-            else:
-                damage.append("%s: offset %d: %s; the %d byte(s) from there on are not checked"
-                              % (name, offset, why, reader.start + reader.size - offset))
-        if previousEnd is not None and previousEnd != reader.start:
-            damage.append("%s starts at offset %d but the segment before it ends at %d"
-                          % (name, reader.start, previousEnd))
-        previousEnd = reader.start + reader.size
-    return len(paths), records, damage, notes
+    reports, problems = verifyPartition(directory)
+    damage, notes = [], []
+    for report in reports:
+        name = os.path.basename(report.path)
+        if report.error is not None:
+            damage.append("%s: cannot be read: %s" % (name, report.error))
+        for start, end, reason in report.damaged:
+            damage.append("%s: damaged from offset %d to %d (%d bytes): %s"
+                          % (name, start, end, end - start, reason))
+        if report.tornAt is not None:
+            notes.append("%s: offset %d: incomplete last record (cut at the broker's next "
+                         "start)" % (name, report.tornAt))
+    damage += problems
+    return len(reports), sum(report.records for report in reports), damage, notes
 
 
 async def main(reactor, options, out=None, err=None):
