@@ -34,9 +34,9 @@ from metamorphosis.broker.store.errors import (
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
+from metamorphosis.broker.store.verifier import SegmentVerifier
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.topics import isLegalTopic
-from metamorphosis.broker.store.verifier import SegmentVerifier
 
 # Sub-directories of a data path that belong to the broker, not to a topic.
 _KNOWN_DIRECTORIES = {"transactions"}

@@ -42,8 +42,8 @@ from metamorphosis.broker.store.errors import (
     SegmentLost,
     StoreClosed,
 )
-from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.interfaces import IMessageStore
+from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
