@@ -3,14 +3,16 @@ Throughput and latency of the broker (issue 4, Performance).
 
 For each flush policy (default: unflushThreshold=1000; group commit:
 unflushThreshold=0) it starts a fresh broker (C{twistd -n metaq} with a
-generated server.ini on a free loopback port), then for every P producer
-connections x S bytes it sends COUNT sync puts (one in flight per
-connection), and finally C consumers each fetch everything of the last
-producer row of each size with 1 MiB gets. It prints msgs/s, MB/s, put
+generated server.ini on a free loopback port) and sends COUNT sync puts of
+S bytes in two shapes: first (the headline rows, --shared) ONE connection
+with N puts in flight, matched by opaque, which is how the Java producer's
+threads share one connection per broker; then (--producers) P connections
+with one put in flight each. Finally C consumers each fetch everything of
+the last row of each size with 1 MiB gets. It prints msgs/s, MB/s, put
 latency p50/p99, the broker's peak RSS and the broker's CPU time per message.
 
     .venv/bin/python benchmarks/broker.py                  # the full matrix
-    .venv/bin/python benchmarks/broker.py --count 20000 --producers 1,10 --sizes 1024
+    .venv/bin/python benchmarks/broker.py --count 20000 --shared 1,10 --producers 0 --sizes 1024
     .venv/bin/python benchmarks/broker.py --broker 127.0.0.1:8123 --pid 1234
     .venv/bin/python benchmarks/broker.py --transports plain,tls --producers 10 --sizes 1024
 
@@ -99,8 +101,9 @@ class BrokerProcess:
 
 class Exchange:
     """
-    One connection with at most one request in flight: sends a request,
-    then collects the reply frame (C{result} or C{value}) it gets back.
+    One connection: sends requests and collects the reply frames
+    (C{result} or C{value}) it gets back, matched to their requests by
+    opaque, so that any number may be in flight.
     """
 
     def __init__(self, address):
@@ -110,16 +113,16 @@ class Exchange:
         if context and context[0] is not None:
             self.sock = context[0].wrap_socket(self.sock, server_hostname=host)
         self.buffer = bytearray()
-        self.sentAt = 0.0
+        self.sentAt = {}
 
-    def send(self, request):
-        self.sentAt = time.perf_counter()
+    def send(self, request, opaque=0):
+        self.sentAt[opaque] = time.perf_counter()
         self.sock.sendall(request)
 
-    def receive(self):
+    def receiveAll(self):
         """
-        Read what is there; return C{(kind, code, body)} once a whole reply
-        arrived, else L{None}.
+        Read what is there; return every whole reply now buffered, as
+        C{(kind, code, body, opaque)}.
         """
         data = self.sock.recv(4 * MiB)
         if not data:
@@ -129,17 +132,29 @@ class Exchange:
         # would not wake the selector again.
         while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             self.buffer += self.sock.recv(4 * MiB)
-        end = self.buffer.find(b"\r\n")
-        if end < 0:
-            return None
-        tokens = bytes(self.buffer[:end]).split(b" ")
-        length = int(tokens[2] if tokens[0] == b"result" else tokens[1])
-        if len(self.buffer) < end + 2 + length:
-            return None
-        body = bytes(self.buffer[end + 2:end + 2 + length])
-        del self.buffer[:end + 2 + length]
-        code = int(tokens[1]) if tokens[0] == b"result" else None
-        return tokens[0], code, body
+        replies = []
+        while True:
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return replies
+            tokens = bytes(self.buffer[:end]).split(b" ")
+            isResult = tokens[0] == b"result"
+            length = int(tokens[2] if isResult else tokens[1])
+            if len(self.buffer) < end + 2 + length:
+                return replies
+            body = bytes(self.buffer[end + 2:end + 2 + length])
+            del self.buffer[:end + 2 + length]
+            code = int(tokens[1]) if isResult else None
+            opaque = int(tokens[3] if isResult else tokens[2])
+            replies.append((tokens[0], code, body, opaque))
+
+    def receive(self):
+        """
+        The first whole reply buffered as C{(kind, code, body)}, or
+        L{None} (one request in flight).
+        """
+        replies = self.receiveAll()
+        return replies[0][:3] if replies else None
 
     def call(self, request):
         self.send(request)
@@ -152,40 +167,51 @@ class Exchange:
         self.sock.close()
 
 
-def produce(address, topic, producers, size, count, progress):
+def produce(address, topic, producers, size, count, progress, inflight=1):
     """
-    C{count} sync puts of C{size} bytes over C{producers} connections.
+    C{count} sync puts of C{size} bytes over C{producers} connections, each
+    with C{inflight} puts in flight (the Java client's threads share one
+    connection per broker: one connection with N in flight is its shape).
 
     @return: elapsed seconds and the sorted latencies.
     """
     payload = os.urandom(size)
-    request = b"put %s 0 %d 0 %d 1\r\n%s" % (topic.encode(), size, checksum(payload), payload)
+    # put topic partition length flag checksum opaque
+    head = b"put %s 0 %d 0 %d " % (topic.encode(), size, checksum(payload))
+
+    def request(opaque):
+        return b"%s%d\r\n%s" % (head, opaque, payload)
+
     exchanges = [Exchange(address) for _ in range(producers)]
     selector = selectors.DefaultSelector()
     for exchange in exchanges:
         selector.register(exchange.sock, selectors.EVENT_READ, exchange)
     latencies = []
     remaining = count
+    nextOpaque = 1
     start = time.perf_counter()
-    for exchange in exchanges[:count]:
-        exchange.send(request)
-        remaining -= 1
-    outstanding = min(count, producers)
+    outstanding = 0
+    for _ in range(inflight):
+        for exchange in exchanges:
+            if remaining:
+                exchange.send(request(nextOpaque), nextOpaque)
+                nextOpaque += 1
+                remaining -= 1
+                outstanding += 1
     while outstanding:
         for key, _ in selector.select():
             exchange = key.data
-            reply = exchange.receive()
-            if reply is None:
-                continue
-            latencies.append(time.perf_counter() - exchange.sentAt)
-            if reply[1] != 200:
-                raise RuntimeError(f"put failed: {reply}")
-            progress.advance()
-            if remaining:
-                remaining -= 1
-                exchange.send(request)
-            else:
-                outstanding -= 1
+            for kind, code, body, opaque in exchange.receiveAll():
+                latencies.append(time.perf_counter() - exchange.sentAt.pop(opaque))
+                if code != 200:
+                    raise RuntimeError(f"put failed: {code} {body[:200]!r}")
+                progress.advance()
+                if remaining:
+                    remaining -= 1
+                    exchange.send(request(nextOpaque), nextOpaque)
+                    nextOpaque += 1
+                else:
+                    outstanding -= 1
     elapsed = time.perf_counter() - start
     for exchange in exchanges:
         exchange.close()
@@ -345,22 +371,26 @@ def startBroker(policy, directory, tls=False):
 def runPolicy(args, policy, addresses, broker):
     print(f"\n== flush policy: {policy} "
           f"({'unflushThreshold=0, group commit' if policy == 'group' else 'unflushThreshold=1000'})")
-    print(f"{'transport':>9} {'producers':>9} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
+    print(f"{'transport':>9} {'shape':>11} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     topics = {}
-    address = addresses["plain"]
-    for producers in args.producers:
+    # The headline rows first: one connection shared by N senders (the
+    # Java producer's shape), then P connections with one put in flight.
+    shapes = [(1, n) for n in args.shared] + [(p, 1) for p in args.producers]
+    for producers, inflight in shapes:
         for size in args.sizes:
             for transport in args.transports:
-                topic = f"bench-{policy}-{transport}-{producers}-{size}-{int(time.time())}"
-                progress = Progress(f"put {transport} P={producers} S={size}", args.count)
+                shape = f"1 conn x{inflight}" if inflight > 1 or producers == 1 else f"{producers} conns"
+                topic = (f"bench-{policy}-{transport}-{producers}x{inflight}-{size}-"
+                         f"{int(time.time())}")
+                progress = Progress(f"put {transport} {shape} S={size}", args.count)
                 cpu = broker.cpuSeconds()
                 elapsed, latencies = produce(addresses[transport], topic, producers, size,
-                                             args.count, progress)
+                                             args.count, progress, inflight)
                 cpu = broker.cpuSeconds() - cpu
                 progress.finish()
                 rate = args.count / elapsed
-                print(f"{transport:>9} {producers:>9} {size:>6} {args.count:>8} {rate:>9.0f} "
+                print(f"{transport:>9} {shape:>11} {size:>6} {args.count:>8} {rate:>9.0f} "
                       f"{rate * size / 1e6:>7.1f} {percentile(latencies, 0.5):>7.2f} "
                       f"{percentile(latencies, 0.99):>7.2f} {broker.peakMiB():>12.0f} "
                       f"{cpu / args.count * 1e6:>17.0f}", flush=True)
@@ -401,9 +431,14 @@ def main(args):
 
 def parseArguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ints = lambda text: [int(x) for x in text.split(",")]
+    ints = lambda text: [int(x) for x in text.split(",") if int(x) > 0]
     parser.add_argument("--count", type=int, default=100000, help="puts per row")
-    parser.add_argument("--producers", type=ints, default=[1, 10, 50])
+    parser.add_argument("--shared", type=ints, default=[1, 10],
+                        help="rows of ONE connection with N puts in flight (matched by "
+                             "opaque), as the Java producer's threads share a connection; "
+                             "0 for none")
+    parser.add_argument("--producers", type=ints, default=[10, 50],
+                        help="rows of P connections with one put in flight each; 0 for none")
     parser.add_argument("--sizes", type=ints, default=[256, 1024, 4096])
     parser.add_argument("--consumers", type=int, default=1,
                         help="consumer connections reading everything back (0: no consuming)")
