@@ -24,6 +24,7 @@ moves only when an fsync completes.
 
 import os
 import struct
+import threading
 import time
 from bisect import bisect_right
 
@@ -65,6 +66,11 @@ JOB_BYTES = 4 * 1024 * 1024
 
 # Batches smaller than this are written on the reactor thread.
 INLINE_WRITE_BYTES = 512 * 1024
+
+# A group commit fsync loop gives its pool thread back after running this
+# long (and queues itself again), so that busy partitions cannot hold every
+# thread of the pool.
+SYNC_LOOP_SECONDS = 0.05
 
 
 def _writeAll(fd, data, position):
@@ -223,6 +229,9 @@ class _Job:
         self.lastSegment = lastSegment
         self.synced = False
         self.fsyncSeconds = None
+        # Set when the fsync loop takes the job (group commit).
+        self.syncTicket = None
+        self.syncEnd = None
 
     def writesInline(self):
         """
@@ -239,8 +248,11 @@ class _Job:
         for step in self.steps:
             step.perform()
 
+    def needsWrite(self):
+        return any(not step.done for step in self.steps)
+
     def needsThread(self):
-        return self.fsync or any(not step.done for step in self.steps)
+        return self.fsync or self.needsWrite()
 
     def perform(self):
         for step in self.steps:
@@ -315,6 +327,17 @@ class MessageStore:
         self._closed = False
         self.readOnly = readOnly
         self._damaged = sorted(damaged)
+        # Group commit: written jobs waiting for the fsync loop, the number
+        # of jobs handed to it (with the file to fsync) and synced by it, a
+        # job held back until they are all synced, and whether the loop
+        # runs.  The lock guards the loop's state shared with its thread.
+        self._syncing = []
+        self._syncLock = threading.Lock()
+        self._syncRequested = 0
+        self._syncFile = None
+        self._syncCompleted = 0
+        self._syncRunning = False
+        self._held = None
 
     def __repr__(self):
         return "<MessageStore %s-%d>" % (self.topic, self.partition)
@@ -381,7 +404,12 @@ class MessageStore:
             raise DamagedRecords(offset, damage[1], damage[2])
         segment = self._segmentAt(offset)
         position = offset - segment.start
-        length = max(0, min(maxSize, segment.written - position))
+        end = segment.written - position
+        if self.groupCommit:
+            # Under group commit the bytes past the mark are written but
+            # not yet synced nor acknowledged: never served.
+            end = min(end, self._flushedEnd - offset)
+        length = max(0, min(maxSize, end))
         for start, _, _ in self._damaged:
             if offset < start < offset + length:
                 # Up to the damage: the consumer's next fetch starts there
@@ -482,13 +510,126 @@ class MessageStore:
                 except Exception:
                     self._fail(Failure(), job)
                     continue
-            if job.needsThread():
-                d = deferToThreadPool(self._reactor, self._threadpool, job.perform)
-                d.addCallbacks(self._jobDone, self._jobFailed,
-                               callbackArgs=(job,), errbackArgs=(job,))
+            if self.groupCommit and job.entries and not job.waiters and not job.needsWrite():
+                self._handToSyncLoop(job)
+                self._busy = False
+                continue
+            if self._syncing:
+                # Offsets and acknowledgements stay in order: a job with
+                # file work of its own (a roll, a new file, a flush waiter)
+                # runs once the fsync loop has synced what it was given.
+                self._held = job
                 return
-            self._applyProgress(job)
-            self._finish(job)
+            self._runInThread(job)
+            return
+
+    def _runInThread(self, job):
+        if job.needsThread():
+            d = deferToThreadPool(self._reactor, self._threadpool, job.perform)
+            d.addCallbacks(self._jobDone, self._jobFailed,
+                           callbackArgs=(job,), errbackArgs=(job,))
+            return
+        self._applyProgress(job)
+        self._finish(job)
+        self._kick()
+
+    # Group commit: the fsync loop
+
+    def _handToSyncLoop(self, job):
+        """
+        A group commit job whose records are written (on the reactor
+        thread) waits for the fsync loop.  The loop runs in a pool thread
+        for as long as it is given more: each round fsyncs everything
+        written before it started and wakes the reactor once, which then
+        acknowledges every put that fsync covers.  So the reactor goes on
+        writing the puts that arrive while an fsync runs, and neither side
+        waits for the other between rounds.
+        """
+        self._applyProgress(job)
+        job.syncEnd = job.lastSegment.end
+        self._syncing.append(job)
+        with self._syncLock:
+            self._syncRequested += 1
+            job.syncTicket = self._syncRequested
+            self._syncFile = job.lastSegment.file
+            start = not self._syncRunning
+            self._syncRunning = True
+        if start:
+            self._threadpool.callInThreadWithCallback(None, self._syncLoop)
+
+    def _syncLoop(self):
+        """
+        In a pool thread: fsync until everything handed over is synced.
+        """
+        until = time.monotonic() + SYNC_LOOP_SECONDS
+        while True:
+            with self._syncLock:
+                ticket, file = self._syncRequested, self._syncFile
+                if ticket == self._syncCompleted:
+                    self._syncRunning = False
+                    return
+                if time.monotonic() > until:
+                    # Back to the end of the pool's queue (see
+                    # SYNC_LOOP_SECONDS); still running.
+                    self._threadpool.callInThreadWithCallback(None, self._syncLoop)
+                    return
+            started = time.monotonic()
+            error = None
+            try:
+                os.fsync(file.fileno())
+            except Exception:
+                error = Failure()
+            seconds = time.monotonic() - started
+            with self._syncLock:
+                self._syncCompleted = ticket
+            self._reactor.callFromThread(self._synced, ticket, seconds, error)
+
+    def _synced(self, ticket, seconds, error):
+        """
+        On the reactor thread: the fsync loop synced every job up to
+        C{ticket}; acknowledge their puts (or fail them when the fsync
+        failed: nothing is acknowledged that is not on disk).
+        """
+        done = 0
+        while done < len(self._syncing) and self._syncing[done].syncTicket <= ticket:
+            done += 1
+        jobs, self._syncing = self._syncing[:done], self._syncing[done:]
+        if error is None:
+            if self.fsyncObserver is not None:
+                self.fsyncObserver(seconds)
+            if jobs:
+                self._flushedEnd = max(self._flushedEnd, jobs[-1].syncEnd)
+            if not self._syncing:
+                self._unflushed = 0
+            self._lastFlush = self._reactor.seconds()
+            for job in jobs:
+                self._fire(job)
+        else:
+            for job in jobs:
+                self._failSync(error, job)
+        if not self._syncing and self._held is not None:
+            job, self._held = self._held, None
+            self._runInThread(job)
+        elif not self._busy:
+            self._kick()
+
+    def _failSync(self, failure, job):
+        """
+        The fsync covering C{job} failed: its puts fail (their bytes stay
+        in the log, unacknowledged, as after any failed group commit).
+        """
+        if isinstance(failure.value, OSError):
+            self.ioErrors.error(
+                "write-failed", "Syncing {store} failed; {count} queued append(s) "
+                "fail: {error}", store=str(self), count=len(job.entries),
+                error=str(failure.value))
+        else:
+            self.log.failure("Syncing {store} failed; {count} queued append(s) fail",
+                             failure, store=str(self), count=len(job.entries))
+        for entry in job.entries:
+            entry.deferred.errback(failure)
+        for entry, error in job.rejected:
+            entry.deferred.errback(error)
 
     def _buildJob(self):
         entries, self._queue = self._queue, []
@@ -608,13 +749,16 @@ class MessageStore:
         self._busy = False
 
     def _finish(self, job):
+        self._fire(job)
+        self._busy = False
+
+    def _fire(self, job):
         for entry in job.entries:
             entry.deferred.callback(entry.offset)
         for entry, error in job.rejected:
             entry.deferred.errback(error)
         for waiter in job.waiters:
             waiter.callback(None)
-        self._busy = False
 
     # Lost files
 

@@ -40,9 +40,12 @@ class ManualThreadPool:
         try:
             result = f(*args, **kwargs)
         except BaseException:
+            if onResult is None:
+                raise
             onResult(False, Failure())
         else:
-            onResult(True, result)
+            if onResult is not None:
+                onResult(True, result)
 
     def runAll(self):
         while self.pending:

@@ -346,28 +346,56 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 25)
         self.assertEqual(store.maxOffset, 55)
 
-    def test_groupCommitBatchLimit(self):
+    def test_groupCommitLoop(self):
         """
-        A group commit batch ends with the record that takes it to the
-        limit; the rest waits for the next fsync.
+        Under group commit each put is written at once and acknowledged by
+        the first fsync that starts after it: the puts written while one
+        fsync runs are acknowledged together by the next round of the same
+        loop (one pool job), and none before its fsync.
         """
-        from metamorphosis.broker.store import partition
-
-        self.patch(partition, "GROUP_COMMIT_BYTES", 60)
         pool = ManualThreadPool()
         store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        # The segment file is created (in a thread) by the first write.
+        appendExample(store, 1)
+        pool.runOne()
         first = appendExample(store, 1)
-        rest = [appendExample(store, n) for n in (2, 3, 1, 2)]
+        self.assertEqual(len(pool.pending), 1)
+        rest = []
+        synced = []
+        realFsync = os.fsync
+
+        def fsync(fd):
+            synced.append(store.maxOffset)
+            if not rest:
+                # Arriving while the first fsync runs.
+                rest.extend(appendExample(store, n) for n in (2, 3, 1))
+                self.assertEqual([d.called for d in [first] + rest], [False] * 4)
+                # Served only once synced.
+                self.assertIsNone(store.slice(25, 1000))
+            realFsync(fd)
+
+        self.patch(os, "fsync", fsync)
         pool.runOne()
-        self.successResultOf(first)
-        pool.runOne()
-        # 30 + 25 = 55 < 60, the 25 more reach 80: three records.
-        self.assertEqual([self.successResultOf(d) for d in rest[:3]], [25, 55, 80])
-        self.assertNoResult(rest[3])
-        self.assertEqual(store.maxOffset, 105)
-        pool.runOne()
-        self.assertEqual(self.successResultOf(rest[3]), 105)
+        self.assertEqual(synced, [25, 50])
+        self.assertEqual(self.successResultOf(first), 25)
+        self.assertEqual([self.successResultOf(d) for d in rest], [50, 80, 105])
+        self.assertEqual(store.maxOffset, 130)
         self.assertEqual(pool.pending, [])
+
+    def test_groupCommitSliceStopsAtMark(self):
+        """
+        A slice under group commit ends at the synced mark: records written
+        but not yet acknowledged are not served.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        appendExample(store, 1)
+        pool.runOne()
+        second = appendExample(store, 2)
+        self.assertEqual(store.slice(0, 1000).length, 25)
+        pool.runOne()
+        self.successResultOf(second)
+        self.assertEqual(store.slice(0, 1000).length, 55)
 
     def test_appendsFromCallbacksWaitForTheNextJob(self):
         """
