@@ -374,6 +374,7 @@ def runPolicy(args, policy, addresses, broker):
     print(f"{'transport':>9} {'shape':>11} {'size':>6} {'msgs':>8} {'msgs/s':>9} {'MB/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'broker CPU us/msg':>17}")
     topics = {}
+    address = addresses["plain"]
     # The headline rows first: one connection shared by N senders (the
     # Java producer's shape), then P connections with one put in flight.
     shapes = [(1, n) for n in args.shared] + [(p, 1) for p in args.producers]

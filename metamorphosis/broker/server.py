@@ -14,7 +14,7 @@ import errno
 import os
 from collections import deque
 
-from twisted.internet import defer, interfaces, protocol, tcp
+from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.reflect import namedAny
@@ -34,6 +34,7 @@ from metamorphosis.broker.store.errors import (
     PartitionReadOnly,
     SegmentLost,
 )
+from metamorphosis.broker.tcpdirect import awaitWritable, directSocket, isIdle, writeNow
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import (
@@ -204,6 +205,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def __init__(self):
         self._paused = False
+        # Replies are held back (and then sent in one write) while set.
+        self._corked = False
         self._commands = deque()
         self._output = deque()
         self._inFlight = 0
@@ -222,7 +225,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._connected = True
         # sendfile needs the socket itself: plain TCP, not TLS or a test
         # transport.
-        self._sendfile = isinstance(self.transport, tcp.Connection)
+        self._sendfile = directSocket(self.transport) is not None
         if self._sendfile:
             # As gecko does: a reply's last small segment must not wait for
             # the client's delayed ACK of the previous one.
@@ -248,7 +251,14 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             # open by trickling bytes.
             self.resetTimeout()
         self._completed = False
-        MetaProtocol.dataReceived(self, data)
+        # The replies to all the requests of one read that are answered at
+        # once go out in one write, after the read is processed.
+        corked, self._corked = self._corked, True
+        try:
+            MetaProtocol.dataReceived(self, data)
+        finally:
+            if not corked:
+                self._uncork()
         if self._failed or self._parser is None:
             self._setUnfinished(0)
             self._stopDeadline()
@@ -322,7 +332,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._completed = True
         if self._closing:
             return
-        if self._paused or self._output or self._commands:
+        if self._paused or self._commands or (self._output and not self._corked):
             self._commands.append(command)
             return
         self._handle(command)
@@ -346,6 +356,12 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def _replied(self, reply):
         self._inFlight -= 1
+        if self._sendfile and not self._corked and self._connected:
+            # Stored puts are acknowledged in bursts (every put one fsync
+            # covers): their replies leave together, in one send, once the
+            # burst is over.
+            self._corked = True
+            self.callLater(0, self._uncork)
         self.sendReply(reply)
         self._maybeClose()
 
@@ -431,7 +447,15 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         if reply is None or not self._connected:
             return
         self._output.append(reply)
-        if len(self._output) == 1 and not self._paused:
+        if self._paused:
+            return
+        if self._corked:
+            # A get's reply is not held back: sending it is what tells
+            # whether the client reads (back-pressure) before more
+            # requests are handled.
+            if isinstance(reply, FileRegion):
+                self._flush()
+        elif len(self._output) == 1:
             self._flush()
 
     def _flush(self):
@@ -454,42 +478,28 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
                     self._output.popleft()
                     continue
             else:
-                chunk = reply.encode()
-                self._output.popleft()
+                # The replies ready one after the other go out in one write.
+                parts = []
+                output = self._output
+                while output and not isinstance(output[0], FileRegion):
+                    parts.append(output.popleft().encode())
+                chunk = parts[0] if len(parts) == 1 else b"".join(parts)
                 if self._sendfile:
-                    self._writeNow(chunk)
+                    writeNow(self.transport, chunk)
                     continue
             self.transport.write(chunk)
         self._maybeClose()
 
-    def _transportIdle(self):
+    def _uncork(self):
         """
-        Whether the TCP transport has written everything it buffered, so
-        bytes sent straight to its socket keep their order.
+        Send the replies held back while corked (see L{dataReceived} and
+        L{_replied}), in one write.
         """
-        transport = self.transport
-        return transport._tempDataLen == 0 and transport.offset == len(transport.dataBuffer)
-
-    def _writeNow(self, data):
-        """
-        Send a reply straight to the socket when nothing is buffered before
-        it: one C{send} instead of Twisted's buffer, C{epoll} registration
-        for writing and a later reactor iteration, which for a stream of
-        small put replies is a good part of what each costs. What the socket
-        does not take goes through the transport as usual.
-        """
-        if self._transportIdle():
-            try:
-                sent = self.transport.socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                # The transport notices the broken connection itself.
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.transport.write(data)
+        self._corked = False
+        if self._output and not self._paused:
+            self._flush()
+        else:
+            self._maybeClose()
 
     def _sendRegion(self, region):
         """
@@ -500,11 +510,11 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
         @return: whether the region is completely sent.
         """
-        if not self._transportIdle():
+        if not isIdle(self.transport):
             self._awaitDrain()
             return False
         try:
-            return region.sendTo(self.transport.socket)
+            return region.sendTo(directSocket(self.transport))
         except BlockingIOError:
             self._awaitDrain()
             return False
@@ -513,8 +523,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         # A paused streaming producer is resumed by the transport when its
         # buffer is empty and the socket writable (FileDescriptor.doWrite).
         self.pauseProducing()
-        self.transport.producerPaused = True
-        self.transport.startWriting()
+        awaitWritable(self.transport)
 
     def pauseProducing(self):
         self._paused = True

@@ -555,7 +555,7 @@ class MessageStore:
             start = not self._syncRunning
             self._syncRunning = True
         if start:
-            self._threadpool.callInThreadWithCallback(None, self._syncLoop)
+            self._threadpool.callInThreadWithCallback(self._syncLoopEnded, self._syncLoop)
 
     def _syncLoop(self):
         """
@@ -571,7 +571,7 @@ class MessageStore:
                 if time.monotonic() > until:
                     # Back to the end of the pool's queue (see
                     # SYNC_LOOP_SECONDS); still running.
-                    self._threadpool.callInThreadWithCallback(None, self._syncLoop)
+                    self._threadpool.callInThreadWithCallback(self._syncLoopEnded, self._syncLoop)
                     return
             started = time.monotonic()
             error = None
@@ -583,6 +583,11 @@ class MessageStore:
             with self._syncLock:
                 self._syncCompleted = ticket
             self._reactor.callFromThread(self._synced, ticket, seconds, error)
+
+    def _syncLoopEnded(self, succeeded, result):
+        # In the pool thread; the loop catches what fsync raises.
+        if not succeeded:
+            self.log.failure("The fsync loop of {store} failed", result, store=str(self))
 
     def _synced(self, ticket, seconds, error):
         """
