@@ -338,6 +338,7 @@ class MessageStore:
         self._syncCompleted = 0
         self._syncRunning = False
         self._held = None
+        self._writeCall = None
 
     def __repr__(self):
         return "<MessageStore %s-%d>" % (self.topic, self.partition)
@@ -480,9 +481,23 @@ class MessageStore:
         if self.readOnly is not None:
             return fail(PartitionReadOnly(self.topic, self.partition, self.readOnly))
         self._queue.append(entry)
-        if not self._busy:
+        if self._busy:
+            pass
+        elif self._syncRunning:
+            # An fsync runs, so this put cannot be synced before the next
+            # one: write it at the next turn of the reactor, in one write
+            # with every other put that arrives meanwhile (all requests of
+            # one socket read, other connections).
+            if self._writeCall is None:
+                self._writeCall = self._reactor.callLater(0, self._writeQueued)
+        else:
             self._kick()
         return entry.deferred
+
+    def _writeQueued(self):
+        self._writeCall = None
+        if not self._busy:
+            self._kick()
 
     def flush(self):
         if self.groupCommit:

@@ -376,6 +376,8 @@ class FlushPolicyTests(SynchronousTestCase):
 
         self.patch(os, "fsync", fsync)
         pool.runOne()
+        # The puts that arrived during the first fsync were written in one
+        # write after it, and synced by the loop's second round.
         self.assertEqual(synced, [25, 50])
         self.assertEqual(self.successResultOf(first), 25)
         self.assertEqual([self.successResultOf(d) for d in rest], [50, 80, 105])
