@@ -34,6 +34,7 @@ from metamorphosis.broker.store.errors import (
     PartitionReadOnly,
     SegmentLost,
 )
+from metamorphosis.broker.store.partition import batchedWrites
 from metamorphosis.broker.tcpdirect import awaitWritable, directSocket, isIdle, writeNow
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
@@ -255,7 +256,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         # once go out in one write, after the read is processed.
         corked, self._corked = self._corked, True
         try:
-            MetaProtocol.dataReceived(self, data)
+            with batchedWrites:
+                MetaProtocol.dataReceived(self, data)
         finally:
             if not corked:
                 self._uncork()

@@ -447,6 +447,23 @@ class OtherCommandTests(ServerTestCase):
 
 
 class FlowTests(ServerTestCase):
+    def test_repliesOfOneReadInOneWrite(self):
+        """
+        The requests of one read are all handled before any reply goes
+        out, and the replies ready then leave in one write.
+        """
+        proto, transport = self.connect()
+        writes = []
+        realWrite = transport.write
+        transport.write = lambda data: (writes.append(data), realWrite(data))
+        proto.dataReceived(b"".join(
+            b"put meta-test 0 1 0 -1 %d\r\nx" % (opaque,) for opaque in (1, 2, 3))
+            + b"version 4\r\n")
+        self.assertEqual(len(writes), 1)
+        frames = parseFrames(writes[0])
+        self.assertEqual(sorted((f[1], f[2]) for f in frames),
+                         [(200, 1), (200, 2), (200, 3), (200, 4)])
+
     def test_pipelinedRepliesByCompletion(self):
         """
         Replies go out as the requests complete: a put whose append is not

@@ -477,3 +477,32 @@ class FailureTests(SynchronousTestCase):
     def test_offsetBeforeStart(self):
         store = makeStore(self.mktemp(), unflushThreshold=0)
         self.assertRaises(OffsetBeforeStart, store.slice, -1, 100)
+
+
+class BatchedWritesTests(SynchronousTestCase):
+    def test_oneWritePerBatch(self):
+        """
+        Appends made inside L{batchedWrites} are written together when it
+        is left (one write per partition) and acknowledged only then; the
+        store takes appends one by one again outside it.
+        """
+        from metamorphosis.broker.store.partition import batchedWrites
+
+        store = makeStore(self.mktemp())
+        self.successResultOf(appendExample(store, 1))
+        writes = []
+        realWrite = os.pwrite
+
+        def pwrite(fd, data, position):
+            writes.append(len(data))
+            return realWrite(fd, data, position)
+
+        self.patch(os, "pwrite", pwrite)
+        with batchedWrites:
+            pending = [appendExample(store, n) for n in (1, 2, 3)]
+            self.assertEqual(writes, [])
+            self.assertEqual([d.called for d in pending], [False] * 3)
+        self.assertEqual(writes, [25 + 30 + 25])
+        self.assertEqual([self.successResultOf(d) for d in pending], [25, 50, 80])
+        self.successResultOf(appendExample(store, 1))
+        self.assertEqual(len(writes), 2)
