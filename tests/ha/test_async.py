@@ -238,10 +238,13 @@ class AsyncReplicationTests(_AsyncCase):
             reply = yield client.request(b"stats  7\r\n", 7)
             return dict(line.split(" ", 1) for line in reply.body.decode().split("\r\n")[1:-2])
 
-        yield waitFor(lambda: stats().addCallback(lambda s: s.get("replication_lag_bytes") == "0"))
+        # The files can match before the slave counts its last appends, so
+        # wait for both the lag and the count.
+        yield waitFor(lambda: stats().addCallback(
+            lambda s: s.get("replication_lag_bytes") == "0" and s.get("cmd_put") == "30"))
         summary = yield stats()
         self.assertEqual(summary["slave"], "true")
-        self.assertEqual(int(summary["cmd_put"]), 30)
+        self.assertEqual((summary["replication_lag_bytes"], int(summary["cmd_put"])), ("0", 30))
 
 
 class AsyncLinkCutTests(_AsyncCase):
