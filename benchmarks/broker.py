@@ -201,6 +201,9 @@ def produce(address, topic, producers, size, count, progress, inflight=1):
     while outstanding:
         for key, _ in selector.select():
             exchange = key.data
+            # The next requests go out together, as the Java client's
+            # write queue sends what its threads put in meanwhile.
+            batch = []
             for kind, code, body, opaque in exchange.receiveAll():
                 latencies.append(time.perf_counter() - exchange.sentAt.pop(opaque))
                 if code != 200:
@@ -208,10 +211,15 @@ def produce(address, topic, producers, size, count, progress, inflight=1):
                 progress.advance()
                 if remaining:
                     remaining -= 1
-                    exchange.send(request(nextOpaque), nextOpaque)
+                    batch.append(nextOpaque)
                     nextOpaque += 1
                 else:
                     outstanding -= 1
+            if batch:
+                now = time.perf_counter()
+                for opaque in batch:
+                    exchange.sentAt[opaque] = now
+                exchange.sock.sendall(b"".join(request(opaque) for opaque in batch))
     elapsed = time.perf_counter() - start
     for exchange in exchanges:
         exchange.close()
