@@ -314,6 +314,9 @@ class MessageStore:
     #: Called on the reactor thread with the seconds each fsync of a
     #: write job took (the flush latency metric), or L{None}.
     fsyncObserver = None
+    #: How long the group commit fsync loop waits for more puts before
+    #: it gives its pool thread back.
+    syncIdleSeconds = 0.002
     #: I/O errors (a full disk) are the disk's state, not bugs: logged
     #: without traceback, one line per interval for all stores.
     ioErrors = RateLimitedLog(log)
@@ -363,6 +366,8 @@ class MessageStore:
         # runs.  The lock guards the loop's state shared with its thread.
         self._syncing = []
         self._syncLock = threading.Lock()
+        self._syncWake = threading.Condition(self._syncLock)
+        self._fsyncing = False
         self._syncRequested = 0
         self._syncFile = None
         self._syncCompleted = 0
@@ -518,7 +523,7 @@ class MessageStore:
             if not self._inBatch:
                 self._inBatch = True
                 batchedWrites.stores.append(self)
-        elif self._syncRunning:
+        elif self._fsyncing:
             # An fsync runs, so this put cannot be synced before the next
             # one: write it at the next turn of the reactor, in one write
             # with every other put that arrives meanwhile (all requests of
@@ -533,7 +538,7 @@ class MessageStore:
         self._inBatch = False
         if self._busy or self._writeCall is not None:
             return
-        if self._syncRunning:
+        if self._fsyncing:
             self._writeCall = self._reactor.callLater(0, self._writeQueued)
         else:
             self._kick()
@@ -613,6 +618,8 @@ class MessageStore:
             self._syncFile = job.lastSegment.file
             start = not self._syncRunning
             self._syncRunning = True
+            if not start:
+                self._syncWake.notify()
         if start:
             self._threadpool.callInThreadWithCallback(self._syncLoopEnded, self._syncLoop)
 
@@ -623,6 +630,12 @@ class MessageStore:
         until = time.monotonic() + SYNC_LOOP_SECONDS
         while True:
             with self._syncLock:
+                if self._syncRequested == self._syncCompleted and self.syncIdleSeconds > 0:
+                    # A producer waiting for its reply sends its next put
+                    # soon: waiting a moment for it here costs less than
+                    # handing the loop to the pool again.
+                    self._syncWake.wait(min(self.syncIdleSeconds,
+                                            max(0, until - time.monotonic())))
                 ticket, file = self._syncRequested, self._syncFile
                 if ticket == self._syncCompleted:
                     self._syncRunning = False
@@ -634,10 +647,12 @@ class MessageStore:
                     return
             started = time.monotonic()
             error = None
+            self._fsyncing = True
             try:
                 os.fsync(file.fileno())
             except Exception:
                 error = Failure()
+            self._fsyncing = False
             seconds = time.monotonic() - started
             with self._syncLock:
                 self._syncCompleted = ticket
