@@ -363,7 +363,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             # covers): their replies leave together, in one send, once the
             # burst is over.
             self._corked = True
-            self.callLater(0, self._uncork)
+            self.factory.uncorkSoon(self)
         self.sendReply(reply)
         self._maybeClose()
 
@@ -861,12 +861,30 @@ class BrokerFactory(protocol.ServerFactory):
         self.idleTimeout = idleTimeout
         self.config = processor.config
         self.connections = set()
+        self._corked = []
+        self._uncorkCall = None
         self.refusals = RateLimitedLog(self.log)
         self._drained = None
         #: Bytes of requests being received, over all connections.
         self.unfinishedBytes = 0
         self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
         self.requestDeadline = self.config.maxRequestSeconds
+
+    def uncorkSoon(self, proto):
+        """
+        Send the held replies of C{proto} at the next reactor turn, with
+        those of every other connection held in this one: one timer per
+        burst of acknowledgements, not one per connection.
+        """
+        self._corked.append(proto)
+        if self._uncorkCall is None:
+            self._uncorkCall = proto.callLater(0, self._uncorkAll)
+
+    def _uncorkAll(self):
+        self._uncorkCall = None
+        corked, self._corked = self._corked, []
+        for proto in corked:
+            proto._uncork()
 
     def connectionOpened(self, proto):
         self.connections.add(proto)
