@@ -254,3 +254,27 @@ def ensurePath(client, path, reactor=None):
     except NoNodeError:
         yield ensurePath(client, path.rsplit("/", 1)[0], reactor)
         yield ensurePath(client, path, reactor)
+
+
+def childrenOf(client, path):
+    """
+    The sorted children of C{path}, or none where it does not exist
+    (blocking: call it in a thread).  For readers of the layout, such as the
+    tools and the dashboard, which show what is there while it changes.
+    """
+    try:
+        return sorted(client.get_children(path))
+    except NoNodeError:
+        return []
+
+
+def textOf(client, path):
+    """
+    The data of C{path} as text, or L{None} where it is absent or empty
+    (blocking: call it in a thread).
+    """
+    try:
+        value, _ = client.get(path)
+    except NoNodeError:
+        return None
+    return value.decode("utf-8", "replace") if value else None

@@ -12,14 +12,13 @@ C{metaq offsets --group GROUP} does, with offsets kept in ZooKeeper).
 
 import sys
 
-from kazoo.exceptions import NoNodeError
 from twisted.internet import threads
 from twisted.python import usage
 
 from metamorphosis.client.offsets import ZooKeeperOffsetStorage
 from metamorphosis.tools.cli import Verbosity, inheritShared, openZooKeeper, table
 from metamorphosis.tools.offsets import listOffsets, readGroup
-from metamorphosis.zk import disconnect, normalizeRoot
+from metamorphosis.zk import childrenOf, disconnect, normalizeRoot
 
 
 class ListOptions(usage.Options):
@@ -59,17 +58,11 @@ def listGroups(client, root):
     C{(group, live consumers, topics)} for every group (blocking: call it
     in a thread).
     """
-    def children(path):
-        try:
-            return sorted(client.get_children(path))
-        except NoNodeError:
-            return []
-
     rows = []
-    for group in children(root + "/consumers"):
+    for group in childrenOf(client, root + "/consumers"):
         base = "%s/consumers/%s" % (root, group)
-        topics = set(children(base + "/offsets")) | set(children(base + "/owners"))
-        rows.append((group, len(children(base + "/ids")), sorted(topics)))
+        topics = set(childrenOf(client, base + "/offsets")) | set(childrenOf(client, base + "/owners"))
+        rows.append((group, len(childrenOf(client, base + "/ids")), sorted(topics)))
     return rows
 
 

@@ -16,7 +16,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from kazoo.exceptions import NoNodeError
 from twisted.internet import threads
 from twisted.python import usage
 
@@ -31,7 +30,7 @@ from metamorphosis.tools.cli import (
     openZooKeeper,
     table,
 )
-from metamorphosis.zk import disconnect, normalizeRoot
+from metamorphosis.zk import childrenOf, disconnect, normalizeRoot, textOf
 
 
 class ListOptions(usage.Options):
@@ -88,35 +87,22 @@ def readCluster(client, root):
     """
     Read a L{Cluster} (blocking: call it in a thread).
     """
-    def children(path):
-        try:
-            return sorted(client.get_children(path))
-        except NoNodeError:
-            return []
-
-    def data(path):
-        try:
-            value, _ = client.get(path)
-        except NoNodeError:
-            return None
-        return value.decode("utf-8", "replace") if value else None
-
     cluster = Cluster()
-    for brokerId in children(root + "/brokers/ids"):
+    for brokerId in childrenOf(client, root + "/brokers/ids"):
         if not brokerId.isdigit():
             continue
-        for node in children("%s/brokers/ids/%s" % (root, brokerId)):
-            url = data("%s/brokers/ids/%s/%s" % (root, brokerId, node))
+        for node in childrenOf(client, "%s/brokers/ids/%s" % (root, brokerId)):
+            url = textOf(client, "%s/brokers/ids/%s/%s" % (root, brokerId, node))
             if node == "master" and url:
                 cluster.masters[int(brokerId)] = url
             elif node.startswith("slave") and url:
                 cluster.slaves.setdefault(int(brokerId), []).append(url)
     for kind in ("topics-pub", "topics-sub"):
         base = "%s/brokers/%s" % (root, kind)
-        for topic in children(base):
-            for name in children("%s/%s" % (base, topic)):
+        for topic in childrenOf(client, base):
+            for name in childrenOf(client, "%s/%s" % (base, topic)):
                 try:
-                    parts = int(json.loads(data("%s/%s/%s" % (base, topic, name)) or "")["numParts"])
+                    parts = int(json.loads(textOf(client, "%s/%s/%s" % (base, topic, name)) or "")["numParts"])
                 except (ValueError, KeyError, TypeError):
                     continue
                 cluster.topics.setdefault(topic, {})[name] = parts

@@ -13,7 +13,6 @@ served from that copy meanwhile.
 import os
 import time
 
-from kazoo.exceptions import NoNodeError
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
@@ -22,6 +21,7 @@ from metamorphosis.broker.address import brokerURL
 from metamorphosis.client.offsets import parseZooKeeperOffset
 from metamorphosis.client.partition import Partition
 from metamorphosis.logfields import hostPort
+from metamorphosis.zk import childrenOf, textOf
 
 #: Seconds a reading of the consumer groups is served before the next one.
 GROUPS_REFRESH = 5.0
@@ -38,31 +38,18 @@ def readGroups(client, root, limit=MAX_GROUPS):
 
     @return: a list of dicts, by group name.
     """
-    def children(path):
-        try:
-            return sorted(client.get_children(path))
-        except NoNodeError:
-            return []
-
-    def data(path):
-        try:
-            value, _ = client.get(path)
-        except NoNodeError:
-            return None
-        return value.decode("utf-8", "replace") if value else None
-
     groups = []
-    for group in children(root + "/consumers")[:limit]:
+    for group in childrenOf(client, root + "/consumers")[:limit]:
         base = "%s/consumers/%s" % (root, group)
-        consumers = children(base + "/ids")
+        consumers = childrenOf(client, base + "/ids")
         rows = {}
-        for topic in children(base + "/offsets"):
-            for name in children("%s/offsets/%s" % (base, topic)):
-                rows[topic, name] = {"committed": data("%s/offsets/%s/%s" % (base, topic, name))}
-        for topic in children(base + "/owners"):
-            for name in children("%s/owners/%s" % (base, topic)):
-                rows.setdefault((topic, name), {})["owner"] = data(
-                    "%s/owners/%s/%s" % (base, topic, name))
+        for topic in childrenOf(client, base + "/offsets"):
+            for name in childrenOf(client, "%s/offsets/%s" % (base, topic)):
+                rows[topic, name] = {"committed": textOf(client, "%s/offsets/%s/%s" % (base, topic, name))}
+        for topic in childrenOf(client, base + "/owners"):
+            for name in childrenOf(client, "%s/owners/%s" % (base, topic)):
+                rows.setdefault((topic, name), {})["owner"] = textOf(
+                    client, "%s/owners/%s/%s" % (base, topic, name))
         partitions = []
         for (topic, name), row in sorted(rows.items()):
             committed = None
