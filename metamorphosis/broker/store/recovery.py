@@ -24,6 +24,7 @@ from metamorphosis.broker.store.segment import (
     openSegmentFile,
 )
 from metamorphosis.broker.store.verify import scanRecords
+from metamorphosis.durable import replaceDurably
 
 #: The file that keeps a partition read only across restarts once the
 #: broker saw its active segment disappear (docs/disk-faults.md).
@@ -214,18 +215,8 @@ def writeDamageMarker(directory, reason, nextOffset):
     acts (docs/disk-faults.md).  Blocking.
     """
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, DAMAGE_MARKER)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump({"reason": reason, "nextOffset": nextOffset}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replaceDurably(os.path.join(directory, DAMAGE_MARKER),
+                   json.dumps({"reason": reason, "nextOffset": nextOffset}).encode("utf-8"))
 
 
 def loadPartition(directory, offsetIfCreate=0):

@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from metamorphosis.durable import replaceDurably
+
 log = Logger()
 
 REDO_PREFIX = "redo."
@@ -433,27 +435,12 @@ class Checkpoints:
         """
         numbers = self._numbers()
         number = (numbers[-1] + 1) if numbers else 1
-        _writeDurably(
+        replaceDurably(
             os.path.join(self.directory, CHECKPOINT_PREFIX + str(number)),
             json.dumps({"number": location.number, "offset": location.offset}).encode(),
-            self.directory,
         )
         for old in (numbers + [number])[: -self.maxCheckpoints]:
             os.unlink(os.path.join(self.directory, CHECKPOINT_PREFIX + str(old)))
-
-
-def _writeDurably(path, data, directory):
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HeuristicJournal:
@@ -482,10 +469,9 @@ class HeuristicJournal:
         """
         Replace the journal with C{entries}.  Blocking: run it in a thread.
         """
-        _writeDurably(
+        replaceDurably(
             self.path,
             json.dumps(
                 [{"key": k, "uniqueQualifier": q, "state": int(s)} for k, q, s in entries]
             ).encode(),
-            self.directory,
         )
