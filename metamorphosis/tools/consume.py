@@ -25,7 +25,7 @@ from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.partition import Partition
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import InvalidRecord, iterRecords
-from metamorphosis.protocol.status import OK
+from metamorphosis.protocol.status import MOVED, OK
 from metamorphosis.tools.cli import (
     Progress,
     ToolError,
@@ -39,7 +39,6 @@ from metamorphosis.tools.offsets import LONG_MAX
 from metamorphosis.tools.topics import readCluster
 from metamorphosis.zk import disconnect, normalizeRoot
 
-MOVED = 301
 MAX_GET_SIZE = 64 * 1024 * 1024
 
 
