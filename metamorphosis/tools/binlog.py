@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from metamorphosis.client.partition import parsePartitionsInfo
 from metamorphosis.client.selectors import OrderedPartitionSelector
-from metamorphosis.tools.cli import ToolError, Verbosity, brokerUrl, inheritShared, runTool
+from metamorphosis.tools.cli import ToolError, Verbosity, checkBrokerSource, inheritShared, runTool
 from metamorphosis.tools.tail import StateFile, startProducer
 from metamorphosis.usecases.binlog import BinlogError, BinlogSource, checkServer, firstPosition
 from metamorphosis.usecases.publish import Backoff, ChangePublisher
@@ -107,10 +107,7 @@ class Options(Verbosity, usage.Options):
         for name in ("topic", "partitions", "state"):
             if not self[name]:
                 raise usage.UsageError("--%s is required" % (name,))
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
-        if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
+        checkBrokerSource(self)
         try:
             partitions = parsePartitionsInfo(self["topic"], self["partitions"])
         except ValueError as e:

@@ -159,6 +159,19 @@ def brokerUrl(text):
     return url
 
 
+def checkBrokerSource(options):
+    """
+    Check that C{options} name exactly one of C{--zookeeper} and
+    C{--broker}, and make the broker a C{meta://} URL.
+
+    @raise usage.UsageError: neither or both, or a broker that is no address.
+    """
+    if bool(options["zookeeper"]) == bool(options["broker"]):
+        raise usage.UsageError("give one of --zookeeper and --broker")
+    if options["broker"]:
+        options["broker"] = brokerUrl(options["broker"])
+
+
 async def openBroker(reactor, url, timeout, tls=None):
     """
     One connection to the broker at C{url}, without reconnection: a tool

@@ -30,7 +30,7 @@ from metamorphosis.tools.cli import (
     Progress,
     ToolError,
     Verbosity,
-    brokerUrl,
+    checkBrokerSource,
     inheritShared,
     openBroker,
     openZooKeeper,
@@ -69,10 +69,7 @@ class Options(Verbosity, usage.Options):
         inheritShared(self)
         if not self["topic"]:
             raise usage.UsageError("--topic is required")
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
-        if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
+        checkBrokerSource(self)
         if self["partition"] is not None:
             try:
                 self["partition"] = Partition.fromString(self["partition"])

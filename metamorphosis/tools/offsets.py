@@ -43,7 +43,7 @@ from metamorphosis.tools.cli import (
     Progress,
     ToolError,
     Verbosity,
-    brokerUrl,
+    checkBrokerSource,
     inheritShared,
     openBroker,
     openZooKeeper,
@@ -102,10 +102,8 @@ class Options(Verbosity, usage.Options):
             self["reset-to"] = parseResetTarget(self["reset-to"])
         if not self["group"]:
             raise usage.UsageError("--group is required")
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
+        checkBrokerSource(self)
         if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
             if not self["topic"]:
                 raise usage.UsageError("--broker needs --topic")
             if not (self["offsets-file"] or self["offsets-url"]):

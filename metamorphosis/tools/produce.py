@@ -23,7 +23,7 @@ from metamorphosis.tools.cli import (
     Progress,
     ToolError,
     Verbosity,
-    brokerUrl,
+    checkBrokerSource,
     inheritShared,
 )
 from metamorphosis.tools.tail import startProducer
@@ -50,10 +50,7 @@ class Options(Verbosity, usage.Options):
         inheritShared(self)
         if not self["topic"]:
             raise usage.UsageError("--topic is required")
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
-        if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
+        checkBrokerSource(self)
         for name in ("partitions", "window"):
             if self[name] < 1:
                 raise usage.UsageError("--%s must be at least 1" % (name,))

@@ -31,7 +31,7 @@ from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.logfields import errorText
-from metamorphosis.tools.cli import ToolError, Verbosity, brokerUrl, inheritShared, runAlias
+from metamorphosis.tools.cli import ToolError, Verbosity, checkBrokerSource, inheritShared, runAlias
 
 
 def fileKey(stat):
@@ -384,10 +384,7 @@ class Options(Verbosity, usage.Options):
             raise usage.UsageError("the FILE to follow is missing")
         if not self["topic"]:
             raise usage.UsageError("--topic is required")
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
-        if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
+        checkBrokerSource(self)
         for name in ("partitions", "lines", "window", "max-message-size"):
             if self[name] < 1:
                 raise usage.UsageError("--%s must be at least 1" % (name,))

@@ -24,7 +24,7 @@ from metamorphosis.protocol.status import OK
 from metamorphosis.tools.cli import (
     ToolError,
     Verbosity,
-    brokerUrl,
+    checkBrokerSource,
     inheritShared,
     openBroker,
     openZooKeeper,
@@ -61,10 +61,7 @@ class Options(Verbosity, usage.Options):
 
     def postOptions(self):
         inheritShared(self)
-        if bool(self["zookeeper"]) == bool(self["broker"]):
-            raise usage.UsageError("give one of --zookeeper and --broker")
-        if self["broker"]:
-            self["broker"] = brokerUrl(self["broker"])
+        checkBrokerSource(self)
         self["zk-root"] = normalizeRoot(self["zk-root"])
 
 
