@@ -35,7 +35,6 @@ from metamorphosis.broker.server import IDLE_TIMEOUT, BrokerFactory, BrokerProce
 from metamorphosis.broker.stats import REALTIME_RESET_INTERVAL, StatsManager
 from metamorphosis.broker.store import MessageStoreManager
 from metamorphosis.broker.transactions.processor import TransactionalProcessor
-from metamorphosis.broker.web.site import BrokerHttp
 from metamorphosis.broker.zookeeper import BrokerZooKeeper
 from metamorphosis.ha.config import ReplicationConfigError
 from metamorphosis.ha.failover import installFence
@@ -140,7 +139,13 @@ class BrokerService(service.Service):
         self._previousHangup = None
         # Metrics, health and the dashboard (docs/operations.md); created
         # last, as it reads all of the above.
-        self.http = None if httpEndpoint is None else BrokerHttp(self, httpEndpoint)
+        self.http = None
+        if httpEndpoint is not None:
+            # twisted.web and prometheus_client cost about 5 MiB of a broker
+            # that serves no HTTP; they are loaded only for one that does.
+            from metamorphosis.broker.web.site import BrokerHttp
+
+            self.http = BrokerHttp(self, httpEndpoint)
 
     def addListener(self, listener):
         """

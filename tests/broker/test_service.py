@@ -4,12 +4,15 @@ a real loopback socket.
 """
 
 import os
+import subprocess
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, reactor
 from twisted.python import usage
 from twisted.trial import unittest
 
+import metamorphosis
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
 from metamorphosis.broker.listeners import Listener
 from metamorphosis.broker.server import FileRegion
@@ -338,3 +341,34 @@ class PluginTests(unittest.TestCase):
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         self.assertIn("metaq", makers)
         self.assertIs(makers["metaq"].options, Options)
+
+
+#: The checkout under test, for the child processes' imports.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(metamorphosis.__file__)))
+
+
+class FootprintTests(unittest.TestCase):
+    def test_noHttpStackWithoutHttp(self):
+        """
+        A broker configured without C{dashboardHttpPort} never loads
+        twisted.web or prometheus_client (about 5 MiB of its memory); one
+        with it does.
+        """
+        script = (
+            "import sys\n"
+            "from twisted.internet import endpoints, reactor\n"
+            "from metamorphosis.broker.config import MetaConfig\n"
+            "from metamorphosis.broker.service import BrokerService\n"
+            "http = sys.argv[1] == 'http'\n"
+            "BrokerService(MetaConfig(dataPath=sys.argv[2]),\n"
+            "              endpoints.TCP4ServerEndpoint(reactor, 0, interface='127.0.0.1'), reactor,\n"
+            "              httpEndpoint=endpoints.TCP4ServerEndpoint(reactor, 0, interface='127.0.0.1')\n"
+            "              if http else None)\n"
+            "print(sorted(m for m in ('twisted.web.server', 'prometheus_client') if m in sys.modules))\n"
+        )
+        seen = {}
+        for mode in ("plain", "http"):
+            out = subprocess.run([sys.executable, "-c", script, mode, os.path.abspath(self.mktemp())],
+                                 capture_output=True, text=True, check=True, cwd=CHECKOUT)
+            seen[mode] = out.stdout.strip()
+        self.assertEqual(seen, {"plain": "[]", "http": "['prometheus_client', 'twisted.web.server']"})
