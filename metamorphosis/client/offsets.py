@@ -430,8 +430,12 @@ class SQLOffsetStorage:
         for info, offset, messageId in batch:
             key = (info.topic, str(info.partition), group)
             cursor.execute(self._updateSQL, (offset, messageId) + key)
+            # MySQL counts the rows an update changed, not those it matched:
+            # zero may mean the row already holds these values.
             if cursor.rowcount == 0:
-                cursor.execute(self._insert, key + (offset, messageId))
+                cursor.execute(self._select, key)
+                if not cursor.fetchall():
+                    cursor.execute(self._insert, key + (offset, messageId))
 
     def close(self):
         if not self._closed:

@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 
 from metamorphosis.client.interfaces import IOffsetStorage
 from metamorphosis.client.offsets import (
+    DEFAULT_TABLE,
     LocalOffsetStorage,
     OffsetCommitter,
     PartitionOffset,
@@ -224,7 +225,31 @@ class LocalOffsetStorageTests(OffsetStorageTestsMixin, TestCase):
         self.assertIsNone((yield self.storage().load("t", "g", Partition(0, 0))))
 
 
-class SQLiteOffsetStorageTests(OffsetStorageTestsMixin, TestCase):
+class SQLRowsMixin:
+    """
+    What every SQL database keeps: one row per topic, partition and group.
+    """
+
+    table = DEFAULT_TABLE
+
+    @defer.inlineCallbacks
+    def test_sameOffsetTwice(self):
+        """
+        Committing an offset the row already holds keeps one row.  MySQL
+        counts such an update as changing no row (affected, not matched,
+        rows), which once read as "no row yet" and inserted a second one.
+        """
+        storage = self.storage()
+        for _ in range(3):
+            info = PartitionOffset("t", Partition(0, 0), 0)
+            info.advance(10, 1)
+            yield storage.commitOffset(self.group, [info])
+        rows = yield storage.pool.runQuery("select count(*) from " + self.table)
+        self.assertEqual(rows[0][0], 1)
+        self.assertEqual((yield storage.load("t", self.group, Partition(0, 0))).offset, 10)
+
+
+class SQLiteOffsetStorageTests(SQLRowsMixin, OffsetStorageTestsMixin, TestCase):
     def setUp(self):
         self.path = self.mktemp()
 
@@ -256,7 +281,7 @@ class SQLiteOffsetStorageTests(OffsetStorageTestsMixin, TestCase):
         self.assertRaises(ValueError, SQLOffsetStorage, "sqlite3", "x", table="a;drop")
 
 
-class ServerSQLMixin(OffsetStorageTestsMixin):
+class ServerSQLMixin(SQLRowsMixin, OffsetStorageTestsMixin):
     """
     A database server on loopback, skipped when none answers; every test
     gets a table of its own, dropped afterwards.
