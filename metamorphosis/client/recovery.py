@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from metamorphosis.client.fetch import ReceivedMessage
 from metamorphosis.client.partition import Partition
+from metamorphosis.durable import replaceDurably
 from metamorphosis.protocol import records
 
 ADD, DELETE = 1, 2
@@ -101,13 +102,8 @@ class RecoverStore:
         """
         if self._file is not None:
             self._file.close()
-        temporary = self.path + ".tmp"
-        with open(temporary, "wb") as f:
-            for key, (partition, record) in self.entries.items():
-                f.write(self._add(key, partition, record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
+        replaceDurably(self.path, b"".join(
+            self._add(key, partition, record) for key, (partition, record) in self.entries.items()))
         self.dead = 0
         self._file = open(self.path, "ab")
 

@@ -30,6 +30,7 @@ from twisted.python import usage
 from metamorphosis.client.errors import MetaClientError
 from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
+from metamorphosis.durable import replaceDurably
 from metamorphosis.logfields import errorText
 from metamorphosis.tools.cli import ToolError, Verbosity, checkBrokerSource, inheritShared, runAlias
 
@@ -214,12 +215,7 @@ class StateFile:
 
     def _write(self, value):
         key, offset = value
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "offset": offset}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
+        replaceDurably(self.path, json.dumps({"key": key, "offset": offset}).encode("utf-8"))
 
 
 class _Pending:
