@@ -34,7 +34,7 @@ from metamorphosis.broker.store.errors import (
     PartitionReadOnly,
     SegmentLost,
 )
-from metamorphosis.broker.store.partition import batchedWrites
+from metamorphosis.broker.store.partition import acknowledging, batchedWrites
 from metamorphosis.broker.tcpdirect import awaitWritable, directSocket, isIdle, writeNow
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
@@ -361,9 +361,13 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         if self._sendfile and not self._corked and self._connected:
             # Stored puts are acknowledged in bursts (every put one fsync
             # covers): their replies leave together, in one send, once the
-            # burst is over.
+            # burst is over: at its end when a store fires it, else at the
+            # next reactor turn.
             self._corked = True
-            self.factory.uncorkSoon(self)
+            if acknowledging.depth:
+                acknowledging.later(self._uncork)
+            else:
+                self.factory.uncorkSoon(self)
         self.sendReply(reply)
         self._maybeClose()
 
@@ -621,6 +625,10 @@ class BrokerProcessor:
         self.filters = ConsumerFilters(config)
         self.refusals = RateLimitedLog(self.log)
         self._registered = set()
+        # The stores puts went to, until the topic sections are replaced
+        # (a reload): what decides whether a put may create or use one.
+        self._storesOf = None
+        self._stores = {}
 
     def genErrorMessage(self, topic, partition):
         return (f"Put message to [broker 'meta://{self.hostName}:{self.stats.port}'] "
@@ -646,7 +654,7 @@ class BrokerProcessor:
             partition = command.partition
             if partition == -1:
                 partition = self.storeManager.chooseRandomPartition(topic)
-            store = self.storeManager.getOrCreateStore(topic, partition)
+            store = self._storeFor(topic, partition)
             if topic not in self._registered:
                 self._registered.add(topic)
                 if self.registerTopic is not None:
@@ -697,6 +705,22 @@ class BrokerProcessor:
                           command.opaque)
 
         return appended.addCallbacks(stored, failed)
+
+    def _storeFor(self, topic, partition):
+        """
+        The store of a put's partition (L{getOrCreateStore}), remembered:
+        the manager never drops a store, and whether a topic and partition
+        are accepted only changes when the topic sections are replaced.
+        """
+        topics = self.config.topics
+        if self._storesOf is not topics:
+            self._storesOf = topics
+            self._stores = {}
+        store = self._stores.get((topic, partition))
+        if store is None:
+            store = self.storeManager.getOrCreateStore(topic, partition)
+            self._stores[topic, partition] = store
+        return store
 
     def processGet(self, command, session):
         topic, group, opaque = command.topic, command.group, command.opaque

@@ -70,6 +70,13 @@ def parseJavaInt(text: str, radix: int = 10, bits: int = 32) -> int:
     @raise ValueError: where Java throws C{NumberFormatException}.
     """
     low, high = _RANGES[bits]
+    if radix == 10 and 0 < len(text) < 19 and text.isascii() and text.isdigit():
+        # Plain ASCII digits (every field of a put but a negative one):
+        # Python's int() agrees, and fewer than 19 digits fit a long.
+        value = int(text)
+        if value <= high:
+            return value
+        raise ValueError(f'For input string: "{text}"')
     digits = text[1:] if text[:1] in ("-", "+") else text
     if radix == 10 and digits.isdigit() and digits.isascii():
         # The common case: Python's int() agrees on plain ASCII digits.

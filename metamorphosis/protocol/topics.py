@@ -43,6 +43,27 @@ class IllegalTopicName(ValueError):
         self.reason = reason
 
 
+#: Names found legal, with the limit they were checked against: a broker
+#: checks the same few names on every request (twice for a put), so a set
+#: lookup answers instead of the checks.  Forgotten all at once when full.
+_legalNames = set()
+_LEGAL_NAMES_KEPT = 4096
+
+
+def _legalProblem(topic, maxLength):
+    """
+    L{_problem} against the legal set, remembering the names that pass.
+    """
+    if type(topic) is str and (topic, maxLength) in _legalNames:
+        return None
+    problem = _problem(topic, maxLength, _LEGAL)
+    if problem is None:
+        if len(_legalNames) >= _LEGAL_NAMES_KEPT:
+            _legalNames.clear()
+        _legalNames.add((topic, maxLength))
+    return problem
+
+
 def _problem(topic, maxLength, pattern):
     if not isinstance(topic, str):
         return "a topic name is a string"
@@ -63,7 +84,7 @@ def checkTopic(topic, maxLength=DEFAULT_MAX_TOPIC_LENGTH):
 
     @raise IllegalTopicName: it is not.
     """
-    problem = _problem(topic, maxLength, _LEGAL)
+    problem = _legalProblem(topic, maxLength)
     if problem is not None:
         raise IllegalTopicName(topic, problem)
     return topic
@@ -73,7 +94,7 @@ def isLegalTopic(topic, maxLength=DEFAULT_MAX_TOPIC_LENGTH):
     """
     Whether C{topic} is a legal topic name.
     """
-    return _problem(topic, maxLength, _LEGAL) is None
+    return _legalProblem(topic, maxLength) is None
 
 
 def checkTopicPattern(pattern, maxLength=DEFAULT_MAX_TOPIC_LENGTH):

@@ -188,6 +188,15 @@ class BrokerServiceTests(unittest.TestCase):
         self.assertEqual(broker.reloadTopics(), ["b"])
         reply = yield client.put("b", 2, b"x", 2)
         self.assertEqual(reply.code, 200)
+        # The broker remembers the store a put used only until the next
+        # reload: a partition the topic no longer has is refused.
+        with open(path, "w") as f:
+            f.write(f"[system]\ndataPath={data}\n[topic=a]\n[topic=b]\nnumPartitions=2\n")
+        broker.reloadTopics()
+        reply = yield client.put("b", 2, b"x", 3)
+        self.assertEqual(reply.code, 500)
+        reply = yield client.put("b", 1, b"x", 4)
+        self.assertEqual(reply.code, 200)
 
 
 class CompositionTests(unittest.TestCase):

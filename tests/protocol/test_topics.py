@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from metamorphosis.protocol import topics
 from metamorphosis.protocol.topics import (
     IllegalTopicName,
     checkTopic,
@@ -44,6 +45,20 @@ class TopicNameTests(SynchronousTestCase):
         self.assertTrue(isLegalTopic("abcd", maxLength=4))
         self.assertFalse(isLegalTopic("abcde", maxLength=4))
 
+    def test_rememberedWithTheirLimit(self):
+        """
+        A name found legal is remembered with the limit it was checked
+        against: a shorter limit still refuses it, and the names kept are
+        bounded.
+        """
+        self.assertEqual(checkTopic("remembered-name"), "remembered-name")
+        self.assertRaises(IllegalTopicName, checkTopic, "remembered-name", 5)
+        self.assertFalse(isLegalTopic("remembered-name", maxLength=5))
+        for number in range(topics._LEGAL_NAMES_KEPT + 10):
+            checkTopic(f"t{number}")
+        self.assertLessEqual(len(topics._legalNames), topics._LEGAL_NAMES_KEPT)
+        self.assertTrue(isLegalTopic("remembered-name"))
+
     @given(st.text(alphabet=LEGAL_CHARACTERS, min_size=1, max_size=249))
     def test_legalAlphabet(self, name):
         self.assertEqual(isLegalTopic(name), name not in (".", ".."))
@@ -57,6 +72,9 @@ class TopicNameTests(SynchronousTestCase):
         expected = (bool(re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name))
                     and name not in (".", ".."))
         self.assertEqual(isLegalTopic(name), expected)
+        # The second answer comes from the names remembered as legal.
+        self.assertEqual(isLegalTopic(name), expected)
+        self.assertEqual(isLegalTopic(name, maxLength=3), expected and len(name) <= 3)
         if expected:
             self.assertNotIn("/", name)
             self.assertNotIn("\x00", name)

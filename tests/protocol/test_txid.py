@@ -89,6 +89,19 @@ class JavaLangTests(SynchronousTestCase):
     def test_parseLongRoundTrip(self, value):
         self.assertEqual(parseJavaInt(str(value), bits=64), value)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet="0123456789", min_size=1, max_size=21))
+    def test_parseIntAsciiDigits(self, text):
+        """
+        Plain ASCII digits, leading zeros and the 18/19-digit boundary of
+        the short path included: the value, or an error out of range.
+        """
+        for bits in (32, 64):
+            if int(text) <= 2 ** (bits - 1) - 1:
+                self.assertEqual(parseJavaInt(text, bits=bits), int(text))
+            else:
+                self.assertRaises(ValueError, parseJavaInt, text, bits=bits)
+
     def test_isJavaDigit(self):
         self.assertTrue(isJavaDigit("7"))
         self.assertTrue(isJavaDigit("\u0663"))

@@ -46,9 +46,22 @@ class SegmentFile:
 
     def __init__(self, fd):
         self._fd = fd
+        self._identity = None
 
     def fileno(self):
         return self._fd
+
+    def identity(self):
+        """
+        C{(st_ino, st_dev)} of the open file.  Read once: an open file keeps
+        its inode (the number cannot be reused while it is open), so the
+        check before each acknowledgement needs one C{stat} of the path
+        and no C{fstat}.
+        """
+        if self._identity is None:
+            opened = os.fstat(self._fd)
+            self._identity = (opened.st_ino, opened.st_dev)
+        return self._identity
 
     def close(self):
         if self._fd >= 0:
@@ -86,10 +99,8 @@ class Segment:
         self.start = start
         self.written = written
         self.file = file
-
-    @property
-    def path(self):
-        return os.path.join(self.directory, nameFromOffset(self.start))
+        # Joined once: every write checks that this name still is its file.
+        self.path = os.path.join(directory, nameFromOffset(start))
 
     @property
     def end(self):

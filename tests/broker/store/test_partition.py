@@ -19,8 +19,18 @@ from metamorphosis.broker.store.errors import (
     StoreClosed,
 )
 from metamorphosis.broker.store.interfaces import IMessageStore
-from metamorphosis.broker.store.partition import MessageStore
-from metamorphosis.broker.store.segment import nameFromOffset, offsetFromName
+from metamorphosis.broker.store.partition import (
+    MessageStore,
+    acknowledging,
+    batchedWrites,
+    segmentLost,
+)
+from metamorphosis.broker.store.segment import (
+    Segment,
+    nameFromOffset,
+    offsetFromName,
+    openSegmentFile,
+)
 from metamorphosis.protocol.records import decodeRecords, encodePayload
 
 from .helpers import (
@@ -506,3 +516,84 @@ class BatchedWritesTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in pending], [25, 50, 80])
         self.successResultOf(appendExample(store, 1))
         self.assertEqual(len(writes), 2)
+
+
+class SegmentLostTests(SynchronousTestCase):
+    """
+    L{segmentLost} tells whether the active segment's name still is its
+    open file with one C{stat} of the name (the open file's identity is
+    read once), and how it was lost when not.
+    """
+
+    def setUp(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.segment = Segment(directory, 0)
+        self.segment.file = openSegmentFile(self.segment.path, create=True)
+        self.addCleanup(self.segment.file.close)
+
+    def test_stillNamed(self):
+        self.assertIsNone(segmentLost(self.segment))
+        self.assertIsNone(segmentLost(self.segment))
+
+    def test_deleted(self):
+        segmentLost(self.segment)
+        os.remove(self.segment.path)
+        self.assertEqual(segmentLost(self.segment), "deleted")
+
+    def test_renamedAway(self):
+        os.rename(self.segment.path, self.segment.path + ".away")
+        self.assertEqual(segmentLost(self.segment), "deleted")
+
+    def test_deletedThenRecreated(self):
+        segmentLost(self.segment)
+        os.remove(self.segment.path)
+        with open(self.segment.path, "wb"):
+            pass
+        self.assertEqual(segmentLost(self.segment), "deleted")
+
+    def test_replaced(self):
+        other = self.segment.path + ".new"
+        with open(other, "wb"):
+            pass
+        segmentLost(self.segment)
+        os.rename(self.segment.path, self.segment.path + ".old")
+        os.rename(other, self.segment.path)
+        self.assertEqual(segmentLost(self.segment), "replaced")
+
+    def test_oneStatPerCheck(self):
+        """
+        After the first check, each check is one C{stat} and no C{fstat}.
+        """
+        segmentLost(self.segment)
+        calls = []
+        realStat, realFstat = os.stat, os.fstat
+        self.patch(os, "stat", lambda *a, **k: calls.append("stat") or realStat(*a, **k))
+        self.patch(os, "fstat", lambda *a, **k: calls.append("fstat") or realFstat(*a, **k))
+        for _ in range(3):
+            self.assertIsNone(segmentLost(self.segment))
+        self.assertEqual(calls, ["stat"] * 3)
+
+
+class AcknowledgingTests(SynchronousTestCase):
+    def test_laterRunsWhenTheBurstIsOver(self):
+        """
+        What is given to L{acknowledging} while a store fires a burst of
+        puts runs once the outermost burst is over, after every callback of
+        the burst.
+        """
+        store = makeStore(self.mktemp())
+        events = []
+        with batchedWrites:
+            for n in (1, 2):
+                appendExample(store, n).addCallback(
+                    lambda offset: (events.append(offset),
+                                    acknowledging.later(lambda: events.append("later"))))
+        self.assertEqual(events, [0, 25, "later", "later"])
+        self.assertEqual(acknowledging.depth, 0)
+        acknowledging.later(lambda: events.append("outside"))
+        with acknowledging:
+            with acknowledging:
+                pass
+            self.assertEqual(events[-1], "later")
+        self.assertEqual(events[-1], "outside")
