@@ -485,11 +485,14 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
                     continue
             else:
                 # The replies ready one after the other go out in one write.
-                parts = []
                 output = self._output
-                while output and not isinstance(output[0], FileRegion):
-                    parts.append(output.popleft().encode())
-                chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+                if len(output) == 1:
+                    chunk = output.popleft().encode()
+                else:
+                    parts = []
+                    while output and not isinstance(output[0], FileRegion):
+                        parts.append(output.popleft().encode())
+                    chunk = parts[0] if len(parts) == 1 else b"".join(parts)
                 if self._sendfile:
                     writeNow(self.transport, chunk)
                     continue
@@ -660,12 +663,15 @@ class BrokerProcessor:
                 if self.registerTopic is not None:
                     self.registerTopic(topic)
             msgId = self.idWorker.nextId()
-            if command.checksum != -1 and command.checksum != records.checksum(command.data):
+            checksum = command.checksum
+            if checksum == -1:
+                checksum = None
+            elif checksum != records.checksum(command.data):
                 raise ValueError("Checksum failure,message may be corrupted when "
                                  "transfering on networking.")
             if store.readOnly is not None:
                 raise PartitionReadOnly(topic, partition, store.readOnly)
-            appended = store.append(msgId, command.flag, command.data)
+            appended = store.append(msgId, command.flag, command.data, checksum)
         except Exception as e:
             self.refusals.warn(
                 "put-refused:" + type(e).__name__,

@@ -311,7 +311,15 @@ def _need(tokens: list[str], count: int) -> None:
         raise ValueError(f"{tokens[0]} needs at least {count} tokens, got {len(tokens)}")
 
 
-_int = parseJavaInt
+def _int(text: str) -> int:
+    """
+    A Java int field: up to nine plain ASCII digits (all but the signed
+    fields of a request) need no range check; the rest go by the Java
+    rules of L{parseJavaInt}.
+    """
+    if len(text) < 10 and text.isdigit() and text.isascii():
+        return int(text)
+    return parseJavaInt(text)
 
 
 def _long(text: str) -> int:
@@ -319,7 +327,7 @@ def _long(text: str) -> int:
 
 
 def _bodyLength(text: str) -> int:
-    length = parseJavaInt(text)
+    length = _int(text)
     if length < 0:
         raise ValueError(f"negative body length {length}")
     return length

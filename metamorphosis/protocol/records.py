@@ -71,11 +71,14 @@ def decodePayload(body, flag):
     return bytes(body[4 + length :]), attribute
 
 
-def encodeHeader(msgId, flag, body):
+def encodeHeader(msgId, flag, body, bodyChecksum=None):
     """
-    The 20-byte header of the record holding C{body}.
+    The 20-byte header of the record holding C{body}; C{bodyChecksum} is
+    its L{checksum} when already known (a put's, verified by the broker).
     """
-    return _header.pack(len(body), zlib.crc32(body) & 0x7FFFFFFF, msgId, flag)
+    if bodyChecksum is None:
+        bodyChecksum = zlib.crc32(body) & 0x7FFFFFFF
+    return _header.pack(len(body), bodyChecksum, msgId, flag)
 
 
 def encodeRecordParts(messages, parts):

@@ -58,10 +58,12 @@ class FileStore(FakeStore):
         self.pending = []
         self.failure = None
 
-    def append(self, msgId, flag, body):
+    def append(self, msgId, flag, body, checksum=None):
         if self.failure is not None:
             return defer.fail(self.failure)
         record = encodeRecord(msgId, flag, body)
+        if checksum is not None:
+            assert record[4:8] == checksum.to_bytes(4, "big"), "a wrong checksum was given"
         offset = self.maxOffset
         os.pwrite(self.fd, record, offset - self.minOffset)
         self.add(1, len(record))

@@ -29,9 +29,12 @@ class IMessageStore(Interface):
     )
     sizeInBytes = Attribute("Bytes written to the segment files.")
 
-    def append(msgId, flag, body):
+    def append(msgId, flag, body, checksum=None):
         """
         Append one record built from a put body.
+
+        @param checksum: the body's checksum when already known (the put's
+            own, verified): it is then not computed again.
 
         @return: a Deferred firing with the record's offset once the put may
             be acknowledged: after the write under a count/interval flush

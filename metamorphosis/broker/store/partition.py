@@ -50,6 +50,7 @@ from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
     InvalidRecord,
+    encodeHeader,
     encodeRecordParts,
     iterRecords,
 )
@@ -317,7 +318,10 @@ class _Job:
             step.perform()
 
     def needsWrite(self):
-        return any(not step.done for step in self.steps)
+        for step in self.steps:
+            if not step.done:
+                return True
+        return False
 
     def needsThread(self):
         return self.fsync or self.needsWrite()
@@ -533,7 +537,12 @@ class MessageStore:
 
     # Appending
 
-    def append(self, msgId, flag, body):
+    def append(self, msgId, flag, body, checksum=None):
+        if checksum is not None:
+            # The put's checksum, verified against its body: not computed
+            # a second time for the record.
+            raw = encodeHeader(msgId, flag, body, checksum) + body
+            return self._enqueue(_Entry(None, raw, len(raw), 1))
         return self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1))
 
     def appendBatch(self, messages):

@@ -31,7 +31,7 @@ from metamorphosis.broker.store.segment import (
     offsetFromName,
     openSegmentFile,
 )
-from metamorphosis.protocol.records import decodeRecords, encodePayload
+from metamorphosis.protocol.records import checksum, decodeRecords, encodePayload
 
 from .helpers import (
     ImmediateReactor,
@@ -597,3 +597,22 @@ class AcknowledgingTests(SynchronousTestCase):
                 pass
             self.assertEqual(events[-1], "later")
         self.assertEqual(events[-1], "outside")
+
+
+class KnownChecksumTests(SynchronousTestCase):
+    @given(st.binary(max_size=300), st.integers(-(2**63), 2**63 - 1), st.integers(0, 3))
+    @settings(max_examples=50, deadline=None)
+    def test_sameRecord(self, body, msgId, flag):
+        """
+        A put whose checksum the broker already verified is stored byte for
+        byte as one whose checksum the store computes.
+        """
+        computed, given = self.mktemp(), self.mktemp()
+        first, second = makeStore(computed), makeStore(given)
+        self.assertEqual(self.successResultOf(first.append(msgId, flag, body)), 0)
+        self.assertEqual(
+            self.successResultOf(second.append(msgId, flag, body, checksum(body))), 0)
+        self.assertEqual(readPartition(given), readPartition(computed))
+        self.assertEqual(second.maxOffset, first.maxOffset)
+        first.close()
+        second.close()
