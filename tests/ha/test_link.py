@@ -3,13 +3,15 @@ Tests for L{metamorphosis.ha.link}: requests matched to replies by opaque,
 timeouts, connection loss, and the self-healing link over real sockets.
 """
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metamorphosis.ha.link import NotConnected, OpaqueGenerator, PeerLink, RequestProtocol, RequestTimeout
-from metamorphosis.protocol.commands import CommandParser, ResultCommand, SyncCommand, ValueCommand
+from metamorphosis.protocol.commands import CommandParser, ProtocolError, ResultCommand, SyncCommand, ValueCommand
 
 
 class OpaqueGeneratorTests(SynchronousTestCase):
@@ -40,7 +42,48 @@ class RequestProtocolTests(SynchronousTestCase):
 
     def test_sendsEncodedCommand(self):
         self.proto.request(self.sync(7), 1)
+        self.clock.advance(0)
         self.assertEqual(self.transport.value(), b"sync t 0 4 0 -5 12 7\r\nbody")
+
+    def test_requestsOfOneTurnInOneWrite(self):
+        """
+        The requests made in one turn of the reactor leave together, in one
+        write at the end of the turn (a sync master's puts of one turn
+        reach the slave in one segment).
+        """
+        writes = []
+        self.transport.write = writes.append
+        self.proto.request(self.sync(1), 1)
+        self.proto.request(self.sync(2), 1)
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(writes, [self.sync(1).encode() + self.sync(2).encode()])
+        self.proto.request(self.sync(3), 1)
+        self.clock.advance(0)
+        self.assertEqual(writes[1:], [self.sync(3).encode()])
+
+    def test_timeoutsShareOneTimer(self):
+        """
+        One timer serves every request, and each still fails at its own
+        deadline, a shorter timeout made later included.
+        """
+        first = self.proto.request(self.sync(1), 2.0)
+        self.clock.advance(1)
+        second = self.proto.request(self.sync(2), 2.0)
+        third = self.proto.request(self.sync(3), 0.5)
+        self.clock.advance(0)
+        # The heartbeat and the one request timer.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.clock.advance(0.5)
+        self.failureResultOf(third, RequestTimeout)
+        self.assertNoResult(first)
+        self.clock.advance(0.5)
+        self.failureResultOf(first, RequestTimeout)
+        self.assertNoResult(second)
+        self.clock.advance(0.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, RequestTimeout)
 
     def test_repliesMatchedByOpaque(self):
         """
@@ -49,6 +92,7 @@ class RequestProtocolTests(SynchronousTestCase):
         """
         first = self.proto.request(self.sync(1), 1)
         second = self.proto.request(self.sync(2), 1)
+        self.clock.advance(0)
         data = ValueCommand(b"xyz", 2).encode() + ResultCommand(200, b"1 0 0", 1).encode()
         for i in range(len(data)):
             self.proto.dataReceived(data[i : i + 1])
@@ -121,6 +165,60 @@ class RequestProtocolTests(SynchronousTestCase):
         """
         self.proto.dataReceived(b"bogus\r\n")
         self.assertTrue(self.transport.disconnecting)
+
+
+class _Recorder(RequestProtocol):
+    def __init__(self, clock):
+        RequestProtocol.__init__(self, clock)
+        self.received = []
+
+    def commandReceived(self, command):
+        self.received.append(command)
+
+
+_frames = st.one_of(
+    st.builds(ResultCommand, st.integers(-(2**31), 2**31 - 1), st.binary(max_size=40),
+              st.integers(-(2**31), 2**31 - 1)).map(lambda command: command.encode()),
+    st.builds(ValueCommand, st.binary(max_size=40), st.integers(-(2**31), 2**31 - 1)).map(lambda command: command.encode()),
+    # Near misses: out of range, signs, long or huge lengths, stray bytes.
+    st.sampled_from([b"result 200 1 2147483648\r\nx", b"result +200 0 1\r\n", b"result 200 -1 1\r\n",
+                     b"result 200 0 1 extra\r\n", b"result 200 99999999 1\r\n", b"result  200 0 1\r\n",
+                     b"result 200 0 01\r\n", b"result 2147483648 0 1\r\n", b"\r\n", b"x"]),
+)
+
+
+class WholeResultsTests(SynchronousTestCase):
+    """
+    The link's fast path for whole C{result} replies decodes exactly what
+    L{CommandParser} decodes, in any chunking, and leaves everything else
+    (and the malformed) to it.
+    """
+
+    @settings(max_examples=300)
+    @given(st.lists(_frames, max_size=8), st.data())
+    def test_sameAsCommandParser(self, frames, data):
+        stream = b"".join(frames)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+        chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        parser = CommandParser(maxBodySize=1000)
+        expected, failed = [], False
+        try:
+            for chunk in chunks:
+                expected.extend(parser.parse(chunk))
+        except ProtocolError:
+            failed = True
+        proto = _Recorder(Clock())
+        proto._parser = CommandParser(maxBodySize=1000)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for chunk in chunks:
+            if transport.disconnecting:
+                break
+            proto.dataReceived(chunk)
+        self.assertEqual(proto.received, expected)
+        self.assertEqual(transport.disconnecting, failed)
+        if failed:
+            self.flushLoggedErrors()
 
 
 class _Echo(protocol.Protocol):
