@@ -2,8 +2,11 @@
 The cost of replication (issue 7, Performance).
 
 1. Sync replication: put throughput and latency of a samsa master with its
-   gregor slave, against the same broker without a slave (P producer
-   connections, one put in flight each, S-byte messages).
+   gregor slave, against the same broker without a slave, S-byte messages,
+   in two shapes: P producer connections with one put in flight each
+   (C{--producers}), and ONE connection with N puts in flight
+   (C{--shared N}, the Java client's shape: its threads share one
+   connection per broker).
 2. Async replication: the lag of a metaslave (its C{replication_lag_bytes}
    stat, sampled every 50 ms) while the master takes the same load, and how
    long it needs to catch up afterwards.
@@ -23,6 +26,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
 
     .venv/bin/python benchmarks/ha.py
     .venv/bin/python benchmarks/ha.py --count 50000 --producers 10 --size 1024 --flush group
+    .venv/bin/python benchmarks/ha.py --count 10000 --producers 10 --shared 10 --flush group
     .venv/bin/python benchmarks/ha.py --failover 5
 """
 
@@ -124,7 +128,7 @@ def warmUp(broker, attempts=200):
         exchange.close()
 
 
-def measure(args, entry, label, brokers):
+def measure(args, entry, label, brokers, producers, inflight):
     """
     Put throughput and latency through C{entry}, and the CPU time
     C{brokers} (all processes involved) spent per message: on a busy machine
@@ -133,36 +137,52 @@ def measure(args, entry, label, brokers):
     warmUp(entry)
     before = [broker.cpu.cpuSeconds() for broker in brokers]
     progress = Progress(label, args.count)
-    elapsed, latencies = produce(entry.address, "bench", args.producers, args.size, args.count, progress)
+    elapsed, latencies = produce(entry.address, "bench", producers, args.size, args.count, progress, inflight)
     progress.finish()
     perMessage = [(broker.cpu.cpuSeconds() - cpu) / args.count * 1e6 for broker, cpu in zip(brokers, before)]
     rate = args.count / elapsed
-    print(f"{label:<28} {rate:>9.0f} {rate * args.size / 1e6:>7.1f} "
+    print(f"{label:<40} {rate:>9.0f} {rate * args.size / 1e6:>7.1f} "
           f"{percentile(latencies, 0.5):>7.2f} {percentile(latencies, 0.99):>7.2f} "
-          f"{sum(perMessage):>17.0f}  ({' + '.join('%.0f' % cpu for cpu in perMessage)})")
+          f"{sum(perMessage):>17.0f}  ({' + '.join('%.0f' % cpu for cpu in perMessage)})", flush=True)
     return rate, sum(perMessage)
 
 
+def shapes(args):
+    """
+    The load shapes measured: C{(label, connections, puts in flight each)}.
+    """
+    result = [(f"1 conn x{n}", 1, n) for n in args.shared]
+    if args.producers:
+        result.append((f"{args.producers} conns", args.producers, 1))
+    return result
+
+
 def syncPart(args, root):
-    print(f"\n== sync replication: {args.producers} producers, {args.size} B, {args.count} puts, "
-          f"flush {args.flush}")
-    print(f"{'broker':<28} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>17}")
+    print(f"\n== sync replication: {args.size} B, {args.count} puts, flush {args.flush}")
+    print(f"{'broker, shape':<40} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>17}")
+    alone = {}
     plain = Broker(root, "plain", args.flush)
     try:
-        alone, aloneCpu = measure(args, plain, "no slave", [plain])
+        for label, producers, inflight in shapes(args):
+            alone[label] = measure(args, plain, f"no slave, {label}", [plain], producers, inflight)
     finally:
         plain.stop()
+    replicated = {}
     slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties")
     master = Broker(root, "samsa", args.flush, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
-        replicated, replicatedCpu = measure(args, master, "samsa master + gregor slave", [master, slave])
+        for label, producers, inflight in shapes(args):
+            replicated[label] = measure(args, master, f"samsa + gregor, {label}", [master, slave],
+                                        producers, inflight)
     finally:
         master.stop()
         slave.stop()
-    print(f"sync replication keeps {100 * replicated / alone:.0f}% of the unreplicated throughput "
-          f"(target: at least 50%); master and slave spend {replicatedCpu / aloneCpu:.1f}x "
-          f"the CPU per message of the broker alone")
+    for label, _, _ in shapes(args):
+        (rate, cpu), (aloneRate, aloneCpu) = replicated[label], alone[label]
+        print(f"{label}: sync replication keeps {100 * rate / aloneRate:.0f}% of the unreplicated "
+              f"throughput (target: at least 70%); master and slave spend {cpu / aloneCpu:.1f}x "
+              f"the CPU per message of the broker alone")
 
 
 def slaveLag(exchange):
@@ -365,7 +385,10 @@ def main(args):
 def parseArguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=50000, help="puts per measurement")
-    parser.add_argument("--producers", type=int, default=10)
+    parser.add_argument("--producers", type=int, default=10,
+                        help="connections with one put in flight each (0: no such row)")
+    parser.add_argument("--shared", type=lambda text: [int(n) for n in text.split(",") if n], default=[],
+                        metavar="N[,N...]", help="also ONE connection with N puts in flight (the Java client's shape)")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--flush", choices=["default", "group"], default="default",
                         help="default: unflushThreshold=1000; group: unflushThreshold=0")
