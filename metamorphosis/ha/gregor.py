@@ -148,9 +148,13 @@ class SyncProcessor:
             )
         try:
             store = processor.storeManager.getOrCreateStore(topic, partition)
-            if command.checksum != -1 and command.checksum != records.checksum(command.data):
+            checksum = command.checksum
+            if checksum == -1:
+                checksum = None
+            elif checksum != records.checksum(command.data):
                 raise ValueError(CHECKSUM_FAILURE)
-            appended = store.append(command.msgId, command.flag, command.data)
+            # Verified: the record keeps it rather than computing it again.
+            appended = store.append(command.msgId, command.flag, command.data, checksum)
         except Exception as e:
             self.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic, partition=partition, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)

@@ -80,59 +80,62 @@ class SyncMasterProcessor:
             msgId = processor.idWorker.nextId()
             put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl())
             self._sendToSlave(put, command, partition, msgId)
-            if command.checksum != -1 and command.checksum != records.checksum(command.data):
+            checksum = command.checksum
+            if checksum == -1:
+                checksum = None
+            elif checksum != records.checksum(command.data):
                 raise ValueError(CHECKSUM_FAILURE)
-            appended = store.append(msgId, command.flag, command.data)
+            appended = store.append(msgId, command.flag, command.data, checksum)
         except Exception as e:
             self.log.warn("Put to {topic} failed: {error}", topic=topic, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, str(e), opaque)
         appended.addCallbacks(put.masterStored, self._masterFailed, errbackArgs=(put,))
+        # Bound methods with arguments rather than closures made per put.
+        return put.reply.addCallback(self._answer, topic, partitionString, opaque)
 
-        def answer(outcome):
-            code, text = outcome
-            if code != OK:
-                processor.stats.statsPutFailed(topic, partitionString)
-            return _result(code, text, opaque)
-
-        return put.reply.addCallback(answer)
+    def _answer(self, outcome, topic, partitionString, opaque):
+        code, text = outcome
+        if code != OK:
+            self.processor.stats.statsPutFailed(topic, partitionString)
+        return _result(code, text, opaque)
 
     def _masterFailed(self, failure, put):
         self.log.failure("Append to {topic}-{partition} failed", failure, topic=put.topic, partition=put.partition)
         put.masterFailed()
 
     def _sendToSlave(self, put, command, partition, msgId):
+        topic, data, flag, checksum = command.topic, command.data, command.flag, command.checksum
         sent = self.link.request(
-            lambda opaque: SyncCommand(command.topic, partition, command.data, command.flag, msgId, opaque, command.checksum),
+            lambda opaque: SyncCommand(topic, partition, data, flag, msgId, opaque, checksum),
             self.timeout,
         )
+        sent.addCallbacks(self._slaveReplied, self._slaveUnreachable, callbackArgs=(put,), errbackArgs=(put,))
 
-        def replied(reply):
-            if getattr(reply, "code", None) == OK:
-                self.health.succeeded()
-                put.slaveStored()
-            else:
-                self.log.warn(
-                    "Slave {slave} refused {topic}-{partition}: {code} {text}",
-                    slave=self.link.url,
-                    topic=command.topic,
-                    partition=partition,
-                    code=getattr(reply, "code", None),
-                    text=getattr(reply, "body", b"").decode("utf-8", "replace"),
-                )
-                self.health.failed()
-                put.slaveFailed()
+    def _slaveReplied(self, reply, put):
+        if getattr(reply, "code", None) == OK:
+            self.health.succeeded()
+            put.slaveStored()
+            return
+        self.log.warn(
+            "Slave {slave} refused {topic}-{partition}: {code} {text}",
+            slave=self.link.url,
+            topic=put.topic,
+            partition=put.partition,
+            code=getattr(reply, "code", None),
+            text=getattr(reply, "body", b"").decode("utf-8", "replace"),
+        )
+        self.health.failed()
+        put.slaveFailed()
 
-        def failed(failure):
-            if failure.check(RequestTimeout):
-                # gecko turns a timeout into a 504 reply, which counts.
-                self.health.failed()
-            self.log.warn(
-                "Sync to slave {slave} failed: {error}", slave=self.link.url, error=failure.getErrorMessage()
-            )
-            put.slaveFailed()
-
-        sent.addCallbacks(replied, failed)
+    def _slaveUnreachable(self, failure, put):
+        if failure.check(RequestTimeout):
+            # gecko turns a timeout into a 504 reply, which counts.
+            self.health.failed()
+        self.log.warn(
+            "Sync to slave {slave} failed: {error}", slave=self.link.url, error=failure.getErrorMessage()
+        )
+        put.slaveFailed()
 
 
 class SyncMasterService(service.Service):
