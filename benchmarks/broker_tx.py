@@ -3,15 +3,25 @@ Transaction throughput of the broker (issue 6, Performance).
 
 Starts a fresh broker (C{twistd -n metaq}, generated server.ini, free
 loopback port) and, for every transaction size (1, 10 and 100 messages of
-4 KiB by default) and every number of producer connections, runs local
-transactions as the Java producer does: BEGIN, the puts one at a time, then
-COMMIT_ONE_PHASE, each request waiting for its reply.  A consumer then reads
-everything back to check that every committed message is there.  Prints
-committed msgs/s, MB/s, transactions/s and the commit latency p50/p99.
+4 KiB by default), runs local transactions as the Java producer does: BEGIN,
+the puts one at a time, then COMMIT_ONE_PHASE, each request waiting for its
+reply, in two shapes:
+
+* C{--shared N} (first): N producers on ONE connection, matched by opaque.
+  This is the Java client's shape: all threads of a producer share one
+  connection per broker, so the broker sees up to N requests in flight on
+  one socket; the requests sent after one read of replies go out in one
+  write, as the Java client's write queue sends what its threads put in
+  meanwhile.
+* C{--producers P}: P connections with one producer each.
+
+A consumer then reads everything back to check that every committed message
+is there.  Prints committed msgs/s, MB/s, transactions/s, the commit latency
+p50/p99 and the broker's CPU time per message.
 
     .venv/bin/python benchmarks/broker_tx.py
     .venv/bin/python benchmarks/broker_tx.py --messages 20000 --sizes 1,10,100 \\
-        --producers 1,16 --flush 1 --unflush 1000
+        --shared 16 --producers 1,16 --flush 1 --unflush 1000
 
 MetaQ published 6,750 msg/s for 4 KiB messages in transactions.
 """
@@ -54,10 +64,60 @@ class Connection(protocol.Protocol):
         return self.pending
 
 
-async def connectAll(reactor, port, n):
+class SharedConnection(protocol.Protocol):
+    """
+    One connection for many producers: each request carries its own
+    opaque and its reply is matched by it.  The requests the producers send
+    while the replies of one read are handled go out in one write.
+    """
+
+    def connectionMade(self):
+        self.parser = CommandParser(maxBodySize=64 * MiB)
+        self.pending = {}
+        self.nextOpaque = 0
+        self.outbox = None
+
+    def dataReceived(self, data):
+        self.outbox = []
+        try:
+            for reply in self.parser.parse(data):
+                self.pending.pop(reply.opaque).callback(reply)
+        finally:
+            outbox, self.outbox = self.outbox, None
+            if outbox:
+                self.transport.write(b"".join(outbox))
+
+    def call(self, head, body=b""):
+        """
+        Send the request C{head} (its header line without the opaque)
+        C{body} and return a Deferred for its reply.
+        """
+        self.nextOpaque += 1
+        d = self.pending[self.nextOpaque] = defer.Deferred()
+        data = b"%s %d\r\n%s" % (head, self.nextOpaque, body)
+        if self.outbox is None:
+            self.transport.write(data)
+        else:
+            self.outbox.append(data)
+        return d
+
+
+class OwnConnection:
+    """
+    A producer's own connection (the requests' opaques do not matter).
+    """
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def call(self, head, body=b""):
+        return self.connection.call(b"%s 0\r\n%s" % (head, body))
+
+
+async def connectAll(reactor, port, n, factory=Connection):
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     return await defer.gatherResults(
-        [endpoints.connectProtocol(endpoint, Connection()) for _ in range(n)]
+        [endpoints.connectProtocol(endpoint, factory()) for _ in range(n)]
     )
 
 
@@ -67,8 +127,19 @@ def check(reply, what):
     return reply
 
 
-async def produce(reactor, port, producers, perTransaction, total, size, run):
-    connections = await connectAll(reactor, port, producers)
+async def produce(reactor, port, producers, perTransaction, total, size, run, shared=False):
+    """
+    Run C{total} messages in transactions of C{perTransaction} on
+    C{producers} producers, each with its own connection or (C{shared})
+    all on one.
+    """
+    if shared:
+        [connection] = await connectAll(reactor, port, 1, SharedConnection)
+        connections = [connection] * producers
+        callers = connections
+    else:
+        connections = await connectAll(reactor, port, producers)
+        callers = [OwnConnection(c) for c in connections]
     payload = os.urandom(size)
     crc = checksum(payload)
     transactions = [max(1, total // perTransaction)]
@@ -80,29 +151,27 @@ async def produce(reactor, port, producers, perTransaction, total, size, run):
             transactions[0] -= 1
             n += 1
             key = b"TX:bench-%d-%d:%d" % (run, index, n)
-            check(await connection.call(b"transaction %s s BEGIN 1\r\n" % key), "BEGIN")
+            check(await connection.call(b"transaction %s s BEGIN" % key), "BEGIN")
             for i in range(perTransaction):
                 check(
                     await connection.call(
-                        b"put %s 0 %d 0 %d %s %d\r\n%s"
-                        % (TOPIC, size, crc, key, i + 2, payload)
+                        b"put %s 0 %d 0 %d %s" % (TOPIC, size, crc, key), payload
                     ),
                     "put",
                 )
             start = time.perf_counter()
             check(
-                await connection.call(b"transaction %s s COMMIT_ONE_PHASE 0\r\n" % key),
-                "COMMIT",
+                await connection.call(b"transaction %s s COMMIT_ONE_PHASE" % key), "COMMIT"
             )
             latencies.append(time.perf_counter() - start)
         return n
 
     start = time.perf_counter()
     done = await defer.gatherResults(
-        [defer.ensureDeferred(produceOn(i, c)) for i, c in enumerate(connections)]
+        [defer.ensureDeferred(produceOn(i, c)) for i, c in enumerate(callers)]
     )
     elapsed = time.perf_counter() - start
-    for c in connections:
+    for c in set(connections):
         c.transport.loseConnection()
     latencies.sort()
     return elapsed, sum(done) * perTransaction, latencies
@@ -180,19 +249,22 @@ def startBroker(directory, options):
 
 async def main(reactor, options):
     sizes = [int(s) for s in options.sizes.split(",")]
-    producerCounts = [int(p) for p in options.producers.split(",")]
+    # The headline rows first: N producers sharing one connection.
+    shapes = [(int(n), True) for n in options.shared.split(",") if n] + [
+        (int(p), False) for p in options.producers.split(",") if p
+    ]
     print(
         "transactions of N x %d B messages, flushTxLogAtCommit=%d, unflushThreshold=%d"
         % (options.size, options.flush, options.unflush)
     )
     print(
-        "%-6s %-9s %10s %8s %8s %10s %10s %12s"
+        "%-6s %-11s %10s %8s %8s %10s %10s %12s"
         % ("N", "producers", "msgs/s", "MB/s", "tx/s", "commit p50", "commit p99",
            "broker us/msg")
     )
     run = 0
     for perTransaction in sizes:
-        for producers in producerCounts:
+        for producers, shared in shapes:
             run += 1
             if options.broker:
                 directory, process, port = None, None, options.broker
@@ -204,7 +276,7 @@ async def main(reactor, options):
                 cpu = cpuSeconds(pid)
                 elapsed, messages, latencies = await produce(
                     reactor, port, producers, perTransaction, options.messages,
-                    options.size, run,
+                    options.size, run, shared,
                 )
                 cpu = cpuSeconds(pid) - cpu
                 stored = await countMessages(reactor, port, messages * (20 + options.size))
@@ -212,9 +284,11 @@ async def main(reactor, options):
                     raise RuntimeError("%d messages committed, %d stored" % (messages, stored))
                 p = lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1000
                 print(
-                    "%-6d %-9d %10.0f %8.1f %8.0f %8.2fms %8.2fms %12.0f"
+                    "%-6d %-11s %10.0f %8.1f %8.0f %8.2fms %8.2fms %12.0f"
                     % (
-                        perTransaction, producers, messages / elapsed,
+                        perTransaction,
+                        ("1 conn x%d" if shared else "%d conns") % (producers,),
+                        messages / elapsed,
                         messages * options.size / elapsed / MiB,
                         messages / perTransaction / elapsed, p(0.5), p(0.99),
                         cpu / messages * 1e6,
@@ -233,7 +307,11 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20000, help="messages per run")
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--sizes", default="1,10,100", help="messages per transaction")
-    parser.add_argument("--producers", default="1,16")
+    parser.add_argument(
+        "--shared", default="16",
+        help="producers sharing one connection, per row (the Java client's shape)",
+    )
+    parser.add_argument("--producers", default="1,16", help="producers with a connection each")
     parser.add_argument("--flush", type=int, default=1, help="flushTxLogAtCommit")
     parser.add_argument("--unflush", type=int, default=1000, help="unflushThreshold")
     parser.add_argument(
