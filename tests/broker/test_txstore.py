@@ -19,7 +19,12 @@ from metamorphosis.broker.transactions.transaction import (
     XATransaction,
 )
 from metamorphosis.protocol.records import decodeRecords
-from tests.broker.txsupport import ImmediateReactor, MemoryStoreManager, SyncThreadPool
+from tests.broker.txsupport import (
+    ImmediateReactor,
+    ManualThreadPool,
+    MemoryStoreManager,
+    SyncThreadPool,
+)
 
 
 class BrokenManager:
@@ -316,3 +321,35 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
         )
         self.successResultOf(maybeDeferred(manager.startService))
         return manager
+
+    def test_commitsOfOneFsyncAppendTogether(self):
+        """
+        The commits one journal fsync acknowledges append their messages to
+        a partition with one write, in the order they were committed.
+        """
+        pool = ManualThreadPool()
+        store = JournalTransactionStore(
+            self.config, self.manager, ImmediateReactor(self.clock), pool)
+        opened = ensureDeferred(store.open(lambda *args: None))
+        while pool.pending:
+            pool.runOne()
+        self.successResultOf(opened)
+        self.store = store
+        transactions = [self.transaction("TX:s:%d" % (n,)) for n in range(1, 4)]
+        self.manager.getOrCreateStore("t", 0)
+        writes = []
+        realPwrite = os.pwrite
+
+        def pwrite(fd, data, position):
+            writes.append(len(data))
+            return realPwrite(fd, data, position)
+
+        self.patch(os, "pwrite", pwrite)
+        commits = [ensureDeferred(tx.commit(True)) for tx in transactions]
+        self.assertEqual(len(pool.pending), 1)
+        while pool.pending:
+            pool.runOne()
+        for commit in commits:
+            self.successResultOf(commit)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(self.ids("t", 0), [tx.messages[0].msgId for tx in transactions])

@@ -7,6 +7,9 @@ broker's working directory.
 
 C{fault-journal-enospc}: every write and fsync of the transaction journal
 fails with ENOSPC, as on a full disk.
+
+C{fault-journal-fsync-eio}: every fsync of the transaction journal fails
+with EIO (its writes succeed), as on a disk that loses written data.
 """
 
 import errno
@@ -17,11 +20,13 @@ import sys
 class FaultyOs:
     """
     The C{os} module as a module that imported it sees it, with C{write},
-    C{pwrite} and C{fsync} failing with ENOSPC while C{trigger} exists.
+    C{pwrite} and C{fsync} failing with ENOSPC while C{trigger} exists, and
+    C{fsync} alone failing with EIO while C{fsyncTrigger} exists.
     """
 
-    def __init__(self, trigger):
+    def __init__(self, trigger, fsyncTrigger):
         self._trigger = trigger
+        self._fsyncTrigger = fsyncTrigger
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -40,13 +45,15 @@ class FaultyOs:
 
     def fsync(self, fd):
         self._check()
+        if os.path.exists(self._fsyncTrigger):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
         return os.fsync(fd)
 
 
 def main():
     from metamorphosis.broker.transactions import journal
 
-    journal.os = FaultyOs("fault-journal-enospc")
+    journal.os = FaultyOs("fault-journal-enospc", "fault-journal-fsync-eio")
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd"] + sys.argv[1:]

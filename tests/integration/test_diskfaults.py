@@ -167,6 +167,48 @@ class PrepareOnFullDiskTests(BrokerTestCase):
         return defer.ensureDeferred(go())
 
 
+class CommitWithFailingFsyncTests(BrokerTestCase):
+    """
+    Commits whose journal fsync fails are not acknowledged, all of those
+    the failed fsync covered (group commit: one fsync answers every commit
+    requested while the previous one ran).
+    """
+
+    async def command(self, key, kind):
+        return await self.send(b"transaction %s s %s" % (key, kind))
+
+    async def begin(self, key, payload):
+        self.assertEqual((await self.command(key, b"BEGIN")).code, 200)
+        self.assertEqual((await self.put(payload, key=key)).code, 200)
+
+    def test_commitsNotAcknowledged(self):
+        async def go():
+            await self.startBroker(faults=True)
+            keys = [b"TX:fsync:%d" % (i,) for i in range(8)]
+            for key in keys:
+                await self.begin(key, key)
+            self.fault("journal-fsync-eio")
+            # All in flight together on one connection, as the Java
+            # client's threads send them.
+            replies = await defer.gatherResults(
+                [defer.ensureDeferred(self.command(key, b"COMMIT_ONE_PHASE"))
+                 for key in keys])
+            self.assertEqual([reply.code for reply in replies], [500] * len(keys))
+            for reply in replies:
+                self.assertIn(b"Input/output error", reply.body)
+            self.assertEqual(await self.readAll(), [])
+            self.fault("journal-fsync-eio", on=False)
+            await self.begin(b"TX:fsync:100", b"after")
+            self.assertEqual((await self.command(b"TX:fsync:100", b"COMMIT_ONE_PHASE")).code, 200)
+            self.assertEqual([p for _, p in await self.readAll()], [b"after"])
+            # What the journal holds of the failed commits (their records
+            # were written, then rolled back) is not committed by recovery.
+            await self.restart(faults=True)
+            self.assertEqual([p for _, p in await self.readAll()], [b"after"])
+
+        return defer.ensureDeferred(go())
+
+
 def segmentPath(directory, start=0):
     return os.path.join(directory, "%020d.meta" % (start,))
 

@@ -11,6 +11,8 @@ from collections import Counter
 from twisted.internet import defer, error, reactor, task
 from twisted.trial import unittest
 
+from metamorphosis.broker.transactions.journal import REDO_PREFIX, CommitRecord
+from metamorphosis.broker.transactions.journal import decodeRecords as decodeJournal
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import checksum, decodeRecords
 from tests.broker.client import connect
@@ -294,5 +296,76 @@ class CrashTests(unittest.TestCase):
                 await self.startBroker()
                 await self.check(history)
             self.assertGreater(committed, 0)
+
+        return defer.ensureDeferred(go())
+
+    def test_commitsAcknowledgedTogetherSurviveKill(self):
+        """
+        Commits sent together on one connection are acknowledged together
+        by the journal's fsync loop; right after the last acknowledgement
+        the broker is killed: the journal holds every acknowledged commit,
+        and after the restart every message is there once (also those of
+        commits PREPAREd first, XA).
+        """
+        async def go():
+            await self.startBroker()
+            client = await connect(reactor, self.port)
+            opaque = [0]
+
+            def line(text, body=b""):
+                opaque[0] += 1
+                return opaque[0], text + b" %d\r\n" % (opaque[0],) + body
+
+            async def send(text, body=b""):
+                number, data = line(text, body)
+                return await client.request(data, number)
+
+            def xid(n):
+                return ("XID:1:%s:01:%s" % (("group%d" % n).encode().hex(), QUALIFIER)).encode()
+
+            local = [b"TX:group:%d" % (n,) for n in range(1, 17)]
+            xa = [xid(n) for n in range(1, 9)]
+            for index, key in enumerate(local + xa):
+                qualifier = b"" if key in local else b" " + QUALIFIER.encode()
+                self.assertEqual((await send(b"transaction %s s BEGIN%s" % (key, qualifier))).code,
+                                 200)
+                payload = key
+                put = b"put %s %d %d 0 %d %s" % (
+                    TOPIC.encode(), index % PARTITIONS, len(payload), checksum(payload), key)
+                self.assertEqual((await send(put, payload)).code, 200)
+
+            async def together(requests):
+                waiting = []
+                data = b""
+                for text in requests:
+                    number, request = line(text)
+                    waiting.append(client.expect(number))
+                    data += request
+                client.transport.write(data)
+                return await defer.gatherResults(waiting)
+
+            replies = await together(
+                [b"transaction %s s PREPARE %s" % (key, QUALIFIER.encode()) for key in xa])
+            self.assertEqual([reply.body for reply in replies], [b"0"] * len(xa))
+            replies = await together(
+                [b"transaction %s s COMMIT_ONE_PHASE" % (key,) for key in local]
+                + [b"transaction %s s COMMIT_TWO_PHASE %s" % (key, QUALIFIER.encode())
+                   for key in xa])
+            self.assertEqual([reply.code for reply in replies], [200] * len(replies))
+            await self.broker.kill()
+
+            journal = os.path.join(self.workdir, "data", "transactions")
+            committed = set()
+            for name in sorted(os.listdir(journal)):
+                if name.startswith(REDO_PREFIX):
+                    with open(os.path.join(journal, name), "rb") as f:
+                        records, _ = decodeJournal(f.read())
+                    committed.update(
+                        r.key.encode() for _, r in records if isinstance(r, CommitRecord))
+            self.assertEqual(committed, set(local + xa))
+
+            await self.startBroker()
+            self.assertEqual(await self.visible(), Counter(local + xa))
+            self.assertEqual(await self.recover(), set())
 
         return defer.ensureDeferred(go())

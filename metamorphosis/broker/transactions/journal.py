@@ -4,22 +4,23 @@ The files of the transaction journal under C{<dataLogPath>/transactions/}
 
 L{RedoLog} appends records to C{redo.<N>} with plain C{write(2)} calls, so
 that a record the broker has acted on survives a C{kill -9} of the process,
-and forces them to disk with C{fsync(2)} in a thread, coalescing concurrent
-requests into one call.  L{Checkpoints} and L{HeuristicJournal} hold the
-small files beside it.
+and forces them to disk with C{fsync(2)} in an fsync loop (group commit,
+L{metamorphosis.broker.store.syncloop}): every sync requested while one
+runs is covered by the next, and they are answered together.
+L{Checkpoints} and L{HeuristicJournal} hold the small files beside it.
 """
 
 import json
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from metamorphosis.broker.store.syncloop import SyncLoop
 from metamorphosis.durable import replaceDurably
 
 log = Logger()
@@ -225,17 +226,20 @@ class RedoLog:
 
     @ivar fileSize: a record that starts beyond this many bytes goes to a new
         file.
+    @param firing: entered while the syncs one fsync covers are answered
+        (see L{SyncLoop}).
     """
 
-    def __init__(self, directory, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE):
+    def __init__(self, directory, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE,
+                 firing=None):
         self.directory = directory
         self.fileSize = fileSize
-        self._reactor = reactor
-        self._threadPool = threadPool
         self._current = None
+        # The files written since the fsync loop last took them; shared
+        # with the loop's thread.
         self._dirty = {}
-        self._waiting = []
-        self._syncing = False
+        self._dirtyLock = threading.Lock()
+        self._syncLoop = SyncLoop(reactor, threadPool, self._forceDirty, firing)
 
     def numbers(self):
         """
@@ -313,18 +317,20 @@ class RedoLog:
                 pass
             raise
         current.size += len(data)
-        self._dirty[current.number] = current
+        with self._dirtyLock:
+            self._dirty[current.number] = current
         return location
 
     def _rotate(self):
         """
-        Start the next file.  The old one is closed by the C{sync} that
-        forces its last records (one may be running in a thread right now,
-        so it cannot be closed here).
+        Start the next file.  The old one is closed by the fsync round that
+        forces its last records (one may be running in the loop's thread
+        right now, so it cannot be closed here).
         """
         old = self._current
-        old.retired = True
-        self._dirty[old.number] = old
+        with self._dirtyLock:
+            old.retired = True
+            self._dirty[old.number] = old
         self._current = _RedoFile(self._path(old.number + 1), old.number + 1)
         self.sync().addErrback(
             lambda f: log.failure("Forcing {path} failed", f, path=old.path)
@@ -334,47 +340,43 @@ class RedoLog:
         """
         Force every record written so far to disk.
 
-        @return: a Deferred that fires once they are; requests made while an
-            C{fsync} runs share the next one.
+        @return: a Deferred that fires once they are; syncs requested while
+            an C{fsync} runs share the next one.
         """
-        d = Deferred()
-        self._waiting.append(d)
-        if not self._syncing:
-            self._startSync()
-        return d
+        return self._syncLoop.request()
 
-    def _startSync(self):
-        waiting, self._waiting = self._waiting, []
-        files, self._dirty = list(self._dirty.values()), {}
-        # Decided now: a file retired while this sync runs is closed by the
-        # next one.
-        closing = [f for f in files if f.retired]
-        self._syncing = True
-
-        def syncAll():
+    def _forceDirty(self):
+        """
+        In the fsync loop's thread: force the files written so far and
+        close the retired ones among them.  Which files, and which to
+        close, is decided at once under the lock: a file retired after
+        this is closed by the next round.
+        """
+        with self._dirtyLock:
+            files, self._dirty = list(self._dirty.values()), {}
+            closing = [f for f in files if f.retired]
+        try:
             for f in files:
                 os.fsync(f.fd)
+        finally:
             for f in closing:
                 os.close(f.fd)
 
-        def done(result):
-            self._syncing = False
-            for d in waiting:
-                if result is None:
-                    d.callback(None)
-                else:
-                    d.errback(result)
-            if self._waiting:
-                self._startSync()
+    def stopSyncing(self):
+        """
+        Stop the fsync loop (before L{close}).
 
-        deferToThreadPool(self._reactor, self._threadPool, syncAll).addBoth(done)
+        @return: a Deferred firing once every sync requested is answered.
+        """
+        return self._syncLoop.stop()
 
     @property
     def dirty(self):
         """
-        Whether records were written since the last C{sync}.
+        Whether records were written since the fsync loop last took them.
         """
-        return bool(self._dirty)
+        with self._dirtyLock:
+            return bool(self._dirty)
 
     def deleteBefore(self, number):
         """
@@ -386,6 +388,10 @@ class RedoLog:
                 os.unlink(self._path(old))
 
     def close(self):
+        """
+        Force and close the files.  Blocking: run it in a thread, once
+        L{stopSyncing} has fired.
+        """
         for f in self._dirty.values():
             if f is not self._current:
                 os.fsync(f.fd)

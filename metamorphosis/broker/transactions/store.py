@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from metamorphosis.broker.store.partition import batchedWrites
 from metamorphosis.broker.transactions.journal import (
     DEFAULT_FILE_SIZE,
     Checkpoints,
@@ -101,7 +102,10 @@ class JournalTransactionStore:
         self._storeManager = storeManager
         self._reactor = reactor
         self._threadPool = threadPool
-        self._redo = RedoLog(self.directory, reactor, threadPool, fileSize)
+        # The commits one journal fsync acknowledges append their messages
+        # to each partition with one write.
+        self._redo = RedoLog(self.directory, reactor, threadPool, fileSize,
+                             firing=batchedWrites)
         self._checkpoints = Checkpoints(self.directory, config.maxCheckpoints)
         self._lastCheckpoint = None
         self._live = {}
@@ -259,13 +263,18 @@ class JournalTransactionStore:
             )
         )
         await self._force()
-        try:
-            await gatherResults(
-                [store.appendBatch(_batch(group)) for store, group in stores],
-                consumeErrors=True,
-            )
-        except FirstError as e:
-            e.subFailure.raiseException()
+        if len(stores) == 1:
+            # The usual case, without a DeferredList.
+            [(store, group)] = stores
+            await store.appendBatch(_batch(group))
+        else:
+            try:
+                await gatherResults(
+                    [store.appendBatch(_batch(group)) for store, group in stores],
+                    consumeErrors=True,
+                )
+            except FirstError as e:
+                e.subFailure.raiseException()
         self._redo.append(DoneRecord(tx.key))
         del self._live[tx]
 
@@ -305,4 +314,5 @@ class JournalTransactionStore:
                 loop.stop()
         self._loops = []
         await self.checkpoint()
+        await self._redo.stopSyncing()
         await self._inThread(self._redo.close)
