@@ -50,7 +50,9 @@ class ITransactionProcessor(Interface):
 
     def processTransaction(command, session):
         """
-        Answer a L{metamorphosis.protocol.commands.TransactionCommand}.
+        Answer a L{metamorphosis.protocol.commands.TransactionCommand}:
+        the reply, a Deferred firing with it (a command that waits for the
+        journal), or L{None} (END, which has none).
         """
 
     def processPut(command, session):

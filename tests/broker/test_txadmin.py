@@ -7,7 +7,7 @@ import shutil
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from metamorphosis.broker.config import MetaConfig
@@ -48,7 +48,7 @@ class TxAdminToolTests(TestCase):
             if isinstance(command, PutCommand):
                 reply = self.processor.processPut(command, session)
             else:
-                reply = await self.processor.processTransaction(command, session)
+                reply = await maybeDeferred(self.processor.processTransaction, command, session)
             self.assertEqual(reply.code, 200)
 
     async def tool(self, *argv):

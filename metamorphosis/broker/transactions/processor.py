@@ -361,8 +361,18 @@ class TransactionalProcessor(service.Service):
     # ITransactionProcessor
 
     def processTransaction(self, command, session):
-        if command.type == "END":
+        kind = command.type
+        if kind == "END":
             return None
+        if kind == "BEGIN":
+            # Nothing to wait for: answered at once, without a coroutine
+            # (one of the three requests of a one-message transaction).
+            try:
+                self.beginTransaction(
+                    session, parseTransactionId(command.transactionKey), command.timeout)
+            except Exception as e:
+                return self._refusal(e, command, session)
+            return ResultCommand(OK, b"", command.opaque)
         return ensureDeferred(self._processTransaction(command, session))
 
     async def _processTransaction(self, command, session):
@@ -370,9 +380,7 @@ class TransactionalProcessor(service.Service):
         body = ""
         try:
             xid = parseTransactionId(command.transactionKey)
-            if kind == "BEGIN":
-                self.beginTransaction(session, xid, command.timeout)
-            elif kind == "PREPARE":
+            if kind == "PREPARE":
                 tx = self.getTransaction(session, xid)
                 body = str(await tx.prepare())
                 if tx.state == State.PREPARED:
@@ -396,24 +404,30 @@ class TransactionalProcessor(service.Service):
             else:
                 body = "Unknow transaction command type:%s" % (kind,)
                 return ResultCommand(INTERNAL_ERROR, body.encode("utf-8"), command.opaque)
-        except AccessDenied as e:
-            return self.access.refuse(session, "transactions", str(e), command.opaque,
-                                      xa=True)
-        except XAException as e:
-            self.refusals.info(
-                "xa-refused:%s" % (kind,),
-                "Transaction command {command} {key} failed: {error}",
-                command=kind,
-                key=command.transactionKey,
-                error=errorText(e.reply()),
-            )
-            return ResultCommand(INTERNAL_ERROR, e.reply().encode("utf-8"), command.opaque)
-        except (TransactionNotStarted, TooManyTransactions, ValueError) as e:
-            return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
         except Exception as e:
-            self.log.failure("Processing transaction command failed")
-            return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
+            return self._refusal(e, command, session)
         return ResultCommand(OK, body.encode("utf-8"), command.opaque)
+
+    def _refusal(self, error, command, session):
+        """
+        The reply to a transaction command that raised C{error} (called in
+        its C{except} clause).
+        """
+        if isinstance(error, AccessDenied):
+            return self.access.refuse(session, "transactions", str(error), command.opaque,
+                                      xa=True)
+        if isinstance(error, XAException):
+            self.refusals.info(
+                "xa-refused:%s" % (command.type,),
+                "Transaction command {command} {key} failed: {error}",
+                command=command.type,
+                key=command.transactionKey,
+                error=errorText(error.reply()),
+            )
+            return ResultCommand(INTERNAL_ERROR, error.reply().encode("utf-8"), command.opaque)
+        if not isinstance(error, (TransactionNotStarted, TooManyTransactions, ValueError)):
+            self.log.failure("Processing transaction command failed")
+        return ResultCommand(INTERNAL_ERROR, str(error).encode("utf-8"), command.opaque)
 
     def processPut(self, command, session):
         key = command.transactionKey
