@@ -3,6 +3,7 @@ Tests for L{metamorphosis.broker.transactions.store}: journaled commits and
 what recovery makes of a journal cut at every step of a commit.
 """
 
+import errno
 import os
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
@@ -11,6 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.broker.config import MetaConfig
 from metamorphosis.broker.store import MessageStoreManager
+from metamorphosis.broker.transactions import journal
+from metamorphosis.broker.transactions.journal import DoneRecord
+from metamorphosis.broker.transactions.journal import decodeRecords as decodeJournal
 from metamorphosis.broker.transactions.store import JournalTransactionStore
 from metamorphosis.broker.transactions.transaction import (
     LocalTransaction,
@@ -202,6 +206,27 @@ class JournalTransactionStoreTestsMixin:
         self.assertEqual(self.ids("t", 0), [1001, 1003])
         self.assertEqual(self.ids("t", 1), [1002])
 
+    def test_failedDoneWriteStillCommits(self):
+        """
+        A DONE record the journal cannot write (a full disk) does not fail
+        the commit it closes: the commit is journaled and applied; the next
+        start finds its messages and appends nothing.
+        """
+        realWrite = journal.os.write
+
+        def write(fd, data):
+            if bytes(data[8:9]) == bytes([journal.DONE]):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return realWrite(fd, data)
+
+        self.patch(journal.os, "write", write)
+        tx = self.transaction(messages=[("t", 0), ("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        self.assertEqual(self.ids("t", 0), [1001, 1002])
+        self.patch(journal.os, "write", realWrite)
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1002])
+
     def test_uncompletableCommitKept(self):
         """
         A commit that recovery cannot complete (its partition refuses) is
@@ -325,7 +350,8 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
     def test_commitsOfOneFsyncAppendTogether(self):
         """
         The commits one journal fsync acknowledges append their messages to
-        a partition with one write, in the order they were committed.
+        a partition with one write, in the order they were committed, and
+        journal their DONE records with one write.
         """
         pool = ManualThreadPool()
         store = JournalTransactionStore(
@@ -347,9 +373,20 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
         self.patch(os, "pwrite", pwrite)
         commits = [ensureDeferred(tx.commit(True)) for tx in transactions]
         self.assertEqual(len(pool.pending), 1)
+        journalWrites = []
+        realWrite = os.write
+
+        def write(fd, data):
+            journalWrites.append(bytes(data))
+            return realWrite(fd, data)
+
+        self.patch(os, "write", write)
         while pool.pending:
             pool.runOne()
         for commit in commits:
             self.successResultOf(commit)
         self.assertEqual(len(writes), 1)
         self.assertEqual(self.ids("t", 0), [tx.messages[0].msgId for tx in transactions])
+        self.assertEqual(
+            [[record for _, record in decodeJournal(data)[0]] for data in journalWrites],
+            [[DoneRecord(tx.key) for tx in transactions]])

@@ -42,9 +42,9 @@ class SyncLoop:
 
     @param force: called in the loop's thread once per round; makes
         everything written before the call durable, or raises.
-    @param firing: a context manager entered (on the reactor thread) while
-        the requests one round covers are fired, so that what their
-        callbacks do can be done together (the journal enters
+    @param firing: returns a context manager entered (on the reactor
+        thread) while the requests one round covers are fired, so that what
+        their callbacks do can be done together (the journal enters
         L{metamorphosis.broker.store.partition.batchedWrites}: the commits
         one fsync acknowledges append to their partitions with one write).
     @ivar idleSeconds: how long the loop waits for the next request before
@@ -156,7 +156,7 @@ class SyncLoop:
         while done < len(self._waiting) and self._waiting[done][0] <= ticket:
             done += 1
         covered, self._waiting = self._waiting[:done], self._waiting[done:]
-        with self._firing if self._firing is not None else nullcontext():
+        with self._firing() if self._firing is not None else nullcontext():
             for _, d in covered:
                 if error is None:
                     d.callback(None)

@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 import zlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -226,8 +227,8 @@ class RedoLog:
 
     @ivar fileSize: a record that starts beyond this many bytes goes to a new
         file.
-    @param firing: entered while the syncs one fsync covers are answered
-        (see L{SyncLoop}).
+    @param firing: a context manager entered while the syncs one fsync
+        covers are answered (see L{SyncLoop}).
     """
 
     def __init__(self, directory, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE,
@@ -239,7 +240,10 @@ class RedoLog:
         # with the loop's thread.
         self._dirty = {}
         self._dirtyLock = threading.Lock()
-        self._syncLoop = SyncLoop(reactor, threadPool, self._forceDirty, firing)
+        self._firing = firing
+        # While a round is answered: the DONE records held back.
+        self._held = None
+        self._syncLoop = SyncLoop(reactor, threadPool, self._forceDirty, self._answering)
 
     def numbers(self):
         """
@@ -298,10 +302,51 @@ class RedoLog:
         Write one record now (it survives the process from this moment) and
         return its L{JournalLocation}.
         """
+        return self._write(encodeRecord(record))
+
+    def appendDone(self, record):
+        """
+        Journal a DONE record, whose loss recovery repairs (it looks for a
+        commit's messages in the partitions).  The commits one fsync round
+        answers write theirs together, in one write at the end of the
+        round; a failed write is logged, not raised: the commit it closes
+        is durable and applied.
+        """
+        data = encodeRecord(record)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._writeDone([data])
+
+    @contextmanager
+    def _answering(self):
+        if self._held is not None:
+            # A round answered inside another (only where the loop runs
+            # on the reactor's own thread, in tests): the outer one writes.
+            yield
+            return
+        self._held = []
+        try:
+            with self._firing if self._firing is not None else nullcontext():
+                yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._writeDone(held)
+
+    def _writeDone(self, records):
+        try:
+            self._write(b"".join(records))
+        except OSError as e:
+            log.error(
+                "Writing {count} DONE record(s) to the transaction journal failed: {error}; "
+                "recovery will check those commits in their partitions",
+                count=len(records), error=str(e))
+
+    def _write(self, data):
         if self._current.size >= self.fileSize:
             self._rotate()
         current = self._current
-        data = encodeRecord(record)
         location = JournalLocation(current.number, current.size)
         view = memoryview(data)
         try:

@@ -103,7 +103,8 @@ class JournalTransactionStore:
         self._reactor = reactor
         self._threadPool = threadPool
         # The commits one journal fsync acknowledges append their messages
-        # to each partition with one write.
+        # to each partition with one write (and journal their DONE records
+        # with one write).
         self._redo = RedoLog(self.directory, reactor, threadPool, fileSize,
                              firing=batchedWrites)
         self._checkpoints = Checkpoints(self.directory, config.maxCheckpoints)
@@ -275,7 +276,7 @@ class JournalTransactionStore:
                 )
             except FirstError as e:
                 e.subFailure.raiseException()
-        self._redo.append(DoneRecord(tx.key))
+        self._redo.appendDone(DoneRecord(tx.key))
         del self._live[tx]
 
     async def rollback(self, tx):

@@ -92,7 +92,7 @@ class SyncLoopTests(SynchronousTestCase):
             yield
             self.events.append("exit")
 
-        self.loop = self.makeLoop(firing())
+        self.loop = self.makeLoop(firing)
         self.request("a")
         self.request("b")
         self.runPool()
