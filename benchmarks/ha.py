@@ -27,6 +27,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py
     .venv/bin/python benchmarks/ha.py --count 50000 --producers 10 --size 1024 --flush group
     .venv/bin/python benchmarks/ha.py --count 10000 --producers 10 --shared 10 --flush group
+    .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind
     .venv/bin/python benchmarks/ha.py --failover 5
 """
 
@@ -60,6 +61,9 @@ class Broker:
     One broker process in a directory of its own.
     """
 
+    #: A command line prefix for the broker process (see --callgrind).
+    wrapper = []
+
     def __init__(self, root, name, flush, zookeeper=None, zkRoot="/meta", plugin=None, properties=""):
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory)
@@ -79,12 +83,12 @@ class Broker:
             with open(os.path.join(self.directory, plugin), "w") as f:
                 f.write(properties)
         self.process = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "--logfile", "broker.log", "metaq", "--config", ini,
+            self.wrapper + [TWISTD, "--nodaemon", "--pidfile=", "--logfile", "broker.log", "metaq", "--config", ini,
              "--port", f"tcp:{self.port}:interface=127.0.0.1"],
             cwd=self.directory,
         )
         self.cpu = BrokerProcess(self.process.pid)
-        for _ in range(300):
+        for _ in range(3000 if self.wrapper else 300):
             try:
                 socket.create_connection(self.address, timeout=0.2).close()
                 return
@@ -134,17 +138,43 @@ def measure(args, entry, label, brokers, producers, inflight):
     C{brokers} (all processes involved) spent per message: on a busy machine
     the rate follows the CPU available, the CPU cost does not.
     """
-    warmUp(entry)
+    warmUp(entry, 3000 if args.callgrind else 200)
+    if args.callgrind:
+        # Warm the caches and the code paths, then count from zero.
+        produce(entry.address, "bench", producers, args.size, 200, Progress("warm-up", 200), inflight)
+        for broker in brokers:
+            subprocess.run(["callgrind_control", "--zero", str(broker.process.pid)], check=True, capture_output=True)
     before = [broker.cpu.cpuSeconds() for broker in brokers]
     progress = Progress(label, args.count)
     elapsed, latencies = produce(entry.address, "bench", producers, args.size, args.count, progress, inflight)
     progress.finish()
     perMessage = [(broker.cpu.cpuSeconds() - cpu) / args.count * 1e6 for broker, cpu in zip(brokers, before)]
+    if args.callgrind:
+        instructions = [callgrindCount(broker) / args.count for broker in brokers]
+        print(f"{label:<40} instructions per put: {sum(instructions):,.0f}  "
+              f"({' + '.join(f'{count:,.0f}' for count in instructions)})", flush=True)
+        return sum(instructions), sum(instructions)
     rate = args.count / elapsed
     print(f"{label:<40} {rate:>9.0f} {rate * args.size / 1e6:>7.1f} "
           f"{percentile(latencies, 0.5):>7.2f} {percentile(latencies, 0.99):>7.2f} "
           f"{sum(perMessage):>17.0f}  ({' + '.join('%.0f' % cpu for cpu in perMessage)})", flush=True)
     return rate, sum(perMessage)
+
+
+def callgrindCount(broker):
+    """
+    The instructions C{broker} (run under callgrind) executed since its
+    counters were zeroed: a figure that does not depend on the machine's
+    load.
+    """
+    subprocess.run(["callgrind_control", "--dump", str(broker.process.pid)], check=True, capture_output=True)
+    dumps = [os.path.join(broker.directory, name) for name in os.listdir(broker.directory)
+             if name.startswith(f"callgrind.out.{broker.process.pid}")]
+    with open(max(dumps, key=os.path.getmtime)) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+    raise RuntimeError("no totals in the callgrind dump of " + broker.directory)
 
 
 def shapes(args):
@@ -180,6 +210,10 @@ def syncPart(args, root):
         slave.stop()
     for label, _, _ in shapes(args):
         (rate, cpu), (aloneRate, aloneCpu) = replicated[label], alone[label]
+        if args.callgrind:
+            print(f"{label}: master and slave execute {cpu / aloneCpu:.2f}x the instructions per put "
+                  f"of the broker alone")
+            continue
         print(f"{label}: sync replication keeps {100 * rate / aloneRate:.0f}% of the unreplicated "
               f"throughput (target: at least 70%); master and slave spend {cpu / aloneCpu:.1f}x "
               f"the CPU per message of the broker alone")
@@ -376,6 +410,10 @@ def main(args):
         if args.failover:
             failoverPart(args, root)
             return
+        if args.callgrind:
+            Broker.wrapper = ["valgrind", "--tool=callgrind", "--dump-instr=no"]
+            syncPart(args, root)
+            return
         syncPart(args, root)
         asyncPart(args, root)
     finally:
@@ -392,6 +430,9 @@ def parseArguments(argv):
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--flush", choices=["default", "group"], default="default",
                         help="default: unflushThreshold=1000; group: unflushThreshold=0")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="run the brokers under valgrind --tool=callgrind and print instructions per put "
+                             "(sync part only; use a small --count)")
     parser.add_argument("--zookeeper", default=os.environ.get("METAQ_TEST_ZK"))
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
