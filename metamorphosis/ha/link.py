@@ -24,6 +24,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metamorphosis.broker.tcpdirect import directSocket, writeNow
 from metamorphosis.logfields import errorText, hostPort
@@ -144,16 +145,24 @@ class RequestProtocol(Protocol):
             L{RequestTimeout} or the reason the connection was lost.
         """
         d = defer.Deferred()
+        self.send(command, timeout, d.callback, d.errback)
+        return d
+
+    def send(self, command, timeout, onReply, onFailure):
+        """
+        L{request} with two callables instead of a L{Deferred}: C{onReply}
+        is called with the reply, or C{onFailure} with a L{Failure} of
+        L{RequestTimeout} or of the reason the connection was lost.  A sync
+        master sends one request per put: this spares it a L{Deferred} each.
+        """
         deadline = self._clock.seconds() + timeout
-        self._pending[command.opaque] = (d, deadline)
-        # One timer for all requests (see _expire), not one per request:
-        # a sync master sends one request per put.
+        self._pending[command.opaque] = (onReply, onFailure, deadline)
+        # One timer for all requests (see _expire), not one per request.
         if self._expiry is None:
             self._expiry = self._clock.callLater(timeout, self._expire)
         elif deadline < self._expiry.getTime():
             self._expiry.reset(timeout)
         self.sendCommand(command)
-        return d
 
     def dataReceived(self, data):
         self._lastTraffic = self._clock.seconds()
@@ -204,14 +213,14 @@ class RequestProtocol(Protocol):
         self._expiry = None
         # A timer may fire a hair before the deadline it was set for.
         now = self._clock.seconds() + 1e-6
-        for opaque in [opaque for opaque, (_, deadline) in self._pending.items() if deadline <= now]:
+        for opaque in [opaque for opaque, entry in self._pending.items() if entry[2] <= now]:
             self._timedOut(opaque)
         if self._pending:
-            nearest = min(deadline for _, deadline in self._pending.values())
+            nearest = min(entry[2] for entry in self._pending.values())
             self._expiry = self._clock.callLater(max(0, nearest - self._clock.seconds()), self._expire)
 
     def _timedOut(self, opaque):
-        d, _ = self._pending.pop(opaque)
+        _, onFailure, _ = self._pending.pop(opaque)
         self._timeouts += 1
         if self._timeouts == self.maxTimeouts:
             self.log.warn(
@@ -220,7 +229,7 @@ class RequestProtocol(Protocol):
                 count=self._timeouts,
             )
             self.transport.abortConnection()
-        d.errback(RequestTimeout("no reply to request %d" % (opaque,)))
+        onFailure(Failure(RequestTimeout("no reply to request %d" % (opaque,))))
 
     def commandReceived(self, command):
         opaque = getattr(command, "opaque", None)
@@ -232,7 +241,7 @@ class RequestProtocol(Protocol):
             self._expiry.cancel()
             self._expiry = None
         self._timeouts = 0
-        entry[0].callback(command)
+        entry[0](command)
 
     def connectionLost(self, reason=error.ConnectionDone):
         if self._heartbeat.running:
@@ -245,8 +254,8 @@ class RequestProtocol(Protocol):
         pending, self._pending = self._pending, {}
         if self._onLost is not None:
             self._onLost(self)
-        for d, _ in pending.values():
-            d.errback(reason)
+        for _, onFailure, _ in pending.values():
+            onFailure(reason)
 
 
 class PeerLink:
@@ -325,3 +334,14 @@ class PeerLink:
         if self._protocol is None:
             return defer.fail(NotConnected("not connected to %s" % (self.url,)))
         return self._protocol.request(makeCommand(self.opaques.next()), timeout)
+
+    def send(self, makeCommand, timeout, onReply, onFailure):
+        """
+        L{request} with callables instead of a L{Deferred} (see
+        L{RequestProtocol.send}); C{onFailure} is called at once with a
+        L{NotConnected} failure when there is no connection.
+        """
+        if self._protocol is None:
+            onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
+            return
+        self._protocol.send(makeCommand(self.opaques.next()), timeout, onReply, onFailure)

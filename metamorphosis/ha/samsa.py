@@ -106,11 +106,12 @@ class SyncMasterProcessor:
 
     def _sendToSlave(self, put, command, partition, msgId):
         topic, data, flag, checksum = command.topic, command.data, command.flag, command.checksum
-        sent = self.link.request(
+        self.link.send(
             lambda opaque: SyncCommand(topic, partition, data, flag, msgId, opaque, checksum),
             self.timeout,
+            lambda reply: self._slaveReplied(reply, put),
+            lambda failure: self._slaveUnreachable(failure, put),
         )
-        sent.addCallbacks(self._slaveReplied, self._slaveUnreachable, callbackArgs=(put,), errbackArgs=(put,))
 
     def _slaveReplied(self, reply, put):
         if getattr(reply, "code", None) == OK:

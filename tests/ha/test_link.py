@@ -101,6 +101,21 @@ class RequestProtocolTests(SynchronousTestCase):
         # No request timer is left, only the heartbeat.
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
+    def test_sendWithCallables(self):
+        """
+        L{RequestProtocol.send} calls back with the reply, or with a
+        failure on timeout, as L{RequestProtocol.request} fires its
+        L{Deferred}.
+        """
+        replies, failures = [], []
+        self.proto.send(self.sync(1), 1, replies.append, failures.append)
+        self.proto.send(self.sync(2), 1, replies.append, failures.append)
+        self.proto.dataReceived(ResultCommand(200, b"", 1).encode())
+        self.assertEqual(replies, [ResultCommand(200, b"", 1)])
+        self.clock.advance(1)
+        [failure] = failures
+        self.assertTrue(failure.check(RequestTimeout))
+
     def test_strayReplyIgnored(self):
         pending = self.proto.request(self.sync(1), 1)
         self.proto.dataReceived(ResultCommand(200, b"", 99).encode())
@@ -248,6 +263,12 @@ class PeerLinkTests(TestCase):
     def test_notConnected(self):
         self.assertFalse(self.link.connected)
         self.failureResultOf(self.link.request(lambda opaque: SyncCommand("t", 0, b"", 0, 1, opaque), 1), NotConnected)
+
+    def test_sendNotConnected(self):
+        failures = []
+        self.link.send(lambda opaque: None, 1, failures.append, failures.append)
+        [failure] = failures
+        self.assertTrue(failure.check(NotConnected))
 
     @defer.inlineCallbacks
     def test_requestAndHeal(self):

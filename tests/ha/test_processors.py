@@ -135,6 +135,9 @@ class FakeLink:
         self.sent.append((makeCommand(self.opaque), timeout, d))
         return d
 
+    def send(self, makeCommand, timeout, onReply, onFailure):
+        self.request(makeCommand, timeout).addCallbacks(onReply, onFailure)
+
     def answer(self, index, code):
         command, _, d = self.sent[index]
         d.callback(ResultCommand(code, b"", command.opaque))
