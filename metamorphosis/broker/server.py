@@ -998,12 +998,11 @@ class BrokerFactory(protocol.ServerFactory):
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal
+        processor = self.processor
         if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
             refusal = self._unreadable(command, session)
             if refusal is not None:
                 return refusal
-        processor = self.processor
-        if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
             if command.transactionKey is not None:
                 return self.transactionProcessor.processPut(command, session)
             return processor.processPut(command, session)
