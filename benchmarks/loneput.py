@@ -9,6 +9,7 @@ from .../stat) and their voluntary and involuntary context switches.
 
     .venv/bin/python benchmarks/loneput.py --count 10000
     .venv/bin/python benchmarks/loneput.py --count 1000 --opcodes
+    .venv/bin/python benchmarks/loneput.py --count 10000 --floor
 
 With --opcodes the broker's reactor thread counts the Python bytecodes each
 function executes during the run (sys.settrace with opcode events, switched
@@ -16,6 +17,11 @@ on and off by signals): a per-put budget that does not depend on the
 machine's load, unlike CPU time on a shared machine. The run is much slower
 then (tracing), so under group commit the fsync loop's 2 ms wait for the
 next put expires and its pool dispatches show up.
+
+With --floor it measures, the same way, a minimal Twisted server making the
+system calls of a lone put under unflushThreshold=1000 (C{recv}, C{pwrite},
+C{stat}, C{send} of a put's reply) and nothing else: what Twisted's reactor,
+loopback TCP and the system calls cost before any broker code runs.
 """
 
 import argparse
@@ -58,6 +64,63 @@ if os.environ.get("LONEPUT_OPCODES") and "twistd" in sys.argv[0]:
     signal.signal(signal.SIGUSR2, _start)
     signal.signal(signal.SIGUSR1, _stop)
 '''
+
+
+#: The --floor server: frames puts and answers each with a reply of a put's
+#: size after one pwrite and one stat, sent as the broker sends it (straight
+#: to the socket when nothing is buffered).
+FLOOR_SERVER = '''
+import os, sys
+from twisted.internet import protocol, reactor
+from metamorphosis.broker.tcpdirect import writeNow
+path = os.path.join(sys.argv[2], "floor.data")
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+position = 0
+class Floor(protocol.Protocol):
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        self.buffer = b""
+    def dataReceived(self, data):
+        global position
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\\r\\n")
+            if end < 0:
+                return
+            tokens = self.buffer[:end].split(b" ")
+            length = int(tokens[3])
+            if len(self.buffer) < end + 2 + length:
+                return
+            body = self.buffer[end + 2:end + 2 + length]
+            self.buffer = self.buffer[end + 2 + length:]
+            os.pwrite(fd, body, position)
+            position += length
+            os.stat(path)
+            writeNow(self.transport, b"result 200 28 %s\\r\\n-5468931763453122 0 123456789" % tokens[-1])
+factory = protocol.ServerFactory()
+factory.protocol = Floor
+reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1")
+reactor.run()
+'''
+
+
+def startFloor(directory):
+    """
+    The --floor server on a free port.
+    """
+    import subprocess
+
+    from broker import freePort
+
+    port = freePort()
+    process = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), directory])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the floor server did not listen in time")
 
 
 def threadTimes(pid):
@@ -151,6 +214,23 @@ def opcodeReport(path, count, top):
 
 
 def main(args):
+    if args.floor:
+        directory = tempfile.mkdtemp(prefix="metaq-loneput-")
+        process, port = startFloor(directory)
+        try:
+            lonePuts(port, min(1000, args.count))
+            before = threadTimes(process.pid)
+            elapsed = lonePuts(port, args.count)
+            after = threadTimes(process.pid)
+            print(f"== floor (Twisted, recv + pwrite + stat + send): {args.count} lone 1 KiB "
+                  f"puts, {args.count / elapsed:.0f} msg/s, round trip "
+                  f"{elapsed / args.count * 1e6:.0f} us")
+            report(before, after, args.count)
+        finally:
+            process.terminate()
+            process.wait(60)
+            shutil.rmtree(directory, ignore_errors=True)
+        return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-loneput-")
         saved = dict(os.environ)
@@ -197,6 +277,8 @@ def parseArguments(argv):
     parser.add_argument("--opcodes", action="store_true",
                         help="count the Python bytecodes the reactor thread runs per put")
     parser.add_argument("--top", type=int, default=25, help="rows of the bytecode report")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure a minimal Twisted server instead of the broker")
     return parser.parse_args(argv)
 
 
