@@ -34,7 +34,7 @@ from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.transactions import NoTransactions
-from metamorphosis.logfields import errorText
+from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
@@ -72,12 +72,12 @@ class MasterLink:
     def synced(self, session):
         if session not in self.sessions:
             self.sessions.add(session)
-            self.log.info("Master link up from {peer}", peer=_peer(session))
+            self.log.info("Master link up from {peer}", peer=hostPort(getattr(session, "peer", None)))
 
     def closed(self, session):
         if session in self.sessions:
             self.sessions.discard(session)
-            self.log.warn("Master link from {peer} lost", peer=_peer(session))
+            self.log.warn("Master link from {peer} lost", peer=hostPort(getattr(session, "peer", None)))
             if not self.sessions and self.onDown is not None:
                 self.onDown()
 
@@ -99,12 +99,6 @@ class MasterLink:
         Take syncs again: the claim this seal was for was lost.
         """
         self.sealed = False
-
-
-def _peer(session):
-    peer = getattr(session, "peer", None)
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return "%s:%s" % (host, port) if host is not None else str(peer)
 
 
 @implementer(ISyncProcessor)
