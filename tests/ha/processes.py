@@ -204,19 +204,3 @@ class CuttableProxy(ProxyFactory):
 
 def sleep(seconds):
     return deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def waitFor(predicate, timeout=20.0, interval=0.05):
-    """
-    Poll C{predicate} (which may return a Deferred) until it is true.
-    """
-    waited = 0.0
-    while True:
-        value = yield defer.maybeDeferred(predicate)
-        if value:
-            return value
-        if waited >= timeout:
-            raise AssertionError("condition not met within %s s" % (timeout,))
-        yield sleep(interval)
-        waited += interval

@@ -12,7 +12,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep, waitFor
+from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TOPICS = (("meta-test", 1), ("test", 2))

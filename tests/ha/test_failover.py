@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 from metamorphosis.ha.failover import MARKER, FailoverRecord
 from metamorphosis.protocol.records import decodeRecords
 from metamorphosis.tools import failover as tool
-from tests.ha.processes import Broker, serverIni, sleep, waitFor
+from tests.ha.processes import Broker, serverIni, sleep
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 TOPICS = (("meta-test", 1),)

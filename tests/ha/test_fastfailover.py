@@ -23,8 +23,9 @@ from metamorphosis.client.message import Message
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.ha.failover import FailoverRecord
 from metamorphosis.protocol.records import decodeRecords
-from tests.ha.processes import Broker, CuttableProxy, serverIni, waitFor
+from tests.ha.processes import Broker, CuttableProxy, serverIni
 from tests.ha.test_failover import _FailoverCase
+from tests.waiting import waitFor
 from tests.zookeeper import zookeeperAddress
 
 #: The broker default, which the fast path must not wait for.

@@ -10,7 +10,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from metamorphosis.protocol.records import decodeRecords
-from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep, waitFor
+from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from metamorphosis.client.producer import SendResult
 from metamorphosis.tools.tail import LogFile, StateFile, Tailer, startOffset
-from tests.ha.processes import sleep, waitFor
+from tests.ha.processes import sleep
 from tests.tools.support import (
     ToolProcess,
     brokerUrl,
@@ -26,6 +26,7 @@ from tests.tools.support import (
     runTool,
     startBroker,
 )
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 
