@@ -134,6 +134,7 @@ class MetaConfig:
     maxTransactionBytes: int = 256 * 1024 * 1024
     maxAutoCreatedTopics: int = 1000
     reservedFileDescriptors: int = 64
+    maxConnections: int = 10000
     shutdownDrainSeconds: int = 30
     #: docs/disk-faults.md: how often (ms) the active segment of every
     #: partition is checked for deletion; 0 only checks at each write.
@@ -243,7 +244,7 @@ class ConfigError(Exception):
 LIMIT_KEYS = frozenset(
     """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
     maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors
-    shutdownDrainSeconds""".split()
+    maxConnections shutdownDrainSeconds""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -282,7 +283,7 @@ _SYSTEM_INTS = frozenset(
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
-    shutdownDrainSeconds
+    maxConnections shutdownDrainSeconds
     segmentCheckInterval verifyBytesPerSecond verifyPassInterval""".split()
 )
 _SYSTEM_LONGS = frozenset(
@@ -675,7 +676,7 @@ def _verify(config, path):
                          f"must be between 1 and {DEFAULT_MAX_TOPIC_LENGTH}"))
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
-    for key in ("segmentCheckInterval", "verifyBytesPerSecond"):
+    for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
     if config.verifyPassInterval <= 0:

@@ -864,6 +864,20 @@ class NoTransactionProcessor:
         pass
 
 
+class _Refusal(protocol.Protocol):
+    """
+    A connection the broker does not take: one C{result} saying why, then
+    closed (what the client sends is not read).
+    """
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def connectionMade(self):
+        self.transport.write(self.reply.encode())
+        self.transport.loseConnection()
+
+
 class BrokerFactory(protocol.ServerFactory):
     """
     The state every connection shares, and the routing of commands to
@@ -915,6 +929,22 @@ class BrokerFactory(protocol.ServerFactory):
         corked, self._corked = self._corked, []
         for proto in corked:
             proto._uncork()
+
+    def buildProtocol(self, addr):
+        """
+        A connection past C{maxConnections} is told why and closed: each one
+        holds a descriptor and buffers, and a client that opens them without
+        end (a connection leak) must not take the broker's last ones.
+        """
+        limit = self.config.maxConnections
+        if limit and len(self.connections) >= limit:
+            self.refusals.warn(
+                "max-connections", "Refused a connection from {peer}: {limit} are open "
+                "(maxConnections)", peer=hostPort(addr), limit=limit)
+            return _Refusal(result(
+                SERVICE_UNAVAILABLE,
+                f"The broker has {limit} connections open (maxConnections); try again later", 0))
+        return protocol.ServerFactory.buildProtocol(self, addr)
 
     def connectionOpened(self, proto):
         self.connections.add(proto)

@@ -161,6 +161,11 @@ class ParseTests(unittest.TestCase):
         self.assertConfigError("[system]\nmaxTopicNameLength=300\n", "maxTopicNameLength",
                                "between 1 and 249")
 
+    def test_maxConnections(self):
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").maxConnections, 10000)
+        self.assertEqual(parseConfig(b"[system]\nmaxConnections=0\n[topic=a]\n").maxConnections, 0)
+        self.assertConfigError("[system]\nmaxConnections=-1\n", "maxConnections", "negative")
+
     def test_unknownSection(self):
         self.assertConfigError("[sytem]\nbrokerId=1\n", "[sytem]", "unknown section")
 

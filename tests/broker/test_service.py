@@ -65,6 +65,27 @@ class BrokerServiceTests(unittest.TestCase):
         self.assertIn(b"\r\nport %d\r\n" % (port,), reply.body)
         self.assertIn(b"\r\ncurr_connections 1\r\n", reply.body)
 
+    async def test_maxConnections(self):
+        """
+        Past C{maxConnections} a new connection gets C{result 503} saying
+        so and is closed; the open ones go on, and once one closes a new
+        one is taken again.
+        """
+        broker, port = await self.startBroker(self.config(maxConnections=2))
+        first, second = await self.clientFor(port), await self.clientFor(port)
+        await waitFor(lambda: len(broker.factory.connections) == 2)
+        refused = await connect(reactor, port)
+        reply = await refused.expect(0)
+        await refused.closed
+        self.assertEqual((reply.code, reply.body),
+                         (503, b"The broker has 2 connections open (maxConnections); try again later"))
+        self.assertEqual([(await c.put("t", 0, b"m", 1)).code for c in (first, second)], [200, 200])
+        first.transport.loseConnection()
+        await first.closed
+        await waitFor(lambda: len(broker.factory.connections) == 1)
+        third = await self.clientFor(port)
+        self.assertEqual((await third.put("t", 0, b"m", 2)).code, 200)
+
     @defer.inlineCallbacks
     def test_manyConnectionsPipelining(self):
         """

@@ -347,6 +347,6 @@ class DocumentationTests(unittest.TestCase):
         config = loadConfig(path)
         defaults = MetaConfig()
         keys = re.findall(r"^(\w+)=", ini, re.M)
-        self.assertEqual(len(keys), 10)
+        self.assertEqual(len(keys), 11)
         for key in keys:
             self.assertEqual(getattr(config, key), getattr(defaults, key), key)
