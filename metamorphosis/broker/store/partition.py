@@ -74,44 +74,11 @@ INLINE_WRITE_BYTES = 512 * 1024
 SYNC_LOOP_SECONDS = 0.05
 
 
-class _BatchedWrites:
+class _Burst:
     """
-    While entered, appends are queued and written when it is left, one
-    write per partition for all of them: the broker enters it for each
-    socket read, so the puts of one read cost one C{pwrite} (and one job)
-    instead of one each.  Reactor thread only.
-    """
-
-    def __init__(self):
-        self.depth = 0
-        self.stores = []
-
-    def __enter__(self):
-        self.depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        self.depth -= 1
-        if not self.depth:
-            stores, self.stores = self.stores, []
-            for store in stores:
-                store._batchEnded()
-        return False
-
-
-#: The context the broker enters around each socket read (see
-#: L{_BatchedWrites}).
-batchedWrites = _BatchedWrites()
-
-
-class _Acknowledging:
-    """
-    Entered by a store while it fires the Deferreds of a burst of puts
-    (those of one write, or every put one fsync covers): what is given to
-    L{later} meanwhile runs once the burst is over, on the same reactor
-    turn.  The broker holds the replies of the burst and sends them then,
-    one write per connection, with no timer and no extra turn of the
-    reactor between the fsync and the reply.  Reactor thread only.
+    A context that may be entered again inside itself: what is given to
+    L{later} while it is entered runs once the outermost exit is over, on
+    the same reactor turn.  Reactor thread only.
     """
 
     def __init__(self):
@@ -132,13 +99,23 @@ class _Acknowledging:
 
     def later(self, call):
         """
-        Call C{call} when the burst being fired is over.
+        Call C{call} when the outermost burst is over.
         """
         self._later.append(call)
 
 
-#: Entered while a store acknowledges a burst of puts (L{_Acknowledging}).
-acknowledging = _Acknowledging()
+#: Entered by the broker around each socket read: appends made meanwhile
+#: are queued and written when it is left, one write per partition for all
+#: of them, so the puts of one read cost one C{pwrite} (and one job)
+#: instead of one each.
+batchedWrites = _Burst()
+
+#: Entered by a store while it fires the Deferreds of a burst of puts
+#: (those of one write, or every put one fsync covers): the broker holds
+#: the replies of the burst and sends them once it is over, one write per
+#: connection, with no timer and no extra turn of the reactor between the
+#: fsync and the reply.
+acknowledging = _Burst()
 
 
 def _writeAll(fd, data, position):
@@ -569,7 +546,7 @@ class MessageStore:
         elif batchedWrites.depth:
             if not self._inBatch:
                 self._inBatch = True
-                batchedWrites.stores.append(self)
+                batchedWrites.later(self._batchEnded)
         elif self._fsyncing:
             # An fsync runs, so this put cannot be synced before the next
             # one: write it at the next turn of the reactor, in one write
