@@ -139,6 +139,10 @@ class MetaConfig:
     #: docs/disk-faults.md: how often (ms) the active segment of every
     #: partition is checked for deletion; 0 only checks at each write.
     segmentCheckInterval: int = 5000
+    #: docs/storage.md: how group commit runs its fsyncs: "kernel" (Linux
+    #: AIO, no thread hand-off), "thread" (a pool thread), or "auto" (the
+    #: kernel where it can).
+    fsyncMethod: str = "auto"
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -258,7 +262,7 @@ SYSTEM_KEYS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
-    verifyPassInterval serialVersionUID topics slaveConfig zkConfig
+    verifyPassInterval fsyncMethod serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -293,7 +297,7 @@ _SYSTEM_BOOLS = frozenset(
     loadMessageStoresInParallel""".split()
 )
 _SYSTEM_STRINGS = frozenset(
-    "hostName dataPath dataLogPath appClassPath deletePolicy deleteWhen".split()
+    "hostName dataPath dataLogPath appClassPath deletePolicy deleteWhen fsyncMethod".split()
 )
 _TOPIC_INTS = frozenset("numPartitions unflushThreshold unflushInterval".split())
 _TOPIC_BOOLS = frozenset("acceptPublish acceptSubscribe stat".split())
@@ -679,6 +683,8 @@ def _verify(config, path):
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
+    if config.fsyncMethod not in ("auto", "kernel", "thread"):
+        problems.append(("system", "fsyncMethod", "must be auto, kernel or thread"))
     if config.verifyPassInterval <= 0:
         problems.append(("system", "verifyPassInterval", "must be positive"))
     if problems:

@@ -161,6 +161,14 @@ class ParseTests(unittest.TestCase):
         self.assertConfigError("[system]\nmaxTopicNameLength=300\n", "maxTopicNameLength",
                                "between 1 and 249")
 
+    def test_fsyncMethod(self):
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").fsyncMethod, "auto")
+        for method in ("auto", "kernel", "thread"):
+            config = parseConfig(b"[system]\nfsyncMethod=%s\n[topic=a]\n" % method.encode())
+            self.assertEqual(config.fsyncMethod, method)
+        self.assertConfigError("[system]\nfsyncMethod=io_uring\n", "fsyncMethod",
+                               "auto, kernel or thread")
+
     def test_maxConnections(self):
         self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").maxConnections, 10000)
         self.assertEqual(parseConfig(b"[system]\nmaxConnections=0\n[topic=a]\n").maxConnections, 0)

@@ -127,3 +127,23 @@ class IDeletePolicy(Interface):
         Dispose of the segment file at C{path}, which the store no longer
         uses.  Runs in a thread.
         """
+
+
+class IFsync(Interface):
+    """
+    Runs C{fsync(2)} for the reactor thread without blocking it
+    (L{metamorphosis.broker.store.fsync}).
+    """
+
+    def fsync(fd):
+        """
+        Make what was written to C{fd} durable.
+
+        @return: a Deferred firing with L{None} on the reactor thread once
+            it is, or failing with the C{OSError} C{fsync(2)} gave.
+        """
+
+    def close():
+        """
+        Release what the provider holds; no fsync may be pending.
+        """

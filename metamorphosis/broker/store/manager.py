@@ -31,6 +31,7 @@ from metamorphosis.broker.store.errors import (
     TooManyTopics,
     WrongPartition,
 )
+from metamorphosis.broker.store.fsync import chooseFsync
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
@@ -133,6 +134,7 @@ class MessageStoreManager(Service):
         self._policies = {}
         self._loaded = False
         self._segmentCheck = None
+        self._fsync = None
         self.verifier = SegmentVerifier(
             self, config.verifyBytesPerSecond, config.verifyPassInterval, reactor
         )
@@ -148,9 +150,21 @@ class MessageStoreManager(Service):
             self._poolShutdown = self._reactor.addSystemEventTrigger(
                 "after", "shutdown", self._threadpool.stop
             )
+        self._chooseFsync()
         self._started = ensureDeferred(self._load())
         self._started.addCallback(lambda _: self._startChecks())
         return self._started
+
+    def _chooseFsync(self):
+        """
+        Pick how group commit runs its fsyncs (C{fsyncMethod}); done when
+        the service starts, after C{twistd} has forked, since a kernel AIO
+        context belongs to the process that set it up.
+        """
+        self._fsync, fellBack = chooseFsync(
+            self.config.fsyncMethod, self._reactor, self._threadpool)
+        if fellBack is not None:
+            self.log.info("Group commit fsyncs run in a thread: {reason}", reason=fellBack)
 
     #: Given to every store as its L{MessageStore.fsyncObserver}.
     fsyncObserver = None
@@ -337,6 +351,9 @@ class MessageStoreManager(Service):
         for ok, result in results:
             if not ok:
                 self.log.failure("Closing a store failed", result)
+        if self._fsync is not None:
+            self._fsync.close()
+            self._fsync = None
         if self._ownPool:
             self._reactor.removeSystemEventTrigger(self._poolShutdown)
             self._threadpool.stop()
@@ -420,6 +437,7 @@ class MessageStoreManager(Service):
             offsetIfCreate=offsetIfCreate,
             damaged=damaged,
             readOnly=readOnly,
+            fsync=self._fsync,
         )
         store.fsyncObserver = self.fsyncObserver
         self._stores[topic, partition] = store

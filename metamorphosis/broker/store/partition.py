@@ -6,8 +6,10 @@ time per partition.  A job takes everything queued when it starts: the
 records that arrive while one job writes and fsyncs form the next job's
 batch.  A small batch into an existing segment is written on the reactor
 thread (a C{pwrite} into the page cache, cheaper than a round trip through
-a thread); fsyncs, segment creation and large batches run in a thread pool,
-so the reactor never waits on the disk.  Under
+a thread); fsyncs, segment creation and large batches run in a thread pool
+(the fsyncs of group commit rounds go to an
+L{metamorphosis.broker.store.interfaces.IFsync}, by default the kernel's
+asynchronous one), so the reactor never waits on the disk.  Under
 group commit (C{unflushThreshold <= 0}) every job ends with an fsync and the
 puts of its batch are acknowledged after it, so one fsync serves every put
 that arrived while the previous one ran.  Under the count/interval policy a
@@ -24,7 +26,6 @@ moves only when an fsync completes.
 
 import os
 import struct
-import threading
 import time
 from bisect import bisect_right
 
@@ -43,6 +44,7 @@ from metamorphosis.broker.store.errors import (
     SegmentLost,
     StoreClosed,
 )
+from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
@@ -67,12 +69,6 @@ JOB_BYTES = 4 * 1024 * 1024
 
 # Batches smaller than this are written on the reactor thread.
 INLINE_WRITE_BYTES = 512 * 1024
-
-# A group commit fsync loop gives its pool thread back after running this
-# long (and queues itself again), so that busy partitions cannot hold every
-# thread of the pool.
-SYNC_LOOP_SECONDS = 0.05
-
 
 class _Burst:
     """
@@ -327,15 +323,15 @@ class MessageStore:
         (recovery found them): never served.
     @param readOnly: why the partition's files are not whole, or L{None}:
         a read-only partition refuses every write.
+    @param fsync: the L{metamorphosis.broker.store.interfaces.IFsync} of
+        the group commit rounds; by default a
+        thread of C{threadpool}.
     """
 
     log = Logger()
     #: Called on the reactor thread with the seconds each fsync of a
     #: write job took (the flush latency metric), or L{None}.
     fsyncObserver = None
-    #: How long the group commit fsync loop waits for more puts before
-    #: it gives its pool thread back.
-    syncIdleSeconds = 0.002
     #: I/O errors (a full disk) are the disk's state, not bugs: logged
     #: without traceback, one line per interval for all stores.
     ioErrors = RateLimitedLog(log)
@@ -354,6 +350,7 @@ class MessageStore:
         offsetIfCreate=0,
         damaged=(),
         readOnly=None,
+        fsync=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -379,20 +376,14 @@ class MessageStore:
         self._closed = False
         self.readOnly = readOnly
         self._damaged = sorted(damaged)
-        # Group commit: written jobs waiting for the fsync loop, the number
-        # of jobs handed to it (with the file to fsync) and synced by it, a
-        # job held back until they are all synced, and whether the loop
-        # runs.  The lock guards the loop's state shared with its thread.
+        # Group commit: written jobs waiting for an fsync (in order, each
+        # with its ticket), the number of jobs handed over, whether an
+        # fsync runs, and a job held back until they are all synced.
+        self._fsync = fsync if fsync is not None else ThreadFsync(reactor, self._threadpool)
         self._syncing = []
-        self._syncLock = threading.Lock()
-        self._syncWake = threading.Condition(self._syncLock)
-        self._fsyncing = False
         self._syncRequested = 0
-        self._syncFile = None
-        self._syncCompleted = 0
-        self._syncRunning = False
+        self._syncInFlight = False
         self._held = None
-        self._writeCall = None
         self._inBatch = False
 
     def __repr__(self):
@@ -547,29 +538,18 @@ class MessageStore:
             if not self._inBatch:
                 self._inBatch = True
                 batchedWrites.later(self._batchEnded)
-        elif self._fsyncing:
+        elif self._syncInFlight:
             # An fsync runs, so this put cannot be synced before the next
-            # one: write it at the next turn of the reactor, in one write
-            # with every other put that arrives meanwhile (all requests of
-            # one socket read, other connections).
-            if self._writeCall is None:
-                self._writeCall = self._reactor.callLater(0, self._writeQueued)
+            # one: it is written when that one is over, in one write with
+            # every other put that arrives meanwhile.
+            pass
         else:
             self._kick()
         return entry.deferred
 
     def _batchEnded(self):
         self._inBatch = False
-        if self._busy or self._writeCall is not None:
-            return
-        if self._fsyncing:
-            self._writeCall = self._reactor.callLater(0, self._writeQueued)
-        else:
-            self._kick()
-
-    def _writeQueued(self):
-        self._writeCall = None
-        if not self._busy:
+        if not self._busy and not self._syncInFlight:
             self._kick()
 
     def flush(self):
@@ -621,101 +601,66 @@ class MessageStore:
         self._finish(job)
         self._kick()
 
-    # Group commit: the fsync loop
+    # Group commit: the fsync rounds
 
     def _handToSyncLoop(self, job):
         """
         A group commit job whose records are written (on the reactor
-        thread) waits for the fsync loop.  The loop runs in a pool thread
-        for as long as it is given more: each round fsyncs everything
-        written before it started and wakes the reactor once, which then
-        acknowledges every put that fsync covers.  So the reactor goes on
-        writing the puts that arrive while an fsync runs, and neither side
-        waits for the other between rounds.
+        thread) waits for an fsync.  One fsync runs at a time: it covers
+        every job written before it started; the puts that arrive while it
+        runs are queued, and written in one write and synced by the next
+        round, which starts as soon as this one is over (L{_synced}).  The
+        reactor hears of each round once, however many puts it covers.
         """
         self._applyProgress(job)
         job.syncEnd = job.lastSegment.end
         self._syncing.append(job)
-        with self._syncLock:
-            self._syncRequested += 1
-            job.syncTicket = self._syncRequested
-            self._syncFile = job.lastSegment.file
-            start = not self._syncRunning
-            self._syncRunning = True
-            if not start:
-                self._syncWake.notify()
-        if start:
-            self._threadpool.callInThreadWithCallback(self._syncLoopEnded, self._syncLoop)
+        self._syncRequested += 1
+        job.syncTicket = self._syncRequested
+        if not self._syncInFlight:
+            self._startSync()
 
-    def _syncLoop(self):
-        """
-        In a pool thread: fsync until everything handed over is synced.
-        """
-        until = time.monotonic() + SYNC_LOOP_SECONDS
-        while True:
-            with self._syncLock:
-                if self._syncRequested == self._syncCompleted and self.syncIdleSeconds > 0:
-                    # A producer waiting for its reply sends its next put
-                    # soon: waiting a moment for it here costs less than
-                    # handing the loop to the pool again.
-                    self._syncWake.wait(min(self.syncIdleSeconds,
-                                            max(0, until - time.monotonic())))
-                ticket, file = self._syncRequested, self._syncFile
-                if ticket == self._syncCompleted:
-                    self._syncRunning = False
-                    return
-                if time.monotonic() > until:
-                    # Back to the end of the pool's queue (see
-                    # SYNC_LOOP_SECONDS); still running.
-                    self._threadpool.callInThreadWithCallback(self._syncLoopEnded, self._syncLoop)
-                    return
-            started = time.monotonic()
-            error = None
-            self._fsyncing = True
-            try:
-                os.fsync(file.fileno())
-            except Exception:
-                error = Failure()
-            self._fsyncing = False
-            seconds = time.monotonic() - started
-            with self._syncLock:
-                self._syncCompleted = ticket
-            self._reactor.callFromThread(self._synced, ticket, seconds, error)
+    def _startSync(self):
+        self._syncInFlight = True
+        started = time.monotonic()
+        d = self._fsync.fsync(self._syncing[-1].lastSegment.file.fileno())
+        d.addBoth(self._synced, self._syncRequested, started)
 
-    def _syncLoopEnded(self, succeeded, result):
-        # In the pool thread; the loop catches what fsync raises.
-        if not succeeded:
-            self.log.failure("The fsync loop of {store} failed", result, store=str(self))
-
-    def _synced(self, ticket, seconds, error):
+    def _synced(self, result, ticket, started):
         """
-        On the reactor thread: the fsync loop synced every job up to
-        C{ticket}; acknowledge their puts (or fail them when the fsync
-        failed: nothing is acknowledged that is not on disk).
+        On the reactor thread: the fsync covering every job up to C{ticket}
+        is over.  Start the next round (for the puts that arrived
+        meanwhile), then acknowledge these puts, or fail them when the
+        fsync failed: nothing is acknowledged that is not on disk.
         """
+        self._syncInFlight = False
         done = 0
         while done < len(self._syncing) and self._syncing[done].syncTicket <= ticket:
             done += 1
         jobs, self._syncing = self._syncing[:done], self._syncing[done:]
+        error = result if isinstance(result, Failure) else None
         if error is None:
             if self.fsyncObserver is not None:
-                self.fsyncObserver(seconds)
+                self.fsyncObserver(time.monotonic() - started)
             if jobs:
                 self._flushedEnd = max(self._flushedEnd, jobs[-1].syncEnd)
             if not self._syncing:
                 self._unflushed = 0
             self._lastFlush = self._reactor.seconds()
-            with acknowledging:
-                for job in jobs:
-                    self._fire(job)
-        else:
+        with acknowledging:
+            if self._held is None:
+                if not self._busy:
+                    self._kick()
+                if self._syncing and not self._syncInFlight:
+                    self._startSync()
             for job in jobs:
-                self._failSync(error, job)
+                if error is None:
+                    self._fire(job)
+                else:
+                    self._failSync(error, job)
         if not self._syncing and self._held is not None:
             job, self._held = self._held, None
             self._runInThread(job)
-        elif not self._busy:
-            self._kick()
 
     def _failSync(self, failure, job):
         """

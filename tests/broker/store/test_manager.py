@@ -4,6 +4,7 @@ Tests for L{metamorphosis.broker.store.manager.MessageStoreManager}.
 
 import os
 import threading
+from unittest import SkipTest
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -21,6 +22,8 @@ from metamorphosis.broker.store import (
 )
 from metamorphosis.broker.store import manager as manager_module
 from metamorphosis.broker.store.errors import OutOfDescriptors, TooManyTopics
+from metamorphosis.broker.store.fsync import FsyncUnavailable
+from metamorphosis.protocol.records import encodePayload
 
 from .helpers import (
     ImmediateReactor,
@@ -327,7 +330,8 @@ class ThreadedManagerTests(TestCase):
         running and serving slices; the put is acknowledged only after it.
         """
         dataPath = os.path.abspath(self.mktemp())
-        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0))])
+        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0))],
+                            fsyncMethod="thread")
         manager = MessageStoreManager(config, reactor=reactor)
         yield manager.startService()
         self.addCleanup(manager.stopService)
@@ -356,4 +360,35 @@ class ThreadedManagerTests(TestCase):
         yield second
         self.assertEqual(acknowledged, [25])
         self.assertEqual(store.maxOffset, 51)
+
+    @inlineCallbacks
+    def test_kernelFsyncRounds(self):
+        """
+        With C{fsyncMethod=kernel} the group commit rounds run no
+        C{fsync(2)} in a thread: the kernel runs them, and every put is
+        acknowledged, in order, with its bytes in the file.
+        """
+        dataPath = os.path.abspath(self.mktemp())
+        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0))],
+                            fsyncMethod="kernel")
+        manager = MessageStoreManager(config, reactor=reactor)
+        try:
+            yield manager.startService()
+        except FsyncUnavailable as e:
+            raise SkipTest("no kernel fsync here: %s" % (e,))
+        store = manager.getOrCreateStore("test", 0)
+        # The first put creates the segment file (in a thread, with fsyncs).
+        yield store.append(0, 0, encodePayload(b"first", None)[0])
+        threaded = []
+        self.patch(os, "fsync", threaded.append)
+        bodies = [b"put %d" % (i,) for i in range(1, 40)]
+        offsets = yield gatherResults([store.append(i, 0, encodePayload(body, None)[0])
+                                       for i, body in enumerate(bodies, 1)])
+        self.assertEqual(threaded, [])
+        self.assertEqual(offsets, sorted(offsets))
+        self.assertEqual(store.maxOffset, store.sizeInBytes)
+        yield manager.stopService()
+        _, data = readPartition(os.path.join(dataPath, "test-0"))
+        self.assertEqual(data, b"".join(
+            record(i, body) for i, body in enumerate([b"first"] + bodies)))
 

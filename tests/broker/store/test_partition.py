@@ -359,37 +359,40 @@ class FlushPolicyTests(SynchronousTestCase):
     def test_groupCommitLoop(self):
         """
         Under group commit each put is written at once and acknowledged by
-        the first fsync that starts after it: the puts written while one
-        fsync runs are acknowledged together by the next round of the same
-        loop (one pool job), and none before its fsync.
+        the first fsync that starts after it: one fsync runs at a time, the
+        puts that arrive meanwhile are written together once it is over and
+        acknowledged together by the next round, none before its fsync.
         """
         pool = ManualThreadPool()
         store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
         # The segment file is created (in a thread) by the first write.
         appendExample(store, 1)
         pool.runOne()
-        first = appendExample(store, 1)
-        self.assertEqual(len(pool.pending), 1)
-        rest = []
         synced = []
         realFsync = os.fsync
 
         def fsync(fd):
             synced.append(store.maxOffset)
-            if not rest:
-                # Arriving while the first fsync runs.
-                rest.extend(appendExample(store, n) for n in (2, 3, 1))
-                self.assertEqual([d.called for d in [first] + rest], [False] * 4)
-                # Served only once synced.
-                self.assertIsNone(store.slice(25, 1000))
             realFsync(fd)
 
         self.patch(os, "fsync", fsync)
+        first = appendExample(store, 1)
+        self.assertEqual(len(pool.pending), 1)
+        self.assertEqual(store.sizeInBytes, 50)
+        # Arriving while the first round's fsync runs: queued, not written.
+        rest = [appendExample(store, n) for n in (2, 3, 1)]
+        self.assertEqual(len(pool.pending), 1)
+        self.assertEqual(store.sizeInBytes, 50)
+        self.assertIsNone(store.slice(25, 1000))
         pool.runOne()
-        # The puts that arrived during the first fsync were written in one
-        # write after it, and synced by the loop's second round.
-        self.assertEqual(synced, [25, 50])
         self.assertEqual(self.successResultOf(first), 25)
+        # Written once the round was over, with the next round started.
+        self.assertEqual(store.sizeInBytes, 130)
+        self.assertEqual([d.called for d in rest], [False] * 3)
+        self.assertEqual(len(pool.pending), 1)
+        self.assertEqual(store.maxOffset, 50)
+        pool.runOne()
+        self.assertEqual(synced, [25, 50])
         self.assertEqual([self.successResultOf(d) for d in rest], [50, 80, 105])
         self.assertEqual(store.maxOffset, 130)
         self.assertEqual(pool.pending, [])
