@@ -140,6 +140,11 @@ class KernelFsync:
         self._next = 0
         self._events = (_Event * self._batch)()
         self._noWait = _Timespec(0, 0)
+        # io_submit copies the request, so one is filled in for each call
+        # (building a ctypes structure costs more than the system call).
+        self._request = _Iocb(opcode=_IOCB_CMD_FSYNC, flags=_IOCB_FLAG_RESFD,
+                              resultFd=self._eventFd)
+        self._requests = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._request))
         self._closed = False
         reactor.addReader(self)
 
@@ -148,10 +153,9 @@ class KernelFsync:
             return fail(FsyncUnavailable("closed"))
         self._next += 1
         key = self._next
-        request = _Iocb(data=key, opcode=_IOCB_CMD_FSYNC, fd=fd,
-                        flags=_IOCB_FLAG_RESFD, resultFd=self._eventFd)
-        pointers = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(request))
-        if self._libc.syscall(self._submit, self._context, 1, pointers) != 1:
+        self._request.data = key
+        self._request.fd = fd
+        if self._libc.syscall(self._submit, self._context, 1, self._requests) != 1:
             code = ctypes.get_errno()
             if code == errno.EAGAIN and self._fallback is not None:
                 # MAX_IN_FLIGHT requests are running already.
