@@ -101,6 +101,9 @@ class FakeStoreManager:
     manager; L{getOrCreateStore} makes L{FileStore}s under C{directory}.
     """
 
+    #: No group commit provider: the journal syncs in its pool.
+    fsync = None
+
     def __init__(self, config=None, directory=None):
         self.config = config
         self.directory = directory

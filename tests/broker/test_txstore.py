@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.broker.config import MetaConfig
 from metamorphosis.broker.store import MessageStoreManager
+from metamorphosis.broker.store.partition import batchedWrites
 from metamorphosis.broker.transactions import journal
 from metamorphosis.broker.transactions.journal import DoneRecord
 from metamorphosis.broker.transactions.journal import decodeRecords as decodeJournal
@@ -35,6 +36,8 @@ class BrokenManager:
     """
     A store manager whose partitions cannot be opened.
     """
+
+    fsync = None
 
     def __init__(self, manager):
         self.manager = manager
@@ -349,9 +352,11 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
 
     def test_commitsOfOneFsyncAppendTogether(self):
         """
-        The commits one journal fsync acknowledges append their messages to
-        a partition with one write, in the order they were committed, and
-        journal their DONE records with one write.
+        The commits of one socket read share one journal fsync round, and
+        the commits it acknowledges append their messages to a partition
+        with one write, in the order they were committed, and journal their
+        DONE records with one write.  (The journal forces its files with
+        the store manager's fsync, which runs at once here.)
         """
         pool = ManualThreadPool()
         store = JournalTransactionStore(
@@ -371,8 +376,6 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
             return realPwrite(fd, data, position)
 
         self.patch(os, "pwrite", pwrite)
-        commits = [ensureDeferred(tx.commit(True)) for tx in transactions]
-        self.assertEqual(len(pool.pending), 1)
         journalWrites = []
         realWrite = os.write
 
@@ -380,9 +383,20 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
             journalWrites.append(bytes(data))
             return realWrite(fd, data)
 
-        self.patch(os, "write", write)
-        while pool.pending:
-            pool.runOne()
+        fsyncs = []
+        realFsync = os.fsync
+
+        def fsync(fd):
+            if os.path.basename(os.readlink("/proc/self/fd/%d" % (fd,))).startswith("redo."):
+                fsyncs.append(fd)
+            realFsync(fd)
+
+        with batchedWrites:
+            commits = [ensureDeferred(tx.commit(True)) for tx in transactions]
+            self.patch(os, "write", write)
+            self.patch(os, "fsync", fsync)
+        # One journal fsync for the three commits.
+        self.assertEqual(len(fsyncs), 1)
         for commit in commits:
             self.successResultOf(commit)
         self.assertEqual(len(writes), 1)

@@ -47,6 +47,9 @@ class MemoryStore:
 
 
 class MemoryStoreManager:
+    #: No group commit provider: the journal syncs in its pool.
+    fsync = None
+
     def __init__(self):
         self._stores = {}
 

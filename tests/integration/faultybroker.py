@@ -10,11 +10,19 @@ fails with ENOSPC, as on a full disk.
 
 C{fault-journal-fsync-eio}: every fsync of the transaction journal fails
 with EIO (its writes succeed), as on a disk that loses written data.
+
+The journal's fsyncs go through the fsync provider it is given (the
+kernel's asynchronous fsync, or a thread), so that provider is wrapped too.
 """
 
 import errno
 import os
 import sys
+
+from twisted.internet.defer import fail
+from zope.interface import implementer
+
+from metamorphosis.broker.store.interfaces import IFsync
 
 
 class FaultyOs:
@@ -43,17 +51,50 @@ class FaultyOs:
         self._check()
         return os.pwrite(fd, data, position)
 
-    def fsync(self, fd):
-        self._check()
+    def fsyncFault(self):
+        """
+        The error an fsync fails with now, or L{None}.
+        """
+        if os.path.exists(self._trigger):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if os.path.exists(self._fsyncTrigger):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return OSError(errno.EIO, os.strerror(errno.EIO))
+        return None
+
+    def fsync(self, fd):
+        error = self.fsyncFault()
+        if error is not None:
+            raise error
         return os.fsync(fd)
+
+
+@implementer(IFsync)
+class FaultyFsync:
+    """
+    An L{IFsync} failing as L{FaultyOs.fsync} does, else the wrapped one.
+    """
+
+    def __init__(self, fsync, faultyOs):
+        self._fsync = fsync
+        self._os = faultyOs
+
+    def fsync(self, fd):
+        error = self._os.fsyncFault()
+        if error is not None:
+            return fail(error)
+        return self._fsync.fsync(fd)
+
+    def close(self):
+        self._fsync.close()
 
 
 def main():
     from metamorphosis.broker.transactions import journal
 
-    journal.os = FaultyOs("fault-journal-enospc", "fault-journal-fsync-eio")
+    faultyOs = FaultyOs("fault-journal-enospc", "fault-journal-fsync-eio")
+    journal.os = faultyOs
+    useFsync = journal.RedoLog.useFsync
+    journal.RedoLog.useFsync = lambda log, fsync: useFsync(log, FaultyFsync(fsync, faultyOs))
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd"] + sys.argv[1:]

@@ -166,6 +166,15 @@ class MessageStoreManager(Service):
         if fellBack is not None:
             self.log.info("Group commit fsyncs run in a thread: {reason}", reason=fellBack)
 
+    @property
+    def fsync(self):
+        """
+        The L{metamorphosis.broker.store.interfaces.IFsync} of group commit
+        (C{fsyncMethod}), chosen when the service starts; L{None} before.
+        The transaction journal forces its files with it too.
+        """
+        return self._fsync
+
     #: Given to every store as its L{MessageStore.fsyncObserver}.
     fsyncObserver = None
 

@@ -4,16 +4,16 @@ The files of the transaction journal under C{<dataLogPath>/transactions/}
 
 L{RedoLog} appends records to C{redo.<N>} with plain C{write(2)} calls, so
 that a record the broker has acted on survives a C{kill -9} of the process,
-and forces them to disk with C{fsync(2)} in an fsync loop (group commit,
-L{metamorphosis.broker.store.syncloop}): every sync requested while one
-runs is covered by the next, and they are answered together.
+and forces them to disk in rounds of fsyncs (group commit,
+L{metamorphosis.broker.store.syncloop}; the kernel's asynchronous fsync
+where it can): every sync requested while one round runs is covered by
+the next, and they are answered together.
 L{Checkpoints} and L{HeuristicJournal} hold the small files beside it.
 """
 
 import json
 import os
 import struct
-import threading
 import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from twisted.logger import Logger
 
+from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.syncloop import SyncLoop
 from metamorphosis.durable import replaceDurably
 
@@ -236,14 +237,22 @@ class RedoLog:
         self.directory = directory
         self.fileSize = fileSize
         self._current = None
-        # The files written since the fsync loop last took them; shared
-        # with the loop's thread.
+        # The files written since the last fsync round took them.
         self._dirty = {}
-        self._dirtyLock = threading.Lock()
         self._firing = firing
         # While a round is answered: the DONE records held back.
         self._held = None
-        self._syncLoop = SyncLoop(reactor, threadPool, self._forceDirty, self._answering)
+        self._syncLoop = SyncLoop(ThreadFsync(reactor, threadPool), self._takeDirty,
+                                  self._answering)
+
+    def useFsync(self, fsync):
+        """
+        Force the journal with C{fsync} (an
+        L{metamorphosis.broker.store.interfaces.IFsync}: the store
+        manager's, the kernel's asynchronous fsync where it can) instead of
+        a pool thread; before the first L{sync}.
+        """
+        self._syncLoop.fsync = fsync
 
     def numbers(self):
         """
@@ -362,20 +371,18 @@ class RedoLog:
                 pass
             raise
         current.size += len(data)
-        with self._dirtyLock:
-            self._dirty[current.number] = current
+        self._dirty[current.number] = current
         return location
 
     def _rotate(self):
         """
         Start the next file.  The old one is closed by the fsync round that
-        forces its last records (one may be running in the loop's thread
-        right now, so it cannot be closed here).
+        forces its last records (one may be running right now, so it cannot
+        be closed here).
         """
         old = self._current
-        with self._dirtyLock:
-            old.retired = True
-            self._dirty[old.number] = old
+        old.retired = True
+        self._dirty[old.number] = old
         self._current = _RedoFile(self._path(old.number + 1), old.number + 1)
         self.sync().addErrback(
             lambda f: log.failure("Forcing {path} failed", f, path=old.path)
@@ -390,22 +397,20 @@ class RedoLog:
         """
         return self._syncLoop.request()
 
-    def _forceDirty(self):
+    def _takeDirty(self):
         """
-        In the fsync loop's thread: force the files written so far and
-        close the retired ones among them.  Which files, and which to
-        close, is decided at once under the lock: a file retired after
-        this is closed by the next round.
+        A round starts: it forces the files written so far, and closes the
+        retired ones among them once their fsyncs are over (a file retired
+        after this is closed by the next round).
         """
-        with self._dirtyLock:
-            files, self._dirty = list(self._dirty.values()), {}
-            closing = [f for f in files if f.retired]
-        try:
-            for f in files:
-                os.fsync(f.fd)
-        finally:
+        files, self._dirty = list(self._dirty.values()), {}
+        closing = [f for f in files if f.retired]
+
+        def closeRetired():
             for f in closing:
                 os.close(f.fd)
+
+        return [f.fd for f in files], closeRetired
 
     def stopSyncing(self):
         """
@@ -418,10 +423,9 @@ class RedoLog:
     @property
     def dirty(self):
         """
-        Whether records were written since the fsync loop last took them.
+        Whether records were written since the last fsync round took them.
         """
-        with self._dirtyLock:
-            return bool(self._dirty)
+        return bool(self._dirty)
 
     def deleteBefore(self, number):
         """

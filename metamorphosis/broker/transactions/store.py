@@ -123,6 +123,8 @@ class JournalTransactionStore:
         returns the transaction object that continues it.
         """
         os.makedirs(self.directory, exist_ok=True)
+        if self._storeManager.fsync is not None:
+            self._redo.useFsync(self._storeManager.fsync)
         self._lastCheckpoint = await self._inThread(self._checkpoints.latest)
         records = await self._inThread(self._redo.recover, self._lastCheckpoint)
         pending = {}

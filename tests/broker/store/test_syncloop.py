@@ -1,39 +1,63 @@
 """
-The group commit fsync loop (L{metamorphosis.broker.store.syncloop}): what
-one fsync round answers, and what it must not.
+The group commit fsync rounds (L{metamorphosis.broker.store.syncloop}):
+what one round answers, and what it must not.
 """
 
 import errno
 from contextlib import contextmanager
 
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from metamorphosis.broker.store.interfaces import IFsync
+from metamorphosis.broker.store.partition import batchedWrites
 from metamorphosis.broker.store.syncloop import SyncLoop, SyncLoopStopped
-from tests.broker.txsupport import ImmediateReactor, ManualThreadPool
+
+
+@implementer(IFsync)
+class ManualFsync:
+    """
+    An L{IFsync} whose fsyncs end when the test says.
+    """
+
+    def __init__(self):
+        self.pending = []
+
+    def fsync(self, fd):
+        d = Deferred()
+        self.pending.append((fd, d))
+        return d
+
+    def close(self):
+        pass
+
+    def finish(self, error=None):
+        """
+        End every fsync running now (with C{error}, or successfully).
+        """
+        pending, self.pending = self.pending, []
+        for _, d in pending:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
 
 
 class SyncLoopTests(SynchronousTestCase):
     def setUp(self):
-        self.pool = ManualThreadPool()
+        self.fsyncs = ManualFsync()
         self.events = []
-        self.failing = []
-        self.duringForce = None
+        self.dirty = [3]
         self.loop = self.makeLoop()
 
     def makeLoop(self, firing=None):
-        loop = SyncLoop(ImmediateReactor(Clock()), self.pool, self.force, firing)
-        # The pool here runs the loop on the test's thread: no idle wait.
-        loop.idleSeconds = 0
-        return loop
+        return SyncLoop(self.fsyncs, self.take, firing)
 
-    def force(self):
-        self.events.append("fsync")
-        if self.duringForce is not None:
-            action, self.duringForce = self.duringForce, None
-            action()
-        if self.failing:
-            raise self.failing.pop(0)
+    def take(self):
+        fds, self.dirty = self.dirty, [3]
+        self.events.append("fsync %s" % (",".join(map(str, fds)),))
+        return fds, lambda: self.events.append("after")
 
     def request(self, name):
         d = self.loop.request()
@@ -41,45 +65,58 @@ class SyncLoopTests(SynchronousTestCase):
                        lambda f: self.events.append((name, f.value)))
         return d
 
-    def runPool(self):
-        while self.pool.pending:
-            self.pool.runOne()
-
     def test_oneFsyncAnswersEveryRequestMadeBefore(self):
         """
-        Requests made before a round starts are all answered by its one
-        fsync, in request order, after it.
+        A round forces the files written so far, each once, and answers
+        every request made before it started, in request order, after its
+        fsyncs are all over.  The requests made while one socket read is
+        handled start their round once it is: they share it.
         """
-        for name in "abc":
-            self.request(name)
-        self.assertEqual(self.events, [])
-        self.runPool()
-        self.assertEqual(self.events, ["fsync", "a", "b", "c"])
+        self.dirty = [3, 4]
+        with batchedWrites:
+            self.request("a")
+            self.request("b")
+            self.assertEqual(self.fsyncs.pending, [])
+        self.assertEqual([fd for fd, _ in self.fsyncs.pending], [3, 4])
+        self.request("c")
+        self.assertEqual(self.events, ["fsync 3,4"])
+        self.fsyncs.pending.pop(0)[1].callback(None)
+        self.assertEqual(self.events, ["fsync 3,4"])
+        self.fsyncs.finish()
+        self.assertEqual(self.events, ["fsync 3,4", "after", "fsync 3", "a", "b"])
+        self.fsyncs.finish()
+        self.assertEqual(self.events[5:], ["after", "c"])
 
     def test_requestDuringFsyncWaitsForTheNext(self):
         """
-        A request made while an fsync runs (its write came after the fsync
-        started) is answered only by the next fsync.
+        A request made while a round runs (its write came after the round
+        started) is answered only by the next round, which starts before
+        the first round's requests are answered.
         """
         self.request("a")
-        self.duringForce = lambda: self.request("late")
-        self.runPool()
-        self.assertEqual(self.events, ["fsync", "a", "fsync", "late"])
+        self.request("late")
+        self.fsyncs.finish()
+        self.assertEqual(self.events, ["fsync 3", "after", "fsync 3", "a"])
+        self.fsyncs.finish()
+        self.assertEqual(self.events[4:], ["after", "late"])
 
     def test_failedFsyncFailsWhatItCovered(self):
         """
-        A failed fsync fails every request it covered, and only those: the
-        next round answers the requests made after it.
+        A failed fsync fails every request its round covered, and only
+        those: the next round answers the requests made after it.  The
+        round's files are finished either way.
         """
         error = OSError(errno.EIO, "Input/output error")
-        self.failing.append(error)
-        self.request("a")
-        self.request("b")
-        self.runPool()
-        self.assertEqual(self.events, ["fsync", ("a", error), ("b", error)])
+        self.dirty = [3, 4]
+        with batchedWrites:
+            self.request("a")
+            self.request("b")
+        self.fsyncs.pending.pop(0)[1].callback(None)
+        self.fsyncs.finish(error)
+        self.assertEqual(self.events, ["fsync 3,4", "after", ("a", error), ("b", error)])
         self.request("c")
-        self.runPool()
-        self.assertEqual(self.events[3:], ["fsync", "c"])
+        self.fsyncs.finish()
+        self.assertEqual(self.events[4:], ["fsync 3", "after", "c"])
 
     def test_firingContextPerRound(self):
         """
@@ -93,31 +130,46 @@ class SyncLoopTests(SynchronousTestCase):
             self.events.append("exit")
 
         self.loop = self.makeLoop(firing)
-        self.request("a")
-        self.request("b")
-        self.runPool()
-        self.assertEqual(self.events, ["fsync", "enter", "a", "b", "exit"])
+        with batchedWrites:
+            self.request("a")
+            self.request("b")
+        self.fsyncs.finish()
+        self.assertEqual(self.events, ["fsync 3", "after", "enter", "a", "b", "exit"])
 
-    def test_stopWaitsForTheLoop(self):
+    def test_stopWaitsForTheRound(self):
         """
-        C{stop} fires once the requests made are answered and the loop has
-        left its thread; later requests fail.
+        C{stop} fires once the requests made are answered; later requests
+        fail.
         """
         self.request("a")
         stopped = []
         self.loop.stop().addCallback(lambda _: self.events.append("stopped"))
-        self.assertEqual(self.events, [])
-        self.runPool()
-        self.assertEqual(self.events, ["fsync", "a", "stopped"])
+        self.assertEqual(self.events, ["fsync 3"])
+        self.fsyncs.finish()
+        self.assertEqual(self.events, ["fsync 3", "after", "a", "stopped"])
         self.loop.request().addErrback(stopped.append)
         self.assertEqual(len(stopped), 1)
         stopped[0].trap(SyncLoopStopped)
 
+    def test_stopBeforeTheBurstEnds(self):
+        """
+        A request waiting for the end of a socket read's handling keeps
+        C{stop} waiting too.
+        """
+        stopped = []
+        with batchedWrites:
+            self.request("a")
+            self.loop.stop().addCallback(stopped.append)
+        self.assertEqual(stopped, [])
+        self.fsyncs.finish()
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.events, ["fsync 3", "after", "a"])
+
     def test_stopWhenIdle(self):
         """
-        A loop that does not run stops at once.
+        A loop with no round running stops at once.
         """
         stopped = []
         self.loop.stop().addCallback(stopped.append)
         self.assertEqual(stopped, [None])
-        self.assertEqual(self.pool.pending, [])
+        self.assertEqual(self.fsyncs.pending, [])
