@@ -22,7 +22,7 @@ from metamorphosis.broker.store import (
 )
 from metamorphosis.broker.store import manager as manager_module
 from metamorphosis.broker.store.errors import OutOfDescriptors, TooManyTopics
-from metamorphosis.broker.store.fsync import FsyncUnavailable
+from metamorphosis.broker.store.fsync import FsyncUnavailable, KernelFsync, ThreadFsync
 from metamorphosis.protocol.records import encodePayload
 
 from .helpers import (
@@ -65,6 +65,20 @@ class ManagerTests(SynchronousTestCase):
         self.successResultOf(manager.whenStarted())
         self.addCleanup(lambda: manager.running and manager.stopService())
         return manager, [formatEvent(e) for e in events]
+
+    def test_fsyncMethodLogged(self):
+        """
+        The manager says at start how group commit fsyncs run: here
+        C{auto} falls back to a thread (this reactor watches no
+        descriptors) and says why; C{thread} is taken as asked.
+        """
+        manager, lines = self.startManager(makeConfig(self.dataPath))
+        self.assertIsInstance(manager.fsync, ThreadFsync)
+        self.assertIn("Group commit fsyncs run in a thread: the reactor cannot watch a "
+                      "file descriptor", lines)
+        self.successResultOf(manager.stopService())
+        manager, lines = self.startManager(makeConfig(self.dataPath, fsyncMethod="thread"))
+        self.assertIn("Group commit fsyncs run in a thread (fsyncMethod=thread)", lines)
 
     def test_loadsExistingPartitions(self):
         otherPath = os.path.abspath(self.mktemp())
@@ -385,6 +399,7 @@ class ThreadedManagerTests(TestCase):
         offsets = yield gatherResults([store.append(i, 0, encodePayload(body, None)[0])
                                        for i, body in enumerate(bodies, 1)])
         self.assertEqual(threaded, [])
+        self.assertIsInstance(manager.fsync, KernelFsync)
         self.assertEqual(offsets, sorted(offsets))
         self.assertEqual(store.maxOffset, store.sizeInBytes)
         yield manager.stopService()
