@@ -648,11 +648,12 @@ class MessageStore:
                 self._unflushed = 0
             self._lastFlush = self._reactor.seconds()
         with acknowledging:
-            if self._held is None:
-                if not self._busy:
-                    self._kick()
-                if self._syncing and not self._syncInFlight:
-                    self._startSync()
+            if self._held is None and not self._busy:
+                self._kick()
+            if self._syncing and not self._syncInFlight:
+                # Jobs handed over during this round (a held job waits
+                # for them too).
+                self._startSync()
             for job in jobs:
                 if error is None:
                     self._fire(job)
