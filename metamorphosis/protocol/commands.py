@@ -14,6 +14,7 @@ Everything the Java decoder would reject raises L{ProtocolError}; nothing
 else escapes L{CommandParser}.
 """
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -504,6 +505,23 @@ def _malformed(line: str, tokens: list[str], reason: object) -> ProtocolError:
     return ProtocolError(f"Invalid command {line!r}: {reason}", _salvageOpaque(tokens))
 
 
+#: The header line of a put as Java clients send it (7 tokens: topic,
+#: partition, body length, flag, checksum, opaque), every token plain ASCII
+#: and every number short enough to be a Java int without a range check but
+#: the checksum and the opaque (checked by L{CommandParser._wholePut}).
+#: Such a put whose body is already buffered is decoded without splitting
+#: the line or going through the general decoders: the same command they
+#: give (a property test checks it), for about a third of their work.
+#: Anything else (a transaction key, no checksum, a sign, Unicode, a body
+#: still arriving, an error) takes the general path.
+_WHOLE_PUT = re.compile(
+    rb"put ([\x21-\x7e]+) (-?[0-9]{1,9}) ([0-9]{1,9}) (-?[0-9]{1,9}) (-?[0-9]{1,10})"
+    rb" (-?[0-9]{1,10})"
+)
+_INT_MIN = -(2**31)
+_INT_MAX = 2**31 - 1
+
+
 @dataclass(slots=True)
 class _Waiting:
     """
@@ -575,6 +593,12 @@ class CommandParser:
                         return
                     if end > self.maxLineLength:
                         raise self._lineTooLong(buffer)
+                    match = _WHOLE_PUT.fullmatch(buffer, 0, end)
+                    if match is not None:
+                        command = self._wholePut(buffer, end, match)
+                        if command is not None:
+                            yield command
+                            continue
                     raw = buffer[:end]
                     del buffer[: end + 2]
                     self._scanned = 0
@@ -605,6 +629,29 @@ class CommandParser:
             buffer.clear()
             self._waiting = None
             raise
+
+    def _wholePut(self, buffer: bytearray, end: int, match) -> "PutCommand | None":
+        """
+        The put whose header line (C{buffer[:end]}) matched L{_WHOLE_PUT},
+        taken from the buffer when its body is there too; else L{None},
+        and the general path decodes it.
+        """
+        topic, partition, length, flag, checksum, opaque = match.groups()
+        length = int(length)
+        start = end + 2
+        stop = start + length
+        if stop > len(buffer) or length > self.maxBodySize:
+            return None
+        checksum = int(checksum)
+        opaque = int(opaque)
+        if not (_INT_MIN <= checksum <= _INT_MAX and _INT_MIN <= opaque <= _INT_MAX):
+            return None
+        with memoryview(buffer) as view:
+            body = bytes(view[start:stop])
+        del buffer[:stop]
+        self._scanned = 0
+        return PutCommand(topic.decode("ascii"), int(partition), body, int(flag), opaque,
+                          checksum)
 
     @property
     def bufferedBytes(self) -> int:

@@ -482,3 +482,67 @@ class UnfinishedTests(SynchronousTestCase):
         if headerRead and hasattr(command, "data"):
             self.assertEqual(error.opaque, command.opaque)
         self.assertRaises(ProtocolError, parser.feed, wire[cut:])
+
+
+def _generalParse(wire, maxBodySize):
+    """
+    What the general decoders make of C{wire}: the commands, or the error's
+    text and opaque.
+    """
+    from metamorphosis.protocol import commands
+
+    saved = commands._WHOLE_PUT
+    commands._WHOLE_PUT = commands.re.compile(rb"(?!)")
+    try:
+        return _outcome(wire, maxBodySize)
+    finally:
+        commands._WHOLE_PUT = saved
+
+
+def _outcome(wire, maxBodySize):
+    parser = CommandParser(maxBodySize=maxBodySize)
+    try:
+        return parser.feed(wire), parser.bufferedBytes
+    except ProtocolError as e:
+        return str(e), e.opaque
+
+
+_putNumbers = st.one_of(
+    st.integers(-(2**31), 2**31 - 1).map(str),
+    st.integers(-(2**40), 2**40).map(str),
+    st.sampled_from(["0", "-0", "007", "+5", "-", "", "2147483647", "2147483648",
+                     "-2147483648", "-2147483649", "0000000001", "1234567890", "٣"]),
+)
+
+
+class WholePutTests(SynchronousTestCase):
+    """
+    The fast path of a whole put (C{_WHOLE_PUT}) decodes exactly what the
+    general decoders decode, and leaves everything else to them.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.one_of(st.sampled_from(["test", "meta-test", "a", "é", "", "TX:1"]),
+                  st.text(min_size=0, max_size=6)),
+        _putNumbers, st.one_of(st.integers(0, 20).map(str), _putNumbers), _putNumbers,
+        _putNumbers, _putNumbers, st.binary(max_size=20), st.integers(0, 30),
+        st.sampled_from([b"", b"version 3\r\n", b"put t 0 1 0 5 6\r\nx"]),
+    )
+    def test_sameAsGeneral(self, topic, partition, length, flag, crc, opaque, body,
+                           maxBodySize, tail):
+        line = " ".join(["put", topic, partition, length, flag, crc, opaque])
+        wire = line.encode("utf-8") + b"\r\n" + body + tail
+        self.assertEqual(_outcome(wire, maxBodySize), _generalParse(wire, maxBodySize))
+
+    def test_javaPut(self):
+        """
+        A put as the Java client sends it, in one read or cut anywhere.
+        """
+        wire = b"put meta-test -1 5 3 907060870 -2147483648\r\nhelloput t 0 0 0 0 7\r\n"
+        expected = [PutCommand("meta-test", -1, b"hello", 3, -2147483648, 907060870),
+                    PutCommand("t", 0, b"", 0, 7, 0)]
+        self.assertEqual(CommandParser().feed(wire), expected)
+        for cut in range(len(wire)):
+            parser = CommandParser()
+            self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
