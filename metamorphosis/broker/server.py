@@ -86,6 +86,11 @@ SYNC_COMMAND_CLASS = "com.taobao.metamorphosis.network.SyncCommand"
 DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT])
 
 
+#: What L{BrokerFactory.dispatch} returns when it will call the C{replied}
+#: it was given with the reply instead of returning it.
+REPLY_LATER = object()
+
+
 def describeWriteError(error):
     """
     The text telling a client why a write failed; a full disk says so in
@@ -344,16 +349,22 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             self._commands.clear()
             self._closeWhenDone()
             return
+        # Counted before dispatching: a put's reply may come before
+        # dispatch returns.
+        self._inFlight += 1
         try:
-            reply = self.factory.dispatch(command, self.session)
+            reply = self.factory.dispatch(command, self.session, self._replied)
         except Exception:
+            self._inFlight -= 1
             self.log.failure("Processing {command} failed", command=repr(command))
             self.transport.loseConnection()
             return
+        if reply is REPLY_LATER:
+            return
         if isinstance(reply, defer.Deferred):
-            self._inFlight += 1
             reply.addCallbacks(self._replied, self._replyFailed, errbackArgs=(command,))
         else:
+            self._inFlight -= 1
             self.sendReply(reply)
 
     def _replied(self, reply):
@@ -641,6 +652,21 @@ class BrokerProcessor:
         return f"{self.config.brokerId}-{partition}"
 
     def processPut(self, command, session):
+        """
+        The reply to a plain put, or a Deferred of it (L{putThen}).
+        """
+        d = defer.Deferred()
+        reply = self.putThen(command, session, d.callback)
+        return d if reply is REPLY_LATER else reply
+
+    def putThen(self, command, session, replied):
+        """
+        Handle a plain put: the reply of a refused put is returned; that of
+        a put given to its store is passed to C{replied} once the store
+        acknowledges or fails it (maybe before this returns), and
+        L{REPLY_LATER} is returned.  What the broker's connections use:
+        no Deferred and no callback chain per put.
+        """
         topic = command.topic
         partitionString = self._partitionString(command.partition)
         self.stats.statsPut(topic, partitionString)
@@ -671,7 +697,6 @@ class BrokerProcessor:
                                  "transfering on networking.")
             if store.readOnly is not None:
                 raise PartitionReadOnly(topic, partition, store.readOnly)
-            appended = store.append(msgId, command.flag, command.data, checksum)
         except Exception as e:
             self.refusals.warn(
                 "put-refused:" + type(e).__name__,
@@ -683,34 +708,42 @@ class BrokerProcessor:
                           + f"Detail:{describeWriteError(e)}",
                           command.opaque)
 
+        opaque = command.opaque
+
         def stored(offset):
-            return result(OK, f"{msgId} {partition} {offset}", command.opaque)
+            replied(result(OK, f"{msgId} {partition} {offset}", opaque))
 
         def failed(failure):
-            self.stats.statsPutFailed(topic, partitionString)
-            error = failure.value
-            if isinstance(error, (PartitionReadOnly, SegmentLost)):
-                # The store logged the damage once; the client is told.
-                return result(INTERNAL_ERROR,
-                              self.genErrorMessage(topic, partition) + f"Detail:{error}",
-                              command.opaque)
-            if not isinstance(error, OSError):
-                self.log.failure("Append to {topic}-{partition} failed", failure,
-                                 topic=topic, partition=partition)
-                return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition),
-                              command.opaque)
-            # An I/O error is the disk's state, not a bug: one line per
-            # interval, and the client is told what happened.
-            self.refusals.error(
-                "append-failed:" + errno.errorcode.get(error.errno, "?"),
-                "Append to {topic}-{partition} failed: {error}",
-                topic=topic, partition=partition, error=describeWriteError(error))
-            return result(INTERNAL_ERROR,
-                          self.genErrorMessage(topic, partition)
-                          + f"Detail:{describeWriteError(error)}",
-                          command.opaque)
+            replied(self._appendFailed(failure, topic, partition, partitionString, opaque))
 
-        return appended.addCallbacks(stored, failed)
+        store.appendThen(msgId, command.flag, command.data, checksum, stored, failed)
+        return REPLY_LATER
+
+    def _appendFailed(self, failure, topic, partition, partitionString, opaque):
+        """
+        The reply to a put its store failed to append.
+        """
+        self.stats.statsPutFailed(topic, partitionString)
+        error = failure.value
+        if isinstance(error, (PartitionReadOnly, SegmentLost)):
+            # The store logged the damage once; the client is told.
+            return result(INTERNAL_ERROR,
+                          self.genErrorMessage(topic, partition) + f"Detail:{error}",
+                          opaque)
+        if not isinstance(error, OSError):
+            self.log.failure("Append to {topic}-{partition} failed", failure,
+                             topic=topic, partition=partition)
+            return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition), opaque)
+        # An I/O error is the disk's state, not a bug: one line per
+        # interval, and the client is told what happened.
+        self.refusals.error(
+            "append-failed:" + errno.errorcode.get(error.errno, "?"),
+            "Append to {topic}-{partition} failed: {error}",
+            topic=topic, partition=partition, error=describeWriteError(error))
+        return result(INTERNAL_ERROR,
+                      self.genErrorMessage(topic, partition)
+                      + f"Detail:{describeWriteError(error)}",
+                      opaque)
 
     def _storeFor(self, topic, partition):
         """
@@ -1011,10 +1044,14 @@ class BrokerFactory(protocol.ServerFactory):
                            peer=hostPort(session.peer), error=text)
         return result(BAD_REQUEST, text, command.opaque)
 
-    def dispatch(self, command, session):
+    def dispatch(self, command, session, replied=None):
         """
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
-        Deferred of one of those.
+        Deferred of one of those; or L{REPLY_LATER} when C{replied} (a
+        callable) was given and will be called with the reply: a plain put
+        handled by the broker's own processor (L{BrokerProcessor.putThen}).
+        A processor wrapped or replaced (replication, fencing) answers
+        through C{processPut} and a Deferred.
         """
         topic = getattr(command, "topic", None)
         if topic is not None:
@@ -1035,6 +1072,8 @@ class BrokerFactory(protocol.ServerFactory):
                 return refusal
             if command.transactionKey is not None:
                 return self.transactionProcessor.processPut(command, session)
+            if replied is not None and type(processor) is BrokerProcessor:
+                return processor.putThen(command, session, replied)
             return processor.processPut(command, session)
         if isinstance(command, GetCommand):
             return processor.processGet(command, session)

@@ -73,6 +73,9 @@ class FileStore(FakeStore):
             return d
         return defer.succeed(offset)
 
+    def appendThen(self, msgId, flag, body, checksum, stored, failed):
+        self.append(msgId, flag, body, checksum).addCallbacks(stored, failed)
+
     def release(self):
         pending, self.pending = self.pending, []
         for d, offset in pending:

@@ -42,6 +42,15 @@ class IMessageStore(Interface):
             write fails.
         """
 
+    def appendThen(msgId, flag, body, checksum, stored, failed):
+        """
+        L{append} without a Deferred: C{stored} is called with the record's
+        offset when L{append}'s Deferred would fire, C{failed} with a
+        L{twisted.python.failure.Failure} when it would errback; either may
+        be called before this returns.  The broker's put path: a put then
+        costs no Deferred and no callback chain.
+        """
+
     def appendBatch(messages):
         """
         Append several records, given as C{(msgId, flag, body)} tuples, as

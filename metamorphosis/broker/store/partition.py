@@ -114,6 +114,22 @@ batchedWrites = _Burst()
 acknowledging = _Burst()
 
 
+def _call(notify, value):
+    """
+    Call an entry's C{stored} or C{failed}: one that raises is logged, and
+    the other entries of its job are still told (a Deferred's own
+    callbacks never raise here; the broker's could only by a bug).
+    """
+    try:
+        notify(value)
+    except Exception:
+        _callFailed()
+
+
+def _callFailed():
+    MessageStore.log.failure("Acknowledging an append failed")
+
+
 def _writeAll(fd, data, position):
     view = memoryview(data)
     while view:
@@ -171,18 +187,23 @@ def recordsLength(buffer):
 
 class _Entry:
     """
-    One queued append: its records, its size, and the Deferred of the put.
+    One queued append: its records, its size, and what is called with its
+    offset once it may be acknowledged (C{stored}) or with a L{Failure}
+    when it fails (C{failed}): a Deferred's C{callback} and C{errback}, or
+    the broker's own callables (L{MessageStore.appendThen}).
     """
 
-    __slots__ = ("messages", "raw", "size", "count", "deferred", "expectedOffset", "offset")
+    __slots__ = ("messages", "raw", "size", "count", "stored", "failed", "expectedOffset",
+                 "offset")
 
-    def __init__(self, messages, raw, size, count, expectedOffset=None):
+    def __init__(self, messages, raw, size, count, stored, failed, expectedOffset=None):
         self.messages = messages
         self.raw = raw
         self.size = size
         self.count = count
+        self.stored = stored
+        self.failed = failed
         self.expectedOffset = expectedOffset
-        self.deferred = Deferred()
         self.offset = None
 
     def addParts(self, parts):
@@ -506,17 +527,26 @@ class MessageStore:
     # Appending
 
     def append(self, msgId, flag, body, checksum=None):
+        d = Deferred()
+        self.appendThen(msgId, flag, body, checksum, d.callback, d.errback)
+        return d
+
+    def appendThen(self, msgId, flag, body, checksum, stored, failed):
         if checksum is not None:
             # The put's checksum, verified against its body: not computed
             # a second time for the record.
             raw = encodeHeader(msgId, flag, body, checksum) + body
-            return self._enqueue(_Entry(None, raw, len(raw), 1))
-        return self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1))
+            self._enqueue(_Entry(None, raw, len(raw), 1, stored, failed))
+        else:
+            self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1,
+                                 stored, failed))
 
     def appendBatch(self, messages):
         messages = list(messages)
         size = sum(HEADER_SIZE + len(body) for _, _, body in messages)
-        return self._enqueue(_Entry(messages, None, size, 1))
+        d = Deferred()
+        self._enqueue(_Entry(messages, None, size, 1, d.callback, d.errback))
+        return d
 
     def appendRecords(self, buffer, expectedOffset=None):
         buffer = bytes(buffer)
@@ -524,13 +554,18 @@ class MessageStore:
             count = recordsLength(buffer)
         except ValueError as e:
             return fail(e)
-        return self._enqueue(_Entry(None, buffer, len(buffer), count, expectedOffset))
+        d = Deferred()
+        self._enqueue(_Entry(None, buffer, len(buffer), count, d.callback, d.errback,
+                             expectedOffset))
+        return d
 
     def _enqueue(self, entry):
         if self._closed:
-            return fail(StoreClosed("%r is closed" % (self,)))
+            entry.failed(Failure(StoreClosed("%r is closed" % (self,))))
+            return
         if self.readOnly is not None:
-            return fail(PartitionReadOnly(self.topic, self.partition, self.readOnly))
+            entry.failed(Failure(PartitionReadOnly(self.topic, self.partition, self.readOnly)))
+            return
         self._queue.append(entry)
         if self._busy:
             pass
@@ -545,7 +580,6 @@ class MessageStore:
             pass
         else:
             self._kick()
-        return entry.deferred
 
     def _batchEnded(self):
         self._inBatch = False
@@ -677,9 +711,9 @@ class MessageStore:
             self.log.failure("Syncing {store} failed; {count} queued append(s) fail",
                              failure, store=str(self), count=len(job.entries))
         for entry in job.entries:
-            entry.deferred.errback(failure)
+            _call(entry.failed, failure)
         for entry, error in job.rejected:
-            entry.deferred.errback(error)
+            _call(entry.failed, Failure(error))
 
     def _buildJob(self):
         entries, self._queue = self._queue, []
@@ -789,13 +823,13 @@ class MessageStore:
         kept = set(map(id, acknowledged))
         for entry in job.entries:
             if id(entry) not in kept:
-                entry.deferred.errback(failure)
+                _call(entry.failed, failure)
         for entry, error in job.rejected:
-            entry.deferred.errback(error)
+            _call(entry.failed, Failure(error))
         for waiter in job.waiters:
             waiter.errback(failure)
         for entry in acknowledged:
-            entry.deferred.callback(entry.offset)
+            _call(entry.stored, entry.offset)
         self._busy = False
 
     def _finish(self, job):
@@ -805,9 +839,12 @@ class MessageStore:
     def _fire(self, job):
         with acknowledging:
             for entry in job.entries:
-                entry.deferred.callback(entry.offset)
+                try:
+                    entry.stored(entry.offset)
+                except Exception:
+                    _callFailed()
             for entry, error in job.rejected:
-                entry.deferred.errback(error)
+                _call(entry.failed, Failure(error))
             for waiter in job.waiters:
                 waiter.callback(None)
 
