@@ -669,8 +669,7 @@ class BrokerProcessor:
         """
         topic = command.topic
         partitionString = self._partitionString(command.partition)
-        self.stats.statsPut(topic, partitionString)
-        self.stats.statsMessageSize(topic, len(command.data))
+        self.stats.statsPutMessage(topic, partitionString, len(command.data))
         if self.config.isClosedPartition(topic, command.partition):
             return result(
                 FORBIDDEN,

@@ -230,6 +230,18 @@ class StatsManager:
         self.putsByPartition[topic, partitionString] += 1
         self._record(PUT, topic, partitionString)
 
+    def statsPutMessage(self, topic, partitionString, size):
+        """
+        L{statsPut} and L{statsMessageSize} of one put, with one
+        L{isStatTopic} for both: what every put costs.
+        """
+        self.cmdPut += 1
+        self.putsByPartition[topic, partitionString] += 1
+        self.putBytesByTopic[topic] += size
+        if self.isStatTopic(topic):
+            self.realtime.add(PUT, topic, partitionString, 1)
+            self.realtime.add(MESSAGE_SIZE, topic, "*", size)
+
     def statsSlavePut(self, topic, partitionString, count=1):
         """
         Messages an async slave replicated from its master: counted as puts,

@@ -134,6 +134,23 @@ class StatsTests(unittest.TestCase):
                                    "Value/Count=28.75,Count/Duration=0.04,Duration=90")
         self.assertEqual(lines[1], "realtime_get null")
 
+    def test_putMessage(self):
+        """
+        L{StatsManager.statsPutMessage} counts what L{StatsManager.statsPut}
+        and L{StatsManager.statsMessageSize} count (stat topics or not).
+        """
+        separate = StatsManager(self.config, self.stores, clock=self.clock.seconds)
+        for topic, partition, size in (("meta-test", "3-0", 30), ("test", "3-1", 10),
+                                       ("bench", "3-0", 5), ("meta-test", "3-0", 7)):
+            self.stats.statsPutMessage(topic, partition, size)
+            separate.statsPut(topic, partition)
+            separate.statsMessageSize(topic, size)
+        self.clock.advance(90)
+        for item in (None, "topics", "realtime"):
+            self.assertEqual(self.stats.statsInfo(item), separate.statsInfo(item))
+        self.assertEqual(self.stats.putsByPartition, separate.putsByPartition)
+        self.assertEqual(self.stats.putBytesByTopic, separate.putBytesByTopic)
+
     def test_reset(self):
         self.stats.statsGet("test", "g")
         self.clock.advance(10)
