@@ -710,7 +710,7 @@ class BrokerProcessor:
         opaque = command.opaque
 
         def stored(offset):
-            replied(result(OK, f"{msgId} {partition} {offset}", opaque))
+            replied(ResultCommand(OK, b"%d %d %d" % (msgId, partition, offset), opaque))
 
         def failed(failure):
             replied(self._appendFailed(failure, topic, partition, partitionString, opaque))

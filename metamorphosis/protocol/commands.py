@@ -518,8 +518,7 @@ _WHOLE_PUT = re.compile(
     rb"put ([\x21-\x7e]+) (-?[0-9]{1,9}) ([0-9]{1,9}) (-?[0-9]{1,9}) (-?[0-9]{1,10})"
     rb" (-?[0-9]{1,10})"
 )
-_INT_MIN = -(2**31)
-_INT_MAX = 2**31 - 1
+_JAVA_INTS = range(-(2**31), 2**31)
 
 
 @dataclass(slots=True)
@@ -644,10 +643,9 @@ class CommandParser:
             return None
         checksum = int(checksum)
         opaque = int(opaque)
-        if not (_INT_MIN <= checksum <= _INT_MAX and _INT_MIN <= opaque <= _INT_MAX):
+        if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
             return None
-        with memoryview(buffer) as view:
-            body = bytes(view[start:stop])
+        body = bytes(buffer[start:stop])
         del buffer[:stop]
         self._scanned = 0
         return PutCommand(topic.decode("ascii"), int(partition), body, int(flag), opaque,
