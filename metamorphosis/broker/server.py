@@ -49,6 +49,7 @@ from metamorphosis.protocol.commands import (
     TransactionCommand,
     ValueCommand,
     VersionCommand,
+    newResult,
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
@@ -710,7 +711,7 @@ class BrokerProcessor:
         opaque = command.opaque
 
         def stored(offset):
-            replied(ResultCommand(OK, b"%d %d %d" % (msgId, partition, offset), opaque))
+            replied(newResult(OK, b"%d %d %d" % (msgId, partition, offset), opaque))
 
         def failed(failure):
             replied(self._appendFailed(failure, topic, partition, partitionString, opaque))

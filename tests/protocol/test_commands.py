@@ -21,6 +21,8 @@ from metamorphosis.protocol.commands import (
     ValueCommand,
     VersionCommand,
     javaSplit,
+    newPut,
+    newResult,
     resultHeader,
     valueHeader,
 )
@@ -546,3 +548,27 @@ class WholePutTests(SynchronousTestCase):
         for cut in range(len(wire)):
             parser = CommandParser()
             self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
+
+
+class FastConstructorTests(SynchronousTestCase):
+    """
+    L{newPut} and L{newResult} make what the dataclasses' constructors make.
+    """
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(), st.integers(), st.binary(), st.integers(), st.integers(), st.integers())
+    def test_put(self, topic, partition, data, flag, opaque, checksum):
+        made = newPut(topic, partition, data, flag, opaque, checksum)
+        expected = PutCommand(topic, partition, data, flag, opaque, checksum)
+        self.assertIs(type(made), PutCommand)
+        self.assertEqual((made, hash(made), repr(made), made.encode()),
+                         (expected, hash(expected), repr(expected), expected.encode()))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(), st.binary(), st.integers())
+    def test_result(self, code, body, opaque):
+        made = newResult(code, body, opaque)
+        expected = ResultCommand(code, body, opaque)
+        self.assertIs(type(made), ResultCommand)
+        self.assertEqual((made, hash(made), repr(made), made.encode()),
+                         (expected, hash(expected), repr(expected), expected.encode()))
