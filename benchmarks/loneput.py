@@ -9,6 +9,7 @@ from .../stat) and their voluntary and involuntary context switches.
 
     .venv/bin/python benchmarks/loneput.py --count 10000
     .venv/bin/python benchmarks/loneput.py --count 1000 --opcodes
+    .venv/bin/python benchmarks/loneput.py --count 10000 --opcodes --inflight 10
     .venv/bin/python benchmarks/loneput.py --count 10000 --floor
 
 With --opcodes the broker's reactor thread counts the Python bytecodes each
@@ -152,9 +153,11 @@ def threadTimes(pid):
     return times
 
 
-def lonePuts(port, count, topic="bench-lone"):
+def lonePuts(port, count, topic="bench-lone", inflight=1):
     """
-    C{count} puts of 1 KiB, each sent once the previous one is answered.
+    C{count} puts of 1 KiB, each sent once the previous one is answered;
+    with C{inflight} N, N at a time in one write, the next N once all N
+    are answered (the lockstep of N client threads sharing a connection).
 
     @return: the elapsed seconds.
     """
@@ -163,19 +166,24 @@ def lonePuts(port, count, topic="bench-lone"):
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         start = time.perf_counter()
-        for opaque in range(count):
-            sock.sendall(b"%s%d\r\n%s" % (head, opaque, payload))
+        for first in range(0, count, inflight):
+            batch = range(first, min(count, first + inflight))
+            sock.sendall(b"".join(b"%s%d\r\n%s" % (head, opaque, payload) for opaque in batch))
             reply = b""
-            while True:
+            answered = 0
+            while answered < len(batch):
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError("the broker closed the connection")
                 reply += data
-                line, crlf, body = reply.partition(b"\r\n")
-                if crlf and len(body) >= int(line.split(b" ")[2]):
-                    break
-            if not reply.startswith(b"result 200 "):
-                raise RuntimeError(f"put failed: {reply[:200]!r}")
+                while True:
+                    line, crlf, body = reply.partition(b"\r\n")
+                    if not crlf or len(body) < int(line.split(b" ")[2]):
+                        break
+                    if not reply.startswith(b"result 200 "):
+                        raise RuntimeError(f"put failed: {reply[:200]!r}")
+                    reply = body[int(line.split(b" ")[2]):]
+                    answered += 1
         return time.perf_counter() - start
 
 
@@ -248,17 +256,18 @@ def main(args):
             os.environ.update(saved)
         port = addresses["plain"][1]
         try:
-            lonePuts(port, min(1000, args.count))
+            lonePuts(port, min(1000, args.count), inflight=args.inflight)
             if args.opcodes:
                 process.send_signal(signal.SIGUSR2)
                 time.sleep(0.2)
             before = threadTimes(process.pid)
-            elapsed = lonePuts(port, args.count)
+            elapsed = lonePuts(port, args.count, inflight=args.inflight)
             after = threadTimes(process.pid)
             if args.opcodes:
                 process.send_signal(signal.SIGUSR1)
                 time.sleep(0.5)
-            print(f"== {policy}: {args.count} lone 1 KiB puts, {args.count / elapsed:.0f} msg/s, "
+            shape = "lone" if args.inflight == 1 else f"{args.inflight}-at-a-time"
+            print(f"== {policy}: {args.count} {shape} 1 KiB puts, {args.count / elapsed:.0f} msg/s, "
                   f"round trip {elapsed / args.count * 1e6:.0f} us")
             report(before, after, args.count)
             if args.opcodes:
@@ -277,6 +286,9 @@ def parseArguments(argv):
     parser.add_argument("--opcodes", action="store_true",
                         help="count the Python bytecodes the reactor thread runs per put")
     parser.add_argument("--top", type=int, default=25, help="rows of the bytecode report")
+    parser.add_argument("--inflight", type=int, default=1,
+                        help="puts sent at a time, in one write, the next ones once all are "
+                             "answered (10: the Java client's 10 threads on one connection)")
     parser.add_argument("--floor", action="store_true",
                         help="measure a minimal Twisted server instead of the broker")
     return parser.parse_args(argv)

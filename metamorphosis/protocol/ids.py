@@ -33,8 +33,12 @@ def monotonicMillis():
     return time.monotonic_ns() // 1000000
 
 
+_HALF = 1 << 63
+_FULL = 1 << 64
+
+
 def _signed64(value):
-    return ((value + (1 << 63)) % (1 << 64)) - (1 << 63)
+    return ((value + _HALF) % _FULL) - _HALF
 
 
 def makeId(timestamp, workerId, sequence):
@@ -76,6 +80,7 @@ class IdWorker:
                 "worker Id can't be greater than %d or less than 0" % (MAX_WORKER_ID,)
             )
         self.workerId = workerId
+        self._workerBits = workerId << WORKER_ID_SHIFT
         self._clock = clock or monotonicMillis
         self._lock = threading.Lock()
         self._lastTimestamp = -1
@@ -97,4 +102,6 @@ class IdWorker:
             else:
                 self._sequence = 0
             self._lastTimestamp = timestamp
-            return makeId(timestamp, self.workerId, self._sequence)
+            # makeId, inline: every put asks for an id.
+            value = ((timestamp - TWEPOCH) << TIMESTAMP_SHIFT) | self._workerBits | self._sequence
+            return ((value + _HALF) % _FULL) - _HALF

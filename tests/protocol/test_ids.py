@@ -84,3 +84,18 @@ class IdWorkerTests(SynchronousTestCase):
         msgId = makeId(timestamp, workerId, sequence)
         self.assertTrue(-(1 << 63) <= msgId < (1 << 63))
         self.assertEqual(decomposeId(msgId), (timestamp, workerId, sequence))
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.integers(min_value=0, max_value=1303895660503 + (1 << 41) - 1),
+        st.integers(min_value=0, max_value=1023),
+        st.integers(min_value=1, max_value=5),
+    )
+    def test_nextIdIsMakeId(self, timestamp, workerId, count):
+        """
+        L{IdWorker.nextId} composes its ids as L{makeId} does (it has the
+        computation inline).
+        """
+        worker = IdWorker(workerId, FakeClock(*[timestamp] * count))
+        self.assertEqual([worker.nextId() for _ in range(count)],
+                         [makeId(timestamp, workerId, sequence) for sequence in range(count)])
