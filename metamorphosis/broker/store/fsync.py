@@ -26,7 +26,7 @@ import errno
 import os
 import platform
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -101,6 +101,9 @@ class ThreadFsync:
     def fsync(self, fd):
         return deferToThreadPool(self._reactor, self._threadpool, os.fsync, fd)
 
+    def fsyncThen(self, fd, done):
+        self.fsync(fd).addBoth(done)
+
     def close(self):
         pass
 
@@ -149,8 +152,21 @@ class KernelFsync:
         reactor.addReader(self)
 
     def fsync(self, fd):
+        d = Deferred()
+
+        def done(result):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        self.fsyncThen(fd, done)
+        return d
+
+    def fsyncThen(self, fd, done):
         if self._closed:
-            return fail(FsyncUnavailable("closed"))
+            done(Failure(FsyncUnavailable("closed")))
+            return
         self._next += 1
         key = self._next
         self._request.data = key
@@ -159,11 +175,11 @@ class KernelFsync:
             code = ctypes.get_errno()
             if code == errno.EAGAIN and self._fallback is not None:
                 # MAX_IN_FLIGHT requests are running already.
-                return self._fallback.fsync(fd)
-            return fail(OSError(code, os.strerror(code)))
-        d = Deferred()
-        self._pending[key] = d
-        return d
+                self._fallback.fsync(fd).addBoth(done)
+                return
+            done(Failure(OSError(code, os.strerror(code))))
+            return
+        self._pending[key] = done
 
     # IReadDescriptor
 
@@ -185,14 +201,19 @@ class KernelFsync:
                 self.log.error("io_getevents failed: {error}", error=os.strerror(code))
                 return
             for event in self._events[:count]:
-                d = self._pending.pop(event.data, None)
-                if d is None:
+                done = self._pending.pop(event.data, None)
+                if done is None:
                     continue
                 if event.result < 0:
                     code = -event.result
-                    d.errback(Failure(OSError(code, os.strerror(code))))
+                    result = Failure(OSError(code, os.strerror(code)))
                 else:
-                    d.callback(None)
+                    result = None
+                try:
+                    done(result)
+                except Exception:
+                    # The other completions of this read are still told.
+                    self.log.failure("Handling an fsync completion failed")
             if count < self._batch:
                 return
 

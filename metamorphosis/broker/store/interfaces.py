@@ -152,6 +152,15 @@ class IFsync(Interface):
             it is, or failing with the C{OSError} C{fsync(2)} gave.
         """
 
+    def fsyncThen(fd, done):
+        """
+        L{fsync} without a Deferred: C{done} is called on the reactor
+        thread with L{None} once what was written to C{fd} is durable, or
+        with a L{twisted.python.failure.Failure} of the C{OSError}
+        C{fsync(2)} gave; maybe before this returns.  What a store's group
+        commit rounds use: no Deferred per round.
+        """
+
     def close():
         """
         Release what the provider holds; no fsync may be pending.

@@ -656,17 +656,19 @@ class MessageStore:
 
     def _startSync(self):
         self._syncInFlight = True
-        started = time.monotonic()
-        d = self._fsync.fsync(self._syncing[-1].lastSegment.file.fileno())
-        d.addBoth(self._synced, self._syncRequested, started)
+        # One round at a time: what the round covers and when it started.
+        self._syncTicket = self._syncRequested
+        self._syncStarted = time.monotonic()
+        self._fsync.fsyncThen(self._syncing[-1].lastSegment.file.fileno(), self._synced)
 
-    def _synced(self, result, ticket, started):
+    def _synced(self, result):
         """
-        On the reactor thread: the fsync covering every job up to C{ticket}
-        is over.  Start the next round (for the puts that arrived
-        meanwhile), then acknowledge these puts, or fail them when the
-        fsync failed: nothing is acknowledged that is not on disk.
+        On the reactor thread: the fsync covering every job up to the
+        round's ticket is over.  Start the next round (for the puts that
+        arrived meanwhile), then acknowledge these puts, or fail them when
+        the fsync failed: nothing is acknowledged that is not on disk.
         """
+        ticket, started = self._syncTicket, self._syncStarted
         self._syncInFlight = False
         done = 0
         while done < len(self._syncing) and self._syncing[done].syncTicket <= ticket:
@@ -725,13 +727,16 @@ class MessageStore:
         accepted = []
         rejected = []
         limit = GROUP_COMMIT_BYTES if self.groupCommit else JOB_BYTES
+        maxSegmentSize = self.maxSegmentSize
         taken = 0
         count = 0
+        # Run for every put: attributes read once into locals.
         for index, entry in enumerate(entries):
             if taken >= limit:
                 self._queue = entries[index:]
                 break
-            taken += entry.size
+            entrySize = entry.size
+            taken += entrySize
             offset = segment.start + size
             if entry.expectedOffset is not None and entry.expectedOffset != offset:
                 rejected.append((entry, OffsetMismatch(entry.expectedOffset, offset)))
@@ -739,14 +744,15 @@ class MessageStore:
             if write is None:
                 write = _Write(segment, size)
                 steps.append(write)
+                written = write.entries
             entry.offset = offset
-            write.entries.append(entry)
-            write.size += entry.size
+            written.append(entry)
+            write.size += entrySize
             write.count += entry.count
-            size += entry.size
+            size += entrySize
             count += entry.count
             accepted.append(entry)
-            if size >= self.maxSegmentSize:
+            if size >= maxSegmentSize:
                 new = Segment(self.directory, segment.start + size)
                 steps.append(_Roll(segment, new))
                 segment, size, write = new, 0, None

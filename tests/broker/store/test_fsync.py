@@ -7,7 +7,7 @@ import errno
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -66,6 +66,29 @@ class KernelFsyncTests(TestCase):
         os.pwrite(fd, b"x" * 1024, 0)
         result = yield self.fsync.fsync(fd)
         self.assertIsNone(result)
+        self.assertEqual(self.fsync._pending, {})
+
+    @inlineCallbacks
+    def test_fsyncThen(self):
+        """
+        C{fsyncThen} calls its callable with L{None} once synced; one that
+        raises is logged and the other completions are still handled.
+        """
+        first, second = self.openFile(), self.openFile()
+        os.pwrite(first, b"x", 0)
+        os.pwrite(second, b"y", 0)
+        broken, called = Deferred(), Deferred()
+
+        def raising(result):
+            # Told after the raise is logged, whatever the order of the two.
+            reactor.callLater(0, broken.callback, result)
+            raise RuntimeError("a bug in a store")
+
+        self.fsync.fsyncThen(first, raising)
+        self.fsync.fsyncThen(second, called.callback)
+        results = yield gatherResults([broken, called])
+        self.assertEqual(results, [None, None])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.fsync._pending, {})
 
     @inlineCallbacks
