@@ -84,6 +84,9 @@ class FaultyFsync:
             return fail(error)
         return self._fsync.fsync(fd)
 
+    def fsyncThen(self, fd, done):
+        self.fsync(fd).addBoth(done)
+
     def close(self):
         self._fsync.close()
 
