@@ -10,6 +10,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from metamorphosis.broker.store.partition import acknowledging, batchedWrites
 from metamorphosis.ha.link import NotConnected, OpaqueGenerator, PeerLink, RequestProtocol, RequestTimeout
 from metamorphosis.protocol.commands import CommandParser, ProtocolError, ResultCommand, SyncCommand, ValueCommand
 
@@ -61,6 +62,70 @@ class RequestProtocolTests(SynchronousTestCase):
         self.proto.request(self.sync(3), 1)
         self.clock.advance(0)
         self.assertEqual(writes[1:], [self.sync(3).encode()])
+
+    def test_requestsOfOneReadLeaveWhenItIsHandled(self):
+        """
+        The requests made while the broker handles one socket read
+        (L{batchedWrites}) leave in one write as soon as the read is
+        handled, before what the store queued for the end of the read (its
+        local write and fsync), not at the end of the reactor turn.
+        """
+        writes = []
+        self.transport.write = writes.append
+        order = []
+        with batchedWrites:
+            self.proto.request(self.sync(1), 1)
+            batchedWrites.later(lambda: order.append(list(writes)))
+            with batchedWrites:
+                self.proto.request(self.sync(2), 1)
+            self.assertEqual(writes, [])
+        both = self.sync(1).encode() + self.sync(2).encode()
+        self.assertEqual(writes, [both])
+        self.assertEqual(order, [[both]])
+        # No timer was left for the end of the turn.
+        self.clock.advance(0)
+        self.assertEqual(writes, [both])
+
+    def test_readsOfOneRequestShareTheTurnsWrite(self):
+        """
+        A read that queued one request (one put per connection, many
+        connections) does not send it alone: it leaves at the end of the
+        turn with those of the other reads of the turn.
+        """
+        writes = []
+        self.transport.write = writes.append
+        with batchedWrites:
+            self.proto.request(self.sync(1), 1)
+        with batchedWrites:
+            self.proto.request(self.sync(2), 1)
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(writes, [self.sync(1).encode() + self.sync(2).encode()])
+
+    def test_repliesHandledWhileAcknowledging(self):
+        """
+        The replies of one read are handled inside L{acknowledging}, so the
+        broker answers the puts they complete together, when the read is
+        handled.
+        """
+        depths = []
+        self.proto.send(self.sync(1), 1, lambda reply: depths.append(acknowledging.depth), None)
+        self.proto.send(self.sync(2), 1, lambda reply: depths.append(acknowledging.depth), None)
+        self.proto.dataReceived(ResultCommand(200, b"", 1).encode() + ResultCommand(200, b"", 2).encode())
+        self.assertEqual(depths, [1, 1])
+        self.assertEqual(acknowledging.depth, 0)
+
+    def test_connectionLostWithRequestsQueuedInARead(self):
+        """
+        A connection lost while the requests of a read wait for its end
+        writes nothing when the read is over.
+        """
+        writes = []
+        self.transport.write = writes.append
+        with batchedWrites:
+            self.proto.request(self.sync(1), 1).addErrback(lambda f: None)
+            self.proto.connectionLost(error.ConnectionLost())
+        self.assertEqual(writes, [])
 
     def test_timeoutsShareOneTimer(self):
         """
