@@ -28,6 +28,8 @@ class SyncPut:
     out); here the producer is told at once with the master's error, which
     the Java producer handles the same way, only sooner.
 
+    @param brokerUrl: a callable giving this broker's C{meta://host:port},
+        called only for the master's error text (not formatted per put).
     @ivar reply: a L{Deferred} firing with C{(code, text)} for the producer.
     """
 
@@ -62,13 +64,15 @@ class SyncPut:
     def _tryComplete(self):
         if self._master is None or self._slave is None or self.reply.called:
             return
-        where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
         if self._master and self._slave:
-            result = (OK, "%d %d %d" % (self.msgId, self.partition, self._offset))
-        elif self._master:
+            self.reply.callback((OK, "%d %d %d" % (self.msgId, self.partition, self._offset)))
+            return
+        # The error texts are made only for the puts that fail.
+        where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
+        if self._master:
             result = (INTERNAL_ERROR, "Put message to [slave '%s'] %s" % (self.slaveUrl, where))
         else:
-            result = (INTERNAL_ERROR, "Put message to [master '%s'] %s" % (self.brokerUrl, where))
+            result = (INTERNAL_ERROR, "Put message to [master '%s'] %s" % (self.brokerUrl(), where))
         self.reply.callback(result)
 
 

@@ -15,7 +15,7 @@ BROKER = "meta://127.0.0.1:8131"
 
 class SyncPutTests(SynchronousTestCase):
     def put(self):
-        return SyncPut("meta-test", 0, -5468919651033411584, SLAVE, BROKER)
+        return SyncPut("meta-test", 0, -5468919651033411584, SLAVE, lambda: BROKER)
 
     def test_bothStored(self):
         """
