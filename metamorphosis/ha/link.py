@@ -158,14 +158,29 @@ class RequestProtocol(Protocol):
         L{RequestTimeout} or of the reason the connection was lost.  A sync
         master sends one request per put: this spares it a L{Deferred} each.
         """
+        self._expect(command.opaque, timeout, onReply, onFailure)
+        self.sendCommand(command)
+
+    def sendFrame(self, head, body, timeout, onReply, onFailure):
+        """
+        L{send} for a request given as bytes: its line is C{head}, the next
+        opaque and CRLF, and C{body} follows (both written as they are).  A
+        sync master sends one C{sync} per put
+        (L{metamorphosis.protocol.commands.syncHead}): this spares it a
+        command object per put and a copy of the body.
+        """
+        opaque = self._opaques.next()
+        self._expect(opaque, timeout, onReply, onFailure)
+        self._queue(b"%s%d\r\n" % (head, opaque), body)
+
+    def _expect(self, opaque, timeout, onReply, onFailure):
         deadline = self._clock.seconds() + timeout
-        self._pending[command.opaque] = (onReply, onFailure, deadline)
+        self._pending[opaque] = (onReply, onFailure, deadline)
         # One timer for all requests (see _expire), not one per request.
         if self._expiry is None:
             self._expiry = self._clock.callLater(timeout, self._expire)
         elif deadline < self._expiry.getTime():
             self._expiry.reset(timeout)
-        self.sendCommand(command)
 
     def dataReceived(self, data):
         # The puts these replies complete are acknowledged together: the
@@ -213,8 +228,11 @@ class RequestProtocol(Protocol):
         connections read in that turn: sent one by one, the slave would
         read, write and fsync them one by one, at a higher cost per put.
         """
+        self._queue(command.encode())
+
+    def _queue(self, *chunks):
         self._lastTraffic = self._clock.seconds()
-        self._outgoing.append(command.encode())
+        self._outgoing.extend(chunks)
         if batchedWrites.depth:
             self._inRead += 1
             if self._inRead == 1:
@@ -383,3 +401,13 @@ class PeerLink:
             onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
             return
         self._protocol.send(makeCommand(self.opaques.next()), timeout, onReply, onFailure)
+
+    def sendFrame(self, head, body, timeout, onReply, onFailure):
+        """
+        L{send} for a request given as bytes (see
+        L{RequestProtocol.sendFrame}).
+        """
+        if self._protocol is None:
+            onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
+            return
+        self._protocol.sendFrame(head, body, timeout, onReply, onFailure)

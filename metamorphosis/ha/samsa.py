@@ -23,7 +23,7 @@ from metamorphosis.ha.outcome import SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import ResultCommand, SyncCommand
+from metamorphosis.protocol.commands import ResultCommand, SyncCommand, syncHead
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
@@ -78,7 +78,7 @@ class SyncMasterProcessor:
                 partition = processor.storeManager.chooseRandomPartition(topic)
             store = processor.storeManager.getOrCreateStore(topic, partition)
             msgId = processor.idWorker.nextId()
-            put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl())
+            put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl)
             self._sendToSlave(put, command, partition, msgId)
             checksum = command.checksum
             if checksum == -1:
@@ -105,9 +105,10 @@ class SyncMasterProcessor:
         put.masterFailed()
 
     def _sendToSlave(self, put, command, partition, msgId):
-        topic, data, flag, checksum = command.topic, command.data, command.flag, command.checksum
-        self.link.send(
-            lambda opaque: SyncCommand(topic, partition, data, flag, msgId, opaque, checksum),
+        data = command.data
+        self.link.sendFrame(
+            syncHead(command.topic, partition, len(data), command.flag, msgId, command.checksum),
+            data,
             self.timeout,
             lambda reply: self._slaveReplied(reply, put),
             lambda failure: self._slaveUnreachable(failure, put),

@@ -239,11 +239,18 @@ class SyncCommand:
     checksum: int = -1
 
     def encode(self) -> bytes:
-        line = (
-            f"sync {self.topic} {self.partition} {len(self.data)} {self.flag} "
-            f"{self.msgId} {self.checksum} {self.opaque}\r\n"
-        )
-        return line.encode("utf-8") + self.data
+        head = syncHead(self.topic, self.partition, len(self.data), self.flag, self.msgId, self.checksum)
+        return b"%s%d\r\n%s" % (head, self.opaque, self.data)
+
+
+def syncHead(topic: str, partition: int, length: int, flag: int, msgId: int, checksum: int) -> bytes:
+    """
+    A C{sync} command's line up to its opaque (with the space before it):
+    a sync master writes the line and the body to its link as they are
+    (L{metamorphosis.ha.link.PeerLink.sendFrame}), without a
+    L{SyncCommand} per put.
+    """
+    return ("sync %s %d %d %d %d %d " % (topic, partition, length, flag, msgId, checksum)).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metamorphosis.broker.store.partition import acknowledging, batchedWrites
 from metamorphosis.ha.link import NotConnected, OpaqueGenerator, PeerLink, RequestProtocol, RequestTimeout
-from metamorphosis.protocol.commands import CommandParser, ProtocolError, ResultCommand, SyncCommand, ValueCommand
+from metamorphosis.protocol.commands import (
+    CommandParser,
+    ProtocolError,
+    ResultCommand,
+    SyncCommand,
+    ValueCommand,
+    syncHead,
+)
 
 
 class OpaqueGeneratorTests(SynchronousTestCase):
@@ -180,6 +187,21 @@ class RequestProtocolTests(SynchronousTestCase):
         self.clock.advance(1)
         [failure] = failures
         self.assertTrue(failure.check(RequestTimeout))
+
+    def test_sendFrame(self):
+        """
+        L{RequestProtocol.sendFrame} writes the same bytes as the command
+        it stands for, with the next opaque, and matches the reply by it.
+        """
+        replies = []
+        opaques = OpaqueGenerator()
+        opaques._next = 41
+        self.proto._opaques = opaques
+        self.proto.sendFrame(syncHead("t", 0, 4, 0, -5, 12), b"body", 1, replies.append, None)
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), SyncCommand("t", 0, b"body", 0, -5, 41, 12).encode())
+        self.proto.dataReceived(ResultCommand(200, b"", 41).encode())
+        self.assertEqual(replies, [ResultCommand(200, b"", 41)])
 
     def test_strayReplyIgnored(self):
         pending = self.proto.request(self.sync(1), 1)

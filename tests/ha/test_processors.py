@@ -17,7 +17,7 @@ from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, Samsa
 from metamorphosis.ha.gregor import GregorReplication
 from metamorphosis.ha.link import NotConnected, RequestTimeout
 from metamorphosis.ha.samsa import SamsaReplication
-from metamorphosis.protocol.commands import PutCommand, ResultCommand, SyncCommand, TransactionCommand
+from metamorphosis.protocol.commands import CommandParser, PutCommand, ResultCommand, SyncCommand, TransactionCommand
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.protocol.records import checksum, decodeRecords
 from tests.broker.fakes import FakeStoreManager
@@ -137,6 +137,14 @@ class FakeLink:
 
     def send(self, makeCommand, timeout, onReply, onFailure):
         self.request(makeCommand, timeout).addCallbacks(onReply, onFailure)
+
+    def sendFrame(self, head, body, timeout, onReply, onFailure):
+        # Decoded as the slave would: the frame must be a whole command.
+        def command(opaque):
+            [parsed] = list(CommandParser().parse(b"%s%d\r\n%s" % (head, opaque, body)))
+            return parsed
+
+        self.send(command, timeout, onReply, onFailure)
 
     def answer(self, index, code):
         command, _, d = self.sent[index]
