@@ -683,7 +683,7 @@ class BrokerProcessor:
             partition = command.partition
             if partition == -1:
                 partition = self.storeManager.chooseRandomPartition(topic)
-            store = self._storeFor(topic, partition)
+            store = self.storeFor(topic, partition)
             if topic not in self._registered:
                 self._registered.add(topic)
                 if self.registerTopic is not None:
@@ -745,11 +745,12 @@ class BrokerProcessor:
                       + f"Detail:{describeWriteError(error)}",
                       opaque)
 
-    def _storeFor(self, topic, partition):
+    def storeFor(self, topic, partition):
         """
         The store of a put's partition (L{getOrCreateStore}), remembered:
         the manager never drops a store, and whether a topic and partition
         are accepted only changes when the topic sections are replaced.
+        Also used by the sync master and slave for each put and C{sync}.
         """
         topics = self.config.topics
         if self._storesOf is not topics:

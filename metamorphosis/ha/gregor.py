@@ -141,7 +141,7 @@ class SyncProcessor:
                 opaque,
             )
         try:
-            store = processor.storeManager.getOrCreateStore(topic, partition)
+            store = processor.storeFor(topic, partition)
             checksum = command.checksum
             if checksum == -1:
                 checksum = None

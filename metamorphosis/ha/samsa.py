@@ -76,7 +76,7 @@ class SyncMasterProcessor:
             partition = command.partition
             if partition == -1:
                 partition = processor.storeManager.chooseRandomPartition(topic)
-            store = processor.storeManager.getOrCreateStore(topic, partition)
+            store = processor.storeFor(topic, partition)
             msgId = processor.idWorker.nextId()
             put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl)
             self._sendToSlave(put, command, partition, msgId)
