@@ -1068,9 +1068,8 @@ class BrokerFactory(protocol.ServerFactory):
             return refusal
         processor = self.processor
         if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
-            refusal = self._unreadable(command, session)
-            if refusal is not None:
-                return refusal
+            if records.HEADER_SIZE + len(command.data) > self.config.maxTransferSize:
+                return self._unreadable(command, session)
             if command.transactionKey is not None:
                 return self.transactionProcessor.processPut(command, session)
             if replied is not None and type(processor) is BrokerProcessor:

@@ -269,7 +269,8 @@ class ResultCommand:
         return self.body.decode("utf-8", "replace")
 
     def encode(self) -> bytes:
-        return resultHeader(self.code, len(self.body), self.opaque) + self.body
+        # resultHeader, inline: every put's reply is encoded here.
+        return b"result %d %d %d\r\n" % (self.code, len(self.body), self.opaque) + self.body
 
 
 @dataclass(frozen=True, slots=True)
