@@ -80,6 +80,14 @@ class ISyncProcessor(Interface):
         or a Deferred of one.
         """
 
+    def syncThen(command, session, replied):
+        """
+        Answer a C{sync} without a Deferred: return the reply, or
+        L{metamorphosis.broker.server.REPLY_LATER} and call C{replied} with
+        the reply later (maybe before returning).  What the broker's
+        connections call.
+        """
+
     def sessionClosed(session):
         """
         The connection of C{session} was lost (a master's link may be down).

@@ -1050,7 +1050,8 @@ class BrokerFactory(protocol.ServerFactory):
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
         Deferred of one of those; or L{REPLY_LATER} when C{replied} (a
         callable) was given and will be called with the reply: a plain put
-        handled by the broker's own processor (L{BrokerProcessor.putThen}).
+        handled by the broker's own processor (L{BrokerProcessor.putThen}),
+        or a C{sync} (L{ISyncProcessor.syncThen}).
         A processor wrapped or replaced (replication, fencing) answers
         through C{processPut} and a Deferred.
         """
@@ -1089,6 +1090,8 @@ class BrokerFactory(protocol.ServerFactory):
             if self.syncProcessor is None:
                 return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
                               command.opaque)
+            if replied is not None:
+                return self.syncProcessor.syncThen(command, session, replied)
             return self.syncProcessor.processSync(command, session)
         # A result or value line sent to the broker is a response nobody
         # waits for: gecko drops it.

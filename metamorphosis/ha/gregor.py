@@ -30,13 +30,14 @@ from zope.interface import implementer
 
 from metamorphosis import zk
 from metamorphosis.broker.interfaces import ISyncProcessor
+from metamorphosis.broker.server import REPLY_LATER
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.protocol.commands import ResultCommand, newResult
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
@@ -122,6 +123,22 @@ class SyncProcessor:
         self.link.closed(session)
 
     def processSync(self, command, session):
+        """
+        The reply to a C{sync}, or a Deferred of it (L{syncThen}).
+        """
+        d = defer.Deferred()
+        reply = self.syncThen(command, session, d.callback)
+        return d if reply is REPLY_LATER else reply
+
+    def syncThen(self, command, session, replied):
+        """
+        Handle a C{sync}: the reply of a refused one is returned; that of a
+        sync given to the store is passed to C{replied} once the store has
+        it on disk under this broker's flush policy (or failed it), and
+        L{REPLY_LATER} is returned.  What the broker's connections use, as
+        for a plain put (L{BrokerProcessor.putThen}): no Deferred and no
+        callback chain per sync.
+        """
         processor = self.processor
         topic, partition, opaque = command.topic, command.partition, command.opaque
         self.link.synced(session)
@@ -132,8 +149,7 @@ class SyncProcessor:
                 opaque,
             )
         partitionString = "%d-%d" % (processor.config.brokerId, partition)
-        processor.stats.statsPut(topic, partitionString)
-        processor.stats.statsMessageSize(topic, len(command.data))
+        processor.stats.statsPutMessage(topic, partitionString, len(command.data))
         if processor.config.isClosedPartition(topic, partition):
             return _result(
                 FORBIDDEN,
@@ -147,22 +163,23 @@ class SyncProcessor:
                 checksum = None
             elif checksum != records.checksum(command.data):
                 raise ValueError(CHECKSUM_FAILURE)
-            # Verified: the record keeps it rather than computing it again.
-            appended = store.append(command.msgId, command.flag, command.data, checksum)
         except Exception as e:
             self.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic, partition=partition, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition) + "Detail:%s" % (e,), opaque)
+        msgId = command.msgId
 
         def stored(offset):
-            return _result(OK, "%d %d %d" % (command.msgId, partition, offset), opaque)
+            replied(newResult(OK, b"%d %d %d" % (msgId, partition, offset), opaque))
 
         def failed(failure):
             self.log.failure("Sync append to {topic}-{partition} failed", failure, topic=topic, partition=partition)
             processor.stats.statsPutFailed(topic, partitionString)
-            return _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition), opaque)
+            replied(_result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition), opaque))
 
-        return appended.addCallbacks(stored, failed)
+        # Verified: the record keeps the checksum rather than computing it again.
+        store.appendThen(msgId, command.flag, command.data, checksum, stored, failed)
+        return REPLY_LATER
 
 
 @implementer(IReplication)

@@ -63,8 +63,7 @@ class SyncMasterProcessor:
         processor = self.processor
         topic, opaque = command.topic, command.opaque
         partitionString = "%d-%d" % (processor.config.brokerId, command.partition)
-        processor.stats.statsPut(topic, partitionString)
-        processor.stats.statsMessageSize(topic, len(command.data))
+        processor.stats.statsPutMessage(topic, partitionString, len(command.data))
         if processor.config.isClosedPartition(topic, command.partition):
             return _result(FORBIDDEN, "Partition[%s] has been closed" % (partitionString,), opaque)
         if processor.registerTopic is not None:

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig
-from metamorphosis.broker.server import BrokerFactory, BrokerProcessor
+from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, SamsaMasterConfig
 from metamorphosis.ha.gregor import GregorReplication
@@ -52,9 +52,20 @@ class GregorTests(_ProcessorCase):
         self.replication.configure(self.config)
         self.replication.install(self.factory)
 
+    #: Whether syncs are dispatched as the broker's connections do (with
+    #: a callable for the reply: L{SyncProcessor.syncThen}), rather than
+    #: through C{processSync} and a Deferred.
+    replyLater = False
+
     def sync(self, topic="meta-test", partition=0, data=b"msg", msgId=-5468919651033411584, opaque=9, crc=None):
         command = SyncCommand(topic, partition, data, 0, msgId, opaque, checksum(data) if crc is None else crc)
-        return defer.maybeDeferred(self.factory.dispatch, command, None)
+        if not self.replyLater:
+            return defer.maybeDeferred(self.factory.dispatch, command, None)
+        d = defer.Deferred()
+        reply = self.factory.dispatch(command, None, d.callback)
+        if reply is not REPLY_LATER:
+            d.callback(reply)
+        return d
 
     def test_configure(self):
         """
@@ -113,6 +124,16 @@ class GregorTests(_ProcessorCase):
     def test_noTransactions(self):
         reply = self.factory.dispatch(TransactionCommand("TX:s:1", "s", "BEGIN", 3), None)
         self.assertEqual(reply, ResultCommand(500, b"Unsupported beginTransaction", 3))
+
+
+class GregorReplyLaterTests(GregorTests):
+    """
+    The same replies when the broker's connections dispatch the syncs
+    (L{SyncProcessor.syncThen}: the reply passed to a callable, no
+    Deferred).
+    """
+
+    replyLater = True
 
 
 class FakeLink:
