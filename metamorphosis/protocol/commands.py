@@ -299,6 +299,9 @@ _newObject = object.__new__
     "topic", "partition", "data", "flag", "opaque", "checksum", "transactionKey"))
 _setResultCode, _setResultBody, _setResultOpaque = (
     ResultCommand.__dict__[name].__set__ for name in ("code", "body", "opaque"))
+(_setSyncTopic, _setSyncPartition, _setSyncData, _setSyncFlag, _setSyncId, _setSyncOpaque,
+ _setSyncChecksum) = (SyncCommand.__dict__[name].__set__ for name in (
+    "topic", "partition", "data", "flag", "msgId", "opaque", "checksum"))
 
 
 def newPut(topic: str, partition: int, data: bytes, flag: int, opaque: int,
@@ -314,6 +317,23 @@ def newPut(topic: str, partition: int, data: bytes, flag: int, opaque: int,
     _setPutOpaque(command, opaque)
     _setPutChecksum(command, checksum)
     _setPutKey(command, None)
+    return command
+
+
+def newSync(topic: str, partition: int, data: bytes, flag: int, msgId: int, opaque: int,
+            checksum: int) -> SyncCommand:
+    """
+    C{SyncCommand(topic, partition, data, flag, msgId, opaque, checksum)},
+    faster: what a sync slave decodes for every replicated put.
+    """
+    command = _newObject(SyncCommand)
+    _setSyncTopic(command, topic)
+    _setSyncPartition(command, partition)
+    _setSyncData(command, data)
+    _setSyncFlag(command, flag)
+    _setSyncId(command, msgId)
+    _setSyncOpaque(command, opaque)
+    _setSyncChecksum(command, checksum)
     return command
 
 
@@ -570,6 +590,16 @@ _WHOLE_PUT = re.compile(
     rb" (-?[0-9]{1,10})"
 )
 _JAVA_INTS = range(-(2**31), 2**31)
+_JAVA_LONGS = range(-(2**63), 2**63)
+
+#: The same for a C{sync} as a sync master sends it (8 tokens: topic,
+#: partition, body length, flag, message id, checksum, opaque; the id and
+#: the last two range-checked by L{CommandParser._wholeSync}): a sync slave
+#: decodes one per replicated put.
+_WHOLE_SYNC = re.compile(
+    rb"sync ([\x21-\x7e]+) (-?[0-9]{1,9}) ([0-9]{1,9}) (-?[0-9]{1,9}) (-?[0-9]{1,19})"
+    rb" (-?[0-9]{1,10}) (-?[0-9]{1,10})"
+)
 
 
 @dataclass(slots=True)
@@ -649,6 +679,13 @@ class CommandParser:
                         if command is not None:
                             yield command
                             continue
+                    elif buffer[0] == 0x73:  # "s"
+                        match = _WHOLE_SYNC.fullmatch(buffer, 0, end)
+                        if match is not None:
+                            command = self._wholeSync(buffer, end, match)
+                            if command is not None:
+                                yield command
+                                continue
                     raw = buffer[:end]
                     del buffer[: end + 2]
                     self._scanned = 0
@@ -700,6 +737,26 @@ class CommandParser:
         del buffer[:stop]
         self._scanned = 0
         return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum)
+
+    def _wholeSync(self, buffer: bytearray, end: int, match) -> "SyncCommand | None":
+        """
+        L{_wholePut} for a C{sync} whose header line matched L{_WHOLE_SYNC}.
+        """
+        topic, partition, length, flag, msgId, checksum, opaque = match.groups()
+        length = int(length)
+        start = end + 2
+        stop = start + length
+        if stop > len(buffer) or length > self.maxBodySize:
+            return None
+        msgId = int(msgId)
+        checksum = int(checksum)
+        opaque = int(opaque)
+        if msgId not in _JAVA_LONGS or checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+            return None
+        body = bytes(buffer[start:stop])
+        del buffer[:stop]
+        self._scanned = 0
+        return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
 
     @property
     def bufferedBytes(self) -> int:

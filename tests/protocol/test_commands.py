@@ -23,6 +23,7 @@ from metamorphosis.protocol.commands import (
     javaSplit,
     newPut,
     newResult,
+    newSync,
     resultHeader,
     valueHeader,
 )
@@ -493,12 +494,12 @@ def _generalParse(wire, maxBodySize):
     """
     from metamorphosis.protocol import commands
 
-    saved = commands._WHOLE_PUT
-    commands._WHOLE_PUT = commands.re.compile(rb"(?!)")
+    saved = commands._WHOLE_PUT, commands._WHOLE_SYNC
+    commands._WHOLE_PUT = commands._WHOLE_SYNC = commands.re.compile(rb"(?!)")
     try:
         return _outcome(wire, maxBodySize)
     finally:
-        commands._WHOLE_PUT = saved
+        commands._WHOLE_PUT, commands._WHOLE_SYNC = saved
 
 
 def _outcome(wire, maxBodySize):
@@ -550,9 +551,52 @@ class WholePutTests(SynchronousTestCase):
             self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
 
 
+_longNumbers = st.one_of(
+    _putNumbers,
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["9223372036854775807", "9223372036854775808", "-9223372036854775808",
+                     "-9223372036854775809", "-5468919651033411584"]),
+)
+
+
+class WholeSyncTests(SynchronousTestCase):
+    """
+    The fast path of a whole C{sync} (C{_WHOLE_SYNC}) decodes exactly what
+    the general decoders decode, and leaves everything else to them.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.one_of(st.sampled_from(["test", "meta-test", "a", "é", ""]), st.text(min_size=0, max_size=6)),
+        _putNumbers, st.one_of(st.integers(0, 20).map(str), _putNumbers), _putNumbers,
+        _longNumbers, _putNumbers, _putNumbers, st.booleans(), st.binary(max_size=20),
+        st.integers(0, 30),
+        st.sampled_from([b"", b"version 3\r\n", b"sync t 0 1 0 5 6 7\r\nx", b"stats  4\r\n"]),
+    )
+    def test_sameAsGeneral(self, topic, partition, length, flag, msgId, crc, opaque, withCrc, body,
+                           maxBodySize, tail):
+        tokens = ["sync", topic, partition, length, flag, msgId] + ([crc] if withCrc else []) + [opaque]
+        wire = " ".join(tokens).encode("utf-8") + b"\r\n" + body + tail
+        self.assertEqual(_outcome(wire, maxBodySize), _generalParse(wire, maxBodySize))
+
+    def test_masterSync(self):
+        """
+        A sync as a sync master sends it, in one read or cut anywhere.
+        """
+        wire = (SyncCommand("meta-test", 0, b"hello", 3, -5468919651033411584, -2147483648, 907060870).encode()
+                + SyncCommand("t", 1, b"", 0, 5, 7, -1).encode())
+        expected = [SyncCommand("meta-test", 0, b"hello", 3, -5468919651033411584, -2147483648, 907060870),
+                    SyncCommand("t", 1, b"", 0, 5, 7, -1)]
+        self.assertEqual(CommandParser().feed(wire), expected)
+        for cut in range(len(wire)):
+            parser = CommandParser()
+            self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
+
+
 class FastConstructorTests(SynchronousTestCase):
     """
-    L{newPut} and L{newResult} make what the dataclasses' constructors make.
+    L{newPut}, L{newResult} and L{newSync} make what the dataclasses' constructors make.
     """
 
     @settings(max_examples=100, deadline=None)
@@ -561,6 +605,15 @@ class FastConstructorTests(SynchronousTestCase):
         made = newPut(topic, partition, data, flag, opaque, checksum)
         expected = PutCommand(topic, partition, data, flag, opaque, checksum)
         self.assertIs(type(made), PutCommand)
+        self.assertEqual((made, hash(made), repr(made), made.encode()),
+                         (expected, hash(expected), repr(expected), expected.encode()))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(), st.integers(), st.binary(), st.integers(), st.integers(), st.integers(), st.integers())
+    def test_sync(self, topic, partition, data, flag, msgId, opaque, checksum):
+        made = newSync(topic, partition, data, flag, msgId, opaque, checksum)
+        expected = SyncCommand(topic, partition, data, flag, msgId, opaque, checksum)
+        self.assertIs(type(made), SyncCommand)
         self.assertEqual((made, hash(made), repr(made), made.encode()),
                          (expected, hash(expected), repr(expected), expected.encode()))
 
