@@ -293,7 +293,6 @@ class _Job:
         self.synced = False
         self.fsyncSeconds = None
         # Set when the fsync loop takes the job (group commit).
-        self.syncTicket = None
         self.syncEnd = None
 
     def writesInline(self):
@@ -397,13 +396,14 @@ class MessageStore:
         self._closed = False
         self.readOnly = readOnly
         self._damaged = sorted(damaged)
-        # Group commit: written jobs waiting for an fsync (in order, each
-        # with its ticket), the number of jobs handed over, whether an
-        # fsync runs, and a job held back until they are all synced.
+        # Group commit: written jobs waiting for an fsync (in order),
+        # whether an fsync runs (covering how many of them, since when),
+        # and a job held back until they are all synced.
         self._fsync = fsync if fsync is not None else ThreadFsync(reactor, self._threadpool)
         self._syncing = []
-        self._syncRequested = 0
         self._syncInFlight = False
+        self._syncCovered = 0
+        self._syncStarted = None
         self._held = None
         self._inBatch = False
 
@@ -649,31 +649,28 @@ class MessageStore:
         self._applyProgress(job)
         job.syncEnd = job.lastSegment.end
         self._syncing.append(job)
-        self._syncRequested += 1
-        job.syncTicket = self._syncRequested
         if not self._syncInFlight:
             self._startSync()
 
     def _startSync(self):
         self._syncInFlight = True
-        # One round at a time: what the round covers and when it started.
-        self._syncTicket = self._syncRequested
+        # One round at a time: the jobs it covers (the first ones of
+        # _syncing, which only grows at its end while it runs) and when it
+        # started.
+        self._syncCovered = len(self._syncing)
         self._syncStarted = time.monotonic()
         self._fsync.fsyncThen(self._syncing[-1].lastSegment.file.fileno(), self._synced)
 
     def _synced(self, result):
         """
-        On the reactor thread: the fsync covering every job up to the
-        round's ticket is over.  Start the next round (for the puts that
+        On the reactor thread: the fsync covering the round's jobs is
+        over.  Start the next round (for the puts that
         arrived meanwhile), then acknowledge these puts, or fail them when
         the fsync failed: nothing is acknowledged that is not on disk.
         """
-        ticket, started = self._syncTicket, self._syncStarted
+        covered, started = self._syncCovered, self._syncStarted
         self._syncInFlight = False
-        done = 0
-        while done < len(self._syncing) and self._syncing[done].syncTicket <= ticket:
-            done += 1
-        jobs, self._syncing = self._syncing[:done], self._syncing[done:]
+        jobs, self._syncing = self._syncing[:covered], self._syncing[covered:]
         error = result if isinstance(result, Failure) else None
         if error is None:
             if self.fsyncObserver is not None:

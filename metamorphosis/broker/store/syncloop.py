@@ -61,11 +61,11 @@ class SyncLoop:
         self.fsync = fsync
         self._take = take
         self._firing = firing
-        self._requested = 0
         self._running = False
         self._startsAfterBurst = False
         self._stopping = False
-        # (ticket, Deferred) in request order, and the Deferreds of stop().
+        # The Deferreds of the requests in request order (a running round
+        # covers the first ones), and those of stop().
         self._waiting = []
         self._stopped = []
 
@@ -79,8 +79,7 @@ class SyncLoop:
         if self._stopping:
             return fail(SyncLoopStopped("the sync loop is stopped"))
         d = Deferred()
-        self._requested += 1
-        self._waiting.append((self._requested, d))
+        self._waiting.append(d)
         if not self._running and not self._startsAfterBurst:
             if batchedWrites.depth:
                 self._startsAfterBurst = True
@@ -109,15 +108,15 @@ class SyncLoop:
 
     def _startRound(self):
         self._running = True
-        ticket = self._requested
+        covered = len(self._waiting)
         fds, after = self._take()
         d = gatherResults([self.fsync.fsync(fd) for fd in fds], consumeErrors=True)
-        d.addBoth(self._roundOver, ticket, after)
+        d.addBoth(self._roundOver, covered, after)
 
-    def _roundOver(self, result, ticket, after):
+    def _roundOver(self, result, covered, after):
         """
-        The fsyncs of the round that covers every request up to C{ticket}
-        are over: start the next round if more was asked for, then fire
+        The fsyncs of the round that covers the first C{covered} requests
+        waiting are over: start the next round if more was asked for, then fire
         (or fail) the requests this one covered, together.
         """
         try:
@@ -127,15 +126,12 @@ class SyncLoop:
         error = None
         if isinstance(result, Failure):
             error = result.value.subFailure if result.check(FirstError) else result
-        done = 0
-        while done < len(self._waiting) and self._waiting[done][0] <= ticket:
-            done += 1
-        covered, self._waiting = self._waiting[:done], self._waiting[done:]
+        answered, self._waiting = self._waiting[:covered], self._waiting[covered:]
         self._running = False
         if self._waiting:
             self._startRound()
         with self._firing() if self._firing is not None else nullcontext():
-            for _, d in covered:
+            for d in answered:
                 if error is None:
                     d.callback(None)
                 else:
