@@ -241,7 +241,12 @@ class ProduceWithDiscoveryTests(ZooKeeperTestsMixin, TestCase):
         self.assertEqual(len(brokers[0].stored), 8)
 
         yield self.register(1, brokers[1].url, "t", 3)
-        yield eventually(lambda: len(factory.discovery.partitionsFor("t")) == 5)
+        # The producer leaves out the partitions of a broker it has no
+        # connection up to yet, so wait for the connection as well.
+        yield eventually(
+            lambda: len(factory.discovery.partitionsFor("t")) == 5
+            and getattr(factory.connections.get(brokers[1].url), "connected", False)
+        )
         sent = []
         for i in range(5):
             sent.append((yield producer.sendMessage(Message("t", b"again"))).partition)
