@@ -28,13 +28,13 @@ from metamorphosis.broker.interfaces import (
     ITransactionProcessor,
 )
 from metamorphosis.broker.redaction import redactSecrets
+from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
 from metamorphosis.broker.store.errors import (
     DamagedRecords,
     OffsetBeforeStart,
     PartitionReadOnly,
     SegmentLost,
 )
-from metamorphosis.broker.store.partition import acknowledging, batchedWrites
 from metamorphosis.broker.tcpdirect import awaitWritable, directSocket, isIdle, writeNow
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records

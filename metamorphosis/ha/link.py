@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from metamorphosis.broker.store.partition import acknowledging, batchedWrites
+from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
 from metamorphosis.broker.tcpdirect import directSocket, writeNow
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol.commands import CommandParser, ProtocolError, ResultCommand, VersionCommand

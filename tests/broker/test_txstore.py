@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.broker.config import MetaConfig
 from metamorphosis.broker.store import MessageStoreManager
-from metamorphosis.broker.store.partition import batchedWrites
+from metamorphosis.broker.store.bursts import batchedWrites
 from metamorphosis.broker.transactions import journal
 from metamorphosis.broker.transactions.journal import DoneRecord
 from metamorphosis.broker.transactions.journal import decodeRecords as decodeJournal

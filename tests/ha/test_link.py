@@ -10,7 +10,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metamorphosis.broker.store.partition import acknowledging, batchedWrites
+from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
 from metamorphosis.ha.link import NotConnected, OpaqueGenerator, PeerLink, RequestProtocol, RequestTimeout
 from metamorphosis.protocol.commands import (
     CommandParser,

@@ -28,6 +28,7 @@ import os
 import struct
 import time
 from bisect import bisect_right
+from functools import partial
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
 from metamorphosis.broker.store.errors import (
     CorruptRecord,
     DamagedRecords,
@@ -48,6 +50,7 @@ from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
+from metamorphosis.broker.store.syncloop import SyncLoop
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
@@ -69,50 +72,6 @@ JOB_BYTES = 4 * 1024 * 1024
 
 # Batches smaller than this are written on the reactor thread.
 INLINE_WRITE_BYTES = 512 * 1024
-
-class _Burst:
-    """
-    A context that may be entered again inside itself: what is given to
-    L{later} while it is entered runs once the outermost exit is over, on
-    the same reactor turn.  Reactor thread only.
-    """
-
-    def __init__(self):
-        self.depth = 0
-        self._later = []
-
-    def __enter__(self):
-        self.depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        self.depth -= 1
-        if not self.depth and self._later:
-            later, self._later = self._later, []
-            for call in later:
-                call()
-        return False
-
-    def later(self, call):
-        """
-        Call C{call} when the outermost burst is over.
-        """
-        self._later.append(call)
-
-
-#: Entered by the broker around each socket read: appends made meanwhile
-#: are queued and written when it is left, one write per partition for all
-#: of them, so the puts of one read cost one C{pwrite} (and one job)
-#: instead of one each.
-batchedWrites = _Burst()
-
-#: Entered by a store while it fires the Deferreds of a burst of puts
-#: (those of one write, or every put one fsync covers): the broker holds
-#: the replies of the burst and sends them once it is over, one write per
-#: connection, with no timer and no extra turn of the reactor between the
-#: fsync and the reply.
-acknowledging = _Burst()
-
 
 def _call(notify, value):
     """
@@ -396,14 +355,14 @@ class MessageStore:
         self._closed = False
         self.readOnly = readOnly
         self._damaged = sorted(damaged)
-        # Group commit: written jobs waiting for an fsync (in order),
-        # whether an fsync runs (covering how many of them, since when),
-        # and a job held back until they are all synced.
-        self._fsync = fsync if fsync is not None else ThreadFsync(reactor, self._threadpool)
-        self._syncing = []
-        self._syncInFlight = False
-        self._syncCovered = 0
-        self._syncStarted = None
+        # Group commit: the fsync rounds, how many written jobs wait for
+        # one, when the running round started, and a job held back until
+        # they are all synced.
+        self._syncLoop = SyncLoop(
+            fsync if fsync is not None else ThreadFsync(reactor, self._threadpool),
+            self._takeRound, lambda: acknowledging)
+        self._syncing = 0
+        self._roundStarted = None
         self._held = None
         self._inBatch = False
 
@@ -573,7 +532,7 @@ class MessageStore:
             if not self._inBatch:
                 self._inBatch = True
                 batchedWrites.later(self._batchEnded)
-        elif self._syncInFlight:
+        elif self._syncLoop.busy:
             # An fsync runs, so this put cannot be synced before the next
             # one: it is written when that one is over, in one write with
             # every other put that arrives meanwhile.
@@ -583,7 +542,7 @@ class MessageStore:
 
     def _batchEnded(self):
         self._inBatch = False
-        if not self._busy and not self._syncInFlight:
+        if not self._busy and not self._syncLoop.busy:
             self._kick()
 
     def flush(self):
@@ -643,58 +602,48 @@ class MessageStore:
         thread) waits for an fsync.  One fsync runs at a time: it covers
         every job written before it started; the puts that arrive while it
         runs are queued, and written in one write and synced by the next
-        round, which starts as soon as this one is over (L{_synced}).  The
-        reactor hears of each round once, however many puts it covers.
+        round, which starts as soon as this one is over (L{_takeRound}).
+        The reactor hears of each round once, however many puts it covers.
         """
         self._applyProgress(job)
         job.syncEnd = job.lastSegment.end
-        self._syncing.append(job)
-        if not self._syncInFlight:
-            self._startSync()
+        self._syncing += 1
+        self._syncLoop.requestThen(partial(self._synced, job))
 
-    def _startSync(self):
-        self._syncInFlight = True
-        # One round at a time: the jobs it covers (the first ones of
-        # _syncing, which only grows at its end while it runs) and when it
-        # started.
-        self._syncCovered = len(self._syncing)
-        self._syncStarted = time.monotonic()
-        self._fsync.fsyncThen(self._syncing[-1].lastSegment.file.fileno(), self._synced)
+    def _takeRound(self):
+        self._roundStarted = time.monotonic()
+        return [self._segments[-1].file.fileno()], self._roundOver
 
-    def _synced(self, result):
+    def _roundOver(self, error):
         """
-        On the reactor thread: the fsync covering the round's jobs is
-        over.  Start the next round (for the puts that
-        arrived meanwhile), then acknowledge these puts, or fail them when
-        the fsync failed: nothing is acknowledged that is not on disk.
+        A round's fsync is over.  Write the puts that arrived meanwhile,
+        so that the next round, which starts next, covers them.
         """
-        covered, started = self._syncCovered, self._syncStarted
-        self._syncInFlight = False
-        jobs, self._syncing = self._syncing[:covered], self._syncing[covered:]
-        error = result if isinstance(result, Failure) else None
         if error is None:
             if self.fsyncObserver is not None:
-                self.fsyncObserver(time.monotonic() - started)
-            if jobs:
-                self._flushedEnd = max(self._flushedEnd, jobs[-1].syncEnd)
+                self.fsyncObserver(time.monotonic() - self._roundStarted)
+            self._lastFlush = self._reactor.seconds()
+        if self._held is None and not self._busy:
+            self._kick()
+
+    def _synced(self, job, error):
+        """
+        On the reactor thread: the fsync covering C{job} is over.
+        Acknowledge its puts, or fail them when the fsync failed: nothing
+        is acknowledged that is not on disk.  The last job the rounds owed
+        releases the job held back for them.
+        """
+        self._syncing -= 1
+        if error is None:
+            self._flushedEnd = max(self._flushedEnd, job.syncEnd)
             if not self._syncing:
                 self._unflushed = 0
-            self._lastFlush = self._reactor.seconds()
-        with acknowledging:
-            if self._held is None and not self._busy:
-                self._kick()
-            if self._syncing and not self._syncInFlight:
-                # Jobs handed over during this round (a held job waits
-                # for them too).
-                self._startSync()
-            for job in jobs:
-                if error is None:
-                    self._fire(job)
-                else:
-                    self._failSync(error, job)
+            self._fire(job)
+        else:
+            self._failSync(error, job)
         if not self._syncing and self._held is not None:
-            job, self._held = self._held, None
-            self._runInThread(job)
+            held, self._held = self._held, None
+            self._runInThread(held)
 
     def _failSync(self, failure, job):
         """

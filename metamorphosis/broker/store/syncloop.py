@@ -16,24 +16,51 @@ round covered.  A request made while the broker handles one socket read
 (L{metamorphosis.broker.store.partition.batchedWrites}) starts its round
 once the read is handled, so the requests of one read share a round.
 
-The transaction journal uses it; a partition's group commit
-(L{metamorphosis.broker.store.partition.MessageStore}) runs the same rounds
-woven into its write jobs.
+A partition's group commit
+(L{metamorphosis.broker.store.partition.MessageStore}) and the transaction
+journal use it.  A partition takes no Deferred per round or per request
+(L{SyncLoop.requestThen}), since its rounds are on every put's path, and
+writes the puts that arrived during a round before the next one starts
+(the C{after} callable of its C{take}).
 """
 
 from contextlib import nullcontext
 
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from metamorphosis.broker.store.partition import batchedWrites
+from metamorphosis.broker.store.bursts import batchedWrites
 
 
 class SyncLoopStopped(Exception):
     """
     A sync was requested after the loop was stopped.
     """
+
+
+class _Round:
+    """
+    The fsyncs of one round: how many requests it covers (the first ones
+    waiting), how many fsyncs are still running, and the first error.
+    Called with the result of each fsync.
+    """
+
+    __slots__ = ("loop", "covered", "after", "running", "error")
+
+    def __init__(self, loop, covered, after, running):
+        self.loop = loop
+        self.covered = covered
+        self.after = after
+        self.running = running
+        self.error = None
+
+    def __call__(self, result):
+        if result is not None and self.error is None:
+            self.error = result
+        self.running -= 1
+        if not self.running:
+            self.loop._roundOver(self)
 
 
 class SyncLoop:
@@ -46,13 +73,18 @@ class SyncLoop:
         (the broker's is chosen when its store manager starts).
     @param take: called when a round starts; returns C{(fds, after)}: the
         descriptors of the files written since the last round, and a
-        callable run once their fsyncs are over, whatever their outcome
-        (the journal closes the files it retired there).
+        callable run with the round's error (a L{Failure}, or L{None})
+        once their fsyncs are over, before the next round starts and
+        before any request is answered (the journal closes the files it
+        retired there; a partition writes the puts that arrived meanwhile,
+        so that the next round covers them).
     @param firing: returns a context manager entered while the requests one
-        round covers are fired, so that what their callbacks do can be done
-        together (the journal enters
+        round covers are answered, so that what their callbacks do can be
+        done together (the journal enters
         L{metamorphosis.broker.store.partition.batchedWrites}: the commits
-        one round acknowledges append to their partitions with one write).
+        one round acknowledges append to their partitions with one write; a
+        partition enters
+        L{metamorphosis.broker.store.partition.acknowledging}).
     """
 
     log = Logger()
@@ -64,10 +96,18 @@ class SyncLoop:
         self._running = False
         self._startsAfterBurst = False
         self._stopping = False
-        # The Deferreds of the requests in request order (a running round
-        # covers the first ones), and those of stop().
+        # The callables of the requests in request order (a running round
+        # covers the first ones), and the Deferreds of stop().
         self._waiting = []
         self._stopped = []
+
+    @property
+    def busy(self):
+        """
+        Whether a round runs, or starts once the socket read being handled
+        is: a request made now is answered by the round after it.
+        """
+        return self._running or self._startsAfterBurst
 
     def request(self):
         """
@@ -79,14 +119,32 @@ class SyncLoop:
         if self._stopping:
             return fail(SyncLoopStopped("the sync loop is stopped"))
         d = Deferred()
-        self._waiting.append(d)
+
+        def done(error):
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+
+        self.requestThen(done)
+        return d
+
+    def requestThen(self, done):
+        """
+        L{request} without a Deferred: C{done} is called with L{None} once
+        everything written so far is forced, or with the L{Failure} of the
+        fsync that covered it.  It must not raise.
+        """
+        if self._stopping:
+            done(Failure(SyncLoopStopped("the sync loop is stopped")))
+            return
+        self._waiting.append(done)
         if not self._running and not self._startsAfterBurst:
             if batchedWrites.depth:
                 self._startsAfterBurst = True
                 batchedWrites.later(self._burstOver)
             else:
                 self._startRound()
-        return d
 
     def _burstOver(self):
         self._startsAfterBurst = False
@@ -108,34 +166,38 @@ class SyncLoop:
 
     def _startRound(self):
         self._running = True
-        covered = len(self._waiting)
         fds, after = self._take()
-        d = gatherResults([self.fsync.fsync(fd) for fd in fds], consumeErrors=True)
-        d.addBoth(self._roundOver, covered, after)
+        round = _Round(self, len(self._waiting), after, len(fds))
+        if not fds:
+            self._roundOver(round)
+            return
+        for fd in fds:
+            self.fsync.fsyncThen(fd, round)
 
-    def _roundOver(self, result, covered, after):
+    def _roundOver(self, round):
         """
-        The fsyncs of the round that covers the first C{covered} requests
-        waiting are over: start the next round if more was asked for, then fire
-        (or fail) the requests this one covered, together.
+        The fsyncs of C{round} are over: start the next round if more was
+        asked for, then answer the requests this one covered, together.
         """
+        error = round.error
         try:
-            after()
+            round.after(error)
         except Exception:
             self.log.failure("Finishing an fsync round failed")
-        error = None
-        if isinstance(result, Failure):
-            error = result.value.subFailure if result.check(FirstError) else result
-        answered, self._waiting = self._waiting[:covered], self._waiting[covered:]
+        answered = self._waiting
+        if round.covered == len(answered):
+            self._waiting = []
+        else:
+            answered, self._waiting = answered[:round.covered], answered[round.covered:]
         self._running = False
         if self._waiting:
             self._startRound()
         with self._firing() if self._firing is not None else nullcontext():
-            for d in answered:
-                if error is None:
-                    d.callback(None)
-                else:
-                    d.errback(error)
+            for done in answered:
+                try:
+                    done(error)
+                except Exception:
+                    self.log.failure("Answering an fsync request failed")
         if not self._running and not self._startsAfterBurst and self._stopped:
             stopped, self._stopped = self._stopped, []
             for d in stopped:

@@ -406,7 +406,7 @@ class RedoLog:
         files, self._dirty = list(self._dirty.values()), {}
         closing = [f for f in files if f.retired]
 
-        def closeRetired():
+        def closeRetired(error):
             for f in closing:
                 os.close(f.fd)
 

@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from metamorphosis.broker.store.partition import batchedWrites
+from metamorphosis.broker.store.bursts import batchedWrites
 from metamorphosis.broker.transactions.journal import (
     DEFAULT_FILE_SIZE,
     Checkpoints,

@@ -499,7 +499,7 @@ class BatchedWritesTests(SynchronousTestCase):
         is left (one write per partition) and acknowledged only then; the
         store takes appends one by one again outside it.
         """
-        from metamorphosis.broker.store.partition import batchedWrites
+        from metamorphosis.broker.store.bursts import batchedWrites
 
         store = makeStore(self.mktemp())
         self.successResultOf(appendExample(store, 1))

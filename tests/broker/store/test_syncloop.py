@@ -10,8 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from metamorphosis.broker.store.bursts import batchedWrites
 from metamorphosis.broker.store.interfaces import IFsync
-from metamorphosis.broker.store.partition import batchedWrites
 from metamorphosis.broker.store.syncloop import SyncLoop, SyncLoopStopped
 
 
@@ -28,6 +28,9 @@ class ManualFsync:
         d = Deferred()
         self.pending.append((fd, d))
         return d
+
+    def fsyncThen(self, fd, done):
+        self.fsync(fd).addBoth(done)
 
     def close(self):
         pass
@@ -57,7 +60,8 @@ class SyncLoopTests(SynchronousTestCase):
     def take(self):
         fds, self.dirty = self.dirty, [3]
         self.events.append("fsync %s" % (",".join(map(str, fds)),))
-        return fds, lambda: self.events.append("after")
+        return fds, lambda error: self.events.append(
+            "after" if error is None else ("after", error.value))
 
     def request(self, name):
         d = self.loop.request()
@@ -113,10 +117,37 @@ class SyncLoopTests(SynchronousTestCase):
             self.request("b")
         self.fsyncs.pending.pop(0)[1].callback(None)
         self.fsyncs.finish(error)
-        self.assertEqual(self.events, ["fsync 3,4", "after", ("a", error), ("b", error)])
+        self.assertEqual(self.events,
+                         ["fsync 3,4", ("after", error), ("a", error), ("b", error)])
         self.request("c")
         self.fsyncs.finish()
         self.assertEqual(self.events[4:], ["fsync 3", "after", "c"])
+
+    def test_requestThenWithoutDeferred(self):
+        """
+        L{SyncLoop.requestThen} calls its callable with L{None} once the
+        round covering it is over, or with the failure of its fsync; what
+        the round's C{after} writes meanwhile (a partition's queued puts)
+        is covered by the next round, which starts before the answers.
+        """
+        results = []
+        rounds = []
+
+        def after(error):
+            rounds.append(error)
+            if len(rounds) == 1:
+                loop.requestThen(results.append)
+
+        loop = SyncLoop(self.fsyncs, lambda: ([3], after))
+        loop.requestThen(results.append)
+        self.assertEqual((results, len(self.fsyncs.pending)), ([], 1))
+        self.fsyncs.finish()
+        self.assertEqual(results, [None])
+        self.assertEqual(len(self.fsyncs.pending), 1)
+        error = OSError(errno.EIO, "Input/output error")
+        self.fsyncs.finish(error)
+        self.assertEqual(results[1].value, error)
+        self.assertEqual(rounds[1].value, error)
 
     def test_firingContextPerRound(self):
         """
