@@ -92,6 +92,19 @@ DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT])
 REPLY_LATER = object()
 
 
+def putThenOf(processor):
+    """
+    C{processor.putThen} when the processor's class defines one (a put
+    answered through a callable, without a Deferred: L{BrokerProcessor.putThen}),
+    else L{None}.  Looked up on the class: a wrapper that passes other
+    requests on through C{__getattr__} must not have its puts taken past
+    it to the processor it wraps.
+    """
+    if getattr(type(processor), "putThen", None) is None:
+        return None
+    return processor.putThen
+
+
 def describeWriteError(error):
     """
     The text telling a client why a write failed; a full disk says so in
@@ -917,6 +930,9 @@ class BrokerFactory(protocol.ServerFactory):
     The state every connection shares, and the routing of commands to
     processors.
 
+    @ivar processor: answers C{put}, C{get}, C{offset}, C{stats} and
+        C{version}: the L{BrokerProcessor}, or a replication mode's or
+        the fence's processor in its place.
     @ivar transactionProcessor: an L{ITransactionProcessor}.
     @ivar syncProcessor: an L{ISyncProcessor}, or L{None} to answer C{sync}
         with 503.
@@ -947,6 +963,17 @@ class BrokerFactory(protocol.ServerFactory):
         self.unfinishedBytes = 0
         self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
         self.requestDeadline = self.config.maxRequestSeconds
+
+    @property
+    def processor(self):
+        return self._processor
+
+    @processor.setter
+    def processor(self, processor):
+        # Whether puts take the path without a Deferred is decided here,
+        # once, not per put.
+        self._processor = processor
+        self._putThen = putThenOf(processor)
 
     def uncorkSoon(self, proto):
         """
@@ -1050,10 +1077,10 @@ class BrokerFactory(protocol.ServerFactory):
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
         Deferred of one of those; or L{REPLY_LATER} when C{replied} (a
         callable) was given and will be called with the reply: a plain put
-        handled by the broker's own processor (L{BrokerProcessor.putThen}),
-        or a C{sync} (L{ISyncProcessor.syncThen}).
-        A processor wrapped or replaced (replication, fencing) answers
-        through C{processPut} and a Deferred.
+        handled by a processor whose class has C{putThen} (L{putThenOf}:
+        the broker's own, the sync master's, the fence's), or a C{sync}
+        (L{ISyncProcessor.syncThen}).  Any other processor answers puts
+        through C{processPut}, maybe with a Deferred.
         """
         topic = getattr(command, "topic", None)
         if topic is not None:
@@ -1067,14 +1094,14 @@ class BrokerFactory(protocol.ServerFactory):
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal
-        processor = self.processor
+        processor = self._processor
         if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
             if records.HEADER_SIZE + len(command.data) > self.config.maxTransferSize:
                 return self._unreadable(command, session)
             if command.transactionKey is not None:
                 return self.transactionProcessor.processPut(command, session)
-            if replied is not None and type(processor) is BrokerProcessor:
-                return processor.putThen(command, session, replied)
+            if replied is not None and self._putThen is not None:
+                return self._putThen(command, session, replied)
             return processor.processPut(command, session)
         if isinstance(command, GetCommand):
             return processor.processGet(command, session)

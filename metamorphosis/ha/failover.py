@@ -457,6 +457,17 @@ class FencedProcessor:
             return refuse(self.fence, self.processor, command)
         return self.processor.processPut(command, session)
 
+    def putThen(self, command, session, replied):
+        """
+        L{processPut} as the broker's connections call it (see
+        L{metamorphosis.broker.server.BrokerProcessor.putThen}): the
+        processors a fence wraps, the broker's and the sync master's, have
+        C{putThen}, so a fenced broker's puts cost no Deferred either.
+        """
+        if self.fence.refusal is not None:
+            return refuse(self.fence, self.processor, command)
+        return self.processor.putThen(command, session, replied)
+
 
 class FencedTransactions:
     """

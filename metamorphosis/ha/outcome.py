@@ -10,6 +10,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from metamorphosis.logfields import errorText
+from metamorphosis.protocol.commands import ResultCommand, newResult
 from metamorphosis.protocol.status import INTERNAL_ERROR, OK
 
 
@@ -28,18 +29,31 @@ class SyncPut:
     out); here the producer is told at once with the master's error, which
     the Java producer handles the same way, only sooner.
 
-    @param brokerUrl: a callable giving this broker's C{meta://host:port},
-        called only for the master's error text (not formatted per put).
-    @ivar reply: a L{Deferred} firing with C{(code, text)} for the producer.
+    The reply goes to a callable, as the broker's connections take it
+    (L{metamorphosis.broker.server.BrokerProcessor.putThen}), and the
+    outcomes come in through this object's bound methods (the store's
+    C{appendThen}, the link's C{sendFrame}): no Deferred and no closure
+    per put.
+
+    @param master: what the put reports to (the sync master's processor):
+        C{slaveUrl}, C{brokerUrl()} (called only for the master's error
+        text), C{putFailed(put)} (before a failed put's reply),
+        C{appendFailed(failure, put)}, C{slaveReplied(reply, put)} and
+        C{slaveUnreachable(failure, put)} (which decide, and call
+        L{slaveStored} or L{slaveFailed}).
+    @param replied: called once with the producer's reply, a
+        L{ResultCommand} carrying C{opaque}.
     """
 
-    def __init__(self, topic, partition, msgId, slaveUrl, brokerUrl):
+    __slots__ = ("master", "topic", "partition", "msgId", "opaque", "replied", "_master", "_slave", "_offset")
+
+    def __init__(self, master, topic, partition, msgId, opaque, replied):
+        self.master = master
         self.topic = topic
         self.partition = partition
         self.msgId = msgId
-        self.slaveUrl = slaveUrl
-        self.brokerUrl = brokerUrl
-        self.reply = defer.Deferred()
+        self.opaque = opaque
+        self.replied = replied
         self._master = None
         self._slave = None
         self._offset = None
@@ -47,33 +61,46 @@ class SyncPut:
     def masterStored(self, offset):
         self._offset = offset
         self._master = True
-        self._tryComplete()
+        if self._slave is not None:
+            self._complete()
 
-    def masterFailed(self):
+    def masterFailed(self, failure):
+        self.master.appendFailed(failure, self)
         self._master = False
-        self._tryComplete()
+        if self._slave is not None:
+            self._complete()
+
+    def slaveReplied(self, reply):
+        self.master.slaveReplied(reply, self)
+
+    def slaveUnreachable(self, failure):
+        self.master.slaveUnreachable(failure, self)
 
     def slaveStored(self):
         self._slave = True
-        self._tryComplete()
+        if self._master is not None:
+            self._complete()
 
     def slaveFailed(self):
         self._slave = False
-        self._tryComplete()
+        if self._master is not None:
+            self._complete()
 
-    def _tryComplete(self):
-        if self._master is None or self._slave is None or self.reply.called:
+    def _complete(self):
+        replied, self.replied = self.replied, None
+        if replied is None:
             return
         if self._master and self._slave:
-            self.reply.callback((OK, "%d %d %d" % (self.msgId, self.partition, self._offset)))
+            replied(newResult(OK, b"%d %d %d" % (self.msgId, self.partition, self._offset), self.opaque))
             return
         # The error texts are made only for the puts that fail.
         where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
         if self._master:
-            result = (INTERNAL_ERROR, "Put message to [slave '%s'] %s" % (self.slaveUrl, where))
+            text = "Put message to [slave '%s'] %s" % (self.master.slaveUrl, where)
         else:
-            result = (INTERNAL_ERROR, "Put message to [master '%s'] %s" % (self.brokerUrl(), where))
-        self.reply.callback(result)
+            text = "Put message to [master '%s'] %s" % (self.master.brokerUrl(), where)
+        self.master.putFailed(self)
+        replied(ResultCommand(INTERNAL_ERROR, text.encode("utf-8"), self.opaque))
 
 
 class SlaveHealth:

@@ -13,9 +13,11 @@ the slave is not connected at all, puts fail at once.
 """
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metamorphosis.broker.server import REPLY_LATER
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import PeerLink, RequestTimeout
@@ -53,6 +55,7 @@ class SyncMasterProcessor:
         self.config = config
         self.health = health
         self.brokerUrl = brokerUrl
+        self.slaveUrl = config.slaveUrl
         self.timeout = config.sendToSlaveTimeoutInMills / 1000.0
 
     def __getattr__(self, name):
@@ -60,6 +63,21 @@ class SyncMasterProcessor:
         return getattr(self.processor, name)
 
     def processPut(self, command, session):
+        """
+        The reply to a put, or a Deferred of it (L{putThen}).
+        """
+        d = defer.Deferred()
+        reply = self.putThen(command, session, d.callback)
+        return d if reply is REPLY_LATER else reply
+
+    def putThen(self, command, session, replied):
+        """
+        Handle a put as L{BrokerProcessor.putThen} does (what the broker's
+        connections call): a refused put's reply is returned; that of a put
+        sent to the slave and given to the store is passed to C{replied}
+        once both have answered (L{SyncPut}), and L{REPLY_LATER} is
+        returned.
+        """
         processor = self.processor
         topic, opaque = command.topic, command.opaque
         partitionString = "%d-%d" % (processor.config.brokerId, command.partition)
@@ -77,43 +95,45 @@ class SyncMasterProcessor:
                 partition = processor.storeManager.chooseRandomPartition(topic)
             store = processor.storeFor(topic, partition)
             msgId = processor.idWorker.nextId()
-            put = SyncPut(topic, partition, msgId, self.config.slaveUrl, self.brokerUrl)
-            self._sendToSlave(put, command, partition, msgId)
+            put = SyncPut(self, topic, partition, msgId, opaque, replied)
+            data = command.data
+            self.link.sendFrame(
+                syncHead(topic, partition, len(data), command.flag, msgId, command.checksum),
+                data,
+                self.timeout,
+                put.slaveReplied,
+                put.slaveUnreachable,
+            )
             checksum = command.checksum
             if checksum == -1:
                 checksum = None
-            elif checksum != records.checksum(command.data):
+            elif checksum != records.checksum(data):
                 raise ValueError(CHECKSUM_FAILURE)
-            appended = store.append(msgId, command.flag, command.data, checksum)
         except Exception as e:
+            # A put whose sync left is never appended: never answered twice.
             self.log.warn("Put to {topic} failed: {error}", topic=topic, error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, str(e), opaque)
-        appended.addCallbacks(put.masterStored, self._masterFailed, errbackArgs=(put,))
-        # Bound methods with arguments rather than closures made per put.
-        return put.reply.addCallback(self._answer, topic, partitionString, opaque)
+        store.appendThen(msgId, command.flag, data, checksum, put.masterStored, put.masterFailed)
+        return REPLY_LATER
 
-    def _answer(self, outcome, topic, partitionString, opaque):
-        code, text = outcome
-        if code != OK:
-            self.processor.stats.statsPutFailed(topic, partitionString)
-        return _result(code, text, opaque)
+    def putFailed(self, put):
+        """
+        Count a put that is answered with an error (L{SyncPut}).
+        """
+        self.processor.stats.statsPutFailed(put.topic, "%d-%d" % (self.processor.config.brokerId, put.partition))
 
-    def _masterFailed(self, failure, put):
+    def appendFailed(self, failure, put):
+        """
+        Log why the local append of C{put} failed (L{SyncPut}).
+        """
         self.log.failure("Append to {topic}-{partition} failed", failure, topic=put.topic, partition=put.partition)
-        put.masterFailed()
 
-    def _sendToSlave(self, put, command, partition, msgId):
-        data = command.data
-        self.link.sendFrame(
-            syncHead(command.topic, partition, len(data), command.flag, msgId, command.checksum),
-            data,
-            self.timeout,
-            lambda reply: self._slaveReplied(reply, put),
-            lambda failure: self._slaveUnreachable(failure, put),
-        )
-
-    def _slaveReplied(self, reply, put):
+    def slaveReplied(self, reply, put):
+        """
+        The slave answered C{put}'s C{sync}: tell the put and the slave's
+        health whether it stored it.
+        """
         if getattr(reply, "code", None) == OK:
             self.health.succeeded()
             put.slaveStored()
@@ -129,7 +149,10 @@ class SyncMasterProcessor:
         self.health.failed()
         put.slaveFailed()
 
-    def _slaveUnreachable(self, failure, put):
+    def slaveUnreachable(self, failure, put):
+        """
+        C{put}'s C{sync} got no answer (timeout, lost or no connection).
+        """
         if failure.check(RequestTimeout):
             # gecko turns a timeout into a 504 reply, which counts.
             self.health.failed()

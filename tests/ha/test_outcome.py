@@ -5,66 +5,118 @@ its slave failure threshold / healing, driven by a L{Clock}.
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.ha.outcome import SlaveHealth, SyncPut
+from metamorphosis.protocol.commands import ResultCommand
 
 SLAVE = "meta://127.0.0.1:8132"
 BROKER = "meta://127.0.0.1:8131"
 
 
+class FakeMaster:
+    """
+    What a L{SyncPut} reports to, recording the calls.
+    """
+
+    slaveUrl = SLAVE
+
+    def __init__(self):
+        self.events = []
+
+    def brokerUrl(self):
+        return BROKER
+
+    def putFailed(self, put):
+        self.events.append(("putFailed", put))
+
+    def appendFailed(self, failure, put):
+        self.events.append(("appendFailed", failure, put))
+
+    def slaveReplied(self, reply, put):
+        self.events.append(("slaveReplied", reply, put))
+
+    def slaveUnreachable(self, failure, put):
+        self.events.append(("slaveUnreachable", failure, put))
+
+
 class SyncPutTests(SynchronousTestCase):
+    def setUp(self):
+        self.master = FakeMaster()
+        self.replies = []
+
     def put(self):
-        return SyncPut("meta-test", 0, -5468919651033411584, SLAVE, lambda: BROKER)
+        return SyncPut(self.master, "meta-test", 0, -5468919651033411584, 7, self.replies.append)
 
     def test_bothStored(self):
         """
         The reply waits for both sides and carries the master's offset.
         """
         for order in ((0, 1), (1, 0)):
+            del self.replies[:]
             put = self.put()
             steps = [lambda: put.masterStored(88), put.slaveStored]
             steps[order[0]]()
-            self.assertNoResult(put.reply)
+            self.assertEqual(self.replies, [])
             steps[order[1]]()
-            self.assertEqual(self.successResultOf(put.reply), (200, "-5468919651033411584 0 88"))
+            self.assertEqual(self.replies, [ResultCommand(200, b"-5468919651033411584 0 88", 7)])
+        self.assertEqual(self.master.events, [])
 
     def test_slaveFailed(self):
         put = self.put()
         put.slaveFailed()
-        self.assertNoResult(put.reply)
+        self.assertEqual(self.replies, [])
         put.masterStored(0)
         self.assertEqual(
-            self.successResultOf(put.reply),
-            (500, "Put message to [slave 'meta://127.0.0.1:8132'] [partition 'meta-test-0'] failed"),
+            self.replies,
+            [ResultCommand(500, b"Put message to [slave 'meta://127.0.0.1:8132'] [partition 'meta-test-0'] failed", 7)],
         )
+        self.assertEqual(self.master.events, [("putFailed", put)])
 
     def test_masterFailed(self):
+        """
+        The append's failure is reported to the master (which logs it), and
+        the reply names the master.
+        """
         put = self.put()
-        put.masterFailed()
+        failure = Failure(OSError("disk"))
+        put.masterFailed(failure)
         put.slaveStored()
         self.assertEqual(
-            self.successResultOf(put.reply),
-            (500, "Put message to [master 'meta://127.0.0.1:8131'] [partition 'meta-test-0'] failed"),
+            self.replies,
+            [ResultCommand(500, b"Put message to [master 'meta://127.0.0.1:8131'] [partition 'meta-test-0'] failed", 7)],
         )
+        self.assertEqual(self.master.events, [("appendFailed", failure, put), ("putFailed", put)])
 
     def test_bothFailed(self):
         """
         Where Java never answers, the producer gets the master's error.
         """
         put = self.put()
-        put.masterFailed()
+        put.masterFailed(Failure(OSError("disk")))
         put.slaveFailed()
-        code, text = self.successResultOf(put.reply)
-        self.assertEqual(code, 500)
-        self.assertIn("[master ", text)
+        [reply] = self.replies
+        self.assertEqual(reply.code, 500)
+        self.assertIn(b"[master ", reply.body)
 
     def test_onlyOnce(self):
         put = self.put()
         put.masterStored(0)
         put.slaveStored()
         put.slaveFailed()
-        self.assertEqual(self.successResultOf(put.reply)[0], 200)
+        self.assertEqual([reply.code for reply in self.replies], [200])
+
+    def test_slaveOutcomes(self):
+        """
+        The link's callables are the put's bound methods; the master
+        decides what a reply or a failure means.
+        """
+        put = self.put()
+        reply, failure = ResultCommand(200, b"", 1), Failure(RuntimeError("lost"))
+        put.slaveReplied(reply)
+        put.slaveUnreachable(failure)
+        self.assertEqual(self.master.events, [("slaveReplied", reply, put), ("slaveUnreachable", failure, put)])
 
 
 class SlaveHealthTests(SynchronousTestCase):

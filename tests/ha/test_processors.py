@@ -198,9 +198,29 @@ class SamsaTests(_ProcessorCase):
         self.replication.install(self.factory)
         self.registration = self.replication.registration = FakeRegistration()
 
+    #: Whether puts are dispatched as the broker's connections do (with a
+    #: callable for the reply: L{SyncMasterProcessor.putThen}), rather
+    #: than through C{processPut} and a Deferred.
+    replyLater = False
+
     def put(self, data=b"hello", partition=0, opaque=7, crc=None, key=None):
         command = PutCommand("meta-test", partition, data, 0, opaque, checksum(data) if crc is None else crc, key)
-        return self.factory.dispatch(command, None)
+        if not self.replyLater:
+            return self.factory.dispatch(command, None)
+        replies = []
+        d = defer.Deferred()
+
+        def replied(reply):
+            replies.append(reply)
+            if not d.called:
+                d.callback(reply)
+
+        reply = self.factory.dispatch(command, None, replied)
+        if reply is not REPLY_LATER:
+            return reply
+        # Answered once, whatever comes later.
+        self.addCleanup(lambda: self.assertLessEqual(len(replies), 1))
+        return d
 
     def test_bothStored(self):
         """
@@ -244,7 +264,8 @@ class SamsaTests(_ProcessorCase):
     def test_checksum(self):
         """
         A corrupt body fails with the bare exception text (the slave gets
-        the C{sync} too and refuses it by itself).
+        the C{sync} too and refuses it by itself; its answer changes
+        nothing).
         """
         reply = self.put(crc=1)
         self.assertEqual(
@@ -252,6 +273,8 @@ class SamsaTests(_ProcessorCase):
             ResultCommand(500, b"Checksum failure,message may be corrupted when transfering on networking.", 7),
         )
         self.assertEqual(self.stored(), [])
+        self.link.answer(0, 500)
+        self.assertEqual(self.stats.putFailed, 1)
 
     def test_closed(self):
         self.config.closedPartitions.add(("meta-test", 0))
@@ -294,3 +317,13 @@ class SamsaTests(_ProcessorCase):
         self.link.connected = False
         self.put()
         self.assertEqual(dict(self.replication.statsItems())["slave_link"], "disconnected")
+
+
+class SamsaReplyLaterTests(SamsaTests):
+    """
+    The same replies when the broker's connections dispatch the puts
+    (L{SyncMasterProcessor.putThen}: the reply passed to a callable, no
+    Deferred), each given once.
+    """
+
+    replyLater = True
