@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
 from metamorphosis.broker.tcpdirect import directSocket, writeNow
 from metamorphosis.logfields import errorText, hostPort
-from metamorphosis.protocol.commands import CommandParser, ProtocolError, ResultCommand, VersionCommand
+from metamorphosis.protocol.commands import CommandParser, ProtocolError, VersionCommand, newResult
 
 _INT_MIN = -(2**31)
 _INT_MAX = 2**31 - 1
@@ -59,7 +59,7 @@ def wholeResults(data, maxBodySize):
         if (position > size or length > maxBodySize
                 or not (_INT_MIN <= code <= _INT_MAX and _INT_MIN <= opaque <= _INT_MAX and length <= _INT_MAX)):
             return None
-        commands.append(ResultCommand(code, data[start:position], opaque))
+        commands.append(newResult(code, data[start:position], opaque))
     return commands
 
 
@@ -179,7 +179,7 @@ class RequestProtocol(Protocol):
         # One timer for all requests (see _expire), not one per request.
         if self._expiry is None:
             self._expiry = self._clock.callLater(timeout, self._expire)
-        elif deadline < self._expiry.getTime():
+        elif deadline < self._expiry.time:
             self._expiry.reset(timeout)
 
     def dataReceived(self, data):
@@ -231,7 +231,6 @@ class RequestProtocol(Protocol):
         self._queue(command.encode())
 
     def _queue(self, *chunks):
-        self._lastTraffic = self._clock.seconds()
         self._outgoing.extend(chunks)
         if batchedWrites.depth:
             self._inRead += 1
@@ -256,6 +255,8 @@ class RequestProtocol(Protocol):
             # Sent already, or the connection was lost meanwhile.
             return
         data, self._outgoing = b"".join(self._outgoing), []
+        # Per write, not per request: a sync master sends one per put.
+        self._lastTraffic = self._clock.seconds()
         if directSocket(self.transport) is not None:
             writeNow(self.transport, data)
         else:
