@@ -1095,7 +1095,7 @@ class BrokerFactory(protocol.ServerFactory):
         if refusal is not None:
             return refusal
         processor = self._processor
-        if isinstance(command, PutCommand) and not isinstance(command, SyncCommand):
+        if isinstance(command, PutCommand):
             if records.HEADER_SIZE + len(command.data) > self.config.maxTransferSize:
                 return self._unreadable(command, session)
             if command.transactionKey is not None:
@@ -1103,6 +1103,14 @@ class BrokerFactory(protocol.ServerFactory):
             if replied is not None and self._putThen is not None:
                 return self._putThen(command, session, replied)
             return processor.processPut(command, session)
+        # Second: a sync slave takes one per message.
+        if isinstance(command, SyncCommand):
+            if self.syncProcessor is None:
+                return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
+                              command.opaque)
+            if replied is not None:
+                return self.syncProcessor.syncThen(command, session, replied)
+            return self.syncProcessor.processSync(command, session)
         if isinstance(command, GetCommand):
             return processor.processGet(command, session)
         if isinstance(command, OffsetCommand):
@@ -1113,13 +1121,6 @@ class BrokerFactory(protocol.ServerFactory):
             return processor.processVersion(command, session)
         if isinstance(command, TransactionCommand):
             return self.transactionProcessor.processTransaction(command, session)
-        if isinstance(command, SyncCommand):
-            if self.syncProcessor is None:
-                return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
-                              command.opaque)
-            if replied is not None:
-                return self.syncProcessor.syncThen(command, session, replied)
-            return self.syncProcessor.processSync(command, session)
         # A result or value line sent to the broker is a response nobody
         # waits for: gecko drops it.
         self.log.debug("Ignoring {command}", command=repr(command))
