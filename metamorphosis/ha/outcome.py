@@ -38,9 +38,10 @@ class SyncPut:
     @param master: what the put reports to (the sync master's processor):
         C{slaveUrl}, C{brokerUrl()} (called only for the master's error
         text), C{putFailed(put)} (before a failed put's reply),
-        C{appendFailed(failure, put)}, C{slaveReplied(reply, put)} and
-        C{slaveUnreachable(failure, put)} (which decide, and call
-        L{slaveStored} or L{slaveFailed}).
+        C{health} (the L{SlaveHealth} told of each stored C{sync}),
+        C{appendFailed(failure, put)}, C{slaveRefused(reply, put)} (a
+        reply other than 200) and C{slaveUnreachable(failure, put)} (the
+        last two decide, and call L{slaveFailed}).
     @param replied: called once with the producer's reply, a
         L{ResultCommand} carrying C{opaque}.
     """
@@ -71,15 +72,16 @@ class SyncPut:
             self._complete()
 
     def slaveReplied(self, reply):
-        self.master.slaveReplied(reply, self)
-
-    def slaveUnreachable(self, failure):
-        self.master.slaveUnreachable(failure, self)
-
-    def slaveStored(self):
+        if getattr(reply, "code", None) != OK:
+            self.master.slaveRefused(reply, self)
+            return
+        self.master.health.succeeded()
         self._slave = True
         if self._master is not None:
             self._complete()
+
+    def slaveUnreachable(self, failure):
+        self.master.slaveUnreachable(failure, self)
 
     def slaveFailed(self):
         self._slave = False

@@ -26,7 +26,7 @@ from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand, syncHead
-from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
+from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 SLAVE_DISCONNECTED = "Slave is disconnected "
@@ -129,15 +129,10 @@ class SyncMasterProcessor:
         """
         self.log.failure("Append to {topic}-{partition} failed", failure, topic=put.topic, partition=put.partition)
 
-    def slaveReplied(self, reply, put):
+    def slaveRefused(self, reply, put):
         """
-        The slave answered C{put}'s C{sync}: tell the put and the slave's
-        health whether it stored it.
+        The slave answered C{put}'s C{sync} with an error.
         """
-        if getattr(reply, "code", None) == OK:
-            self.health.succeeded()
-            put.slaveStored()
-            return
         self.log.warn(
             "Slave {slave} refused {topic}-{partition}: {code} {text}",
             slave=self.link.url,

@@ -15,6 +15,14 @@ SLAVE = "meta://127.0.0.1:8132"
 BROKER = "meta://127.0.0.1:8131"
 
 
+class FakeHealth:
+    def __init__(self, events):
+        self.events = events
+
+    def succeeded(self):
+        self.events.append("succeeded")
+
+
 class FakeMaster:
     """
     What a L{SyncPut} reports to, recording the calls.
@@ -24,6 +32,7 @@ class FakeMaster:
 
     def __init__(self):
         self.events = []
+        self.health = FakeHealth(self.events)
 
     def brokerUrl(self):
         return BROKER
@@ -34,8 +43,9 @@ class FakeMaster:
     def appendFailed(self, failure, put):
         self.events.append(("appendFailed", failure, put))
 
-    def slaveReplied(self, reply, put):
-        self.events.append(("slaveReplied", reply, put))
+    def slaveRefused(self, reply, put):
+        self.events.append(("slaveRefused", reply, put))
+        put.slaveFailed()
 
     def slaveUnreachable(self, failure, put):
         self.events.append(("slaveUnreachable", failure, put))
@@ -49,6 +59,9 @@ class SyncPutTests(SynchronousTestCase):
     def put(self):
         return SyncPut(self.master, "meta-test", 0, -5468919651033411584, 7, self.replies.append)
 
+    def slaveStored(self, put):
+        put.slaveReplied(ResultCommand(200, b"-5468919651033411584 0 51", 101))
+
     def test_bothStored(self):
         """
         The reply waits for both sides and carries the master's offset.
@@ -56,12 +69,12 @@ class SyncPutTests(SynchronousTestCase):
         for order in ((0, 1), (1, 0)):
             del self.replies[:]
             put = self.put()
-            steps = [lambda: put.masterStored(88), put.slaveStored]
+            steps = [lambda: put.masterStored(88), lambda: self.slaveStored(put)]
             steps[order[0]]()
             self.assertEqual(self.replies, [])
             steps[order[1]]()
             self.assertEqual(self.replies, [ResultCommand(200, b"-5468919651033411584 0 88", 7)])
-        self.assertEqual(self.master.events, [])
+        self.assertEqual(self.master.events, ["succeeded", "succeeded"])
 
     def test_slaveFailed(self):
         put = self.put()
@@ -82,12 +95,12 @@ class SyncPutTests(SynchronousTestCase):
         put = self.put()
         failure = Failure(OSError("disk"))
         put.masterFailed(failure)
-        put.slaveStored()
+        self.slaveStored(put)
         self.assertEqual(
             self.replies,
             [ResultCommand(500, b"Put message to [master 'meta://127.0.0.1:8131'] [partition 'meta-test-0'] failed", 7)],
         )
-        self.assertEqual(self.master.events, [("appendFailed", failure, put), ("putFailed", put)])
+        self.assertEqual(self.master.events, [("appendFailed", failure, put), "succeeded", ("putFailed", put)])
 
     def test_bothFailed(self):
         """
@@ -103,20 +116,26 @@ class SyncPutTests(SynchronousTestCase):
     def test_onlyOnce(self):
         put = self.put()
         put.masterStored(0)
-        put.slaveStored()
+        self.slaveStored(put)
         put.slaveFailed()
         self.assertEqual([reply.code for reply in self.replies], [200])
 
-    def test_slaveOutcomes(self):
+    def test_slaveRefused(self):
         """
-        The link's callables are the put's bound methods; the master
-        decides what a reply or a failure means.
+        A reply other than 200 (or anything but a result) is the master's
+        to judge; the link's failure too.
         """
         put = self.put()
-        reply, failure = ResultCommand(200, b"", 1), Failure(RuntimeError("lost"))
-        put.slaveReplied(reply)
-        put.slaveUnreachable(failure)
-        self.assertEqual(self.master.events, [("slaveReplied", reply, put), ("slaveUnreachable", failure, put)])
+        refusal = ResultCommand(500, b"no", 101)
+        put.slaveReplied(refusal)
+        put.masterStored(0)
+        self.assertEqual([reply.code for reply in self.replies], [500])
+        other, failure = self.put(), Failure(RuntimeError("lost"))
+        other.slaveUnreachable(failure)
+        self.assertEqual(
+            self.master.events,
+            [("slaveRefused", refusal, put), ("putFailed", put), ("slaveUnreachable", failure, other)],
+        )
 
 
 class SlaveHealthTests(SynchronousTestCase):
