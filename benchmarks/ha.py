@@ -28,6 +28,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py --count 50000 --producers 10 --size 1024 --flush group
     .venv/bin/python benchmarks/ha.py --count 10000 --producers 10 --shared 10 --flush group
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind
+    .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind --registered
     .venv/bin/python benchmarks/ha.py --failover 5
 """
 
@@ -191,7 +192,10 @@ def syncPart(args, root):
     print(f"\n== sync replication: {args.size} B, {args.count} puts, flush {args.flush}")
     print(f"{'broker, shape':<40} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>17}")
     alone = {}
-    plain = Broker(root, "plain", args.flush)
+    # Registered in ZooKeeper, a master passes the fence (docs/ha.md).
+    zookeeper = args.zookeeper if args.registered else None
+    zkRoot = "/metaq-bench-" + uuid.uuid4().hex[:8]
+    plain = Broker(root, "plain", args.flush, zookeeper, zkRoot)
     try:
         for label, producers, inflight in shapes(args):
             alone[label] = measure(args, plain, f"no slave, {label}", [plain], producers, inflight)
@@ -199,7 +203,7 @@ def syncPart(args, root):
         plain.stop()
     replicated = {}
     slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties")
-    master = Broker(root, "samsa", args.flush, plugin="samsa_master.properties",
+    master = Broker(root, "samsa", args.flush, zookeeper, zkRoot, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
         for label, producers, inflight in shapes(args):
@@ -434,6 +438,9 @@ def parseArguments(argv):
                         help="run the brokers under valgrind --tool=callgrind and print instructions per put "
                              "(sync part only; use a small --count)")
     parser.add_argument("--zookeeper", default=os.environ.get("METAQ_TEST_ZK"))
+    parser.add_argument("--registered", action="store_true",
+                        help="sync part: the broker alone and the master register in ZooKeeper (--zookeeper), "
+                             "as in production, where their puts pass the fence")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     return parser.parse_args(argv)
