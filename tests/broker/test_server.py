@@ -15,10 +15,12 @@ from metamorphosis import METAQ_VERSION
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
 from metamorphosis.broker.server import (
     CHUNK_SIZE,
+    REPLY_LATER,
     BrokerFactory,
     BrokerProcessor,
 )
 from metamorphosis.broker.stats import StatsManager
+from metamorphosis.protocol.commands import ResultCommand
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.protocol.records import checksum, decodeRecords, encodeRecord
 from tests.broker.fakes import FakeStoreManager, FileStore
@@ -229,6 +231,53 @@ class PutTests(ServerTestCase):
         self.config.acceptAnyTopic = True
         [(_, code, _, body)] = self.put("anything", 0, b"x")
         self.assertEqual(code, 200)
+
+
+class Refusing:
+    """
+    A processor wrapped around the broker's, as replication or the fence
+    wrap it: puts are its own, everything else passes through
+    C{__getattr__}, and its class has no C{putThen}.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+    def processPut(self, command, session):
+        return ResultCommand(500, b"refused by the wrapper", command.opaque)
+
+
+class WrappedProcessorTests(ServerTestCase):
+    def test_wrapperNotBypassed(self):
+        """
+        A wrapper without C{putThen} of its own answers the connection's
+        puts (its C{__getattr__} would hand out the wrapped processor's
+        C{putThen}, past it).
+        """
+        self.factory.processor = Refusing(self.processor)
+        [(_, code, _, body)] = self.put("meta-test", 0, b"hello")
+        self.assertEqual((code, body), (500, b"refused by the wrapper"))
+        self.assertEqual(self.stats.cmdPut, 0)
+
+    def test_putThenOfAnyProcessor(self):
+        """
+        A processor whose class has C{putThen} is called with the
+        connection's callable, not through C{processPut}.
+        """
+        calls = []
+
+        class Replier(Refusing):
+            def putThen(self, command, session, replied):
+                calls.append(command.opaque)
+                replied(ResultCommand(200, b"later", command.opaque))
+                return REPLY_LATER
+
+        self.factory.processor = Replier(self.processor)
+        [(_, code, opaque, body)] = self.put("meta-test", 0, b"hello", opaque=4)
+        self.assertEqual((code, opaque, body, calls), (200, 4, b"later", [4]))
 
 
 class GetTests(ServerTestCase):
