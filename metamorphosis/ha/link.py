@@ -294,9 +294,10 @@ class RequestProtocol(Protocol):
         if entry is None:
             self.log.debug("Ignoring a reply nobody waits for: {command}", command=repr(command))
             return
-        if not self._pending and self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        # The request timer stays when nothing is pending any more: it
+        # fires once for nothing at its deadline, where cancelling it and
+        # setting it again would cost a timer per burst of requests (a sync
+        # master's puts of one read).
         self._timeouts = 0
         entry[0](command)
 

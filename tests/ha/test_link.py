@@ -157,6 +157,21 @@ class RequestProtocolTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.failureResultOf(second, RequestTimeout)
 
+    def test_timerLeftAfterReplies(self):
+        """
+        The timer left when every request was answered does not fail a
+        later request before its own deadline.
+        """
+        first = self.proto.request(self.sync(1), 2.0)
+        self.proto.dataReceived(ResultCommand(200, b"", 1).encode())
+        self.successResultOf(first)
+        self.clock.advance(1)
+        second = self.proto.request(self.sync(2), 2.0)
+        self.clock.advance(1.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, RequestTimeout)
+
     def test_repliesMatchedByOpaque(self):
         """
         Replies may come in any order, in any chunking; each fires the
@@ -170,7 +185,9 @@ class RequestProtocolTests(SynchronousTestCase):
             self.proto.dataReceived(data[i : i + 1])
         self.assertEqual(self.successResultOf(first), ResultCommand(200, b"1 0 0", 1))
         self.assertEqual(self.successResultOf(second), ValueCommand(b"xyz", 2))
-        # No request timer is left, only the heartbeat.
+        # The request timer fires once at its deadline, for nothing, and
+        # is gone: only the heartbeat is left.
+        self.clock.advance(1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_sendWithCallables(self):
