@@ -19,6 +19,7 @@ import random
 import re
 import time
 
+from kazoo.protocol.states import EventType
 from twisted.internet import defer, reactor, threads, utils
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
@@ -310,6 +311,11 @@ class CutOffTests(TestCase):
         history = []
 
         def watch(data, stat, event=None):
+            # The watch reads the node after the event that fired it: when
+            # the next holder has already created it again, the deletion
+            # shows only as the event.
+            if event is not None and event.type == EventType.DELETED:
+                history.append(None)
             history.append(None if stat is None else (data, stat.ephemeralOwner))
 
         await threads.deferToThread(zookeeper.DataWatch, masterPath, watch)
@@ -341,6 +347,8 @@ class CutOffTests(TestCase):
         await new.start()
         await waitFor(lambda: readNode(zookeeper, masterPath).addCallback(
             lambda data: data == new.url.encode()), what="the second broker registered")
+        # Its topics follow its id in the registration.
+        await waitFor(lambda: readNode(zookeeper, pubPath), what="the second broker's topic")
 
         # The first one reaches ZooKeeper again: it must not take the id back.
         proxy.heal()
@@ -360,6 +368,10 @@ class CutOffTests(TestCase):
         takenBack = since(killedAt)
         await waitFor(lambda: cluster.factory.getStats(old.url, "zookeeper").addCallback(
             lambda s: s["zk_registered"] == "true"), what="the first broker registered again")
+        # The watch runs in kazoo's thread and reads the node again after
+        # each event, so it can report the last holder after our own read.
+        await waitFor(lambda: history[-1] is not None and history[-1][0] == old.url.encode(),
+                      what="the watch seeing the first broker back")
 
         # One holder at a time: the node went away between two holders.
         urls = [None if entry is None else entry[0].decode() for entry in history]
