@@ -1,0 +1,135 @@
+"""
+What one group commit round costs with each fsync provider (docs/storage.md, fsyncMethod).
+
+A round is what a lone put under group commit waits for: append 1 KiB to a file, ask the
+provider for an fsync, and hear on the reactor that it is over. For each provider this prints
+the round's latency (median, p90) and two CPU figures per round: this process's (the reactor
+and, for C{thread}, the pool thread) and the whole machine's. They differ by the kernel worker
+that runs a C{kernel} fsync: the system charges it to no process, so a broker's own CPU figure
+leaves it out.
+
+C{--busy N} starts N busy loops (one per core saturates the machine) for the same measurement
+under CPU contention: the kernel worker of a C{kernel} fsync runs on the CPU that submitted it
+and waits there for its turn, where a thread may run on any CPU.
+
+    python benchmarks/fsync.py [--rounds 2000] [--repeat 3] [--busy 0] [--directory DIR]
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from metamorphosis.broker.store.fsync import FsyncUnavailable, KernelFsync, ThreadFsync
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machineBusySeconds():
+    """
+    CPU seconds the machine (every CPU) spent not idle.
+    """
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def rounds(provider, fd, count):
+    """
+    Run C{count} rounds one after the other.
+
+    @return: a Deferred firing with the list of round latencies in seconds.
+    """
+    data = b"x" * 1024
+    latencies = []
+    finished = Deferred()
+
+    def start():
+        os.write(fd, data)
+        started = time.perf_counter()
+
+        def done(result):
+            if result is not None:
+                finished.errback(result)
+                return
+            latencies.append(time.perf_counter() - started)
+            if len(latencies) < count:
+                start()
+            else:
+                finished.callback(latencies)
+
+        provider.fsyncThen(fd, done)
+
+    start()
+    return finished
+
+
+async def measure(providers, args):
+    fd = os.open(os.path.join(args.directory, "fsync-bench"), os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
+                 0o644)
+    try:
+        for _ in range(args.repeat):
+            for name, provider in providers:
+                await rounds(provider, fd, min(200, args.rounds))  # warm up
+                cpu, machine = time.process_time(), machineBusySeconds()
+                latencies = await rounds(provider, fd, args.rounds)
+                cpu, machine = time.process_time() - cpu, machineBusySeconds() - machine
+                latencies.sort()
+                print(f"{name:7} round median {statistics.median(latencies) * 1e6:6.0f} us, "
+                      f"p90 {latencies[int(len(latencies) * 0.9)] * 1e6:6.0f} us; CPU per round: "
+                      f"this process {cpu / args.rounds * 1e6:5.0f} us, "
+                      f"machine {machine / args.rounds * 1e6:5.0f} us", flush=True)
+    finally:
+        os.close(fd)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--busy", type=int, default=0, help="busy loops to run meanwhile")
+    parser.add_argument("--directory", default=None,
+                        help="where the file goes (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    temporary = None
+    if args.directory is None:
+        temporary = tempfile.TemporaryDirectory(prefix="metaq-fsync-", dir=".")
+        args.directory = temporary.name
+    providers = [("thread", ThreadFsync(reactor, reactor.getThreadPool()))]
+    try:
+        providers.insert(0, ("kernel", KernelFsync(reactor)))
+    except FsyncUnavailable as e:
+        print(f"kernel: unavailable here ({e})")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    print(f"{args.rounds} rounds of a 1 KiB append and its fsync, {args.busy} busy loop(s), "
+          f"{os.cpu_count()} CPUs")
+    outcome = []
+
+    def run():
+        d = ensureDeferred(measure(providers, args))
+        d.addErrback(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    try:
+        reactor.run()
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        for _, provider in providers:
+            provider.close()
+        if temporary is not None:
+            temporary.cleanup()
+    if outcome:
+        outcome[0].raiseException()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
