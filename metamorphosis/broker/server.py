@@ -92,6 +92,18 @@ DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT])
 REPLY_LATER = object()
 
 
+def replyOrDeferred(handleThen, command, session):
+    """
+    Call C{handleThen(command, session, replied)} (L{BrokerProcessor.putThen},
+    a C{syncThen}) for a caller that takes a reply or a Deferred of one
+    (C{processPut}, C{processSync}): its reply, or a Deferred firing with
+    the one it passes to C{replied} later.
+    """
+    d = defer.Deferred()
+    reply = handleThen(command, session, d.callback)
+    return d if reply is REPLY_LATER else reply
+
+
 def putThenOf(processor):
     """
     C{processor.putThen} when the processor's class defines one (a put
@@ -669,9 +681,7 @@ class BrokerProcessor:
         """
         The reply to a plain put, or a Deferred of it (L{putThen}).
         """
-        d = defer.Deferred()
-        reply = self.putThen(command, session, d.callback)
-        return d if reply is REPLY_LATER else reply
+        return replyOrDeferred(self.putThen, command, session)
 
     def putThen(self, command, session, replied):
         """

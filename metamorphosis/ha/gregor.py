@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from metamorphosis import zk
 from metamorphosis.broker.interfaces import ISyncProcessor
-from metamorphosis.broker.server import REPLY_LATER
+from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
@@ -126,9 +126,7 @@ class SyncProcessor:
         """
         The reply to a C{sync}, or a Deferred of it (L{syncThen}).
         """
-        d = defer.Deferred()
-        reply = self.syncThen(command, session, d.callback)
-        return d if reply is REPLY_LATER else reply
+        return replyOrDeferred(self.syncThen, command, session)
 
     def syncThen(self, command, session, replied):
         """

@@ -13,11 +13,10 @@ the slave is not connected at all, puts fail at once.
 """
 
 from twisted.application import service
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from metamorphosis.broker.server import REPLY_LATER
+from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import PeerLink, RequestTimeout
@@ -66,9 +65,7 @@ class SyncMasterProcessor:
         """
         The reply to a put, or a Deferred of it (L{putThen}).
         """
-        d = defer.Deferred()
-        reply = self.putThen(command, session, d.callback)
-        return d if reply is REPLY_LATER else reply
+        return replyOrDeferred(self.putThen, command, session)
 
     def putThen(self, command, session, replied):
         """
