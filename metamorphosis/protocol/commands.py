@@ -724,18 +724,13 @@ class CommandParser:
         and the general path decodes it.
         """
         topic, partition, length, flag, checksum, opaque = match.groups()
-        length = int(length)
-        start = end + 2
-        stop = start + length
-        if stop > len(buffer) or length > self.maxBodySize:
-            return None
         checksum = int(checksum)
         opaque = int(opaque)
         if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
             return None
-        body = bytes(buffer[start:stop])
-        del buffer[:stop]
-        self._scanned = 0
+        body = self._takeBody(buffer, end, int(length))
+        if body is None:
+            return None
         return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum)
 
     def _wholeSync(self, buffer: bytearray, end: int, match) -> "SyncCommand | None":
@@ -743,20 +738,30 @@ class CommandParser:
         L{_wholePut} for a C{sync} whose header line matched L{_WHOLE_SYNC}.
         """
         topic, partition, length, flag, msgId, checksum, opaque = match.groups()
-        length = int(length)
-        start = end + 2
-        stop = start + length
-        if stop > len(buffer) or length > self.maxBodySize:
-            return None
         msgId = int(msgId)
         checksum = int(checksum)
         opaque = int(opaque)
         if msgId not in _JAVA_LONGS or checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
             return None
+        body = self._takeBody(buffer, end, int(length))
+        if body is None:
+            return None
+        return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
+
+    def _takeBody(self, buffer: bytearray, end: int, length: int) -> "bytes | None":
+        """
+        Take the header line ending at C{end} and the C{length} bytes of
+        body after it from C{buffer}, when they are all there and the body
+        is not too large; else leave the buffer as it is: L{None}.
+        """
+        start = end + 2
+        stop = start + length
+        if stop > len(buffer) or length > self.maxBodySize:
+            return None
         body = bytes(buffer[start:stop])
         del buffer[:stop]
         self._scanned = 0
-        return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
+        return body
 
     @property
     def bufferedBytes(self) -> int:
