@@ -50,6 +50,24 @@ _IOCB_FLAG_RESFD = 1
 MAX_IN_FLIGHT = 1024
 
 
+def deferredOutcome(then, *args):
+    """
+    Call C{then(*args, done)}, where C{done} takes L{None} or a L{Failure}
+    (L{IFsync.fsyncThen}'s shape): a Deferred firing with the one or
+    failing with the other.  The C{fsync} beside an C{fsyncThen}.
+    """
+    d = Deferred()
+
+    def done(result):
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+    then(*args, done)
+    return d
+
+
 class _Iocb(ctypes.Structure):
     # struct iocb of <linux/aio_abi.h>, little-endian field order.
     _fields_ = [
@@ -152,16 +170,7 @@ class KernelFsync:
         reactor.addReader(self)
 
     def fsync(self, fd):
-        d = Deferred()
-
-        def done(result):
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-        self.fsyncThen(fd, done)
-        return d
+        return deferredOutcome(self.fsyncThen, fd)
 
     def fsyncThen(self, fd, done):
         if self._closed:

@@ -26,11 +26,12 @@ writes the puts that arrived during a round before the next one starts
 
 from contextlib import nullcontext
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from metamorphosis.broker.store.bursts import batchedWrites
+from metamorphosis.broker.store.fsync import deferredOutcome
 
 
 class SyncLoopStopped(Exception):
@@ -116,18 +117,7 @@ class SyncLoop:
         @return: a Deferred firing with L{None} once it is, or failing with
             the error of the fsync that covered it.
         """
-        if self._stopping:
-            return fail(SyncLoopStopped("the sync loop is stopped"))
-        d = Deferred()
-
-        def done(error):
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(error)
-
-        self.requestThen(done)
-        return d
+        return deferredOutcome(self.requestThen)
 
     def requestThen(self, done):
         """
