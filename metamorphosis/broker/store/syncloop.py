@@ -13,7 +13,7 @@ requests made while a round runs share the next one, which starts as soon
 as that one is over (before its requests are answered, so that the disk
 works while the answers go out); and a failed fsync fails every request its
 round covered.  A request made while the broker handles one socket read
-(L{metamorphosis.broker.store.partition.batchedWrites}) starts its round
+(L{metamorphosis.broker.store.bursts.batchedWrites}) starts its round
 once the read is handled, so the requests of one read share a round.
 
 A partition's group commit
@@ -82,10 +82,10 @@ class SyncLoop:
     @param firing: returns a context manager entered while the requests one
         round covers are answered, so that what their callbacks do can be
         done together (the journal enters
-        L{metamorphosis.broker.store.partition.batchedWrites}: the commits
+        L{metamorphosis.broker.store.bursts.batchedWrites}: the commits
         one round acknowledges append to their partitions with one write; a
         partition enters
-        L{metamorphosis.broker.store.partition.acknowledging}).
+        L{metamorphosis.broker.store.bursts.acknowledging}).
     """
 
     log = Logger()
