@@ -8,6 +8,10 @@ and, for C{thread}, the pool thread) and the whole machine's. They differ by the
 that runs a C{kernel} fsync: the system charges it to no process, so a broker's own CPU figure
 leaves it out.
 
+Each provider runs two files: one appended to (each fsync also commits the file's new size to
+the file system's journal) and one whose zeros were written and synced ahead (C{preallocateSize},
+docs/storage.md: the fsync writes the data and nothing else).
+
 C{--busy N} starts N busy loops (one per core saturates the machine) for the same measurement
 under CPU contention: the kernel worker of a C{kernel} fsync runs on the CPU that submitted it
 and waits there for its turn, where a thread may run on any CPU.
@@ -40,18 +44,24 @@ def machineBusySeconds():
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
-def rounds(provider, fd, count):
+def rounds(provider, fd, count, zeroed):
     """
-    Run C{count} rounds one after the other.
+    Run C{count} rounds one after the other: append, or write over the
+    zeros from the start of the file when C{zeroed}.
 
     @return: a Deferred firing with the list of round latencies in seconds.
     """
     data = b"x" * 1024
     latencies = []
     finished = Deferred()
+    position = [0]
 
     def start():
-        os.write(fd, data)
+        if zeroed:
+            os.pwrite(fd, data, position[0])
+            position[0] += len(data)
+        else:
+            os.write(fd, data)
         started = time.perf_counter()
 
         def done(result):
@@ -70,23 +80,39 @@ def rounds(provider, fd, count):
     return finished
 
 
-async def measure(providers, args):
-    fd = os.open(os.path.join(args.directory, "fsync-bench"), os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
+def openFile(directory, zeroed, rounds):
+    """
+    A new file to write the rounds to; for C{zeroed}, with zeros on disk
+    for the warm-up and the rounds.
+    """
+    fd = os.open(os.path.join(directory, "fsync-bench"), os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
                  0o644)
-    try:
-        for _ in range(args.repeat):
-            for name, provider in providers:
-                await rounds(provider, fd, min(200, args.rounds))  # warm up
-                cpu, machine = time.process_time(), machineBusySeconds()
-                latencies = await rounds(provider, fd, args.rounds)
-                cpu, machine = time.process_time() - cpu, machineBusySeconds() - machine
+    if zeroed:
+        zeros = bytes(1 << 20)
+        for position in range(0, (rounds + 200) * 1024, len(zeros)):
+            os.pwrite(fd, zeros, position)
+        os.fsync(fd)
+    return fd
+
+
+async def measure(providers, args):
+    for _ in range(args.repeat):
+        for name, provider in providers:
+            for zeroed in (False, True):
+                fd = openFile(args.directory, zeroed, args.rounds)
+                try:
+                    await rounds(provider, fd, min(200, args.rounds), zeroed)  # warm up
+                    cpu, machine = time.process_time(), machineBusySeconds()
+                    latencies = await rounds(provider, fd, args.rounds, zeroed)
+                    cpu, machine = time.process_time() - cpu, machineBusySeconds() - machine
+                finally:
+                    os.close(fd)
                 latencies.sort()
-                print(f"{name:7} round median {statistics.median(latencies) * 1e6:6.0f} us, "
+                label = name + (" over zeros" if zeroed else " append")
+                print(f"{label:18} round median {statistics.median(latencies) * 1e6:6.0f} us, "
                       f"p90 {latencies[int(len(latencies) * 0.9)] * 1e6:6.0f} us; CPU per round: "
                       f"this process {cpu / args.rounds * 1e6:5.0f} us, "
                       f"machine {machine / args.rounds * 1e6:5.0f} us", flush=True)
-    finally:
-        os.close(fd)
 
 
 def main(argv):

@@ -143,6 +143,10 @@ class MetaConfig:
     #: AIO, no thread hand-off), "thread" (a pool thread), or "auto" (the
     #: kernel where it can).
     fsyncMethod: str = "auto"
+    #: docs/storage.md: bytes of zeros written ahead of the records of each
+    #: partition's active segment, so that an fsync changes no file size;
+    #: 0 turns it off.
+    preallocateSize: int = 4 * 1024 * 1024
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -262,7 +266,7 @@ SYSTEM_KEYS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
-    verifyPassInterval fsyncMethod serialVersionUID topics slaveConfig zkConfig
+    verifyPassInterval fsyncMethod preallocateSize serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -288,7 +292,7 @@ _SYSTEM_INTS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
     maxConnections shutdownDrainSeconds
-    segmentCheckInterval verifyBytesPerSecond verifyPassInterval""".split()
+    segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
@@ -680,7 +684,8 @@ def _verify(config, path):
                          f"must be between 1 and {DEFAULT_MAX_TOPIC_LENGTH}"))
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
-    for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections"):
+    for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
+                "preallocateSize"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):

@@ -12,7 +12,9 @@ the position in the file), its size, message id, flag, attribute and, with
 C{--print-data}, its data (escaped as Python bytes).  A record whose length
 or checksum is wrong ends the dump of its file with a line saying why, and
 the exit status is 1; an incomplete last record (a write cut short, which
-the broker cuts at its next start) is reported the same way.
+the broker cuts at its next start) is reported the same way.  Zero bytes
+that run to the end of a file are the tail the broker writes ahead of its
+records (docs/storage.md): the dump of the file ends there, without a line.
 """
 
 import os
@@ -26,6 +28,7 @@ from metamorphosis.protocol.records import (
     ATTRIBUTE_FLAG,
     HEADER_SIZE,
     InvalidRecord,
+    Record,
     decodeHeader,
     iterRecords,
 )
@@ -98,6 +101,12 @@ class SegmentReader:
                 consumed = 0
                 try:
                     for record, end in iterRecords(buffer):
+                        if record == _ZERO_RECORD:
+                            # An all-zero header: the tail, or zeroed damage.
+                            if not _zerosToEnd(f, position + consumed, size):
+                                self.problem = (start + position + consumed,
+                                                "zero-filled bytes", False)
+                            return
                         yield start + position + consumed, record
                         consumed = end
                 except InvalidRecord as e:
@@ -115,6 +124,24 @@ class SegmentReader:
                     return
                 if not data:
                     return
+
+
+#: What a header of zero bytes decodes to (an empty body's checksum is 0).
+_ZERO_RECORD = Record(0, 0, b"")
+
+
+def _zerosToEnd(f, position, size):
+    """
+    Whether the bytes of C{f} from C{position} to C{size} are all zero.
+    """
+    while position < size:
+        chunk = os.pread(f.fileno(), min(CHUNK, size - position), position)
+        if not chunk:
+            return True  # cut meanwhile
+        if chunk.count(0) != len(chunk):
+            return False
+        position += len(chunk)
+    return True
 
 
 def dumpSegment(path, out, printData=False, limit=None):

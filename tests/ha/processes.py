@@ -13,6 +13,7 @@ from twisted.protocols.portforward import ProxyClientFactory, ProxyFactory, Prox
 from twisted.python import log
 
 from tests.broker.client import connect
+from tests.broker.store.helpers import withoutTail
 from tests.integration.brokerprocess import TWISTD, BrokerProcess
 
 
@@ -126,7 +127,8 @@ class Broker:
 
     def segmentFiles(self, topic, partition):
         """
-        Segment file name to content.
+        Segment file name to content, the last file without the zeros the
+        running broker keeps after its records.
         """
         directory = self.partitionDir(topic, partition)
         if not os.path.isdir(directory):
@@ -136,6 +138,9 @@ class Broker:
             if name.endswith(".meta"):
                 with open(os.path.join(directory, name), "rb") as f:
                     contents[name] = f.read()
+        if contents:
+            last = max(contents)
+            contents[last] = withoutTail(contents[last])
         return contents
 
     def connect(self):

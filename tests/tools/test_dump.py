@@ -35,7 +35,9 @@ class DumpTests(TestCase):
     def test_dump(self):
         """
         One line per record: offset, size, id, flag, attribute and data;
-        a directory is its segment files; --max-records stops early.
+        a directory is its segment files; --max-records stops early.  The
+        zeros the running broker keeps after its records end the dump
+        without a line.
         """
         async def check():
             directory = await self._segment()
@@ -77,6 +79,14 @@ class DumpTests(TestCase):
             out, err, status = await runMetaq("dump", path)
             self.assertEqual((status, len(out.splitlines()) - 1), (1, 2))
             self.assertIn("offset 68: incomplete last record (25 of 30 bytes)", err)
+            # Zeroed bytes with a record after them are no tail.
+            shutil.copy(os.path.join(directory, SEGMENT), path)
+            with open(path, "r+b") as f:
+                f.seek(30)
+                f.write(bytes(38))
+            out, err, status = await runMetaq("dump", path)
+            self.assertEqual((status, len(out.splitlines()) - 1), (1, 1))
+            self.assertIn("offset 30: zero-filled bytes", err)
             other = os.path.join(damaged, "notes.txt")
             open(other, "w").close()
             out, err, status = await runMetaq("dump", other)

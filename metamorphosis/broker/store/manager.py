@@ -452,6 +452,7 @@ class MessageStoreManager(Service):
             damaged=damaged,
             readOnly=readOnly,
             fsync=self._fsync,
+            preallocate=self.config.preallocateSize,
         )
         store.fsyncObserver = self.fsyncObserver
         self._stores[topic, partition] = store

@@ -22,6 +22,16 @@ what is known to be on disk.
 
 Consumers see data up to the flushed high-water mark (L{maxOffset}), which
 moves only when an fsync completes.
+
+Ahead of its records the active segment holds zero bytes, written by a job
+step every half C{preallocateSize} (docs/storage.md): an fsync of records
+written over zeros that are already on disk changes no file size and no
+block map, so the file system commits no journal for it: on ext4 it
+takes about a third less time than an fsync of an append
+(C{benchmarks/fsync.py}), and group commit waits for those fsyncs.  A sealed segment
+and the active one at close lose their zeros, so files end at their last
+record as Java's do; after a crash recovery tells the zeros from records
+(L{metamorphosis.broker.store.verify}).
 """
 
 import os
@@ -73,6 +83,9 @@ JOB_BYTES = 4 * 1024 * 1024
 # Batches smaller than this are written on the reactor thread.
 INLINE_WRITE_BYTES = 512 * 1024
 
+# What the preallocated tail is written from, a piece at a time.
+_ZEROS = bytes(256 * 1024)
+
 def _call(notify, value):
     """
     Call an entry's C{stored} or C{failed}: one that raises is logged, and
@@ -95,6 +108,17 @@ def _writeAll(fd, data, position):
         written = os.pwrite(fd, view, position)
         view = view[written:]
         position += written
+
+
+def _cutTail(segment):
+    """
+    Cut the zeros after the records of C{segment}, durably: a partition
+    left by a clean stop has files that end at their last record.
+    """
+    fd = segment.file.fileno()
+    if os.fstat(fd).st_size > segment.written:
+        os.ftruncate(fd, segment.written)
+        os.fsync(fd)
 
 
 def _fsyncDirectory(path):
@@ -217,18 +241,60 @@ class _Write:
         self.done = True
 
 
-class _Roll:
+class _Preallocate:
     """
-    Job step: seal a full segment (fsync) and create the next one.
+    Job step: write zeros ahead of the records of the active segment, up to
+    file position C{end}.  They start where the file ends now and never
+    before C{recordsEnd}, the end of the job's records: no byte of a record
+    is ever overwritten.
+
+    @ivar error: the L{OSError} that stopped it (a full disk), or L{None}:
+        its zeros are then removed again and the appends go on without.
     """
 
-    def __init__(self, old, new):
-        self.old = old
-        self.new = new
+    def __init__(self, segment, recordsEnd, end):
+        self.segment = segment
+        self.recordsEnd = recordsEnd
+        self.end = end
+        self.error = None
         self.done = False
 
     def perform(self):
-        os.fsync(self.old.file.fileno())
+        fd = self.segment.file.fileno()
+        start = position = max(self.recordsEnd, os.fstat(fd).st_size)
+        zeros = memoryview(_ZEROS)
+        try:
+            while position < self.end:
+                position += os.pwrite(fd, zeros[: self.end - position], position)
+        except OSError as e:
+            self.error = e
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+        self.done = True
+
+
+class _Roll:
+    """
+    Job step: seal a full segment (cut its preallocated tail, fsync) and
+    create the next one.  The cut is on disk before the next file exists,
+    so only the last segment ever ends in zeros.
+
+    @ivar size: the bytes of records in the full segment.
+    """
+
+    def __init__(self, old, new, size):
+        self.old = old
+        self.new = new
+        self.size = size
+        self.done = False
+
+    def perform(self):
+        fd = self.old.file.fileno()
+        if os.fstat(fd).st_size > self.size:
+            os.ftruncate(fd, self.size)
+        os.fsync(fd)
         self.new.file = openSegmentFile(self.new.path, create=True)
         _fsyncDirectory(self.new.directory)
         self.done = True
@@ -305,6 +371,8 @@ class MessageStore:
     @param fsync: the L{metamorphosis.broker.store.interfaces.IFsync} of
         the group commit rounds; by default a
         thread of C{threadpool}.
+    @param preallocate: bytes of zeros kept ahead of the records of the
+        active segment (C{preallocateSize}); 0 for none.
     """
 
     log = Logger()
@@ -330,6 +398,7 @@ class MessageStore:
         damaged=(),
         readOnly=None,
         fsync=None,
+        preallocate=0,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -341,6 +410,7 @@ class MessageStore:
         self.unflushThreshold = topicConfig.unflushThreshold
         self.unflushInterval = topicConfig.unflushInterval
         self.maxSegmentSize = topicConfig.maxSegmentSize
+        self.preallocate = preallocate
         self.messageCount = messageCount
         self._reactor = reactor
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
@@ -700,8 +770,12 @@ class MessageStore:
             accepted.append(entry)
             if size >= maxSegmentSize:
                 new = Segment(self.directory, segment.start + size)
-                steps.append(_Roll(segment, new))
+                steps.append(_Roll(segment, new, size))
                 segment, size, write = new, 0, None
+        if accepted and self.preallocate and size + self.preallocate // 2 > segment.allocated:
+            end = min(size + self.preallocate, maxSegmentSize)
+            if end > size:
+                steps.append(_Preallocate(segment, size, end))
         unflushed = self._unflushed + count
         fsync = bool(
             (self.groupCommit and accepted)
@@ -727,9 +801,19 @@ class MessageStore:
                 break
             if isinstance(step, _Write):
                 step.segment.written = step.position + step.size
+                step.segment.allocated = max(step.segment.allocated, step.segment.written)
                 written.append(step)
                 count += step.count
+            elif isinstance(step, _Preallocate):
+                # Also after a failure: the next try is half a tail later.
+                step.segment.allocated = step.end
+                if step.error is not None:
+                    self.ioErrors.error(
+                        "preallocate-failed", "Writing zeros ahead of the records of "
+                        "{store} failed; appends go on without them: {error}",
+                        store=str(self), error=str(step.error))
             else:
+                step.old.allocated = step.size
                 self._segments.append(step.new)
                 self._flushedEnd = step.new.start
                 self._unflushed = 0
@@ -771,6 +855,8 @@ class MessageStore:
                 "Writing to {store} failed; {count} queued append(s) fail", failure,
                 store=str(self), count=count
             )
+        # A failed write cut the file back to its last good record.
+        self._segments[-1].allocated = self._segments[-1].written
         acknowledged = written if not self.groupCommit else []
         kept = set(map(id, acknowledged))
         for entry in job.entries:
@@ -917,6 +1003,16 @@ class MessageStore:
             return succeed(None)
         self._closed = True
         d = self._whenWritten()
+        last = self._segments[-1]
+
+        def cutTail(result):
+            if self.readOnly is not None or last.allocated <= last.written:
+                return result
+            cut = deferToThreadPool(self._reactor, self._threadpool, _cutTail, last)
+            cut.addErrback(lambda failure: self.ioErrors.error(
+                "cut-failed", "Cutting the preallocated tail of {store} failed; the "
+                "next start does: {error}", store=str(self), error=str(failure.value)))
+            return cut.addCallback(lambda _: result)
 
         def closeFiles(result):
             for segment in self._segments:
@@ -924,4 +1020,4 @@ class MessageStore:
                     segment.file.close()
             return result
 
-        return d.addBoth(closeFiles)
+        return d.addBoth(cutTail).addBoth(closeFiles)

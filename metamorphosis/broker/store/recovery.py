@@ -147,18 +147,30 @@ def _newestContiguousRun(directory, segments, findings):
     return segments[first:]
 
 
-def _recoverLast(segment, findings, readOnly):
+def _scanLast(segment):
     """
-    Validate the last segment: note its damaged ranges (their bytes stay,
-    the valid records after them are served and appends go after them, so
-    no offset that may have been acknowledged is handed out again) and cut
-    a torn last record, unless the partition is read only.
+    Check the records of the last segment.  Its file may end in the zero
+    bytes written ahead of the records (the preallocated tail): from here
+    on, its C{written} leaves them out.
+
+    @return: the L{metamorphosis.broker.store.verify.ScanResult}.
+    """
+    result = scanRecords(segment.file.fileno(), segment.written, last=True)
+    if result.unwrittenAt is not None:
+        segment.written = result.unwrittenAt
+    return result
+
+
+def _recoverLast(segment, result, findings, readOnly):
+    """
+    Act on the check of the last segment: note its damaged ranges (their
+    bytes stay, the valid records after them are served and appends go
+    after them, so no offset that may have been acknowledged is handed out
+    again) and cut a torn last record, unless the partition is read only.
 
     @return: C{(valid records, damaged ranges)}.
     """
     fd = segment.file.fileno()
-    size = segment.written
-    result = scanRecords(fd, size)
     damaged = []
     for d in result.damaged:
         damaged.append((segment.start + d.start, segment.start + d.end, d.reason))
@@ -176,13 +188,14 @@ def _recoverLast(segment, findings, readOnly):
     if result.tornAt is not None and not readOnly:
         os.ftruncate(fd, result.tornAt)
         os.fsync(fd)
+        segment.allocated = result.tornAt
         findings.append(
             Finding(
                 "warn",
                 "Recovered {path}: cut {cut} byte(s) of an incomplete last record at "
                 "file position {position} (offset {offset}), a write cut short",
-                dict(path=segment.path, cut=size - result.tornAt, position=result.tornAt,
-                     offset=segment.start + result.tornAt),
+                dict(path=segment.path, cut=result.end - result.tornAt,
+                     position=result.tornAt, offset=segment.start + result.tornAt),
             )
         )
         segment.written = result.tornAt
@@ -230,6 +243,10 @@ def loadPartition(directory, offsetIfCreate=0):
     """
     findings = []
     segments, unreadable = _openAll(directory, _listSegments(directory, findings), findings)
+    scan = None
+    if segments:
+        segments = _newestContiguousRun(directory, segments, findings)
+        scan = _scanLast(segments[-1])
     readOnly = None
     if unreadable:
         readOnly = "segment file(s) cannot be opened: " + "; ".join(
@@ -266,8 +283,7 @@ def loadPartition(directory, offsetIfCreate=0):
     damaged = []
     count = 0
     if segments:
-        segments = _newestContiguousRun(directory, segments, findings)
-        count, damaged = _recoverLast(segments[-1], findings, readOnly is not None)
+        count, damaged = _recoverLast(segments[-1], scan, findings, readOnly is not None)
     elif readOnly is None:
         segment = Segment(directory, offsetIfCreate)
         segment.file = openSegmentFile(segment.path, create=True)

@@ -89,6 +89,10 @@ class Segment:
     @ivar start: absolute offset of the first byte.
     @ivar written: bytes of the file that hold records written by this
         process or found valid at recovery; readers never see more.
+    @ivar allocated: how far the file is known to reach, records and the
+        zero bytes written ahead of them (the preallocated tail); at least
+        C{written}.  Only decides when to write more zeros: every write
+        of zeros starts past the file's records.
     @ivar file: the open L{SegmentFile}, or L{None} before the I/O
         thread created it.  Slices hold a reference to it, so a segment
         removed by retention stays readable until the last slice is gone.
@@ -98,6 +102,7 @@ class Segment:
         self.directory = directory
         self.start = start
         self.written = written
+        self.allocated = written
         self.file = file
         # Joined once: every write checks that this name still is its file.
         self.path = os.path.join(directory, nameFromOffset(start))

@@ -15,6 +15,14 @@ believable length (a chance match of a 31-bit CRC and two believable
 lengths is out of the question).  The bytes in between are a
 I{damaged range}; the records after it are kept.
 
+The active segment of a running broker ends in zero bytes written ahead of
+its records (the preallocated tail, docs/storage.md), and so does the last
+segment of a broker that was killed.  Scanned as the I{last} segment, zero
+bytes running to the end of the file are that tail, not damage: the records
+end where they start.  A record cut short by the crash lies in that tail
+too, its bytes followed by zeros; it is reported torn, as an incomplete
+record at the end of a file without a tail is.
+
 Everything here blocks on the file system: call it in a thread.
 """
 
@@ -63,21 +71,26 @@ class ScanResult:
     @ivar damaged: the L{DamagedRange}s, in order.
     @ivar tornAt: the position of an incomplete last record that no valid
         record follows (a write cut short), or L{None}.
+    @ivar unwrittenAt: where the zero bytes of a preallocated tail start
+        (only in a scan of a last segment), or L{None}.
     @ivar end: where the scan ended (the file size).
     """
 
     count: int = 0
     damaged: list = field(default_factory=list)
     tornAt: int = None
+    unwrittenAt: int = None
     end: int = 0
 
     @property
     def validEnd(self):
         """
-        Where appending may continue: before a torn last record, else the
-        end of the scanned bytes.
+        Where appending may continue: before a torn last record, else before
+        the preallocated tail, else at the end of the scanned bytes.
         """
-        return self.end if self.tornAt is None else self.tornAt
+        if self.tornAt is not None:
+            return self.tornAt
+        return self.end if self.unwrittenAt is None else self.unwrittenAt
 
 
 class Stopped(Exception):
@@ -209,7 +222,7 @@ def _resync(window, position, end, maxRecordSize):
     return None
 
 
-def scanRecords(fd, size, start=0, maxRecordSize=MAX_RECORD_SIZE, throttle=None):
+def scanRecords(fd, size, start=0, maxRecordSize=MAX_RECORD_SIZE, throttle=None, last=False):
     """
     Check every record of a segment file from file position C{start}
     (which must be a record boundary) to C{size}.
@@ -217,6 +230,8 @@ def scanRecords(fd, size, start=0, maxRecordSize=MAX_RECORD_SIZE, throttle=None)
     @param fd: a descriptor open for reading.
     @param throttle: called with the byte count of every read; it may sleep
         to bound the I/O rate, or raise L{Stopped}.
+    @param last: the file is the last segment of its partition, which may
+        end in a preallocated tail.
     @return: a L{ScanResult}.
     """
     window = _Window(fd, size, throttle)
@@ -238,7 +253,67 @@ def scanRecords(fd, size, start=0, maxRecordSize=MAX_RECORD_SIZE, throttle=None)
         else:
             result.damaged.append(DamagedRange(position, size, value))
         break
+    if last:
+        _findTail(window, result, size)
     return result
+
+
+def _findTail(window, result, size):
+    """
+    Tell a preallocated tail from damage in what ends the scan of a last
+    segment: the bad or incomplete bytes that run to the end of the file.
+    Where they are all zero they are the tail.  Where the zeros start
+    inside the first record of them, that record was being written into
+    the tail when the broker stopped (the sectors before the zeros reached
+    the disk, the rest did not): torn.  Anything else is damage followed by
+    the tail.
+    """
+    if result.tornAt is not None:
+        problem = result.tornAt
+    elif result.damaged and result.damaged[-1].end == size:
+        problem = result.damaged[-1].start
+    else:
+        return
+    zeros = _zerosFrom(window, problem, size)
+    if zeros == size:
+        return
+    if zeros == problem:
+        result.tornAt = None
+        result.unwrittenAt = problem
+    elif zeros - problem < HEADER_SIZE or _endsAfter(window, problem, zeros):
+        result.tornAt = problem
+    else:
+        result.damaged[-1].end = zeros
+        result.unwrittenAt = zeros
+        return
+    if result.damaged and result.damaged[-1].end == size:
+        result.damaged.pop()
+
+
+def _endsAfter(window, position, end):
+    """
+    Whether the length field of the record at C{position} makes it end
+    after C{end}: bytes of it lie in the zeros.
+    """
+    length, _ = _lengthAndChecksum.unpack_from(window.peek(position, 8))
+    return length >= 0 and position + HEADER_SIZE + length > end
+
+
+def _zerosFrom(window, start, end):
+    """
+    Where the run of zero bytes that ends at C{end} starts (C{end} when
+    the last byte is not zero), never before C{start}.  Read backwards, one
+    chunk at a time: the run is the tail, a few MiB at most.
+    """
+    position = end
+    while position > start:
+        begin = max(start, position - SCAN_CHUNK)
+        chunk = bytes(window.peek(begin, position - begin))
+        stripped = chunk.rstrip(b"\0")
+        if stripped:
+            return begin + len(stripped)
+        position = begin
+    return start
 
 
 def _wholeWithBadLength(window, position, end):
@@ -262,6 +337,8 @@ class SegmentReport:
 
     @ivar damaged: C{(startOffset, endOffset, reason)} tuples.
     @ivar tornAt: offset of an incomplete last record, or L{None}.
+    @ivar unwrittenAt: offset where the preallocated tail of a last
+        segment starts, or L{None}.
     @ivar error: why the file could not be read, or L{None}.
     """
 
@@ -271,6 +348,7 @@ class SegmentReport:
     records: int = 0
     damaged: list = field(default_factory=list)
     tornAt: int = None
+    unwrittenAt: int = None
     error: str = None
 
     @property
@@ -278,9 +356,10 @@ class SegmentReport:
         return self.error is None and not self.damaged
 
 
-def verifySegment(path, maxRecordSize=MAX_RECORD_SIZE, throttle=None):
+def verifySegment(path, maxRecordSize=MAX_RECORD_SIZE, throttle=None, last=False):
     """
-    Check one segment file (named by its start offset).
+    Check one segment file (named by its start offset); C{last} when it is
+    the last of its partition, which may end in a preallocated tail.
 
     @return: a L{SegmentReport}.
     """
@@ -293,7 +372,8 @@ def verifySegment(path, maxRecordSize=MAX_RECORD_SIZE, throttle=None):
         return report
     try:
         report.size = os.fstat(fd).st_size
-        result = scanRecords(fd, report.size, maxRecordSize=maxRecordSize, throttle=throttle)
+        result = scanRecords(fd, report.size, maxRecordSize=maxRecordSize, throttle=throttle,
+                             last=last)
     except OSError as e:
         report.error = str(e)
         return report
@@ -303,6 +383,8 @@ def verifySegment(path, maxRecordSize=MAX_RECORD_SIZE, throttle=None):
     report.damaged = [(start + d.start, start + d.end, d.reason) for d in result.damaged]
     if result.tornAt is not None:
         report.tornAt = start + result.tornAt
+    if result.unwrittenAt is not None:
+        report.unwrittenAt = start + result.unwrittenAt
     return report
 
 
@@ -322,8 +404,9 @@ def verifyPartition(directory, maxRecordSize=MAX_RECORD_SIZE, throttle=None):
         if offsetFromName(name) is not None
     )
     reports = [
-        verifySegment(os.path.join(directory, name), maxRecordSize, throttle)
-        for _, name in names
+        verifySegment(os.path.join(directory, name), maxRecordSize, throttle,
+                      last=index == len(names) - 1)
+        for index, (_, name) in enumerate(names)
     ]
     problems = []
     for previous, report in zip(reports, reports[1:]):

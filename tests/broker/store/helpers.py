@@ -5,6 +5,7 @@ or when the test says so.
 """
 
 import os
+import struct
 
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -12,7 +13,7 @@ from twisted.python.failure import Failure
 from metamorphosis.broker.config import TopicConfig
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import loadPartition
-from metamorphosis.protocol.records import encodePayload, encodeRecord
+from metamorphosis.protocol.records import HEADER_SIZE, encodePayload, encodeRecord
 
 
 class ImmediateReactor(Clock):
@@ -66,10 +67,12 @@ def topicConfig(**kwargs):
     return TopicConfig(topic="test", **kwargs)
 
 
-def makeStore(directory, threadpool=None, reactor=None, recover=False, **configKwargs):
+def makeStore(directory, threadpool=None, reactor=None, recover=False, preallocate=64,
+              **configKwargs):
     """
     A synchronous L{MessageStore} for partition C{test-0} in C{directory},
-    recovered from what is there when C{recover}.
+    recovered from what is there when C{recover}.  Its preallocated tail is
+    small by default, so that appends run into it and past it all the time.
     """
     reactor = reactor or ImmediateReactor()
     threadpool = threadpool or ImmediateThreadPool()
@@ -81,7 +84,7 @@ def makeStore(directory, threadpool=None, reactor=None, recover=False, **configK
     return MessageStore(
         "test", 0, directory, topicConfig(**configKwargs), segments=segments,
         messageCount=count, reactor=reactor, threadpool=threadpool,
-        damaged=damaged, readOnly=readOnly,
+        damaged=damaged, readOnly=readOnly, preallocate=preallocate,
     )
 
 
@@ -100,11 +103,28 @@ def record(msgId, data, attribute=None):
 def readPartition(directory):
     """
     The concatenated bytes of a partition's segment files, in order, with
-    the file names.
+    the file names; without the zeros a running store keeps after the
+    records of its last file.
     """
     names = sorted(n for n in os.listdir(directory) if n.endswith(".meta"))
     data = b""
     for name in names:
         with open(os.path.join(directory, name), "rb") as f:
             data += f.read()
-    return names, data
+    return names, withoutTail(data)
+
+
+def withoutTail(data):
+    """
+    The bytes of a last segment file without the zeros a running store
+    keeps after its records: cut at the record boundary from which nothing
+    but zeros follows.
+    """
+    zeros = len(data.rstrip(b"\0"))
+    position = 0
+    while position < zeros:
+        if len(data) - position < HEADER_SIZE:
+            return data
+        (length,) = struct.unpack_from(">i", data, position)
+        position += HEADER_SIZE + max(length, 0)
+    return data[:position]

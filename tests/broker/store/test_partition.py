@@ -9,6 +9,7 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import gatherResults
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -98,6 +99,10 @@ class GoldenLayoutTests(SynchronousTestCase):
         # 25 + 30 = 55 < 60 stays; the third record takes the segment to
         # 80 >= 60, so it rolls and the fourth starts the segment at 80.
         self.assertEqual(offsets, [0, 25, 55, 80])
+        # Zeros follow the records of the active segment until it closes.
+        active = os.path.join(directory, "00000000000000000080.meta")
+        self.assertEqual(os.path.getsize(active), 60)
+        self.successResultOf(store.close())
         self.assertEqual(
             sorted(os.listdir(directory)),
             ["00000000000000000000.meta", "00000000000000000080.meta"],
@@ -131,24 +136,28 @@ class AppendSliceTests(SynchronousTestCase):
         ),
         st.integers(min_value=30, max_value=600),
         st.booleans(),
+        st.sampled_from([0, 1, 64, 1000]),
     )
-    def test_slicesFromEveryBoundary(self, messages, maxSegmentSize, batch):
+    def test_slicesFromEveryBoundary(self, messages, maxSegmentSize, batch, preallocate):
         """
         After any appends, a slice from each record's offset starts with
         exactly that record, the records read back in order are the ones
         appended, and no slice crosses a segment end.
         """
         directory = self.mktemp()
-        store = makeStore(directory, unflushThreshold=0, maxSegmentSize=maxSegmentSize)
+        store = makeStore(directory, unflushThreshold=0, maxSegmentSize=maxSegmentSize,
+                          preallocate=preallocate)
         expected = []
         offsets = []
-        for index, (data, attribute) in enumerate(messages):
+        # Ids from 1: a record of id 0, flag 0 and no body is all zero
+        # bytes, which no broker writes (ids are never 0).
+        for msgId, (data, attribute) in enumerate(messages, 1):
             body, flag = encodePayload(data, attribute)
-            expected.append(record(index, data, attribute))
-            if batch and index % 3 == 1:
-                offsets.append(self.successResultOf(store.appendBatch([(index, flag, body)])))
+            expected.append(record(msgId, data, attribute))
+            if batch and msgId % 3 == 2:
+                offsets.append(self.successResultOf(store.appendBatch([(msgId, flag, body)])))
             else:
-                offsets.append(self.successResultOf(store.append(index, flag, body)))
+                offsets.append(self.successResultOf(store.append(msgId, flag, body)))
         positions = [sum(map(len, expected[:i])) for i in range(len(expected))]
         self.assertEqual(offsets, positions)
         self.assertEqual(store.maxOffset, sum(map(len, expected)))
@@ -316,7 +325,7 @@ class FlushPolicyTests(SynchronousTestCase):
 
         self.patch(partition, "INLINE_WRITE_BYTES", 100)
         pool = ManualThreadPool()
-        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=100)
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=100, preallocate=0)
         fsyncs = countFileFsyncs(self)
         first = appendExample(store, 1)
         self.assertNoResult(first)
@@ -341,7 +350,7 @@ class FlushPolicyTests(SynchronousTestCase):
         but acknowledged only after the fsync, which runs in a thread.
         """
         pool = ManualThreadPool()
-        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0, preallocate=0)
         fsyncs = countFileFsyncs(self)
         first = appendExample(store, 1)
         pool.runAll()
@@ -364,7 +373,7 @@ class FlushPolicyTests(SynchronousTestCase):
         acknowledged together by the next round, none before its fsync.
         """
         pool = ManualThreadPool()
-        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0)
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0, preallocate=0)
         # The segment file is created (in a thread) by the first write.
         appendExample(store, 1)
         pool.runOne()
@@ -435,13 +444,77 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in appended], [25, 50])
 
 
+class PreallocateTests(SynchronousTestCase):
+    """
+    The zeros a store writes ahead of the records of its active segment.
+    """
+
+    def test_aheadOfTheRecordsUntilClosed(self):
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0, preallocate=1000)
+        path = os.path.join(directory, "00000000000000000000.meta")
+        self.assertEqual(self.successResultOf(appendExample(store, 1)), 0)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1 + bytes(1000))
+        # Records go over the zeros; more are written once half are used:
+        # by the 22nd record (550 + 500 > 1025), up to 550 + 1000.
+        for _ in range(29):
+            self.successResultOf(appendExample(store, 1))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1 * 30 + bytes(1550 - 750))
+        self.successResultOf(store.close())
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1 * 30)
+
+    def test_sealedSegmentEndsAtItsRecords(self):
+        """
+        A segment sealed with zeros after its records (a tail written under
+        a larger C{maxSegmentSize}) loses them before the next one starts.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "00000000000000000000.meta")
+        with open(path, "wb") as f:
+            f.write(EXAMPLE1 + bytes(5000))
+        store = makeStore(directory, recover=True, unflushThreshold=0, maxSegmentSize=40)
+        self.assertEqual(self.successResultOf(appendExample(store, 1)), 25)
+        self.assertEqual(sorted(os.listdir(directory)),
+                         ["00000000000000000000.meta", "00000000000000000050.meta"])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), EXAMPLE1 * 2)
+
+    def test_fullDisk(self):
+        """
+        Zeros that do not fit on the disk are removed again and said once;
+        the puts go on, over the records' own bytes only.
+        """
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0, preallocate=1000)
+        realPwrite = os.pwrite
+
+        def pwrite(fd, data, position):
+            if not any(data):
+                realPwrite(fd, bytes(data)[:100], position)
+                raise OSError(28, "No space left on device")
+            return realPwrite(fd, data, position)
+
+        self.patch(os, "pwrite", pwrite)
+        with capturedLogs() as events:
+            offsets = [self.successResultOf(appendExample(store, 1)) for _ in range(60)]
+        self.assertEqual(offsets, [25 * n for n in range(60)])
+        self.assertEqual(os.path.getsize(store.segments[-1].path), 60 * 25)
+        lines = [formatEvent(e) for e in events if "zeros" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("No space left on device", lines[0])
+
+
 class FailureTests(SynchronousTestCase):
     def test_writeFailure(self):
         """
         A failed write fails the puts of its batch; the store then carries
         on at the last offset known to be written.
         """
-        store = makeStore(self.mktemp(), unflushThreshold=0)
+        store = makeStore(self.mktemp(), unflushThreshold=0, preallocate=0)
         self.assertEqual(self.successResultOf(appendExample(store, 1)), 0)
         realPwrite = os.pwrite
 
@@ -501,7 +574,7 @@ class BatchedWritesTests(SynchronousTestCase):
         """
         from metamorphosis.broker.store.bursts import batchedWrites
 
-        store = makeStore(self.mktemp())
+        store = makeStore(self.mktemp(), preallocate=0)
         self.successResultOf(appendExample(store, 1))
         writes = []
         realWrite = os.pwrite

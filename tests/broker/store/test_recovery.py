@@ -87,10 +87,24 @@ class TailTests(SynchronousTestCase):
         self.assertEqual(recovered.segments[0].written, len(self.good))
 
     def test_truncatedLastRecord(self):
-        for cut in (1, 10, len(RECORDS[-1]) - 20, len(RECORDS[-1]) - 1):
+        for cut in (1, 10, len(RECORDS[-1]) - 20, len(RECORDS[-1]) - 4):
             self.write(self.good[:-cut])
             self.assertCut(len(self.good) - len(RECORDS[-1]))
             self.write(self.good)
+
+    def test_truncatedToZeroBytes(self):
+        """
+        A last record cut short to bytes that are all zero (here the first
+        byte of its length) cannot be told from the zeros a store writes
+        ahead of its records: appending continues over them.
+        """
+        validEnd = len(self.good) - len(RECORDS[-1])
+        self.write(self.good[: validEnd + 1])
+        recovered = loadPartition(self.directory)
+        self.assertEqual((recovered.segments[0].written, recovered.findings), (validEnd, []))
+        store = makeStore(self.directory, recover=True, unflushThreshold=0)
+        self.assertEqual(self.successResultOf(store.append(99, 0, b"next")), validEnd)
+        self.assertEqual(readPartition(self.directory)[1], self.good[:validEnd] + record(99, b"next"))
 
     def test_shortGarbageAppended(self):
         self.write(self.good + b"junk")
@@ -143,6 +157,59 @@ class TailTests(SynchronousTestCase):
         end = start + len(RECORDS[1]) + len(RECORDS[2])
         data[start:end] = bytes(end - start)
         self.assertKept(bytes(data), [(start, end)], "zero")
+
+    def test_preallocatedTail(self):
+        """
+        Zeros after the last record are the tail a store writes ahead of
+        its records (left by a kill): not damage, and appending continues
+        over them, right after the last record.
+        """
+        self.write(self.good + bytes(5000))
+        recovered = loadPartition(self.directory)
+        [segment] = recovered.segments
+        self.assertEqual((segment.written, recovered.messageCount), (len(self.good), 6))
+        self.assertEqual((recovered.findings, recovered.damaged), ([], []))
+        self.assertEqual(os.path.getsize(self.path), len(self.good) + 5000)
+        store = makeStore(self.directory, recover=True, unflushThreshold=0)
+        self.assertEqual(self.successResultOf(store.append(99, 0, b"next")), len(self.good))
+        self.assertEqual(readPartition(self.directory)[1], self.good + record(99, b"next"))
+        self.successResultOf(store.close())
+        self.assertEqual(os.path.getsize(self.path), len(self.good) + len(record(99, b"next")))
+
+    def test_onlyZeros(self):
+        """
+        A new segment whose zeros were written before its first record.
+        """
+        self.write(bytes(4096))
+        recovered = loadPartition(self.directory)
+        self.assertEqual((recovered.segments[0].written, recovered.findings), (0, []))
+
+    def test_tornIntoTail(self):
+        """
+        A record being written into the tail when the broker was killed:
+        its first sectors reached the disk, the zeros after them stayed.
+        It was never acknowledged, and is cut.
+        """
+        torn = record(99, b"n" * 3000)[:1024]
+        self.write(self.good + torn + bytes(4096))
+        self.assertCut(len(self.good))
+
+    def test_damageBeforeTail(self):
+        """
+        A whole record that fails its checksum, then the tail: the record is
+        damage (it may have been acknowledged) and appending continues
+        after it, over the zeros.
+        """
+        bad = bytearray(record(99, b"n" * 300))
+        bad[100] ^= 1
+        self.write(self.good + bytes(bad) + bytes(4096))
+        recovered = loadPartition(self.directory)
+        end = len(self.good) + len(bad)
+        self.assertEqual([(start, stop) for start, stop, _ in recovered.damaged],
+                         [(len(self.good), end)])
+        self.assertEqual(recovered.segments[0].written, end)
+        store = makeStore(self.directory, recover=True, unflushThreshold=0)
+        self.assertEqual(self.successResultOf(store.append(98, 0, b"next")), end)
 
     def test_scanAcrossChunks(self):
         """
@@ -237,12 +304,39 @@ class ScanPropertyTests(SynchronousTestCase):
             position = end
 
 
-def scan(testCase, content):
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=100), max_size=8),
+        st.binary(max_size=200),
+        st.data(),
+        st.integers(min_value=0, max_value=3000),
+        st.integers(min_value=1, max_value=64),
+    )
+    def test_tornWriteIntoTail(self, payloads, payload, data, zeros, chunk):
+        """
+        Records, then a prefix of one more (a write cut short), then zeros:
+        a scan of the last segment keeps every record, reports no damage,
+        and appending continues after the last whole record, whatever the
+        prefix and however many zeros.
+        """
+        self.patch(verify, "SCAN_CHUNK", chunk)
+        good = b"".join(record(i + 1, p) for i, p in enumerate(payloads))
+        extra = record(len(payloads) + 1, payload)
+        prefix = extra[: data.draw(st.integers(0, len(extra)))]
+        content = good + prefix + bytes(zeros)
+        # Zeros may complete the record when its missing bytes were zeros.
+        whole = content[len(good) : len(good) + len(extra)] == extra
+        result = scan(self, content, last=True)
+        self.assertEqual(result.damaged, [])
+        self.assertEqual((result.count, result.validEnd),
+                         (len(payloads) + whole, len(good) + whole * len(extra)))
+
+def scan(testCase, content, last=False):
     path = testCase.mktemp()
     with open(path, "wb") as f:
         f.write(content)
     with open(path, "rb") as f:
-        return verify.scanRecords(f.fileno(), len(content))
+        return verify.scanRecords(f.fileno(), len(content), last=last)
 
 
 class DirectoryTests(SynchronousTestCase):
