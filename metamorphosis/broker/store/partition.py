@@ -1003,15 +1003,17 @@ class MessageStore:
             return succeed(None)
         self._closed = True
         d = self._whenWritten()
-        last = self._segments[-1]
 
         def cutTail(result):
+            # The last segment once everything is written: the writes may
+            # have rolled to a new one.
+            last = self._segments[-1]
             if self.readOnly is not None or last.allocated <= last.written:
                 return result
             cut = deferToThreadPool(self._reactor, self._threadpool, _cutTail, last)
             cut.addErrback(lambda failure: self.ioErrors.error(
                 "cut-failed", "Cutting the preallocated tail of {store} failed; the "
-                "next start does: {error}", store=str(self), error=str(failure.value)))
+                "next start reads its zeros as the tail: {error}", store=str(self), error=str(failure.value)))
             return cut.addCallback(lambda _: result)
 
         def closeFiles(result):

@@ -466,6 +466,25 @@ class PreallocateTests(SynchronousTestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), EXAMPLE1 * 30)
 
+    def test_closeAfterRoll(self):
+        """
+        Closing writes what is queued, which may roll to a new segment and
+        write zeros into it: those are cut too.
+        """
+        from metamorphosis.broker.store.bursts import batchedWrites
+
+        directory = self.mktemp()
+        store = makeStore(directory, unflushThreshold=0, preallocate=1000, maxSegmentSize=40)
+        with batchedWrites:
+            pending = [appendExample(store, 1), appendExample(store, 2)]
+            closed = store.close()
+        self.assertEqual([self.successResultOf(d) for d in pending], [0, 25])
+        self.successResultOf(closed)
+        self.assertEqual(sorted(os.listdir(directory)),
+                         ["00000000000000000000.meta", "00000000000000000055.meta"])
+        self.assertEqual(os.path.getsize(os.path.join(directory, "00000000000000000055.meta")),
+                         0)
+
     def test_sealedSegmentEndsAtItsRecords(self):
         """
         A segment sealed with zeros after its records (a tail written under
