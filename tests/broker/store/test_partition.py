@@ -474,10 +474,16 @@ class PreallocateTests(SynchronousTestCase):
         from metamorphosis.broker.store.bursts import batchedWrites
 
         directory = self.mktemp()
-        store = makeStore(directory, unflushThreshold=0, preallocate=1000, maxSegmentSize=40)
+        pool = ManualThreadPool()
+        store = makeStore(directory, threadpool=pool, unflushThreshold=0, preallocate=1000,
+                          maxSegmentSize=40)
         with batchedWrites:
             pending = [appendExample(store, 1), appendExample(store, 2)]
             closed = store.close()
+        # The job writing them (and rolling) runs in a thread after close().
+        self.assertNoResult(closed)
+        while pool.pending:
+            pool.runAll()
         self.assertEqual([self.successResultOf(d) for d in pending], [0, 25])
         self.successResultOf(closed)
         self.assertEqual(sorted(os.listdir(directory)),
