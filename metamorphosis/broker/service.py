@@ -137,6 +137,9 @@ class BrokerService(service.Service):
         self.ports = {}
         self.started = None
         self._previousHangup = None
+        # The SIGTERM handler _terminate wraps, and what it calls on the
+        # first SIGTERM.
+        self._guarded = self._firstTerminate = None
         # Metrics, health and the dashboard (docs/operations.md); created
         # last, as it reads all of the above.
         self.http = None
@@ -169,6 +172,8 @@ class BrokerService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
+        # Once the reactor runs, its signal handlers are in place.
+        self.reactor.callWhenRunning(self._guardTerminate)
         self.started = defer.ensureDeferred(self._start())
         self.started.addErrback(self._startFailed)
 
@@ -215,6 +220,27 @@ class BrokerService(service.Service):
     def _hangup(self, signum, frame):
         self.reactor.callFromThread(self.reloadTopics)
 
+    def _guardTerminate(self):
+        """
+        Wrap the reactor's own SIGTERM handler (twistd's), which stops the
+        reactor: a second SIGTERM while the broker drains its connections
+        would have it stop a reactor that is stopping, a critical traceback
+        in the log.
+        """
+        terminate = signal.getsignal(signal.SIGTERM)
+        if callable(terminate) and self.running and self._guarded is None:
+            self._guarded = self._firstTerminate = terminate
+            signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, signum, frame):
+        first, self._firstTerminate = self._firstTerminate, None
+        if first is not None:
+            first(signum, frame)
+        else:
+            self.reactor.callFromThread(
+                self.log.info, "Received SIGTERM again: already stopping (SIGKILL ends "
+                "the broker at once; nothing acknowledged is lost)")
+
     def reloadTopics(self):
         """
         Re-read the topic sections of the configuration file; existing
@@ -256,6 +282,10 @@ class BrokerService(service.Service):
         # 0. The HTTP endpoint, last.
         if self.http is not None:
             await self.http.stop()
+        if self._guarded is not None:
+            if signal.getsignal(signal.SIGTERM) == self._terminate:
+                signal.signal(signal.SIGTERM, self._guarded)
+            self._guarded = None
 
     def stopService(self):
         service.Service.stopService(self)

@@ -4,6 +4,7 @@ The broker as users run it: C{twistd -n metaq} in its own process.
 
 import os
 import signal
+import socket
 
 from twisted.internet import defer, error, reactor, task
 from twisted.trial import unittest
@@ -12,6 +13,7 @@ from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import decodeRecords
 from tests.broker.client import connect
 from tests.integration.brokerprocess import TWISTD, BrokerProcess
+from tests.waiting import waitFor
 
 
 class TwistdTests(unittest.TestCase):
@@ -79,6 +81,32 @@ class TwistdTests(unittest.TestCase):
         self.assertIn(b"Main loop terminated.", process.output)
         yield client.closed
         self.assertTrue(os.path.isdir(os.path.join(workdir, "data", "orders-0")))
+        self.assertNotIn(b"Traceback", process.output)
+
+    @defer.inlineCallbacks
+    def test_secondSigterm(self):
+        """
+        A second SIGTERM while the broker drains its connections is said in
+        one line, not a traceback, and the broker stops as after one.
+        """
+        ini = os.path.abspath(self.mktemp())
+        with open(ini, "w") as f:
+            f.write("[system]\nbrokerId=3\ndataPath=data\nshutdownDrainSeconds=2\n"
+                    "[zookeeper]\nzk.zkEnable=false\n")
+        process, transport, workdir = self.spawn(
+            "--config", ini, "--port", "tcp:0:interface=127.0.0.1")
+        port = yield process.listening
+        # A client that never closes its side keeps the drain going (the
+        # broker waits for it, up to shutdownDrainSeconds).
+        idle = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(idle.close)
+        transport.signalProcess("TERM")
+        yield waitFor(lambda: b"Received SIGTERM, shutting down." in process.output)
+        transport.signalProcess("TERM")
+        reason = yield process.ended
+        self.assertEqual(reason.signal, signal.SIGTERM, process.output)
+        self.assertIn(b"Received SIGTERM again: already stopping", process.output)
+        self.assertIn(b"Main loop terminated.", process.output)
         self.assertNotIn(b"Traceback", process.output)
 
     @defer.inlineCallbacks
