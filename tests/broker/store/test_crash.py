@@ -85,15 +85,23 @@ class CrashTests(SynchronousTestCase):
 
     def tearUnflushedTail(self, directory, hwm, rng):
         """
-        Cut the last segment anywhere after the flushed high-water mark, as
-        losing power may do to written but unflushed data.
+        Lose the last segment's bytes from anywhere after the flushed
+        high-water mark, as losing power may do to written but unflushed
+        data: cut them (an append whose new size was lost), or zero them
+        (records written over the preallocated zeros that never left the
+        page cache).
         """
         last = max(name for name in os.listdir(directory) if name.endswith(".meta"))
         path = os.path.join(directory, last)
         start = int(last[:20])
         size = os.path.getsize(path)
         keep = rng.randint(max(hwm - start, 0), size)
-        os.truncate(path, keep)
+        if rng.random() < 0.5:
+            os.truncate(path, keep)
+        else:
+            with open(path, "r+b") as f:
+                f.seek(keep)
+                f.write(bytes(size - keep))
 
     def verify(self, directory, round, acks, hwm):
         recovered = loadPartition(directory)
