@@ -30,6 +30,7 @@ from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFac
 from metamorphosis.protocol.records import checksum, encodePayload
 from metamorphosis.zk import kazooLogger
 from tests.sqlservers import MARIADB, POSTGRESQL
+from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
 
 
@@ -78,13 +79,10 @@ class Broker:
         paths = ["%s/brokers/topics-sub/%s/%d-m" % (self.root, topic, self.brokerId)
                  for topic in self.topics]
         paths.append("%s/brokers/ids/%d/master" % (self.root, self.brokerId))
-        for _ in range(600):
-            present = yield threads.deferToThread(
-                lambda: all(self.testCase.zk.exists(path) for path in paths))
-            if present:
-                return
-            yield sleep(0.05)
-        self.testCase.fail("broker %d did not register in ZooKeeper" % (self.brokerId,))
+        yield waitFor(
+            lambda: threads.deferToThread(
+                lambda: all(self.testCase.zk.exists(path) for path in paths)),
+            what="the registration of broker %d in ZooKeeper" % (self.brokerId,))
 
     def stop(self):
         service, self.service = self.service, None
@@ -172,13 +170,8 @@ class ConsumerIntegrationMixin:
         yield consumer.completeSubscribe()
         return consumer
 
-    @defer.inlineCallbacks
-    def waitFor(self, condition, seconds=30, what="condition"):
-        for _ in range(int(seconds * 20)):
-            if condition():
-                return
-            yield sleep(0.05)
-        self.fail("timed out waiting for %s" % (what,))
+    def waitFor(self, condition, what="condition"):
+        return waitFor(condition, what=what)
 
     def assertExactlyOnce(self, received, expected):
         counts = collections.Counter(received)
@@ -452,14 +445,14 @@ class ConsumeTests(ConsumerIntegrationMixin, TestCase):
             return threads.deferToThread(
                 lambda: sorted(self.zk.get(ownersPath + "/" + c)[0].decode()
                                for c in self.zk.get_children(ownersPath)))
-        for _ in range(600):
+        def cameBack():
             newSession = zk.client_id and zk.client_id[0] != sessionId
-            if newSession and consumer.membership.rebalanceCount >= 2:
-                if (yield owners()) == [consumer.membership.consumerId] * 2:
-                    break
-            yield sleep(0.05)
-        else:
-            self.fail("the consumer did not come back: %r" % ((yield owners()),))
+            if not (newSession and consumer.membership.rebalanceCount >= 2):
+                return False
+            return owners().addCallback(
+                lambda found: found == [consumer.membership.consumerId] * 2)
+
+        yield waitFor(cameBack, what="the consumer coming back with a new session")
         yield self.produce(broker, "t", 1, [b"after"])
         yield self.waitFor(lambda: len(listener.messages) == 2)
         self.assertExactlyOnce(listener.payloads(), [b"before", b"after"])
