@@ -7,8 +7,10 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from metamorphosis.broker.transactions import journal
 from metamorphosis.broker.transactions.journal import (
     Checkpoints,
     CommitRecord,
@@ -22,6 +24,7 @@ from metamorphosis.broker.transactions.journal import (
     decodeRecords,
     encodeRecord,
 )
+from metamorphosis.ratelog import RateLimitedLog
 from tests.broker.txsupport import ImmediateReactor, ManualThreadPool, SyncThreadPool
 
 keys = st.text(max_size=80)
@@ -194,6 +197,128 @@ class RedoLogTests(SynchronousTestCase):
         log.sync().addCallback(results.append)
         self.assertEqual(results, [None, None])
         self.assertFalse(log.dirty)
+
+
+def openFiles(path):
+    """
+    How many descriptors of this process are open on C{path}.
+    """
+    path = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink("/proc/self/fd/" + fd) == path
+        except OSError:
+            pass
+    return count
+
+
+class ZerosAheadTests(SynchronousTestCase):
+    """
+    The zeros a redo log keeps ahead of its records.
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.clock = Clock()
+        self.path = os.path.join(self.directory, "redo.1")
+        # Each test hears of its own failures whatever others said.
+        self.patch(journal, "zeroErrors", RateLimitedLog(journal.log))
+
+    def redoLog(self, pool=None, preallocate=1000, fileSize=1 << 20):
+        return RedoLog(self.directory, ImmediateReactor(self.clock), pool or SyncThreadPool(),
+                       fileSize, preallocate=preallocate)
+
+    def test_recoveredOver(self):
+        """
+        Zeros follow the records on disk; recovery reads up to them without
+        cutting anything, and the next records go right after the last one.
+        """
+        log = self.redoLog()
+        log.recover()
+        first = log.append(DoneRecord("a"))
+        end = len(encodeRecord(DoneRecord("a")))
+        size = os.path.getsize(self.path)
+        # Half a preallocation past the records, then a whole one.
+        self.assertEqual(size, end + 500 + 1000)
+        with open(self.path, "rb") as f:
+            self.assertFalse(any(f.read()[end:]))
+        with capturedLogs() as events:
+            log = self.redoLog()
+            self.assertEqual(log.recover(), [(first, DoneRecord("a"))])
+        self.assertEqual(events, [])
+        self.assertEqual(os.path.getsize(self.path), size)
+        self.assertEqual(log.append(DoneRecord("b")), JournalLocation(1, end))
+        self.assertEqual([r for _, r in self.redoLog().recover()],
+                         [DoneRecord("a"), DoneRecord("b")])
+
+    def test_tornRecordBeforeZeros(self):
+        log = self.redoLog()
+        log.recover()
+        log.append(DoneRecord("a"))
+        end = len(encodeRecord(DoneRecord("a")))
+        with open(self.path, "r+b") as f:
+            f.seek(end)
+            f.write(encodeRecord(DoneRecord("b"))[:-2])
+        log = self.redoLog()
+        self.assertEqual([r for _, r in log.recover()], [DoneRecord("a")])
+        self.assertEqual(os.path.getsize(self.path), end)
+
+    def test_recordsStayBeforeTheZerosBeingWritten(self):
+        """
+        While zeros are written in a thread, records go before the position
+        they start at, or to a new file: never where the zeros go.
+        """
+        pool = ManualThreadPool()
+        log = self.redoLog(pool, preallocate=100)
+        log.recover()
+        record = DoneRecord("x" * 10)
+        locations = [log.append(record)]
+        # Records of 21 bytes; the zeros start 50 bytes past the first one,
+        # at 71: two more fit before them, the fourth goes to redo.2.
+        self.assertEqual(len(pool.pending), 1)
+        for _ in range(3):
+            locations.append(log.append(record))
+        self.assertEqual([location.number for location in locations], [1, 1, 1, 2])
+        synced = []
+        log.sync().addCallback(synced.append)
+        # The round that forces and closes the retired redo.1 ends before
+        # the zeros of redo.1 are written: it is closed after them.
+        pool.pending.reverse()
+        with capturedLogs() as events:
+            while pool.pending:
+                pool.runOne()
+        self.assertEqual(synced, [None])
+        self.assertEqual([formatEvent(e) for e in events], [])
+        self.assertEqual(openFiles(self.path), 0)
+        with open(self.path, "rb") as f:
+            self.assertEqual(len(f.read()), 71 + 100)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([r for _, r in self.redoLog(preallocate=0).recover()], [record] * 4)
+
+    def test_fullDisk(self):
+        """
+        Zeros that do not fit are cut again and said once; records go on.
+        """
+        realPwrite = os.pwrite
+
+        def pwrite(fd, data, position):
+            if not any(data):
+                raise OSError(28, "No space left on device")
+            return realPwrite(fd, data, position)
+
+        self.patch(os, "pwrite", pwrite)
+        log = self.redoLog(preallocate=100)
+        log.recover()
+        with capturedLogs() as events:
+            for i in range(20):
+                log.append(DoneRecord("x%d" % (i,)))
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("No space left on device", lines[0])
+        self.assertEqual([r for _, r in self.redoLog(preallocate=0).recover()],
+                         [DoneRecord("x%d" % (i,)) for i in range(20)])
 
 
 class SmallFilesTests(SynchronousTestCase):

@@ -2,12 +2,18 @@
 The files of the transaction journal under C{<dataLogPath>/transactions/}
 (the format is ours; docs/transactions.md describes it byte by byte).
 
-L{RedoLog} appends records to C{redo.<N>} with plain C{write(2)} calls, so
-that a record the broker has acted on survives a C{kill -9} of the process,
-and forces them to disk in rounds of fsyncs (group commit,
+L{RedoLog} appends records to C{redo.<N>} with plain C{pwrite(2)} calls,
+so that a record the broker has acted on survives a C{kill -9} of the
+process, and forces them to disk in rounds of fsyncs (group commit,
 L{metamorphosis.broker.store.syncloop}; the kernel's asynchronous fsync
 where it can): every sync requested while one round runs is covered by
 the next, and they are answered together.
+
+Ahead of its records the current file holds zeros, written and forced in
+a pool thread (C{preallocateSize}, as the partitions do, docs/storage.md):
+forcing records written over zeros commits no new file size.  The thread
+writes from a position the records do not reach while it runs: a record
+that would is written to a new file instead.
 L{Checkpoints} and L{HeuristicJournal} hold the small files beside it.
 """
 
@@ -19,13 +25,18 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from twisted.internet.defer import DeferredList
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.syncloop import SyncLoop
 from metamorphosis.durable import replaceDurably
+from metamorphosis.ratelog import RateLimitedLog
 
 log = Logger()
+#: A full disk is the disk's state: one line per interval.
+zeroErrors = RateLimitedLog(log)
 
 REDO_PREFIX = "redo."
 CHECKPOINT_PREFIX = "checkpoint."
@@ -213,13 +224,53 @@ def decodeRecords(buffer):
     return records, position
 
 
+#: What the zeros ahead of the records are written from.
+_ZEROS = bytes(256 * 1024)
+
+
 class _RedoFile:
-    def __init__(self, path, number):
+    """
+    One open C{redo.<N>}.
+
+    @ivar size: where its records end (the next one goes there).
+    @ivar zeroed: how far the file reaches (zeros after C{size}).
+    @ivar filling: while zeros are written in a thread, the position they
+        start at, which no record may reach meanwhile; else L{None}.
+    @ivar closeWhenFilled: retired and forced while zeros were written:
+        closed once they are.
+    """
+
+    def __init__(self, path, number, size=None):
         self.path = path
         self.number = number
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self.size = os.fstat(self.fd).st_size
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self.zeroed = os.fstat(self.fd).st_size
+        self.size = self.zeroed if size is None else size
         self.retired = False
+        self.filling = None
+        self.closeWhenFilled = False
+
+
+def _fillZeros(fd, start, end):
+    """
+    Write zeros from C{start} to C{end} and force them.  Blocking: in a
+    thread.  On failure (a full disk) they are cut again.
+
+    @return: the L{OSError}, or L{None}.
+    """
+    zeros = memoryview(_ZEROS)
+    position = start
+    try:
+        while position < end:
+            position += os.pwrite(fd, zeros[: end - position], position)
+        os.fdatasync(fd)
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        return e
+    return None
 
 
 class RedoLog:
@@ -228,14 +279,20 @@ class RedoLog:
 
     @ivar fileSize: a record that starts beyond this many bytes goes to a new
         file.
+    @ivar preallocate: bytes of zeros kept ahead of the records; 0 for none.
     @param firing: a context manager entered while the syncs one fsync
         covers are answered (see L{SyncLoop}).
     """
 
     def __init__(self, directory, reactor, threadPool, fileSize=DEFAULT_FILE_SIZE,
-                 firing=None):
+                 firing=None, preallocate=0):
         self.directory = directory
         self.fileSize = fileSize
+        self.preallocate = preallocate
+        self._reactor = reactor
+        self._threadPool = threadPool
+        # The zero writes running in threads.
+        self._fills = set()
         self._current = None
         # The files written since the last fsync round took them.
         self._dirty = {}
@@ -277,6 +334,7 @@ class RedoLog:
         """
         found = []
         numbers = self.numbers()
+        size = None
         for number in numbers:
             if start is not None and number < start.number:
                 continue
@@ -287,7 +345,10 @@ class RedoLog:
                 buffer = f.read()
             records, end = decodeRecords(buffer)
             found += [(JournalLocation(number, offset + at), r) for at, r in records]
-            if end != len(buffer):
+            size = offset + end
+            if end != len(buffer) and not any(buffer[end:]):
+                pass  # the zeros written ahead of the records
+            elif end != len(buffer):
                 log.warn(
                     "Truncating transaction journal {path} at {offset} (torn or corrupt record)",
                     path=path,
@@ -295,7 +356,7 @@ class RedoLog:
                 )
                 os.truncate(path, offset + end)
         self._current = _RedoFile(
-            self._path(numbers[-1] if numbers else 1), numbers[-1] if numbers else 1
+            self._path(numbers[-1] if numbers else 1), numbers[-1] if numbers else 1, size
         )
         return found
 
@@ -353,26 +414,71 @@ class RedoLog:
                 count=len(records), error=str(e))
 
     def _write(self, data):
-        if self._current.size >= self.fileSize:
-            self._rotate()
         current = self._current
+        if current.size >= self.fileSize or (
+                current.filling is not None and current.size + len(data) > current.filling):
+            self._rotate()
+            current = self._current
         location = JournalLocation(current.number, current.size)
         view = memoryview(data)
+        position = current.size
         try:
             while view:
-                written = os.write(current.fd, view)
+                written = os.pwrite(current.fd, view, position)
                 view = view[written:]
+                position += written
         except OSError:
-            # A full disk may take part of the record: remove it, or every
-            # record appended after it would be unreadable at recovery.
+            # A full disk may take part of the record: remove it (and the
+            # zeros after it), or every record appended after it would be
+            # unreadable at recovery.
             try:
                 os.ftruncate(current.fd, current.size)
+                current.zeroed = current.size
             except OSError:
                 pass
             raise
         current.size += len(data)
         self._dirty[current.number] = current
+        if self.preallocate and current.size + self.preallocate // 2 > current.zeroed:
+            self._fill(current)
         return location
+
+    def _fill(self, current):
+        """
+        Write zeros ahead of the records of C{current} in a thread, from
+        half a C{preallocate} past its records on: what is written before
+        they are done goes there, or to a new file (L{_write}).
+        """
+        if current.filling is not None or current.size >= self.fileSize:
+            return
+        start = max(current.zeroed, current.size + self.preallocate // 2)
+        end = start + self.preallocate
+        current.filling = start
+        d = deferToThreadPool(self._reactor, self._threadPool, _fillZeros, current.fd, start, end)
+        self._fills.add(d)
+
+        def filled(error):
+            self._fills.discard(d)
+            current.filling = None
+            # Also after a failure: the next try is half a tail later.
+            current.zeroed = end
+            if error is not None:
+                zeroErrors.error(
+                    "journal-zeros", "Writing zeros ahead of the records of {path} failed; "
+                    "the journal goes on without them: {error}", path=current.path,
+                    error=str(error))
+            if current.closeWhenFilled:
+                os.close(current.fd)
+
+        d.addCallback(filled)
+        d.addErrback(lambda failure: log.failure("Writing zeros to {path} failed", failure,
+                                                 path=current.path))
+
+    def stopFilling(self):
+        """
+        A Deferred firing once no zeros are being written (before L{close}).
+        """
+        return DeferredList(list(self._fills), consumeErrors=True)
 
     def _rotate(self):
         """
@@ -408,7 +514,10 @@ class RedoLog:
 
         def closeRetired(error):
             for f in closing:
-                os.close(f.fd)
+                if f.filling is not None:
+                    f.closeWhenFilled = True
+                else:
+                    os.close(f.fd)
 
         return [f.fd for f in files], closeRetired
 

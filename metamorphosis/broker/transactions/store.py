@@ -106,7 +106,7 @@ class JournalTransactionStore:
         # to each partition with one write (and journal their DONE records
         # with one write).
         self._redo = RedoLog(self.directory, reactor, threadPool, fileSize,
-                             firing=batchedWrites)
+                             firing=batchedWrites, preallocate=config.preallocateSize)
         self._checkpoints = Checkpoints(self.directory, config.maxCheckpoints)
         self._lastCheckpoint = None
         self._live = {}
@@ -318,4 +318,5 @@ class JournalTransactionStore:
         self._loops = []
         await self.checkpoint()
         await self._redo.stopSyncing()
+        await self._redo.stopFilling()
         await self._inThread(self._redo.close)
