@@ -284,7 +284,7 @@ class ZerosAheadTests(SynchronousTestCase):
         synced = []
         log.sync().addCallback(synced.append)
         # The round that forces and closes the retired redo.1 ends before
-        # the zeros of redo.1 are written: it is closed after them.
+        # the zeros of redo.1 are written, through a descriptor of their own.
         pool.pending.reverse()
         with capturedLogs() as events:
             while pool.pending:
@@ -296,6 +296,25 @@ class ZerosAheadTests(SynchronousTestCase):
             self.assertEqual(len(f.read()), 71 + 100)
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual([r for _, r in self.redoLog(preallocate=0).recover()], [record] * 4)
+
+    def test_zerosForcedThroughTheirOwnDescriptor(self):
+        """
+        The zeros are forced through a descriptor of their own, so that a
+        write error the kernel reports to that fsync still reaches the
+        journal's next round through its own descriptor.
+        """
+        realFdatasync = os.fdatasync
+        seen = []
+
+        def fdatasync(fd):
+            seen.append(openFiles(self.path))
+            realFdatasync(fd)
+
+        self.patch(os, "fdatasync", fdatasync)
+        log = self.redoLog()
+        log.recover()
+        log.append(DoneRecord("a"))
+        self.assertEqual(seen, [2])
 
     def test_fullDisk(self):
         """

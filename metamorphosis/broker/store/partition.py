@@ -61,6 +61,7 @@ from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
 from metamorphosis.broker.store.syncloop import SyncLoop
+from metamorphosis.broker.store.zeros import writeZeros
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
@@ -82,9 +83,6 @@ JOB_BYTES = 4 * 1024 * 1024
 
 # Batches smaller than this are written on the reactor thread.
 INLINE_WRITE_BYTES = 512 * 1024
-
-# What the preallocated tail is written from, a piece at a time.
-_ZEROS = bytes(256 * 1024)
 
 def _call(notify, value):
     """
@@ -261,17 +259,10 @@ class _Preallocate:
 
     def perform(self):
         fd = self.segment.file.fileno()
-        start = position = max(self.recordsEnd, os.fstat(fd).st_size)
-        zeros = memoryview(_ZEROS)
         try:
-            while position < self.end:
-                position += os.pwrite(fd, zeros[: self.end - position], position)
+            writeZeros(fd, max(self.recordsEnd, os.fstat(fd).st_size), self.end)
         except OSError as e:
             self.error = e
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass
         self.done = True
 
 

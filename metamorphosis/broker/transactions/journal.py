@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.syncloop import SyncLoop
+from metamorphosis.broker.store.zeros import writeZeros
 from metamorphosis.durable import replaceDurably
 from metamorphosis.ratelog import RateLimitedLog
 
@@ -224,10 +225,6 @@ def decodeRecords(buffer):
     return records, position
 
 
-#: What the zeros ahead of the records are written from.
-_ZEROS = bytes(256 * 1024)
-
-
 class _RedoFile:
     """
     One open C{redo.<N>}.
@@ -236,8 +233,6 @@ class _RedoFile:
     @ivar zeroed: how far the file reaches (zeros after C{size}).
     @ivar filling: while zeros are written in a thread, the position they
         start at, which no record may reach meanwhile; else L{None}.
-    @ivar closeWhenFilled: retired and forced while zeros were written:
-        closed once they are.
     """
 
     def __init__(self, path, number, size=None):
@@ -248,28 +243,31 @@ class _RedoFile:
         self.size = self.zeroed if size is None else size
         self.retired = False
         self.filling = None
-        self.closeWhenFilled = False
 
 
-def _fillZeros(fd, start, end):
+def _fillZeros(path, start, end):
     """
-    Write zeros from C{start} to C{end} and force them.  Blocking: in a
-    thread.  On failure (a full disk) they are cut again.
+    Write zeros to C{path} from C{start} to C{end} and force them.
+    Blocking: in a thread.  On failure (a full disk) they are cut again.
+
+    Through a descriptor of its own: an error that the kernel reports to
+    this C{fdatasync} is reported to the journal's own descriptor too, at
+    the fsync of its next round, and fails the requests that round covers.
+    A shared descriptor would see it only once, here.
 
     @return: the L{OSError}, or L{None}.
     """
-    zeros = memoryview(_ZEROS)
-    position = start
     try:
-        while position < end:
-            position += os.pwrite(fd, zeros[: end - position], position)
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:
+        return e
+    try:
+        writeZeros(fd, start, end)
         os.fdatasync(fd)
     except OSError as e:
-        try:
-            os.ftruncate(fd, start)
-        except OSError:
-            pass
         return e
+    finally:
+        os.close(fd)
     return None
 
 
@@ -454,7 +452,8 @@ class RedoLog:
         start = max(current.zeroed, current.size + self.preallocate // 2)
         end = start + self.preallocate
         current.filling = start
-        d = deferToThreadPool(self._reactor, self._threadPool, _fillZeros, current.fd, start, end)
+        d = deferToThreadPool(self._reactor, self._threadPool, _fillZeros, current.path, start,
+                              end)
         self._fills.add(d)
 
         def filled(error):
@@ -467,8 +466,6 @@ class RedoLog:
                     "journal-zeros", "Writing zeros ahead of the records of {path} failed; "
                     "the journal goes on without them: {error}", path=current.path,
                     error=str(error))
-            if current.closeWhenFilled:
-                os.close(current.fd)
 
         d.addCallback(filled)
         d.addErrback(lambda failure: log.failure("Writing zeros to {path} failed", failure,
@@ -514,10 +511,7 @@ class RedoLog:
 
         def closeRetired(error):
             for f in closing:
-                if f.filling is not None:
-                    f.closeWhenFilled = True
-                else:
-                    os.close(f.fd)
+                os.close(f.fd)
 
         return [f.fd for f in files], closeRetired
 
