@@ -180,7 +180,6 @@ class SyncProcessor:
         return REPLY_LATER
 
 
-@implementer(IReplication)
 class MasterWatch(service.Service):
     """
     A sync slave with C{autoPromote}: watches its master's registration, its
