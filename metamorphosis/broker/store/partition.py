@@ -61,7 +61,7 @@ from metamorphosis.broker.store.interfaces import IMessageStore
 from metamorphosis.broker.store.recovery import writeDamageMarker
 from metamorphosis.broker.store.segment import MessageSlice, Segment, openSegmentFile
 from metamorphosis.broker.store.syncloop import SyncLoop
-from metamorphosis.broker.store.zeros import writeZeros
+from metamorphosis.broker.store.zeros import cutZeros, writeZeros
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
@@ -114,8 +114,7 @@ def _cutTail(segment):
     left by a clean stop has files that end at their last record.
     """
     fd = segment.file.fileno()
-    if os.fstat(fd).st_size > segment.written:
-        os.ftruncate(fd, segment.written)
+    if cutZeros(fd, segment.written):
         os.fsync(fd)
 
 
@@ -283,8 +282,7 @@ class _Roll:
 
     def perform(self):
         fd = self.old.file.fileno()
-        if os.fstat(fd).st_size > self.size:
-            os.ftruncate(fd, self.size)
+        cutZeros(fd, self.size)
         os.fsync(fd)
         self.new.file = openSegmentFile(self.new.path, create=True)
         _fsyncDirectory(self.new.directory)
@@ -1004,7 +1002,8 @@ class MessageStore:
             cut = deferToThreadPool(self._reactor, self._threadpool, _cutTail, last)
             cut.addErrback(lambda failure: self.ioErrors.error(
                 "cut-failed", "Cutting the preallocated tail of {store} failed; the "
-                "next start reads its zeros as the tail: {error}", store=str(self), error=str(failure.value)))
+                "next start reads its zeros as the tail: {error}",
+                store=str(self), error=str(failure.value)))
             return cut.addCallback(lambda _: result)
 
         def closeFiles(result):

@@ -30,3 +30,16 @@ def writeZeros(fd, start, end):
         except OSError:
             pass
         raise
+
+
+def cutZeros(fd, end):
+    """
+    Cut C{fd} back to C{end}, the end of its records, when the zeros after
+    them make it longer.  Blocking: in a thread.
+
+    @return: whether it was cut (and so needs an fsync to stay cut).
+    """
+    if os.fstat(fd).st_size > end:
+        os.ftruncate(fd, end)
+        return True
+    return False
