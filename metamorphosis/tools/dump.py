@@ -24,6 +24,7 @@ from twisted.internet import threads
 from twisted.python import usage
 
 from metamorphosis.broker.store.segment import FILE_SUFFIX, offsetFromName
+from metamorphosis.broker.store.verify import zerosFrom
 from metamorphosis.protocol.records import (
     ATTRIBUTE_FLAG,
     HEADER_SIZE,
@@ -103,9 +104,9 @@ class SegmentReader:
                     for record, end in iterRecords(buffer):
                         if record == _ZERO_RECORD:
                             # An all-zero header: the tail, or zeroed damage.
-                            if not _zerosToEnd(f, position + consumed, size):
-                                self.problem = (start + position + consumed,
-                                                "zero-filled bytes", False)
+                            at = position + consumed
+                            if zerosFrom(f.fileno(), at, size) != at:
+                                self.problem = (start + at, "zero-filled bytes", False)
                             return
                         yield start + position + consumed, record
                         consumed = end
@@ -128,20 +129,6 @@ class SegmentReader:
 
 #: What a header of zero bytes decodes to (an empty body's checksum is 0).
 _ZERO_RECORD = Record(0, 0, b"")
-
-
-def _zerosToEnd(f, position, size):
-    """
-    Whether the bytes of C{f} from C{position} to C{size} are all zero.
-    """
-    while position < size:
-        chunk = os.pread(f.fileno(), min(CHUNK, size - position), position)
-        if not chunk:
-            return True  # cut meanwhile
-        if chunk.count(0) != len(chunk):
-            return False
-        position += len(chunk)
-    return True
 
 
 def dumpSegment(path, out, printData=False, limit=None):

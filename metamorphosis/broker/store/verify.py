@@ -106,7 +106,7 @@ class _Window:
     """
 
     def __init__(self, fd, size, throttle):
-        self._fd = fd
+        self.fd = fd
         self._size = size
         self._throttle = throttle
         self._start = 0
@@ -120,7 +120,7 @@ class _Window:
             parts = []
             got = 0
             while got < want:
-                part = os.pread(self._fd, want - got, position + got)
+                part = os.pread(self.fd, want - got, position + got)
                 if not part:
                     raise OSError("%d bytes expected at %d, the file ended"
                                   % (want - got, position + got))
@@ -142,7 +142,7 @@ class _Window:
         offset = position - self._start
         if 0 <= offset and offset + length <= len(self._buffer):
             return memoryview(self._buffer)[offset : offset + length]
-        return os.pread(self._fd, length, position)
+        return os.pread(self.fd, length, position)
 
 
 def _record(window, position, end):
@@ -274,7 +274,7 @@ def _findTail(window, result, size):
         problem = result.damaged[-1].start
     else:
         return
-    zeros = _zerosFrom(window, problem, size)
+    zeros = zerosFrom(window.fd, problem, size)
     if zeros == size:
         return
     if zeros == problem:
@@ -299,16 +299,19 @@ def _endsAfter(window, position, end):
     return length >= 0 and position + HEADER_SIZE + length > end
 
 
-def _zerosFrom(window, start, end):
+def zerosFrom(fd, start, end):
     """
-    Where the run of zero bytes that ends at C{end} starts (C{end} when
-    the last byte is not zero), never before C{start}.  Read backwards, one
-    chunk at a time: the run is the tail, a few MiB at most.
+    Where the run of zero bytes of C{fd} that ends at file position C{end}
+    starts (C{end} when the byte before it is not zero), never before
+    C{start}.  Read backwards, one chunk at a time: the run is the tail, a
+    few MiB at most.
     """
     position = end
     while position > start:
         begin = max(start, position - SCAN_CHUNK)
-        chunk = bytes(window.peek(begin, position - begin))
+        chunk = os.pread(fd, position - begin, begin)
+        if not chunk:
+            return start  # cut meanwhile: nothing but zeros was there
         stripped = chunk.rstrip(b"\0")
         if stripped:
             return begin + len(stripped)
