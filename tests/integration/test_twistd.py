@@ -37,18 +37,30 @@ class TwistdTests(unittest.TestCase):
         self.addCleanup(kill)
         return process, transport, workdir
 
+    def writeIni(self, text):
+        """
+        Write a C{server.ini} of C{text}; its absolute path.
+        """
+        ini = os.path.abspath(self.mktemp())
+        with open(ini, "w") as f:
+            f.write(text)
+        return ini
+
+    def spawnOnLoopback(self, ini):
+        """
+        L{spawn} the broker of C{ini} on a free loopback port.
+        """
+        return self.spawn("--config", ini, "--port", "tcp:0:interface=127.0.0.1")
+
     @defer.inlineCallbacks
     def test_serverIni(self):
         """
         The plugin starts from a server.ini, serves a put and a get over a
         real socket, and stops cleanly on SIGTERM.
         """
-        ini = os.path.abspath(self.mktemp())
-        with open(ini, "w") as f:
-            f.write("[system]\nbrokerId=3\nnumPartitions=1\ndataPath=data\n"
-                    "unflushThreshold=0\n[zookeeper]\nzk.zkEnable=false\n[topic=orders]\n")
-        process, transport, workdir = self.spawn(
-            "--config", ini, "--port", "tcp:0:interface=127.0.0.1")
+        ini = self.writeIni("[system]\nbrokerId=3\nnumPartitions=1\ndataPath=data\n"
+                            "unflushThreshold=0\n[zookeeper]\nzk.zkEnable=false\n[topic=orders]\n")
+        process, transport, workdir = self.spawnOnLoopback(ini)
         port = yield process.listening
         client = yield connect(reactor, port)
         reply = yield client.put("orders", 0, b"hello", 1)
@@ -89,12 +101,9 @@ class TwistdTests(unittest.TestCase):
         A second SIGTERM while the broker drains its connections is said in
         one line, not a traceback, and the broker stops as after one.
         """
-        ini = os.path.abspath(self.mktemp())
-        with open(ini, "w") as f:
-            f.write("[system]\nbrokerId=3\ndataPath=data\nshutdownDrainSeconds=2\n"
-                    "[zookeeper]\nzk.zkEnable=false\n")
-        process, transport, workdir = self.spawn(
-            "--config", ini, "--port", "tcp:0:interface=127.0.0.1")
+        ini = self.writeIni("[system]\nbrokerId=3\ndataPath=data\nshutdownDrainSeconds=2\n"
+                            "[zookeeper]\nzk.zkEnable=false\n")
+        process, transport, workdir = self.spawnOnLoopback(ini)
         port = yield process.listening
         # A client that never closes its side keeps the drain going (the
         # broker waits for it, up to shutdownDrainSeconds).
@@ -111,9 +120,7 @@ class TwistdTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_badConfig(self):
-        ini = os.path.abspath(self.mktemp())
-        with open(ini, "w") as f:
-            f.write("[system]\nbrokerId=1\nunflushTreshold=0\n")
+        ini = self.writeIni("[system]\nbrokerId=1\nunflushTreshold=0\n")
         process, transport, workdir = self.spawn("--config", ini)
         process.listening.addErrback(lambda failure: None)
         reason = yield process.ended
