@@ -135,6 +135,7 @@ class MetaConfig:
     maxAutoCreatedTopics: int = 1000
     reservedFileDescriptors: int = 64
     maxConnections: int = 10000
+    maxConnectionsPerHost: int = 1000
     shutdownDrainSeconds: int = 30
     #: docs/disk-faults.md: how often (ms) the active segment of every
     #: partition is checked for deletion; 0 only checks at each write.
@@ -252,7 +253,7 @@ class ConfigError(Exception):
 LIMIT_KEYS = frozenset(
     """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
     maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors
-    maxConnections shutdownDrainSeconds""".split()
+    maxConnections maxConnectionsPerHost shutdownDrainSeconds""".split()
 )
 
 #: Keys of C{[system]}: the lower-case field names of the Java MetaConfig,
@@ -291,7 +292,7 @@ _SYSTEM_INTS = frozenset(
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
-    maxConnections shutdownDrainSeconds
+    maxConnections maxConnectionsPerHost shutdownDrainSeconds
     segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize""".split()
 )
 _SYSTEM_LONGS = frozenset(
@@ -685,7 +686,7 @@ def _verify(config, path):
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
-                "preallocateSize"):
+                "maxConnectionsPerHost", "preallocateSize"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):

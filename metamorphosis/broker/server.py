@@ -965,6 +965,8 @@ class BrokerFactory(protocol.ServerFactory):
         self.idleTimeout = idleTimeout
         self.config = processor.config
         self.connections = set()
+        #: Open connections by the peer's address (maxConnectionsPerHost).
+        self._perHost = {}
         self._corked = []
         self._uncorkCall = None
         self.refusals = RateLimitedLog(self.log)
@@ -1005,7 +1007,10 @@ class BrokerFactory(protocol.ServerFactory):
         """
         A connection past C{maxConnections} is told why and closed: each one
         holds a descriptor and buffers, and a client that opens them without
-        end (a connection leak) must not take the broker's last ones.
+        end (a connection leak) must not take the broker's last ones.  Past
+        C{maxConnectionsPerHost} from one address likewise, so that one
+        leaking or hostile host cannot take all of C{maxConnections} from
+        the others (a Java client opens one connection per broker).
         """
         limit = self.config.maxConnections
         if limit and len(self.connections) >= limit:
@@ -1015,11 +1020,24 @@ class BrokerFactory(protocol.ServerFactory):
             return _Refusal(result(
                 SERVICE_UNAVAILABLE,
                 f"The broker has {limit} connections open (maxConnections); try again later", 0))
+        limit = self.config.maxConnectionsPerHost
+        host = getattr(addr, "host", None)
+        if limit and self._perHost.get(host, 0) >= limit:
+            self.refusals.warn(
+                "max-connections-per-host", "Refused a connection from {peer}: {limit} are "
+                "open from {host} (maxConnectionsPerHost)",
+                peer=hostPort(addr), limit=limit, host=host)
+            return _Refusal(result(
+                SERVICE_UNAVAILABLE,
+                f"The broker has {limit} connections open from {host} "
+                "(maxConnectionsPerHost); try again later", 0))
         return protocol.ServerFactory.buildProtocol(self, addr)
 
     def connectionOpened(self, proto):
         self.connections.add(proto)
         self.stats.connections = len(self.connections)
+        host = getattr(proto.session.peer, "host", None)
+        self._perHost[host] = self._perHost.get(host, 0) + 1
 
     def drain(self, timeout, clock=None):
         """
@@ -1053,7 +1071,14 @@ class BrokerFactory(protocol.ServerFactory):
         return self._drained.addBoth(done)
 
     def connectionClosed(self, proto):
-        self.connections.discard(proto)
+        if proto in self.connections:
+            self.connections.remove(proto)
+            host = getattr(proto.session.peer, "host", None)
+            left = self._perHost[host] - 1
+            if left:
+                self._perHost[host] = left
+            else:
+                del self._perHost[host]
         self.stats.connections = len(self.connections)
         if self._drained is not None and not self.connections:
             drained, self._drained = self._drained, None

@@ -45,9 +45,12 @@ class RawClient(protocol.Protocol):
             topic.encode(), group.encode(), partition, offset, maxSize, opaque), opaque)
 
 
-def connect(reactor, port):
+def connect(reactor, port, source=None):
     """
-    Connect a L{RawClient} to 127.0.0.1:C{port}.
+    Connect a L{RawClient} to 127.0.0.1:C{port}, from the loopback address
+    C{source} when given (another host, as the broker sees it).
     """
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    bindAddress = None if source is None else (source, 0)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port,
+                                            bindAddress=bindAddress)
     return endpoints.connectProtocol(endpoint, RawClient())

@@ -174,6 +174,14 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(parseConfig(b"[system]\nmaxConnections=0\n[topic=a]\n").maxConnections, 0)
         self.assertConfigError("[system]\nmaxConnections=-1\n", "maxConnections", "negative")
 
+    def test_maxConnectionsPerHost(self):
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").maxConnectionsPerHost, 1000)
+        self.assertEqual(
+            parseConfig(b"[system]\nmaxConnectionsPerHost=0\n[topic=a]\n").maxConnectionsPerHost,
+            0)
+        self.assertConfigError("[system]\nmaxConnectionsPerHost=-1\n", "maxConnectionsPerHost",
+                               "negative")
+
     def test_unknownSection(self):
         self.assertConfigError("[sytem]\nbrokerId=1\n", "[sytem]", "unknown section")
 

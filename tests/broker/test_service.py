@@ -86,6 +86,33 @@ class BrokerServiceTests(unittest.TestCase):
         third = await self.clientFor(port)
         self.assertEqual((await third.put("t", 0, b"m", 2)).code, 200)
 
+    async def test_maxConnectionsPerHost(self):
+        """
+        Past C{maxConnectionsPerHost} from one address a new connection
+        from it gets C{result 503} saying so and is closed, while another
+        address is still served; once one closes, its host may connect
+        again.
+        """
+        broker, port = await self.startBroker(self.config(maxConnectionsPerHost=2))
+        first, second = await self.clientFor(port), await self.clientFor(port)
+        await waitFor(lambda: len(broker.factory.connections) == 2)
+        refused = await connect(reactor, port)
+        reply = await refused.expect(0)
+        await refused.closed
+        self.assertEqual(
+            (reply.code, reply.body),
+            (503, b"The broker has 2 connections open from 127.0.0.1 "
+                  b"(maxConnectionsPerHost); try again later"))
+        other = await connect(reactor, port, source="127.0.0.2")
+        self.addCleanup(lambda: other.transport.loseConnection() or other.closed)
+        self.assertEqual((await other.put("t", 0, b"m", 1)).code, 200)
+        second.transport.loseConnection()
+        await second.closed
+        await waitFor(lambda: len(broker.factory.connections) == 2)
+        third = await self.clientFor(port)
+        self.assertEqual([(await c.put("t", 0, b"m", 2)).code for c in (first, third)],
+                         [200, 200])
+
     @defer.inlineCallbacks
     def test_manyConnectionsPipelining(self):
         """

@@ -347,6 +347,6 @@ class DocumentationTests(unittest.TestCase):
         config = loadConfig(path)
         defaults = MetaConfig()
         keys = re.findall(r"^(\w+)=", ini, re.M)
-        self.assertEqual(len(keys), 11)
+        self.assertEqual(len(keys), 12)
         for key in keys:
             self.assertEqual(getattr(config, key), getattr(defaults, key), key)
