@@ -253,6 +253,20 @@ class ZerosAheadTests(SynchronousTestCase):
         self.assertEqual([r for _, r in self.redoLog().recover()],
                          [DoneRecord("a"), DoneRecord("b")])
 
+    def test_closeCutsZeros(self):
+        """
+        A closed redo log's file ends at its last record, as one written
+        without zeros ahead does.
+        """
+        log = self.redoLog()
+        log.recover()
+        log.append(DoneRecord("a"))
+        end = len(encodeRecord(DoneRecord("a")))
+        self.assertGreater(os.path.getsize(self.path), end)
+        log.close()
+        self.assertEqual(os.path.getsize(self.path), end)
+        self.assertEqual([r for _, r in self.redoLog().recover()], [DoneRecord("a")])
+
     def test_tornRecordBeforeZeros(self):
         log = self.redoLog()
         log.recover()

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.syncloop import SyncLoop
-from metamorphosis.broker.store.zeros import writeZeros
+from metamorphosis.broker.store.zeros import cutZeros, writeZeros
 from metamorphosis.durable import replaceDurably
 from metamorphosis.ratelog import RateLimitedLog
 
@@ -541,14 +541,18 @@ class RedoLog:
 
     def close(self):
         """
-        Force and close the files.  Blocking: run it in a thread, once
-        L{stopSyncing} has fired.
+        Cut the zeros after the records of the files still open, force and
+        close them: a stopped broker's journal ends at its last record.
+        Blocking: run it in a thread, once L{stopSyncing} and
+        L{stopFilling} have fired.
         """
         for f in self._dirty.values():
             if f is not self._current:
+                cutZeros(f.fd, f.size)
                 os.fsync(f.fd)
                 os.close(f.fd)
         if self._current is not None:
+            cutZeros(self._current.fd, self._current.size)
             os.fsync(self._current.fd)
             os.close(self._current.fd)
             self._current = None
