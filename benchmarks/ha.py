@@ -236,8 +236,14 @@ def asyncPart(args, root):
         print("\n== async replication: skipped (needs --zookeeper or METAQ_TEST_ZK)")
         return
     zkRoot = "/metaq-bench-" + uuid.uuid4().hex[:8]
+    # The load of the sync part's first row (with --producers 0 there are
+    # no P connections to load the master with).
+    if not shapes(args):
+        print("\n== async replication: skipped (no load: --producers 0 and no --shared)")
+        return
+    [(label, producers, inflight), *_] = shapes(args)
     print(f"\n== async replication: lag of a metaslave while the master takes {args.count} puts "
-          f"({args.producers} producers, {args.size} B, flush {args.flush})")
+          f"({label}, {args.size} B, flush {args.flush})")
     master = Broker(root, "master", args.flush, args.zookeeper, zkRoot)
     slave = Broker(root, "metaslave", args.flush, args.zookeeper, zkRoot, "async_slave.properties",
                    "slaveId=0\nslaveMaxDelayInMills=100\n")
@@ -257,7 +263,8 @@ def asyncPart(args, root):
         sampler.start()
         progress = Progress("put to the master", args.count)
         try:
-            elapsed, _ = produce(master.address, "bench", args.producers, args.size, args.count, progress)
+            elapsed, _ = produce(master.address, "bench", producers, args.size, args.count,
+                                 progress, inflight)
         finally:
             loading.clear()
             sampler.join()
