@@ -387,17 +387,18 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
 
         self.patch(os, "pwrite", pwrite)
         fsyncs = []
-        realFsync = os.fsync
+        realFdatasync = os.fdatasync
 
-        def fsync(fd):
+        def fdatasync(fd):
             if isJournal(fd):
                 fsyncs.append(fd)
-            realFsync(fd)
+            realFdatasync(fd)
 
         with batchedWrites:
             commits = [ensureDeferred(tx.commit(True)) for tx in transactions]
             watchJournal.append(True)
-            self.patch(os, "fsync", fsync)
+            # A round's sync (ThreadFsync) syncs the data: fdatasync.
+            self.patch(os, "fdatasync", fdatasync)
         # One journal fsync for the three commits.
         self.assertEqual(len(fsyncs), 1)
         for commit in commits:

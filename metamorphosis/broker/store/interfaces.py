@@ -140,7 +140,8 @@ class IDeletePolicy(Interface):
 
 class IFsync(Interface):
     """
-    Runs C{fsync(2)} for the reactor thread without blocking it
+    Makes what was written to a file durable for the reactor thread
+    without blocking it: its data and size, as C{fdatasync(2)} does
     (L{metamorphosis.broker.store.fsync}).
     """
 
@@ -149,7 +150,7 @@ class IFsync(Interface):
         Make what was written to C{fd} durable.
 
         @return: a Deferred firing with L{None} on the reactor thread once
-            it is, or failing with the C{OSError} C{fsync(2)} gave.
+            it is, or failing with the C{OSError} C{fdatasync(2)} gave.
         """
 
     def fsyncThen(fd, done):
@@ -157,7 +158,7 @@ class IFsync(Interface):
         L{fsync} without a Deferred: C{done} is called on the reactor
         thread with L{None} once what was written to C{fd} is durable, or
         with a L{twisted.python.failure.Failure} of the C{OSError}
-        C{fsync(2)} gave; maybe before this returns.  What a store's group
+        C{fdatasync(2)} gave; maybe before this returns.  What a store's group
         commit rounds use: no Deferred per round.
         """
 

@@ -339,7 +339,7 @@ class _Job:
                 step.perform()
         if self.fsync and self.lastSegment.file is not None:
             started = time.monotonic()
-            os.fsync(self.lastSegment.file.fileno())
+            os.fdatasync(self.lastSegment.file.fileno())
             self.fsyncSeconds = time.monotonic() - started
         self.synced = self.fsync
 

@@ -353,14 +353,15 @@ class ThreadedManagerTests(TestCase):
         yield store.append(1, 0, b"first")
         release = threading.Event()
         entered = threading.Event()
-        realFsync = os.fsync
+        realFdatasync = os.fdatasync
 
-        def slowFsync(fd):
+        def slowFdatasync(fd):
             entered.set()
             release.wait(10)
-            realFsync(fd)
+            realFdatasync(fd)
 
-        self.patch(os, "fsync", slowFsync)
+        # A round's sync (ThreadFsync) syncs the data: fdatasync.
+        self.patch(os, "fdatasync", slowFdatasync)
         second = store.append(2, 0, b"second")
         acknowledged = []
         second.addCallback(acknowledged.append)

@@ -62,17 +62,20 @@ def appendExample(store, number):
 
 def countFileFsyncs(testCase):
     """
-    Count the fsyncs of regular files (not directories) from now on.
+    Count the fsyncs and fdatasyncs (group commit rounds) of regular files
+    (not directories) from now on.
     """
-    realFsync = os.fsync
     fsyncs = []
 
-    def countingFsync(fd):
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            fsyncs.append(fd)
-        realFsync(fd)
+    def counting(real):
+        def countingFsync(fd):
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fsyncs.append(fd)
+            real(fd)
+        return countingFsync
 
-    testCase.patch(os, "fsync", countingFsync)
+    testCase.patch(os, "fsync", counting(os.fsync))
+    testCase.patch(os, "fdatasync", counting(os.fdatasync))
     return fsyncs
 
 
@@ -378,13 +381,14 @@ class FlushPolicyTests(SynchronousTestCase):
         appendExample(store, 1)
         pool.runOne()
         synced = []
-        realFsync = os.fsync
+        realFdatasync = os.fdatasync
 
-        def fsync(fd):
+        def fdatasync(fd):
             synced.append(store.maxOffset)
-            realFsync(fd)
+            realFdatasync(fd)
 
-        self.patch(os, "fsync", fsync)
+        # A round's sync (ThreadFsync) syncs the data: fdatasync.
+        self.patch(os, "fdatasync", fdatasync)
         first = appendExample(store, 1)
         self.assertEqual(len(pool.pending), 1)
         self.assertEqual(store.sizeInBytes, 50)
