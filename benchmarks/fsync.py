@@ -107,6 +107,7 @@ async def measure(providers, args):
                     cpu, machine = time.process_time() - cpu, machineBusySeconds() - machine
                 finally:
                     os.close(fd)
+                    os.unlink(os.path.join(args.directory, "fsync-bench"))
                 latencies.sort()
                 label = name + (" over zeros" if zeroed else " append")
                 print(f"{label:18} round median {statistics.median(latencies) * 1e6:6.0f} us, "
