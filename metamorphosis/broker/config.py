@@ -148,6 +148,10 @@ class MetaConfig:
     #: partition's active segment, so that an fsync changes no file size;
     #: 0 turns it off.
     preallocateSize: int = 4 * 1024 * 1024
+    #: docs/transactions.md: under group commit with flushTxLogAtCommit=1,
+    #: the most ms a committed transaction's messages wait for an fsync of
+    #: their partition (and so for consumers) when no put brings one.
+    txFlushInterval: int = 20
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -267,7 +271,7 @@ SYSTEM_KEYS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
-    verifyPassInterval fsyncMethod preallocateSize serialVersionUID topics slaveConfig zkConfig
+    verifyPassInterval fsyncMethod preallocateSize txFlushInterval serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -293,7 +297,8 @@ _SYSTEM_INTS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
     maxConnections maxConnectionsPerHost shutdownDrainSeconds
-    segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize""".split()
+    segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize
+    txFlushInterval""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
@@ -689,6 +694,8 @@ def _verify(config, path):
                 "maxConnectionsPerHost", "preallocateSize"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
+    if config.txFlushInterval < 0:
+        problems.append(("system", "txFlushInterval", "must not be negative"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):
         problems.append(("system", "fsyncMethod", "must be auto, kernel or thread"))
     if config.verifyPassInterval <= 0:

@@ -799,8 +799,21 @@ class BrokerProcessor:
         if command.maxSize <= 0:
             return result(BAD_REQUEST, f"Bad request,invalid max size:{command.maxSize}",
                           opaque)
+        return self._serve(command, store)
+
+    def _serve(self, command, store, flushed=False):
+        """
+        The reply to a get of C{store}.  A get reaching the messages of
+        answered commits that no fsync covers yet (docs/transactions.md)
+        flushes the partition and is answered after it, as the Java broker
+        serves a commit's messages right after its answer.
+        """
+        topic, group, opaque = command.topic, command.group, command.opaque
         try:
             size = min(self.config.maxTransferSize, command.maxSize)
+            if not flushed and store.awaitsFlush(command.offset, size):
+                return store.flush().addBoth(
+                    lambda ignored: self._serve(command, store, flushed=True))
             try:
                 messages = store.slice(command.offset, size)
             except OffsetBeforeStart:

@@ -89,6 +89,9 @@ class FileStore(FakeStore):
         return FileSlice(self.fd, offset, offset - self.minOffset,
                          min(maxSize, self.maxOffset - offset))
 
+    def awaitsFlush(self, offset, size):
+        return False
+
     def nearestOffset(self, offset):
         if offset >= self.maxOffset:
             return self.maxOffset

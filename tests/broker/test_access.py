@@ -351,6 +351,8 @@ admin = 127.0.0.1
         reply = await self.tx(trusted, "ROLLBACK", XID2)
         self.assertEqual(reply.code, 200)
         store = broker.storeManager.getStore("xa", 0)
+        # The commit's messages are served once the partition is flushed.
+        await store.flush()
         stored = store.slice(0, 1 << 20).read()
         self.assertIn(b"xa-1", stored)
         self.assertNotIn(b"intruder", stored)

@@ -105,6 +105,11 @@ class JournalTransactionStoreTestsMixin:
         return tx
 
     def ids(self, topic, partition):
+        """
+        The message ids a consumer of the partition sees, once the timed
+        flush of the transactions committed so far has run.
+        """
+        self.clock.advance(self.config.txFlushInterval / 1000.0)
         store = self.manager.getStore(topic, partition)
         if store is None or store.maxOffset == 0:
             return []
@@ -115,9 +120,9 @@ class JournalTransactionStoreTestsMixin:
         calls = []
         original = store.appendBatch
 
-        def appendBatch(batch):
+        def appendBatch(batch, durable=True):
             calls.append(batch)
-            return original(batch)
+            return original(batch, durable)
 
         store.appendBatch = appendBatch
         return calls
@@ -173,9 +178,9 @@ class JournalTransactionStoreTestsMixin:
     def frozenAppend(self, store, writes):
         original = store.appendBatch
 
-        def append(batch):
+        def append(batch, durable=True):
             if writes:
-                original(batch)
+                original(batch, durable)
             return Deferred()
 
         return append
@@ -275,7 +280,7 @@ class JournalTransactionStoreTestsMixin:
         """
         tx = self.transaction(messages=[("t", 0)])
         store = self.manager.getOrCreateStore("t", 0)
-        store.appendBatch = lambda batch: fail(OSError("disk full"))
+        store.appendBatch = lambda batch, durable=True: fail(OSError("disk full"))
         failure = self.failureResultOf(ensureDeferred(tx.commit(True)))
         self.assertEqual(failure.value.code, 104)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
@@ -298,6 +303,8 @@ class JournalTransactionStoreTestsMixin:
         for n in range(5):
             tx = self.transaction("TX:s:%d" % (n,), messages=[("t", 1)])
             self.successResultOf(ensureDeferred(tx.commit(True)))
+        # The commits are finished (DONE) once their partitions are flushed.
+        self.clock.advance(self.config.txFlushInterval / 1000.0)
         directory = self.store.directory
         before = sorted(f for f in os.listdir(directory) if f.startswith("redo."))
         self.successResultOf(ensureDeferred(self.store.checkpoint()))
@@ -305,6 +312,8 @@ class JournalTransactionStoreTestsMixin:
             sorted(f for f in os.listdir(directory) if f.startswith("redo.")), before
         )
         self.successResultOf(ensureDeferred(prepared.commit(False)))
+        # The commits are finished (DONE) once their partitions are flushed.
+        self.clock.advance(self.config.txFlushInterval / 1000.0)
         self.successResultOf(ensureDeferred(self.store.checkpoint()))
         after = sorted(f for f in os.listdir(directory) if f.startswith("redo."))
         self.assertEqual(len(after), 1)
@@ -350,12 +359,95 @@ class RealStoreTests(JournalTransactionStoreTestsMixin, SynchronousTestCase):
         self.successResultOf(maybeDeferred(manager.startService))
         return manager
 
+    def journaled(self, recordType):
+        """
+        The keys of the records of C{recordType} in the journal, in order.
+        """
+        keys = []
+        for name in sorted(os.listdir(self.store.directory)):
+            if name.startswith("redo."):
+                with open(os.path.join(self.store.directory, name), "rb") as f:
+                    records, _ = decodeJournal(f.read())
+                keys += [r.key for _, r in records if isinstance(r, recordType)]
+        return keys
+
+    def test_commitAnsweredBeforePartitionFsync(self):
+        """
+        With the COMMIT forced, the commit is answered once its messages
+        are written to the partition, before an fsync of the partition (and
+        so before consumers see them); DONE is journaled once the timed
+        flush covers them.
+        """
+        tx = self.transaction(messages=[("t", 0), ("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        store = self.manager.getStore("t", 0)
+        self.assertEqual((store.sizeInBytes, store.maxOffset), (50, 0))
+        self.assertEqual(self.journaled(DoneRecord), [])
+        self.clock.advance(self.config.txFlushInterval / 1000.0)
+        self.assertEqual(store.maxOffset, 50)
+        self.assertEqual(self.journaled(DoneRecord), ["TX:s:1"])
+
+    def test_crashBeforePartitionFsync(self):
+        """
+        A crash after the commit was answered and before its partition was
+        flushed: the next start finds every message once (the process
+        died, the page cache kept the writes), or appends the ones the
+        partition lost.
+        """
+        tx = self.transaction(messages=[("t", 0), ("t", 1), ("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+        self.assertEqual(self.ids("t", 1), [1002])
+        self.assertEqual(self.journaled(DoneRecord), ["TX:s:1"])
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001, 1003])
+
+    def test_checkpointKeepsUnflushedCommit(self):
+        """
+        A checkpoint never starts after a commit whose partitions were not
+        flushed when it began, so the journal keeps its messages.
+        """
+        tx = self.transaction(messages=[("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        self.assertLessEqual(self.store._lastCheckpoint, tx.location)
+        # The checkpoint's flush finished the commit: the next one moves on.
+        self.assertEqual(self.journaled(DoneRecord), ["TX:s:1"])
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        self.assertGreater(self.store._lastCheckpoint, tx.location)
+
+    def test_failedPartitionFsyncKeepsCommitJournaled(self):
+        """
+        When the fsync that should cover a commit's messages fails, no DONE
+        is journaled and checkpoints keep the commit, which the next start
+        checks in the partition.
+        """
+        tx = self.transaction(messages=[("t", 0)])
+        self.successResultOf(ensureDeferred(tx.commit(True)))
+        realFdatasync = os.fdatasync
+
+        def fdatasync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        # The partition's sync of its records is an fdatasync.
+        self.patch(os, "fdatasync", fdatasync)
+        self.clock.advance(self.config.txFlushInterval / 1000.0)
+        self.patch(os, "fdatasync", realFdatasync)
+        self.assertEqual(self.journaled(DoneRecord), [])
+        self.successResultOf(ensureDeferred(self.store.checkpoint()))
+        self.assertLessEqual(self.store._lastCheckpoint, tx.location)
+        self.restart()
+        self.assertEqual(self.ids("t", 0), [1001])
+        self.assertEqual(self.journaled(DoneRecord), ["TX:s:1"])
+
     def test_commitsOfOneFsyncAppendTogether(self):
         """
         The commits of one socket read share one journal fsync round, and
         the commits it acknowledges append their messages to a partition
-        with one write, in the order they were committed, and journal their
-        DONE records with one write.  (The journal forces its files with
+        with one write, in the order they were committed; the flush of the
+        partition that covers them journals their DONE records with one
+        write.  (The journal forces its files with
         the store manager's fsync, which runs at once here.)
         """
         pool = ManualThreadPool()

@@ -28,11 +28,17 @@ class MemoryStore:
     def maxOffset(self):
         return len(self.buffer)
 
-    def appendBatch(self, batch):
+    #: Its memory is "flushed" at once (L{whenFlushed}).
+    groupCommit = False
+
+    def appendBatch(self, batch, durable=True):
         offset = len(self.buffer)
         for msgId, flag, body in batch:
             self.buffer += encodeRecord(msgId, flag, body)
         return succeed(offset)
+
+    def whenFlushed(self, end):
+        return succeed(None)
 
     def slice(self, offset, maxSize):
         if offset >= len(self.buffer):

@@ -58,8 +58,14 @@ class TransactionClientTests(TestCase):
         self.addCleanup(self.factory.close)
         await self.factory.start()
 
-    def visible(self):
+    async def visible(self):
+        """
+        The messages a consumer gets: committed ones once their partition
+        is flushed (a get flushes it).
+        """
         store = self.broker.storeManager.getStore(TOPIC, 0)
+        if store is not None:
+            await store.flush()
         if store is None or store.maxOffset == 0:
             return []
         from metamorphosis.protocol.records import decodeRecords
@@ -83,9 +89,9 @@ class TransactionClientTests(TestCase):
             second = await producer.sendMessage(Message(TOPIC, b"two"))
             self.assertTrue(first.success and second.success)
             self.assertEqual((first.offset, second.offset), (-1, -1))
-            self.assertEqual(self.visible(), [])
+            self.assertEqual(await self.visible(), [])
             await producer.commit()
-            self.assertEqual(self.visible(), [b"one", b"two"])
+            self.assertEqual(await self.visible(), [b"one", b"two"])
             # Outside a transaction, puts are plain again.
             plain = await producer.sendMessage(Message(TOPIC, b"three"))
             self.assertNotEqual(plain.offset, -1)
@@ -101,11 +107,11 @@ class TransactionClientTests(TestCase):
             producer.beginTransaction()
             await producer.sendMessage(Message(TOPIC, b"never"))
             await producer.rollback()
-            self.assertEqual(self.visible(), [])
+            self.assertEqual(await self.visible(), [])
             producer.beginTransaction()
             await producer.sendMessage(Message(TOPIC, b"later"))
             await producer.commit()
-            self.assertEqual(self.visible(), [b"later"])
+            self.assertEqual(await self.visible(), [b"later"])
 
         return self.runAsync(go)
 
@@ -145,9 +151,9 @@ class TransactionClientTests(TestCase):
             await resource.end(xid, TMSUCCESS)
             self.assertEqual(await resource.prepare(xid), XA_OK)
             self.assertEqual(await resource.recover(), [xid])
-            self.assertEqual(self.visible(), [])
+            self.assertEqual(await self.visible(), [])
             await resource.commit(xid, False)
-            self.assertEqual(self.visible(), [b"paid"])
+            self.assertEqual(await self.visible(), [b"paid"])
             self.assertEqual(await resource.recover(), [])
 
         return self.runAsync(go)
@@ -181,7 +187,7 @@ class TransactionClientTests(TestCase):
             await resource.start(empty)
             await resource.end(empty, TMSUCCESS)
             self.assertEqual(await resource.prepare(empty), XA_RDONLY)
-            self.assertEqual(self.visible(), [])
+            self.assertEqual(await self.visible(), [])
 
         return self.runAsync(go)
 
@@ -218,7 +224,7 @@ class TransactionClientTests(TestCase):
 
             vote, recovered = await threads.deferToThread(blocking)
             self.assertEqual((vote, recovered), (XA_OK, [Xid(1, b"blocking", b"1")]))
-            self.assertEqual(self.visible(), [b"local", b"xa"])
+            self.assertEqual(await self.visible(), [b"local", b"xa"])
 
         return self.runAsync(go)
 

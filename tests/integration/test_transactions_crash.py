@@ -11,7 +11,7 @@ from collections import Counter
 from twisted.internet import defer, error, reactor, task
 from twisted.trial import unittest
 
-from metamorphosis.broker.transactions.journal import REDO_PREFIX, CommitRecord
+from metamorphosis.broker.transactions.journal import REDO_PREFIX, CommitRecord, DoneRecord
 from metamorphosis.broker.transactions.journal import decodeRecords as decodeJournal
 from metamorphosis.protocol.commands import ValueCommand
 from metamorphosis.protocol.records import checksum, decodeRecords
@@ -223,6 +223,19 @@ class CrashTests(unittest.TestCase):
                 tx.state = "rolledback"
         return sum(1 for tx in transactions if tx.state == "committed")
 
+    def journaled(self, recordType):
+        """
+        The keys of the records of C{recordType} in the journal.
+        """
+        journal = os.path.join(self.workdir, "data", "transactions")
+        keys = set()
+        for name in sorted(os.listdir(journal)):
+            if name.startswith(REDO_PREFIX):
+                with open(os.path.join(journal, name), "rb") as f:
+                    records, _ = decodeJournal(f.read())
+                keys.update(r.key.encode() for _, r in records if isinstance(r, recordType))
+        return keys
+
     def test_everyStateSurvivesKill(self):
         """
         One transaction in each state: a consumer sees only the committed
@@ -354,18 +367,49 @@ class CrashTests(unittest.TestCase):
             self.assertEqual([reply.code for reply in replies], [200] * len(replies))
             await self.broker.kill()
 
-            journal = os.path.join(self.workdir, "data", "transactions")
-            committed = set()
-            for name in sorted(os.listdir(journal)):
-                if name.startswith(REDO_PREFIX):
-                    with open(os.path.join(journal, name), "rb") as f:
-                        records, _ = decodeJournal(f.read())
-                    committed.update(
-                        r.key.encode() for _, r in records if isinstance(r, CommitRecord))
-            self.assertEqual(committed, set(local + xa))
+            self.assertEqual(self.journaled(CommitRecord), set(local + xa))
 
             await self.startBroker()
             self.assertEqual(await self.visible(), Counter(local + xa))
             self.assertEqual(await self.recover(), set())
+
+        return defer.ensureDeferred(go())
+
+    def test_commitsAnsweredBeforePartitionFsyncSurviveKill(self):
+        """
+        A commit is answered once the journal's COMMIT is forced and its
+        messages are written to the partition, before the partition's
+        fsync.  Killed in that window (here a flush is due only after ten
+        minutes, and no consumer's get brought one), the journal has the
+        COMMITs without DONE, and after the restart every message is there
+        once.
+        """
+        async def go():
+            with open(self.config, "w") as f:
+                f.write(SERVER_INI.replace(
+                    "flushTxLogAtCommit=1\n", "flushTxLogAtCommit=1\ntxFlushInterval=600000\n"))
+            await self.startBroker()
+            client = await connect(reactor, self.port)
+            opaque = [0]
+
+            async def send(line, body=b""):
+                opaque[0] += 1
+                return await client.request(line + b" %d\r\n" % (opaque[0],) + body, opaque[0])
+
+            keys = [b"TX:window:%d" % (n,) for n in range(1, 9)]
+            for index, key in enumerate(keys):
+                self.assertEqual((await send(b"transaction %s s BEGIN" % (key,))).code, 200)
+                put = b"put %s %d %d 0 %d %s" % (
+                    TOPIC.encode(), index % PARTITIONS, len(key), checksum(key), key)
+                self.assertEqual((await send(put, key)).code, 200)
+                reply = await send(b"transaction %s s COMMIT_ONE_PHASE" % (key,))
+                self.assertEqual(reply.code, 200)
+            await self.broker.kill()
+
+            self.assertEqual(self.journaled(CommitRecord), set(keys))
+            self.assertEqual(self.journaled(DoneRecord), set())
+            await self.startBroker()
+            self.assertEqual(await self.visible(), Counter(keys))
+            self.assertEqual(self.journaled(DoneRecord), set(keys))
 
         return defer.ensureDeferred(go())

@@ -51,12 +51,26 @@ class IMessageStore(Interface):
         costs no Deferred and no callback chain.
         """
 
-    def appendBatch(messages):
+    def appendBatch(messages, durable=True):
         """
         Append several records, given as C{(msgId, flag, body)} tuples, as
         one contiguous write (a transaction commit).
 
+        @param durable: when false, the Deferred fires once the records are
+            written, without an fsync of their own even under group commit:
+            the caller keeps them durable elsewhere (the transaction
+            journal) until L{whenFlushed} says an fsync covered them.  They
+            are served to consumers only from then on, as every record.
         @return: a Deferred firing with the offset of the first record.
+        """
+
+    def whenFlushed(end):
+        """
+        Wait, without causing an fsync, until one covers the bytes before
+        offset C{end}.
+
+        @return: a Deferred firing then; it errbacks when an fsync fails or
+            the segment file is lost first.
         """
 
     def appendRecords(buffer, expectedOffset=None):
@@ -80,6 +94,13 @@ class IMessageStore(Interface):
         @raise OffsetBeforeStart: C{offset} is below L{minOffset}.
         """
 
+    def awaitsFlush(offset, size):
+        """
+        Whether a read of C{size} bytes from C{offset} would reach records
+        that are written but served only once the next L{flush} covers
+        them (see C{appendBatch}'s C{durable}).
+        """
+
     def readRecords(offset, maxSize):
         """
         Read and verify the records at C{offset} in a thread.
@@ -97,7 +118,8 @@ class IMessageStore(Interface):
 
     def flush():
         """
-        Fsync what was written.  A no-op under group commit.
+        Fsync what was written.  Under group commit only batches appended
+        with C{durable=False} can be unflushed: a no-op without them.
 
         @return: a Deferred firing when done.
         """

@@ -23,6 +23,12 @@ what is known to be on disk.
 Consumers see data up to the flushed high-water mark (L{maxOffset}), which
 moves only when an fsync completes.
 
+A transaction's commit appends its messages without an fsync of their own
+(L{MessageStore.appendBatch} with C{durable=False}): the transaction journal
+already holds them durably, so the commit is answered once they are
+written, and the journal learns when a later fsync covers them
+(L{MessageStore.whenFlushed}).
+
 Ahead of its records the active segment holds zero bytes, written by a job
 step every half C{preallocateSize} (docs/storage.md): an fsync of records
 written over zeros that are already on disk changes no file size and no
@@ -34,6 +40,8 @@ record as Java's do; after a crash recovery tells the zeros from records
 (L{metamorphosis.broker.store.verify}).
 """
 
+import heapq
+import itertools
 import os
 import struct
 import time
@@ -174,9 +182,10 @@ class _Entry:
     """
 
     __slots__ = ("messages", "raw", "size", "count", "stored", "failed", "expectedOffset",
-                 "offset")
+                 "offset", "durable")
 
-    def __init__(self, messages, raw, size, count, stored, failed, expectedOffset=None):
+    def __init__(self, messages, raw, size, count, stored, failed, expectedOffset=None,
+                 durable=True):
         self.messages = messages
         self.raw = raw
         self.size = size
@@ -185,6 +194,8 @@ class _Entry:
         self.failed = failed
         self.expectedOffset = expectedOffset
         self.offset = None
+        # False: acknowledged once written, even under group commit.
+        self.durable = durable
 
     def addParts(self, parts):
         """
@@ -424,6 +435,12 @@ class MessageStore:
         self._roundStarted = None
         self._held = None
         self._inBatch = False
+        # Batches appended without an fsync of their own (durable=False):
+        # the end of the last one, and a heap of (end, order, Deferred)
+        # waiting for the flushed mark to pass an end (L{whenFlushed}).
+        self._lazyEnd = 0
+        self._flushWaiters = []
+        self._waiterOrder = itertools.count()
 
     def __repr__(self):
         return "<MessageStore %s-%d>" % (self.topic, self.partition)
@@ -559,12 +576,48 @@ class MessageStore:
             self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1,
                                  stored, failed))
 
-    def appendBatch(self, messages):
+    def appendBatch(self, messages, durable=True):
         messages = list(messages)
         size = sum(HEADER_SIZE + len(body) for _, _, body in messages)
         d = Deferred()
-        self._enqueue(_Entry(messages, None, size, 1, d.callback, d.errback))
+        self._enqueue(_Entry(messages, None, size, 1, d.callback, d.errback,
+                             durable=durable))
         return d
+
+    def whenFlushed(self, end):
+        """
+        A Deferred firing once an fsync covers the bytes before offset
+        C{end} (the flushed mark reaches it).  Nothing fsyncs for it: the
+        next group commit round, L{flush} or a segment roll does.  It
+        errbacks when an fsync fails or the segment file is lost, since a
+        later fsync might then not cover those bytes.
+        """
+        if end <= self._flushedEnd:
+            return succeed(None)
+        if self._closed:
+            return fail(StoreClosed("%r is closed" % (self,)))
+        d = Deferred()
+        heapq.heappush(self._flushWaiters, (end, next(self._waiterOrder), d))
+        return d
+
+    def awaitsFlush(self, offset, size):
+        """
+        Whether a read of C{size} bytes from C{offset} would reach records
+        that are written but served only after the next flush: batches
+        appended with C{durable=False} under group commit.
+        """
+        return (self.groupCommit and offset < self._lazyEnd
+                and self._flushedEnd < min(self._lazyEnd, offset + size))
+
+    def _fireFlushed(self):
+        waiters = self._flushWaiters
+        while waiters and waiters[0][0] <= self._flushedEnd:
+            heapq.heappop(waiters)[2].callback(None)
+
+    def _failFlushWaiters(self, failure):
+        waiters, self._flushWaiters = self._flushWaiters, []
+        for _, _, d in sorted(waiters):
+            d.errback(failure)
 
     def appendRecords(self, buffer, expectedOffset=None):
         buffer = bytes(buffer)
@@ -605,7 +658,8 @@ class MessageStore:
             self._kick()
 
     def flush(self):
-        if self.groupCommit:
+        if self.groupCommit and self._lazyEnd <= self._flushedEnd:
+            # Every put was acknowledged after its own fsync.
             return succeed(None)
         return self._whenWritten()
 
@@ -630,7 +684,8 @@ class MessageStore:
                 except Exception:
                     self._fail(Failure(), job)
                     continue
-            if self.groupCommit and job.entries and not job.waiters and not job.needsWrite():
+            if (self.groupCommit and job.fsync and job.entries and not job.waiters
+                    and not job.needsWrite()):
                 self._handToSyncLoop(job)
                 self._busy = False
                 continue
@@ -721,6 +776,7 @@ class MessageStore:
             _call(entry.failed, failure)
         for entry, error in job.rejected:
             _call(entry.failed, Failure(error))
+        self._failFlushWaiters(failure)
 
     def _buildJob(self):
         entries, self._queue = self._queue, []
@@ -735,6 +791,8 @@ class MessageStore:
         maxSegmentSize = self.maxSegmentSize
         taken = 0
         count = 0
+        durable = False
+        lazyEnd = None
         # Run for every put: attributes read once into locals.
         for index, entry in enumerate(entries):
             if taken >= limit:
@@ -757,6 +815,10 @@ class MessageStore:
             size += entrySize
             count += entry.count
             accepted.append(entry)
+            if entry.durable:
+                durable = True
+            else:
+                lazyEnd = offset + entrySize
             if size >= maxSegmentSize:
                 new = Segment(self.directory, segment.start + size)
                 steps.append(_Roll(segment, new, size))
@@ -765,16 +827,22 @@ class MessageStore:
             end = min(size + self.preallocate, maxSegmentSize)
             if end > size:
                 steps.append(_Preallocate(segment, size, end))
+        if lazyEnd is not None:
+            self._lazyEnd = lazyEnd
         unflushed = self._unflushed + count
-        fsync = bool(
-            (self.groupCommit and accepted)
-            or (waiters and unflushed)
-            or unflushed > self.unflushThreshold
-            or (
-                unflushed
-                and (self._reactor.seconds() - self._lastFlush) * 1000 > self.unflushInterval
+        if self.groupCommit:
+            # Batches appended with durable=False wait for a flush, not for
+            # an fsync of their own.
+            fsync = durable or bool(waiters and unflushed)
+        else:
+            fsync = bool(
+                (waiters and unflushed)
+                or unflushed > self.unflushThreshold
+                or (
+                    unflushed
+                    and (self._reactor.seconds() - self._lastFlush) * 1000 > self.unflushInterval
+                )
             )
-        )
         return _Job(steps, accepted, rejected, waiters, fsync, segment)
 
     def _applyProgress(self, job):
@@ -844,6 +912,9 @@ class MessageStore:
                 "Writing to {store} failed; {count} queued append(s) fail", failure,
                 store=str(self), count=count
             )
+        if job.fsync and not job.needsWrite():
+            # The fsync failed: what it should have covered may be lost.
+            self._failFlushWaiters(failure)
         # A failed write cut the file back to its last good record.
         self._segments[-1].allocated = self._segments[-1].written
         acknowledged = written if not self.groupCommit else []
@@ -872,6 +943,8 @@ class MessageStore:
                     _callFailed()
             for entry, error in job.rejected:
                 _call(entry.failed, Failure(error))
+            if self._flushWaiters:
+                self._fireFlushed()
             for waiter in job.waiters:
                 waiter.callback(None)
 
@@ -912,6 +985,7 @@ class MessageStore:
         if self.readOnly is not None:
             return
         self.readOnly = "%s; offsets up to %d were handed out" % (error, nextOffset)
+        self._failFlushWaiters(Failure(error))
         self.log.error(
             "{store}: {error}. The partition takes no more writes (puts are refused) "
             "until an operator repairs it (docs/disk-faults.md)",

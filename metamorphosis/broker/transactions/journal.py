@@ -29,6 +29,7 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from metamorphosis.broker.store.bursts import acknowledging
 from metamorphosis.broker.store.fsync import ThreadFsync
 from metamorphosis.broker.store.syncloop import SyncLoop
 from metamorphosis.broker.store.zeros import cutZeros, writeZeros
@@ -377,10 +378,14 @@ class RedoLog:
         Journal a DONE record, whose loss recovery repairs (it looks for a
         commit's messages in the partitions).  The commits one fsync round
         answers write theirs together, in one write at the end of the
-        round; a failed write is logged, not raised: the commit it closes
-        is durable and applied.
+        round, and so do those one fsync of a partition covers (a store
+        tells them inside its C{acknowledging} burst); a failed write is
+        logged, not raised: the commit it closes is durable and applied.
         """
         data = encodeRecord(record)
+        if self._held is None and acknowledging.depth:
+            self._held = []
+            acknowledging.later(self._writeHeld)
         if self._held is not None:
             self._held.append(data)
         else:
@@ -398,9 +403,12 @@ class RedoLog:
             with self._firing if self._firing is not None else nullcontext():
                 yield
         finally:
-            held, self._held = self._held, None
-            if held:
-                self._writeDone(held)
+            self._writeHeld()
+
+    def _writeHeld(self):
+        held, self._held = self._held, None
+        if held:
+            self._writeDone(held)
 
     def _writeDone(self, records):
         try:

@@ -12,6 +12,15 @@ C{DONE}.  Recovery completes a C{COMMIT} without C{DONE} by looking in each
 partition, from the recorded offset on, for the transaction's message ids
 and appending only the missing ones, so every committed message is stored
 exactly once whatever the moment of the crash.
+
+With the C{COMMIT} forced (C{flushTxLogAtCommit=1}) the journal holds the
+messages durably, so the partitions need no fsync of their own before the
+answer: one fsync per transaction instead of two in turn.  The messages are
+appended without one (C{appendBatch(durable=False)}) and C{DONE} is
+journaled only once a later fsync of every partition covers them (a group
+commit round of other puts, the timed flush armed here, a checkpoint or the
+close): until then the commit pins the journal as an unfinished one, so no
+checkpoint deletes its records.
 """
 
 import os
@@ -33,7 +42,7 @@ from metamorphosis.broker.transactions.journal import (
     RollbackRecord,
 )
 from metamorphosis.broker.transactions.transaction import PendingMessage
-from metamorphosis.protocol.records import decodeRecords
+from metamorphosis.protocol.records import HEADER_SIZE, decodeRecords
 
 _SCAN_CHUNK = 4 * 1024 * 1024
 
@@ -47,6 +56,10 @@ def _byPartition(messages):
 
 def _batch(messages):
     return [(m.msgId, m.flag, m.data) for m in messages]
+
+
+def _batchSize(batch):
+    return sum(HEADER_SIZE + len(body) for _, _, body in batch)
 
 
 def presentIds(store, offset, wanted):
@@ -73,12 +86,15 @@ def presentIds(store, offset, wanted):
 
 class _Unfinished:
     """
-    A journaled commit that recovery could not complete.
+    A journaled commit without its DONE record: recovery could not complete
+    it, or its messages wait for an fsync of C{partitions} partitions.
+    While it is unfinished, checkpoints keep its journal records.
     """
 
-    def __init__(self, key, location):
+    def __init__(self, key, location, partitions=0):
         self.key = key
         self.location = location
+        self.partitions = partitions
 
 
 class JournalTransactionStore:
@@ -98,6 +114,7 @@ class JournalTransactionStore:
     ):
         self.directory = os.path.join(config.transactionDataPath, "transactions")
         self.flushPolicy = config.flushTxLogAtCommit
+        self.partitionFlushInterval = config.txFlushInterval / 1000.0
         self.checkpointInterval = config.checkpointInterval / 1000.0
         self._storeManager = storeManager
         self._reactor = reactor
@@ -111,6 +128,9 @@ class JournalTransactionStore:
         self._lastCheckpoint = None
         self._live = {}
         self._loops = []
+        # The timed flushes of partitions holding committed messages that
+        # no fsync covers yet, by store.
+        self._flushCalls = {}
 
     def _inThread(self, f, *args):
         return deferToThreadPool(self._reactor, self._threadPool, f, *args)
@@ -266,20 +286,66 @@ class JournalTransactionStore:
             )
         )
         await self._force()
-        if len(stores) == 1:
+        # A forced COMMIT holds the messages durably: they need no fsync of
+        # their partitions before the answer.
+        durable = self.flushPolicy != 1
+        batches = [(store, _batch(group)) for store, group in stores]
+        if len(batches) == 1:
             # The usual case, without a DeferredList.
-            [(store, group)] = stores
-            await store.appendBatch(_batch(group))
+            [(store, batch)] = batches
+            offsets = [await store.appendBatch(batch, durable)]
         else:
             try:
-                await gatherResults(
-                    [store.appendBatch(_batch(group)) for store, group in stores],
+                offsets = await gatherResults(
+                    [store.appendBatch(batch, durable) for store, batch in batches],
                     consumeErrors=True,
                 )
             except FirstError as e:
                 e.subFailure.raiseException()
-        self._redo.appendDone(DoneRecord(tx.key))
         del self._live[tx]
+        if durable:
+            self._redo.appendDone(DoneRecord(tx.key))
+            return
+        unfinished = _Unfinished(tx.key, tx.location, len(batches))
+        self._live[unfinished] = unfinished
+        for (store, batch), offset in zip(batches, offsets):
+            store.whenFlushed(offset + _batchSize(batch)).addCallbacks(
+                self._partitionFlushed, self._partitionFlushFailed,
+                callbackArgs=(unfinished,), errbackArgs=(unfinished,))
+            if store.groupCommit:
+                # Otherwise the partition's own flush policy flushes it.
+                self._flushWithin(store)
+
+    def _partitionFlushed(self, ignored, unfinished):
+        unfinished.partitions -= 1
+        if not unfinished.partitions and self._live.pop(unfinished, None) is not None:
+            self._redo.appendDone(DoneRecord(unfinished.key))
+
+    def _partitionFlushFailed(self, failure, unfinished):
+        # No DONE then: the next start looks for the messages in the
+        # partition and appends those it misses.
+        self.log.error(
+            "The fsync of the messages of {key} failed ({error}); the commit stays "
+            "journaled and is checked by the next start", key=unfinished.key,
+            error=str(failure.value))
+
+    def _flushWithin(self, store):
+        """
+        Flush C{store} within C{txFlushInterval}, unless a group commit
+        round of its puts has by then: a partition written only by
+        transactions has no round of its own.  One flush covers every
+        commit made before it, so a short interval still spares most of
+        their fsyncs.
+        """
+        if store not in self._flushCalls:
+            self._flushCalls[store] = self._reactor.callLater(
+                self.partitionFlushInterval, self._timedFlush, store)
+
+    def _timedFlush(self, store):
+        del self._flushCalls[store]
+        # A failure is logged by the store, and by the commits it fails
+        # (_partitionFlushFailed).
+        store.flush().addErrback(lambda failure: None)
 
     async def rollback(self, tx):
         if self._live.pop(tx, None) is None:
@@ -316,6 +382,9 @@ class JournalTransactionStore:
             if loop.running:
                 loop.stop()
         self._loops = []
+        for call in self._flushCalls.values():
+            call.cancel()
+        self._flushCalls = {}
         await self.checkpoint()
         await self._redo.stopSyncing()
         await self._redo.stopFilling()

@@ -3,6 +3,7 @@ Tests for L{metamorphosis.broker.store.partition.MessageStore}: layout,
 offsets, slicing, the flush policies and failures.
 """
 
+import errno
 import os
 import stat
 
@@ -409,6 +410,75 @@ class FlushPolicyTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in rest], [50, 80, 105])
         self.assertEqual(store.maxOffset, 130)
         self.assertEqual(pool.pending, [])
+
+    def test_groupCommitBatchWithoutItsOwnFsync(self):
+        """
+        Under group commit a batch appended with C{durable=False} (a
+        transaction's commit, durable in the journal) is acknowledged once
+        written, without an fsync; consumers get it, and L{whenFlushed}
+        fires, once a flush covers it.  Then L{flush} has nothing to do.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0, preallocate=0)
+        appendExample(store, 1)
+        pool.runOne()
+        fsyncs = countFileFsyncs(self)
+        d = store.appendBatch([(7, 0, b"hello"), (8, 0, b"world")], durable=False)
+        self.assertEqual(self.successResultOf(d), 25)
+        self.assertEqual((fsyncs, pool.pending), ([], []))
+        self.assertEqual(store.maxOffset, 25)
+        self.assertEqual(store.slice(0, 1000).length, 25)
+        # A get reaching the batch waits for a flush; one stopping before
+        # it does not.
+        self.assertEqual((store.awaitsFlush(0, 1000), store.awaitsFlush(0, 25)), (True, False))
+        flushed = store.whenFlushed(75)
+        self.assertNoResult(flushed)
+        flush = store.flush()
+        pool.runOne()
+        self.successResultOf(flush)
+        self.successResultOf(flushed)
+        self.assertEqual((len(fsyncs), store.maxOffset), (1, 75))
+        self.successResultOf(store.flush())
+        self.successResultOf(store.whenFlushed(75))
+        self.assertFalse(store.awaitsFlush(0, 1000))
+        self.assertEqual((len(fsyncs), pool.pending), (1, []))
+
+    def test_groupCommitRoundCoversBatchWithoutFsync(self):
+        """
+        The group commit round of a later put covers a batch appended
+        without an fsync of its own.
+        """
+        pool = ManualThreadPool()
+        store = makeStore(self.mktemp(), threadpool=pool, unflushThreshold=0, preallocate=0)
+        appendExample(store, 1)
+        pool.runOne()
+        self.successResultOf(store.appendBatch([(7, 0, b"hello")], durable=False))
+        flushed = store.whenFlushed(50)
+        put = appendExample(store, 1)
+        self.assertNoResult(flushed)
+        pool.runOne()
+        self.assertEqual(self.successResultOf(put), 50)
+        self.successResultOf(flushed)
+        self.assertEqual(store.maxOffset, 75)
+
+    def test_failedFsyncFailsFlushWaiters(self):
+        """
+        When the fsync that should cover a batch fails, L{whenFlushed}
+        errbacks: a later fsync might not write what the failed one lost.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=0, preallocate=0)
+        self.successResultOf(appendExample(store, 1))
+        self.successResultOf(store.appendBatch([(7, 0, b"hello")], durable=False))
+        flushed = store.whenFlushed(50)
+
+        def fdatasync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        # The sync of the records is an fdatasync.
+        self.patch(os, "fdatasync", fdatasync)
+        self.failureResultOf(store.flush(), OSError)
+        self.failureResultOf(flushed, OSError)
+        self.assertEqual(store.maxOffset, 25)
 
     def test_groupCommitSliceStopsAtMark(self):
         """
