@@ -43,6 +43,7 @@ from metamorphosis.broker.transactions.journal import (
 )
 from metamorphosis.broker.transactions.transaction import PendingMessage
 from metamorphosis.protocol.records import HEADER_SIZE, decodeRecords
+from metamorphosis.ratelog import RateLimitedLog
 
 _SCAN_CHUNK = 4 * 1024 * 1024
 
@@ -131,6 +132,9 @@ class JournalTransactionStore:
         # The timed flushes of partitions holding committed messages that
         # no fsync covers yet, by store.
         self._flushCalls = {}
+        # A failing disk fails every commit its fsync covered: one line per
+        # interval.
+        self._flushErrors = RateLimitedLog(self.log, clock=reactor)
 
     def _inThread(self, f, *args):
         return deferToThreadPool(self._reactor, self._threadPool, f, *args)
@@ -324,7 +328,8 @@ class JournalTransactionStore:
     def _partitionFlushFailed(self, failure, unfinished):
         # No DONE then: the next start looks for the messages in the
         # partition and appends those it misses.
-        self.log.error(
+        self._flushErrors.error(
+            "partition-fsync-failed",
             "The fsync of the messages of {key} failed ({error}); the commit stays "
             "journaled and is checked by the next start", key=unfinished.key,
             error=str(failure.value))
