@@ -65,7 +65,8 @@ class Broker:
     #: A command line prefix for the broker process (see --callgrind).
     wrapper = []
 
-    def __init__(self, root, name, flush, zookeeper=None, zkRoot="/meta", plugin=None, properties=""):
+    def __init__(self, root, name, flush, zookeeper=None, zkRoot="/meta", plugin=None, properties="",
+                 fsyncMethod="auto"):
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory)
         self.port = freePort()
@@ -75,7 +76,7 @@ class Broker:
             f.write(
                 f"[system]\nbrokerId=5\nhostName=127.0.0.1\nnumPartitions=1\nserverPort={self.port}\n"
                 f"unflushThreshold={0 if flush == 'group' else 1000}\nunflushInterval=10000\n"
-                f"dataPath=data\nmaxTransferSize=1048576\n"
+                f"dataPath=data\nmaxTransferSize=1048576\nfsyncMethod={fsyncMethod}\n"
                 f"[zookeeper]\nzk.zkEnable={'true' if zookeeper else 'false'}\n"
                 f"zk.zkConnect={zookeeper or ''}\nzk.zkRoot={zkRoot}\nzk.zkSyncTimeMs=0\n"
                 "[topic=bench]\n"
@@ -202,7 +203,7 @@ def syncPart(args, root):
     finally:
         plain.stop()
     replicated = {}
-    slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties")
+    slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties", fsyncMethod=args.slave_fsync)
     master = Broker(root, "samsa", args.flush, zookeeper, zkRoot, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
@@ -448,6 +449,8 @@ def parseArguments(argv):
     parser.add_argument("--registered", action="store_true",
                         help="sync part: the broker alone and the master register in ZooKeeper (--zookeeper), "
                              "as in production, where their puts pass the fence")
+    parser.add_argument("--slave-fsync", choices=["auto", "kernel", "thread"], default="auto",
+                        help="sync part: the slave's fsyncMethod (the master and the broker alone keep auto)")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     return parser.parse_args(argv)
