@@ -113,6 +113,30 @@ class Workload:
             tx.state = outcome
 
 
+class NumberedRequests:
+    """
+    The requests of one raw connection, each ending in the next opaque.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self._opaque = 0
+
+    def line(self, text, body=b""):
+        """
+        C{(opaque, bytes)} of the request C{text} with C{body}, to send.
+        """
+        self._opaque += 1
+        return self._opaque, text + b" %d\r\n" % (self._opaque,) + body
+
+    def send(self, text, body=b""):
+        """
+        Send the request; a Deferred of its reply.
+        """
+        number, data = self.line(text, body)
+        return self.client.request(data, number)
+
+
 def connectionGone(failure):
     """
     A worker ends when the broker is killed under it; anything else it
@@ -245,11 +269,7 @@ class CrashTests(unittest.TestCase):
         async def go():
             await self.startBroker()
             client = await connect(reactor, self.port)
-            opaque = [0]
-
-            async def send(line, body=b""):
-                opaque[0] += 1
-                return await client.request(line + b" %d\r\n" % (opaque[0],) + body, opaque[0])
+            send = NumberedRequests(client).send
 
             def xid(name):
                 return ("XID:1:%s:01:%s" % (name.encode().hex(), QUALIFIER)).encode()
@@ -323,15 +343,8 @@ class CrashTests(unittest.TestCase):
         async def go():
             await self.startBroker()
             client = await connect(reactor, self.port)
-            opaque = [0]
-
-            def line(text, body=b""):
-                opaque[0] += 1
-                return opaque[0], text + b" %d\r\n" % (opaque[0],) + body
-
-            async def send(text, body=b""):
-                number, data = line(text, body)
-                return await client.request(data, number)
+            requests = NumberedRequests(client)
+            line, send = requests.line, requests.send
 
             def xid(n):
                 return ("XID:1:%s:01:%s" % (("group%d" % n).encode().hex(), QUALIFIER)).encode()
@@ -390,11 +403,7 @@ class CrashTests(unittest.TestCase):
                     "flushTxLogAtCommit=1\n", "flushTxLogAtCommit=1\ntxFlushInterval=600000\n"))
             await self.startBroker()
             client = await connect(reactor, self.port)
-            opaque = [0]
-
-            async def send(line, body=b""):
-                opaque[0] += 1
-                return await client.request(line + b" %d\r\n" % (opaque[0],) + body, opaque[0])
+            send = NumberedRequests(client).send
 
             keys = [b"TX:window:%d" % (n,) for n in range(1, 9)]
             for index, key in enumerate(keys):
