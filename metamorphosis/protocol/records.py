@@ -95,6 +95,14 @@ def encodeRecordParts(messages, parts):
         add(body)
 
 
+def batchSize(messages):
+    """
+    The bytes the records of C{(msgId, flag, body)} tuples take, headers
+    included.
+    """
+    return sum(HEADER_SIZE + len(body) for _, _, body in messages)
+
+
 def encodeRecord(msgId, flag, body):
     """
     The complete stored record (header and body) for one message.

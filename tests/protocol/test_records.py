@@ -11,6 +11,7 @@ from metamorphosis.protocol.records import (
     HEADER_SIZE,
     InvalidRecord,
     Record,
+    batchSize,
     checksum,
     decodePayload,
     decodeRecords,
@@ -136,6 +137,15 @@ class MalformedInputTests(SynchronousTestCase):
 
 
 class PropertyTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(st.integers(min_value=0, max_value=(1 << 63) - 1),
+                              st.integers(min_value=0, max_value=(1 << 31) - 1), payloads)))
+    def test_batchSize(self, batch):
+        """
+        C{batchSize} is the length of the records encoded one after another.
+        """
+        self.assertEqual(batchSize(batch),
+                         len(b"".join(encodeRecord(*message) for message in batch)))
+
     @settings(max_examples=60, deadline=None)
     @given(st.lists(messages, max_size=8))
     def test_roundTrip(self, items):

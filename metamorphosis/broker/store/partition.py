@@ -74,6 +74,7 @@ from metamorphosis.logfields import errorText
 from metamorphosis.protocol.records import (
     HEADER_SIZE,
     InvalidRecord,
+    batchSize,
     encodeHeader,
     encodeRecordParts,
     iterRecords,
@@ -578,7 +579,7 @@ class MessageStore:
 
     def appendBatch(self, messages, durable=True):
         messages = list(messages)
-        size = sum(HEADER_SIZE + len(body) for _, _, body in messages)
+        size = batchSize(messages)
         d = Deferred()
         self._enqueue(_Entry(messages, None, size, 1, d.callback, d.errback,
                              durable=durable))

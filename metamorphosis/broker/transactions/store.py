@@ -42,7 +42,7 @@ from metamorphosis.broker.transactions.journal import (
     RollbackRecord,
 )
 from metamorphosis.broker.transactions.transaction import PendingMessage
-from metamorphosis.protocol.records import HEADER_SIZE, decodeRecords
+from metamorphosis.protocol.records import batchSize, decodeRecords
 from metamorphosis.ratelog import RateLimitedLog
 
 _SCAN_CHUNK = 4 * 1024 * 1024
@@ -57,10 +57,6 @@ def _byPartition(messages):
 
 def _batch(messages):
     return [(m.msgId, m.flag, m.data) for m in messages]
-
-
-def _batchSize(batch):
-    return sum(HEADER_SIZE + len(body) for _, _, body in batch)
 
 
 def presentIds(store, offset, wanted):
@@ -313,7 +309,7 @@ class JournalTransactionStore:
         unfinished = _Unfinished(tx.key, tx.location, len(batches))
         self._live[unfinished] = unfinished
         for (store, batch), offset in zip(batches, offsets):
-            store.whenFlushed(offset + _batchSize(batch)).addCallbacks(
+            store.whenFlushed(offset + batchSize(batch)).addCallbacks(
                 self._partitionFlushed, self._partitionFlushFailed,
                 callbackArgs=(unfinished,), errbackArgs=(unfinished,))
             if store.groupCommit:
