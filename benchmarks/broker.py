@@ -339,9 +339,10 @@ def selfSignedCertificate(directory):
     return path, context
 
 
-def startBroker(policy, directory, tls=False):
+def startBroker(policy, directory, tls=False, system=""):
     """
-    A broker on a free port, and with C{tls} an ssl: listener beside it.
+    A broker on a free port, and with C{tls} an ssl: listener beside it;
+    C{system} holds more C{[system]} lines of its server.ini.
 
     @return: the process and the addresses by transport.
     """
@@ -357,7 +358,7 @@ def startBroker(policy, directory, tls=False):
     with open(ini, "w") as f:
         f.write(f"[system]\nbrokerId=0\nnumPartitions=1\nserverPort={port}\n"
                 f"unflushThreshold={0 if policy == 'group' else 1000}\nunflushInterval=10000\n"
-                f"dataPath={os.path.join(directory, 'data')}\nmaxTransferSize={MiB}\n"
+                f"dataPath={os.path.join(directory, 'data')}\nmaxTransferSize={MiB}\n{system}"
                 "[zookeeper]\nzk.zkEnable=false\n[topic=bench-*]\n")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(

@@ -11,6 +11,7 @@ from .../stat) and their voluntary and involuntary context switches.
     .venv/bin/python benchmarks/loneput.py --count 1000 --opcodes
     .venv/bin/python benchmarks/loneput.py --count 10000 --opcodes --inflight 10
     .venv/bin/python benchmarks/loneput.py --count 10000 --floor
+    .venv/bin/python benchmarks/loneput.py --count 5000 --idle-poll 1000
 
 With --opcodes the broker's reactor thread counts the Python bytecodes each
 function executes during the run (sys.settrace with opcode events, switched
@@ -250,7 +251,8 @@ def main(args):
                 [directory] + [p for p in [os.environ.get("PYTHONPATH")] if p])
             os.environ["LONEPUT_OPCODES"] = counts
         try:
-            process, addresses = startBroker(policy, directory)
+            process, addresses = startBroker(
+                policy, directory, system=f"idlePollMicros={args.idle_poll}\n")
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -289,6 +291,8 @@ def parseArguments(argv):
     parser.add_argument("--inflight", type=int, default=1,
                         help="puts sent at a time, in one write, the next ones once all are "
                              "answered (10: the Java client's 10 threads on one connection)")
+    parser.add_argument("--idle-poll", type=int, default=0, metavar="MICROS",
+                        help="the broker's idlePollMicros (docs/performance.md)")
     parser.add_argument("--floor", action="store_true",
                         help="measure a minimal Twisted server instead of the broker")
     return parser.parse_args(argv)

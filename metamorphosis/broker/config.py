@@ -152,6 +152,9 @@ class MetaConfig:
     #: the most ms a committed transaction's messages wait for an fsync of
     #: their partition (and so for consumers) when no put brings one.
     txFlushInterval: int = 20
+    #: docs/performance.md: µs the reactor goes on polling its sockets
+    #: after a request or reply before it sleeps; 0 turns it off.
+    idlePollMicros: int = 0
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -271,7 +274,7 @@ SYSTEM_KEYS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
-    verifyPassInterval fsyncMethod preallocateSize txFlushInterval serialVersionUID topics slaveConfig zkConfig
+    verifyPassInterval fsyncMethod preallocateSize txFlushInterval idlePollMicros serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -298,7 +301,7 @@ _SYSTEM_INTS = frozenset(
     maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
     maxConnections maxConnectionsPerHost shutdownDrainSeconds
     segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize
-    txFlushInterval""".split()
+    txFlushInterval idlePollMicros""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
@@ -691,7 +694,7 @@ def _verify(config, path):
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
-                "maxConnectionsPerHost", "preallocateSize"):
+                "maxConnectionsPerHost", "preallocateSize", "idlePollMicros"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
     if config.txFlushInterval < 0:

@@ -278,6 +278,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self.factory.connectionClosed(self)
 
     def dataReceived(self, data):
+        poller = self.factory.idlePoller
+        if poller is not None:
+            poller.poke()
         if not self._failed:
             # A client whose request was refused cannot keep the connection
             # open by trickling bytes.
@@ -489,6 +492,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         """
         if reply is None or not self._connected:
             return
+        poller = self.factory.idlePoller
+        if poller is not None:
+            poller.poke()
         self._output.append(reply)
         if self._paused:
             return
@@ -988,6 +994,9 @@ class BrokerFactory(protocol.ServerFactory):
         self.unfinishedBytes = 0
         self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
         self.requestDeadline = self.config.maxRequestSeconds
+        #: The L{metamorphosis.broker.idlepoll.IdlePoller} told of every
+        #: read and reply, or L{None} (C{idlePollMicros=0}).
+        self.idlePoller = None
 
     @property
     def processor(self):

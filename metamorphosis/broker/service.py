@@ -24,6 +24,7 @@ from metamorphosis.broker.config import (
     reloadTopics,
     standaloneConfig,
 )
+from metamorphosis.broker.idlepoll import IdlePoller
 from metamorphosis.broker.listeners import (
     Listener,
     ListenerError,
@@ -116,6 +117,10 @@ class BrokerService(service.Service):
         timer.clock = reactor
         self.timer = timer
         self.addService(timer)
+        if config.idlePollMicros:
+            poller = IdlePoller(reactor, config.idlePollMicros / 1e6)
+            self.addService(poller)
+            self.factory.idlePoller = poller
         # Replication (docs/ha.md): its request handling is plugged into the
         # factory now; its service runs beside the serving broker.
         self.replication = replication

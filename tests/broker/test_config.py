@@ -182,6 +182,12 @@ class ParseTests(unittest.TestCase):
         self.assertConfigError("[system]\nmaxConnectionsPerHost=-1\n", "maxConnectionsPerHost",
                                "negative")
 
+    def test_idlePollMicros(self):
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").idlePollMicros, 0)
+        self.assertEqual(
+            parseConfig(b"[system]\nidlePollMicros=500\n[topic=a]\n").idlePollMicros, 500)
+        self.assertConfigError("[system]\nidlePollMicros=-1\n", "idlePollMicros", "negative")
+
     def test_unknownSection(self):
         self.assertConfigError("[sytem]\nbrokerId=1\n", "[sytem]", "unknown section")
 

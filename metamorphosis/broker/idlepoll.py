@@ -1,0 +1,92 @@
+"""
+Polling for the next request for a moment instead of sleeping
+(the C{[system]} key C{idlePollMicros}, docs/performance.md).
+
+With one request in flight at a time (a Java producer with one sending
+thread under group commit) the round trip is the rate, and part of every
+round trip is waking the broker's CPU when the next request arrives.  On a
+virtual machine whose kernel does not poll before it halts an idle CPU
+(the 2-core test machines boot with C{haltpoll.guest_halt_poll_ns=0}),
+that wake-up goes through the hypervisor: a loopback ping-pong between two
+processes there takes 59 µs (median) against 13 µs with the kernel's halt
+polling switched on.  So, as Seastar's reactor does (Redpanda, ScyllaDB:
+C{--idle-poll-time-us}), the broker keeps its reactor polling its sockets
+(C{epoll_wait} with no timeout) for C{idlePollMicros} after the last
+request it read or reply it sent, and sleeps only then.
+
+Every turn yields the CPU first (C{sched_yield(2)}).  Linux runs an
+asynchronous fsync (C{fsyncMethod=kernel}) in a worker bound to the CPU
+that submitted it, and a reactor polling without yielding keeps that
+worker off its CPU until the reactor's time slice is over: a lone put's
+round trip went from 360 µs to 1.3 ms.  A yield that takes longer than
+L{CONTENDED} means another task had this CPU meanwhile: the polling stops
+until the next request or reply, so a host whose CPUs are wanted
+elsewhere gets them back.
+
+It is off by default.  Beside the Java client on the 2-core test machine
+it made one sending thread 1-21% faster and ten threads sharing the
+broker's two CPUs 23% slower (docs/performance.md): it pays where the
+broker has a CPU to itself and its clients send one request at a time.
+"""
+
+import os
+import time
+
+from twisted.application import service
+
+#: A yield that returns later than this (seconds) let another task run.
+CONTENDED = 20e-6
+
+
+class IdlePoller(service.Service):
+    """
+    Keeps C{reactor} polling for C{window} seconds after each L{poke}.
+
+    @param clock: a monotonic clock (a wall clock stepped back would poll
+        for as long as it went back).
+    @param yieldCPU: what gives the CPU to another task that wants it.
+    @ivar turns: reactor iterations spent polling.
+    @ivar stops: pollings stopped early because the CPU was wanted.
+    """
+
+    name = "idle-poll"
+
+    def __init__(self, reactor, window, clock=time.monotonic, yieldCPU=os.sched_yield):
+        self._reactor = reactor
+        self.window = window
+        self._clock = clock
+        self._yield = yieldCPU
+        self._until = 0.0
+        self._call = None
+        self.turns = 0
+        self.stops = 0
+
+    def poke(self):
+        """
+        Work arrived or left: poll for the next C{window} seconds.
+        """
+        if not self.running:
+            return
+        self._until = self._clock() + self.window
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._turn)
+
+    def _turn(self):
+        # Scheduled for "now", this call makes the reactor's next poll one
+        # that does not wait.
+        self._call = None
+        before = self._clock()
+        if before >= self._until:
+            return
+        self._yield()
+        if self._clock() - before > CONTENDED:
+            self.stops += 1
+            return
+        self.turns += 1
+        self._call = self._reactor.callLater(0, self._turn)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
