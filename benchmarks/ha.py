@@ -29,6 +29,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py --count 10000 --producers 10 --shared 10 --flush group
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind --registered
+    .venv/bin/python benchmarks/ha.py --count 30000 --producers 0 --shared 10 --flush group --slave-idle-poll 0
     .venv/bin/python benchmarks/ha.py --failover 5
 """
 
@@ -66,7 +67,7 @@ class Broker:
     wrapper = []
 
     def __init__(self, root, name, flush, zookeeper=None, zkRoot="/meta", plugin=None, properties="",
-                 fsyncMethod="auto"):
+                 fsyncMethod="auto", idlePoll=None):
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory)
         self.port = freePort()
@@ -77,6 +78,7 @@ class Broker:
                 f"[system]\nbrokerId=5\nhostName=127.0.0.1\nnumPartitions=1\nserverPort={self.port}\n"
                 f"unflushThreshold={0 if flush == 'group' else 1000}\nunflushInterval=10000\n"
                 f"dataPath=data\nmaxTransferSize=1048576\nfsyncMethod={fsyncMethod}\n"
+                + ("" if idlePoll is None else f"idlePollMicros={idlePoll}\n") +
                 f"[zookeeper]\nzk.zkEnable={'true' if zookeeper else 'false'}\n"
                 f"zk.zkConnect={zookeeper or ''}\nzk.zkRoot={zkRoot}\nzk.zkSyncTimeMs=0\n"
                 "[topic=bench]\n"
@@ -203,7 +205,8 @@ def syncPart(args, root):
     finally:
         plain.stop()
     replicated = {}
-    slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties", fsyncMethod=args.slave_fsync)
+    slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties", fsyncMethod=args.slave_fsync,
+                   idlePoll=args.slave_idle_poll)
     master = Broker(root, "samsa", args.flush, zookeeper, zkRoot, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
@@ -451,6 +454,9 @@ def parseArguments(argv):
                              "as in production, where their puts pass the fence")
     parser.add_argument("--slave-fsync", choices=["auto", "kernel", "thread"], default="auto",
                         help="sync part: the slave's fsyncMethod (the master and the broker alone keep auto)")
+    parser.add_argument("--slave-idle-poll", type=int, default=None, metavar="MICROS",
+                        help="sync part: the slave's idlePollMicros (default: the gregor slave's own, "
+                             "docs/ha.md)")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     return parser.parse_args(argv)

@@ -153,8 +153,10 @@ class MetaConfig:
     #: their partition (and so for consumers) when no put brings one.
     txFlushInterval: int = 20
     #: docs/performance.md: µs the reactor goes on polling its sockets
-    #: after a request or reply before it sleeps; 0 turns it off.
-    idlePollMicros: int = 0
+    #: after a request or reply before it sleeps; 0 turns it off.  Unset
+    #: (None), it is 0, but a gregor slave sets it to
+    #: metamorphosis.broker.idlepoll.SYNC_SLAVE_MICROS (docs/ha.md).
+    idlePollMicros: int | None = None
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -694,9 +696,11 @@ def _verify(config, path):
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
-                "maxConnectionsPerHost", "preallocateSize", "idlePollMicros"):
+                "maxConnectionsPerHost", "preallocateSize"):
         if getattr(config, key) < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
+    if config.idlePollMicros is not None and config.idlePollMicros < 0:
+        problems.append(("system", "idlePollMicros", "must not be negative (0 turns it off)"))
     if config.txFlushInterval < 0:
         problems.append(("system", "txFlushInterval", "must not be negative"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):

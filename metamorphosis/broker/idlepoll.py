@@ -23,7 +23,7 @@ L{CONTENDED} means another task had this CPU meanwhile: the polling stops
 until the next request or reply, so a host whose CPUs are wanted
 elsewhere gets them back.
 
-It is off by default.  Beside the Java client on the 2-core test machine
+It is off by default, but on a gregor slave.  Beside the Java client on the 2-core test machine
 it made one sending thread 1-21% faster and ten threads sharing the
 broker's two CPUs 23% slower (docs/performance.md): it pays where the
 broker has a CPU to itself and its clients send one request at a time.
@@ -36,6 +36,12 @@ from twisted.application import service
 
 #: A yield that returns later than this (seconds) let another task run.
 CONTENDED = 20e-6
+
+#: A gregor slave's C{idlePollMicros} when its server.ini does not say:
+#: its one client is its master, which waits for its reply to every
+#: replicated put, so the wake-up it saves is on every put's path
+#: (docs/ha.md).
+SYNC_SLAVE_MICROS = 1000
 
 
 class IdlePoller(service.Service):

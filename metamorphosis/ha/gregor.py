@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis import zk
+from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
 from metamorphosis.broker.interfaces import ISyncProcessor
 from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
 from metamorphosis.ha import failover
@@ -311,6 +312,8 @@ class GregorReplication:
         self.watch = None
 
     def configure(self, metaConfig):
+        if metaConfig.idlePollMicros is None:
+            metaConfig.idlePollMicros = SYNC_SLAVE_MICROS
         metaConfig.topics[SLAVE_STATUS_TOPIC] = replace(metaConfig.topicConfig(SLAVE_STATUS_TOPIC), numPartitions=1)
         if self.config.autoPromote:
             zkConfig = metaConfig.zookeeper

@@ -183,7 +183,7 @@ class ParseTests(unittest.TestCase):
                                "negative")
 
     def test_idlePollMicros(self):
-        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").idlePollMicros, 0)
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").idlePollMicros, None)
         self.assertEqual(
             parseConfig(b"[system]\nidlePollMicros=500\n[topic=a]\n").idlePollMicros, 500)
         self.assertConfigError("[system]\nidlePollMicros=-1\n", "idlePollMicros", "negative")

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig
+from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
 from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, SamsaMasterConfig
@@ -74,6 +75,17 @@ class GregorTests(_ProcessorCase):
         self.assertEqual(self.config.numPartitionsOf(SLAVE_STATUS_TOPIC), 1)
         self.assertTrue(self.config.isLegalTopic(SLAVE_STATUS_TOPIC))
         self.assertFalse(self.config.zookeeper.zkEnable)
+
+    def test_configurePolls(self):
+        """
+        A slave whose server.ini does not set C{idlePollMicros} polls for
+        L{SYNC_SLAVE_MICROS}; one that sets it, 0 included, keeps it.
+        """
+        self.assertEqual(self.config.idlePollMicros, SYNC_SLAVE_MICROS)
+        for micros in (0, 250):
+            config = MetaConfig(idlePollMicros=micros)
+            GregorReplication(GregorSlaveConfig()).configure(config)
+            self.assertEqual(config.idlePollMicros, micros)
 
     def test_storedWithMasterId(self):
         first = self.successResultOf(self.sync(data=b"a" * 24))
