@@ -455,8 +455,8 @@ def parseArguments(argv):
     parser.add_argument("--slave-fsync", choices=["auto", "kernel", "thread"], default="auto",
                         help="sync part: the slave's fsyncMethod (the master and the broker alone keep auto)")
     parser.add_argument("--slave-idle-poll", type=int, default=None, metavar="MICROS",
-                        help="sync part: the slave's idlePollMicros (default: the gregor slave's own, "
-                             "docs/ha.md)")
+                        help="sync part: the slave's idlePollMicros (default: the broker's default, "
+                             "docs/performance.md)")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     return parser.parse_args(argv)

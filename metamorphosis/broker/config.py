@@ -153,8 +153,9 @@ class MetaConfig:
     #: their partition (and so for consumers) when no put brings one.
     txFlushInterval: int = 20
     #: docs/performance.md: µs the reactor goes on polling its sockets
-    #: after a request or reply before it sleeps; 0 turns it off.  Unset
-    #: (None), it is 0, but a gregor slave sets it to
+    #: after a reply that leaves its connection waiting for nothing,
+    #: before it sleeps; 0 turns it off.  Unset (None), it is 0, but a
+    #: gregor slave sets it to
     #: metamorphosis.broker.idlepoll.SYNC_SLAVE_MICROS (docs/ha.md).
     idlePollMicros: int | None = None
     #: Read rate of the background verification of sealed segments; 0

@@ -1,18 +1,23 @@
 """
-Polling for the next request for a moment instead of sleeping
+Polling for a client's next request for a moment instead of sleeping
 (the C{[system]} key C{idlePollMicros}, docs/performance.md).
 
-With one request in flight at a time (a Java producer with one sending
-thread under group commit) the round trip is the rate, and part of every
+A client that waits for its reply before it sends again (a Java producer
+with one sending thread, a consumer's fetches, a sync master's syncs once
+it has them all answered) makes the round trip the rate, and part of every
 round trip is waking the broker's CPU when the next request arrives.  On a
 virtual machine whose kernel does not poll before it halts an idle CPU
 (the 2-core test machines boot with C{haltpoll.guest_halt_poll_ns=0}),
 that wake-up goes through the hypervisor: a loopback ping-pong between two
 processes there takes 59 µs (median) against 13 µs with the kernel's halt
-polling switched on.  So, as Seastar's reactor does (Redpanda, ScyllaDB:
-C{--idle-poll-time-us}), the broker keeps its reactor polling its sockets
-(C{epoll_wait} with no timeout) for C{idlePollMicros} after the last
-request it read or reply it sent, and sleeps only then.
+polling switched on.  So, much as Seastar's reactor does (Redpanda,
+ScyllaDB: C{--idle-poll-time-us}), once a reply leaves its connection
+waiting for nothing the broker keeps its reactor polling its sockets
+(C{epoll_wait} with no timeout) for C{idlePollMicros}, and sleeps only
+then.  A connection with requests still in flight (a Java producer's ten
+threads on one connection) will have replies to send anyway; polling for
+it only took CPU from the client's threads (23% fewer puts when the broker
+polled after every read and reply).
 
 Every turn yields the CPU first (C{sched_yield(2)}).  Linux runs an
 asynchronous fsync (C{fsyncMethod=kernel}) in a worker bound to the CPU
@@ -20,13 +25,14 @@ that submitted it, and a reactor polling without yielding keeps that
 worker off its CPU until the reactor's time slice is over: a lone put's
 round trip went from 360 µs to 1.3 ms.  A yield that takes longer than
 L{CONTENDED} means another task had this CPU meanwhile: the polling stops
-until the next request or reply, so a host whose CPUs are wanted
-elsewhere gets them back.
+until the next such reply, so a host whose CPUs are wanted elsewhere gets
+them back.
 
-It is off by default, but on a gregor slave.  Beside the Java client on the 2-core test machine
-it made one sending thread 1-21% faster and ten threads sharing the
-broker's two CPUs 23% slower (docs/performance.md): it pays where the
-broker has a CPU to itself and its clients send one request at a time.
+It is off by default, but on a gregor slave.  Beside the real Java client
+on the 2-core test machine it made a producer's one sending thread 5-33%
+faster, and a consumer 17% and ten producing threads 4-11% slower: their
+other threads needed the CPU it polled on (docs/performance.md).  A sync
+slave's one client is its master, whose every put waits for it.
 """
 
 import os
@@ -69,7 +75,8 @@ class IdlePoller(service.Service):
 
     def poke(self):
         """
-        Work arrived or left: poll for the next C{window} seconds.
+        A client waits for nothing more: poll for the next C{window}
+        seconds.
         """
         if not self.running:
             return

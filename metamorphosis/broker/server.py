@@ -278,9 +278,6 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self.factory.connectionClosed(self)
 
     def dataReceived(self, data):
-        poller = self.factory.idlePoller
-        if poller is not None:
-            poller.poke()
         if not self._failed:
             # A client whose request was refused cannot keep the connection
             # open by trickling bytes.
@@ -493,7 +490,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         if reply is None or not self._connected:
             return
         poller = self.factory.idlePoller
-        if poller is not None:
+        if poller is not None and not self._inFlight:
+            # This client waits for nothing more: its next request is
+            # near (docs/performance.md, idlePollMicros).
             poller.poke()
         self._output.append(reply)
         if self._paused:
@@ -995,7 +994,8 @@ class BrokerFactory(protocol.ServerFactory):
         self.maxUnfinishedBytes = self.config.maxUnfinishedRequestBytes
         self.requestDeadline = self.config.maxRequestSeconds
         #: The L{metamorphosis.broker.idlepoll.IdlePoller} told of every
-        #: read and reply, or L{None} (C{idlePollMicros=0}).
+        #: reply that leaves its connection waiting for nothing, or L{None}
+        #: (C{idlePollMicros=0}).
         self.idlePoller = None
 
     @property

@@ -280,6 +280,44 @@ class WrappedProcessorTests(ServerTestCase):
         self.assertEqual((code, opaque, body, calls), (200, 4, b"later", [4]))
 
 
+class CountingPoller:
+    """
+    An idle poller that counts its pokes.
+    """
+
+    pokes = 0
+
+    def poke(self):
+        self.pokes += 1
+
+
+class IdlePollTests(ServerTestCase):
+    def test_pokedWhenNothingIsInFlight(self):
+        """
+        The idle poller is poked by a reply that leaves its connection
+        waiting for nothing, not by one while other requests of the
+        connection are still unanswered (docs/performance.md).
+        """
+        answers = []
+
+        class Later(Refusing):
+            def putThen(self, command, session, replied):
+                answers.append(lambda: replied(ResultCommand(200, b"ok", command.opaque)))
+                return REPLY_LATER
+
+        poller = self.factory.idlePoller = CountingPoller()
+        self.factory.processor = Later(self.processor)
+        proto, transport = self.connect()
+        for opaque in (1, 2):
+            proto.dataReceived(b"put meta-test 0 1 0 %d\r\nx" % (opaque,))
+        self.assertEqual((len(answers), poller.pokes), (2, 0))
+        answers[0]()
+        self.assertEqual(poller.pokes, 0)
+        answers[1]()
+        self.assertEqual(poller.pokes, 1)
+        self.assertEqual([frame[2] for frame in parseFrames(transport.value())], [1, 2])
+
+
 class GetTests(ServerTestCase):
     def fill(self, *payloads, topic="meta-test"):
         for payload in payloads:
