@@ -217,3 +217,23 @@ class CollectorTests(TestCase):
         self.assertEqual(value(found, "metaq_replication_partition_lag_bytes", topic="t",
                                partition="0-1"), 200)
         self.assertEqual(value(found, "metaq_broker_info", role="slave"), 1)
+
+    def test_idlePoll(self):
+        """
+        A broker that polls (C{idlePollMicros}) counts its polling turns
+        and early stops; one that does not has no such metrics.
+        """
+        config = standaloneConfig(self.mktemp())
+        broker = BrokerService(config, endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"), reactor)
+        registry, _ = brokerRegistry(BrokerStatus(broker))
+        self.assertNotIn("metaq_idle_poll_turns_total", samples(generate_latest(registry).decode()))
+        config = standaloneConfig(self.mktemp())
+        config.idlePollMicros = 1000
+        broker = BrokerService(config, endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"), reactor)
+        broker.factory.idlePoller.turns, broker.factory.idlePoller.stops = 12, 3
+        registry, _ = brokerRegistry(BrokerStatus(broker))
+        found = samples(generate_latest(registry).decode())
+        self.assertEqual(value(found, "metaq_idle_poll_turns_total"), 12)
+        self.assertEqual(value(found, "metaq_idle_poll_stops_total"), 3)

@@ -81,6 +81,15 @@ class BrokerCollector:
             ("metaq_put_failures", "Puts refused or failed.", stats.putFailed),
         ):
             yield CounterMetricFamily(name, documentation, value=value)
+        poller = broker.factory.idlePoller
+        if poller is not None:
+            yield CounterMetricFamily(
+                "metaq_idle_poll_turns",
+                "Reactor turns spent polling for a client's next request instead of sleeping "
+                "(idlePollMicros).", value=poller.turns)
+            yield CounterMetricFamily(
+                "metaq_idle_poll_stops",
+                "Pollings stopped early because another task wanted the CPU.", value=poller.stops)
 
         puts = CounterMetricFamily("metaq_partition_put_messages",
                                    "Messages put, by topic and partition.",
