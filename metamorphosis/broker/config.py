@@ -697,11 +697,11 @@ def _verify(config, path):
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
-                "maxConnectionsPerHost", "preallocateSize"):
-        if getattr(config, key) < 0:
+                "maxConnectionsPerHost", "preallocateSize", "idlePollMicros"):
+        # idlePollMicros may be unset (None): its default depends on the mode.
+        value = getattr(config, key)
+        if value is not None and value < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
-    if config.idlePollMicros is not None and config.idlePollMicros < 0:
-        problems.append(("system", "idlePollMicros", "must not be negative (0 turns it off)"))
     if config.txFlushInterval < 0:
         problems.append(("system", "txFlushInterval", "must not be negative"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):
