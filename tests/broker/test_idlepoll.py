@@ -3,13 +3,12 @@ Tests for L{metamorphosis.broker.idlepoll}: the reactor polling for a
 moment after a request or reply instead of sleeping.
 """
 
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from metamorphosis.broker.config import MetaConfig, TopicConfig
 from metamorphosis.broker.idlepoll import CONTENDED, IdlePoller
-from metamorphosis.broker.service import BrokerService
+from tests.broker import test_service
 from tests.broker.client import connect
 
 WINDOW = 1e-3
@@ -104,15 +103,10 @@ class IdlePollerTests(unittest.TestCase):
 class BrokerIdlePollTests(unittest.TestCase):
     timeout = 60
 
-    def startBroker(self, micros):
-        config = MetaConfig(dataPath=self.mktemp(), hostName="127.0.0.1", idlePollMicros=micros)
-        config.topics = {"t": TopicConfig("t", numPartitions=1, dataPath=config.dataPath,
-                                          unflushThreshold=0)}
-        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-        broker = BrokerService(config, endpoint, reactor)
-        broker.startService()
-        self.addCleanup(broker.stopService)
-        return broker.started.addCallback(lambda port: (broker, port.getHost().port))
+    # A broker with its real store on a loopback port, as test_service
+    # starts them (its TestCase is not imported, so trial runs it once).
+    startBroker = test_service.BrokerServiceTests.startBroker
+    config = test_service.BrokerServiceTests.config
 
     @defer.inlineCallbacks
     def test_putsKeepTheReactorPolling(self):
@@ -120,7 +114,7 @@ class BrokerIdlePollTests(unittest.TestCase):
         With C{idlePollMicros} the broker's reactor polls after the
         requests and replies of a real connection.
         """
-        broker, port = yield self.startBroker(50000)
+        broker, port = yield self.startBroker(self.config(idlePollMicros=50000))
         poller = broker.factory.idlePoller
         self.assertEqual(poller.window, 0.05)
         client = yield connect(reactor, port)
@@ -135,6 +129,6 @@ class BrokerIdlePollTests(unittest.TestCase):
         """
         C{idlePollMicros=0}: no poller.
         """
-        broker, port = yield self.startBroker(0)
+        broker, port = yield self.startBroker(self.config(idlePollMicros=0))
         self.assertIsNone(broker.factory.idlePoller)
         self.assertNotIn("idle-poll", [s.name for s in broker.services])
