@@ -16,7 +16,11 @@ C{--busy N} starts N busy loops (one per core saturates the machine) for the sam
 under CPU contention: the kernel worker of a C{kernel} fsync runs on the CPU that submitted it
 and waits there for its turn, where a thread may run on any CPU.
 
-    python benchmarks/fsync.py [--rounds 2000] [--repeat 3] [--busy 0] [--directory DIR]
+C{--streams N} runs N copies of the measurement at once, each in its own process with its own
+file, as the two brokers of a sync pair on one machine do: what one disk gives to fsyncs that
+overlap (docs/performance.md, "Sync replication under group commit").
+
+    python benchmarks/fsync.py [--rounds 2000] [--repeat 3] [--busy 0] [--streams 1] [--directory DIR]
 """
 
 import argparse
@@ -109,11 +113,43 @@ async def measure(providers, args):
                     os.close(fd)
                     os.unlink(os.path.join(args.directory, "fsync-bench"))
                 latencies.sort()
-                label = name + (" over zeros" if zeroed else " append")
-                print(f"{label:18} round median {statistics.median(latencies) * 1e6:6.0f} us, "
+                label = args.label + name + (" over zeros" if zeroed else " append")
+                print(f"{label:28} round median {statistics.median(latencies) * 1e6:6.0f} us, "
                       f"p90 {latencies[int(len(latencies) * 0.9)] * 1e6:6.0f} us; CPU per round: "
                       f"this process {cpu / args.rounds * 1e6:5.0f} us, "
                       f"machine {machine / args.rounds * 1e6:5.0f} us", flush=True)
+
+
+def startBusy(count):
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def stopBusy(processes):
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def runStreams(argv, args):
+    """
+    Run C{args.streams} copies of this measurement at once, each in a
+    directory of its own, and wait for them all.
+    """
+    busy = startBusy(args.busy)
+    try:
+        with tempfile.TemporaryDirectory(prefix="metaq-fsync-", dir=args.directory or ".") as top:
+            streams = []
+            for number in range(1, args.streams + 1):
+                directory = os.path.join(top, str(number))
+                os.mkdir(directory)
+                streams.append(subprocess.Popen(
+                    [sys.executable, __file__, *argv, "--streams", "1", "--busy", "0",
+                     "--directory", directory, "--label", f"stream {number}: "]))
+            codes = [stream.wait() for stream in streams]
+    finally:
+        stopBusy(busy)
+    if any(codes):
+        raise SystemExit(f"a stream failed: exit codes {codes}")
 
 
 def main(argv):
@@ -121,9 +157,14 @@ def main(argv):
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--busy", type=int, default=0, help="busy loops to run meanwhile")
+    parser.add_argument("--streams", type=int, default=1,
+                        help="processes measuring at the same time, each with its own file")
     parser.add_argument("--directory", default=None,
                         help="where the file goes (default: a temporary directory)")
+    parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.streams > 1:
+        return runStreams(argv, args)
     temporary = None
     if args.directory is None:
         temporary = tempfile.TemporaryDirectory(prefix="metaq-fsync-", dir=".")
@@ -133,7 +174,7 @@ def main(argv):
         providers.insert(0, ("kernel", KernelFsync(reactor)))
     except FsyncUnavailable as e:
         print(f"kernel: unavailable here ({e})")
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    busy = startBusy(args.busy)
     print(f"{args.rounds} rounds of a 1 KiB append and its fsync, {args.busy} busy loop(s), "
           f"{os.cpu_count()} CPUs")
     outcome = []
@@ -147,9 +188,7 @@ def main(argv):
     try:
         reactor.run()
     finally:
-        for process in busy:
-            process.kill()
-            process.wait()
+        stopBusy(busy)
         for _, provider in providers:
             provider.close()
         if temporary is not None:
