@@ -23,7 +23,13 @@ next put expires and its pool dispatches show up.
 With --floor it measures, the same way, a minimal Twisted server making the
 system calls of a lone put under unflushThreshold=1000 (C{recv}, C{pwrite},
 C{stat}, C{send} of a put's reply) and nothing else: what Twisted's reactor,
-loopback TCP and the system calls cost before any broker code runs.
+loopback TCP and the system calls cost before any broker code runs.  With
+C{--flush group} the floor also syncs each put before its reply, through
+the broker's own kernel fsync (C{fsyncMethod=kernel}, over zeros written
+ahead as the broker's preallocated tail is): what a lone put under group
+commit costs on this machine before any broker code runs.
+
+    .venv/bin/python benchmarks/loneput.py --count 5000 --floor --flush group
 """
 
 import argparse
@@ -74,10 +80,18 @@ if os.environ.get("LONEPUT_OPCODES") and "twistd" in sys.argv[0]:
 FLOOR_SERVER = '''
 import os, sys
 from twisted.internet import protocol, reactor
+from metamorphosis.broker.store.fsync import KernelFsync
 from metamorphosis.broker.tcpdirect import writeNow
 path = os.path.join(sys.argv[2], "floor.data")
 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 position = 0
+syncs = None
+if sys.argv[3] == "group":
+    syncs = KernelFsync(reactor)
+    zeros = bytes(1 << 20)
+    for offset in range(0, 64 << 20, len(zeros)):
+        os.pwrite(fd, zeros, offset)
+    os.fsync(fd)
 class Floor(protocol.Protocol):
     def connectionMade(self):
         self.transport.setTcpNoDelay(True)
@@ -98,7 +112,11 @@ class Floor(protocol.Protocol):
             os.pwrite(fd, body, position)
             position += length
             os.stat(path)
-            writeNow(self.transport, b"result 200 28 %s\\r\\n-5468931763453122 0 123456789" % tokens[-1])
+            reply = b"result 200 28 %s\\r\\n-5468931763453122 0 123456789" % tokens[-1]
+            if syncs is None:
+                writeNow(self.transport, reply)
+            else:
+                syncs.fsyncThen(fd, lambda result, reply=reply: writeNow(self.transport, reply))
 factory = protocol.ServerFactory()
 factory.protocol = Floor
 reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1")
@@ -106,16 +124,17 @@ reactor.run()
 '''
 
 
-def startFloor(directory):
+def startFloor(directory, policy):
     """
-    The --floor server on a free port.
+    The --floor server on a free port, syncing each put before its reply
+    when C{policy} is C{group}.
     """
     import subprocess
 
     from broker import freePort
 
     port = freePort()
-    process = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), directory])
+    process = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), directory, policy])
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -224,21 +243,24 @@ def opcodeReport(path, count, top):
 
 def main(args):
     if args.floor:
-        directory = tempfile.mkdtemp(prefix="metaq-loneput-")
-        process, port = startFloor(directory)
-        try:
-            lonePuts(port, min(1000, args.count))
-            before = threadTimes(process.pid)
-            elapsed = lonePuts(port, args.count)
-            after = threadTimes(process.pid)
-            print(f"== floor (Twisted, recv + pwrite + stat + send): {args.count} lone 1 KiB "
-                  f"puts, {args.count / elapsed:.0f} msg/s, round trip "
-                  f"{elapsed / args.count * 1e6:.0f} us")
-            report(before, after, args.count)
-        finally:
-            process.terminate()
-            process.wait(60)
-            shutil.rmtree(directory, ignore_errors=True)
+        for policy in args.flush:
+            directory = tempfile.mkdtemp(prefix="metaq-loneput-")
+            process, port = startFloor(directory, policy)
+            calls = "recv + pwrite + stat + kernel fsync + send" if policy == "group" else \
+                "recv + pwrite + stat + send"
+            try:
+                lonePuts(port, min(1000, args.count))
+                before = threadTimes(process.pid)
+                elapsed = lonePuts(port, args.count)
+                after = threadTimes(process.pid)
+                print(f"== floor, {policy} (Twisted, {calls}): {args.count} lone 1 KiB "
+                      f"puts, {args.count / elapsed:.0f} msg/s, round trip "
+                      f"{elapsed / args.count * 1e6:.0f} us")
+                report(before, after, args.count)
+            finally:
+                process.terminate()
+                process.wait(60)
+                shutil.rmtree(directory, ignore_errors=True)
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-loneput-")
