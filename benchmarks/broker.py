@@ -430,7 +430,8 @@ def main(args):
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-bench-")
-        process, addresses = startBroker(policy, directory, tls="tls" in args.transports)
+        process, addresses = startBroker(policy, directory, tls="tls" in args.transports,
+                                         system="".join(line + "\n" for line in args.system))
         try:
             runPolicy(args, policy, addresses, BrokerProcess(process.pid))
         finally:
@@ -459,6 +460,9 @@ def parseArguments(argv):
                              "ssl: listener of the same broker")
     parser.add_argument("--broker", help="host:port of a running broker (plain only)")
     parser.add_argument("--pid", type=int, help="pid of that broker (for RSS and CPU)")
+    parser.add_argument("--system", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [system] line for the broker's server.ini (repeatable), "
+                             "e.g. fsyncMethod=thread")
     return parser.parse_args(argv)
 
 

@@ -1,5 +1,7 @@
 """
-What one group commit round costs with each fsync provider (docs/storage.md, fsyncMethod).
+What one group commit round costs with each fsync provider (docs/storage.md, fsyncMethod):
+C{kernel}, C{thread}, and C{auto}, which moves its rounds to whichever of the two is the quicker
+(the share it gave the kernel is printed).
 
 A round is what a lone put under group commit waits for: append 1 KiB to a file, ask the
 provider for an fsync, and hear on the reactor that it is over. For each provider this prints
@@ -34,7 +36,12 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from metamorphosis.broker.store.fsync import FsyncUnavailable, KernelFsync, ThreadFsync
+from metamorphosis.broker.store.fsync import (
+    AdaptiveFsync,
+    FsyncUnavailable,
+    KernelFsync,
+    ThreadFsync,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -106,9 +113,12 @@ async def measure(providers, args):
                 fd = openFile(args.directory, zeroed, args.rounds)
                 try:
                     await rounds(provider, fd, min(200, args.rounds), zeroed)  # warm up
+                    inKernel = dict(getattr(provider, "rounds", {}))
                     cpu, machine = time.process_time(), machineBusySeconds()
                     latencies = await rounds(provider, fd, args.rounds, zeroed)
                     cpu, machine = time.process_time() - cpu, machineBusySeconds() - machine
+                    if inKernel:
+                        inKernel = (provider.rounds["kernel"] - inKernel["kernel"]) / args.rounds
                 finally:
                     os.close(fd)
                     os.unlink(os.path.join(args.directory, "fsync-bench"))
@@ -117,7 +127,8 @@ async def measure(providers, args):
                 print(f"{label:28} round median {statistics.median(latencies) * 1e6:6.0f} us, "
                       f"p90 {latencies[int(len(latencies) * 0.9)] * 1e6:6.0f} us; CPU per round: "
                       f"this process {cpu / args.rounds * 1e6:5.0f} us, "
-                      f"machine {machine / args.rounds * 1e6:5.0f} us", flush=True)
+                      f"machine {machine / args.rounds * 1e6:5.0f} us"
+                      + (f"; {inKernel:.0%} in the kernel" if inKernel != {} else ""), flush=True)
 
 
 def startBusy(count):
@@ -169,9 +180,11 @@ def main(argv):
     if args.directory is None:
         temporary = tempfile.TemporaryDirectory(prefix="metaq-fsync-", dir=".")
         args.directory = temporary.name
-    providers = [("thread", ThreadFsync(reactor, reactor.getThreadPool()))]
+    thread = ThreadFsync(reactor, reactor.getThreadPool())
+    providers = [("thread", thread)]
     try:
-        providers.insert(0, ("kernel", KernelFsync(reactor)))
+        providers[:0] = [("kernel", KernelFsync(reactor)),
+                         ("auto", AdaptiveFsync(KernelFsync(reactor), thread, reactor=reactor))]
     except FsyncUnavailable as e:
         print(f"kernel: unavailable here ({e})")
     busy = startBusy(args.busy)

@@ -31,7 +31,7 @@ from metamorphosis.broker.store.errors import (
     TooManyTopics,
     WrongPartition,
 )
-from metamorphosis.broker.store.fsync import ThreadFsync, chooseFsync
+from metamorphosis.broker.store.fsync import chooseFsync, describeFsync
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
@@ -167,9 +167,7 @@ class MessageStoreManager(Service):
             self.log.info("Group commit fsyncs run in a thread: {reason}", reason=fellBack)
         else:
             self.log.info("Group commit fsyncs run {how} (fsyncMethod={method})",
-                          how="in a thread" if isinstance(self._fsync, ThreadFsync)
-                          else "in the kernel (Linux AIO)",
-                          method=self.config.fsyncMethod)
+                          how=describeFsync(self._fsync), method=self.config.fsyncMethod)
 
     @property
     def fsync(self):

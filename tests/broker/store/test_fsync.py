@@ -9,16 +9,20 @@ import os
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from metamorphosis.broker.store import fsync as fsync_module
 from metamorphosis.broker.store.fsync import (
+    AdaptiveFsync,
     FsyncUnavailable,
     KernelFsync,
     ThreadFsync,
     chooseFsync,
+    describeFsync,
 )
 from metamorphosis.broker.store.interfaces import IFsync
 
@@ -170,6 +174,180 @@ class ChooseTests(SynchronousTestCase):
     def test_kernelRequired(self):
         self.assertRaises(FsyncUnavailable, chooseFsync, "kernel", Clock(), ThreadPool())
 
+    def test_kernel(self):
+        """
+        C{kernel} takes the kernel's fsync for every round.
+        """
+        try:
+            provider, why = chooseFsync("kernel", reactor, ThreadPool())
+        except FsyncUnavailable as e:
+            self.skipTest(f"no kernel fsync here: {e}")
+        self.addCleanup(provider.close)
+        self.assertIsInstance(provider, KernelFsync)
+        self.assertIsNone(why)
+
+    def test_autoAdapts(self):
+        """
+        Where the kernel's fsync can be used, C{auto} starts with it and
+        keeps a thread's beside it (L{AdaptiveFsync}).
+        """
+        try:
+            provider, why = chooseFsync("auto", reactor, ThreadPool())
+        except FsyncUnavailable as e:
+            self.skipTest(f"no kernel fsync here: {e}")
+        self.addCleanup(provider.close)
+        self.assertIsInstance(provider, AdaptiveFsync)
+        self.assertEqual(provider.current, "kernel")
+        self.assertIsNone(why)
+        self.assertEqual(describeFsync(provider),
+                         "in the kernel (Linux AIO), or in a thread while that is the quicker")
+
     def test_unknownMachine(self):
         self.patch(fsync_module.platform, "machine", lambda: "vax")
         self.assertRaises(FsyncUnavailable, KernelFsync, reactor)
+
+class HeldFsync:
+    """
+    An L{IFsync} whose rounds end when the test says: each request is kept
+    as C{(fd, done)}.
+    """
+
+    def __init__(self):
+        self.requests = []
+        self.closed = False
+
+    def fsyncThen(self, fd, done):
+        self.requests.append((fd, done))
+
+    def fsync(self, fd):
+        raise NotImplementedError("the adaptive provider uses fsyncThen")
+
+    def close(self):
+        self.closed = True
+
+
+class AdaptiveFsyncTests(SynchronousTestCase):
+    """
+    L{AdaptiveFsync} gives each round to the provider that has lately been
+    the quicker, timing every round; the times here are set by the test.
+    """
+
+    def setUp(self):
+        self.now = 0.0
+        self.events = []
+        self.kernel, self.thread = HeldFsync(), HeldFsync()
+        self.fsync = AdaptiveFsync(self.kernel, self.thread, clock=lambda: self.now,
+                                   reactor=Clock(), log=Logger(observer=self.events.append))
+        self.results = []
+
+    def round(self, kernel, thread, result=None):
+        """
+        Start one round and end it with C{result}, C{kernel} or C{thread}
+        seconds later by the provider that runs it.
+
+        @return: the name of that provider.
+        """
+        self.fsync.fsyncThen(7, self.results.append)
+        provider, name, seconds = ((self.kernel, "kernel", kernel) if self.kernel.requests
+                                   else (self.thread, "thread", thread))
+        fd, done = provider.requests.pop()
+        self.assertEqual(fd, 7)
+        self.now += seconds
+        done(result)
+        return name
+
+    def rounds(self, count, kernel, thread):
+        """
+        Run C{count} rounds one after the other (L{round}); the names of
+        the providers that ran them.
+        """
+        return [self.round(kernel, thread) for _ in range(count)]
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IFsync, self.fsync))
+
+    def test_kernelFirstThenAProbe(self):
+        """
+        The kernel's fsync takes the rounds from the start; the
+        C{FIRST_PROBE}th goes to the thread, so that its time is known.
+        """
+        names = self.rounds(AdaptiveFsync.FIRST_PROBE, kernel=130e-6, thread=190e-6)
+        self.assertEqual(names, ["kernel"] * (AdaptiveFsync.FIRST_PROBE - 1) + ["thread"])
+        self.assertEqual(self.fsync.rounds, {"kernel": AdaptiveFsync.FIRST_PROBE - 1, "thread": 1})
+        self.assertEqual(self.fsync.current, "kernel")
+        self.assertEqual(len(self.results), AdaptiveFsync.FIRST_PROBE)
+
+    def test_probesGrowApart(self):
+        """
+        While the thread stays the slower, each probe comes twice as many
+        rounds after the one before, up to C{LAST_PROBE}.
+        """
+        names = self.rounds(2000, kernel=130e-6, thread=190e-6)
+        probes = [i + 1 for i, name in enumerate(names) if name == "thread"]
+        gaps = [b - a for a, b in zip(probes, probes[1:])]
+        self.assertEqual(probes[0], AdaptiveFsync.FIRST_PROBE)
+        self.assertEqual(gaps[:4], [32, 64, 128, 256])
+        self.assertEqual(set(gaps[4:]), {AdaptiveFsync.LAST_PROBE})
+        self.assertEqual(self.fsync.switches, 0)
+        self.assertEqual(self.events, [])
+
+    def test_busyCPUs(self):
+        """
+        When the kernel's rounds take a time slice, as when every CPU is
+        busy, the first probe moves the rounds to the thread, and the
+        switch is logged with both figures.
+        """
+        names = self.rounds(40, kernel=4e-3, thread=150e-6)
+        self.assertEqual(names[AdaptiveFsync.FIRST_PROBE - 1], "thread")
+        self.assertEqual(set(names[AdaptiveFsync.FIRST_PROBE:]) - {"kernel"}, {"thread"})
+        self.assertEqual(names[AdaptiveFsync.FIRST_PROBE:AdaptiveFsync.FIRST_PROBE * 2 - 1],
+                         ["thread"] * (AdaptiveFsync.FIRST_PROBE - 1))
+        self.assertEqual(self.fsync.current, "thread")
+        self.assertEqual(self.fsync.switches, 1)
+        self.assertEqual(
+            [formatEvent(event) for event in self.events],
+            ["Group commit fsyncs now run in a thread: its last rounds took 150 µs on average, "
+             "against 4000 µs in the kernel (Linux AIO)"])
+
+    def test_backToTheKernel(self):
+        """
+        Once the kernel's probes are quicker again by the margin, the
+        rounds go back to it.
+        """
+        self.rounds(40, kernel=4e-3, thread=150e-6)
+        self.assertEqual(self.fsync.current, "thread")
+        names = self.rounds(200, kernel=100e-6, thread=150e-6)
+        self.assertEqual(self.fsync.current, "kernel")
+        self.assertEqual(self.fsync.switches, 2)
+        self.assertEqual(names[-10:], ["kernel"] * 10)
+
+    def test_withinTheMargin(self):
+        """
+        A provider quicker by less than C{MARGIN} does not take over: the
+        rounds do not flap between two alike.
+        """
+        self.rounds(500, kernel=150e-6, thread=130e-6)
+        self.assertEqual(self.fsync.current, "kernel")
+        self.assertEqual(self.fsync.switches, 0)
+
+    def test_failurePassedOn(self):
+        """
+        A failed round's failure reaches C{done} as the provider gave it.
+        """
+        failure = Failure(OSError(errno.EIO, "Input/output error"))
+        self.assertEqual(self.round(1e-4, 1e-4, failure), "kernel")
+        self.assertIs(self.results[-1], failure)
+
+    def test_fsync(self):
+        """
+        C{fsync} is the same with a Deferred.
+        """
+        d = self.fsync.fsync(7)
+        fd, done = self.kernel.requests.pop()
+        done(None)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_close(self):
+        self.fsync.close()
+        self.assertTrue(self.kernel.closed)
+        self.assertTrue(self.thread.closed)
