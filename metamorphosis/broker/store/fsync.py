@@ -273,13 +273,18 @@ class AdaptiveFsync:
 
     The time of every round, from the request to the call of its C{done},
     is kept, the last L{WINDOW} of each provider; the current provider
-    gives way when the mean of its last rounds is more than L{MARGIN}
-    times the other's.  To keep the other's figure true, every so many
-    rounds one goes to it (a probe): after L{FIRST_PROBE} rounds at first,
-    twice as many after each probe, up to L{LAST_PROBE}; after a probe
-    quicker than the current's mean by the margin, L{FIRST_PROBE} again,
-    so that a provider whose figure is stale from a busy spell wins its
-    rounds back within a few hundred rounds.  A probe to a kernel worker that waits for
+    gives way when the mean of its last rounds is more than L{LEAVE} times
+    the other's.  The kernel's gives way only at twice the thread's: a
+    round in a thread costs the broker's process three times the CPU (136-181
+    against 40-57 µs on the test machine, C{benchmarks/fsync.py}), which on a
+    machine short of CPU a small gain in latency does not pay back; the
+    thread gives way once the kernel's is quicker by a fifth (on a quiet
+    machine it is by two fifths or more).  To keep the
+    other's figure true, every so many rounds one goes to it (a probe):
+    after L{FIRST_PROBE} rounds at first, twice as many after each probe,
+    up to L{LAST_PROBE}; after a probe that would make the current give
+    way, L{FIRST_PROBE} again, so that a provider whose figure is stale
+    from a busy spell wins its rounds back within a few hundred rounds.  A probe to a kernel worker that waits for
     a busy CPU costs one slow round in L{LAST_PROBE}; a probe to a thread on
     a quiet machine, about 50 µs more than the kernel's round.
 
@@ -295,8 +300,8 @@ class AdaptiveFsync:
     @ivar switches: how often L{current} changed.
     """
 
-    WINDOW = 8
-    MARGIN = 1.25
+    WINDOW = 16
+    LEAVE = {"kernel": 2.0, "thread": 1.2}
     FIRST_PROBE = 16
     LAST_PROBE = 256
 
@@ -346,10 +351,11 @@ class AdaptiveFsync:
         currentMean, otherMean = self._mean(current), self._mean(other)
         if otherMean is None:
             return
-        if currentMean > otherMean * self.MARGIN:
+        leave = self.LEAVE[current]
+        if currentMean > otherMean * leave:
             self._switch(other, otherMean, currentMean)
         elif name == other:
-            if seconds * self.MARGIN < currentMean:
+            if seconds * leave < currentMean:
                 self._probeEvery = self.FIRST_PROBE
             else:
                 self._probeEvery = min(self._probeEvery * 2, self.LAST_PROBE)
