@@ -125,6 +125,14 @@ class EndpointTests(TestCase):
                                    topic="web-test", partition="3-0"), maxOffset - 30)
             self.assertEqual(value(found, "metaq_commands_total", command="put"), 4)
             self.assertGreaterEqual(value(found, "metaq_store_flush_duration_seconds_count"), 2)
+            # fsyncMethod=auto: in the kernel from the start; a thread is
+            # probed only after 16 rounds.
+            self.assertGreaterEqual(value(found, "metaq_store_fsync_rounds_total", method="kernel"),
+                                    2)
+            self.assertEqual(value(found, "metaq_store_fsync_rounds_total", method="thread"), 0)
+            self.assertEqual(value(found, "metaq_store_fsync_method", method="kernel"), 1)
+            self.assertEqual(value(found, "metaq_store_fsync_method", method="thread"), 0)
+            self.assertEqual(value(found, "metaq_store_fsync_switches_total"), 0)
             self.assertEqual(value(found, "metaq_zookeeper_registered"), 1)
             self.assertEqual(value(found, "metaq_ready"), 1)
             self.assertEqual(value(found, "metaq_fenced"), 0)

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from metamorphosis import METAQ_VERSION
 from metamorphosis.broker.stats import threadCount
+from metamorphosis.broker.store.fsync import AdaptiveFsync
 
 #: Seconds; an fsync takes from tens of microseconds (a cache) to seconds
 #: (a saturated disk).
@@ -90,6 +91,26 @@ class BrokerCollector:
             yield CounterMetricFamily(
                 "metaq_idle_poll_stops",
                 "Pollings stopped early because another task wanted the CPU.", value=poller.stops)
+
+        fsync = broker.storeManager.fsync
+        if isinstance(fsync, AdaptiveFsync):
+            rounds = CounterMetricFamily(
+                "metaq_store_fsync_rounds",
+                "Group commit and journal fsyncs, by where they ran (fsyncMethod=auto).",
+                labels=["method"])
+            current = GaugeMetricFamily(
+                "metaq_store_fsync_method",
+                "1 for where fsyncs run now (fsyncMethod=auto), 0 for the other.",
+                labels=["method"])
+            for method, count in sorted(fsync.rounds.items()):
+                rounds.add_metric([method], count)
+                current.add_metric([method], float(method == fsync.current))
+            yield rounds
+            yield current
+            yield CounterMetricFamily(
+                "metaq_store_fsync_switches",
+                "How often fsyncMethod=auto moved the fsyncs between the kernel and a thread.",
+                value=fsync.switches)
 
         puts = CounterMetricFamily("metaq_partition_put_messages",
                                    "Messages put, by topic and partition.",
