@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from metamorphosis.broker.access import AccessConfigError, AccessRules, parseAccess
+from metamorphosis.protocol.commands import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_LINE_LENGTH
 from metamorphosis.protocol.topics import (
     DEFAULT_MAX_TOPIC_LENGTH,
     IllegalTopicName,
@@ -131,6 +132,11 @@ class MetaConfig:
     maxTopicNameLength: int = DEFAULT_MAX_TOPIC_LENGTH
     maxUnfinishedRequestBytes: int = 256 * 1024 * 1024
     maxRequestSeconds: int = 60
+    #: The largest body a request may declare, and the longest header line:
+    #: a request past either is malformed (400, then the connection
+    #: closes) as soon as its header says so, before its body is read.
+    maxRequestBodySize: int = DEFAULT_MAX_BODY_SIZE
+    maxRequestLineLength: int = DEFAULT_MAX_LINE_LENGTH
     maxTransactionBytes: int = 256 * 1024 * 1024
     maxAutoCreatedTopics: int = 1000
     reservedFileDescriptors: int = 64
@@ -262,6 +268,7 @@ class ConfigError(Exception):
 #: hostile or broken clients (docs/limits.md).
 LIMIT_KEYS = frozenset(
     """maxTopicNameLength maxUnfinishedRequestBytes maxRequestSeconds
+    maxRequestBodySize maxRequestLineLength
     maxTransactionBytes maxAutoCreatedTopics reservedFileDescriptors
     maxConnections maxConnectionsPerHost shutdownDrainSeconds""".split()
 )
@@ -301,7 +308,8 @@ _SYSTEM_INTS = frozenset(
     unflushInterval maxSegmentSize maxTransferSize getProcessThreadCount
     putProcessThreadCount quartzThreadCount maxCheckpoints
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
-    maxTopicNameLength maxRequestSeconds maxAutoCreatedTopics reservedFileDescriptors
+    maxTopicNameLength maxRequestSeconds maxRequestBodySize maxRequestLineLength
+    maxAutoCreatedTopics reservedFileDescriptors
     maxConnections maxConnectionsPerHost shutdownDrainSeconds
     segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize
     txFlushInterval idlePollMicros""".split()
@@ -702,6 +710,9 @@ def _verify(config, path):
         value = getattr(config, key)
         if value is not None and value < 0:
             problems.append(("system", key, "must not be negative (0 turns it off)"))
+    for key in ("maxRequestBodySize", "maxRequestLineLength"):
+        if getattr(config, key) <= 0:
+            problems.append(("system", key, "must be positive"))
     if config.txFlushInterval < 0:
         problems.append(("system", "txFlushInterval", "must not be negative"))
     if config.fsyncMethod not in ("auto", "kernel", "thread"):

@@ -255,6 +255,9 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
 
     def connectionMade(self):
         self._connected = True
+        # Read before the first byte, which makes the parser.
+        self.maxBodySize = self.factory.config.maxRequestBodySize
+        self.maxLineLength = self.factory.config.maxRequestLineLength
         # sendfile needs the socket itself: plain TCP, not TLS or a test
         # transport.
         self._sendfile = directSocket(self.transport) is not None

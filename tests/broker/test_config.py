@@ -182,6 +182,23 @@ class ParseTests(unittest.TestCase):
         self.assertConfigError("[system]\nmaxConnectionsPerHost=-1\n", "maxConnectionsPerHost",
                                "negative")
 
+    def test_framingLimits(self):
+        """
+        C{maxRequestBodySize} (64 MiB) and C{maxRequestLineLength} (64 KiB)
+        are read and must be positive.
+        """
+        config = parseConfig(b"[system]\n[topic=a]\n")
+        self.assertEqual((config.maxRequestBodySize, config.maxRequestLineLength),
+                         (64 * 1024 * 1024, 64 * 1024))
+        config = parseConfig(b"[system]\nmaxRequestBodySize=2097152\nmaxRequestLineLength=4096\n"
+                             b"[topic=a]\n")
+        self.assertEqual((config.maxRequestBodySize, config.maxRequestLineLength),
+                         (2097152, 4096))
+        self.assertConfigError("[system]\nmaxRequestBodySize=0\n", "maxRequestBodySize",
+                               "positive")
+        self.assertConfigError("[system]\nmaxRequestLineLength=-5\n", "maxRequestLineLength",
+                               "positive")
+
     def test_idlePollMicros(self):
         self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").idlePollMicros, None)
         self.assertEqual(

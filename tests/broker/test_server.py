@@ -647,6 +647,50 @@ class ClosingTests(ServerTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+class FramingLimitTests(ServerTestCase):
+    """
+    C{maxRequestBodySize} and C{maxRequestLineLength} bound what one
+    request may declare; past either the request is refused from its header
+    alone, before its body is read.
+    """
+
+    def test_bodyRefusedFromItsHeader(self):
+        """
+        A put declaring a body longer than C{maxRequestBodySize} gets a 400
+        naming both sizes as soon as its header line is in, and the
+        connection closes; no store is even opened.
+        """
+        self.config.maxRequestBodySize = 2048
+        proto, transport = self.connect()
+        proto.dataReceived(b"put meta-test 0 2049 0 0 7\r\n")
+        [(kind, code, opaque, body)] = parseFrames(transport.value())
+        self.assertEqual((code, opaque), (400, 7))
+        self.assertIn(b"2049", body)
+        self.assertIn(b"2048", body)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(self.stores.getStore("meta-test", 0))
+
+    def test_bodyAtTheLimit(self):
+        """
+        A body of exactly C{maxRequestBodySize} bytes is taken.
+        """
+        self.config.maxRequestBodySize = 2048
+        [(kind, code, opaque, body)] = self.put("meta-test", 0, b"x" * 2048)
+        self.assertEqual(code, 200)
+
+    def test_lineTooLong(self):
+        """
+        A header line longer than C{maxRequestLineLength} is refused before
+        its end arrives.
+        """
+        self.config.maxRequestLineLength = 100
+        proto, transport = self.connect()
+        proto.dataReceived(b"version " + b"1" * 200)
+        [(kind, code, opaque, body)] = parseFrames(transport.value())
+        self.assertEqual(code, 400)
+        self.assertTrue(transport.disconnecting)
+
+
 class TopicNameTests(ServerTestCase):
     """
     An illegal topic name is answered with a 400 naming the problem before
