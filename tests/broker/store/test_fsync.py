@@ -174,31 +174,34 @@ class ChooseTests(SynchronousTestCase):
     def test_kernelRequired(self):
         self.assertRaises(FsyncUnavailable, chooseFsync, "kernel", Clock(), ThreadPool())
 
+    def chosen(self, method):
+        """
+        C{chooseFsync(method)} on the real reactor, where this machine can
+        run the kernel's fsync (else the test is skipped).
+        """
+        try:
+            KernelFsync(reactor).close()
+        except FsyncUnavailable as e:
+            self.skipTest(f"no kernel fsync here: {e}")
+        provider, why = chooseFsync(method, reactor, ThreadPool())
+        self.addCleanup(provider.close)
+        self.assertIsNone(why)
+        return provider
+
     def test_kernel(self):
         """
         C{kernel} takes the kernel's fsync for every round.
         """
-        try:
-            provider, why = chooseFsync("kernel", reactor, ThreadPool())
-        except FsyncUnavailable as e:
-            self.skipTest(f"no kernel fsync here: {e}")
-        self.addCleanup(provider.close)
-        self.assertIsInstance(provider, KernelFsync)
-        self.assertIsNone(why)
+        self.assertIsInstance(self.chosen("kernel"), KernelFsync)
 
     def test_autoAdapts(self):
         """
         Where the kernel's fsync can be used, C{auto} starts with it and
         keeps a thread's beside it (L{AdaptiveFsync}).
         """
-        try:
-            provider, why = chooseFsync("auto", reactor, ThreadPool())
-        except FsyncUnavailable as e:
-            self.skipTest(f"no kernel fsync here: {e}")
-        self.addCleanup(provider.close)
+        provider = self.chosen("auto")
         self.assertIsInstance(provider, AdaptiveFsync)
         self.assertEqual(provider.current, "kernel")
-        self.assertIsNone(why)
         self.assertEqual(describeFsync(provider),
                          "in the kernel (Linux AIO), or in a thread while that is the quicker")
 
