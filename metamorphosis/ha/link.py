@@ -12,8 +12,11 @@ the Java broker.
 A connection that stops answering is dropped (and so re-established): after
 L{RequestProtocol.maxTimeouts} requests in a row time out, and a quiet link
 is probed with gecko's heartbeat, a C{version} request after
-L{RequestProtocol.heartbeatSeconds} without traffic.  So a peer that vanished
-without closing its sockets (a cut cable, a frozen host) is noticed.
+C{heartbeatSeconds} without sending anything.  So a peer that vanished
+without closing its sockets (a cut cable, a frozen host) is noticed; and,
+with a short C{heartbeatSeconds} (a sync master's link, C{linkHeartbeatMs}),
+the peer reads something at least that often, so that it can tell a silent
+link (a frozen or dead host at this end) from an idle one.
 """
 
 import re
@@ -101,12 +104,16 @@ class RequestProtocol(Protocol):
     #: Consecutive timed-out requests after which the connection is dropped.
     maxTimeouts = 3
 
-    #: Seconds without traffic after which a heartbeat is sent (gecko's
-    #: client idle time), and how long it may take.
+    #: Seconds without sending after which a heartbeat is sent (gecko's
+    #: client idle time), and how long it may take, unless given.
     heartbeatSeconds = 10.0
     heartbeatTimeout = 5.0
 
-    def __init__(self, clock, onMade=None, onLost=None, opaques=None):
+    def __init__(self, clock, onMade=None, onLost=None, opaques=None, heartbeatSeconds=None, heartbeatTimeout=None):
+        if heartbeatSeconds is not None:
+            self.heartbeatSeconds = heartbeatSeconds
+        if heartbeatTimeout is not None:
+            self.heartbeatTimeout = heartbeatTimeout
         self._parser = CommandParser()
         # Whether the input is between two replies (see wholeResults).
         self._between = True
@@ -121,7 +128,7 @@ class RequestProtocol(Protocol):
         # Commands queued during the socket read being handled.
         self._inRead = 0
         self._timeouts = 0
-        self._lastTraffic = clock.seconds()
+        self._lastSent = clock.seconds()
         self._heartbeat = LoopingCall(self._checkIdle)
         self._heartbeat.clock = clock
 
@@ -130,13 +137,16 @@ class RequestProtocol(Protocol):
         # (gecko sets TCP_NODELAY too).
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
-        self._lastTraffic = self._clock.seconds()
+        self._lastSent = self._clock.seconds()
         self._heartbeat.start(self.heartbeatSeconds / 2, now=False)
         if self._onMade is not None:
             self._onMade(self)
 
     def _checkIdle(self):
-        if self._clock.seconds() - self._lastTraffic >= self.heartbeatSeconds:
+        # Measured from the last write, not the last read: what the peer
+        # reads from this end is what tells it that this end is alive (a
+        # reply that comes late must not leave the peer waiting longer).
+        if self._clock.seconds() - self._lastSent >= self.heartbeatSeconds:
             self.request(VersionCommand(self._opaques.next()), self.heartbeatTimeout).addErrback(lambda f: None)
 
     def request(self, command, timeout):
@@ -191,7 +201,6 @@ class RequestProtocol(Protocol):
             self._received(data)
 
     def _received(self, data):
-        self._lastTraffic = self._clock.seconds()
         if self._between:
             commands = wholeResults(data, self._parser.maxBodySize)
             if commands is not None:
@@ -256,7 +265,7 @@ class RequestProtocol(Protocol):
             return
         data, self._outgoing = b"".join(self._outgoing), []
         # Per write, not per request: a sync master sends one per put.
-        self._lastTraffic = self._clock.seconds()
+        self._lastSent = self._clock.seconds()
         if directSocket(self.transport) is not None:
             writeNow(self.transport, data)
         else:
@@ -327,15 +336,21 @@ class PeerLink:
 
     onConnected = None
 
-    def __init__(self, reactor, host, port, retryIntervalSeconds=1.0, tls=None):
+    def __init__(self, reactor, host, port, retryIntervalSeconds=1.0, tls=None, heartbeatSeconds=None,
+                 heartbeatTimeout=None):
         """
         @param tls: a L{metamorphosis.tls.ClientTLS} to connect over TLS.
+        @param heartbeatSeconds: send a heartbeat after this long without
+            sending anything (default: gecko's L{RequestProtocol.heartbeatSeconds}).
+        @param heartbeatTimeout: how long a heartbeat may take (default:
+            L{RequestProtocol.heartbeatTimeout}).
         """
         self.url = "meta://%s:%d" % (host, port)
         self.opaques = OpaqueGenerator()
         self._reactor = reactor
         self._protocol = None
-        factory = Factory.forProtocol(lambda: RequestProtocol(reactor, self._connected, self._lost, self.opaques))
+        factory = Factory.forProtocol(lambda: RequestProtocol(
+            reactor, self._connected, self._lost, self.opaques, heartbeatSeconds, heartbeatTimeout))
         factory.noisy = False
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
         if tls is not None:

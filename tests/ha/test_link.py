@@ -262,12 +262,16 @@ class RequestProtocolTests(SynchronousTestCase):
 
     def test_heartbeat(self):
         """
-        After 10 s without traffic the link sends C{version}; traffic
-        postpones it.
+        After 10 s without sending anything the link sends C{version};
+        sending postpones it, replies do not (what the peer reads from this
+        end is what tells it this end is alive).
         """
         self.clock.advance(6)
-        self.proto.dataReceived(ResultCommand(200, b"", 99).encode())
-        self.clock.advance(5)
+        self.proto.request(self.sync(1), 1)
+        self.clock.advance(0)
+        self.transport.clear()
+        self.proto.dataReceived(ResultCommand(200, b"", 1).encode())
+        self.clock.advance(9)
         self.assertEqual(self.transport.value(), b"")
         self.clock.advance(5)
         self.assertEqual(self.transport.value(), b"version -2147483648\r\n")
@@ -277,6 +281,28 @@ class RequestProtocolTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.clock.advance(5)
         self.assertEqual(self.transport.value(), b"version -2147483647\r\n")
+
+    def test_shortHeartbeat(self):
+        """
+        With a heartbeat of 0.3 s (a sync master's C{linkHeartbeatMs}), an
+        idle link sends C{version} within 0.45 s of its last write (its
+        check runs every 0.15 s), whether or not the peer answers; a
+        request in between postpones it.
+        """
+        proto = RequestProtocol(self.clock, heartbeatSeconds=0.3, heartbeatTimeout=2.0)
+        transport = StringTransport()
+        writes = []
+        transport.write = lambda data: writes.append((round(self.clock.seconds(), 2), data))
+        proto.makeConnection(transport)
+        self.clock.pump([0.05] * 20)
+        self.assertEqual([at for at, _ in writes], [0.3, 0.6, 0.9])
+        self.assertTrue(all(data.startswith(b"version ") for _, data in writes))
+        del writes[:]
+        proto.request(self.sync(1), 2.0)
+        self.clock.advance(0)
+        self.clock.pump([0.05] * 10)
+        self.assertEqual([at for at, _ in writes], [1.0, 1.35])
+        self.assertTrue(writes[1][1].startswith(b"version "))
 
     def test_malformedReply(self):
         """
