@@ -73,6 +73,17 @@ class _Reader:
             raise self._error(key, "must be at least %d, got %d" % (minimum, number))
         return number
 
+    def interval(self, key, default, least):
+        """
+        Milliseconds that are either 0 (off) or at least C{least}: less
+        would make the broker busy for nothing, or take a healthy link for
+        a dead one.
+        """
+        number = self.integer(key, default, minimum=0)
+        if 0 < number < least:
+            raise self._error(key, "must be 0 (off) or at least %d, got %d" % (least, number))
+        return number
+
     def boolean(self, key, default):
         value = self.text(key)
         if value is None:
@@ -105,6 +116,11 @@ class SamsaMasterConfig:
         registering (docs/ha.md).
     @ivar tls: (ours) a L{ClientTLS} to reach the slave over TLS; C{slave}
         is then the address of the slave's TLS listener.
+    @ivar linkHeartbeatMs: (ours) send the slave a C{version} request after
+        this long without sending it anything, and say so in this master's
+        failover state node, so that a slave can take a link that has been
+        silent for several of these for a dead master (docs/ha.md); 0: the
+        Java master's 10 s heartbeat, and nothing said.
     """
 
     slave: str
@@ -116,6 +132,7 @@ class SamsaMasterConfig:
     slaveContinuousFailureThreshold: int = 100
     checkSlaveIntervalInMills: int = 100
     tls: ClientTLS | None = None
+    linkHeartbeatMs: int = 300
 
     plugin = "samsa"
 
@@ -153,6 +170,7 @@ class SamsaMasterConfig:
             slaveContinuousFailureThreshold=read.integer("slaveContinuousFailureThreshold", 100, minimum=1),
             checkSlaveIntervalInMills=read.integer("checkSlaveIntervalInMills", 100, minimum=1),
             tls=_clientTLS(read),
+            linkHeartbeatMs=read.interval("linkHeartbeatMs", 300, least=10),
         )
 
 
@@ -171,11 +189,17 @@ class GregorSlaveConfig:
     @ivar masterGraceMs: (ours) take over without waiting for the master's
         ZooKeeper session to expire once the master's link is down and its
         beat in ZooKeeper has not changed for this long; 0 turns this off.
+    @ivar masterSilenceMs: (ours) for that, a link on which nothing has
+        been read for this long (or three of the heartbeat intervals its
+        master announces, if longer) is closed, and so down - only while
+        the master announces in ZooKeeper that it heartbeats its link
+        (C{linkHeartbeatMs}); 0 turns this off.
     """
 
     autoPromote: bool = False
     promoteAfterMs: int = 5000
     masterGraceMs: int = 1200
+    masterSilenceMs: int = 1000
 
     plugin = "gregor"
 
@@ -186,6 +210,7 @@ class GregorSlaveConfig:
             autoPromote=read.boolean("autoPromote", False),
             promoteAfterMs=read.integer("promoteAfterMs", 5000, minimum=0),
             masterGraceMs=read.integer("masterGraceMs", 1200, minimum=0),
+            masterSilenceMs=read.interval("masterSilenceMs", 1000, least=100),
         )
 
 

@@ -85,6 +85,38 @@ class SamsaMasterConfigTests(SynchronousTestCase):
         )
         self.assertIn("is not an integer", str(error))
 
+    def test_linkHeartbeat(self):
+        """
+        C{linkHeartbeatMs} (ours): 300 by default, 0 turns it off, and
+        anything between 0 and 10 is refused with a message naming it.
+        """
+        read = SamsaMasterConfig.fromProperties
+        self.assertEqual(read({"slave": "h:1"}).linkHeartbeatMs, 300)
+        self.assertEqual(read({"slave": "h:1", "linkHeartbeatMs": "0"}).linkHeartbeatMs, 0)
+        self.assertEqual(read({"slave": "h:1", "linkHeartbeatMs": "10"}).linkHeartbeatMs, 10)
+        for bad in ("5", "-1", "x"):
+            error = self.assertRaises(ReplicationConfigError, read, {"slave": "h:1", "linkHeartbeatMs": bad}, "m.properties")
+            self.assertIn("m.properties: linkHeartbeatMs", str(error))
+        error = self.assertRaises(ReplicationConfigError, read, {"slave": "h:1", "linkHeartbeatMs": "5"})
+        self.assertIn("must be 0 (off) or at least 10, got 5", str(error))
+
+
+class GregorSlaveConfigTests(SynchronousTestCase):
+    def test_defaults(self):
+        self.assertEqual(GregorSlaveConfig.fromProperties({}), GregorSlaveConfig(False, 5000, 1200, 1000))
+
+    def test_masterSilence(self):
+        """
+        C{masterSilenceMs} (ours): 0 turns it off; between 0 and 100 it is
+        refused with a message naming it.
+        """
+        read = GregorSlaveConfig.fromProperties
+        self.assertEqual(read({"masterSilenceMs": "0"}).masterSilenceMs, 0)
+        self.assertEqual(read({"masterSilenceMs": "2500"}).masterSilenceMs, 2500)
+        for bad in ("99", "-5", "1s"):
+            error = self.assertRaises(ReplicationConfigError, read, {"masterSilenceMs": bad}, "s.properties")
+            self.assertIn("s.properties: masterSilenceMs", str(error))
+
 
 class AsyncSlaveConfigTests(SynchronousTestCase):
     def test_defaults(self):
