@@ -38,6 +38,12 @@ class ISession(Interface):
     )
     peer = Attribute("The remote address (an IAddress).")
 
+    def closeWhenSilent(seconds):
+        """
+        Close this connection once nothing has been read from it for
+        C{seconds}; L{None}: after the broker's idle timeout again.
+        """
+
 
 class ITransactionProcessor(Interface):
     """

@@ -200,12 +200,25 @@ class Session:
     @ivar closed: whether the connection is gone.
     """
 
-    def __init__(self, peer, transport=None):
+    def __init__(self, peer, transport=None, closeWhenSilent=None):
+        """
+        @param closeWhenSilent: what L{closeWhenSilent} asks of the
+            connection.
+        """
         self.peer = peer
         self.context = {}
         self.closed = False
         self._transport = transport
         self._principal = None
+        self._closeWhenSilent = closeWhenSilent
+
+    def closeWhenSilent(self, seconds):
+        """
+        Close this connection once nothing has been read from it for
+        C{seconds} (L{None}: after the broker's idle timeout, as at first):
+        a sync slave's link from a master that heartbeats it (docs/ha.md).
+        """
+        self._closeWhenSilent(seconds)
 
     @property
     def principal(self):
@@ -252,6 +265,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self._linger = False
         self._halfClosed = False
         self._readLost = False
+        # The limit of silence a processor set (Session.closeWhenSilent).
+        self._silence = None
 
     def connectionMade(self):
         self._connected = True
@@ -265,7 +280,7 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             # As gecko does: a reply's last small segment must not wait for
             # the client's delayed ACK of the previous one.
             self.transport.setTcpNoDelay(True)
-        self.session = Session(self.transport.getPeer(), self.transport)
+        self.session = Session(self.transport.getPeer(), self.transport, self._closeWhenSilent)
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idleTimeout)
         self.factory.connectionOpened(self)
@@ -357,9 +372,20 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         self.sendReply(result(code, text, error.opaque))
         self._closeWhenDone()
 
+    def _closeWhenSilent(self, seconds):
+        # The idle timer counts from the last read: with a shorter period
+        # it is the silence limit.
+        if self._connected:
+            self._silence = seconds
+            self.setTimeout(self.factory.idleTimeout if seconds is None else seconds)
+
     def timeoutConnection(self):
-        self.factory.refusals.info("idle", "Closing {peer}: no I/O for {timeout} s",
-                                   peer=hostPort(self.session.peer), timeout=self.timeOut)
+        if self._silence is None:
+            self.factory.refusals.info("idle", "Closing {peer}: no I/O for {timeout} s",
+                                       peer=hostPort(self.session.peer), timeout=self.timeOut)
+        else:
+            self.factory.refusals.warn("silent", "Closing {peer}: nothing read for {timeout} s",
+                                       peer=hostPort(self.session.peer), timeout=self.timeOut)
         self.transport.abortConnection()
 
     # Commands

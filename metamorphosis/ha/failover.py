@@ -56,6 +56,11 @@ from metamorphosis.protocol.status import INTERNAL_ERROR
 #: The file in the data directory of a broker that took part in failover.
 MARKER = "failover.marker"
 
+#: The key of a sync master's state node giving, in ms, the longest its
+#: link to its slave stays without a write from it (its C{linkHeartbeatMs});
+#: absent for a master that does not heartbeat that often.
+LINK_HEARTBEAT_KEY = "link_heartbeat_ms"
+
 
 def recordPath(paths, brokerId):
     """
@@ -116,6 +121,20 @@ async def writeState(client, path, state, reactor=None):
             pass
 
 
+def announcedHeartbeat(data):
+    """
+    The seconds between two heartbeats of its link to its slave that a
+    master's state node announces (L{LINK_HEARTBEAT_KEY}), or L{None}.
+    """
+    try:
+        milliseconds = json.loads(data.decode("utf-8")).get(LINK_HEARTBEAT_KEY)
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    if isinstance(milliseconds, int) and not isinstance(milliseconds, bool) and milliseconds > 0:
+        return milliseconds / 1000.0
+    return None
+
+
 async def readRecord(client, path, reactor=None):
     """
     @return: C{(record, version)}, C{(None, None)} when there is none.
@@ -161,6 +180,9 @@ class Candidate:
         node to go (0: never).
     @param statesPath: the parent of the brokers' state nodes
         (L{statesPath}), where the master's beat is read.
+    @ivar masterHeartbeat: the seconds between two heartbeats of its link
+        the master last announced in its state node (L{LINK_HEARTBEAT_KEY}),
+        or L{None}: not announced, or not read yet.
     """
 
     log = Logger()
@@ -178,6 +200,7 @@ class Candidate:
         self._beat = None
         self._beatSeenAt = None
         self._toldNoBeat = False
+        self.masterHeartbeat = None
 
     async def _beatStopped(self, client, record):
         """
@@ -188,9 +211,12 @@ class Candidate:
         Only versions are compared, never clocks of two hosts.
         """
         path = "%s/%s" % (self.statesPath, stateNodeName(record.master))
+        if self._beat is not None and self._beat[0] != record.master:
+            self.masterHeartbeat = None
         try:
-            _, stat = await zk.deferKazoo(client.get_async(path), self.clock)
+            data, stat = await zk.deferKazoo(client.get_async(path), self.clock)
             beat = (record.master, stat.czxid, stat.version)
+            self.masterHeartbeat = announcedHeartbeat(data)
         except NoNodeError:
             beat = (record.master, None, None)
         now = self.clock.seconds()
@@ -514,7 +540,7 @@ def installFence(broker):
     if registration is None:
         return None
     replication = getattr(broker, "replication", None)
-    describe = None if replication is None else (lambda: dict(replication.statsItems()))
+    describe = None if replication is None else (lambda: dict(replication.stateItems()))
     fence = Fence(registration, broker.config.dataPath, broker.reactor, describe)
     factory = broker.factory
     processor = factory.processor

@@ -53,8 +53,15 @@ class MasterLink:
     The connections this slave receives C{sync} on - its master's link -
     and the seal that refuses them for good once the slave takes over.
 
+    A master whose host dies without closing its connections (power loss,
+    a frozen kernel) leaves them open on this side until TCP gives up;
+    while the master heartbeats its link, a connection on which nothing
+    has been read for L{silence} seconds is closed (L{closeWhenSilent}),
+    so that such a link goes down too.
+
     @ivar sealed: whether syncs are refused.
     @ivar onDown: called when the last of those connections is lost.
+    @ivar silence: the limit of silence of the connections, or L{None}.
     """
 
     log = Logger()
@@ -63,6 +70,7 @@ class MasterLink:
         self.sessions = set()
         self.sealed = False
         self.onDown = None
+        self.silence = None
 
     @property
     def down(self):
@@ -75,6 +83,25 @@ class MasterLink:
         if session not in self.sessions:
             self.sessions.add(session)
             self.log.info("Master link up from {peer}", peer=hostPort(getattr(session, "peer", None)))
+            if self.silence is not None:
+                session.closeWhenSilent(self.silence)
+
+    def closeWhenSilent(self, seconds):
+        """
+        Close each connection of the link, and each one to come, once
+        nothing has been read from it for C{seconds}; L{None}: only after
+        the broker's idle timeout, as any connection.
+        """
+        if seconds == self.silence:
+            return
+        self.silence = seconds
+        if seconds is None:
+            self.log.info("The master does not say it heartbeats its link: its silence is not a sign of death")
+        else:
+            self.log.info("Master link: closed after {silence} s without a read (the master heartbeats it)",
+                          silence=seconds)
+        for session in self.sessions:
+            session.closeWhenSilent(seconds)
 
     def closed(self, session):
         if session in self.sessions:
@@ -188,6 +215,16 @@ class MasterWatch(service.Service):
     and, when it is to take over, refuses the master's syncs and registers
     as the master in the old master's place.
 
+    While the master says in its state node that it heartbeats its link
+    (every C{link_heartbeat_ms}), the link's connections are closed after
+    C{masterSilenceMs} without a read, or three heartbeats if that is
+    longer (L{MasterLink.closeWhenSilent}): a master whose host died
+    without closing them is then seen as its link going down.  Without
+    that word (a Java master, or one with C{linkHeartbeatMs=0}) an idle
+    link is left alone: such a master may send nothing for as long as no
+    put comes, and a master cut off from ZooKeeper only must keep its
+    slave.
+
     It looks every L{interval} seconds, every L{downInterval} while the link
     from the master is down, and at once when it goes down.  Its own state
     node (role, link) is kept up to date for the admin tool.
@@ -218,6 +255,7 @@ class MasterWatch(service.Service):
             config.masterGraceMs / 1000.0,
             self.states,
         )
+        self.silence = config.masterSilenceMs / 1000.0 if config.masterGraceMs else 0
         self.fence = None
         self._loop = None
         self._wakeup = None
@@ -267,6 +305,7 @@ class MasterWatch(service.Service):
                     if await self.candidate.shouldPromote(client, masterUrl, self.link):
                         self._promote()
                         return
+                    self.link.closeWhenSilent(self._silenceLimit())
                     await self._writeState(client)
                 except defer.CancelledError:
                     # stopService cancelled us: no further round, no timer left behind.
@@ -274,6 +313,17 @@ class MasterWatch(service.Service):
                 except Exception as e:
                     self.log.warn("Watching the master failed: {error}", error=errorText(e))
             await self._pause()
+
+    def _silenceLimit(self):
+        """
+        How long the link may stay silent, or L{None}: without a heartbeat
+        announced by the master, or with C{masterSilenceMs} or fast
+        failover off.
+        """
+        heartbeat = self.candidate.masterHeartbeat
+        if not self.silence or heartbeat is None:
+            return None
+        return max(self.silence, 3 * heartbeat)
 
     async def _writeState(self, client):
         url = self.registration.brokerString
@@ -340,6 +390,9 @@ class GregorReplication:
         if self.watch is not None and self.watch.fence is not None:
             return [("promoted", True)]
         return []
+
+    def stateItems(self):
+        return self.statsItems()
 
     def partitionLags(self):
         # Synchronous: a put is answered once the slave has it.

@@ -52,6 +52,14 @@ class IReplication(Interface):
         (replication state and lag).
         """
 
+    def stateItems():
+        """
+        C{(key, value)} pairs for this broker's failover state node
+        (docs/ha.md, L{metamorphosis.ha.failover.writeState}): what the
+        admin tool shows of it and what its slave learns from it (a sync
+        master's link heartbeat).
+        """
+
     def partitionLags():
         """
         C{(topic, partition number, bytes behind the master)} of each

@@ -707,6 +707,9 @@ class MetaslaveReplication:
         lag = self.service.lag if self.service is not None else 0
         return [("replication_lag_bytes", lag)]
 
+    def stateItems(self):
+        return self.statsItems()
+
     def partitionLags(self):
         if self.service is None or self.service.promoted:
             return []

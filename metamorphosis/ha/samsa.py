@@ -10,6 +10,12 @@ so the slave receives a partition's records in the master's append order.
 A slave that fails C{slaveContinuousFailureThreshold} times in a row takes
 the master out of ZooKeeper until a probe succeeds (L{SlaveHealth}); while
 the slave is not connected at all, puts fail at once.
+
+While no put comes, the link to the slave carries a C{version} request
+every C{linkHeartbeatMs} (ours; gecko's heartbeat, which a Java slave
+answers too), and the master says so in its failover state node: so a
+slave with C{autoPromote} can take a link that stays silent for a dead or
+frozen master even when its sockets stay open (docs/ha.md).
 """
 
 from twisted.application import service
@@ -18,6 +24,7 @@ from zope.interface import implementer
 
 from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
+from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.link import PeerLink, RequestTimeout
 from metamorphosis.ha.outcome import SlaveHealth, SyncPut
@@ -200,7 +207,13 @@ class SamsaReplication:
         self.config = config
         self.reactor = reactor
         host, port = config.slaveAddress
-        self.link = PeerLink(reactor, host, port, tls=config.tls)
+        if config.linkHeartbeatMs:
+            # A heartbeat is a request like a sync: it may take as long.
+            heartbeat = {"heartbeatSeconds": config.linkHeartbeatMs / 1000.0,
+                         "heartbeatTimeout": config.sendToSlaveTimeoutInMills / 1000.0}
+        else:
+            heartbeat = {}
+        self.link = PeerLink(reactor, host, port, tls=config.tls, **heartbeat)
         self.link.onConnected = self._announce
         self.registration = None
         self.processor = None
@@ -230,13 +243,18 @@ class SamsaReplication:
         factory.transactionProcessor = NoTransactions(self.processor.processPut)
 
     def _probe(self):
+        """
+        A C{sync} to the probe topic: a Deferred of the slave's reply code.
+        """
+        return self._probeReply().addCallback(lambda reply: getattr(reply, "code", None))
+
+    def _probeReply(self):
         body = b"test"
         idWorker = self.processor.processor.idWorker
-        d = self.link.request(
+        return self.link.request(
             lambda opaque: SyncCommand(SLAVE_STATUS_TOPIC, 0, body, 0, idWorker.nextId(), opaque, records.checksum(body)),
             self.config.sendToSlaveTimeoutInMills / 1000.0,
         )
-        return d.addCallback(lambda reply: getattr(reply, "code", None))
 
     def _announce(self):
         """
@@ -247,10 +265,22 @@ class SamsaReplication:
         """
         if self.processor is None:
             return
-        self._probe().addErrback(
+        self._probeReply().addCallbacks(
+            self._announced,
             lambda f: self.log.info("Announcing this master to {slave} failed: {error}",
-                                    slave=self.config.slaveUrl, error=f.getErrorMessage())
+                                    slave=self.config.slaveUrl, error=f.getErrorMessage()),
         )
+
+    def _announced(self, reply):
+        """
+        A refusal is worth a line: a slave that took this master's place
+        (while it was frozen or cut off, docs/ha.md) refuses its syncs from
+        then on, so no put is acknowledged here.
+        """
+        code = getattr(reply, "code", None)
+        if code != 200:
+            self.log.warn("The slave {slave} refused this master's syncs: {code} {text}", slave=self.config.slaveUrl,
+                          code=code, text=getattr(reply, "body", b"").decode("utf-8", "replace"))
 
     def makeService(self, broker):
         self.registration = broker.zookeeper
@@ -261,6 +291,17 @@ class SamsaReplication:
             ("slave_link", "connected" if self.link.connected else "disconnected"),
             ("slave_continuous_failures", self.health.consecutiveFailures),
         ]
+
+    def stateItems(self):
+        """
+        The stats items, and the link heartbeat: what tells the slave that
+        a link on which it reads nothing for several heartbeats is dead
+        rather than idle (docs/ha.md, "Fast failover of a sync pair").
+        """
+        items = self.statsItems()
+        if self.config.linkHeartbeatMs:
+            items.append((LINK_HEARTBEAT_KEY, self.config.linkHeartbeatMs))
+        return items
 
     def partitionLags(self):
         # The master: nothing to catch up with.

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python import usage
 
 from metamorphosis import zk
-from metamorphosis.ha.failover import FailoverRecord, recordPath, statesPath
+from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY, FailoverRecord, recordPath, statesPath
 from metamorphosis.tools.cli import ToolError, Verbosity, inheritShared, openZooKeeper, runAlias
 
 #: A master's state node older than this is not beating (it is rewritten
@@ -104,6 +104,8 @@ def describeState(state, age):
         words.append("link to slave %s" % (state["slave_link"],))
     if "slave_continuous_failures" in state:
         words.append("%s failed syncs in a row" % (state["slave_continuous_failures"],))
+    if LINK_HEARTBEAT_KEY in state:
+        words.append("heartbeat to slave every %s ms" % (state[LINK_HEARTBEAT_KEY],))
     if "link" in state:
         words.append("link from master %s" % (state["link"],))
     if "replication_lag_bytes" in state:

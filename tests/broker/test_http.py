@@ -206,6 +206,9 @@ class LaggingSlave:
     def statsItems(self):
         return [("replication_lag_bytes", 700)]
 
+    def stateItems(self):
+        return self.statsItems()
+
     def partitionLags(self):
         return [("t", 1, 200), ("t", 0, 500)]
 

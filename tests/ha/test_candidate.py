@@ -105,6 +105,29 @@ class CandidateTests(TestCase):
         self.assertEqual((yield self.record()), FailoverRecord(1, SLAVE))
 
     @defer.inlineCallbacks
+    def test_masterHeartbeat(self):
+        """
+        The candidate reads the link heartbeat the master announces in its
+        state node, as it changes; a record naming another master forgets
+        it.
+        """
+        link = Link(down=False)
+        yield self.decide(link)
+        self.assertIsNone(self.candidate.masterHeartbeat)
+        yield deferToThread(self.client.set, self.beatPath, b'{"link_heartbeat_ms":300,"role":"master"}')
+        yield self.decide(link)
+        self.assertEqual(self.candidate.masterHeartbeat, 0.3)
+        yield deferToThread(self.client.set, self.beatPath, b'{"role":"master"}')
+        yield self.decide(link)
+        self.assertIsNone(self.candidate.masterHeartbeat)
+        yield deferToThread(self.client.set, self.beatPath, b'{"link_heartbeat_ms":300,"role":"master"}')
+        yield self.decide(link)
+        other = FailoverRecord(0, "meta://127.0.0.1:7003")
+        yield deferToThread(self.client.set, self.path, other.encode())
+        yield self.decide(link)
+        self.assertIsNone(self.candidate.masterHeartbeat)
+
+    @defer.inlineCallbacks
     def test_flappingLinkDeposesNoBeatingMaster(self):
         """
         However long and often the link is down, a master whose beat keeps
