@@ -6,6 +6,7 @@ and a TCP proxy the test can cut.
 """
 
 import os
+import signal as signals
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.task import deferLater
@@ -102,17 +103,20 @@ class Broker:
     def kill(self, signal="KILL"):
         """
         Send C{signal} (SIGKILL by default: a crash; C{HUP} makes the broker
-        reload its topics and keep running).
+        reload its topics and keep running; C{STOP} freezes it as a host
+        that died without closing its connections, C{CONT} resumes it).
 
-        @return: a Deferred firing when the process is gone.
+        @return: a Deferred firing when the process is gone (at once for
+            the signals that leave it running).
         """
         if self.transport is None:
             return defer.succeed(None)
         try:
-            self.transport.signalProcess(signal)
+            # By number: Twisted knows only some signals by name.
+            self.transport.signalProcess(getattr(signals, "SIG" + signal))
         except error.ProcessExitedAlready:
             pass
-        if signal == "HUP":
+        if signal in ("HUP", "STOP", "CONT"):
             return defer.succeed(None)
         ended = self.process.ended
         ended.addErrback(lambda f: None)
@@ -150,6 +154,10 @@ class Broker:
 class _CutProxyServer(ProxyServer):
     clientProtocolFactory = ProxyClientFactory
 
+    def dataReceived(self, data):
+        self.factory.forwarded += len(data)
+        ProxyServer.dataReceived(self, data)
+
     def connectionMade(self):
         self.factory.servers.append(self)
         ProxyServer.connectionMade(self)
@@ -167,6 +175,8 @@ class CuttableProxy(ProxyFactory):
     A TCP proxy on C{127.0.0.1:address} to C{127.0.0.1:port} whose link can be cut (established
     connections are aborted and new ones refused) or stalled (connections
     stay up but nothing is forwarded to the target) until L{heal}.
+
+    @ivar forwarded: the bytes received from clients, to be forwarded.
     """
 
     protocol = _CutProxyServer
@@ -176,6 +186,7 @@ class CuttableProxy(ProxyFactory):
         self.cut = False
         self.stalled = False
         self.servers = []
+        self.forwarded = 0
         self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
         self.address = self.listening.getHost().port
 

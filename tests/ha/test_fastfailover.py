@@ -2,13 +2,17 @@
 Fast failover of a sync pair, with real broker processes, a real ZooKeeper
 and the default ZooKeeper session timeout (30 s): a samsa master killed
 under load from the Python producer is replaced by its gregor slave without
-waiting for its session to expire; a link cut between a live master and its
-slave deposes nobody; a master cut off from both its slave and ZooKeeper is
-replaced, and when it comes back it is fenced and never takes a write.
+waiting for its session to expire; so is a master frozen with SIGSTOP (a
+host that died without closing its connections), which, resumed, is fenced
+and acknowledges nothing; a link cut between a live master and its slave
+deposes nobody, nor does an idle master cut off from ZooKeeper only (its
+link heartbeat keeps its slave); a master cut off from both its slave and
+ZooKeeper is replaced, and when it comes back it is fenced and never takes
+a write.
 
-The kill test prints its figures (kill to the first acknowledged put on the
-promoted slave, acknowledged messages lost, duplicates); docs/ha.md
-reports them.
+The kill and freeze tests print their figures (kill or freeze to the first
+acknowledged put on the promoted slave, acknowledged messages lost,
+duplicates); docs/ha.md reports them.
 """
 
 import io
@@ -132,14 +136,11 @@ class FastSyncFailoverTests(_FailoverCase):
         return [record.data for record in records]
 
     @defer.inlineCallbacks
-    def test_killUnderLoad(self):
+    def startLoad(self):
         """
-        kill -9 of the master while the Python producer puts: the slave
-        takes over without waiting for the master's session (30 s) to
-        expire, the producer moves to it through ZooKeeper, and every
-        acknowledged message is on it.  The old master restarted is fenced.
+        The Python producer, through ZooKeeper, under L{ProducerLoad}, once
+        200 of its puts were acknowledged.
         """
-        yield self.startPair()
         factory = MetaMessageSessionFactory(
             MetaClientConfig(zkConnect=zookeeperAddress(), zkRoot=self.root, reconnectIntervalInMills=100,
                              localMessagePath=self.mktemp(), asyncStoragePath=self.mktemp()),
@@ -152,35 +153,60 @@ class FastSyncFailoverTests(_FailoverCase):
         load = ProducerLoad(producer, "meta-test")
         self.addCleanup(load.stop)
         yield waitFor(lambda: len(load.acknowledged) >= 200, timeout=60)
+        return load
 
-        # A TLS address of the old master, held by a session that outlives
-        # it: the promoted slave (without TLS) must not leave it behind.
-        yield deferToThread(self.zk.create, self.root + "/brokers/ids/2/tls-master", b"meta://127.0.0.1:1",
-                            ephemeral=True)
-        killed = time.monotonic()
-        yield self.master.kill()
+    @defer.inlineCallbacks
+    def failOver(self, load, signal):
+        """
+        Stop the master with C{signal} under C{load}, wait for the first
+        put acknowledged by the promoted slave and 100 more, and check and
+        print the figures.
+
+        @return: a Deferred firing with the seconds from the signal to that
+            first acknowledgement.
+        """
+        signalled = time.monotonic()
+        yield self.master.kill(signal)
         load.since = time.monotonic()
         yield waitFor(lambda: load.firstAfter is not None, timeout=60)
-        recovered = load.firstAfter - killed
+        recovered = load.firstAfter - signalled
         promoted = len(load.acknowledged)
         yield waitFor(lambda: len(load.acknowledged) >= promoted + 100, timeout=60)
         yield load.stop()
 
         self.assertEqual((yield self.record()), FailoverRecord(1, self.url(self.slave)))
         self.assertTrue((yield self.masterIs(self.slave)))
-        self.assertIsNone((yield self.data("/brokers/ids/2/tls-master")))
         # Taken over through the fast path, not after the session expired.
         self.assertIn("link down and no beat in ZooKeeper", self.slave.output)
         stored = self.storedBodies(self.slave)
         lost = load.acknowledged - set(stored)
         duplicates = len(stored) - len(set(stored))
         print(
-            "\nfast failover (zkSessionTimeoutMs=%d, masterGraceMs=%d): kill -9 -> first acknowledged put on the "
+            "\nfast failover (zkSessionTimeoutMs=%d, masterGraceMs=%d): %s -> first acknowledged put on the "
             "promoted slave %.2f s; %d acknowledged, %d lost, %d duplicates, %d failed sends retried"
-            % (SESSION_TIMEOUT_MS, GRACE * 1000, recovered, len(load.acknowledged), len(lost), duplicates,
-               load.failures)
+            % (SESSION_TIMEOUT_MS, GRACE * 1000, "kill -9" if signal == "KILL" else "SIG" + signal, recovered,
+               len(load.acknowledged), len(lost), duplicates, load.failures)
         )
         self.assertEqual(lost, set())
+        return recovered
+
+    @defer.inlineCallbacks
+    def test_killUnderLoad(self):
+        """
+        kill -9 of the master while the Python producer puts: the slave
+        takes over without waiting for the master's session (30 s) to
+        expire, the producer moves to it through ZooKeeper, and every
+        acknowledged message is on it.  The old master restarted is fenced.
+        """
+        yield self.startPair()
+        load = yield self.startLoad()
+
+        # A TLS address of the old master, held by a session that outlives
+        # it: the promoted slave (without TLS) must not leave it behind.
+        yield deferToThread(self.zk.create, self.root + "/brokers/ids/2/tls-master", b"meta://127.0.0.1:1",
+                            ephemeral=True)
+        yield self.failOver(load, "KILL")
+        self.assertIsNone((yield self.data("/brokers/ids/2/tls-master")))
 
         # The pair as the admin tool shows it: the new master, and the old
         # one's node left by its session, which has not expired yet.
@@ -209,6 +235,78 @@ class FastSyncFailoverTests(_FailoverCase):
         self.assertEqual({reply.code for reply in replies}, {500})
         self.assertTrue((yield self.masterIs(self.slave)))
         self.assertNotIn(b"fork", self.storedBodies(self.master))
+
+    @defer.inlineCallbacks
+    def test_frozenMasterUnderLoad(self):
+        """
+        The master's host dies without closing its connections, simulated
+        by SIGSTOP while the Python producer puts: its link stays open and
+        its session stays until it expires (30 s), but its link heartbeat
+        and its beat in ZooKeeper stop.  The slave closes the silent link
+        and takes over through the fast path; every acknowledged message is
+        on it.  A put sent to the frozen master meanwhile, and every put
+        after it is resumed (SIGCONT), is refused: its syncs are refused by
+        the promoted slave, it finds itself failed over and fences itself.
+        """
+        yield self.startPair()
+        # The slave has read the master's word that it heartbeats its link.
+        yield waitFor(lambda: "closed after 1.0 s without a read" in self.slave.output)
+        load = yield self.startLoad()
+        yield self.failOver(load, "STOP")
+        self.assertIn("nothing read for 1.0 s", self.slave.output)
+
+        # Sent to the frozen master: it lies in its socket until it resumes.
+        client = yield self.master.connect()
+        self.addCleanup(client.transport.loseConnection)
+        frozenPut = client.put("meta-test", 0, b"sent-while-frozen", 1)
+        yield self.master.kill("CONT")
+        reply = yield frozenPut
+        self.assertEqual(reply.code, 500, reply.body)
+        # Its link is gone; on its new one the promoted slave refuses it.
+        yield waitFor(lambda: "refused this master's syncs" in self.master.output, timeout=30)
+        self.assertIn("this slave was promoted to master", self.master.output)
+        yield waitFor(lambda: self.state(self.master).addCallback(lambda s: s is not None and b'"fenced"' in s),
+                      timeout=30)
+        reply = yield self.put(self.master, b"resumed")
+        self.assertEqual(reply.code, 500)
+        self.assertIn(b"was failed over to %s (epoch 1)" % (self.url(self.slave).encode(),), reply.body)
+        self.assertTrue((yield self.masterIs(self.slave)))
+        stored = self.storedBodies(self.slave)
+        self.assertNotIn(b"sent-while-frozen", stored)
+        self.assertNotIn(b"resumed", stored)
+        self.assertEqual((yield self.put(self.slave, b"new-master")).code, 200)
+
+    @defer.inlineCallbacks
+    def test_idleMasterCutOffFromZooKeeperKeepsItsSlave(self):
+        """
+        An idle master cut off from ZooKeeper only: its beat stops and it
+        refuses puts, but its link heartbeat goes on, so its slave (which
+        closes a link silent for 1 s) keeps the link and does not take
+        over, however long the cut; when ZooKeeper returns the master takes
+        puts again.
+        """
+        zkHost, zkPort = zookeeperAddress().rsplit(":", 1)
+        zkProxy = CuttableProxy(int(zkPort))
+        self.addCleanup(zkProxy.stop)
+        yield self.startPair(linkThroughProxy=True, masterZk="127.0.0.1:%d" % (zkProxy.address,))
+        yield waitFor(lambda: "closed after 1.0 s without a read" in self.slave.output)
+
+        zkProxy.cutLink()
+        yield waitFor(lambda: self.put(self.master, b"cut").addCallback(
+            lambda r: r.code == 500 and b"lost ZooKeeper" in r.body))
+        # Twenty heartbeats (version requests of 21 bytes, every 0.3 s)
+        # and nothing else: well past the slave's limit of silence and
+        # grace together.
+        sent = self.link.forwarded
+        yield waitFor(lambda: self.link.forwarded >= sent + 20 * 21, timeout=60)
+        self.assertEqual((yield self.record()), FailoverRecord(0, self.url(self.master)))
+        self.assertNotIn("Promoted", self.slave.output)
+        self.assertNotIn("nothing read for", self.slave.output)
+        self.assertNotIn("Master link from", self.slave.output)
+
+        zkProxy.heal()
+        yield waitFor(lambda: self.put(self.master, b"back").addCallback(lambda r: r.code == 200), timeout=60)
+        self.assertIn(b"back", self.storedBodies(self.slave))
 
     @defer.inlineCallbacks
     def test_cutLinkDoesNotDeposeALiveMaster(self):
