@@ -15,10 +15,14 @@ The cost of replication (issue 7, Performance).
    C{masterGraceMs}) at the default C{zk.zkSessionTimeoutMs} (30 s); the
    Python producer (blocking API, through ZooKeeper) puts unique bodies from
    P threads, retrying each failed send with the same body; the master is
-   killed with SIGKILL; printed per round: kill to the first acknowledged
-   put of a send started after the master was gone (so on the promoted
-   slave), acknowledged messages missing from the slave's log (lost) and
-   bodies stored twice (duplicates, from retried sends).
+   killed with SIGKILL, or with C{--failover-signal stop} frozen with
+   SIGSTOP (a host that dies without closing its connections: they stay
+   open, its session stays until it expires); printed per round: kill (or
+   freeze) to the first acknowledged put of a send started after the
+   master was gone (so on the promoted slave), acknowledged messages
+   missing from the slave's log (lost) and bodies stored twice
+   (duplicates, from retried sends); a frozen master is then resumed
+   (SIGCONT) and must refuse a put.
 
 Every broker is a fresh C{twistd -n metaq} on a free loopback port. The
 async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
@@ -31,11 +35,13 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind --registered
     .venv/bin/python benchmarks/ha.py --count 30000 --producers 0 --shared 10 --flush group --slave-idle-poll 0
     .venv/bin/python benchmarks/ha.py --failover 5
+    .venv/bin/python benchmarks/ha.py --failover 5 --failover-signal stop
 """
 
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +116,16 @@ class Broker:
         self.process.kill()
         self.process.wait(30)
 
+    def freeze(self):
+        """
+        SIGSTOP: the process stops with its connections and its ZooKeeper
+        session open, as a host that dies without closing them.
+        """
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.process.send_signal(signal.SIGCONT)
+
     def storedBodies(self, topic="bench", partition=0):
         directory = os.path.join(self.directory, "data", f"{topic}-{partition}")
         data = b""
@@ -117,7 +133,10 @@ class Broker:
             if name.endswith(".meta"):
                 with open(os.path.join(directory, name), "rb") as f:
                     data += f.read()
-        return [record.data for record in decodeRecords(data)[0]]
+        # A running broker keeps zeros after its last record
+        # (preallocateSize), which would decode as empty records; the
+        # bodies put here never end in a NUL byte.
+        return [record.data for record in decodeRecords(data.rstrip(b"\0"))[0]]
 
 
 def warmUp(broker, attempts=200):
@@ -383,7 +402,10 @@ def failoverRound(args, root, number):
         try:
             load.waitFor(lambda: len(load.acknowledged) >= 500)
             killed = time.monotonic()
-            master.kill()
+            if args.failover_signal == "stop":
+                master.freeze()
+            else:
+                master.kill()
             load.since = time.monotonic()
             load.waitFor(lambda: load.firstAfter is not None)
             promoted = len(load.acknowledged)
@@ -394,27 +416,50 @@ def failoverRound(args, root, number):
         lost = len(load.acknowledged - set(stored))
         duplicates = len(stored) - len(set(stored))
         recovered = load.firstAfter - killed
+        resumed = resumedPut(master) if args.failover_signal == "stop" else ""
         print(f"{number:>5} {recovered:>22.2f} {len(load.acknowledged):>12} {lost:>5} {duplicates:>10} "
-              f"{load.failures:>14}")
+              f"{load.failures:>14}{resumed}")
         return recovered, lost, duplicates
     finally:
         if factory is not None:
             factory.close()
         slave.stop()
         if master.process.poll() is None:
+            master.resume()
             master.stop()
+
+
+def resumedPut(master):
+    """
+    Resume a frozen master and put to it: the put must be refused (its
+    syncs are refused by the promoted slave, and it fences itself).
+
+    @return: the column of the table: the reply's code.
+    """
+    master.resume()
+    exchange = Exchange(master.address)
+    try:
+        kind, code, body = exchange.call(b"put bench 0 7 0 -1 1\r\nresumed")
+    finally:
+        exchange.close()
+    if code == 200:
+        raise RuntimeError(f"the resumed master acknowledged a put: {body!r}")
+    return f" {code:>12}"
 
 
 def failoverPart(args, root):
     if not args.zookeeper:
         raise SystemExit("--failover needs --zookeeper or METAQ_TEST_ZK")
-    print(f"== fast failover of a sync pair: kill -9 of the master under load from {args.producers} "
-          f"Python producer threads, zkSessionTimeoutMs=30000 (default), masterGraceMs=1200 (default)")
-    print(f"{'round':>5} {'kill -> first ack (s)':>22} {'acknowledged':>12} {'lost':>5} {'duplicates':>10} "
-          f"{'failed sends':>14}")
+    stop = args.failover_signal == "stop"
+    event = "silent" if stop else "kill"
+    print(f"== fast failover of a sync pair: {'SIGSTOP' if stop else 'kill -9'} of the master under load from "
+          f"{args.producers} Python producer threads, zkSessionTimeoutMs=30000 (default), masterGraceMs=1200 "
+          f"(default)" + (", linkHeartbeatMs=300, masterSilenceMs=1000 (defaults)" if stop else ""))
+    print(f"{'round':>5} {event + ' -> first ack (s)':>22} {'acknowledged':>12} {'lost':>5} {'duplicates':>10} "
+          f"{'failed sends':>14}" + (f" {'resumed put':>12}" if stop else ""))
     results = [failoverRound(args, root, number) for number in range(1, args.failover + 1)]
     times = sorted(result[0] for result in results)
-    print(f"kill -> first acknowledged put on the promoted slave: median {times[len(times) // 2]:.2f} s, "
+    print(f"{event} -> first acknowledged put on the promoted slave: median {times[len(times) // 2]:.2f} s, "
           f"max {times[-1]:.2f} s (goal: at most 3 s); lost {sum(r[1] for r in results)}, "
           f"duplicates {sum(r[2] for r in results)}")
 
@@ -459,6 +504,9 @@ def parseArguments(argv):
                              "docs/performance.md)")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
+    parser.add_argument("--failover-signal", choices=["kill", "stop"], default="kill",
+                        help="--failover: stop the master with SIGKILL (a crash), or freeze it with SIGSTOP "
+                             "(a host that dies without closing its connections), resuming it after the round")
     return parser.parse_args(argv)
 
 
