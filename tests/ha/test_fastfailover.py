@@ -276,6 +276,11 @@ class FastSyncFailoverTests(_FailoverCase):
         self.assertNotIn(b"resumed", stored)
         self.assertEqual((yield self.put(self.slave, b"new-master")).code, 200)
 
+        out = io.StringIO()
+        self.assertEqual((yield self.failoverTool(out, "show", "2")), 0)
+        self.assertRegex(out.getvalue(), "broker %s: fenced, epoch 1, .*heartbeat to slave every 300 ms"
+                         % (self.url(self.master),))
+
     @defer.inlineCallbacks
     def test_idleMasterCutOffFromZooKeeperKeepsItsSlave(self):
         """
