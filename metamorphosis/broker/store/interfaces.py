@@ -51,6 +51,17 @@ class IMessageStore(Interface):
         costs no Deferred and no callback chain.
         """
 
+    def appendRecordsThen(buffer, count, stored, failed):
+        """
+        Append C{count} records already encoded in C{buffer}, their
+        checksums verified by the caller (a sync slave's syncs of one read
+        to this partition), as one append: C{stored} is called once with
+        the offset of the first, C{failed} with a
+        L{twisted.python.failure.Failure}, either maybe before this
+        returns.  The segment rolls between them where it would for one
+        append per record.
+        """
+
     def appendBatch(messages, durable=True):
         """
         Append several records, given as C{(msgId, flag, body)} tuples, as

@@ -183,10 +183,10 @@ class _Entry:
     """
 
     __slots__ = ("messages", "raw", "size", "count", "stored", "failed", "expectedOffset",
-                 "offset", "durable")
+                 "offset", "durable", "recordwise")
 
     def __init__(self, messages, raw, size, count, stored, failed, expectedOffset=None,
-                 durable=True):
+                 durable=True, recordwise=False):
         self.messages = messages
         self.raw = raw
         self.size = size
@@ -197,6 +197,38 @@ class _Entry:
         self.offset = None
         # False: acknowledged once written, even under group commit.
         self.durable = durable
+        # True: C{raw} holds C{count} records that roll to a new segment
+        # between them where one entry per record would (L{_Halves}).
+        self.recordwise = recordwise
+
+    def splitAt(self, room):
+        """
+        Split this entry of several records after the first record that
+        ends at or past C{room} bytes, where one entry per record would
+        have rolled the segment.
+
+        @return: this entry and L{None} when no record but its last one
+            reaches C{room}; else two new entries, the records up to that
+            one and the rest, whose outcomes are joined into this entry's
+            (L{_Halves}).
+        """
+        raw = self.raw
+        end = 0
+        count = 0
+        while True:
+            end += HEADER_SIZE + _length.unpack_from(raw, end)[0]
+            count += 1
+            if end >= room or end >= self.size:
+                break
+        if end >= self.size:
+            return self, None
+        halves = _Halves(self.stored, self.failed)
+        return (
+            _Entry(None, raw[:end], end, count, halves.headStored, halves.partFailed,
+                   recordwise=True),
+            _Entry(None, raw[end:], self.size - end, self.count - count, halves.tailStored,
+                   halves.partFailed, recordwise=True),
+        )
 
     def addParts(self, parts):
         """
@@ -207,6 +239,41 @@ class _Entry:
             parts.append(self.raw)
         else:
             encodeRecordParts(self.messages, parts)
+
+
+class _Halves:
+    """
+    The outcomes of the two parts of an entry split at a segment roll
+    (L{_Entry.splitAt}), joined into the entry's: C{stored} once both parts
+    are stored, with the offset of the first (the records are contiguous
+    across the roll, so it is the entry's); C{failed} once, at the first
+    part that fails.
+    """
+
+    __slots__ = ("stored", "failed", "offset", "waiting")
+
+    def __init__(self, stored, failed):
+        self.stored = stored
+        self.failed = failed
+        self.offset = None
+        self.waiting = 2
+
+    def headStored(self, offset):
+        self.offset = offset
+        self._partStored()
+
+    def tailStored(self, offset):
+        self._partStored()
+
+    def _partStored(self):
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.stored(self.offset)
+
+    def partFailed(self, failure):
+        if self.waiting > 0:
+            self.waiting = -1
+            self.failed(failure)
 
 
 class _Write:
@@ -577,6 +644,16 @@ class MessageStore:
             self._enqueue(_Entry(((msgId, flag, body),), None, HEADER_SIZE + len(body), 1,
                                  stored, failed))
 
+    def appendRecordsThen(self, buffer, count, stored, failed):
+        """
+        C{count} records already encoded, with their checksums verified by
+        the caller (a sync slave's C{sync}s of one read to this partition),
+        as one entry: one job step, one callback.  The segment rolls
+        between them where it would for one append per record, so a sync
+        slave's segment files stay its master's.
+        """
+        self._enqueue(_Entry(None, buffer, len(buffer), count, stored, failed, recordwise=True))
+
     def appendBatch(self, messages, durable=True):
         messages = list(messages)
         size = batchSize(messages)
@@ -800,6 +877,11 @@ class MessageStore:
                 self._queue = entries[index:]
                 break
             entrySize = entry.size
+            if entry.recordwise and size + entrySize >= maxSegmentSize:
+                entry, tail = entry.splitAt(maxSegmentSize - size)
+                if tail is not None:
+                    entries.insert(index + 1, tail)
+                    entrySize = entry.size
             taken += entrySize
             offset = segment.start + size
             if entry.expectedOffset is not None and entry.expectedOffset != offset:

@@ -18,6 +18,7 @@ from metamorphosis.broker.store.errors import (
     CorruptRecord,
     OffsetBeforeStart,
     OffsetMismatch,
+    PartitionReadOnly,
     StoreClosed,
 )
 from metamorphosis.broker.store.interfaces import IMessageStore
@@ -240,6 +241,106 @@ class ReplicationAppendTests(SynchronousTestCase):
         store = makeStore(self.mktemp(), unflushThreshold=0)
         self.failureResultOf(store.appendRecords(EXAMPLE1 + EXAMPLE2[:-1]), ValueError)
         self.assertEqual(store.maxOffset, 0)
+
+
+def segmentFiles(directory):
+    """
+    Each segment file of a closed partition and its bytes.
+    """
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            files[name] = f.read()
+    return files
+
+
+class AppendRecordsThenTests(SynchronousTestCase):
+    """
+    L{MessageStore.appendRecordsThen}: records already encoded, stored as
+    one entry (a sync slave's syncs of one read to one partition).
+    """
+
+    def test_oneEntry(self):
+        """
+        The records are written as they are, counted one by one, and
+        acknowledged once, with the offset of the first.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        appendExample(store, 1)
+        outcomes = []
+        store.appendRecordsThen(EXAMPLE2 + EXAMPLE3, 2, outcomes.append, outcomes.append)
+        self.assertEqual(outcomes, [25])
+        self.assertEqual(store.messageCount, 3)
+        self.assertEqual(store.slice(0, 1000).read(), EXAMPLE1 + EXAMPLE2 + EXAMPLE3)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=5), min_size=1, max_size=8),
+        st.integers(20, 150),
+        st.sampled_from([0, 100]),
+    )
+    def test_sameSegmentsAsOneByOne(self, batches, maxSegmentSize, unflushThreshold):
+        """
+        Batches of records leave the same segment files, byte for byte, as
+        the same records appended one by one: the segment rolls between the
+        records of a batch where it would after one of them; each batch is
+        acknowledged once, at the offset its first record got.
+        """
+        single, batched = self.mktemp(), self.mktemp()
+        one = makeStore(single, unflushThreshold=unflushThreshold, maxSegmentSize=maxSegmentSize)
+        many = makeStore(batched, unflushThreshold=unflushThreshold, maxSegmentSize=maxSegmentSize)
+        firstOffsets = []
+        acknowledged = []
+        msgId = 0
+        for bodies in batches:
+            buffer = b""
+            for index, body in enumerate(bodies):
+                msgId += 1
+                offset = self.successResultOf(one.append(msgId, 0, body, checksum(body)))
+                if index == 0:
+                    firstOffsets.append(offset)
+                buffer += record(msgId, body)
+            many.appendRecordsThen(buffer, len(bodies), acknowledged.append, self.fail)
+            self.assertEqual(len(acknowledged), len(firstOffsets))
+        self.assertEqual(acknowledged, firstOffsets)
+        self.assertEqual(many.messageCount, one.messageCount)
+        self.successResultOf(one.close())
+        self.successResultOf(many.close())
+        self.assertEqual(segmentFiles(batched), segmentFiles(single))
+
+    def test_splitFailsOnce(self):
+        """
+        A batch split at a roll whose second part fails to be written fails
+        once, and is not acknowledged.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=0, maxSegmentSize=60, preallocate=0)
+        realPwrite = os.pwrite
+        writes = []
+
+        def secondFails(fd, data, position):
+            writes.append(len(data))
+            if len(writes) == 2:
+                raise OSError(28, "No space left on device")
+            return realPwrite(fd, data, position)
+
+        self.patch(os, "pwrite", secondFails)
+        outcomes = []
+        store.appendRecordsThen(EXAMPLE1 + EXAMPLE2 + EXAMPLE3 + EXAMPLE1, 4, outcomes.append, outcomes.append)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(writes, [25 + 30 + 25, 25])
+        [failure] = outcomes
+        failure.trap(OSError)
+
+    def test_readOnly(self):
+        """
+        A partition that takes no writes fails the batch once.
+        """
+        store = makeStore(self.mktemp(), unflushThreshold=0)
+        store.readOnly = "its segment was lost"
+        outcomes = []
+        store.appendRecordsThen(EXAMPLE1 + EXAMPLE2, 2, outcomes.append, outcomes.append)
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, PartitionReadOnly)
 
 
 class FlushPolicyTests(SynchronousTestCase):
