@@ -36,6 +36,7 @@ __all__ = [
     "QuitCommand",
     "TransactionCommand",
     "SyncCommand",
+    "SyncBatch",
     "ResultCommand",
     "ValueCommand",
     "CommandParser",
@@ -241,6 +242,21 @@ class SyncCommand:
     def encode(self) -> bytes:
         head = syncHead(self.topic, self.partition, len(self.data), self.flag, self.msgId, self.checksum)
         return b"%s%d\r\n%s" % (head, self.opaque, self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncBatch:
+    """
+    Whole C{sync} commands that came one after the other in one input
+    (L{CommandParser} with C{syncBatches}): a sync slave stores and answers
+    them together rather than one command at a time.  Not a command of the
+    protocol: its encoding is its syncs' one after the other.
+    """
+
+    syncs: list
+
+    def encode(self) -> bytes:
+        return b"".join(sync.encode() for sync in self.syncs)
 
 
 def syncHead(topic: str, partition: int, length: int, flag: int, msgId: int, checksum: int) -> bytes:
@@ -629,15 +645,20 @@ class CommandParser:
         is a L{ProtocolError} (Java has no limit).
     @ivar maxLineLength: the longest header line accepted, CR LF excluded
         (Java has no limit either; this only bounds memory).
+    @ivar syncBatches: whether two or more whole C{sync} commands in a row
+        (as a sync master sends them, L{_WHOLE_SYNC}) that one L{parse} call
+        completes come as one L{SyncBatch} rather than one by one.
     """
 
     def __init__(
         self,
         maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+        syncBatches: bool = False,
     ):
         self.maxBodySize = maxBodySize
         self.maxLineLength = maxLineLength
+        self.syncBatches = syncBatches
         self._buffer = bytearray()
         self._scanned = 0
         self._waiting: _Waiting | None = None
@@ -684,6 +705,8 @@ class CommandParser:
                         if match is not None:
                             command = self._wholeSync(buffer, end, match)
                             if command is not None:
+                                if self.syncBatches:
+                                    command = self._moreSyncs(buffer, command)
                                 yield command
                                 continue
                     raw = buffer[:end]
@@ -747,6 +770,44 @@ class CommandParser:
         if body is None:
             return None
         return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
+
+    def _moreSyncs(self, buffer: bytearray, first: SyncCommand) -> "SyncCommand | SyncBatch":
+        """
+        C{first} and the whole syncs that follow it in C{buffer}, taken
+        from it: a L{SyncBatch} of them all, or C{first} alone.  What is
+        not a whole sync (another command, a sync still arriving, a
+        malformed one) is left to the general path.
+        """
+        syncs = [first]
+        start = 0
+        size = len(buffer)
+        find = buffer.find
+        match = _WHOLE_SYNC.fullmatch
+        while True:
+            end = find(b"\r\n", start)
+            if end < 0 or end - start > self.maxLineLength:
+                break
+            header = match(buffer, start, end)
+            if header is None:
+                break
+            topic, partition, length, flag, msgId, checksum, opaque = header.groups()
+            length = int(length)
+            stop = end + 2 + length
+            if stop > size or length > self.maxBodySize:
+                break
+            msgId = int(msgId)
+            checksum = int(checksum)
+            opaque = int(opaque)
+            if msgId not in _JAVA_LONGS or checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+                break
+            syncs.append(newSync(topic.decode("ascii"), int(partition), bytes(buffer[end + 2:stop]),
+                                 int(flag), msgId, opaque, checksum))
+            start = stop
+        if start:
+            del buffer[:start]
+        if len(syncs) == 1:
+            return first
+        return SyncBatch(syncs)
 
     def _takeBody(self, buffer: bytearray, end: int, length: int) -> "bytes | None":
         """

@@ -50,10 +50,13 @@ class MetaProtocol(protocol.Protocol):
     @cvar maxBodySize: the largest body accepted (a larger declared length
         is a L{ProtocolError}).
     @cvar maxLineLength: the longest header line accepted.
+    @cvar syncBatches: whether whole C{sync} commands in a row come as one
+        L{metamorphosis.protocol.commands.SyncBatch} (L{CommandParser}).
     """
 
     maxBodySize = DEFAULT_MAX_BODY_SIZE
     maxLineLength = DEFAULT_MAX_LINE_LENGTH
+    syncBatches = False
 
     _log = Logger()
     _parser: CommandParser | None = None
@@ -63,7 +66,7 @@ class MetaProtocol(protocol.Protocol):
         if self._failed:
             return
         if self._parser is None:
-            self._parser = CommandParser(self.maxBodySize, self.maxLineLength)
+            self._parser = CommandParser(self.maxBodySize, self.maxLineLength, self.syncBatches)
         try:
             try:
                 for command in self._parser.parse(data):

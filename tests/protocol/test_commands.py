@@ -16,6 +16,7 @@ from metamorphosis.protocol.commands import (
     QuitCommand,
     ResultCommand,
     StatsCommand,
+    SyncBatch,
     SyncCommand,
     TransactionCommand,
     ValueCommand,
@@ -592,6 +593,101 @@ class WholeSyncTests(SynchronousTestCase):
         for cut in range(len(wire)):
             parser = CommandParser()
             self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
+
+
+def _parseInChunks(wire, cuts, syncBatches, maxBodySize):
+    """
+    What a parser makes of C{wire} fed in pieces cut at C{cuts}: the
+    commands it yields (a L{SyncBatch} as it is), then the error's text and
+    opaque or the bytes it still holds.
+    """
+    parser = CommandParser(maxBodySize=maxBodySize, syncBatches=syncBatches)
+    decoded = []
+    pieces = [wire[start:end] for start, end in zip([0] + cuts, cuts + [len(wire)])]
+    try:
+        for piece in pieces:
+            for command in parser.parse(piece):
+                decoded.append(command)
+    except ProtocolError as e:
+        return decoded, (str(e), e.opaque)
+    return decoded, parser.bufferedBytes
+
+
+def _flatten(decoded):
+    flat = []
+    for command in decoded:
+        if isinstance(command, SyncBatch):
+            flat.extend(command.syncs)
+        else:
+            flat.append(command)
+    return flat
+
+
+#: A sync as a sync master sends it (a topic the fast path takes, its
+#: checksum), which the parser batches.
+_masterSyncs = st.builds(
+    SyncCommand,
+    st.sampled_from(["meta-test", "t", "_metaq_slave_status_test"]),
+    st.integers(0, 3),
+    st.binary(max_size=30),
+    st.integers(0, 3),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+)
+
+
+class SyncBatchTests(SynchronousTestCase):
+    """
+    With C{syncBatches}, the whole syncs in a row that one L{CommandParser.parse}
+    completes come as one L{SyncBatch}; nothing else changes.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.one_of(_masterSyncs, _masterSyncs, strategies.commands), max_size=12),
+        st.sampled_from([b"", b"sync t 0 5 0 1 2 3\r\nab", b"sync t 0 1 0 5 6\r\n\r\n",
+                         b"bogus\r\n", b"sync t 0 99999 0 1 2 3\r\n"]),
+        st.data(),
+        st.sampled_from([1000, 20]),
+    )
+    def test_sameCommands(self, commands, tail, data, maxBodySize):
+        """
+        In any chunking, the commands are those the parser gives without
+        C{syncBatches}, in the same order, with the same error or the same
+        bytes left; a batch holds two syncs or more, all whole in one
+        input, and is followed by what is not a whole sync.
+        """
+        wire = b"".join(command.encode() for command in commands) + tail
+        cuts = sorted(set(data.draw(st.lists(st.integers(0, len(wire)), max_size=4))))
+        batched, batchedEnd = _parseInChunks(wire, cuts, True, maxBodySize)
+        plain, plainEnd = _parseInChunks(wire, cuts, False, maxBodySize)
+        self.assertEqual((_flatten(batched), batchedEnd), (plain, plainEnd))
+        for command in batched:
+            if isinstance(command, SyncBatch):
+                self.assertGreaterEqual(len(command.syncs), 2)
+                self.assertTrue(all(isinstance(sync, SyncCommand) for sync in command.syncs))
+
+    def test_batches(self):
+        """
+        The syncs of one input come together; a command between them, a
+        sync whose body is still arriving, and a sync alone do not.
+        """
+        syncs = [SyncCommand("meta-test", 0, b"m%d" % (i,), 0, 100 + i, i, 7) for i in range(5)]
+        version = VersionCommand(9)
+        wire = b"".join(sync.encode() for sync in syncs[:3]) + version.encode() + syncs[3].encode()
+        last = syncs[4].encode()
+        parser = CommandParser(syncBatches=True)
+        self.assertEqual(parser.feed(wire + last[:-1]), [SyncBatch(syncs[:3]), version, syncs[3]])
+        self.assertEqual(parser.feed(last[-1:]), [syncs[4]])
+        self.assertEqual(CommandParser().feed(wire), syncs[:3] + [version, syncs[3]])
+
+    def test_encode(self):
+        """
+        A batch encodes as its syncs one after the other.
+        """
+        syncs = [SyncCommand("t", 1, b"x", 0, 5, 7, 3), SyncCommand("t", 0, b"", 0, 6, 8, -1)]
+        self.assertEqual(SyncBatch(syncs).encode(), syncs[0].encode() + syncs[1].encode())
 
 
 class FastConstructorTests(SynchronousTestCase):
