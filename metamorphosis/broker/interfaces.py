@@ -94,6 +94,16 @@ class ISyncProcessor(Interface):
         connections call.
         """
 
+    def syncBatchThen(syncs, session, replied):
+        """
+        Answer whole syncs that came one after the other in one read (a
+        L{metamorphosis.protocol.commands.SyncBatch}, each sync already past
+        the broker's checks of its topic and access), together: return a
+        L{metamorphosis.broker.server.Replies} holding the reply to each,
+        or L{metamorphosis.broker.server.REPLY_LATER} and call C{replied}
+        with it later (maybe before returning).
+        """
+
     def sessionClosed(session):
         """
         The connection of C{session} was lost (a master's link may be down).

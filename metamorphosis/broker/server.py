@@ -45,6 +45,7 @@ from metamorphosis.protocol.commands import (
     QuitCommand,
     ResultCommand,
     StatsCommand,
+    SyncBatch,
     SyncCommand,
     TransactionCommand,
     ValueCommand,
@@ -135,6 +136,21 @@ def result(code, text, opaque):
     A C{result} reply with a text body.
     """
     return ResultCommand(code, text.encode("utf-8"), opaque)
+
+
+class Replies:
+    """
+    The replies to a L{SyncBatch}, already encoded one after the other:
+    one reply for the connection to send, in one write.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, encoded):
+        self.encoded = encoded
+
+    def encode(self):
+        return self.encoded
 
 
 class FileRegion:
@@ -247,6 +263,10 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
     """
 
     log = Logger()
+
+    #: The whole syncs of one read come as one command (a sync slave's
+    #: bulk path: L{BrokerFactory.dispatch}).
+    syncBatches = True
 
     def __init__(self):
         self._paused = False
@@ -1158,15 +1178,65 @@ class BrokerFactory(protocol.ServerFactory):
                            peer=hostPort(session.peer), error=text)
         return result(BAD_REQUEST, text, command.opaque)
 
+    def _syncBatchThen(self, syncs, session, replied):
+        """
+        The whole syncs of one read (a L{SyncBatch}): each checked as
+        L{dispatch} checks one (its topic's name, access), those that pass
+        given to the sync processor together (L{ISyncProcessor.syncBatchThen}),
+        and all of them answered in one L{Replies}: returned, or passed to
+        C{replied} (L{REPLY_LATER}).  A sync slave's bulk path: one call
+        per read rather than one dispatch, one store entry and one reply
+        per sync.
+        """
+        processor = self.syncProcessor
+        refused = []
+        accepted = []
+        legal = set()
+        maxTopicNameLength = self.config.maxTopicNameLength
+        check = self.access.check
+        for sync in syncs:
+            topic = sync.topic
+            if topic not in legal:
+                try:
+                    checkTopic(topic, maxTopicNameLength)
+                except IllegalTopicName as e:
+                    self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
+                                       peer=hostPort(session.peer), error=str(e))
+                    refused.append(result(BAD_REQUEST, str(e), sync.opaque).encode())
+                    continue
+                legal.add(topic)
+            refusal = check(sync, session)
+            if refusal is None and processor is None:
+                refusal = result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
+                                 sync.opaque)
+            if refusal is not None:
+                refused.append(refusal.encode())
+            else:
+                accepted.append(sync)
+        if not accepted:
+            return Replies(b"".join(refused))
+        if not refused:
+            return processor.syncBatchThen(accepted, session, replied)
+        refusals = b"".join(refused)
+
+        def joined(replies):
+            replied(Replies(refusals + replies.encoded))
+
+        replies = processor.syncBatchThen(accepted, session, joined)
+        if replies is REPLY_LATER:
+            return REPLY_LATER
+        return Replies(refusals + replies.encoded)
+
     def dispatch(self, command, session, replied=None):
         """
         The reply to C{command}: a command, a L{FileRegion}, L{None} or a
         Deferred of one of those; or L{REPLY_LATER} when C{replied} (a
         callable) was given and will be called with the reply: a plain put
         handled by a processor whose class has C{putThen} (L{putThenOf}:
-        the broker's own, the sync master's, the fence's), or a C{sync}
-        (L{ISyncProcessor.syncThen}).  Any other processor answers puts
-        through C{processPut}, maybe with a Deferred.
+        the broker's own, the sync master's, the fence's), a C{sync}
+        (L{ISyncProcessor.syncThen}) or a L{SyncBatch} (L{_syncBatchThen}).
+        Any other processor answers puts through C{processPut}, maybe with
+        a Deferred.
         """
         topic = getattr(command, "topic", None)
         if topic is not None:
@@ -1177,6 +1247,10 @@ class BrokerFactory(protocol.ServerFactory):
                 self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
                                    peer=hostPort(session.peer), error=str(e))
                 return result(BAD_REQUEST, str(e), command.opaque)
+        elif isinstance(command, SyncBatch):
+            if replied is None:
+                return replyOrDeferred(self._syncBatchThen, command.syncs, session)
+            return self._syncBatchThen(command.syncs, session, replied)
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal

@@ -242,6 +242,20 @@ class StatsManager:
             self.realtime.add(PUT, topic, partitionString, 1)
             self.realtime.add(MESSAGE_SIZE, topic, "*", size)
 
+    def statsPutMessages(self, topic, partitionString, sizes):
+        """
+        L{statsPutMessage} of puts of C{sizes} bytes to one partition, with
+        one L{isStatTopic} for all: a sync slave's batch.
+        """
+        count = len(sizes)
+        self.cmdPut += count
+        self.putsByPartition[topic, partitionString] += count
+        self.putBytesByTopic[topic] += sum(sizes)
+        if self.isStatTopic(topic):
+            for size in sizes:
+                self.realtime.add(PUT, topic, partitionString, 1)
+                self.realtime.add(MESSAGE_SIZE, topic, "*", size)
+
     def statsSlavePut(self, topic, partitionString, count=1):
         """
         Messages an async slave replicated from its master: counted as puts,

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from metamorphosis import zk
 from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
 from metamorphosis.broker.interfaces import ISyncProcessor
-from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
+from metamorphosis.broker.server import REPLY_LATER, Replies, replyOrDeferred
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
@@ -162,50 +162,226 @@ class SyncProcessor:
         sync given to the store is passed to C{replied} once the store has
         it on disk under this broker's flush policy (or failed it), and
         L{REPLY_LATER} is returned.  What the broker's connections use, as
-        for a plain put (L{BrokerProcessor.putThen}): no Deferred and no
-        callback chain per sync.
+        for a plain put (L{BrokerProcessor.putThen}), for a sync that came
+        alone (L{syncBatchThen} takes those that came together): no
+        Deferred and no callback chain per sync.
         """
-        processor = self.processor
-        topic, partition, opaque = command.topic, command.partition, command.opaque
         self.link.synced(session)
         if self.link.sealed:
-            return _result(
-                INTERNAL_ERROR,
-                processor.genErrorMessage(topic, partition) + "Detail:this slave was promoted to master",
-                opaque,
-            )
-        partitionString = "%d-%d" % (processor.config.brokerId, partition)
-        processor.stats.statsPutMessage(topic, partitionString, len(command.data))
-        if processor.config.isClosedPartition(topic, partition):
-            return _result(
-                FORBIDDEN,
-                processor.genErrorMessage(topic, partition) + "Detail:Partition[%s] has been closed" % (partitionString,),
-                opaque,
-            )
-        try:
-            store = processor.storeFor(topic, partition)
-            checksum = command.checksum
-            if checksum == -1:
-                checksum = None
-            elif checksum != records.checksum(command.data):
-                raise ValueError(CHECKSUM_FAILURE)
-        except Exception as e:
-            self.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic, partition=partition, error=errorText(e))
-            processor.stats.statsPutFailed(topic, partitionString)
-            return _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition) + "Detail:%s" % (e,), opaque)
-        msgId = command.msgId
+            return self._sealed(command)
+        topic, partition, opaque, msgId = command.topic, command.partition, command.opaque, command.msgId
+        checked = _PartitionSyncs(self, topic, partition)
+        checked.add(command)
+        checked.count()
+        if checked.refused:
+            return checked.refused[0]
+        processor = self.processor
 
         def stored(offset):
             replied(newResult(OK, b"%d %d %d" % (msgId, partition, offset), opaque))
 
         def failed(failure):
             self.log.failure("Sync append to {topic}-{partition} failed", failure, topic=topic, partition=partition)
-            processor.stats.statsPutFailed(topic, partitionString)
+            processor.stats.statsPutFailed(topic, checked.partitionString)
             replied(_result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition), opaque))
 
-        # Verified: the record keeps the checksum rather than computing it again.
-        store.appendThen(msgId, command.flag, command.data, checksum, stored, failed)
+        checked.store.appendRecordsThen(b"".join(checked.records), 1, stored, failed)
         return REPLY_LATER
+
+    def syncBatchThen(self, syncs, session, replied):
+        """
+        Handle the whole syncs of one read together (the broker's bulk
+        path, L{BrokerFactory._syncBatchThen}): each is counted and checked
+        as L{syncThen} does, with the same refusals, but what depends only
+        on its partition (closed, accepted, its store) is found once per
+        partition; those to one partition are stored as one append of
+        their records (L{MessageStore.appendRecordsThen}: one store entry
+        and one callback however many), and the replies to all of them,
+        refusals included, go to C{replied} in one L{Replies} once every
+        partition has stored (or failed) its part.  A refusal waits for
+        the others' fsync: the master matches replies by opaque, and one
+        write of replies is what this path is for.
+        """
+        self.link.synced(session)
+        if self.link.sealed:
+            return Replies(b"".join([self._sealed(sync).encode() for sync in syncs]))
+        batches = {}
+        for sync in syncs:
+            key = (sync.topic, sync.partition)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = _PartitionSyncs(self, sync.topic, sync.partition)
+            batch.add(sync)
+        refused = []
+        waiting = 0
+        for batch in batches.values():
+            batch.count()
+            refused.extend(refusal.encode() for refusal in batch.refused)
+            if batch.replies:
+                waiting += 1
+        if not waiting:
+            return Replies(b"".join(refused))
+        answer = _Answer(replied, refused, waiting)
+        for batch in batches.values():
+            if batch.replies:
+                batch.answer = answer
+                batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies), batch.stored,
+                                              batch.failed)
+        return REPLY_LATER
+
+    def _sealed(self, command):
+        """
+        The refusal of a sync by a slave that took its master's place.
+        """
+        return _result(
+            INTERNAL_ERROR,
+            self.processor.genErrorMessage(command.topic, command.partition)
+            + "Detail:this slave was promoted to master",
+            command.opaque,
+        )
+
+
+class _PartitionSyncs:
+    """
+    The syncs of one read to one partition (L{SyncProcessor.syncBatchThen}),
+    or a sync alone (L{SyncProcessor.syncThen}): their records, stored as
+    one append, what their replies need, and the refusals of those that are
+    not stored.  The partition is looked at once, however many syncs.
+
+    @ivar store: the partition's store, or L{None} when it refuses them all.
+    @ivar error: why it has no store (it does not take the topic or the
+        partition), or L{None}: closed, or it has one.
+    @ivar sizes: the size of each sync's body, for the statistics.
+    @ivar records: the header and body of each record to store, in order.
+    @ivar replies: C{(msgId, opaque, record size)} of each, in order.
+    @ivar refused: the refusals (L{ResultCommand}s).
+    @ivar answer: the L{_Answer} told of the outcome.
+    """
+
+    __slots__ = ("syncProcessor", "topic", "partition", "partitionString", "store", "error", "sizes",
+                 "records", "replies", "refused", "answer")
+
+    def __init__(self, syncProcessor, topic, partition):
+        self.syncProcessor = syncProcessor
+        processor = syncProcessor.processor
+        self.topic = topic
+        self.partition = partition
+        self.partitionString = "%d-%d" % (processor.config.brokerId, partition)
+        self.store = None
+        self.error = None
+        if not processor.config.isClosedPartition(topic, partition):
+            try:
+                self.store = processor.storeFor(topic, partition)
+            except Exception as e:
+                self.error = e
+        self.sizes = []
+        self.records = []
+        self.replies = []
+        self.refused = []
+        self.answer = None
+
+    def add(self, sync):
+        """
+        Take C{sync}: its record and reply for the append, or its refusal
+        (the partition's, or its body fails its checksum).
+        """
+        data = sync.data
+        self.sizes.append(len(data))
+        if self.store is None:
+            self._refuse(sync, self.error)
+            return
+        checksum = sync.checksum
+        if checksum == -1:
+            checksum = None
+        elif checksum != records.checksum(data):
+            self._refuse(sync, ValueError(CHECKSUM_FAILURE))
+            return
+        # Verified: the record keeps the checksum rather than computing it again.
+        self.records.append(records.encodeHeader(sync.msgId, sync.flag, data, checksum))
+        self.records.append(data)
+        self.replies.append((sync.msgId, sync.opaque, records.HEADER_SIZE + len(data)))
+
+    def _refuse(self, sync, error):
+        """
+        Refuse C{sync}: its partition is closed, or C{error} (its partition
+        or topic is not taken, its body fails its checksum).
+        """
+        processor = self.syncProcessor.processor
+        topic, partition = self.topic, self.partition
+        if error is None:
+            refusal = _result(
+                FORBIDDEN,
+                processor.genErrorMessage(topic, partition)
+                + "Detail:Partition[%s] has been closed" % (self.partitionString,),
+                sync.opaque,
+            )
+        else:
+            self.syncProcessor.log.warn("Sync to {topic}-{partition} failed: {error}", topic=topic,
+                                        partition=partition, error=errorText(error))
+            processor.stats.statsPutFailed(topic, self.partitionString)
+            refusal = _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition) + "Detail:%s" % (error,),
+                              sync.opaque)
+        self.refused.append(refusal)
+
+    def count(self):
+        """
+        Count every sync added as a put, refused ones included.
+        """
+        self.syncProcessor.processor.stats.statsPutMessages(self.topic, self.partitionString, self.sizes)
+
+    def stored(self, offset):
+        """
+        The records are stored from C{offset} on, one after the other:
+        each sync's reply is its master id, the partition and its own
+        offset, as L{SyncProcessor.syncThen} answers it.
+        """
+        partition = self.partition
+        encoded = []
+        for msgId, opaque, size in self.replies:
+            body = b"%d %d %d" % (msgId, partition, offset)
+            # newResult(OK, body, opaque).encode(), without the object.
+            encoded.append(b"result %d %d %d\r\n%s" % (OK, len(body), opaque, body))
+            offset += size
+        self.answer.add(b"".join(encoded))
+
+    def failed(self, failure):
+        """
+        The append failed: each sync gets the reply a sync alone gets; the
+        failure is logged once for them all.
+        """
+        syncProcessor = self.syncProcessor
+        processor = syncProcessor.processor
+        topic, partition = self.topic, self.partition
+        syncProcessor.log.failure(
+            "Sync append of {count} record(s) to {topic}-{partition} failed", failure,
+            count=len(self.replies), topic=topic, partition=partition)
+        error = processor.genErrorMessage(topic, partition)
+        encoded = []
+        for msgId, opaque, size in self.replies:
+            processor.stats.statsPutFailed(topic, self.partitionString)
+            encoded.append(_result(INTERNAL_ERROR, error, opaque).encode())
+        self.answer.add(b"".join(encoded))
+
+
+class _Answer:
+    """
+    The replies to one batch of syncs: its refusals, then each partition's
+    replies as it stores (or fails) its records; passed on in one
+    L{Replies} once the last partition is done.
+    """
+
+    __slots__ = ("replied", "encoded", "waiting")
+
+    def __init__(self, replied, refused, waiting):
+        self.replied = replied
+        self.encoded = refused
+        self.waiting = waiting
+
+    def add(self, encoded):
+        self.encoded.append(encoded)
+        self.waiting -= 1
+        if not self.waiting:
+            self.replied(Replies(b"".join(self.encoded)))
 
 
 class MasterWatch(service.Service):

@@ -9,9 +9,10 @@ import os
 import random
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from metamorphosis.broker.store.errors import IllegalTopic, OffsetBeforeStart, WrongPartition
-from metamorphosis.protocol.records import encodeRecord
+from metamorphosis.protocol.records import decodeRecords, encodeRecord
 
 
 class FakeStore:
@@ -75,6 +76,22 @@ class FileStore(FakeStore):
 
     def appendThen(self, msgId, flag, body, checksum, stored, failed):
         self.append(msgId, flag, body, checksum).addCallbacks(stored, failed)
+
+    def appendRecordsThen(self, buffer, count, stored, failed):
+        if self.failure is not None:
+            failed(Failure(self.failure))
+            return
+        decoded, consumed = decodeRecords(buffer)
+        assert (len(decoded), consumed) == (count, len(buffer)), "not %d whole records" % (count,)
+        offset = self.maxOffset
+        os.pwrite(self.fd, buffer, offset - self.minOffset)
+        self.add(count, len(buffer))
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append((d, offset))
+            d.addCallbacks(stored, failed)
+            return
+        stored(offset)
 
     def release(self):
         pending, self.pending = self.pending, []

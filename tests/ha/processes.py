@@ -19,7 +19,7 @@ from tests.integration.brokerprocess import TWISTD, BrokerProcess
 
 
 def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/meta", unflushThreshold=0,
-              zkSessionTimeoutMs=4000):
+              zkSessionTimeoutMs=4000, maxSegmentSize=1073741824):
     """
     The text of a C{server.ini}: host 127.0.0.1, data in C{data/} of the
     working directory, group commit (so that a reply means fsynced and
@@ -31,6 +31,7 @@ def serverIni(brokerId, topics=(("meta-test", 1),), zkConnect=None, zkRoot="/met
         "hostName=127.0.0.1",
         "dataPath=data",
         "unflushThreshold=%d" % (unflushThreshold,),
+        "maxSegmentSize=%d" % (maxSegmentSize,),
         "[zookeeper]",
         "zk.zkEnable=%s" % ("true" if zkConnect else "false",),
         "zk.zkConnect=%s" % (zkConnect or "",),

@@ -6,19 +6,31 @@ real processor with in-memory stores: the gregor slave's C{sync}
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig
 from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
-from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor
+from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor, Replies, Session
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, SamsaMasterConfig
 from metamorphosis.ha.gregor import GregorReplication
 from metamorphosis.ha.link import NotConnected, RequestTimeout
 from metamorphosis.ha.samsa import SamsaReplication
-from metamorphosis.protocol.commands import CommandParser, PutCommand, ResultCommand, SyncCommand, TransactionCommand
+from metamorphosis.protocol.commands import (
+    CommandParser,
+    PutCommand,
+    ResultCommand,
+    SyncBatch,
+    SyncCommand,
+    TransactionCommand,
+    VersionCommand,
+)
 from metamorphosis.protocol.ids import IdWorker
 from metamorphosis.protocol.records import checksum, decodeRecords
 from tests.broker.fakes import FakeStoreManager
@@ -28,6 +40,13 @@ BROKER = "meta://127.0.0.1:8131"
 
 class _ProcessorCase(unittest.TestCase):
     def setUp(self):
+        self.makeBroker()
+
+    def makeBroker(self):
+        """
+        A broker's processor and factory on in-memory stores, as this
+        test's attributes.
+        """
         self.config = MetaConfig(brokerId=1, hostName="127.0.0.1", serverPort=8131)
         self.config.topics = {"meta-test": TopicConfig("meta-test"), "test": TopicConfig("test", numPartitions=2)}
         directory = self.mktemp()
@@ -146,6 +165,326 @@ class GregorReplyLaterTests(GregorTests):
     """
 
     replyLater = True
+
+
+def _sync(index, topic="meta-test", partition=0, crc=None):
+    """
+    A sync as a master sends it: its id and opaque from C{index}.
+    """
+    data = b"message %d" % (index,)
+    return SyncCommand(topic, partition, data, 0, 1000 + index, index, checksum(data) if crc is None else crc)
+
+
+#: A session of a connection from the master.
+MASTER = Session(IPv4Address("TCP", "127.0.0.1", 40000))
+
+
+class GregorBatchTests(_ProcessorCase):
+    """
+    The bulk path of a gregor slave (L{SyncBatch}: the whole syncs of one
+    read): the same stores, replies and statistics as the syncs one by one,
+    in one store entry per partition and one reply.
+    """
+
+    def setUp(self):
+        self.makeSlave()
+
+    def makeSlave(self):
+        """
+        A gregor slave on a new broker (L{makeBroker}).
+        """
+        self.makeBroker()
+        self.replication = GregorReplication(GregorSlaveConfig())
+        self.replication.configure(self.config)
+        self.replication.install(self.factory)
+
+    def dispatchBatch(self, syncs):
+        """
+        The replies to C{syncs} dispatched as one batch, decoded; the batch
+        is answered once, with one L{Replies}.
+        """
+        replies = []
+        reply = self.factory.dispatch(SyncBatch(syncs), MASTER, replies.append)
+        if reply is not REPLY_LATER:
+            replies.append(reply)
+        [reply] = replies
+        self.assertIsInstance(reply, Replies)
+        return CommandParser().feed(reply.encode())
+
+    def dispatchOneByOne(self, syncs):
+        replies = []
+        for sync in syncs:
+            reply = self.factory.dispatch(sync, MASTER, replies.append)
+            if reply is not REPLY_LATER:
+                replies.append(reply)
+        return replies
+
+    def outcome(self):
+        """
+        What the slave holds: each partition's records, the statistics.
+        """
+        stored = {(topic, partition): [(r.id, r.body) for r in self.stored(topic, partition)]
+                  for topic, partition in [("meta-test", 0), ("test", 0), ("test", 1)]}
+        return stored, self.stats.cmdPut, self.stats.putFailed, dict(self.stats.putsByPartition)
+
+    def test_onePerPartition(self):
+        """
+        The syncs to each partition are stored in order as one append, each
+        answered with its own offset.
+        """
+        appends = []
+        for topic, partition in [("meta-test", 0), ("test", 1)]:
+            store = self.stores.getOrCreateStore(topic, partition)
+            self.patch(store, "appendRecordsThen", self.counting(store.appendRecordsThen, appends))
+        syncs = [_sync(0), _sync(1, "test", 1), _sync(2), _sync(3), _sync(4, "test", 1)]
+        replies = self.dispatchBatch(syncs)
+        self.assertEqual(sorted(appends), [2, 3])
+        size = 20 + len(b"message 0")
+        self.assertEqual(sorted(replies, key=lambda reply: reply.opaque), [
+            ResultCommand(200, b"1000 0 0", 0),
+            ResultCommand(200, b"1001 1 0", 1),
+            ResultCommand(200, b"1002 0 %d" % (size,), 2),
+            ResultCommand(200, b"1003 0 %d" % (2 * size,), 3),
+            ResultCommand(200, b"1004 1 %d" % (size,), 4),
+        ])
+        self.assertEqual([r.id for r in self.stored()], [1000, 1002, 1003])
+        self.assertEqual([r.id for r in self.stored("test", 1)], [1001, 1004])
+        self.assertEqual(self.stats.cmdPut, 5)
+        self.assertEqual(self.stats.putsByPartition["meta-test", "1-0"], 3)
+
+    @staticmethod
+    def counting(appendRecordsThen, appends):
+        def counted(buffer, count, stored, failed):
+            appends.append(count)
+            appendRecordsThen(buffer, count, stored, failed)
+        return counted
+
+    def assertSameAsOneByOne(self, syncs, closed=()):
+        """
+        C{syncs} dispatched as a batch leave the slave as they do one by one
+        on a new slave, with the same replies.
+
+        @param closed: the partitions closed on both.
+        """
+        self.config.closedPartitions.update(closed)
+        batched = sorted(self.dispatchBatch(syncs), key=lambda reply: reply.opaque)
+        outcome = self.outcome()
+        self.makeSlave()
+        self.config.closedPartitions.update(closed)
+        single = sorted(self.dispatchOneByOne(syncs), key=lambda reply: reply.opaque)
+        self.assertEqual(batched, single)
+        self.assertEqual(outcome, self.outcome())
+        return batched
+
+    def test_badChecksumInTheMiddle(self):
+        """
+        A sync whose body fails its checksum is refused as alone; those
+        around it are stored.
+        """
+        replies = self.assertSameAsOneByOne([_sync(0), _sync(1, crc=5), _sync(2)])
+        self.assertEqual([reply.code for reply in replies], [200, 500, 200])
+        self.assertIn("Checksum failure", replies[1].message)
+        self.assertEqual([r.id for r in self.stored()], [1000, 1002])
+
+    def test_closedPartitionInTheMiddle(self):
+        replies = self.assertSameAsOneByOne([_sync(0), _sync(1, "test", 0), _sync(2), _sync(3, "test", 1)],
+                                            closed=[("test", 0)])
+        self.assertEqual([reply.code for reply in replies], [200, 403, 200, 200])
+        self.assertIn("has been closed", replies[1].message)
+
+    def test_illegalTopicInTheMiddle(self):
+        """
+        A topic whose name is illegal is refused by the broker's check,
+        before the sync processor; an unknown topic and a wrong partition
+        by the processor.
+        """
+        replies = self.assertSameAsOneByOne(
+            [_sync(0), _sync(1, "../etc"), _sync(2, "nope"), _sync(3, partition=-1), _sync(4)])
+        self.assertEqual([reply.code for reply in replies], [200, 400, 500, 500, 200])
+
+    def test_appendFailed(self):
+        """
+        A partition whose store fails the append: each of its syncs is
+        answered with the error a sync alone gets.
+        """
+        self.stores.getOrCreateStore("meta-test", 0).failure = OSError("disk")
+        self.stores.getOrCreateStore("test", 0)
+        replies = sorted(self.dispatchBatch([_sync(0), _sync(1, "test", 0), _sync(2)]),
+                         key=lambda reply: reply.opaque)
+        self.flushLoggedErrors(OSError)
+        error = b"Put message to [broker '%s'] [partition 'meta-test-0'] failed." % BROKER.encode()
+        self.assertEqual(replies, [ResultCommand(500, error, 0), ResultCommand(200, b"1001 0 0", 1),
+                                   ResultCommand(500, error, 2)])
+        self.assertEqual(self.stats.putFailed, 2)
+
+    def test_sealed(self):
+        """
+        A slave that took its master's place refuses every sync of a batch.
+        """
+        self.replication.syncProcessor.link.seal()
+        replies = self.dispatchBatch([_sync(0), _sync(1, "test", 1)])
+        self.assertEqual([reply.message for reply in replies], [
+            "Put message to [broker '%s'] [partition 'meta-test-0'] failed.Detail:this slave was promoted "
+            "to master" % (BROKER,),
+            "Put message to [broker '%s'] [partition 'test-1'] failed.Detail:this slave was promoted "
+            "to master" % (BROKER,),
+        ])
+        self.assertEqual(self.outcome()[0], {("meta-test", 0): [], ("test", 0): [], ("test", 1): []})
+
+    def test_linkUp(self):
+        """
+        A batch tells the seal's link that the master's connection is up.
+        """
+        link = self.replication.syncProcessor.link
+        self.dispatchBatch([_sync(0), _sync(1)])
+        self.assertFalse(link.down)
+
+    def test_noSyncProcessor(self):
+        """
+        A broker without a sync processor answers each sync of a batch
+        with 503, as it answers one.
+        """
+        self.makeBroker()
+        replies = self.dispatchBatch([_sync(0), _sync(1)])
+        self.assertEqual([reply.code for reply in replies], [503, 503])
+        self.assertEqual(replies, self.dispatchOneByOne([_sync(0), _sync(1)]))
+
+    def test_deferred(self):
+        """
+        Dispatched without a callable, a batch is answered through a
+        Deferred.
+        """
+        reply = self.successResultOf(defer.maybeDeferred(self.factory.dispatch, SyncBatch([_sync(0), _sync(1)]),
+                                                         MASTER))
+        self.assertEqual([r.code for r in CommandParser().feed(reply.encode())], [200, 200])
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([("meta-test", 0), ("test", 0), ("test", 1), ("test", 7),
+                                                ("nope", 0), ("a/b", 0)]),
+                              st.booleans()), min_size=2, max_size=12),
+           st.booleans())
+    def test_sameAsOneByOne(self, syncs, closed):
+        """
+        Any batch leaves the slave as its syncs one by one do, with the same
+        replies and statistics.
+        """
+        self.makeSlave()
+        self.assertSameAsOneByOne([_sync(index, topic, partition, crc=None if good else 5)
+                                   for index, ((topic, partition), good) in enumerate(syncs)],
+                                  closed=[("test", 1)] if closed else [])
+
+
+class GregorConnectionTests(_ProcessorCase):
+    """
+    A gregor slave's connection (L{BrokerProtocol} on a
+    L{StringTransport}): the whole syncs of one read are one command, in
+    their place among the others, answered in one write.
+    """
+
+    def setUp(self):
+        _ProcessorCase.setUp(self)
+        self.replication = GregorReplication(GregorSlaveConfig())
+        self.replication.configure(self.config)
+        self.replication.install(self.factory)
+        self.dispatched = []
+        dispatch = self.factory.dispatch
+
+        def recorded(command, session, replied=None):
+            self.dispatched.append(command)
+            return dispatch(command, session, replied)
+
+        self.patch(self.factory, "dispatch", recorded)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.writes = []
+        write = self.transport.write
+
+        def counted(data):
+            self.writes.append(data)
+            write(data)
+
+        self.transport.write = counted
+        self.proto.makeConnection(self.transport)
+        self.addCleanup(lambda: self.proto.connected and self.proto.connectionLost(None))
+
+    def replies(self):
+        return CommandParser().feed(self.transport.value())
+
+    def test_order(self):
+        """
+        Syncs, another command, syncs: three commands, handled in that
+        order; the syncs are stored in the order they came.
+        """
+        syncs = [_sync(index) for index in range(5)]
+        version = VersionCommand(99)
+        self.proto.dataReceived(b"".join(sync.encode() for sync in syncs[:2]) + version.encode()
+                                + b"".join(sync.encode() for sync in syncs[2:]))
+        self.assertEqual(self.dispatched, [SyncBatch(syncs[:2]), version, SyncBatch(syncs[2:])])
+        self.assertEqual([r.id for r in self.stored()], [1000, 1001, 1002, 1003, 1004])
+        self.assertEqual([(reply.code, reply.opaque) for reply in self.replies()],
+                         [(200, 0), (200, 1), (200, 99), (200, 2), (200, 3), (200, 4)])
+
+    def test_oneWrite(self):
+        """
+        The replies to the syncs of one read leave in one write, once the
+        store has them all.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.hold = True
+        self.proto.dataReceived(b"".join(_sync(index).encode() for index in range(10)))
+        self.assertEqual(self.writes, [])
+        store.release()
+        [write] = self.writes
+        self.assertEqual([reply.opaque for reply in CommandParser().feed(write)], list(range(10)))
+
+    def test_sealed(self):
+        self.replication.syncProcessor.link.seal()
+        self.proto.dataReceived(b"".join(_sync(index).encode() for index in range(3)))
+        self.assertEqual([reply.code for reply in self.replies()], [500] * 3)
+        self.assertEqual(len(self.writes), 1)
+        self.assertEqual(self.stored(), [])
+
+    def test_badChecksumInTheMiddle(self):
+        self.proto.dataReceived(_sync(0).encode() + _sync(1, crc=5).encode() + _sync(2).encode())
+        self.assertEqual(sorted((reply.opaque, reply.code) for reply in self.replies()),
+                         [(0, 200), (1, 500), (2, 200)])
+        self.assertEqual([r.id for r in self.stored()], [1000, 1002])
+
+    def test_closedPartitionInTheMiddle(self):
+        self.config.closedPartitions.add(("test", 1))
+        self.proto.dataReceived(_sync(0).encode() + _sync(1, "test", 1).encode() + _sync(2).encode())
+        self.assertEqual(sorted((reply.opaque, reply.code) for reply in self.replies()),
+                         [(0, 200), (1, 403), (2, 200)])
+        self.assertEqual(self.stored("test", 1), [])
+
+    def test_backPressure(self):
+        """
+        While the client does not read its replies, a batch waits with the
+        other commands read; it is handled once the replies drain.
+        """
+        self.proto.pauseProducing()
+        syncs = [_sync(index) for index in range(3)]
+        self.proto.dataReceived(b"".join(sync.encode() for sync in syncs))
+        self.assertEqual((self.dispatched, self.stored()), ([], []))
+        self.proto.resumeProducing()
+        self.assertEqual(self.dispatched, [SyncBatch(syncs)])
+        self.assertEqual([reply.opaque for reply in self.replies()], [0, 1, 2])
+
+    def test_unfinishedRequest(self):
+        """
+        A sync still arriving after whole ones is not part of their batch:
+        it counts as a request being received (the broker's limits) and is
+        handled once whole.
+        """
+        syncs = [_sync(index) for index in range(3)]
+        wire = b"".join(sync.encode() for sync in syncs)
+        self.proto.dataReceived(wire[:-3])
+        self.assertEqual(self.dispatched, [SyncBatch(syncs[:2])])
+        # Its line is decoded; what is held is its body so far.
+        self.assertEqual(self.factory.unfinishedBytes, len(syncs[2].data) - 3)
+        self.proto.dataReceived(wire[-3:])
+        self.assertEqual(self.dispatched, [SyncBatch(syncs[:2]), syncs[2]])
+        self.assertEqual(self.factory.unfinishedBytes, 0)
 
 
 class FakeLink:

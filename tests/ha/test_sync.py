@@ -4,12 +4,15 @@ slave started by C{twistd metaq}, a producer on a real socket, crashes with
 SIGKILL and a link cut through a proxy.
 """
 
+from dataclasses import replace
+
 from kazoo.client import KazooClient
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from metamorphosis.protocol.records import decodeRecords
+from metamorphosis.protocol.commands import SyncCommand
+from metamorphosis.protocol.records import checksum, decodeRecords
 from tests.ha.processes import Broker, CuttableProxy, serverIni, sleep
 from tests.waiting import waitFor
 from tests.zookeeper import uniqueRoot, zookeeperAddress
@@ -42,13 +45,13 @@ class _SyncPair(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def startPair(self, zkConnect=None, zkRoot="/meta", slaveVia=None, **samsa):
+    def startPair(self, zkConnect=None, zkRoot="/meta", slaveVia=None, maxSegmentSize=1073741824, **samsa):
         """
         Start a gregor slave, then a samsa master replicating to it (through
         a proxy, if C{slaveVia} is a callable making one from the slave's
         port).
         """
-        self.slave = Broker(self, "slave", serverIni(1), "gregor_slave.properties", "")
+        self.slave = Broker(self, "slave", serverIni(1, maxSegmentSize=maxSegmentSize), "gregor_slave.properties", "")
         slavePort = yield self.slave.start()
         if slaveVia is not None:
             self.proxy = slaveVia(slavePort)
@@ -57,7 +60,7 @@ class _SyncPair(TestCase):
         self.master = Broker(
             self,
             "master",
-            serverIni(1, zkConnect=zkConnect, zkRoot=zkRoot),
+            serverIni(1, zkConnect=zkConnect, zkRoot=zkRoot, maxSegmentSize=maxSegmentSize),
             "samsa_master.properties",
             samsaProperties(slavePort, **samsa),
         )
@@ -116,6 +119,19 @@ class SyncReplicationTests(_SyncPair):
         self.assertTrue(ids <= {record.id for record in storedRecords(self.slave)})
 
     @defer.inlineCallbacks
+    def test_byteIdenticalSegmentsAcrossRolls(self):
+        """
+        The slave stores the syncs of one read as one append, yet its
+        segments roll where the master's do: the same files.
+        """
+        yield self.startPair(maxSegmentSize=2048)
+        replies = yield self.putMany(300)
+        self.assertEqual({reply.code for reply in replies}, {200})
+        masterFiles = self.master.segmentFiles("meta-test", 0)
+        self.assertGreater(len(masterFiles), 5)
+        self.assertEqual(masterFiles, self.slave.segmentFiles("meta-test", 0))
+
+    @defer.inlineCallbacks
     def test_slaveKilled(self):
         """
         With the slave killed mid-stream the producer gets errors, and once
@@ -154,6 +170,46 @@ class SyncReplicationTests(_SyncPair):
         self.assertTrue(self.acknowledged)
         stored = {record.id for record in storedRecords(self.slave)}
         self.assertEqual(self.acknowledged - stored, set())
+
+
+class SlaveTests(TestCase):
+    """
+    A gregor slave alone, sent syncs by the test.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_syncsOfOneWrite(self):
+        """
+        Syncs written together (the slave's bulk path) to two partitions,
+        one failing its checksum and one to a partition the slave does not
+        have among them: each answered as alone, the others stored in
+        order with the master's ids, at the offsets their replies give.
+        """
+        slave = Broker(self, "slave", serverIni(1, topics=(("meta-test", 2),)), "gregor_slave.properties", "")
+        yield slave.start()
+        client = yield slave.connect()
+        self.addCleanup(client.transport.loseConnection)
+        bodies = [b"message %d" % (index,) for index in range(20)]
+        syncs = [SyncCommand("meta-test", index % 2, body, 0, 1000 + index, index, checksum(body))
+                 for index, body in enumerate(bodies)]
+        syncs[7] = replace(syncs[7], checksum=5)
+        syncs[12] = replace(syncs[12], partition=2)
+        waiting = [client.expect(sync.opaque) for sync in syncs]
+        client.transport.write(b"".join(sync.encode() for sync in syncs))
+        replies = yield defer.gatherResults(waiting)
+        prefix = "Put message to [broker 'meta://127.0.0.1:%d'] " % (slave.port,)
+        self.assertEqual(replies[7].message, prefix + "[partition 'meta-test-1'] failed.Detail:Checksum failure,"
+                         "message may be corrupted when transfering on networking.")
+        self.assertEqual(replies[12].message, prefix + "[partition 'meta-test-2'] failed.Detail:wrong partition 2")
+        for partition in (0, 1):
+            stored = [sync for sync in syncs if sync.partition == partition and sync.opaque != 7]
+            records = storedRecords(slave, partition=partition)
+            self.assertEqual([(r.id, r.body) for r in records], [(sync.msgId, sync.data) for sync in stored])
+            offsets = [sum(20 + len(sync.data) for sync in stored[:index]) for index in range(len(stored))]
+            self.assertEqual([replies[sync.opaque].body for sync in stored],
+                             [b"%d %d %d" % (sync.msgId, partition, offset) for sync, offset in zip(stored, offsets)])
 
 
 class SyncLinkCutTests(_SyncPair):
