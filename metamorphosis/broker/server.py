@@ -138,6 +138,13 @@ def result(code, text, opaque):
     return ResultCommand(code, text.encode("utf-8"), opaque)
 
 
+def _noSyncProcessor(command):
+    """
+    The reply to a C{sync} sent to a broker that is not a sync slave.
+    """
+    return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS, command.opaque)
+
+
 class Replies:
     """
     The replies to a L{SyncBatch}, already encoded one after the other:
@@ -1178,6 +1185,19 @@ class BrokerFactory(protocol.ServerFactory):
                            peer=hostPort(session.peer), error=text)
         return result(BAD_REQUEST, text, command.opaque)
 
+    def _illegalTopic(self, command, session):
+        """
+        The refusal of C{command} whose topic is not a legal name (logged
+        at most once a minute), or L{None}.
+        """
+        try:
+            checkTopic(command.topic, self.config.maxTopicNameLength)
+        except IllegalTopicName as e:
+            self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
+                               peer=hostPort(session.peer), error=str(e))
+            return result(BAD_REQUEST, str(e), command.opaque)
+        return None
+
     def _syncBatchThen(self, syncs, session, replied):
         """
         The whole syncs of one read (a L{SyncBatch}): each checked as
@@ -1192,23 +1212,18 @@ class BrokerFactory(protocol.ServerFactory):
         refused = []
         accepted = []
         legal = set()
-        maxTopicNameLength = self.config.maxTopicNameLength
         check = self.access.check
         for sync in syncs:
             topic = sync.topic
             if topic not in legal:
-                try:
-                    checkTopic(topic, maxTopicNameLength)
-                except IllegalTopicName as e:
-                    self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
-                                       peer=hostPort(session.peer), error=str(e))
-                    refused.append(result(BAD_REQUEST, str(e), sync.opaque).encode())
+                refusal = self._illegalTopic(sync, session)
+                if refusal is not None:
+                    refused.append(refusal.encode())
                     continue
                 legal.add(topic)
             refusal = check(sync, session)
             if refusal is None and processor is None:
-                refusal = result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
-                                 sync.opaque)
+                refusal = _noSyncProcessor(sync)
             if refusal is not None:
                 refused.append(refusal.encode())
             else:
@@ -1238,15 +1253,11 @@ class BrokerFactory(protocol.ServerFactory):
         Any other processor answers puts through C{processPut}, maybe with
         a Deferred.
         """
-        topic = getattr(command, "topic", None)
-        if topic is not None:
+        if getattr(command, "topic", None) is not None:
             # Before any processor, store, file or ZooKeeper node sees it.
-            try:
-                checkTopic(topic, self.config.maxTopicNameLength)
-            except IllegalTopicName as e:
-                self.refusals.warn("illegal-topic", "Refused a request from {peer}: {error}",
-                                   peer=hostPort(session.peer), error=str(e))
-                return result(BAD_REQUEST, str(e), command.opaque)
+            refusal = self._illegalTopic(command, session)
+            if refusal is not None:
+                return refusal
         elif isinstance(command, SyncBatch):
             if replied is None:
                 return replyOrDeferred(self._syncBatchThen, command.syncs, session)
@@ -1266,8 +1277,7 @@ class BrokerFactory(protocol.ServerFactory):
         # Second: a sync slave takes one per message.
         if isinstance(command, SyncCommand):
             if self.syncProcessor is None:
-                return result(SERVICE_UNAVAILABLE, NO_PROCESSOR_TEXT + SYNC_COMMAND_CLASS,
-                              command.opaque)
+                return _noSyncProcessor(command)
             if replied is not None:
                 return self.syncProcessor.syncThen(command, session, replied)
             return self.syncProcessor.processSync(command, session)

@@ -38,7 +38,7 @@ from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import ResultCommand, newResult
+from metamorphosis.protocol.commands import ResultCommand, newResult, resultHeader
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
@@ -340,7 +340,7 @@ class _PartitionSyncs:
         for msgId, opaque, size in self.replies:
             body = b"%d %d %d" % (msgId, partition, offset)
             # newResult(OK, body, opaque).encode(), without the object.
-            encoded.append(b"result %d %d %d\r\n%s" % (OK, len(body), opaque, body))
+            encoded.append(resultHeader(OK, len(body), opaque) + body)
             offset += size
         self.answer.add(b"".join(encoded))
 
