@@ -276,17 +276,19 @@ class AdaptiveFsync:
     gives way when the mean of its last rounds is more than L{LEAVE} times
     the other's.  The kernel's gives way only at twice the thread's: a
     round in a thread costs the broker's process three times the CPU (136-181
-    against 40-57 µs on the test machine, C{benchmarks/fsync.py}), which on a
-    machine short of CPU a small gain in latency does not pay back; the
+    against 40-57 µs on the test machine, C{benchmarks/fsync.py}), which on
+    a machine short of CPU a small gain in latency does not pay back; the
     thread gives way once the kernel's is quicker by a fifth (on a quiet
-    machine it is by two fifths or more).  To keep the
-    other's figure true, every so many rounds one goes to it (a probe):
-    after L{FIRST_PROBE} rounds at first, twice as many after each probe,
-    up to L{LAST_PROBE}; after a probe that would make the current give
-    way, L{FIRST_PROBE} again, so that a provider whose figure is stale
-    from a busy spell wins its rounds back within a few hundred rounds.  A probe to a kernel worker that waits for
-    a busy CPU costs one slow round in L{LAST_PROBE}; a probe to a thread on
-    a quiet machine, about 50 µs more than the kernel's round.
+    machine it is by two fifths or more).
+
+    To keep the other's figure true, every so many rounds one goes to it
+    (a probe): after L{FIRST_PROBE} rounds at first, twice as many after
+    each probe, up to L{LAST_PROBE}; after a probe that would make the
+    current give way, L{FIRST_PROBE} again, so that a provider whose
+    figure is stale from a busy spell wins its rounds back within a few
+    hundred rounds.  A probe to a kernel worker that waits for a busy CPU
+    costs one slow round in L{LAST_PROBE}; a probe to a thread on a quiet
+    machine, about 50 µs more than the kernel's round.
 
     The mean, not the median: on a busy machine the kernel's rounds are
     either quick or a whole time slice (a median of 196 µs, a p90 of
