@@ -311,7 +311,7 @@ class AdaptiveFsync:
 
     def __init__(self, kernel, thread, clock=time.perf_counter, reactor=None, log=None):
         self._providers = {"kernel": kernel, "thread": thread}
-        self._times = {name: deque(maxlen=self.WINDOW) for name in self._providers}
+        self._times = {name: _Window(self.WINDOW) for name in self._providers}
         self._clock = clock
         # A machine whose load comes and goes could switch often: one line
         # a minute says so, with the count of the others.
@@ -323,10 +323,6 @@ class AdaptiveFsync:
 
     def _other(self, name):
         return "thread" if name == "kernel" else "kernel"
-
-    def _mean(self, name):
-        times = self._times[name]
-        return sum(times) / len(times) if times else None
 
     def fsync(self, fd):
         return deferredOutcome(self.fsyncThen, fd)
@@ -347,12 +343,13 @@ class AdaptiveFsync:
         self._providers[name].fsyncThen(fd, finished)
 
     def _timed(self, name, seconds):
-        self._times[name].append(seconds)
+        self._times[name].add(seconds)
         current = self.current
         other = self._other(current)
-        currentMean, otherMean = self._mean(current), self._mean(other)
+        otherMean = self._times[other].mean
         if otherMean is None:
             return
+        currentMean = self._times[current].mean
         leave = self.LEAVE[current]
         if currentMean > otherMean * leave:
             self._switch(other, otherMean, currentMean)
@@ -377,6 +374,28 @@ class AdaptiveFsync:
     def close(self):
         for provider in self._providers.values():
             provider.close()
+
+
+class _Window:
+    """
+    The last C{size} round times of one provider and their mean, kept as a
+    running total: the mean is read after every round, which under group
+    commit with one put in flight is once per put.
+    """
+
+    def __init__(self, size):
+        self._times = deque(maxlen=size)
+        self._total = 0.0
+        #: The mean of the times kept, or L{None} before the first.
+        self.mean = None
+
+    def add(self, seconds):
+        times = self._times
+        if len(times) == times.maxlen:
+            self._total -= times[0]
+        times.append(seconds)
+        self._total += seconds
+        self.mean = self._total / len(times)
 
 
 _PLACES = {"kernel": "in the kernel (Linux AIO)", "thread": "in a thread"}

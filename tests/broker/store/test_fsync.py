@@ -6,6 +6,8 @@ fsync against real files on the real reactor, and the choice of provider.
 import errno
 import os
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock
@@ -208,6 +210,26 @@ class ChooseTests(SynchronousTestCase):
     def test_unknownMachine(self):
         self.patch(fsync_module.platform, "machine", lambda: "vax")
         self.assertRaises(FsyncUnavailable, KernelFsync, reactor)
+
+class WindowTests(SynchronousTestCase):
+    """
+    L{fsync_module._Window}: the running mean of the last rounds.
+    """
+
+    def test_empty(self):
+        self.assertIsNone(fsync_module._Window(4).mean)
+
+    @given(st.integers(1, 20), st.lists(st.floats(1e-6, 5.0), min_size=1, max_size=300))
+    def test_meanOfLast(self, size, times):
+        """
+        After any rounds, the mean is that of the last C{size} of them.
+        """
+        window = fsync_module._Window(size)
+        for seconds in times:
+            window.add(seconds)
+        last = times[-size:]
+        self.assertAlmostEqual(window.mean, sum(last) / len(last), delta=1e-9)
+
 
 class HeldFsync:
     """
