@@ -24,6 +24,13 @@ The cost of replication (issue 7, Performance).
    (duplicates, from retried sends); a frozen master is then resumed
    (SIGCONT) and must refuse a put.
 
+With C{--opcodes} (sync part only) each broker's reactor thread counts the
+Python bytecodes every function runs during the timed puts, as
+C{benchmarks/loneput.py --opcodes} does for one broker, and the report
+gives them per put for the broker alone, the master and the slave apart:
+where a replicated put's work goes, broker by broker, whatever the
+machine's load.
+
 Every broker is a fresh C{twistd -n metaq} on a free loopback port. The
 async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
 (C{export METAQ_TEST_ZK=$(bash scripts/zookeeper.sh start /tmp/zk-bench)}).
@@ -33,6 +40,7 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py --count 10000 --producers 10 --shared 10 --flush group
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind --registered
+    .venv/bin/python benchmarks/ha.py --count 2000 --producers 0 --shared 10 --flush group --opcodes --registered
     .venv/bin/python benchmarks/ha.py --count 30000 --producers 0 --shared 10 --flush group --slave-idle-poll 0
     .venv/bin/python benchmarks/ha.py --failover 5
     .venv/bin/python benchmarks/ha.py --failover 5 --failover-signal stop
@@ -54,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
 from kazoo.client import KazooClient  # noqa: E402
+from loneput import OPCODE_COUNTER, opcodeReport  # noqa: E402
 
 from metamorphosis.client.blocking import BlockingMessageSessionFactory  # noqa: E402
 from metamorphosis.client.errors import MetaClientError  # noqa: E402
@@ -167,10 +176,22 @@ def measure(args, entry, label, brokers, producers, inflight):
         produce(entry.address, "bench", producers, args.size, 200, Progress("warm-up", 200), inflight)
         for broker in brokers:
             subprocess.run(["callgrind_control", "--zero", str(broker.process.pid)], check=True, capture_output=True)
+    if args.opcodes:
+        produce(entry.address, "bench", producers, args.size, 500, Progress("warm-up", 500), inflight)
+        for broker in brokers:
+            broker.process.send_signal(signal.SIGUSR2)
+        time.sleep(0.2)
     before = [broker.cpu.cpuSeconds() for broker in brokers]
     progress = Progress(label, args.count)
     elapsed, latencies = produce(entry.address, "bench", producers, args.size, args.count, progress, inflight)
     progress.finish()
+    if args.opcodes:
+        for broker in brokers:
+            broker.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        for broker in brokers:
+            print(f"{label}, {os.path.basename(broker.directory)}:")
+            opcodeReport(args.opcodesFile.replace("{pid}", str(broker.process.pid)), args.count, args.top)
     perMessage = [(broker.cpu.cpuSeconds() - cpu) / args.count * 1e6 for broker, cpu in zip(brokers, before)]
     if args.callgrind:
         instructions = [callgrindCount(broker) / args.count for broker in brokers]
@@ -240,6 +261,10 @@ def syncPart(args, root):
         if args.callgrind:
             print(f"{label}: master and slave execute {cpu / aloneCpu:.2f}x the instructions per put "
                   f"of the broker alone")
+            continue
+        if args.opcodes:
+            print(f"{label}: the rates and CPU times above were taken under tracing; only the bytecode "
+                  f"counts tell anything")
             continue
         print(f"{label}: sync replication keeps {100 * rate / aloneRate:.0f}% of the unreplicated "
               f"throughput (target: at least 70%); master and slave spend {cpu / aloneCpu:.1f}x "
@@ -474,6 +499,15 @@ def main(args):
             Broker.wrapper = ["valgrind", "--tool=callgrind", "--dump-instr=no"]
             syncPart(args, root)
             return
+        if args.opcodes:
+            # The brokers started from here load the counter (their
+            # environment is this process's).
+            with open(os.path.join(root, "sitecustomize.py"), "w") as f:
+                f.write(OPCODE_COUNTER)
+            os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+            args.opcodesFile = os.environ["LONEPUT_OPCODES"] = os.path.join(root, "opcodes-{pid}.json")
+            syncPart(args, root)
+            return
         syncPart(args, root)
         asyncPart(args, root)
     finally:
@@ -493,6 +527,10 @@ def parseArguments(argv):
     parser.add_argument("--callgrind", action="store_true",
                         help="run the brokers under valgrind --tool=callgrind and print instructions per put "
                              "(sync part only; use a small --count)")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="count the Python bytecodes each broker's reactor thread runs per put "
+                             "(sync part only; the tracing slows the brokers down)")
+    parser.add_argument("--top", type=int, default=25, help="rows of each --opcodes report")
     parser.add_argument("--zookeeper", default=os.environ.get("METAQ_TEST_ZK"))
     parser.add_argument("--registered", action="store_true",
                         help="sync part: the broker alone and the master register in ZooKeeper (--zookeeper), "

@@ -50,7 +50,7 @@ from metamorphosis.protocol.records import checksum  # noqa: E402
 
 #: Put on the broker's path with --opcodes: counts bytecodes per function of
 #: the main thread between SIGUSR2 (start) and SIGUSR1 (stop, write the
-#: counts to $LONEPUT_OPCODES).
+#: counts to $LONEPUT_OPCODES, where "{pid}" becomes the process id).
 OPCODE_COUNTER = '''
 import collections, json, os, signal, sys
 if os.environ.get("LONEPUT_OPCODES") and "twistd" in sys.argv[0]:
@@ -67,7 +67,7 @@ if os.environ.get("LONEPUT_OPCODES") and "twistd" in sys.argv[0]:
         sys.settrace(_tracer)
     def _stop(*args):
         sys.settrace(None)
-        with open(os.environ["LONEPUT_OPCODES"], "w") as f:
+        with open(os.environ["LONEPUT_OPCODES"].replace("{pid}", str(os.getpid())), "w") as f:
             json.dump(_ops, f)
     signal.signal(signal.SIGUSR2, _start)
     signal.signal(signal.SIGUSR1, _stop)
