@@ -118,7 +118,8 @@ class BrokerService(service.Service):
         self.timer = timer
         self.addService(timer)
         if config.idlePollMicros:
-            poller = IdlePoller(reactor, config.idlePollMicros / 1e6)
+            poller = IdlePoller(reactor, config.idlePollMicros / 1e6,
+                                threadsWorking=self._fsyncsInThreads)
             self.addService(poller)
             self.factory.idlePoller = poller
         # Replication (docs/ha.md): its request handling is plugged into the
@@ -154,6 +155,13 @@ class BrokerService(service.Service):
             from metamorphosis.broker.web.site import BrokerHttp
 
             self.http = BrokerHttp(self, httpEndpoint)
+
+    def _fsyncsInThreads(self):
+        # The group commit fsyncs running in a pool thread (IFsync), which
+        # a polling reactor would keep from the GIL; none before the store
+        # chose its provider.
+        fsync = self.storeManager.fsync
+        return 0 if fsync is None else fsync.roundsInThreads
 
     def addListener(self, listener):
         """

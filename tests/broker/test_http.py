@@ -243,8 +243,10 @@ class CollectorTests(TestCase):
         config.idlePollMicros = 1000
         broker = BrokerService(config, endpoints.TCP4ServerEndpoint(
             reactor, 0, interface="127.0.0.1"), reactor)
-        broker.factory.idlePoller.turns, broker.factory.idlePoller.stops = 12, 3
+        poller = broker.factory.idlePoller
+        poller.turns, poller.stops, poller.holds = 12, 3, 5
         registry, _ = brokerRegistry(BrokerStatus(broker))
         found = samples(generate_latest(registry).decode())
         self.assertEqual(value(found, "metaq_idle_poll_turns_total"), 12)
         self.assertEqual(value(found, "metaq_idle_poll_stops_total"), 3)
+        self.assertEqual(value(found, "metaq_idle_poll_holds_total"), 5)

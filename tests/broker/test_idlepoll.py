@@ -89,6 +89,26 @@ class IdlePollerTests(unittest.TestCase):
         self.reactor.advance(0)
         self.assertGreaterEqual(self.poller.turns, 990)
 
+    def test_threadsWorkingHold(self):
+        """
+        While work runs in threads that need the GIL (an fsync in a pool
+        thread), the reactor sleeps instead of polling, without yielding:
+        the polling resumes at the next poke once they are done.
+        """
+        working = [1]
+        poller = IdlePoller(self.reactor, WINDOW, self.cpu.clock, self.cpu.yieldCPU,
+                            threadsWorking=lambda: working[0])
+        poller.startService()
+        poller.poke()
+        self.reactor.advance(0)
+        self.assertFalse(self.polling())
+        self.assertEqual((poller.turns, poller.holds, self.cpu.yields), (0, 1, 0))
+        working[0] = 0
+        poller.poke()
+        self.reactor.advance(0)
+        self.assertGreaterEqual(poller.turns, 990)
+        self.assertEqual(poller.holds, 1)
+
     def test_onlyWhileRunning(self):
         """
         A stopped poller cancels its call and ignores pokes.
@@ -123,6 +143,25 @@ class BrokerIdlePollTests(unittest.TestCase):
             reply = yield client.put("t", 0, b"polled %d" % (i,), 0)
             self.assertEqual(reply.code, 200)
         self.assertGreater(poller.turns + poller.stops, 0)
+
+    @defer.inlineCallbacks
+    def test_threadFsyncsHoldThePolling(self):
+        """
+        With C{fsyncMethod=thread}, group commit puts keep the reactor from
+        polling while their fsyncs run in a pool thread, and it polls again
+        once their replies are out.
+        """
+        broker, port = yield self.startBroker(
+            self.config(idlePollMicros=50000, fsyncMethod="thread"))
+        poller = broker.factory.idlePoller
+        client = yield connect(reactor, port)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        for i in range(5):
+            reply = yield client.put("t", 0, b"synced %d" % (i,), 0)
+            self.assertEqual(reply.code, 200)
+        self.assertGreater(poller.holds, 0)
+        self.assertGreater(poller.turns, 0)
+        self.assertEqual(broker.storeManager.fsync.roundsInThreads, 0)
 
     @defer.inlineCallbacks
     def test_zeroTurnsItOff(self):

@@ -84,6 +84,10 @@ class FaultyFsync:
             return fail(error)
         return self._fsync.fsync(fd)
 
+    @property
+    def roundsInThreads(self):
+        return self._fsync.roundsInThreads
+
     def fsyncThen(self, fd, done):
         self.fsync(fd).addBoth(done)
 

@@ -135,9 +135,18 @@ class ThreadFsync:
     def __init__(self, reactor, threadpool):
         self._reactor = reactor
         self._threadpool = threadpool
+        # Counted on the reactor thread, from the request to its result: a
+        # pool's own count of busy workers only moves once the worker has
+        # the GIL, which is what a polling reactor keeps from it.
+        self.roundsInThreads = 0
 
     def fsync(self, fd):
-        return deferToThreadPool(self._reactor, self._threadpool, os.fdatasync, fd)
+        self.roundsInThreads += 1
+        return deferToThreadPool(self._reactor, self._threadpool, os.fdatasync, fd).addBoth(self._ended)
+
+    def _ended(self, result):
+        self.roundsInThreads -= 1
+        return result
 
     def fsyncThen(self, fd, done):
         self.fsync(fd).addBoth(done)
@@ -188,6 +197,11 @@ class KernelFsync:
         self._requests = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._request))
         self._closed = False
         reactor.addReader(self)
+
+    @property
+    def roundsInThreads(self):
+        # Only those given to the fallback when the kernel took no more.
+        return 0 if self._fallback is None else self._fallback.roundsInThreads
 
     def fsync(self, fd):
         return deferredOutcome(self.fsyncThen, fd)
@@ -323,6 +337,10 @@ class AdaptiveFsync:
 
     def _other(self, name):
         return "thread" if name == "kernel" else "kernel"
+
+    @property
+    def roundsInThreads(self):
+        return self._providers["thread"].roundsInThreads
 
     def fsync(self, fd):
         return deferredOutcome(self.fsyncThen, fd)

@@ -178,6 +178,15 @@ class IFsync(Interface):
     (L{metamorphosis.broker.store.fsync}).
     """
 
+    roundsInThreads = Attribute(
+        """
+        How many of the fsyncs asked for are running (or waiting to run) in
+        a pool thread now.  Such a thread needs the GIL to end its round, so
+        a reactor that polls instead of sleeping
+        (L{metamorphosis.broker.idlepoll}) holds off meanwhile.
+        """
+    )
+
     def fsync(fd):
         """
         Make what was written to C{fd} durable.

@@ -91,6 +91,9 @@ class BrokerCollector:
             yield CounterMetricFamily(
                 "metaq_idle_poll_stops",
                 "Pollings stopped early because another task wanted the CPU.", value=poller.stops)
+            yield CounterMetricFamily(
+                "metaq_idle_poll_holds",
+                "Pollings stopped early because an fsync ran in a thread.", value=poller.holds)
 
         fsync = broker.storeManager.fsync
         if isinstance(fsync, AdaptiveFsync):

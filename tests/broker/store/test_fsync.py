@@ -34,6 +34,8 @@ class CountingFsync:
     An L{IFsync} fallback that runs C{os.fsync} on the spot and counts.
     """
 
+    roundsInThreads = 0
+
     def __init__(self):
         self.calls = []
 
@@ -149,12 +151,48 @@ class KernelFsyncTests(TestCase):
         self.assertNotEqual(fallback.calls, [])
         self.assertLess(len(fallback.calls), 200)
 
+    def test_roundsInThreads(self):
+        """
+        The kernel's rounds run in no thread; those given to its fallback
+        may.
+        """
+        self.assertEqual(self.fsync.roundsInThreads, 0)
+        fallback = CountingFsync()
+        withFallback = KernelFsync(reactor, fallback)
+        self.addCleanup(withFallback.close)
+        fallback.roundsInThreads = 3
+        self.assertEqual(withFallback.roundsInThreads, 3)
+
     def test_closeStopsWatching(self):
         self.fsync.close()
         self.assertNotIn(self.fsync, reactor.getReaders())
         self.failureResultOf(self.fsync.fsync(0), FsyncUnavailable)
         # Closing twice is harmless (the cleanup does it again).
         self.fsync.close()
+
+
+class ThreadFsyncTests(TestCase):
+    @inlineCallbacks
+    def test_roundsInThreads(self):
+        """
+        A round counts as running in a thread from its request until its
+        result is back on the reactor thread, failed or not.
+        """
+        pool = ThreadPool(1, 1)
+        pool.start()
+        self.addCleanup(pool.stop)
+        provider = ThreadFsync(reactor, pool)
+        path = self.mktemp()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        rounds = [provider.fsync(fd), provider.fsync(fd)]
+        self.assertEqual(provider.roundsInThreads, 2)
+        yield gatherResults(rounds)
+        self.assertEqual(provider.roundsInThreads, 0)
+        failed = provider.fsync(2**20)  # not open: EBADF
+        self.assertEqual(provider.roundsInThreads, 1)
+        yield self.assertFailure(failed, OSError)
+        self.assertEqual(provider.roundsInThreads, 0)
 
 
 class ChooseTests(SynchronousTestCase):
@@ -240,6 +278,7 @@ class HeldFsync:
     def __init__(self):
         self.requests = []
         self.closed = False
+        self.roundsInThreads = 0
 
     def fsyncThen(self, fd, done):
         self.requests.append((fd, done))
@@ -378,3 +417,12 @@ class AdaptiveFsyncTests(SynchronousTestCase):
         self.fsync.close()
         self.assertTrue(self.kernel.closed)
         self.assertTrue(self.thread.closed)
+
+    def test_roundsInThreads(self):
+        """
+        The rounds running in a thread are the thread provider's, whichever
+        provider takes the rounds now.
+        """
+        self.assertEqual(self.fsync.roundsInThreads, 0)
+        self.thread.roundsInThreads = 2
+        self.assertEqual(self.fsync.roundsInThreads, 2)

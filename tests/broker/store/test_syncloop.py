@@ -21,6 +21,8 @@ class ManualFsync:
     An L{IFsync} whose fsyncs end when the test says.
     """
 
+    roundsInThreads = 0
+
     def __init__(self):
         self.pending = []
 
