@@ -12,6 +12,7 @@ from .../stat) and their voluntary and involuntary context switches.
     .venv/bin/python benchmarks/loneput.py --count 10000 --opcodes --inflight 10
     .venv/bin/python benchmarks/loneput.py --count 10000 --floor
     .venv/bin/python benchmarks/loneput.py --count 5000 --idle-poll 1000
+    .venv/bin/python benchmarks/loneput.py --count 3000 --flush group --idle-poll 1000 --system fsyncMethod=thread
 
 With --opcodes the broker's reactor thread counts the Python bytecodes each
 function executes during the run (sys.settrace with opcode events, switched
@@ -274,7 +275,8 @@ def main(args):
             os.environ["LONEPUT_OPCODES"] = counts
         try:
             process, addresses = startBroker(
-                policy, directory, system=f"idlePollMicros={args.idle_poll}\n")
+                policy, directory,
+                system=f"idlePollMicros={args.idle_poll}\n" + "".join(line + "\n" for line in args.system))
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -315,6 +317,8 @@ def parseArguments(argv):
                              "answered (10: the Java client's 10 threads on one connection)")
     parser.add_argument("--idle-poll", type=int, default=0, metavar="MICROS",
                         help="the broker's idlePollMicros (docs/performance.md)")
+    parser.add_argument("--system", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [system] line for the broker's server.ini (repeatable)")
     parser.add_argument("--floor", action="store_true",
                         help="measure a minimal Twisted server instead of the broker")
     return parser.parse_args(argv)
