@@ -167,11 +167,15 @@ class Exchange:
         self.sock.close()
 
 
-def produce(address, topic, producers, size, count, progress, inflight=1):
+def produce(address, topic, producers, size, count, progress, inflight=1, spread=False):
     """
     C{count} sync puts of C{size} bytes over C{producers} connections, each
     with C{inflight} puts in flight (the Java client's threads share one
     connection per broker: one connection with N in flight is its shape).
+    The puts a read of replies frees go out in one write, or with
+    C{spread} one write each, as the Java client's threads send them when
+    each wakes up to its reply: the broker then reads them in several
+    reads, a few at a time.
 
     @return: elapsed seconds and the sorted latencies.
     """
@@ -219,7 +223,11 @@ def produce(address, topic, producers, size, count, progress, inflight=1):
                 now = time.perf_counter()
                 for opaque in batch:
                     exchange.sentAt[opaque] = now
-                exchange.sock.sendall(b"".join(request(opaque) for opaque in batch))
+                if spread:
+                    for opaque in batch:
+                        exchange.sock.sendall(request(opaque))
+                else:
+                    exchange.sock.sendall(b"".join(request(opaque) for opaque in batch))
     elapsed = time.perf_counter() - start
     for exchange in exchanges:
         exchange.close()

@@ -183,7 +183,8 @@ def measure(args, entry, label, brokers, producers, inflight):
         time.sleep(0.2)
     before = [broker.cpu.cpuSeconds() for broker in brokers]
     progress = Progress(label, args.count)
-    elapsed, latencies = produce(entry.address, "bench", producers, args.size, args.count, progress, inflight)
+    elapsed, latencies = produce(entry.address, "bench", producers, args.size, args.count, progress, inflight,
+                                 spread=args.spread)
     progress.finish()
     if args.opcodes:
         for broker in brokers:
@@ -527,6 +528,9 @@ def parseArguments(argv):
     parser.add_argument("--callgrind", action="store_true",
                         help="run the brokers under valgrind --tool=callgrind and print instructions per put "
                              "(sync part only; use a small --count)")
+    parser.add_argument("--spread", action="store_true",
+                        help="sync part: the puts a read of replies frees leave one write each, not in one "
+                             "(the Java client's threads, each sending when it wakes to its reply)")
     parser.add_argument("--opcodes", action="store_true",
                         help="count the Python bytecodes each broker's reactor thread runs per put "
                              "(sync part only; the tracing slows the brokers down)")
