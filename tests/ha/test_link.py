@@ -93,11 +93,26 @@ class RequestProtocolTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(writes, [both])
 
+    def test_readOfOneRequestToAnIdlePeer(self):
+        """
+        A read that queued one request while no other is outstanding sends
+        it as soon as the read is handled: the peer waits for nothing else.
+        """
+        writes = []
+        self.transport.write = writes.append
+        with batchedWrites:
+            self.proto.request(self.sync(1), 1)
+        self.assertEqual(writes, [self.sync(1).encode()])
+        # No flush was left for the end of the turn.
+        now = self.clock.seconds()
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.getTime() <= now], [])
+
     def test_readsOfOneRequestShareTheTurnsWrite(self):
         """
-        A read that queued one request (one put per connection, many
-        connections) does not send it alone: it leaves at the end of the
-        turn with those of the other reads of the turn.
+        While requests are outstanding, a read that queued one request (one
+        put per connection, many connections) does not send it alone: it
+        leaves at the end of the turn with those of the other reads of the
+        turn.
         """
         writes = []
         self.transport.write = writes.append
@@ -105,9 +120,11 @@ class RequestProtocolTests(SynchronousTestCase):
             self.proto.request(self.sync(1), 1)
         with batchedWrites:
             self.proto.request(self.sync(2), 1)
-        self.assertEqual(writes, [])
+        with batchedWrites:
+            self.proto.request(self.sync(3), 1)
+        self.assertEqual(writes, [self.sync(1).encode()])
         self.clock.advance(0)
-        self.assertEqual(writes, [self.sync(1).encode() + self.sync(2).encode()])
+        self.assertEqual(writes, [self.sync(1).encode(), self.sync(2).encode() + self.sync(3).encode()])
 
     def test_repliesHandledWhileAcknowledging(self):
         """
