@@ -726,10 +726,6 @@ class BrokerProcessor:
         self.filters = ConsumerFilters(config)
         self.refusals = RateLimitedLog(self.log)
         self._registered = set()
-        # The stores puts went to, until the topic sections are replaced
-        # (a reload): what decides whether a put may create or use one.
-        self._storesOf = None
-        self._stores = {}
 
     def genErrorMessage(self, topic, partition):
         return (f"Put message to [broker 'meta://{self.hostName}:{self.stats.port}'] "
@@ -831,20 +827,11 @@ class BrokerProcessor:
 
     def storeFor(self, topic, partition):
         """
-        The store of a put's partition (L{getOrCreateStore}), remembered:
-        the manager never drops a store, and whether a topic and partition
-        are accepted only changes when the topic sections are replaced.
-        Also used by the sync master and slave for each put and C{sync}.
+        The store of a put's partition (the manager's C{storeFor}, which
+        remembers it).  Also used by the sync master and slave for each put
+        and C{sync}.
         """
-        topics = self.config.topics
-        if self._storesOf is not topics:
-            self._storesOf = topics
-            self._stores = {}
-        store = self._stores.get((topic, partition))
-        if store is None:
-            store = self.storeManager.getOrCreateStore(topic, partition)
-            self._stores[topic, partition] = store
-        return store
+        return self.storeManager.storeFor(topic, partition)
 
     def processGet(self, command, session):
         topic, group, opaque = command.topic, command.group, command.opaque

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from metamorphosis.protocol.javalang import isJavaBlank, isJavaDigit, parseJavaInt
-from metamorphosis.protocol.txid import parseTransactionId
+from metamorphosis.protocol.txid import canonicalKey, parseTransactionId
 
 __all__ = [
     "DEFAULT_OPAQUE",
@@ -421,10 +421,6 @@ def _bodyLength(text: str) -> int:
     return length
 
 
-def _transactionKey(key: str) -> str:
-    return parseTransactionId(key).key
-
-
 def _finishPut(tokens: list[str], data: bytes) -> PutCommand:
     count = len(tokens)
     if count == 7:
@@ -438,12 +434,12 @@ def _finishPut(tokens: list[str], data: bytes) -> PutCommand:
             )
         return PutCommand(
             tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[6]),
-            transactionKey=_transactionKey(slot),
+            transactionKey=canonicalKey(slot),
         )
     if count == 8:
         return PutCommand(
             tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[7]),
-            _int(tokens[5]), _transactionKey(tokens[6]),
+            _int(tokens[5]), canonicalKey(tokens[6]),
         )
     if count == 6:
         return PutCommand(tokens[1], _int(tokens[2]), data, _int(tokens[4]), _int(tokens[5]))
@@ -497,7 +493,7 @@ def _decodeOffset(tokens):
 def _decodeTransaction(tokens):
     _expect(tokens, "transaction")
     _need(tokens, 4)
-    key = _transactionKey(tokens[1])
+    key = canonicalKey(tokens[1])
     kind = tokens[3]
     if kind not in TRANSACTION_TYPES:
         raise ValueError(f'unknown transaction type "{kind}"')

@@ -21,6 +21,7 @@ the form Java clients send.
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from metamorphosis.protocol.javalang import parseJavaInt
 
@@ -29,6 +30,7 @@ __all__ = [
     "XATransactionId",
     "NullTransactionId",
     "NULL_TRANSACTION_ID",
+    "canonicalKey",
     "parseTransactionId",
 ]
 
@@ -102,15 +104,44 @@ def _hexToBytes(text: str) -> bytes:
     )
 
 
+#: Keys up to this long are remembered by L{parseTransactionId} and
+#: L{canonicalKey}, the last L{_REMEMBERED_KEYS} of them: a one-message
+#: local transaction names its key in three requests (BEGIN, the put,
+#: COMMIT) and the broker reads it five times, so remembering saves four
+#: parses of five.  The bound keeps what a client sending long or ever new
+#: keys can make the broker hold under a megabyte.
+_REMEMBERED_KEY_LENGTH = 512
+_REMEMBERED_KEYS = 1024
+
+
 def parseTransactionId(
     key: str,
 ) -> LocalTransactionId | XATransactionId | NullTransactionId:
     """
-    Parse a transaction key as C{TransactionId.valueOf} does.
+    Parse a transaction key as C{TransactionId.valueOf} does.  The ids are
+    immutable: the same key may give the same object.
 
     @raise ValueError: C{Illegal transaction key:<key>} for anything Java
         rejects.
     """
+    if len(key) <= _REMEMBERED_KEY_LENGTH:
+        return _parseRemembered(key)
+    return _parse(key)
+
+
+def canonicalKey(key: str) -> str:
+    """
+    C{parseTransactionId(key).key}: the form Java's C{getTransactionKey}
+    writes, under which the broker files the transaction.
+
+    @raise ValueError: as L{parseTransactionId}.
+    """
+    if len(key) <= _REMEMBERED_KEY_LENGTH:
+        return _canonicalRemembered(key)
+    return _parse(key).key
+
+
+def _parse(key):
     try:
         if key == "null":
             return NULL_TRANSACTION_ID
@@ -130,3 +161,11 @@ def parseTransactionId(
     except ValueError:
         pass
     raise ValueError(f"Illegal transaction key:{key}")
+
+
+_parseRemembered = lru_cache(maxsize=_REMEMBERED_KEYS)(_parse)
+
+
+@lru_cache(maxsize=_REMEMBERED_KEYS)
+def _canonicalRemembered(key):
+    return _parse(key).key

@@ -150,6 +150,10 @@ class FakeStoreManager:
     def chooseRandomPartition(self, topic):
         return random.randrange(self.config.numPartitionsOf(topic))
 
+    def storeFor(self, topic, partition):
+        # Not remembered: tests change the configuration between puts.
+        return self.getOrCreateStore(topic, partition)
+
     def getOrCreateStore(self, topic, partition):
         if not self.config.isLegalTopic(topic):
             raise IllegalTopic(topic)

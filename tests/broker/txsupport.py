@@ -62,6 +62,8 @@ class MemoryStoreManager:
     def getOrCreateStore(self, topic, partition):
         return self._stores.setdefault((topic, partition), MemoryStore())
 
+    storeFor = getOrCreateStore
+
     def getStore(self, topic, partition):
         return self._stores.get((topic, partition))
 

@@ -6,11 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from metamorphosis.protocol import txid
 from metamorphosis.protocol.javalang import isJavaBlank, isJavaDigit, parseJavaInt
 from metamorphosis.protocol.txid import (
     NULL_TRANSACTION_ID,
     LocalTransactionId,
     XATransactionId,
+    canonicalKey,
     parseTransactionId,
 )
 from tests.protocol import strategies
@@ -60,11 +62,34 @@ class TransactionIdTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(ValueError, parseTransactionId, key)
             self.assertEqual(str(error), f"Illegal transaction key:{key}")
+            # Refused again: an error is not remembered as a result.
+            error = self.assertRaises(ValueError, canonicalKey, key)
+            self.assertEqual(str(error), f"Illegal transaction key:{key}")
+
+    def test_remembered(self):
+        """
+        A key of up to 512 characters is parsed once while it is among the
+        last 1024 seen: the same id object comes back.  A longer one is
+        parsed every time (a client could otherwise make the broker hold
+        megabytes of keys), with the same result.
+        """
+        key = "TX:remembered-%d:1" % id(self)
+        self.assertIs(parseTransactionId(key), parseTransactionId(key))
+        self.assertEqual(canonicalKey("TX:%s:+01" % key[3:-2]), key)
+        long = "TX:" + "s" * 600 + ":+1"
+        self.assertIsNot(parseTransactionId(long), parseTransactionId(long))
+        self.assertEqual(parseTransactionId(long), LocalTransactionId("s" * 600, 1))
+        self.assertEqual(canonicalKey(long), "TX:" + "s" * 600 + ":1")
+        txid._parseRemembered.cache_clear()
+        for n in range(3000):
+            parseTransactionId("TX:s:%d" % n)
+        self.assertEqual(txid._parseRemembered.cache_info().currsize, 1024)
 
     @settings(max_examples=200, deadline=None)
     @given(strategies.transactionIds)
     def test_roundTrip(self, transactionId):
         self.assertEqual(parseTransactionId(transactionId.key), transactionId)
+        self.assertEqual(canonicalKey(transactionId.key), transactionId.key)
 
 
 class JavaLangTests(SynchronousTestCase):

@@ -128,6 +128,10 @@ class MessageStoreManager(Service):
         self._ownPool = threadpool is None
         self._threadpool = threadpool or ThreadPool(1, 8, "metaq-store")
         self._stores = {}
+        # The stores puts went to, until the topic sections are replaced
+        # (a reload): what decides whether a put may create or use one.
+        self._acceptedOf = None
+        self._accepted = {}
         self._started = None
         self._flushCalls = {}
         self._deleteCalls = {}
@@ -403,6 +407,24 @@ class MessageStoreManager(Service):
                 raise IllegalTopic(topic)
             self._checkRoomFor(topic)
             store = self._makeStore(topic, partition, directory, offsetIfCreate=offsetIfCreate)
+        return store
+
+    def storeFor(self, topic, partition):
+        """
+        L{getOrCreateStore}, remembered: the manager never drops a store,
+        and whether a topic and partition are accepted only changes when
+        the topic sections are replaced.  What every put, transactional
+        put, commit and C{sync} asks for (the checks of the topic's name
+        and sections cost more than the rest of a lone put's lookups).
+        """
+        topics = self.config.topics
+        if self._acceptedOf is not topics:
+            self._acceptedOf = topics
+            self._accepted = {}
+        store = self._accepted.get((topic, partition))
+        if store is None:
+            store = self.getOrCreateStore(topic, partition)
+            self._accepted[topic, partition] = store
         return store
 
     def _checkRoomFor(self, topic):

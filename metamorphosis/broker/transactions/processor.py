@@ -455,7 +455,7 @@ class TransactionalProcessor(service.Service):
                 raise ValueError(
                     "Invalid partition for transaction command:%d" % (command.partition,)
                 )
-            self.storeManager.getOrCreateStore(command.topic, command.partition)
+            self.storeManager.storeFor(command.topic, command.partition)
             msgId = self.idWorker.nextId()
             tx.addMessage(
                 PendingMessage(

@@ -272,7 +272,7 @@ class JournalTransactionStore:
             return
         groups = _byPartition(tx.messages)
         stores = [
-            (self._storeManager.getOrCreateStore(topic, partition), group)
+            (self._storeManager.storeFor(topic, partition), group)
             for (topic, partition), group in groups.items()
         ]
         self._redo.append(

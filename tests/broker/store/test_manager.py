@@ -150,6 +150,26 @@ class ManagerTests(SynchronousTestCase):
         for _ in range(20):
             self.assertIn(manager.chooseRandomPartition("test"), (0, 1, 2))
 
+    def test_storeForRemembers(self):
+        """
+        C{storeFor} checks a topic and partition once, until the topic
+        sections are replaced (a reload), and then checks them again.
+        """
+        config = makeConfig(self.dataPath, [("test", dict(numPartitions=2))])
+        manager, _ = self.startManager(config)
+        store = manager.storeFor("test", 1)
+        self.assertIs(store, manager.getStore("test", 1))
+        checked = []
+        original = config.isLegalTopic
+        config.isLegalTopic = lambda topic: checked.append(topic) or original(topic)
+        self.assertIs(manager.storeFor("test", 1), store)
+        self.assertEqual(checked, [])
+        self.assertRaises(WrongPartition, manager.storeFor, "test", 2)
+        self.assertRaises(IllegalTopic, manager.storeFor, "other", 0)
+        config.topics = {"other": TopicConfig(topic="other", dataPath=self.dataPath)}
+        self.assertRaises(IllegalTopic, manager.storeFor, "test", 1)
+        self.assertIsNotNone(manager.storeFor("other", 0))
+
     def test_pathsStayInsideDataPath(self):
         """
         Defence in depth behind the name check: a name that would resolve
