@@ -1268,6 +1268,9 @@ class BrokerFactory(protocol.ServerFactory):
             if replied is not None:
                 return self.syncProcessor.syncThen(command, session, replied)
             return self.syncProcessor.processSync(command, session)
+        # Third: two of the three requests of a one-message transaction.
+        if isinstance(command, TransactionCommand):
+            return self.transactionProcessor.processTransaction(command, session)
         if isinstance(command, GetCommand):
             return processor.processGet(command, session)
         if isinstance(command, OffsetCommand):
@@ -1276,8 +1279,6 @@ class BrokerFactory(protocol.ServerFactory):
             return processor.processStats(command, session)
         if isinstance(command, VersionCommand):
             return processor.processVersion(command, session)
-        if isinstance(command, TransactionCommand):
-            return self.transactionProcessor.processTransaction(command, session)
         # A result or value line sent to the broker is a response nobody
         # waits for: gecko drops it.
         self.log.debug("Ignoring {command}", command=repr(command))

@@ -321,9 +321,10 @@ _setResultCode, _setResultBody, _setResultOpaque = (
 
 
 def newPut(topic: str, partition: int, data: bytes, flag: int, opaque: int,
-           checksum: int) -> PutCommand:
+           checksum: int, transactionKey: str | None = None) -> PutCommand:
     """
-    C{PutCommand(topic, partition, data, flag, opaque, checksum)}, faster.
+    C{PutCommand(topic, partition, data, flag, opaque, checksum,
+    transactionKey)}, faster.
     """
     command = _newObject(PutCommand)
     _setPutTopic(command, topic)
@@ -332,7 +333,7 @@ def newPut(topic: str, partition: int, data: bytes, flag: int, opaque: int,
     _setPutFlag(command, flag)
     _setPutOpaque(command, opaque)
     _setPutChecksum(command, checksum)
-    _setPutKey(command, None)
+    _setPutKey(command, transactionKey)
     return command
 
 
@@ -589,20 +590,29 @@ def _malformed(line: str, tokens: list[str], reason: object) -> ProtocolError:
 
 
 #: The header line of a put as Java clients send it (7 tokens: topic,
-#: partition, body length, flag, checksum, opaque), every token plain ASCII
+#: partition, body length, flag, checksum, opaque; 8 in a transaction, the
+#: transaction key before the opaque), every token plain ASCII
 #: and every number short enough to be a Java int without a range check but
 #: the checksum and the opaque (checked by L{CommandParser._wholePut}).
 #: Such a put whose body is already buffered is decoded without splitting
 #: the line or going through the general decoders: the same command they
 #: give (a property test checks it), for about a third of their work.
-#: Anything else (a transaction key, no checksum, a sign, Unicode, a body
-#: still arriving, an error) takes the general path.
+#: Anything else (a transaction key in place of the checksum, no checksum,
+#: a plus sign, Unicode, a body still arriving, an error) takes the general
+#: path.
 _WHOLE_PUT = re.compile(
     rb"put ([\x21-\x7e]+) (-?[0-9]{1,9}) ([0-9]{1,9}) (-?[0-9]{1,9}) (-?[0-9]{1,10})"
-    rb" (-?[0-9]{1,10})"
+    rb"(?: ([\x21-\x7e]+))? (-?[0-9]{1,10})"
 )
 _JAVA_INTS = range(-(2**31), 2**31)
 _JAVA_LONGS = range(-(2**63), 2**63)
+
+#: The same for a C{transaction} line as the Java producer sends it (5
+#: tokens: key, session id, type, opaque; 6 for a BEGIN, the timeout before
+#: the opaque): a one-message transaction sends two (BEGIN and COMMIT).
+_WHOLE_TRANSACTION = re.compile(
+    rb"transaction ([\x21-\x7e]+) ([\x21-\x7e]+) ([A-Z_]+)(?: ([0-9]{1,9}))? (-?[0-9]{1,10})"
+)
 
 #: The same for a C{sync} as a sync master sends it (8 tokens: topic,
 #: partition, body length, flag, message id, checksum, opaque; the id and
@@ -696,6 +706,13 @@ class CommandParser:
                         if command is not None:
                             yield command
                             continue
+                    elif buffer[0] == 0x74:  # "t"
+                        match = _WHOLE_TRANSACTION.fullmatch(buffer, 0, end)
+                        if match is not None:
+                            command = self._wholeTransaction(buffer, end, match)
+                            if command is not None:
+                                yield command
+                                continue
                     elif buffer[0] == 0x73:  # "s"
                         match = _WHOLE_SYNC.fullmatch(buffer, 0, end)
                         if match is not None:
@@ -742,15 +759,42 @@ class CommandParser:
         taken from the buffer when its body is there too; else L{None},
         and the general path decodes it.
         """
-        topic, partition, length, flag, checksum, opaque = match.groups()
+        topic, partition, length, flag, checksum, key, opaque = match.groups()
         checksum = int(checksum)
         opaque = int(opaque)
         if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
             return None
+        if key is not None:
+            try:
+                key = canonicalKey(key.decode("ascii"))
+            except ValueError:
+                return None
         body = self._takeBody(buffer, end, int(length))
         if body is None:
             return None
-        return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum)
+        return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum,
+                      key)
+
+    def _wholeTransaction(self, buffer: bytearray, end: int,
+                          match) -> "TransactionCommand | None":
+        """
+        The C{transaction} line (C{buffer[:end]}) that matched
+        L{_WHOLE_TRANSACTION}, taken from the buffer when its type, key and
+        opaque are valid; else L{None}, and the general path decodes it.
+        """
+        key, sessionId, kind, timeout, opaque = match.groups()
+        kind = kind.decode("ascii")
+        opaque = int(opaque)
+        if kind not in TRANSACTION_TYPES or opaque not in _JAVA_INTS:
+            return None
+        try:
+            key = canonicalKey(key.decode("ascii"))
+        except ValueError:
+            return None
+        del buffer[: end + 2]
+        self._scanned = 0
+        return TransactionCommand(key, sessionId.decode("ascii"), kind, opaque,
+                                  0 if timeout is None else int(timeout))
 
     def _wholeSync(self, buffer: bytearray, end: int, match) -> "SyncCommand | None":
         """

@@ -3,6 +3,8 @@ Tests for L{metamorphosis.broker.transactions.journal}.
 """
 
 import os
+import struct
+import zlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,6 +60,27 @@ records = st.one_of(
 
 
 class RecordCodecTests(SynchronousTestCase):
+    def test_layout(self):
+        """
+        The bytes of each record type, as docs/transactions.md lays them
+        out: length, CRC-32 of the payload, type, then the fields
+        big-endian, strings as uint16 length and UTF-8.
+        """
+        def framed(payload):
+            return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+        self.assertEqual(
+            encodeRecord(PutRecord("TX:s:1", -2, "t\u00e9", 3, -4, b"data")),
+            framed(b"\x01\x00\x06TX:s:1" + struct.pack(">q", -2) + b"\x00\x03t\xc3\xa9"
+                   + struct.pack(">iiI", 3, -4, 4) + b"data"))
+        self.assertEqual(
+            encodeRecord(CommitRecord("k", True, (("a", 1, 2), ("bc", -1, 2**40)))),
+            framed(b"\x03\x00\x01k\x01\x00\x02" + b"\x00\x01a" + struct.pack(">iq", 1, 2)
+                   + b"\x00\x02bc" + struct.pack(">iq", -1, 2**40)))
+        for record, kind in [(PrepareRecord("k"), 2), (DoneRecord("k"), 4),
+                             (RollbackRecord("k"), 5)]:
+            self.assertEqual(encodeRecord(record), framed(bytes([kind]) + b"\x00\x01k"))
+
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(records, max_size=6))
     def test_roundTrip(self, values):

@@ -495,12 +495,13 @@ def _generalParse(wire, maxBodySize):
     """
     from metamorphosis.protocol import commands
 
-    saved = commands._WHOLE_PUT, commands._WHOLE_SYNC
-    commands._WHOLE_PUT = commands._WHOLE_SYNC = commands.re.compile(rb"(?!)")
+    saved = commands._WHOLE_PUT, commands._WHOLE_SYNC, commands._WHOLE_TRANSACTION
+    commands._WHOLE_PUT = commands._WHOLE_SYNC = commands._WHOLE_TRANSACTION = \
+        commands.re.compile(rb"(?!)")
     try:
         return _outcome(wire, maxBodySize)
     finally:
-        commands._WHOLE_PUT, commands._WHOLE_SYNC = saved
+        commands._WHOLE_PUT, commands._WHOLE_SYNC, commands._WHOLE_TRANSACTION = saved
 
 
 def _outcome(wire, maxBodySize):
@@ -539,6 +540,42 @@ class WholePutTests(SynchronousTestCase):
         wire = line.encode("utf-8") + b"\r\n" + body + tail
         self.assertEqual(_outcome(wire, maxBodySize), _generalParse(wire, maxBodySize))
 
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.sampled_from(["test", "é"]), st.sampled_from(["0", "-1", "+1"]),
+        st.one_of(st.integers(0, 20).map(str), _putNumbers), _putNumbers, _putNumbers,
+        st.one_of(st.sampled_from(["TX:s:1", "TX:s:+007", "TX:s:1:", "TX:s:", "TX:a:b:1",
+                                   "XID:1:ABcd:EF:q", "XID:1:00:00", "null", "123", "TX:é:1"]),
+                  st.text(min_size=1, max_size=12).filter(lambda t: " " not in t)),
+        _putNumbers, st.binary(max_size=20), st.integers(0, 30),
+    )
+    def test_transactionalSameAsGeneral(self, topic, partition, length, flag, crc, key, opaque,
+                                        body, maxBodySize):
+        """
+        A put in a transaction (the key before the opaque) takes the fast
+        path too, with its key in canonical form; a key Java refuses is
+        refused as the general decoder refuses it.
+        """
+        line = " ".join(["put", topic, partition, length, flag, crc, key, opaque])
+        wire = line.encode("utf-8") + b"\r\n" + body
+        self.assertEqual(_outcome(wire, maxBodySize), _generalParse(wire, maxBodySize))
+
+    def test_javaTransactionalPut(self):
+        """
+        A transactional put as the Java client sends it takes the fast
+        path (C{_WHOLE_PUT} matches it) and decodes to the general
+        decoder's command.
+        """
+        from metamorphosis.protocol import commands
+
+        line = b"put meta-test 0 5 0 1425829533 TX:127.0.0.1-1795705128537-1:1 -2147483647"
+        self.assertIsNotNone(commands._WHOLE_PUT.fullmatch(line))
+        wire = line + b"\r\nhello"
+        self.assertEqual(CommandParser().feed(wire), [
+            PutCommand("meta-test", 0, b"hello", 0, -2147483647, 1425829533,
+                       "TX:127.0.0.1-1795705128537-1:1")])
+        self.assertEqual(_outcome(wire, 100), _generalParse(wire, 100))
+
     def test_javaPut(self):
         """
         A put as the Java client sends it, in one read or cut anywhere.
@@ -550,6 +587,51 @@ class WholePutTests(SynchronousTestCase):
         for cut in range(len(wire)):
             parser = CommandParser()
             self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
+
+
+class WholeTransactionTests(SynchronousTestCase):
+    """
+    The fast path of a C{transaction} line (C{_WHOLE_TRANSACTION}) decodes
+    exactly what the general decoder decodes, and leaves everything else
+    to it.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.one_of(st.sampled_from(["TX:s:1", "TX:s:+007", "TX:s:1:", "TX:s:", "XID:1:ABcd:EF:q",
+                                   "null", "123", "TX:é:1"]),
+                  st.text(min_size=0, max_size=10).filter(lambda t: " " not in t)),
+        st.sampled_from(["s", "127.0.0.1-1795705128537-1", "é", ""]),
+        st.one_of(st.sampled_from(["BEGIN", "COMMIT_ONE_PHASE", "ROLLBACK", "END", "begin",
+                                   "NOPE"]), st.text(max_size=5)),
+        st.lists(st.one_of(_putNumbers, st.sampled_from(["q", "0", "10"])), max_size=2),
+        _putNumbers,
+        st.sampled_from([b"", b"version 3\r\n", b"transaction TX:s:2 s COMMIT_ONE_PHASE 9\r\n"]),
+    )
+    def test_sameAsGeneral(self, key, sessionId, kind, middle, opaque, tail):
+        line = " ".join(["transaction", key, sessionId, kind] + middle + [opaque])
+        wire = line.encode("utf-8") + b"\r\n" + tail
+        self.assertEqual(_outcome(wire, 100), _generalParse(wire, 100))
+
+    def test_javaTransactions(self):
+        """
+        BEGIN (with its timeout) and COMMIT as the Java producer sends them
+        take the fast path.
+        """
+        from metamorphosis.protocol import commands
+
+        key = "TX:127.0.0.1-1795705128537-1:1"
+        begin = f"transaction {key} 127.0.0.1-1795705128537-1 BEGIN 10 -2147483648".encode()
+        commit = f"transaction {key} 127.0.0.1-1795705128537-1 COMMIT_ONE_PHASE -2147483645"
+        commit = commit.encode()
+        for line in (begin, commit):
+            self.assertIsNotNone(commands._WHOLE_TRANSACTION.fullmatch(line))
+        wire = begin + b"\r\n" + commit + b"\r\n"
+        self.assertEqual(CommandParser().feed(wire), [
+            TransactionCommand(key, "127.0.0.1-1795705128537-1", "BEGIN", -2147483648, 10),
+            TransactionCommand(key, "127.0.0.1-1795705128537-1", "COMMIT_ONE_PHASE",
+                               -2147483645)])
+        self.assertEqual(_outcome(wire, 100), _generalParse(wire, 100))
 
 
 _longNumbers = st.one_of(

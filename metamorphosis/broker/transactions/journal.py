@@ -111,7 +111,16 @@ class RollbackRecord:
 
 def _string(value):
     raw = value.encode("utf-8")
-    return struct.pack(">H", len(raw)) + raw
+    return _LENGTH.pack(len(raw)) + raw
+
+
+_LENGTH = struct.Struct(">H")
+_KEYED = struct.Struct(">BH")
+_PUT_ID = struct.Struct(">qH")
+_PUT_TAIL = struct.Struct(">iiI")
+_COMMIT_HEAD = struct.Struct(">BH")
+_COMMIT_PARTITION = struct.Struct(">iq")
+_KINDS = {PrepareRecord: PREPARE, DoneRecord: DONE, RollbackRecord: ROLLBACK}
 
 
 class _Reader:
@@ -140,34 +149,28 @@ def encodeRecord(record):
     """
     The bytes of one record: C{uint32 length}, C{uint32 crc32(payload)},
     payload.  (The payload is assembled only once: a put's data is copied a
-    single time.)
+    single time.  A one-message transaction writes three records, so each
+    is packed with as few steps as its layout allows.)
     """
-    if isinstance(record, PutRecord):
-        parts = [
-            bytes([PUT]),
-            _string(record.key),
-            struct.pack(">q", record.msgId),
-            _string(record.topic),
-            struct.pack(">iiI", record.partition, record.flag, len(record.data)),
-            record.data,
-        ]
-    elif isinstance(record, CommitRecord):
-        parts = [
-            bytes([COMMIT]),
-            _string(record.key),
-            struct.pack(">BH", record.wasPrepared, len(record.partitions)),
-        ]
+    key = record.key.encode("utf-8")
+    kind = type(record)
+    if kind is PutRecord:
+        topic = record.topic.encode("utf-8")
+        data = record.data
+        head = b"".join((
+            _KEYED.pack(PUT, len(key)), key, _PUT_ID.pack(record.msgId, len(topic)), topic,
+            _PUT_TAIL.pack(record.partition, record.flag, len(data))))
+        return b"".join((_FRAME.pack(len(head) + len(data), zlib.crc32(data, zlib.crc32(head))),
+                         head, data))
+    if kind is CommitRecord:
+        parts = [_KEYED.pack(COMMIT, len(key)), key,
+                 _COMMIT_HEAD.pack(record.wasPrepared, len(record.partitions))]
         for topic, partition, offset in record.partitions:
-            parts += [_string(topic), struct.pack(">iq", partition, offset)]
+            parts += [_string(topic), _COMMIT_PARTITION.pack(partition, offset)]
+        payload = b"".join(parts)
     else:
-        kind = {PrepareRecord: PREPARE, DoneRecord: DONE, RollbackRecord: ROLLBACK}[
-            type(record)
-        ]
-        parts = [bytes([kind]), _string(record.key)]
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    return b"".join([_FRAME.pack(sum(map(len, parts)), crc)] + parts)
+        payload = _KEYED.pack(_KINDS[kind], len(key)) + key
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def decodePayload(payload):

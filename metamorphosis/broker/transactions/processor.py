@@ -30,7 +30,7 @@ from metamorphosis.broker.transactions.transaction import (
     XATransaction,
 )
 from metamorphosis.logfields import errorText
-from metamorphosis.protocol.commands import ResultCommand
+from metamorphosis.protocol.commands import ResultCommand, newResult
 from metamorphosis.protocol.status import INTERNAL_ERROR, OK
 from metamorphosis.protocol.txid import (
     LocalTransactionId,
@@ -372,7 +372,7 @@ class TransactionalProcessor(service.Service):
                     session, parseTransactionId(command.transactionKey), command.timeout)
             except Exception as e:
                 return self._refusal(e, command, session)
-            return ResultCommand(OK, b"", command.opaque)
+            return newResult(OK, b"", command.opaque)
         return ensureDeferred(self._processTransaction(command, session))
 
     async def _processTransaction(self, command, session):
@@ -406,7 +406,7 @@ class TransactionalProcessor(service.Service):
                 return ResultCommand(INTERNAL_ERROR, body.encode("utf-8"), command.opaque)
         except Exception as e:
             return self._refusal(e, command, session)
-        return ResultCommand(OK, body.encode("utf-8"), command.opaque)
+        return newResult(OK, body.encode("utf-8"), command.opaque)
 
     def _refusal(self, error, command, session):
         """
@@ -472,9 +472,7 @@ class TransactionalProcessor(service.Service):
                                     key=key, error=str(e))
             return ResultCommand(INTERNAL_ERROR, str(e).encode("utf-8"), command.opaque)
         self.stats.statsPut(command.topic, partitionString)
-        return ResultCommand(
-            OK, ("%d %d -1" % (msgId, command.partition)).encode(), command.opaque
-        )
+        return newResult(OK, b"%d %d -1" % (msgId, command.partition), command.opaque)
 
     def sessionClosed(self, session):
         """
