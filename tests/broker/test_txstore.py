@@ -6,8 +6,9 @@ what recovery makes of a journal cut at every step of a commit.
 import errno
 import os
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.broker.config import MetaConfig
@@ -280,7 +281,8 @@ class JournalTransactionStoreTestsMixin:
         """
         tx = self.transaction(messages=[("t", 0)])
         store = self.manager.getOrCreateStore("t", 0)
-        store.appendBatch = lambda batch, durable=True: fail(OSError("disk full"))
+        store.appendBatchThen = (
+            lambda batch, durable, stored, failed: failed(Failure(OSError("disk full"))))
         failure = self.failureResultOf(ensureDeferred(tx.commit(True)))
         self.assertEqual(failure.value.code, 104)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
@@ -288,7 +290,7 @@ class JournalTransactionStoreTestsMixin:
             failure.value.reply(),
             "XAException:code=104,msg=STORE COMMIT FAILED: Transaction rolled back.",
         )
-        del store.appendBatch
+        del store.appendBatchThen
         self.restart()
         self.assertEqual(self.ids("t", 0), [])
 

@@ -37,8 +37,14 @@ class MemoryStore:
             self.buffer += encodeRecord(msgId, flag, body)
         return succeed(offset)
 
+    def appendBatchThen(self, batch, durable, stored, failed):
+        self.appendBatch(batch, durable).addCallbacks(stored, failed)
+
     def whenFlushed(self, end):
         return succeed(None)
+
+    def whenFlushedThen(self, end, flushed, failed):
+        flushed(None)
 
     def slice(self, offset, maxSize):
         if offset >= len(self.buffer):

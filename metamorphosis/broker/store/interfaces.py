@@ -75,6 +75,14 @@ class IMessageStore(Interface):
         @return: a Deferred firing with the offset of the first record.
         """
 
+    def appendBatchThen(messages, durable, stored, failed):
+        """
+        L{appendBatch} without a Deferred: C{stored} is called with the
+        offset of the first record, C{failed} with a
+        L{twisted.python.failure.Failure}, either maybe before this
+        returns (a transaction's commit).
+        """
+
     def whenFlushed(end):
         """
         Wait, without causing an fsync, until one covers the bytes before
@@ -82,6 +90,13 @@ class IMessageStore(Interface):
 
         @return: a Deferred firing then; it errbacks when an fsync fails or
             the segment file is lost first.
+        """
+
+    def whenFlushedThen(end, flushed, failed):
+        """
+        L{whenFlushed} without a Deferred: C{flushed} is called with
+        L{None}, or C{failed} with a L{twisted.python.failure.Failure},
+        either maybe before this returns.
         """
 
     def appendRecords(buffer, expectedOffset=None):

@@ -655,28 +655,35 @@ class MessageStore:
         self._enqueue(_Entry(None, buffer, len(buffer), count, stored, failed, recordwise=True))
 
     def appendBatch(self, messages, durable=True):
-        messages = list(messages)
-        size = batchSize(messages)
         d = Deferred()
-        self._enqueue(_Entry(messages, None, size, 1, d.callback, d.errback,
-                             durable=durable))
+        self.appendBatchThen(messages, durable, d.callback, d.errback)
         return d
 
+    def appendBatchThen(self, messages, durable, stored, failed):
+        messages = list(messages)
+        self._enqueue(_Entry(messages, None, batchSize(messages), 1, stored, failed,
+                             durable=durable))
+
     def whenFlushed(self, end):
+        d = Deferred()
+        self.whenFlushedThen(end, d.callback, d.errback)
+        return d
+
+    def whenFlushedThen(self, end, flushed, failed):
         """
-        A Deferred firing once an fsync covers the bytes before offset
-        C{end} (the flushed mark reaches it).  Nothing fsyncs for it: the
-        next group commit round, L{flush} or a segment roll does.  It
-        errbacks when an fsync fails or the segment file is lost, since a
-        later fsync might then not cover those bytes.
+        Call C{flushed} with L{None} once an fsync covers the bytes before
+        offset C{end} (the flushed mark reaches it); nothing fsyncs for it:
+        the next group commit round, L{flush} or a segment roll does.  Call
+        C{failed} with a L{Failure} instead when an fsync fails or the
+        segment file is lost, since a later fsync might then not cover
+        those bytes.  Either may be called before this returns.
         """
         if end <= self._flushedEnd:
-            return succeed(None)
-        if self._closed:
-            return fail(StoreClosed("%r is closed" % (self,)))
-        d = Deferred()
-        heapq.heappush(self._flushWaiters, (end, next(self._waiterOrder), d))
-        return d
+            flushed(None)
+        elif self._closed:
+            failed(Failure(StoreClosed("%r is closed" % (self,))))
+        else:
+            heapq.heappush(self._flushWaiters, (end, next(self._waiterOrder), flushed, failed))
 
     def awaitsFlush(self, offset, size):
         """
@@ -690,12 +697,14 @@ class MessageStore:
     def _fireFlushed(self):
         waiters = self._flushWaiters
         while waiters and waiters[0][0] <= self._flushedEnd:
-            heapq.heappop(waiters)[2].callback(None)
+            _call(heapq.heappop(waiters)[2], None)
 
     def _failFlushWaiters(self, failure):
         waiters, self._flushWaiters = self._flushWaiters, []
-        for _, _, d in sorted(waiters):
-            d.errback(failure)
+        # (end, order, flushed, failed): each order is unique, so sorting
+        # never compares the callables.
+        for _, _, _, failed in sorted(waiters):
+            _call(failed, failure)
 
     def appendRecords(self, buffer, expectedOffset=None):
         buffer = bytes(buffer)

@@ -511,6 +511,14 @@ class RedoLog:
         """
         return self._syncLoop.request()
 
+    def syncThen(self, done):
+        """
+        L{sync} without a Deferred: C{done} is called with L{None} once the
+        records are forced, or with the L{Failure} of the fsync that
+        covered them.
+        """
+        self._syncLoop.requestThen(done)
+
     def _takeDirty(self):
         """
         A round starts: it forces the files written so far, and closes the

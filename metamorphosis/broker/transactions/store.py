@@ -24,8 +24,9 @@ checkpoint deletes its records.
 """
 
 import os
+from functools import partial
 
-from twisted.internet.defer import FirstError, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -263,65 +264,99 @@ class JournalTransactionStore:
         self._redo.append(PrepareRecord(tx.key))
         await self._force()
 
-    async def commit(self, tx, wasPrepared):
+    def commit(self, tx, wasPrepared):
         """
         Journal the commit, append the messages to their partitions (one
         batch per partition, in put order), journal that it is done.
+
+        @return: a Deferred firing once the messages are appended, after
+            the COMMIT record is forced when C{flushTxLogAtCommit} is 1;
+            it fails with the error of the journal or of an append.  The
+            steps follow each other by callbacks: awaiting the journal's
+            sync and the append as Deferreds took a third of a
+            one-message transaction's Deferred work.
         """
-        if tx not in self._live:
-            return
-        groups = _byPartition(tx.messages)
-        stores = [
-            (self._storeManager.storeFor(topic, partition), group)
-            for (topic, partition), group in groups.items()
-        ]
-        self._redo.append(
-            CommitRecord(
-                tx.key,
-                wasPrepared,
-                tuple(
-                    (topic, partition, store.maxOffset)
-                    for (topic, partition), (store, _) in zip(groups, stores)
-                ),
+        try:
+            if tx not in self._live:
+                return succeed(None)
+            groups = _byPartition(tx.messages)
+            stores = [
+                (self._storeManager.storeFor(topic, partition), group)
+                for (topic, partition), group in groups.items()
+            ]
+            self._redo.append(
+                CommitRecord(
+                    tx.key,
+                    wasPrepared,
+                    tuple(
+                        (topic, partition, store.maxOffset)
+                        for (topic, partition), (store, _) in zip(groups, stores)
+                    ),
+                )
             )
-        )
-        await self._force()
+        except Exception:
+            return fail()
+        done = Deferred()
+        if self.flushPolicy == 1:
+            self._redo.syncThen(partial(self._commitJournaled, tx, stores, done))
+        else:
+            self._commitJournaled(tx, stores, done, None)
+        return done
+
+    def _commitJournaled(self, tx, stores, done, error):
+        """
+        The COMMIT record of C{tx} is written (and forced, when the policy
+        asks): append its messages, or fail C{done} with C{error}.
+        """
+        if error is not None:
+            done.errback(error)
+            return
         # A forced COMMIT holds the messages durably: they need no fsync of
         # their partitions before the answer.
         durable = self.flushPolicy != 1
         batches = [(store, _batch(group)) for store, group in stores]
+        appended = partial(self._commitAppended, tx, batches, durable, done)
         if len(batches) == 1:
             # The usual case, without a DeferredList.
             [(store, batch)] = batches
-            offsets = [await store.appendBatch(batch, durable)]
+            store.appendBatchThen(batch, durable, lambda offset: appended([offset]),
+                                  done.errback)
         else:
-            try:
-                offsets = await gatherResults(
-                    [store.appendBatch(batch, durable) for store, batch in batches],
-                    consumeErrors=True,
-                )
-            except FirstError as e:
-                e.subFailure.raiseException()
-        del self._live[tx]
-        if durable:
-            self._redo.appendDone(DoneRecord(tx.key))
-            return
-        unfinished = _Unfinished(tx.key, tx.location, len(batches))
-        self._live[unfinished] = unfinished
-        for (store, batch), offset in zip(batches, offsets):
-            store.whenFlushed(offset + batchSize(batch)).addCallbacks(
-                self._partitionFlushed, self._partitionFlushFailed,
-                callbackArgs=(unfinished,), errbackArgs=(unfinished,))
-            if store.groupCommit:
-                # Otherwise the partition's own flush policy flushes it.
-                self._flushWithin(store)
+            gatherResults(
+                [store.appendBatch(batch, durable) for store, batch in batches],
+                consumeErrors=True,
+            ).addCallbacks(appended, lambda failure: done.errback(failure.value.subFailure))
 
-    def _partitionFlushed(self, ignored, unfinished):
+    def _commitAppended(self, tx, batches, durable, done, offsets):
+        """
+        The messages of C{tx} are in their partitions: journal DONE now, or
+        once an fsync of each partition covers them.
+        """
+        try:
+            del self._live[tx]
+            if durable:
+                self._redo.appendDone(DoneRecord(tx.key))
+            else:
+                unfinished = _Unfinished(tx.key, tx.location, len(batches))
+                self._live[unfinished] = unfinished
+                for (store, batch), offset in zip(batches, offsets):
+                    store.whenFlushedThen(offset + batchSize(batch),
+                                          partial(self._partitionFlushed, unfinished),
+                                          partial(self._partitionFlushFailed, unfinished))
+                    if store.groupCommit:
+                        # Otherwise the partition's own flush policy flushes it.
+                        self._flushWithin(store)
+        except Exception:
+            done.errback()
+            return
+        done.callback(None)
+
+    def _partitionFlushed(self, unfinished, ignored):
         unfinished.partitions -= 1
         if not unfinished.partitions and self._live.pop(unfinished, None) is not None:
             self._redo.appendDone(DoneRecord(unfinished.key))
 
-    def _partitionFlushFailed(self, failure, unfinished):
+    def _partitionFlushFailed(self, unfinished, failure):
         # No DONE then: the next start looks for the messages in the
         # partition and appends those it misses.
         self._flushErrors.error(
