@@ -24,11 +24,20 @@ p50/p99 and the broker's CPU time per message.
         --shared 16 --producers 1,16 --flush 1 --unflush 1000
 
 MetaQ published 6,750 msg/s for 4 KiB messages in transactions.
+
+With --opcodes the broker's reactor thread counts the Python bytecodes
+each function runs while the transactions are sent (as
+benchmarks/loneput.py --opcodes does), and a report per transaction
+follows each row; the rates of such a run are those of a traced broker.
+
+    .venv/bin/python benchmarks/broker_tx.py --messages 500 --sizes 1 --shared 1 \\
+        --producers= --unflush 0 --opcodes
 """
 
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +48,10 @@ from twisted.internet import defer, endpoints, protocol, task
 
 from metamorphosis.protocol.commands import CommandParser, ValueCommand
 from metamorphosis.protocol.records import checksum, decodeRecords
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from loneput import OPCODE_COUNTER, opcodeReport  # noqa: E402 (benchmarks/loneput.py)
 
 MiB = 1024 * 1024
 TOPIC = b"bench-tx"
@@ -270,15 +283,34 @@ async def main(reactor, options):
                 directory, process, port = None, None, options.broker
             else:
                 directory = tempfile.mkdtemp(prefix="metaq-txbench-")
-                process, port = startBroker(directory, options)
+                counts = os.path.join(directory, "opcodes.json")
+                saved = dict(os.environ)
+                if options.opcodes:
+                    with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
+                        f.write(OPCODE_COUNTER)
+                    os.environ["PYTHONPATH"] = os.pathsep.join(
+                        [directory] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+                    os.environ["LONEPUT_OPCODES"] = counts
+                try:
+                    process, port = startBroker(directory, options)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
             pid = process.pid if process is not None else options.pid
+            tracing = options.opcodes and process is not None
             try:
+                if tracing:
+                    process.send_signal(signal.SIGUSR2)
+                    await task.deferLater(reactor, 0.2, lambda: None)
                 cpu = cpuSeconds(pid)
                 elapsed, messages, latencies = await produce(
                     reactor, port, producers, perTransaction, options.messages,
                     options.size, run, shared,
                 )
                 cpu = cpuSeconds(pid) - cpu
+                if tracing:
+                    process.send_signal(signal.SIGUSR1)
+                    await task.deferLater(reactor, 0.5, lambda: None)
                 stored = await countMessages(reactor, port, messages * (20 + options.size))
                 if stored != messages and process is not None:
                     raise RuntimeError("%d messages committed, %d stored" % (messages, stored))
@@ -295,6 +327,9 @@ async def main(reactor, options):
                     ),
                     flush=True,
                 )
+                if tracing:
+                    opcodeReport(counts, messages // perTransaction, options.top,
+                                 "transaction")
             finally:
                 if process is not None:
                     process.terminate()
@@ -319,5 +354,9 @@ if __name__ == "__main__":
         "(its topics must accept bench-tx; stored counts are then not checked)"
     )
     parser.add_argument("--pid", type=int, help="pid of that broker (for its CPU time)")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="count the Python bytecodes the broker's reactor thread runs "
+                             "per transaction")
+    parser.add_argument("--top", type=int, default=25, help="rows of the bytecode report")
     options = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))

@@ -225,13 +225,13 @@ def report(before, after, count):
     print(f"  broker cpu {total['run']:.1f} us/put")
 
 
-def opcodeReport(path, count, top):
+def opcodeReport(path, count, top, unit="put"):
     import json
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     with open(path) as f:
         ops = Counter({key.replace(root, ""): value for key, value in json.load(f).items()})
-    print(f"  python bytecodes of the reactor thread: {sum(ops.values()) / count:.0f}/put")
+    print(f"  python bytecodes of the reactor thread: {sum(ops.values()) / count:.0f}/{unit}")
     byModule = Counter()
     for key, value in ops.items():
         byModule[key.rsplit(":", 1)[0]] += value
