@@ -168,4 +168,7 @@ _parseRemembered = lru_cache(maxsize=_REMEMBERED_KEYS)(_parse)
 
 @lru_cache(maxsize=_REMEMBERED_KEYS)
 def _canonicalRemembered(key):
-    return _parse(key).key
+    # Through the remembered parse: a key as Java clients send it is
+    # already canonical, so the parse of the broker's later lookups is
+    # this one.
+    return _parseRemembered(key).key

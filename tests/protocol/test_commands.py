@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metamorphosis.protocol.commands import (
     DEFAULT_OPAQUE,
+    TRANSACTION_TYPES,
     CommandParser,
     GetCommand,
     OffsetCommand,
@@ -25,6 +26,7 @@ from metamorphosis.protocol.commands import (
     newPut,
     newResult,
     newSync,
+    newTransaction,
     resultHeader,
     valueHeader,
 )
@@ -774,14 +776,16 @@ class SyncBatchTests(SynchronousTestCase):
 
 class FastConstructorTests(SynchronousTestCase):
     """
-    L{newPut}, L{newResult} and L{newSync} make what the dataclasses' constructors make.
+    L{newPut}, L{newResult}, L{newSync} and L{newTransaction} make what the
+    dataclasses' constructors make.
     """
 
     @settings(max_examples=100, deadline=None)
-    @given(st.text(), st.integers(), st.binary(), st.integers(), st.integers(), st.integers())
-    def test_put(self, topic, partition, data, flag, opaque, checksum):
-        made = newPut(topic, partition, data, flag, opaque, checksum)
-        expected = PutCommand(topic, partition, data, flag, opaque, checksum)
+    @given(st.text(), st.integers(), st.binary(), st.integers(), st.integers(), st.integers(),
+           st.one_of(st.none(), st.text()))
+    def test_put(self, topic, partition, data, flag, opaque, checksum, key):
+        made = newPut(topic, partition, data, flag, opaque, checksum, key)
+        expected = PutCommand(topic, partition, data, flag, opaque, checksum, key)
         self.assertIs(type(made), PutCommand)
         self.assertEqual((made, hash(made), repr(made), made.encode()),
                          (expected, hash(expected), repr(expected), expected.encode()))
@@ -792,6 +796,16 @@ class FastConstructorTests(SynchronousTestCase):
         made = newSync(topic, partition, data, flag, msgId, opaque, checksum)
         expected = SyncCommand(topic, partition, data, flag, msgId, opaque, checksum)
         self.assertIs(type(made), SyncCommand)
+        self.assertEqual((made, hash(made), repr(made), made.encode()),
+                         (expected, hash(expected), repr(expected), expected.encode()))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(), st.text(), st.sampled_from(TRANSACTION_TYPES), st.integers(),
+           st.integers())
+    def test_transaction(self, key, sessionId, kind, opaque, timeout):
+        made = newTransaction(key, sessionId, kind, opaque, timeout)
+        expected = TransactionCommand(key, sessionId, kind, opaque, timeout)
+        self.assertIs(type(made), TransactionCommand)
         self.assertEqual((made, hash(made), repr(made), made.encode()),
                          (expected, hash(expected), repr(expected), expected.encode()))
 
