@@ -51,7 +51,7 @@ from metamorphosis.protocol.records import checksum, decodeRecords
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from loneput import OPCODE_COUNTER, opcodeReport  # noqa: E402 (benchmarks/loneput.py)
+from loneput import countingOpcodes, opcodeReport  # noqa: E402 (benchmarks/loneput.py)
 
 MiB = 1024 * 1024
 TOPIC = b"bench-tx"
@@ -284,18 +284,8 @@ async def main(reactor, options):
             else:
                 directory = tempfile.mkdtemp(prefix="metaq-txbench-")
                 counts = os.path.join(directory, "opcodes.json")
-                saved = dict(os.environ)
-                if options.opcodes:
-                    with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
-                        f.write(OPCODE_COUNTER)
-                    os.environ["PYTHONPATH"] = os.pathsep.join(
-                        [directory] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-                    os.environ["LONEPUT_OPCODES"] = counts
-                try:
+                with countingOpcodes(directory, counts, options.opcodes):
                     process, port = startBroker(directory, options)
-                finally:
-                    os.environ.clear()
-                    os.environ.update(saved)
             pid = process.pid if process is not None else options.pid
             tracing = options.opcodes and process is not None
             try:

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -225,6 +226,26 @@ def report(before, after, count):
     print(f"  broker cpu {total['run']:.1f} us/put")
 
 
+@contextmanager
+def countingOpcodes(directory, counts, enabled=True):
+    """
+    While entered (and C{enabled}), a broker started counts its bytecodes
+    (L{OPCODE_COUNTER}, put in C{directory}) into the file C{counts}.
+    """
+    saved = dict(os.environ)
+    if enabled:
+        with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
+            f.write(OPCODE_COUNTER)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [directory] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        os.environ["LONEPUT_OPCODES"] = counts
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def opcodeReport(path, count, top, unit="put"):
     import json
 
@@ -265,21 +286,11 @@ def main(args):
         return
     for policy in args.flush:
         directory = tempfile.mkdtemp(prefix="metaq-loneput-")
-        saved = dict(os.environ)
         counts = os.path.join(directory, "opcodes.json")
-        if args.opcodes:
-            with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
-                f.write(OPCODE_COUNTER)
-            os.environ["PYTHONPATH"] = os.pathsep.join(
-                [directory] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-            os.environ["LONEPUT_OPCODES"] = counts
-        try:
+        with countingOpcodes(directory, counts, args.opcodes):
             process, addresses = startBroker(
                 policy, directory,
                 system=f"idlePollMicros={args.idle_poll}\n" + "".join(line + "\n" for line in args.system))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         port = addresses["plain"][1]
         try:
             lonePuts(port, min(1000, args.count), inflight=args.inflight)
