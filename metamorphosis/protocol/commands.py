@@ -721,26 +721,13 @@ class CommandParser:
                         return
                     if end > self.maxLineLength:
                         raise self._lineTooLong(buffer)
-                    match = _WHOLE_PUT.fullmatch(buffer, 0, end)
-                    if match is not None:
-                        command = self._wholePut(buffer, end, match)
-                        if command is not None:
-                            yield command
-                            continue
-                    elif buffer[0] == 0x74:  # "t"
-                        match = _WHOLE_TRANSACTION.fullmatch(buffer, 0, end)
+                    fast = _FAST_PATHS.get(buffer[0])
+                    if fast is not None:
+                        pattern, whole = fast
+                        match = pattern.fullmatch(buffer, 0, end)
                         if match is not None:
-                            command = self._wholeTransaction(buffer, end, match)
+                            command = whole(self, buffer, end, match)
                             if command is not None:
-                                yield command
-                                continue
-                    elif buffer[0] == 0x73:  # "s"
-                        match = _WHOLE_SYNC.fullmatch(buffer, 0, end)
-                        if match is not None:
-                            command = self._wholeSync(buffer, end, match)
-                            if command is not None:
-                                if self.syncBatches:
-                                    command = self._moreSyncs(buffer, command)
                                 yield command
                                 continue
                     raw = buffer[:end]
@@ -819,7 +806,8 @@ class CommandParser:
 
     def _wholeSync(self, buffer: bytearray, end: int, match) -> "SyncCommand | None":
         """
-        L{_wholePut} for a C{sync} whose header line matched L{_WHOLE_SYNC}.
+        L{_wholePut} for a C{sync} whose header line matched L{_WHOLE_SYNC}
+        (with L{syncBatches}, the whole syncs after it come with it).
         """
         topic, partition, length, flag, msgId, checksum, opaque = match.groups()
         msgId = int(msgId)
@@ -830,7 +818,11 @@ class CommandParser:
         body = self._takeBody(buffer, end, int(length))
         if body is None:
             return None
-        return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
+        command = newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque,
+                          checksum)
+        if self.syncBatches:
+            return self._moreSyncs(buffer, command)
+        return command
 
     def _moreSyncs(self, buffer: bytearray, first: SyncCommand) -> "SyncCommand | SyncBatch":
         """
@@ -961,3 +953,13 @@ class CommandParser:
                 )
             return _Waiting(line, tokens, decoded)
         return decoded
+
+
+#: The decoders of the lines Java clients and a sync master send most, by
+#: the line's first byte, each with the pattern its line must match whole;
+#: any other line takes the general path.
+_FAST_PATHS = {
+    ord("p"): (_WHOLE_PUT, CommandParser._wholePut),
+    ord("t"): (_WHOLE_TRANSACTION, CommandParser._wholeTransaction),
+    ord("s"): (_WHOLE_SYNC, CommandParser._wholeSync),
+}

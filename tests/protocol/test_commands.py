@@ -497,13 +497,12 @@ def _generalParse(wire, maxBodySize):
     """
     from metamorphosis.protocol import commands
 
-    saved = commands._WHOLE_PUT, commands._WHOLE_SYNC, commands._WHOLE_TRANSACTION
-    commands._WHOLE_PUT = commands._WHOLE_SYNC = commands._WHOLE_TRANSACTION = \
-        commands.re.compile(rb"(?!)")
+    saved = commands._FAST_PATHS
+    commands._FAST_PATHS = {}
     try:
         return _outcome(wire, maxBodySize)
     finally:
-        commands._WHOLE_PUT, commands._WHOLE_SYNC, commands._WHOLE_TRANSACTION = saved
+        commands._FAST_PATHS = saved
 
 
 def _outcome(wire, maxBodySize):
