@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
 from kazoo.client import KazooClient  # noqa: E402
-from loneput import OPCODE_COUNTER, opcodeReport  # noqa: E402
+from loneput import countingOpcodes, opcodeReport  # noqa: E402
 
 from metamorphosis.client.blocking import BlockingMessageSessionFactory  # noqa: E402
 from metamorphosis.client.errors import MetaClientError  # noqa: E402
@@ -503,11 +503,9 @@ def main(args):
         if args.opcodes:
             # The brokers started from here load the counter (their
             # environment is this process's).
-            with open(os.path.join(root, "sitecustomize.py"), "w") as f:
-                f.write(OPCODE_COUNTER)
-            os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-            args.opcodesFile = os.environ["LONEPUT_OPCODES"] = os.path.join(root, "opcodes-{pid}.json")
-            syncPart(args, root)
+            args.opcodesFile = os.path.join(root, "opcodes-{pid}.json")
+            with countingOpcodes(root, args.opcodesFile):
+                syncPart(args, root)
             return
         syncPart(args, root)
         asyncPart(args, root)
