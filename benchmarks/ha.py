@@ -42,6 +42,8 @@ async part needs a ZooKeeper: C{--zookeeper HOST:PORT}, or C{METAQ_TEST_ZK}
     .venv/bin/python benchmarks/ha.py --count 1000 --producers 0 --shared 10 --flush group --callgrind --registered
     .venv/bin/python benchmarks/ha.py --count 2000 --producers 0 --shared 10 --flush group --opcodes --registered
     .venv/bin/python benchmarks/ha.py --count 30000 --producers 0 --shared 10 --flush group --slave-idle-poll 0
+    .venv/bin/python benchmarks/ha.py --count 20000 --producers 0 --shared 10 --flush group --spread --slave-unflush-threshold 1000 --slave-unflush-interval 1000
+    .venv/bin/python benchmarks/ha.py --count 20000 --producers 0 --shared 10 --flush group --spread --slave-stub fsync
     .venv/bin/python benchmarks/ha.py --failover 5
     .venv/bin/python benchmarks/ha.py --failover 5 --failover-signal stop
 """
@@ -82,7 +84,13 @@ class Broker:
     wrapper = []
 
     def __init__(self, root, name, flush, zookeeper=None, zkRoot="/meta", plugin=None, properties="",
-                 fsyncMethod="auto", idlePoll=None):
+                 fsyncMethod="auto", idlePoll=None, unflushThreshold=None, unflushInterval=10000):
+        """
+        @param flush: C{group} (C{unflushThreshold=0}) or C{default}
+            (1000), unless C{unflushThreshold} is given.
+        """
+        if unflushThreshold is None:
+            unflushThreshold = 0 if flush == "group" else 1000
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory)
         self.port = freePort()
@@ -91,7 +99,7 @@ class Broker:
         with open(ini, "w") as f:
             f.write(
                 f"[system]\nbrokerId=5\nhostName=127.0.0.1\nnumPartitions=1\nserverPort={self.port}\n"
-                f"unflushThreshold={0 if flush == 'group' else 1000}\nunflushInterval=10000\n"
+                f"unflushThreshold={unflushThreshold}\nunflushInterval={unflushInterval}\n"
                 f"dataPath=data\nmaxTransferSize=1048576\nfsyncMethod={fsyncMethod}\n"
                 + ("" if idlePoll is None else f"idlePollMicros={idlePoll}\n") +
                 f"[zookeeper]\nzk.zkEnable={'true' if zookeeper else 'false'}\n"
@@ -232,6 +240,34 @@ def shapes(args):
     return result
 
 
+class StubSlave:
+    """
+    C{benchmarks/stubslave.py} in place of the gregor slave (C{--slave-stub}).
+    """
+
+    def __init__(self, root, mode):
+        self.directory = os.path.join(root, f"stub-{mode}")
+        os.makedirs(self.directory)
+        self.port = freePort()
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubslave.py"),
+             str(self.port), mode],
+            cwd=self.directory,
+        )
+        self.cpu = BrokerProcess(self.process.pid)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the stub slave did not listen in time")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(30)
+
+
 def syncPart(args, root):
     print(f"\n== sync replication: {args.size} B, {args.count} puts, flush {args.flush}")
     print(f"{'broker, shape':<40} {'msgs/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'broker CPU us/msg':>17}")
@@ -246,13 +282,19 @@ def syncPart(args, root):
     finally:
         plain.stop()
     replicated = {}
-    slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties", fsyncMethod=args.slave_fsync,
-                   idlePoll=args.slave_idle_poll)
+    slaveName = "gregor"
+    if args.slave_stub:
+        slave = StubSlave(root, args.slave_stub)
+        slaveName = f"stub ({args.slave_stub})"
+    else:
+        slave = Broker(root, "gregor", args.flush, plugin="gregor_slave.properties", fsyncMethod=args.slave_fsync,
+                       idlePoll=args.slave_idle_poll, unflushThreshold=args.slave_unflush_threshold,
+                       unflushInterval=args.slave_unflush_interval)
     master = Broker(root, "samsa", args.flush, zookeeper, zkRoot, plugin="samsa_master.properties",
                     properties=f"slave=127.0.0.1:{slave.port}\n")
     try:
         for label, producers, inflight in shapes(args):
-            replicated[label] = measure(args, master, f"samsa + gregor, {label}", [master, slave],
+            replicated[label] = measure(args, master, f"samsa + {slaveName}, {label}", [master, slave],
                                         producers, inflight)
     finally:
         master.stop()
@@ -542,12 +584,25 @@ def parseArguments(argv):
     parser.add_argument("--slave-idle-poll", type=int, default=None, metavar="MICROS",
                         help="sync part: the slave's idlePollMicros (default: the broker's default, "
                              "docs/performance.md)")
+    parser.add_argument("--slave-unflush-threshold", type=int, default=None, metavar="N",
+                        help="sync part: the slave's unflushThreshold (default: the master's, --flush); with N > 0 "
+                             "the slave answers a sync once it is written, and fsyncs after N messages or "
+                             "--slave-unflush-interval (docs/ha.md, \"The slave's flush policy\")")
+    parser.add_argument("--slave-unflush-interval", type=int, default=10000, metavar="MS",
+                        help="sync part: the slave's unflushInterval (default: the master's, 10000)")
+    parser.add_argument("--slave-stub", choices=["none", "fsync"], default=None,
+                        help="sync part: instead of a gregor slave, benchmarks/stubslave.py, which answers every "
+                             "sync and does nothing else (none), or writes and fdatasyncs each read inline first "
+                             "(fsync): what no slave can beat")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     parser.add_argument("--failover-signal", choices=["kill", "stop"], default="kill",
                         help="--failover: stop the master with SIGKILL (a crash), or freeze it with SIGSTOP "
                              "(a host that dies without closing its connections), resuming it after the round")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.slave_stub and (args.opcodes or args.callgrind):
+        parser.error("--slave-stub measures rates only: not with --opcodes or --callgrind")
+    return args
 
 
 if __name__ == "__main__":
