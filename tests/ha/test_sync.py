@@ -44,6 +44,10 @@ class _SyncPair(TestCase):
 
     timeout = 60
 
+    #: The slave's C{unflushThreshold}: 0, group commit, so that its reply
+    #: to a sync means fsynced, as the master's to a put.
+    slaveUnflushThreshold = 0
+
     @defer.inlineCallbacks
     def startPair(self, zkConnect=None, zkRoot="/meta", slaveVia=None, maxSegmentSize=1073741824, **samsa):
         """
@@ -51,7 +55,13 @@ class _SyncPair(TestCase):
         a proxy, if C{slaveVia} is a callable making one from the slave's
         port).
         """
-        self.slave = Broker(self, "slave", serverIni(1, maxSegmentSize=maxSegmentSize), "gregor_slave.properties", "")
+        self.slave = Broker(
+            self,
+            "slave",
+            serverIni(1, maxSegmentSize=maxSegmentSize, unflushThreshold=self.slaveUnflushThreshold),
+            "gregor_slave.properties",
+            "",
+        )
         slavePort = yield self.slave.start()
         if slaveVia is not None:
             self.proxy = slaveVia(slavePort)
@@ -170,6 +180,17 @@ class SyncReplicationTests(_SyncPair):
         self.assertTrue(self.acknowledged)
         stored = {record.id for record in storedRecords(self.slave)}
         self.assertEqual(self.acknowledged - stored, set())
+
+
+class WrittenSlaveReplicationTests(SyncReplicationTests):
+    """
+    The same with the slave at C{unflushThreshold=1000} (and the master at
+    group commit): the slave answers a sync once it has written it, before
+    its fsync, and what the master acknowledged still survives either
+    broker's crash (docs/ha.md, "The slave's flush policy").
+    """
+
+    slaveUnflushThreshold = 1000
 
 
 class SlaveTests(TestCase):
