@@ -593,7 +593,7 @@ def parseArguments(argv):
     parser.add_argument("--slave-stub", choices=["none", "fsync"], default=None,
                         help="sync part: instead of a gregor slave, benchmarks/stubslave.py, which answers every "
                              "sync and does nothing else (none), or writes and fdatasyncs each read inline first "
-                             "(fsync): what no slave can beat")
+                             "(fsync): near the bound for any slave, durable or not")
     parser.add_argument("--failover", type=int, default=0, metavar="ROUNDS",
                         help="measure only fast failover of a sync pair, this many rounds")
     parser.add_argument("--failover-signal", choices=["kill", "stop"], default="kill",

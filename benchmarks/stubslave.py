@@ -8,9 +8,9 @@ one-line command such as the master's C{version} heartbeat) with C{result
 200 0 <opaque>}, all the replies of one socket read in one write, and does
 nothing else: no checks, no store, no stats, one blocking loop.  With
 C{fsync} it first writes the read's bytes to a file in the current
-directory and C{fdatasync}s it, inline: the shortest path from a master's
-syncs to a durable reply that this machine allows, where the broker hands
-its fsync to the kernel or a thread so that its reactor never blocks.  With
+directory and C{fdatasync}s it, inline: about the shortest path from a
+master's syncs to a durable reply, where the broker hands its fsync to the
+kernel or a thread so that its reactor never blocks.  With
 C{none} it answers at once, as if the slave cost nothing.
 
 It listens on 127.0.0.1 only.  Not a broker: the data it writes cannot be
