@@ -313,6 +313,25 @@ def freePort():
         return s.getsockname()[1]
 
 
+def awaitListening(process, addresses, what, attempts=300):
+    """
+    Return once every C{(host, port, ...)} of C{addresses} takes a
+    connection, trying every 0.1 s; fail if C{process} (which serves them)
+    exits first, or after C{attempts} tries.  C{what} names it in the
+    error.
+    """
+    for _ in range(attempts):
+        try:
+            for address in addresses:
+                socket.create_connection(address[:2], timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen in time")
+
+
 def selfSignedCertificate(directory):
     """
     A key and certificate for 127.0.0.1 in C{directory}/broker.pem, and the
@@ -373,16 +392,8 @@ def startBroker(policy, directory, tls=False, system=""):
         [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(directory, "broker.log"),
          "metaq", "--config", ini, "--port", f"tcp:{port}:interface=127.0.0.1"] + listen,
         cwd=directory)
-    for _ in range(300):
-        try:
-            for address in addresses.values():
-                socket.create_connection(address[:2], timeout=0.2).close()
-            return process, addresses
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError("the broker did not start; see " + directory)
-            time.sleep(0.1)
-    raise RuntimeError("the broker did not listen in time")
+    awaitListening(process, addresses.values(), "the broker in " + directory)
+    return process, addresses
 
 
 def runPolicy(args, policy, addresses, broker):

@@ -52,7 +52,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from broker import BrokerProcess, Exchange, Progress, freePort, percentile, produce  # noqa: E402
+from broker import BrokerProcess, Exchange, Progress, awaitListening, freePort, percentile, produce  # noqa: E402
 from kazoo.client import KazooClient  # noqa: E402
 from loneput import countingOpcodes, opcodeReport  # noqa: E402
 
@@ -115,15 +114,8 @@ class Broker:
             cwd=self.directory,
         )
         self.cpu = BrokerProcess(self.process.pid)
-        for _ in range(3000 if self.wrapper else 300):
-            try:
-                socket.create_connection(self.address, timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("broker did not start; see " + self.directory)
-                time.sleep(0.1)
-        raise RuntimeError("broker did not listen in time")
+        awaitListening(self.process, [self.address], "the broker in " + self.directory,
+                       3000 if self.wrapper else 300)
 
     def stop(self):
         self.process.terminate()
@@ -255,13 +247,7 @@ class StubSlave:
             cwd=self.directory,
         )
         self.cpu = BrokerProcess(self.process.pid)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the stub slave did not listen in time")
+        awaitListening(self.process, [("127.0.0.1", self.port)], "the stub slave in " + self.directory, 100)
 
     def stop(self):
         self.process.terminate()

@@ -133,17 +133,12 @@ def startFloor(directory, policy):
     """
     import subprocess
 
-    from broker import freePort
+    from broker import awaitListening, freePort
 
     port = freePort()
     process = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), directory, policy])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the floor server did not listen in time")
+    awaitListening(process, [("127.0.0.1", port)], "the floor server", 100)
+    return process, port
 
 
 def threadTimes(pid):
