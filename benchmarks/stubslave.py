@@ -8,7 +8,7 @@ one-line command such as the master's C{version} heartbeat) with C{result
 200 0 <opaque>}, all the replies of one socket read in one write, and does
 nothing else: no checks, no store, no stats, one blocking loop.  With
 C{fsync} it first writes the read's bytes to a file in the current
-directory and C{fdatasync}s it, inline: about the shortest path from a
+directory, over zeros written before it listens, and C{fdatasync}s it, inline: about the shortest path from a
 master's syncs to a durable reply, where the broker hands its fsync to the
 kernel or a thread so that its reactor never blocks.  With
 C{none} it answers at once, as if the slave cost nothing.
@@ -46,12 +46,29 @@ def requests(buffer):
         position = following
 
 
+#: The stub's file: written with zeros before it serves, then overwritten
+#: from its start again and again, as the broker writes over the zeros it
+#: keeps ahead of its records (C{preallocateSize}): an fdatasync then
+#: commits no new file size, which on ext4 makes it about a third faster.
+_LOG_SIZE = 64 * 1024 * 1024
+
+
+def _zeroedLog(path):
+    log = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    zeros = bytes(1 << 20)
+    for start in range(0, _LOG_SIZE, len(zeros)):
+        os.pwrite(log, zeros, start)
+    os.fsync(log)
+    return log
+
+
 def serve(port, durable):
+    log = _zeroedLog("stub.log") if durable else None
+    position = 0
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(16)
-    log = os.open("stub.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if durable else None
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     pending = {}
@@ -76,7 +93,9 @@ def serve(port, durable):
             if not opaques:
                 continue
             if log is not None:
-                os.write(log, buffer[:used])
+                if position + used > _LOG_SIZE:
+                    position = 0
+                position += os.pwrite(log, buffer[:used], position)
                 os.fdatasync(log)
             connection.sendall(b"".join(b"result 200 0 %s\r\n" % (opaque,) for opaque in opaques))
 
