@@ -277,7 +277,7 @@ def syncPart(args, root):
                        idlePoll=args.slave_idle_poll, unflushThreshold=args.slave_unflush_threshold,
                        unflushInterval=args.slave_unflush_interval)
     master = Broker(root, "samsa", args.flush, zookeeper, zkRoot, plugin="samsa_master.properties",
-                    properties=f"slave=127.0.0.1:{slave.port}\n")
+                    properties=f"slave=127.0.0.1:{slave.port}\n", idlePoll=args.master_idle_poll)
     try:
         for label, producers, inflight in shapes(args):
             replicated[label] = measure(args, master, f"samsa + {slaveName}, {label}", [master, slave],
@@ -570,6 +570,9 @@ def parseArguments(argv):
     parser.add_argument("--slave-idle-poll", type=int, default=None, metavar="MICROS",
                         help="sync part: the slave's idlePollMicros (default: the broker's default, "
                              "docs/performance.md)")
+    parser.add_argument("--master-idle-poll", type=int, default=None, metavar="MICROS",
+                        help="sync part: the master's idlePollMicros (default: the broker's default for a sync "
+                             "master, which also polls after each write of syncs to its slave; docs/ha.md)")
     parser.add_argument("--slave-unflush-threshold", type=int, default=None, metavar="N",
                         help="sync part: the slave's unflushThreshold (default: the master's, --flush); with N > 0 "
                              "the slave answers a sync once it is written, and fsyncs after N messages or "

@@ -34,11 +34,14 @@ needs the GIL to end its round, and a reactor that polled took it back at
 every turn.  A lone put's round trip under group commit went from 282-388
 µs to 440-702 µs with the fsync in a thread and the reactor polling.
 
-It is off by default, but on a gregor slave.  Beside the real Java client
-on the 2-core test machine it made a producer's one sending thread 5-33%
-faster, and a consumer 17% and ten producing threads 4-11% slower: their
-other threads needed the CPU it polled on (docs/performance.md).  A sync
-slave's one client is its master, whose every put waits for it.
+It is off by default, but on a gregor slave and a samsa master.  Beside
+the real Java client on the 2-core test machine it made a producer's one
+sending thread 5-33% faster, and a consumer 17% and ten producing threads
+4-11% slower: their other threads needed the CPU it polled on
+(docs/performance.md).  A sync slave's one client is its master, whose
+every put waits for it; a sync master also polls after each write of
+syncs to its slave (L{metamorphosis.ha.link.PeerLink.onSent}), whose
+replies every replicated put waits for.
 """
 
 import os
@@ -49,11 +52,13 @@ from twisted.application import service
 #: A yield that returns later than this (seconds) let another task run.
 CONTENDED = 20e-6
 
-#: A gregor slave's C{idlePollMicros} when its server.ini does not say:
-#: its one client is its master, which waits for its reply to every
-#: replicated put, so the wake-up it saves is on every put's path
+#: A sync pair's C{idlePollMicros} when a broker's server.ini does not
+#: say.  A gregor slave's one client is its master, which waits for its
+#: reply to every replicated put; a samsa master waits for that reply
+#: itself, once its syncs have left (it polls after each write to its
+#: slave).  Either wake-up it saves is on every replicated put's path
 #: (docs/ha.md).
-SYNC_SLAVE_MICROS = 1000
+SYNC_REPLICATION_MICROS = 1000
 
 
 class IdlePoller(service.Service):

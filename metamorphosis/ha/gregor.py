@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis import zk
-from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
+from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
 from metamorphosis.broker.interfaces import ISyncProcessor
 from metamorphosis.broker.server import REPLY_LATER, Replies, replyOrDeferred
 from metamorphosis.ha import failover
@@ -539,7 +539,7 @@ class GregorReplication:
 
     def configure(self, metaConfig):
         if metaConfig.idlePollMicros is None:
-            metaConfig.idlePollMicros = SYNC_SLAVE_MICROS
+            metaConfig.idlePollMicros = SYNC_REPLICATION_MICROS
         metaConfig.topics[SLAVE_STATUS_TOPIC] = replace(metaConfig.topicConfig(SLAVE_STATUS_TOPIC), numPartitions=1)
         if self.config.autoPromote:
             zkConfig = metaConfig.zookeeper

@@ -109,7 +109,12 @@ class RequestProtocol(Protocol):
     heartbeatSeconds = 10.0
     heartbeatTimeout = 5.0
 
-    def __init__(self, clock, onMade=None, onLost=None, opaques=None, heartbeatSeconds=None, heartbeatTimeout=None):
+    def __init__(self, clock, onMade=None, onLost=None, opaques=None, heartbeatSeconds=None, heartbeatTimeout=None,
+                 onSent=None):
+        """
+        @param onSent: L{None}, or called with no argument after each write
+            of requests: their replies are near.
+        """
         if heartbeatSeconds is not None:
             self.heartbeatSeconds = heartbeatSeconds
         if heartbeatTimeout is not None:
@@ -120,6 +125,7 @@ class RequestProtocol(Protocol):
         self._clock = clock
         self._onMade = onMade
         self._onLost = onLost
+        self._onSent = onSent
         self._opaques = opaques if opaques is not None else OpaqueGenerator()
         self._pending = {}
         self._expiry = None
@@ -277,6 +283,8 @@ class RequestProtocol(Protocol):
             writeNow(self.transport, data)
         else:
             self.transport.write(data)
+        if self._onSent is not None:
+            self._onSent()
 
     def _expire(self):
         """
@@ -339,9 +347,13 @@ class PeerLink:
     @ivar url: the peer as C{meta://host:port}.
     @ivar onConnected: L{None}, or called with no argument each time a
         connection is made.
+    @ivar onSent: L{None}, or called with no argument after each write of
+        requests to the peer, whose replies are then near (a sync master
+        polls for them: L{metamorphosis.broker.idlepoll.IdlePoller.poke}).
     """
 
     onConnected = None
+    onSent = None
 
     def __init__(self, reactor, host, port, retryIntervalSeconds=1.0, tls=None, heartbeatSeconds=None,
                  heartbeatTimeout=None):
@@ -357,7 +369,7 @@ class PeerLink:
         self._reactor = reactor
         self._protocol = None
         factory = Factory.forProtocol(lambda: RequestProtocol(
-            reactor, self._connected, self._lost, self.opaques, heartbeatSeconds, heartbeatTimeout))
+            reactor, self._connected, self._lost, self.opaques, heartbeatSeconds, heartbeatTimeout, self._sent))
         factory.noisy = False
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
         if tls is not None:
@@ -373,6 +385,10 @@ class PeerLink:
         self._protocol = protocol
         if self.onConnected is not None:
             self.onConnected()
+
+    def _sent(self):
+        if self.onSent is not None:
+            self.onSent()
 
     def _lost(self, protocol):
         if self._protocol is protocol:

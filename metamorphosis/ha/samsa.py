@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
 from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
@@ -228,6 +229,8 @@ class SamsaReplication:
 
     def configure(self, metaConfig):
         self.log.info("Replication: samsa (sync master) replicating to {slave}", slave=self.config.slaveUrl)
+        if metaConfig.idlePollMicros is None:
+            metaConfig.idlePollMicros = SYNC_REPLICATION_MICROS
         if self.config.recoverOffset:
             self.log.warn(
                 "recoverOffset=true: consumer offsets are not rewritten by this broker "
@@ -241,6 +244,10 @@ class SamsaReplication:
         )
         factory.processor = self.processor
         factory.transactionProcessor = NoTransactions(self.processor.processPut)
+        if factory.idlePoller is not None:
+            # Every replicated put waits for the slave's reply to its sync:
+            # once syncs are out, poll for it rather than sleep.
+            self.link.onSent = factory.idlePoller.poke
 
     def _probe(self):
         """

@@ -93,6 +93,26 @@ class RequestProtocolTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(writes, [both])
 
+    def test_onSentAfterEachWrite(self):
+        """
+        C{onSent} is called once per write of requests, after it: a sync
+        master polls for the replies from then on.
+        """
+        events = []
+        proto = RequestProtocol(self.clock, onSent=lambda: events.append("sent"))
+        transport = StringTransport()
+        transport.write = lambda data: events.append(data)
+        proto.makeConnection(transport)
+        proto.request(self.sync(1), 1)
+        proto.request(self.sync(2), 1)
+        self.assertEqual(events, [])
+        self.clock.advance(0)
+        self.assertEqual(events, [self.sync(1).encode() + self.sync(2).encode(), "sent"])
+        with batchedWrites:
+            proto.request(self.sync(3), 1)
+            proto.request(self.sync(4), 1)
+        self.assertEqual(events[2:], [self.sync(3).encode() + self.sync(4).encode(), "sent"])
+
     def test_readOfOneRequestToAnIdlePeer(self):
         """
         A read that queued one request while no other is outstanding sends

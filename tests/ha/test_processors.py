@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig
-from metamorphosis.broker.idlepoll import SYNC_SLAVE_MICROS
+from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS, IdlePoller
 from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor, Replies, Session
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, SamsaMasterConfig
@@ -98,9 +98,9 @@ class GregorTests(_ProcessorCase):
     def test_configurePolls(self):
         """
         A slave whose server.ini does not set C{idlePollMicros} polls for
-        L{SYNC_SLAVE_MICROS}; one that sets it, 0 included, keeps it.
+        L{SYNC_REPLICATION_MICROS}; one that sets it, 0 included, keeps it.
         """
-        self.assertEqual(self.config.idlePollMicros, SYNC_SLAVE_MICROS)
+        self.assertEqual(self.config.idlePollMicros, SYNC_REPLICATION_MICROS)
         for micros in (0, 250):
             config = MetaConfig(idlePollMicros=micros)
             GregorReplication(GregorSlaveConfig()).configure(config)
@@ -493,6 +493,7 @@ class FakeLink:
     """
 
     url = "meta://127.0.0.1:8132"
+    onSent = None
 
     def __init__(self):
         self.connected = True
@@ -572,6 +573,34 @@ class SamsaTests(_ProcessorCase):
         # Answered once, whatever comes later.
         self.addCleanup(lambda: self.assertLessEqual(len(replies), 1))
         return d
+
+    def test_configurePolls(self):
+        """
+        A sync master whose server.ini does not set C{idlePollMicros} polls
+        for L{SYNC_REPLICATION_MICROS}, as its slave does; one that sets
+        it, 0 included, keeps it.
+        """
+        self.assertEqual(self.config.idlePollMicros, SYNC_REPLICATION_MICROS)
+        for micros in (0, 250):
+            config = MetaConfig(idlePollMicros=micros)
+            SamsaReplication(SamsaMasterConfig.fromProperties({"slave": "127.0.0.1:8132"}), self.clock).configure(config)
+            self.assertEqual(config.idlePollMicros, micros)
+
+    def test_pollsAfterSyncsLeave(self):
+        """
+        A master whose broker polls (C{idlePollMicros}) pokes its poller
+        after each write of syncs to its slave; one that does not poll
+        leaves the link without a hook.
+        """
+        self.assertIsNone(self.replication.link.onSent)
+        replication = SamsaReplication(SamsaMasterConfig.fromProperties({"slave": "127.0.0.1:8132"}), self.clock)
+        poller = IdlePoller(self.clock, 0.001)
+        poller.startService()
+        self.factory.idlePoller = poller
+        replication.install(self.factory)
+        replication.link.onSent()
+        # Poked: a poll turn is scheduled for now.
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [self.clock.seconds()])
 
     def test_bothStored(self):
         """
