@@ -8,9 +8,10 @@ one-line command such as the master's C{version} heartbeat) with C{result
 200 0 <opaque>}, all the replies of one socket read in one write, and does
 nothing else: no checks, no store, no stats, one blocking loop.  With
 C{fsync} it first writes the read's bytes to a file in the current
-directory, over zeros written before it listens, and C{fdatasync}s it, inline: about the shortest path from a
-master's syncs to a durable reply, where the broker hands its fsync to the
-kernel or a thread so that its reactor never blocks.  With
+directory, over zeros written before it listens, and C{fdatasync}s it,
+inline: about the shortest path from a master's syncs to a durable reply,
+where the broker hands its fsync to the kernel or a thread so that its
+reactor never blocks.  With
 C{none} it answers at once, as if the slave cost nothing.
 
 It listens on 127.0.0.1 only.  Not a broker: the data it writes cannot be
@@ -23,6 +24,8 @@ import os
 import selectors
 import socket
 import sys
+
+from metamorphosis.broker.store.zeros import writeZeros
 
 
 def requests(buffer):
@@ -55,9 +58,7 @@ _LOG_SIZE = 64 * 1024 * 1024
 
 def _zeroedLog(path):
     log = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    zeros = bytes(1 << 20)
-    for start in range(0, _LOG_SIZE, len(zeros)):
-        os.pwrite(log, zeros, start)
+    writeZeros(log, 0, _LOG_SIZE)
     os.fsync(log)
     return log
 
