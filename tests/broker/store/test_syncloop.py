@@ -89,22 +89,59 @@ class SyncLoopTests(SynchronousTestCase):
         self.fsyncs.pending.pop(0)[1].callback(None)
         self.assertEqual(self.events, ["fsync 3,4"])
         self.fsyncs.finish()
-        self.assertEqual(self.events, ["fsync 3,4", "after", "fsync 3", "a", "b"])
+        self.assertEqual(self.events, ["fsync 3,4", "after", "a", "b", "fsync 3"])
         self.fsyncs.finish()
         self.assertEqual(self.events[5:], ["after", "c"])
 
     def test_requestDuringFsyncWaitsForTheNext(self):
         """
         A request made while a round runs (its write came after the round
-        started) is answered only by the next round, which starts before
-        the first round's requests are answered.
+        started) is answered only by the next round, which starts once the
+        first round's requests are answered: their clients may send more
+        meanwhile.
         """
         self.request("a")
         self.request("late")
         self.fsyncs.finish()
-        self.assertEqual(self.events, ["fsync 3", "after", "fsync 3", "a"])
+        self.assertEqual(self.events, ["fsync 3", "after", "a", "fsync 3"])
         self.fsyncs.finish()
         self.assertEqual(self.events[4:], ["after", "late"])
+
+    def test_requestWhileAnsweringStartsOneRound(self):
+        """
+        A request made by an answer (a client's next put, written as its
+        reply leaves) is covered by the round that starts once every answer
+        of the round that ended is given, with the requests made before it:
+        one round, not one per request.
+        """
+        def answered(_):
+            self.events.append("a")
+            self.request("b")
+            self.request("c")
+
+        self.loop.request().addCallback(answered)
+        self.fsyncs.finish()
+        self.assertEqual(self.events, ["fsync 3", "after", "a", "fsync 3"])
+        self.assertEqual(len(self.fsyncs.pending), 1)
+        self.fsyncs.finish()
+        self.assertEqual(self.events[4:], ["after", "b", "c"])
+
+    def test_stopWhileAnswering(self):
+        """
+        L{SyncLoop.stop} called by an answer fires once the requests made
+        before it are answered too.
+        """
+        stopped = []
+
+        def answered(_):
+            self.request("b")
+            self.loop.stop().addCallback(stopped.append)
+
+        self.loop.request().addCallback(answered)
+        self.fsyncs.finish()
+        self.assertEqual(stopped, [])
+        self.fsyncs.finish()
+        self.assertEqual((self.events[-1], stopped), ("b", [None]))
 
     def test_failedFsyncFailsWhatItCovered(self):
         """
@@ -130,7 +167,7 @@ class SyncLoopTests(SynchronousTestCase):
         L{SyncLoop.requestThen} calls its callable with L{None} once the
         round covering it is over, or with the failure of its fsync; what
         the round's C{after} writes meanwhile (a partition's queued puts)
-        is covered by the next round, which starts before the answers.
+        is covered by the next round, which starts after the answers.
         """
         results = []
         rounds = []
