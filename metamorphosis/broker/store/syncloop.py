@@ -174,8 +174,9 @@ class SyncLoop:
         these answers, while the round started now would only hold them
         back by the time its writes and its fsync's submission take.
         Beside the real Java client, group commit with ten puts in flight
-        went from 14,061-17,500 puts a second to 15,011-19,609 (six rounds
-        each, docs/performance.md).  What C{after} wrote (the puts that
+        went from a median of 16,468 puts a second to 17,226 (ten
+        alternating runs each, eight of the ten pairs faster; a sync pair
+        did not change: docs/performance.md).  What C{after} wrote (the puts that
         arrived meanwhile) is still covered by the next round, and the
         requests made while answering wait for it too.
         """
