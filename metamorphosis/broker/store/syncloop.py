@@ -176,9 +176,9 @@ class SyncLoop:
         Beside the real Java client, group commit with ten puts in flight
         went from a median of 16,468 puts a second to 17,226 (ten
         alternating runs each, eight of the ten pairs faster; a sync pair
-        did not change: docs/performance.md).  What C{after} wrote (the puts that
-        arrived meanwhile) is still covered by the next round, and the
-        requests made while answering wait for it too.
+        did not change: docs/performance.md).  What C{after} wrote (the
+        puts that arrived meanwhile) is still covered by the next round,
+        and the requests made while answering wait for it too.
         """
         error = round.error
         try:
