@@ -38,7 +38,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from metamorphosis.protocol.records import checksum, decodeRecords
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from broker import awaitListening, freePort  # noqa: E402 (benchmarks/broker.py)
 from loneput import countingOpcodes, opcodeReport  # noqa: E402 (benchmarks/loneput.py)
 
 MiB = 1024 * 1024
@@ -224,12 +224,6 @@ def cpuSeconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def startBroker(directory, options):
     port = freePort()
     ini = os.path.join(directory, "server.ini")
@@ -249,15 +243,13 @@ def startBroker(directory, options):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, port
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the broker did not start")
+    try:
+        awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    return process, port
 
 
 async def main(reactor, options):

@@ -39,7 +39,6 @@ free loopback port and stops it afterwards.
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,11 +56,9 @@ from metamorphosis.client.recovery import DropPolicy
 from metamorphosis.client.session import MetaClientConfig, MetaMessageSessionFactory
 from metamorphosis.protocol import records
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from broker import awaitListening, freePort  # noqa: E402 (benchmarks/broker.py)
 
 
 def startBroker(directory, unflushThreshold, numPartitions=1, unflushInterval=10000):
@@ -86,15 +83,8 @@ def startBroker(directory, unflushThreshold, numPartitions=1, unflushInterval=10
          "metaq", "--config", ini, "--port", "tcp:%d:interface=127.0.0.1" % port],
         cwd=directory,
     )
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, "meta://127.0.0.1:%d" % port
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError("the broker did not start; see " + directory)
-            time.sleep(0.1)
-    raise RuntimeError("the broker did not listen in time")
+    awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory)
+    return process, "meta://127.0.0.1:%d" % port
 
 
 def report(label, count, size, elapsed, cpu=None):

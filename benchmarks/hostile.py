@@ -29,6 +29,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from broker import awaitListening, freePort  # noqa: E402 (benchmarks/broker.py)
+
 MiB = 1024 * 1024
 
 
@@ -45,23 +49,20 @@ def startBroker(directory, system):
     with open(ini, "w") as f:
         f.write("[system]\nbrokerId=0\ndataPath=data\nunflushThreshold=0\n" + system
                 + "\n[zookeeper]\nzk.zkEnable=false\n[topic=*]\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = freePort()
     log = open(os.path.join(directory, "broker.log"), "wb")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
         [twistd, "-n", "--pidfile=", "metaq", "--config", ini,
          "--port", f"tcp:{port}:interface=127.0.0.1"],
         cwd=directory, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, port, log.name
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the broker did not start")
+    try:
+        awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory, attempts=600)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    return process, port, log.name
 
 
 def readReply(sock, timeout):
