@@ -317,7 +317,8 @@ def awaitListening(process, addresses, what, attempts=300):
     """
     Return once every C{(host, port, ...)} of C{addresses} takes a
     connection, trying every 0.1 s; fail if C{process} (which serves them)
-    exits first, or after C{attempts} tries.  C{what} names it in the
+    exits first, or after C{attempts} tries, and then kill it, so that no
+    broker that never listened is left behind.  C{what} names it in the
     error.
     """
     for _ in range(attempts):
@@ -329,6 +330,8 @@ def awaitListening(process, addresses, what, attempts=300):
             if process.poll() is not None:
                 raise RuntimeError(f"{what} did not start")
             time.sleep(0.1)
+    process.kill()
+    process.wait()
     raise RuntimeError(f"{what} did not listen in time")
 
 

@@ -243,12 +243,7 @@ def startBroker(directory, options):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory)
-    except RuntimeError:
-        process.kill()
-        process.wait()
-        raise
+    awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory)
     return process, port
 
 

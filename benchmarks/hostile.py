@@ -56,12 +56,7 @@ def startBroker(directory, system):
         [twistd, "-n", "--pidfile=", "metaq", "--config", ini,
          "--port", f"tcp:{port}:interface=127.0.0.1"],
         cwd=directory, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory, attempts=600)
-    except RuntimeError:
-        process.kill()
-        process.wait()
-        raise
+    awaitListening(process, [("127.0.0.1", port)], "the broker in " + directory, attempts=600)
     return process, port, log.name
 
 

@@ -95,7 +95,10 @@ class SyncLoop:
         self._take = take
         self._firing = firing
         self._running = False
-        self._startsAfterBurst = False
+        # A round is to start once the socket read being handled is (a
+        # burst: its requests share the round), or once the answers of the
+        # round that just ended are given (_roundOver).
+        self._startsLater = False
         self._stopping = False
         # The callables of the requests in request order (a running round
         # covers the first ones), and the Deferreds of stop().
@@ -106,9 +109,10 @@ class SyncLoop:
     def busy(self):
         """
         Whether a round runs, or starts once the socket read being handled
-        is: a request made now is answered by the round after it.
+        is, or once the round that ended is answered: a request made now is
+        answered by the round after it.
         """
-        return self._running or self._startsAfterBurst
+        return self._running or self._startsLater
 
     def request(self):
         """
@@ -129,15 +133,15 @@ class SyncLoop:
             done(Failure(SyncLoopStopped("the sync loop is stopped")))
             return
         self._waiting.append(done)
-        if not self._running and not self._startsAfterBurst:
+        if not self._running and not self._startsLater:
             if batchedWrites.depth:
-                self._startsAfterBurst = True
+                self._startsLater = True
                 batchedWrites.later(self._burstOver)
             else:
                 self._startRound()
 
     def _burstOver(self):
-        self._startsAfterBurst = False
+        self._startsLater = False
         if not self._running and self._waiting:
             self._startRound()
 
@@ -148,7 +152,7 @@ class SyncLoop:
         @return: a Deferred firing once every request made is answered.
         """
         self._stopping = True
-        if not self._running and not self._startsAfterBurst:
+        if not self._running and not self._startsLater:
             return succeed(None)
         d = Deferred()
         self._stopped.append(d)
@@ -191,7 +195,7 @@ class SyncLoop:
         else:
             answered, self._waiting = answered[:round.covered], answered[round.covered:]
         self._running = False
-        self._startsAfterBurst = True
+        self._startsLater = True
         try:
             with self._firing() if self._firing is not None else nullcontext():
                 for done in answered:
@@ -200,7 +204,7 @@ class SyncLoop:
                     except Exception:
                         self.log.failure("Answering an fsync request failed")
         finally:
-            self._startsAfterBurst = False
+            self._startsLater = False
         if self._waiting:
             self._startRound()
         if not self._running and self._stopped:
