@@ -41,6 +41,7 @@ from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import (
     GetCommand,
     OffsetCommand,
+    PutBatch,
     PutCommand,
     QuitCommand,
     ResultCommand,
@@ -51,6 +52,7 @@ from metamorphosis.protocol.commands import (
     ValueCommand,
     VersionCommand,
     newResult,
+    resultHeader,
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
@@ -93,6 +95,10 @@ DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT])
 REPLY_LATER = object()
 
 
+#: What a put or a sync whose body fails its checksum is told (Java's text).
+CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
+
+
 def replyOrDeferred(handleThen, command, session):
     """
     Call C{handleThen(command, session, replied)} (L{BrokerProcessor.putThen},
@@ -116,6 +122,19 @@ def putThenOf(processor):
     if getattr(type(processor), "putThen", None) is None:
         return None
     return processor.putThen
+
+
+def putBatchThenOf(processor):
+    """
+    C{processor.putBatchThen} when the processor's class defines one (the
+    puts of a L{PutBatch} stored and answered together:
+    L{BrokerProcessor.putBatchThen}), else L{None}: its connections then
+    hand it the puts of a batch one by one.  Looked up on the class, as
+    L{putThenOf} does.
+    """
+    if getattr(type(processor), "putBatchThen", None) is None:
+        return None
+    return processor.putBatchThen
 
 
 def describeWriteError(error):
@@ -147,8 +166,8 @@ def _noSyncProcessor(command):
 
 class Replies:
     """
-    The replies to a L{SyncBatch}, already encoded one after the other:
-    one reply for the connection to send, in one write.
+    The replies to a L{SyncBatch} or a L{PutBatch}, already encoded one
+    after the other: one reply for the connection to send, in one write.
     """
 
     __slots__ = ("encoded",)
@@ -158,6 +177,28 @@ class Replies:
 
     def encode(self):
         return self.encoded
+
+
+class JoinedReplies:
+    """
+    The replies to one batch (a L{SyncBatch}, a L{PutBatch}): its
+    refusals, then each partition's encoded replies as that partition
+    stores (or fails) its records; passed to C{replied} in one L{Replies}
+    once the last of C{waiting} partitions is done.
+    """
+
+    __slots__ = ("replied", "encoded", "waiting")
+
+    def __init__(self, replied, refused, waiting):
+        self.replied = replied
+        self.encoded = refused
+        self.waiting = waiting
+
+    def add(self, encoded):
+        self.encoded.append(encoded)
+        self.waiting -= 1
+        if not self.waiting:
+            self.replied(Replies(b"".join(self.encoded)))
 
 
 class FileRegion:
@@ -272,8 +313,10 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
     log = Logger()
 
     #: The whole syncs of one read come as one command (a sync slave's
-    #: bulk path: L{BrokerFactory.dispatch}).
+    #: bulk path: L{BrokerFactory.dispatch}), and so do its whole plain
+    #: puts (L{BrokerProcessor.putBatchThen}).
     syncBatches = True
+    putBatches = True
 
     def __init__(self):
         self._paused = False
@@ -430,6 +473,12 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
         if isinstance(command, QuitCommand):
             self._commands.clear()
             self._closeWhenDone()
+            return
+        if isinstance(command, PutBatch) and self.factory.putBatchThen is None:
+            # A processor without a bulk path for puts (a sync master's,
+            # the fence's) takes them one by one.
+            for put in command.puts:
+                self._handle(put)
             return
         # Counted before dispatching: a put's reply may come before
         # dispatch returns.
@@ -764,17 +813,13 @@ class BrokerProcessor:
             if partition == -1:
                 partition = self.storeManager.chooseRandomPartition(topic)
             store = self.storeFor(topic, partition)
-            if topic not in self._registered:
-                self._registered.add(topic)
-                if self.registerTopic is not None:
-                    self.registerTopic(topic)
+            self.registered(topic)
             msgId = self.idWorker.nextId()
             checksum = command.checksum
             if checksum == -1:
                 checksum = None
             elif checksum != records.checksum(command.data):
-                raise ValueError("Checksum failure,message may be corrupted when "
-                                 "transfering on networking.")
+                raise ValueError(CHECKSUM_FAILURE)
             if store.readOnly is not None:
                 raise PartitionReadOnly(topic, partition, store.readOnly)
         except Exception as e:
@@ -799,31 +844,84 @@ class BrokerProcessor:
         store.appendThen(msgId, command.flag, command.data, checksum, stored, failed)
         return REPLY_LATER
 
+    def registered(self, topic):
+        """
+        A put reached C{topic}: register it (L{registerTopic}) the first
+        time.
+        """
+        if topic not in self._registered:
+            self._registered.add(topic)
+            if self.registerTopic is not None:
+                self.registerTopic(topic)
+
     def _appendFailed(self, failure, topic, partition, partitionString, opaque):
         """
         The reply to a put its store failed to append.
         """
         self.stats.statsPutFailed(topic, partitionString)
+        return result(INTERNAL_ERROR, self._appendFailure(failure, topic, partition), opaque)
+
+    def _appendFailure(self, failure, topic, partition):
+        """
+        Log that a store failed an append (once, however many puts it
+        held) and say what its puts' replies tell the client.
+        """
         error = failure.value
         if isinstance(error, (PartitionReadOnly, SegmentLost)):
             # The store logged the damage once; the client is told.
-            return result(INTERNAL_ERROR,
-                          self.genErrorMessage(topic, partition) + f"Detail:{error}",
-                          opaque)
+            return self.genErrorMessage(topic, partition) + f"Detail:{error}"
         if not isinstance(error, OSError):
             self.log.failure("Append to {topic}-{partition} failed", failure,
                              topic=topic, partition=partition)
-            return result(INTERNAL_ERROR, self.genErrorMessage(topic, partition), opaque)
+            return self.genErrorMessage(topic, partition)
         # An I/O error is the disk's state, not a bug: one line per
         # interval, and the client is told what happened.
         self.refusals.error(
             "append-failed:" + errno.errorcode.get(error.errno, "?"),
             "Append to {topic}-{partition} failed: {error}",
             topic=topic, partition=partition, error=describeWriteError(error))
-        return result(INTERNAL_ERROR,
-                      self.genErrorMessage(topic, partition)
-                      + f"Detail:{describeWriteError(error)}",
-                      opaque)
+        return self.genErrorMessage(topic, partition) + f"Detail:{describeWriteError(error)}"
+
+    def putBatchThen(self, puts, session, replied):
+        """
+        Handle the whole plain puts of one read together (the broker's bulk
+        path, L{BrokerFactory._putBatchThen}; each to a partition of 0 or
+        more, none in a transaction): each is counted and checked as
+        L{putThen} does, with the same refusals, but what depends only on
+        its partition (closed, its store, read-only) is found once per
+        partition; those to one partition are stored as one append of
+        their records (L{MessageStore.appendRecordsThen}: one store entry
+        and one callback however many), and the replies to all of them,
+        refusals included, go to C{replied} in one L{Replies} once every
+        partition has stored (or failed) its part.  A refusal waits for
+        the others' fsync: the client matches replies by opaque.
+
+        @return: L{REPLY_LATER}, or the L{Replies} when every put is
+            refused.
+        """
+        batches = {}
+        for put in puts:
+            key = (put.topic, put.partition)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = _PartitionPuts(self, put.topic, put.partition)
+            batch.add(put)
+        refused = []
+        waiting = 0
+        for batch in batches.values():
+            batch.count()
+            refused.extend(batch.refused)
+            if batch.replies:
+                waiting += 1
+        if not waiting:
+            return Replies(b"".join(refused))
+        answer = JoinedReplies(replied, refused, waiting)
+        for batch in batches.values():
+            if batch.replies:
+                batch.answer = answer
+                batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies),
+                                              batch.stored, batch.failed)
+        return REPLY_LATER
 
     def storeFor(self, topic, partition):
         """
@@ -953,6 +1051,125 @@ class BrokerProcessor:
 
 
 @implementer(ITransactionProcessor)
+class _PartitionPuts:
+    """
+    The plain puts of one read to one partition
+    (L{BrokerProcessor.putBatchThen}): their records, stored as one append,
+    what their replies need, and the refusals of those that are not
+    stored.  The partition is looked at once, however many puts.
+
+    @ivar store: the partition's store, or L{None} when it refuses them all.
+    @ivar refusal: the C{(code, text)} of that refusal, or L{None}.
+    @ivar sizes: the size of each put's body, for the statistics.
+    @ivar records: the header and body of each record to store, in order.
+    @ivar replies: C{(msgId, opaque, record size)} of each, in order.
+    @ivar refused: the encoded refusals.
+    @ivar answer: the L{JoinedReplies} told of the outcome.
+    """
+
+    __slots__ = ("processor", "topic", "partition", "partitionString", "store", "refusal", "sizes",
+                 "records", "replies", "refused", "answer")
+
+    def __init__(self, processor, topic, partition):
+        self.processor = processor
+        self.topic = topic
+        self.partition = partition
+        self.partitionString = processor._partitionString(partition)
+        self.store = None
+        self.refusal = None
+        self.sizes = []
+        self.records = []
+        self.replies = []
+        self.refused = []
+        self.answer = None
+        if processor.config.isClosedPartition(topic, partition):
+            self.refusal = (FORBIDDEN, processor.genErrorMessage(topic, partition)
+                            + f"Detail:partition[{self.partitionString}] has been closed")
+            return
+        try:
+            store = processor.storeFor(topic, partition)
+            processor.registered(topic)
+            if store.readOnly is not None:
+                raise PartitionReadOnly(topic, partition, store.readOnly)
+        except Exception as e:
+            self.refusal = self._failure(e)
+        else:
+            self.store = store
+
+    def _failure(self, error):
+        """
+        The refusal of a put that failed as C{error}: logged (one line per
+        kind an interval), counted as failed by L{add}.
+        """
+        processor = self.processor
+        processor.refusals.warn(
+            "put-refused:" + type(error).__name__,
+            "Refused a put to {topic}-{partition}: {error}",
+            topic=self.topic, partition=self.partition, error=describeWriteError(error))
+        return (INTERNAL_ERROR, processor.genErrorMessage(self.topic, self.partition)
+                + f"Detail:{describeWriteError(error)}")
+
+    def add(self, put):
+        """
+        Take C{put}: its record and reply for the append, or its refusal
+        (the partition's, or its body fails its checksum).
+        """
+        data = put.data
+        self.sizes.append(len(data))
+        refusal = self.refusal
+        if refusal is None:
+            msgId = self.processor.idWorker.nextId()
+            checksum = put.checksum
+            if checksum == -1:
+                checksum = None
+            elif checksum != records.checksum(data):
+                refusal = self._failure(ValueError(CHECKSUM_FAILURE))
+        if refusal is not None:
+            code, text = refusal
+            if code != FORBIDDEN:
+                self.processor.stats.statsPutFailed(self.topic, self.partitionString)
+            self.refused.append(result(code, text, put.opaque).encode())
+            return
+        # Verified: the record keeps the checksum rather than computing it again.
+        self.records.append(records.encodeHeader(msgId, put.flag, data, checksum))
+        self.records.append(data)
+        self.replies.append((msgId, put.opaque, records.HEADER_SIZE + len(data)))
+
+    def count(self):
+        """
+        Count every put added, refused ones included (as L{putThen} does).
+        """
+        self.processor.stats.statsPutMessages(self.topic, self.partitionString, self.sizes)
+
+    def stored(self, offset):
+        """
+        The records are stored from C{offset} on, one after the other: each
+        put's reply is its id, the partition and its own offset, as
+        L{BrokerProcessor.putThen} answers it.
+        """
+        partition = self.partition
+        encoded = []
+        for msgId, opaque, size in self.replies:
+            body = b"%d %d %d" % (msgId, partition, offset)
+            # newResult(OK, body, opaque).encode(), without the object.
+            encoded.append(resultHeader(OK, len(body), opaque) + body)
+            offset += size
+        self.answer.add(b"".join(encoded))
+
+    def failed(self, failure):
+        """
+        The append failed: each put gets the reply a put alone gets; the
+        failure is logged once for them all.
+        """
+        processor = self.processor
+        text = processor._appendFailure(failure, self.topic, self.partition)
+        encoded = []
+        for msgId, opaque, size in self.replies:
+            processor.stats.statsPutFailed(self.topic, self.partitionString)
+            encoded.append(result(INTERNAL_ERROR, text, opaque).encode())
+        self.answer.add(b"".join(encoded))
+
+
 class NoTransactionProcessor:
     """
     Answers transaction commands as a Java broker does for transactions it
@@ -1051,6 +1268,7 @@ class BrokerFactory(protocol.ServerFactory):
         # once, not per put.
         self._processor = processor
         self._putThen = putThenOf(processor)
+        self.putBatchThen = putBatchThenOf(processor)
 
     def uncorkSoon(self, proto):
         """
@@ -1217,14 +1435,57 @@ class BrokerFactory(protocol.ServerFactory):
                 accepted.append(sync)
         if not accepted:
             return Replies(b"".join(refused))
+        return self._withRefusals(refused, processor.syncBatchThen, accepted, session, replied)
+
+    def _putBatchThen(self, puts, session, replied):
+        """
+        The whole plain puts of one read (a L{PutBatch}), checked each as
+        L{dispatch} checks one (its topic's name, access, its size), those
+        that pass given to the processor together
+        (L{BrokerProcessor.putBatchThen}), and all of them answered in one
+        L{Replies}: returned, or passed to C{replied} (L{REPLY_LATER}).
+        The Java producer's bulk path: its threads share one connection,
+        so one read brings several of their puts, and they cost one
+        dispatch, one store entry per partition and one reply.
+        """
+        refused = []
+        accepted = []
+        legal = set()
+        check = self.access.check
+        largest = self.config.maxTransferSize - records.HEADER_SIZE
+        for put in puts:
+            topic = put.topic
+            if topic not in legal:
+                refusal = self._illegalTopic(put, session)
+                if refusal is not None:
+                    refused.append(refusal.encode())
+                    continue
+                legal.add(topic)
+            refusal = check(put, session)
+            if refusal is None and len(put.data) > largest:
+                refusal = self._unreadable(put, session)
+            if refusal is not None:
+                refused.append(refusal.encode())
+            else:
+                accepted.append(put)
+        return self._withRefusals(refused, self.putBatchThen, accepted, session, replied)
+
+    def _withRefusals(self, refused, then, accepted, session, replied):
+        """
+        C{then(accepted, session, …)} (a processor's C{putBatchThen} or
+        C{syncBatchThen}), with the encoded C{refused} replies before what
+        it answers, in one L{Replies}.
+        """
+        if not accepted:
+            return Replies(b"".join(refused))
         if not refused:
-            return processor.syncBatchThen(accepted, session, replied)
+            return then(accepted, session, replied)
         refusals = b"".join(refused)
 
         def joined(replies):
             replied(Replies(refusals + replies.encoded))
 
-        replies = processor.syncBatchThen(accepted, session, joined)
+        replies = then(accepted, session, joined)
         if replies is REPLY_LATER:
             return REPLY_LATER
         return Replies(refusals + replies.encoded)
@@ -1249,6 +1510,14 @@ class BrokerFactory(protocol.ServerFactory):
             if replied is None:
                 return replyOrDeferred(self._syncBatchThen, command.syncs, session)
             return self._syncBatchThen(command.syncs, session, replied)
+        elif isinstance(command, PutBatch):
+            if self.putBatchThen is None:
+                # The connections hand such a processor the puts one by
+                # one (BrokerProtocol._handle).
+                raise TypeError("the processor takes no PutBatch")
+            if replied is None:
+                return replyOrDeferred(self._putBatchThen, command.puts, session)
+            return self._putBatchThen(command.puts, session, replied)
         refusal = self.access.check(command, session)
         if refusal is not None:
             return refusal

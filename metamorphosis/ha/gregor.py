@@ -31,7 +31,7 @@ from zope.interface import implementer
 from metamorphosis import zk
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
 from metamorphosis.broker.interfaces import ISyncProcessor
-from metamorphosis.broker.server import REPLY_LATER, Replies, replyOrDeferred
+from metamorphosis.broker.server import CHECKSUM_FAILURE, REPLY_LATER, JoinedReplies, Replies, replyOrDeferred
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
@@ -40,8 +40,6 @@ from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, newResult, resultHeader
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
-
-CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 
 
 def _result(code, text, opaque):
@@ -221,7 +219,7 @@ class SyncProcessor:
                 waiting += 1
         if not waiting:
             return Replies(b"".join(refused))
-        answer = _Answer(replied, refused, waiting)
+        answer = JoinedReplies(replied, refused, waiting)
         for batch in batches.values():
             if batch.replies:
                 batch.answer = answer
@@ -255,7 +253,7 @@ class _PartitionSyncs:
     @ivar records: the header and body of each record to store, in order.
     @ivar replies: C{(msgId, opaque, record size)} of each, in order.
     @ivar refused: the refusals (L{ResultCommand}s).
-    @ivar answer: the L{_Answer} told of the outcome.
+    @ivar answer: the L{JoinedReplies} told of the outcome.
     """
 
     __slots__ = ("syncProcessor", "topic", "partition", "partitionString", "store", "error", "sizes",
@@ -361,27 +359,6 @@ class _PartitionSyncs:
             processor.stats.statsPutFailed(topic, self.partitionString)
             encoded.append(_result(INTERNAL_ERROR, error, opaque).encode())
         self.answer.add(b"".join(encoded))
-
-
-class _Answer:
-    """
-    The replies to one batch of syncs: its refusals, then each partition's
-    replies as it stores (or fails) its records; passed on in one
-    L{Replies} once the last partition is done.
-    """
-
-    __slots__ = ("replied", "encoded", "waiting")
-
-    def __init__(self, replied, refused, waiting):
-        self.replied = replied
-        self.encoded = refused
-        self.waiting = waiting
-
-    def add(self, encoded):
-        self.encoded.append(encoded)
-        self.waiting -= 1
-        if not self.waiting:
-            self.replied(Replies(b"".join(self.encoded)))
 
 
 class MasterWatch(service.Service):

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
-from metamorphosis.broker.server import REPLY_LATER, replyOrDeferred
+from metamorphosis.broker.server import CHECKSUM_FAILURE, REPLY_LATER, replyOrDeferred
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
 from metamorphosis.ha.interfaces import IReplication
@@ -35,7 +35,6 @@ from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand, syncHead
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR
 
-CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 SLAVE_DISCONNECTED = "Slave is disconnected "
 
 

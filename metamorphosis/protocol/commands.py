@@ -37,6 +37,7 @@ __all__ = [
     "TransactionCommand",
     "SyncCommand",
     "SyncBatch",
+    "PutBatch",
     "ResultCommand",
     "ValueCommand",
     "CommandParser",
@@ -258,6 +259,24 @@ class SyncBatch:
 
     def encode(self) -> bytes:
         return b"".join(sync.encode() for sync in self.syncs)
+
+
+@dataclass(frozen=True, slots=True)
+class PutBatch:
+    """
+    Whole plain C{put} commands (a checksum, no transaction key, a
+    partition of 0 or more) that came one after the other in one input
+    (L{CommandParser} with C{putBatches}): the Java producer's threads
+    share one connection, so the broker reads several of their puts at a
+    time, and stores and answers them together rather than one command at
+    a time.  Not a command of the protocol: its encoding is its puts' one
+    after the other.
+    """
+
+    puts: list
+
+    def encode(self) -> bytes:
+        return b"".join(put.encode() for put in self.puts)
 
 
 def syncHead(topic: str, partition: int, length: int, flag: int, msgId: int, checksum: int) -> bytes:
@@ -675,6 +694,7 @@ class CommandParser:
     @ivar syncBatches: whether two or more whole C{sync} commands in a row
         (as a sync master sends them, L{_WHOLE_SYNC}) that one L{parse} call
         completes come as one L{SyncBatch} rather than one by one.
+    @ivar putBatches: the same for plain C{put} commands (L{PutBatch}).
     """
 
     def __init__(
@@ -682,10 +702,12 @@ class CommandParser:
         maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
         syncBatches: bool = False,
+        putBatches: bool = False,
     ):
         self.maxBodySize = maxBodySize
         self.maxLineLength = maxLineLength
         self.syncBatches = syncBatches
+        self.putBatches = putBatches
         self._buffer = bytearray()
         self._scanned = 0
         self._waiting: _Waiting | None = None
@@ -780,8 +802,11 @@ class CommandParser:
         body = self._takeBody(buffer, end, int(length))
         if body is None:
             return None
-        return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum,
-                      key)
+        command = newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum,
+                         key)
+        if self.putBatches and key is None and command.partition >= 0:
+            return self._morePuts(buffer, command)
+        return command
 
     def _wholeTransaction(self, buffer: bytearray, end: int,
                           match) -> "TransactionCommand | None":
@@ -861,6 +886,48 @@ class CommandParser:
         if len(syncs) == 1:
             return first
         return SyncBatch(syncs)
+
+    def _morePuts(self, buffer: bytearray, first: PutCommand) -> "PutCommand | PutBatch":
+        """
+        C{first} and the whole plain puts that follow it in C{buffer}
+        (L{PutBatch}), taken from it: a batch of them all, or C{first}
+        alone.  What is not one (another command, a put still arriving, a
+        put in a transaction or to partition -1, a malformed one) is left
+        to the general path.
+        """
+        puts = [first]
+        start = 0
+        size = len(buffer)
+        find = buffer.find
+        match = _WHOLE_PUT.fullmatch
+        maxLineLength = self.maxLineLength
+        maxBodySize = self.maxBodySize
+        while True:
+            end = find(b"\r\n", start)
+            if end < 0 or end - start > maxLineLength:
+                break
+            header = match(buffer, start, end)
+            if header is None:
+                break
+            topic, partition, length, flag, checksum, key, opaque = header.groups()
+            if key is not None or partition[0] == 45:  # "-"
+                break
+            length = int(length)
+            stop = end + 2 + length
+            if stop > size or length > maxBodySize:
+                break
+            checksum = int(checksum)
+            opaque = int(opaque)
+            if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+                break
+            puts.append(newPut(topic.decode("ascii"), int(partition), bytes(buffer[end + 2:stop]),
+                               int(flag), opaque, checksum))
+            start = stop
+        if start:
+            del buffer[:start]
+        if len(puts) == 1:
+            return first
+        return PutBatch(puts)
 
     def _takeBody(self, buffer: bytearray, end: int, length: int) -> "bytes | None":
         """

@@ -52,11 +52,14 @@ class MetaProtocol(protocol.Protocol):
     @cvar maxLineLength: the longest header line accepted.
     @cvar syncBatches: whether whole C{sync} commands in a row come as one
         L{metamorphosis.protocol.commands.SyncBatch} (L{CommandParser}).
+    @cvar putBatches: the same for plain C{put} commands
+        (L{metamorphosis.protocol.commands.PutBatch}).
     """
 
     maxBodySize = DEFAULT_MAX_BODY_SIZE
     maxLineLength = DEFAULT_MAX_LINE_LENGTH
     syncBatches = False
+    putBatches = False
 
     _log = Logger()
     _parser: CommandParser | None = None
@@ -66,7 +69,8 @@ class MetaProtocol(protocol.Protocol):
         if self._failed:
             return
         if self._parser is None:
-            self._parser = CommandParser(self.maxBodySize, self.maxLineLength, self.syncBatches)
+            self._parser = CommandParser(self.maxBodySize, self.maxLineLength, self.syncBatches,
+                                         self.putBatches)
         try:
             try:
                 for command in self._parser.parse(data):

@@ -280,6 +280,195 @@ class WrappedProcessorTests(ServerTestCase):
         self.assertEqual((code, opaque, body, calls), (200, 4, b"later", [4]))
 
 
+def _wire(*puts):
+    """
+    The bytes of C{puts}, each C{(topic, partition, data, opaque)} or with
+    a fifth item, its checksum.
+    """
+    wire = b""
+    for put in puts:
+        topic, partition, data, opaque = put[:4]
+        check = put[4] if len(put) > 4 else checksum(data)
+        wire += b"put %s %d %d 0 %d %d\r\n%s" % (topic.encode(), partition, len(data), check, opaque,
+                                                 data)
+    return wire
+
+
+class PutBatchTests(ServerTestCase):
+    """
+    The bulk path of the Java producer's puts (L{PutBatch}: the whole plain
+    puts of one read): the same stores, replies, statistics and logs as
+    the puts one by one, in one store entry per partition and one reply.
+    """
+
+    def outcome(self):
+        """
+        What the broker holds: each partition's bodies, the statistics.
+        """
+        stored = {}
+        for topic, partition in [("meta-test", 0), ("test", 0), ("test", 1)]:
+            store = self.stores.getStore(topic, partition)
+            data = b"" if store is None else os.pread(store.fd, store.sizeInBytes, 0)
+            stored[topic, partition] = [record.data for record in decodeRecords(data)[0]]
+        return (stored, self.stats.cmdPut, self.stats.putFailed, dict(self.stats.putsByPartition),
+                dict(self.stats.putBytesByTopic))
+
+    @staticmethod
+    def comparable(frames):
+        """
+        The replies by opaque, without their message ids (made of the
+        clock).
+        """
+        comparable = []
+        for kind, code, opaque, body in sorted(frames, key=lambda frame: frame[2]):
+            if code == 200:
+                body = body.split(b" ", 1)[1]
+            comparable.append((kind, code, opaque, body))
+        return comparable
+
+    def assertSameAsOneByOne(self, *puts, prepare=lambda: None):
+        """
+        C{puts} sent in one read leave the broker as they do sent one read
+        each to a new broker, with the same replies, and log the same
+        events.
+
+        @param prepare: called on each broker first.
+        """
+        wire = _wire(*puts)
+        prepare()
+        proto, transport = self.connect()
+        with capturedLogs() as batchedLogs:
+            proto.dataReceived(wire)
+        batched = parseFrames(transport.value())
+        outcome = self.outcome()
+        self.setUp()
+        prepare()
+        proto, transport = self.connect()
+        with capturedLogs() as singleLogs:
+            for put in puts:
+                proto.dataReceived(_wire(put))
+        single = parseFrames(transport.value())
+        self.assertEqual(self.comparable(batched), self.comparable(single))
+        self.assertEqual(outcome, self.outcome())
+        # The broker's checks log before the processor's in a batch.
+        self.assertEqual(sorted(formatEvent(event) for event in batchedLogs),
+                         sorted(formatEvent(event) for event in singleLogs))
+        return self.comparable(batched)
+
+    def test_onePerPartition(self):
+        """
+        The puts to each partition are stored in order as one append, each
+        answered with its own offset, and the statistics count them all.
+        """
+        appends = []
+        for topic, partition in [("meta-test", 0), ("test", 1)]:
+            store = self.stores.getOrCreateStore(topic, partition)
+            appendRecordsThen = store.appendRecordsThen
+
+            def counted(buffer, count, stored, failed, appendRecordsThen=appendRecordsThen):
+                appends.append(count)
+                appendRecordsThen(buffer, count, stored, failed)
+
+            self.patch(store, "appendRecordsThen", counted)
+        replies = self.assertSameAsOneByOne(
+            ("meta-test", 0, b"a", 1), ("test", 1, b"bb", 2), ("meta-test", 0, b"ccc", 3),
+            ("meta-test", 0, b"d", 4), ("test", 1, b"e", 5))
+        self.assertEqual(sorted(appends[:2]), [2, 3])
+        self.assertEqual([(code, opaque, body.decode()) for _, code, opaque, body in replies], [
+            (200, 1, "0 0"), (200, 2, "1 0"), (200, 3, "0 21"), (200, 4, "0 44"), (200, 5, "1 22")])
+        self.assertEqual(self.stats.cmdPut, 5)
+
+    def test_distinctIds(self):
+        """
+        Every put of a batch gets its own message id, the one stored in its
+        record.
+        """
+        frames = self.request(_wire(*[("meta-test", 0, b"m%d" % (i,), i) for i in range(5)]))
+        ids = [int(body.split(b" ")[0]) for _, _, _, body in frames]
+        self.assertEqual(len(set(ids)), 5)
+        store = self.stores.getStore("meta-test", 0)
+        records = decodeRecords(os.pread(store.fd, store.sizeInBytes, 0))[0]
+        self.assertEqual([record.id for record in records], ids)
+
+    def test_badChecksumInTheMiddle(self):
+        """
+        A put whose body fails its checksum is refused as alone; those
+        around it are stored.
+        """
+        replies = self.assertSameAsOneByOne(
+            ("meta-test", 0, b"a", 1), ("meta-test", 0, b"b", 2, 5), ("meta-test", 0, b"c", 3))
+        self.assertEqual([reply[1] for reply in replies], [200, 500, 200])
+        self.assertIn(b"Checksum failure", replies[1][3])
+
+    def test_closedPartitionInTheMiddle(self):
+        replies = self.assertSameAsOneByOne(
+            ("meta-test", 0, b"a", 1), ("test", 0, b"b", 2), ("meta-test", 0, b"c", 3),
+            ("test", 1, b"d", 4),
+            prepare=lambda: self.config.closedPartitions.add(("test", 0)))
+        self.assertEqual([reply[1] for reply in replies], [200, 403, 200, 200])
+        self.assertIn(b"has been closed", replies[1][3])
+
+    def test_refusedTopicsInTheMiddle(self):
+        """
+        An illegal topic name is refused by the broker's check, before the
+        processor; an unknown topic and a wrong partition by the processor;
+        a message no get could return by its size.
+        """
+        def prepare():
+            self.config.maxTransferSize = 100
+
+        replies = self.assertSameAsOneByOne(
+            ("meta-test", 0, b"a", 1), ("bad*topic", 0, b"b", 2), ("nope", 0, b"c", 3),
+            ("meta-test", 7, b"d", 4), ("meta-test", 0, b"x" * 81, 5), ("meta-test", 0, b"e", 6),
+            prepare=prepare)
+        self.assertEqual([reply[1] for reply in replies], [200, 400, 500, 500, 400, 200])
+
+    def test_appendFailure(self):
+        """
+        A partition whose append fails fails each of its puts, as alone,
+        with one log line; the other partitions store theirs.
+        """
+        def prepare():
+            store = self.stores.getOrCreateStore("test", 1)
+            store.failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        replies = self.assertSameAsOneByOne(
+            ("test", 1, b"a", 1), ("meta-test", 0, b"b", 2), ("test", 1, b"c", 3),
+            prepare=prepare)
+        self.assertEqual([reply[1] for reply in replies], [500, 200, 500])
+        self.assertIn(b"disk is full", replies[0][3])
+        self.assertEqual(self.stats.putFailed, 2)
+
+    def test_appendBug(self):
+        """
+        An append failing with anything but an I/O error is logged with its
+        traceback once for the batch.
+        """
+        store = self.stores.getOrCreateStore("meta-test", 0)
+        store.failure = ZeroDivisionError()
+        frames = self.request(_wire(("meta-test", 0, b"a", 1), ("meta-test", 0, b"b", 2)))
+        self.assertEqual([frame[1] for frame in frames], [500, 500])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_registersTopicOnce(self):
+        registered = []
+        self.processor.registerTopic = registered.append
+        self.request(_wire(("meta-test", 0, b"a", 1), ("test", 1, b"b", 2), ("meta-test", 0, b"c", 3),
+                           ("nope", 0, b"d", 4)))
+        self.assertEqual(registered, ["meta-test", "test"])
+
+    def test_wrapperTakesThemOneByOne(self):
+        """
+        A processor without C{putBatchThen} (a wrapper: replication, the
+        fence) is handed a batch's puts one by one.
+        """
+        self.factory.processor = Refusing(self.processor)
+        frames = self.request(_wire(("meta-test", 0, b"a", 1), ("meta-test", 0, b"b", 2)))
+        self.assertEqual([(code, opaque, body) for _, code, opaque, body in frames],
+                         [(500, 1, b"refused by the wrapper"), (500, 2, b"refused by the wrapper")])
+        self.assertEqual(self.stats.cmdPut, 0)
+
+
 class CountingPoller:
     """
     An idle poller that counts its pokes.

@@ -13,6 +13,7 @@ from metamorphosis.protocol.commands import (
     GetCommand,
     OffsetCommand,
     ProtocolError,
+    PutBatch,
     PutCommand,
     QuitCommand,
     ResultCommand,
@@ -678,13 +679,13 @@ class WholeSyncTests(SynchronousTestCase):
             self.assertEqual(parser.feed(wire[:cut]) + parser.feed(wire[cut:]), expected)
 
 
-def _parseInChunks(wire, cuts, syncBatches, maxBodySize):
+def _parseInChunks(wire, cuts, syncBatches, maxBodySize, putBatches=False):
     """
     What a parser makes of C{wire} fed in pieces cut at C{cuts}: the
-    commands it yields (a L{SyncBatch} as it is), then the error's text and
-    opaque or the bytes it still holds.
+    commands it yields (a L{SyncBatch} or a L{PutBatch} as it is), then the
+    error's text and opaque or the bytes it still holds.
     """
-    parser = CommandParser(maxBodySize=maxBodySize, syncBatches=syncBatches)
+    parser = CommandParser(maxBodySize=maxBodySize, syncBatches=syncBatches, putBatches=putBatches)
     decoded = []
     pieces = [wire[start:end] for start, end in zip([0] + cuts, cuts + [len(wire)])]
     try:
@@ -701,6 +702,8 @@ def _flatten(decoded):
     for command in decoded:
         if isinstance(command, SyncBatch):
             flat.extend(command.syncs)
+        elif isinstance(command, PutBatch):
+            flat.extend(command.puts)
         else:
             flat.append(command)
     return flat
@@ -771,6 +774,89 @@ class SyncBatchTests(SynchronousTestCase):
         """
         syncs = [SyncCommand("t", 1, b"x", 0, 5, 7, 3), SyncCommand("t", 0, b"", 0, 6, 8, -1)]
         self.assertEqual(SyncBatch(syncs).encode(), syncs[0].encode() + syncs[1].encode())
+
+
+#: A put as the Java producer sends it (a topic the fast path takes, its
+#: checksum), which the parser batches; and one it does not (partition -1,
+#: a transaction key).
+_producerPuts = st.builds(
+    PutCommand,
+    st.sampled_from(["meta-test", "t"]),
+    st.integers(0, 3),
+    st.binary(max_size=30),
+    st.integers(0, 3),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+)
+_unbatchedPuts = st.one_of(
+    st.builds(PutCommand, st.just("t"), st.just(-1), st.binary(max_size=5), st.just(0),
+              st.integers(0, 9), st.integers(-1, 9)),
+    st.builds(PutCommand, st.just("t"), st.just(0), st.binary(max_size=5), st.just(0),
+              st.integers(0, 9), st.integers(-1, 9), st.just("TX:a:1")),
+)
+
+
+class PutBatchTests(SynchronousTestCase):
+    """
+    With C{putBatches}, the whole plain puts in a row that one
+    L{CommandParser.parse} completes come as one L{PutBatch}; nothing else
+    changes.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.one_of(_producerPuts, _producerPuts, _unbatchedPuts, strategies.commands),
+                 max_size=12),
+        st.sampled_from([b"", b"put t 0 5 0 1 2\r\nab", b"put t 0 1 0 5 6\r\n\r\n",
+                         b"bogus\r\n", b"put t 0 99999 0 1 2\r\n"]),
+        st.data(),
+        st.sampled_from([1000, 20]),
+    )
+    def test_sameCommands(self, commands, tail, data, maxBodySize):
+        """
+        In any chunking, the commands are those the parser gives without
+        C{putBatches}, in the same order, with the same error or the same
+        bytes left; a batch holds two plain puts or more (a checksum, no
+        transaction key, a partition of 0 or more).
+        """
+        wire = b"".join(command.encode() for command in commands) + tail
+        cuts = sorted(set(data.draw(st.lists(st.integers(0, len(wire)), max_size=4))))
+        batched, batchedEnd = _parseInChunks(wire, cuts, False, maxBodySize, putBatches=True)
+        plain, plainEnd = _parseInChunks(wire, cuts, False, maxBodySize)
+        self.assertEqual((_flatten(batched), batchedEnd), (plain, plainEnd))
+        for command in batched:
+            if isinstance(command, PutBatch):
+                self.assertGreaterEqual(len(command.puts), 2)
+                for put in command.puts:
+                    self.assertIsInstance(put, PutCommand)
+                    self.assertIsNone(put.transactionKey)
+                    self.assertGreaterEqual(put.partition, 0)
+
+    def test_batches(self):
+        """
+        The puts of one input come together; a command between them, a put
+        in a transaction, a put to partition -1, a put whose body is still
+        arriving and a put alone do not.
+        """
+        puts = [PutCommand("meta-test", i % 2, b"m%d" % (i,), 0, i, 7) for i in range(6)]
+        version = VersionCommand(9)
+        inTransaction = PutCommand("meta-test", 0, b"x", 0, 11, 7, "TX:a:1")
+        anywhere = PutCommand("meta-test", -1, b"y", 0, 12, 7)
+        wire = (b"".join(put.encode() for put in puts[:3]) + version.encode() + puts[3].encode()
+                + inTransaction.encode() + puts[4].encode() + anywhere.encode())
+        last = puts[5].encode()
+        parser = CommandParser(putBatches=True)
+        self.assertEqual(parser.feed(wire + last[:-1]),
+                         [PutBatch(puts[:3]), version, puts[3], inTransaction, puts[4], anywhere])
+        self.assertEqual(parser.feed(last[-1:]), [puts[5]])
+        self.assertEqual(CommandParser().feed(wire)[:4], puts[:3] + [version])
+
+    def test_encode(self):
+        """
+        A batch encodes as its puts one after the other.
+        """
+        puts = [PutCommand("t", 1, b"x", 0, 5, 7), PutCommand("t", 0, b"", 0, 6, -1)]
+        self.assertEqual(PutBatch(puts).encode(), puts[0].encode() + puts[1].encode())
 
 
 class FastConstructorTests(SynchronousTestCase):
