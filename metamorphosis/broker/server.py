@@ -130,7 +130,8 @@ def putBatchThenOf(processor):
     puts of a L{PutBatch} stored and answered together:
     L{BrokerProcessor.putBatchThen}), else L{None}: its connections then
     hand it the puts of a batch one by one.  Looked up on the class, as
-    L{putThenOf} does.
+    L{putThenOf} does; a wrapper whose class has one sets its own to
+    L{None} when what it wraps has none (the fence around a sync master).
     """
     if getattr(type(processor), "putBatchThen", None) is None:
         return None

@@ -49,6 +49,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from metamorphosis import zk
+from metamorphosis.broker.server import Replies, putBatchThenOf
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol.commands import ResultCommand
 from metamorphosis.protocol.status import INTERNAL_ERROR
@@ -474,6 +475,11 @@ class FencedProcessor:
     def __init__(self, processor, fence):
         self.processor = processor
         self.fence = fence
+        self._putBatchThen = putBatchThenOf(processor)
+        if self._putBatchThen is None:
+            # Its connections hand the wrapped processor (a sync master's)
+            # the puts of a batch one by one, as they would it.
+            self.putBatchThen = None
 
     def __getattr__(self, name):
         return getattr(self.processor, name)
@@ -482,6 +488,16 @@ class FencedProcessor:
         if self.fence.refusal is not None:
             return refuse(self.fence, self.processor, command)
         return self.processor.processPut(command, session)
+
+    def putBatchThen(self, puts, session, replied):
+        """
+        The wrapped processor's bulk path for the puts of one read
+        (L{metamorphosis.broker.server.BrokerProcessor.putBatchThen}), or
+        each refused while the fence says so.
+        """
+        if self.fence.refusal is not None:
+            return Replies(b"".join([refuse(self.fence, self.processor, put).encode() for put in puts]))
+        return self._putBatchThen(puts, session, replied)
 
     def putThen(self, command, session, replied):
         """

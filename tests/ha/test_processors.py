@@ -16,14 +16,23 @@ from twisted.trial import unittest
 
 from metamorphosis.broker.config import MetaConfig, TopicConfig
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS, IdlePoller
-from metamorphosis.broker.server import REPLY_LATER, BrokerFactory, BrokerProcessor, Replies, Session
+from metamorphosis.broker.server import (
+    REPLY_LATER,
+    BrokerFactory,
+    BrokerProcessor,
+    Replies,
+    Session,
+    putBatchThenOf,
+)
 from metamorphosis.broker.stats import StatsManager
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, GregorSlaveConfig, SamsaMasterConfig
+from metamorphosis.ha.failover import FencedProcessor
 from metamorphosis.ha.gregor import GregorReplication
 from metamorphosis.ha.link import NotConnected, RequestTimeout
 from metamorphosis.ha.samsa import SamsaReplication
 from metamorphosis.protocol.commands import (
     CommandParser,
+    PutBatch,
     PutCommand,
     ResultCommand,
     SyncBatch,
@@ -707,3 +716,63 @@ class SamsaReplyLaterTests(SamsaTests):
     """
 
     replyLater = True
+
+
+class _Fence:
+    """
+    A fence (L{metamorphosis.ha.failover.Fence}) as its processor sees it:
+    why puts are refused, or L{None}.
+    """
+
+    refusal = None
+
+
+class FencedBatchTests(_ProcessorCase):
+    """
+    The fence around a broker's processor keeps its bulk path for the puts
+    of one read (L{FencedProcessor.putBatchThen}), and refuses them all
+    while fenced; around a sync master's, whose puts go one by one, it
+    offers none.
+    """
+
+    def setUp(self):
+        _ProcessorCase.setUp(self)
+        self.fence = _Fence()
+        self.factory.processor = FencedProcessor(self.processor, self.fence)
+
+    def dispatchBatch(self, puts):
+        replies = []
+        reply = self.factory.dispatch(PutBatch(puts), None, replies.append)
+        if reply is not REPLY_LATER:
+            replies.append(reply)
+        [reply] = replies
+        self.assertIsInstance(reply, Replies)
+        return CommandParser().feed(reply.encode())
+
+    def test_unfenced(self):
+        puts = [PutCommand("meta-test", 0, b"m%d" % (i,), 0, i, checksum(b"m%d" % (i,))) for i in range(3)]
+        replies = self.dispatchBatch(puts)
+        self.assertEqual([(reply.code, reply.opaque) for reply in replies], [(200, 0), (200, 1), (200, 2)])
+        self.assertEqual([record.data for record in self.stored()], [b"m0", b"m1", b"m2"])
+
+    def test_fenced(self):
+        self.fence.refusal = "another broker took over"
+        puts = [PutCommand("meta-test", 0, b"m%d" % (i,), 0, i, checksum(b"m%d" % (i,))) for i in range(2)]
+        replies = self.dispatchBatch(puts)
+        self.assertEqual([(reply.code, reply.opaque) for reply in replies], [(500, 0), (500, 1)])
+        self.assertTrue(all(reply.message.endswith("Detail:another broker took over") for reply in replies))
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(self.stats.cmdPut, 0)
+
+    def test_aroundSyncMaster(self):
+        """
+        Around a sync master's processor (no C{putBatchThen}), the broker's
+        connections hand the puts over one by one.
+        """
+        self.makeBroker()
+        replication = SamsaReplication(SamsaMasterConfig.fromProperties({"slave": "127.0.0.1:8132"}), Clock())
+        replication.configure(self.config)
+        replication.install(self.factory)
+        self.factory.processor = FencedProcessor(self.factory.processor, _Fence())
+        self.assertIsNone(self.factory.putBatchThen)
+        self.assertIsNotNone(putBatchThenOf(FencedProcessor(self.processor, _Fence())))
