@@ -164,6 +164,10 @@ class MetaConfig:
     #: gregor slave sets it to
     #: metamorphosis.broker.idlepoll.SYNC_SLAVE_MICROS (docs/ha.md).
     idlePollMicros: int | None = None
+    #: docs/storage.md: µs without a request past which the disk is sent a
+    #: read while group commit rounds follow each other, so that the next
+    #: fsync does not wait for a virtual disk to wake; 0 turns it off.
+    diskKeepAwakeMicros: int = 100
     #: Read rate of the background verification of sealed segments; 0
     #: turns it off.
     verifyBytesPerSecond: int = 8388608
@@ -284,7 +288,7 @@ SYSTEM_KEYS = frozenset(
     maxTxTimeoutTimerCapacity flushTxLogAtCommit maxTxTimeoutInSeconds
     acceptPublish acceptSubscribe stat updateConsumerOffsets
     loadMessageStoresInParallel segmentCheckInterval verifyBytesPerSecond
-    verifyPassInterval fsyncMethod preallocateSize txFlushInterval idlePollMicros serialVersionUID topics slaveConfig zkConfig
+    verifyPassInterval fsyncMethod preallocateSize txFlushInterval idlePollMicros diskKeepAwakeMicros serialVersionUID topics slaveConfig zkConfig
     topicConfigMap propertyChangeSupport lastModified path configFileChecksum
     log closedPartitionMap""".split()
 ) | LIMIT_KEYS
@@ -312,7 +316,7 @@ _SYSTEM_INTS = frozenset(
     maxAutoCreatedTopics reservedFileDescriptors
     maxConnections maxConnectionsPerHost shutdownDrainSeconds
     segmentCheckInterval verifyBytesPerSecond verifyPassInterval preallocateSize
-    txFlushInterval idlePollMicros""".split()
+    txFlushInterval idlePollMicros diskKeepAwakeMicros""".split()
 )
 _SYSTEM_LONGS = frozenset(
     ["checkpointInterval", "maxUnfinishedRequestBytes", "maxTransactionBytes"])
@@ -705,7 +709,7 @@ def _verify(config, path):
     if config.dashboardHttpPort is not None and not 0 <= config.dashboardHttpPort <= 65535:
         problems.append(("system", "dashboardHttpPort", "must be a TCP port"))
     for key in ("segmentCheckInterval", "verifyBytesPerSecond", "maxConnections",
-                "maxConnectionsPerHost", "preallocateSize", "idlePollMicros"):
+                "maxConnectionsPerHost", "preallocateSize", "idlePollMicros", "diskKeepAwakeMicros"):
         # idlePollMicros may be unset (None): its default depends on the mode.
         value = getattr(config, key)
         if value is not None and value < 0:

@@ -99,6 +99,10 @@ REPLY_LATER = object()
 CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
 
 
+def _nothing():
+    pass
+
+
 def replyOrDeferred(handleThen, command, session):
     """
     Call C{handleThen(command, session, replied)} (L{BrokerProcessor.putThen},
@@ -372,6 +376,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             # open by trickling bytes.
             self.resetTimeout()
         self._completed = False
+        # The disk waits while this read's puts are parsed and written.
+        self.factory.keepDiskAwake()
         # The replies to all the requests of one read that are answered at
         # once go out in one write, after the read is processed.
         corked, self._corked = self._corked, True
@@ -1258,6 +1264,10 @@ class BrokerFactory(protocol.ServerFactory):
         #: reply that leaves its connection waiting for nothing, or L{None}
         #: (C{idlePollMicros=0}).
         self.idlePoller = None
+        #: Called before each read is handled: the group commit fsyncs'
+        #: L{metamorphosis.broker.store.interfaces.IFsync.keepAwake}, once
+        #: the stores chose them.
+        self.keepDiskAwake = _nothing
 
     @property
     def processor(self):

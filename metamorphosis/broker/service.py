@@ -197,6 +197,7 @@ class BrokerService(service.Service):
             await self.http.listen()
         # 1. and 2.: the stores, then the transactions that refer to them.
         await defer.maybeDeferred(self.storeManager.startService)
+        self.factory.keepDiskAwake = self.storeManager.fsync.keepAwake
         await defer.maybeDeferred(self.transactions.startService)
         # 3. Listen.
         for listener in self.listeners:

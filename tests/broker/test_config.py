@@ -199,6 +199,12 @@ class ParseTests(unittest.TestCase):
         self.assertConfigError("[system]\nmaxRequestLineLength=-5\n", "maxRequestLineLength",
                                "positive")
 
+    def test_diskKeepAwakeMicros(self):
+        self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").diskKeepAwakeMicros, 100)
+        self.assertEqual(
+            parseConfig(b"[system]\ndiskKeepAwakeMicros=0\n[topic=a]\n").diskKeepAwakeMicros, 0)
+        self.assertConfigError("[system]\ndiskKeepAwakeMicros=-1\n", "diskKeepAwakeMicros", "negative")
+
     def test_idlePollMicros(self):
         self.assertEqual(parseConfig(b"[system]\n[topic=a]\n").idlePollMicros, None)
         self.assertEqual(

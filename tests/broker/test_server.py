@@ -507,6 +507,20 @@ class IdlePollTests(ServerTestCase):
         self.assertEqual([frame[2] for frame in parseFrames(transport.value())], [1, 2])
 
 
+class KeepDiskAwakeTests(ServerTestCase):
+    def test_beforeEachRead(self):
+        """
+        Each read asks the group commit fsyncs to keep the disk awake
+        before its puts are parsed and written.
+        """
+        calls = []
+        self.factory.keepDiskAwake = lambda: calls.append(self.stats.cmdPut)
+        proto, transport = self.connect()
+        proto.dataReceived(_wire(("meta-test", 0, b"a", 1), ("meta-test", 0, b"b", 2)))
+        proto.dataReceived(b"version 3\r\n")
+        self.assertEqual(calls, [0, 2])
+
+
 class GetTests(ServerTestCase):
     def fill(self, *payloads, topic="meta-test"):
         for payload in payloads:

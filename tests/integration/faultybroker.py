@@ -91,6 +91,9 @@ class FaultyFsync:
     def fsyncThen(self, fd, done):
         self.fsync(fd).addBoth(done)
 
+    def keepAwake(self):
+        self._fsync.keepAwake()
+
     def close(self):
         self._fsync.close()
 

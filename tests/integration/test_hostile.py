@@ -75,8 +75,9 @@ class HostileClientTests(unittest.TestCase):
             reply = yield client.get(topic, "g", 0, 0, 1024, 100 + opaque)
             self.assertEqual(reply.code, 400, reply)
         self.assertEqual(os.listdir(workdir), before)
+        # .keepawake: the block read to keep the disk awake (docs/storage.md).
         self.assertEqual(sorted(os.listdir(os.path.join(workdir, "data"))),
-                         ["transactions", "victim-0"])
+                         [".keepawake", "transactions", "victim-0"])
         self.assertFalse(os.path.exists("/tmp/abs-%d-0" % os.getpid()))
         reply = yield client.get("victim", "g", 0, 0, 1024, 200)
         self.assertIn(b"acknowledged", reply.data)

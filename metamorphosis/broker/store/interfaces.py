@@ -219,6 +219,16 @@ class IFsync(Interface):
         commit rounds use: no Deferred per round.
         """
 
+    def keepAwake():
+        """
+        Group commit goes on and the disk is about to wait for the next
+        round (one ended with nothing to sync next, or requests arrived
+        that the broker is about to parse): a provider that keeps the
+        disk awake between rounds sends it a request if it has had none
+        for a while; any other does nothing
+        (L{metamorphosis.broker.store.fsync.KernelFsync.keepAwake}).
+        """
+
     def close():
         """
         Release what the provider holds; no fsync may be pending.

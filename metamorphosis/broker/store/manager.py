@@ -31,7 +31,13 @@ from metamorphosis.broker.store.errors import (
     TooManyTopics,
     WrongPartition,
 )
-from metamorphosis.broker.store.fsync import chooseFsync, describeFsync
+from metamorphosis.broker.store.fsync import (
+    AWAKE_FILE,
+    chooseFsync,
+    describeFsync,
+    kernelFsyncOf,
+    openAwakeFile,
+)
 from metamorphosis.broker.store.partition import MessageStore
 from metamorphosis.broker.store.recovery import Finding, loadPartition
 from metamorphosis.broker.store.retention import InvalidDeletePolicy, parseDeletePolicy
@@ -294,7 +300,32 @@ class MessageStoreManager(Service):
             )
         return topic, partition, directory, recovered
 
+    async def _keepDiskAwake(self):
+        """
+        Let the kernel's fsyncs keep the main data path's disk awake
+        between group commit rounds (C{diskKeepAwakeMicros},
+        L{metamorphosis.broker.store.fsync.KernelFsync.keepAwake}), with
+        reads of L{AWAKE_FILE}.
+        """
+        kernel = kernelFsyncOf(self._fsync)
+        micros = self.config.diskKeepAwakeMicros
+        if kernel is None or not micros:
+            return
+        path = os.path.join(self.config.dataPath, AWAKE_FILE)
+        try:
+            fd = await deferToThreadPool(self._reactor, self._threadpool, openAwakeFile, path)
+        except OSError as e:
+            self.log.info("The disk is not kept awake between group commit rounds: {path}: {error}",
+                          path=path, error=errorText(e))
+            return
+        if self._fsync is None:
+            # Stopped meanwhile.
+            os.close(fd)
+            return
+        kernel.awakeFrom(fd, micros / 1e6)
+
     async def _load(self):
+        await self._keepDiskAwake()
         findings, found = await deferToThreadPool(
             self._reactor, self._threadpool, self._findPartitions
         )

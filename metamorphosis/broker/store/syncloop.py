@@ -207,6 +207,9 @@ class SyncLoop:
             self._startsLater = False
         if self._waiting:
             self._startRound()
+        else:
+            # The disk waits for the next round's writes now.
+            self.fsync.keepAwake()
         if not self._running and self._stopped:
             stopped, self._stopped = self._stopped, []
             for d in stopped:

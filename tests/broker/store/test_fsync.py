@@ -19,14 +19,21 @@ from zope.interface.verify import verifyObject
 
 from metamorphosis.broker.store import fsync as fsync_module
 from metamorphosis.broker.store.fsync import (
+    AWAKE_BLOCK,
+    AWAKE_FILE,
+    AWAKE_REAP,
+    AWAKE_TRAFFIC,
     AdaptiveFsync,
     FsyncUnavailable,
     KernelFsync,
     ThreadFsync,
     chooseFsync,
     describeFsync,
+    kernelFsyncOf,
+    openAwakeFile,
 )
 from metamorphosis.broker.store.interfaces import IFsync
+from tests.waiting import waitFor
 
 
 class CountingFsync:
@@ -171,6 +178,130 @@ class KernelFsyncTests(TestCase):
         self.fsync.close()
 
 
+class KeepAwakeTests(TestCase):
+    """
+    L{KernelFsync.keepAwake}: while fsyncs end one after the other, a disk
+    that has had no request for C{awakeGap} is sent a read of the awake
+    file's first block, through the same kernel context; its completion is
+    only counted.  The clock is the test's.
+    """
+
+    def setUp(self):
+        self.now = 100.0
+        try:
+            self.fsync = KernelFsync(reactor, clock=lambda: self.now)
+        except FsyncUnavailable as e:
+            raise self.skipTest("no kernel fsync here: %s" % (e,))
+        self.addCleanup(self.fsync.close)
+        try:
+            fd = openAwakeFile(os.path.join(self.mktemp(), AWAKE_FILE))
+        except OSError as e:
+            raise self.skipTest("no O_DIRECT here: %s" % (e,))
+        self.fsync.awakeFrom(fd, 0.0001)
+        self.data = os.open(self.mktemp(), os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, self.data)
+
+    @inlineCallbacks
+    def synced(self):
+        """
+        One fsync, ended: the traffic that lets the disk be kept awake.
+        """
+        os.pwrite(self.data, b"x", 0)
+        yield self.fsync.fsync(self.data)
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IFsync, self.fsync))
+
+    @inlineCallbacks
+    def test_readAfterTheGap(self):
+        """
+        Once the gap has passed since the fsync was submitted, one read is
+        sent, and no other until the gap has passed again; the next fsync's
+        end collects its completion.
+        """
+        yield self.synced()
+        self.fsync.keepAwake()
+        self.assertEqual(self.fsync.awakeReads, 0)
+        self.now += 0.00011
+        self.fsync.keepAwake()
+        self.fsync.keepAwake()
+        self.assertEqual(self.fsync.awakeReads, 1)
+        self.now += 0.00005
+        self.fsync.keepAwake()
+        self.assertEqual(self.fsync.awakeReads, 1)
+        self.now += 0.00006
+        self.fsync.keepAwake()
+        self.assertEqual((self.fsync.awakeReads, self.fsync._awakeInFlight), (2, 2))
+        yield self.synced()
+        self.assertEqual(self.fsync._awakeInFlight, 0)
+
+    @inlineCallbacks
+    def test_asleepWithoutTraffic(self):
+        """
+        No read before any fsync ended, nor once none has for
+        L{AWAKE_TRAFFIC}: an idle broker lets its disk sleep.
+        """
+        self.now += 1
+        self.fsync.keepAwake()
+        self.assertEqual(self.fsync.awakeReads, 0)
+        yield self.synced()
+        self.now += AWAKE_TRAFFIC + 0.001
+        self.fsync.keepAwake()
+        self.assertEqual(self.fsync.awakeReads, 0)
+
+    @inlineCallbacks
+    def test_collectedWithoutFsyncs(self):
+        """
+        At most L{AWAKE_REAP} reads are in flight while no fsync ends to
+        collect them (the kernel's queue never fills with them); once they
+        are done, the next call collects them and sends again.
+        """
+        yield self.synced()
+        self.fsync.awakeGap = AWAKE_TRAFFIC / (4 * AWAKE_REAP)
+
+        def keepAwake(times):
+            for _ in range(times):
+                self.now += self.fsync.awakeGap * 1.01
+                self.fsync.keepAwake()
+
+        keepAwake(AWAKE_REAP * 2)
+        self.assertGreaterEqual(self.fsync.awakeReads, AWAKE_REAP)
+        self.assertLessEqual(self.fsync._awakeInFlight, AWAKE_REAP)
+        sent = self.fsync.awakeReads
+
+        def sentAgain():
+            keepAwake(1)
+            return self.fsync.awakeReads > sent
+
+        yield waitFor(sentAgain, what="a read once the others are done")
+        self.assertLess(self.fsync._awakeInFlight, AWAKE_REAP)
+
+    def test_offWithoutAFile(self):
+        """
+        A provider given no awake file sends no read.
+        """
+        fsync = KernelFsync(reactor)
+        self.addCleanup(fsync.close)
+        fsync._lastEnd = fsync._clock()
+        fsync.keepAwake()
+        self.assertEqual(fsync.awakeReads, 0)
+
+    def test_awakeFile(self):
+        """
+        The awake file holds one block of zeros, made in a directory that
+        did not exist; an existing one is left as it is.
+        """
+        path = os.path.join(self.mktemp(), "data", AWAKE_FILE)
+        os.close(openAwakeFile(path))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), bytes(AWAKE_BLOCK))
+        with open(path, "r+b") as f:
+            f.write(b"kept")
+        os.close(openAwakeFile(path))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(4), b"kept")
+
+
 class ThreadFsyncTests(TestCase):
     @inlineCallbacks
     def test_roundsInThreads(self):
@@ -279,12 +410,16 @@ class HeldFsync:
         self.requests = []
         self.closed = False
         self.roundsInThreads = 0
+        self.awake = 0
 
     def fsyncThen(self, fd, done):
         self.requests.append((fd, done))
 
     def fsync(self, fd):
         raise NotImplementedError("the adaptive provider uses fsyncThen")
+
+    def keepAwake(self):
+        self.awake += 1
 
     def close(self):
         self.closed = True
@@ -417,6 +552,21 @@ class AdaptiveFsyncTests(SynchronousTestCase):
         self.fsync.close()
         self.assertTrue(self.kernel.closed)
         self.assertTrue(self.thread.closed)
+
+    def test_keepAwake(self):
+        """
+        The disk is kept awake by the kernel's provider while it has the
+        rounds, not while a thread has them.
+        """
+        self.fsync.keepAwake()
+        self.rounds(AdaptiveFsync.FIRST_PROBE * 2, kernel=3.0, thread=1.0)
+        self.assertEqual(self.fsync.current, "thread")
+        self.fsync.keepAwake()
+        self.assertEqual((self.kernel.awake, self.thread.awake), (1, 0))
+
+    def test_kernelOf(self):
+        self.assertIs(kernelFsyncOf(self.fsync), None)
+        self.assertIs(kernelFsyncOf(ThreadFsync(Clock(), None)), None)
 
     def test_roundsInThreads(self):
         """

@@ -2,6 +2,7 @@
 Tests for L{metamorphosis.broker.store.manager.MessageStoreManager}.
 """
 
+import errno
 import os
 import threading
 from unittest import SkipTest
@@ -22,7 +23,13 @@ from metamorphosis.broker.store import (
 )
 from metamorphosis.broker.store import manager as manager_module
 from metamorphosis.broker.store.errors import OutOfDescriptors, TooManyTopics
-from metamorphosis.broker.store.fsync import FsyncUnavailable, KernelFsync, ThreadFsync
+from metamorphosis.broker.store.fsync import (
+    AWAKE_BLOCK,
+    AWAKE_FILE,
+    FsyncUnavailable,
+    KernelFsync,
+    ThreadFsync,
+)
 from metamorphosis.protocol.records import encodePayload
 
 from .helpers import (
@@ -395,6 +402,68 @@ class ThreadedManagerTests(TestCase):
         yield second
         self.assertEqual(acknowledged, [25])
         self.assertEqual(store.maxOffset, 51)
+
+    @inlineCallbacks
+    def startKernel(self, **kwargs):
+        """
+        A manager on the real reactor with C{fsyncMethod=kernel}, started,
+        and the log lines of its start.
+        """
+        dataPath = os.path.abspath(self.mktemp())
+        config = makeConfig(dataPath, [("test", dict(unflushThreshold=0))], fsyncMethod="kernel",
+                            **kwargs)
+        manager = MessageStoreManager(config, reactor=reactor)
+        with capturedLogs() as events:
+            try:
+                yield manager.startService()
+            except FsyncUnavailable as e:
+                raise SkipTest("no kernel fsync here: %s" % (e,))
+        self.addCleanup(manager.stopService)
+        return manager, [formatEvent(e) for e in events]
+
+    @inlineCallbacks
+    def test_keepsTheDiskAwake(self):
+        """
+        The kernel's fsyncs keep the disk awake with reads of the awake
+        file, made in the data path, every C{diskKeepAwakeMicros} at most.
+        """
+        manager, lines = yield self.startKernel(diskKeepAwakeMicros=250)
+        path = os.path.join(manager.config.dataPath, AWAKE_FILE)
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        except OSError as e:
+            raise SkipTest("no O_DIRECT here: %s" % (e,))
+        self.assertEqual(os.path.getsize(path), AWAKE_BLOCK)
+        self.assertEqual(manager.fsync.awakeGap, 0.00025)
+        self.assertIsNotNone(manager.fsync._awake)
+
+    @inlineCallbacks
+    def test_diskLetSleep(self):
+        """
+        With C{diskKeepAwakeMicros=0} the disk is not kept awake, and no
+        file is made for it.
+        """
+        manager, lines = yield self.startKernel(diskKeepAwakeMicros=0)
+        self.assertEqual(manager.fsync.awakeGap, 0)
+        self.assertFalse(os.path.exists(os.path.join(manager.config.dataPath, AWAKE_FILE)))
+
+    @inlineCallbacks
+    def test_awakeFileRefused(self):
+        """
+        A data path that cannot hold the awake file (a file system without
+        C{O_DIRECT}) is said once; the broker goes on without it.
+        """
+        def refused(path):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+        self.patch(manager_module, "openAwakeFile", refused)
+        manager, lines = yield self.startKernel()
+        self.assertEqual(manager.fsync.awakeGap, 0)
+        [line] = [line for line in lines if "kept awake" in line]
+        self.assertIn("The disk is not kept awake between group commit rounds", line)
+        self.assertIn("Invalid argument", line)
+        store = manager.getOrCreateStore("test", 0)
+        yield store.append(0, 0, encodePayload(b"first", None)[0])
 
     @inlineCallbacks
     def test_kernelFsyncRounds(self):

@@ -25,6 +25,7 @@ class ManualFsync:
 
     def __init__(self):
         self.pending = []
+        self.awake = 0
 
     def fsync(self, fd):
         d = Deferred()
@@ -33,6 +34,9 @@ class ManualFsync:
 
     def fsyncThen(self, fd, done):
         self.fsync(fd).addBoth(done)
+
+    def keepAwake(self):
+        self.awake += 1
 
     def close(self):
         pass
@@ -106,6 +110,19 @@ class SyncLoopTests(SynchronousTestCase):
         self.assertEqual(self.events, ["fsync 3", "after", "a", "fsync 3"])
         self.fsyncs.finish()
         self.assertEqual(self.events[4:], ["after", "late"])
+
+    def test_keepsTheDiskAwakeWhenIdle(self):
+        """
+        A round after which none starts (nothing more was asked for) asks
+        the fsync provider to keep the disk awake for the next writes; one
+        followed by another does not (that one's fsync is a request).
+        """
+        self.request("a")
+        self.request("late")
+        self.fsyncs.finish()
+        self.assertEqual(self.fsyncs.awake, 0)
+        self.fsyncs.finish()
+        self.assertEqual((self.events[-1], self.fsyncs.awake), ("late", 1))
 
     def test_requestWhileAnsweringStartsOneRound(self):
         """
