@@ -133,6 +133,7 @@ class EndpointTests(TestCase):
             self.assertEqual(value(found, "metaq_store_fsync_method", method="kernel"), 1)
             self.assertEqual(value(found, "metaq_store_fsync_method", method="thread"), 0)
             self.assertEqual(value(found, "metaq_store_fsync_switches_total"), 0)
+            self.assertGreaterEqual(value(found, "metaq_store_disk_keepawake_reads_total"), 0)
             self.assertEqual(value(found, "metaq_zookeeper_registered"), 1)
             self.assertEqual(value(found, "metaq_ready"), 1)
             self.assertEqual(value(found, "metaq_fenced"), 0)

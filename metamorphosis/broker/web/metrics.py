@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from metamorphosis import METAQ_VERSION
 from metamorphosis.broker.stats import threadCount
-from metamorphosis.broker.store.fsync import AdaptiveFsync
+from metamorphosis.broker.store.fsync import AdaptiveFsync, kernelFsyncOf
 
 #: Seconds; an fsync takes from tens of microseconds (a cache) to seconds
 #: (a saturated disk).
@@ -114,6 +114,13 @@ class BrokerCollector:
                 "metaq_store_fsync_switches",
                 "How often fsyncMethod=auto moved the fsyncs between the kernel and a thread.",
                 value=fsync.switches)
+
+        kernel = kernelFsyncOf(fsync)
+        if kernel is not None:
+            yield CounterMetricFamily(
+                "metaq_store_disk_keepawake_reads",
+                "Reads sent to keep the disk awake between group commit rounds "
+                "(diskKeepAwakeMicros).", value=kernel.awakeReads)
 
         puts = CounterMetricFamily("metaq_partition_put_messages",
                                    "Messages put, by topic and partition.",
