@@ -907,11 +907,13 @@ class BrokerProcessor:
             refused.
         """
         batches = {}
+        # One id for each put, taken at once: a refused put leaves a gap.
+        ids = iter(self.idWorker.nextIds(len(puts)))
         for put in puts:
             key = (put.topic, put.partition)
             batch = batches.get(key)
             if batch is None:
-                batch = batches[key] = _PartitionPuts(self, put.topic, put.partition)
+                batch = batches[key] = _PartitionPuts(self, put.topic, put.partition, ids)
             batch.add(put)
         refused = []
         waiting = 0
@@ -1067,6 +1069,7 @@ class _PartitionPuts:
 
     @ivar store: the partition's store, or L{None} when it refuses them all.
     @ivar refusal: the C{(code, text)} of that refusal, or L{None}.
+    @ivar ids: where the message id of each put it stores comes from.
     @ivar sizes: the size of each put's body, for the statistics.
     @ivar records: the header and body of each record to store, in order.
     @ivar replies: C{(msgId, opaque, record size)} of each, in order.
@@ -1074,11 +1077,12 @@ class _PartitionPuts:
     @ivar answer: the L{JoinedReplies} told of the outcome.
     """
 
-    __slots__ = ("processor", "topic", "partition", "partitionString", "store", "refusal", "sizes",
-                 "records", "replies", "refused", "answer")
+    __slots__ = ("processor", "topic", "partition", "partitionString", "store", "refusal", "ids",
+                 "sizes", "records", "replies", "refused", "answer")
 
-    def __init__(self, processor, topic, partition):
+    def __init__(self, processor, topic, partition, ids):
         self.processor = processor
+        self.ids = ids
         self.topic = topic
         self.partition = partition
         self.partitionString = processor._partitionString(partition)
@@ -1125,7 +1129,7 @@ class _PartitionPuts:
         self.sizes.append(len(data))
         refusal = self.refusal
         if refusal is None:
-            msgId = self.processor.idWorker.nextId()
+            msgId = next(self.ids)
             checksum = put.checksum
             if checksum == -1:
                 checksum = None
@@ -1462,7 +1466,8 @@ class BrokerFactory(protocol.ServerFactory):
         refused = []
         accepted = []
         legal = set()
-        check = self.access.check
+        # Without [access] rules every put passes: no check per put.
+        check = self.access.check if self.access.rules().enabled else None
         largest = self.config.maxTransferSize - records.HEADER_SIZE
         for put in puts:
             topic = put.topic
@@ -1472,7 +1477,7 @@ class BrokerFactory(protocol.ServerFactory):
                     refused.append(refusal.encode())
                     continue
                 legal.add(topic)
-            refusal = check(put, session)
+            refusal = None if check is None else check(put, session)
             if refusal is None and len(put.data) > largest:
                 refusal = self._unreadable(put, session)
             if refusal is not None:

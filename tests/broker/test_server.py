@@ -12,6 +12,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from metamorphosis import METAQ_VERSION
+from metamorphosis.broker.access import AccessGate, parseAccess
 from metamorphosis.broker.config import MetaConfig, TopicConfig, standaloneConfig
 from metamorphosis.broker.server import (
     CHUNK_SIZE,
@@ -422,6 +423,20 @@ class PutBatchTests(ServerTestCase):
             ("meta-test", 7, b"d", 4), ("meta-test", 0, b"x" * 81, 5), ("meta-test", 0, b"e", 6),
             prepare=prepare)
         self.assertEqual([reply[1] for reply in replies], [200, 400, 500, 500, 400, 200])
+
+    def test_accessRefusedInTheMiddle(self):
+        """
+        Under C{[access]} rules each put of a batch is checked, as alone: a
+        topic the client may not publish to is refused, the others stored.
+        """
+        def prepare():
+            rules = parseAccess([("publish.meta-*", "192.168.1.0/24")])
+            self.factory.access = AccessGate(lambda: rules)
+
+        replies = self.assertSameAsOneByOne(
+            ("meta-test", 0, b"a", 1), ("test", 0, b"b", 2), ("meta-test", 0, b"c", 3),
+            prepare=prepare)
+        self.assertEqual([reply[1] for reply in replies], [200, 401, 200])
 
     def test_appendFailure(self):
         """

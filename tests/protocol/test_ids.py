@@ -59,6 +59,43 @@ class IdWorkerTests(SynchronousTestCase):
         self.assertEqual(decomposeId(ids[4096]), (6, 0, 0))
         self.assertEqual(ids, sorted(set(ids)))
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 1000)), min_size=1, max_size=4),
+           st.integers(0, 1023))
+    def test_nextIdsAsOneByOne(self, steps, workerId):
+        """
+        C{nextIds(n)} gives what C{n} calls of C{nextId} give while the
+        clock does not move, and leaves the worker where they leave it
+        (batches in the same millisecond go on from each other).
+        """
+        now = [1000]
+
+        def clock():
+            return now[0]
+
+        batched, single = IdWorker(workerId, clock), IdWorker(workerId, clock)
+        for advance, count in steps:
+            now[0] += advance
+            got = list(batched.nextIds(count))
+            self.assertEqual(got, [single.nextId() for _ in range(count)])
+            self.assertEqual(got, sorted(set(got)))
+        self.assertEqual(batched.nextId(), single.nextId())
+
+    def test_nextIdsWait(self):
+        """
+        When the millisecond's sequence runs out, the ids go on in the
+        next millisecond, as nextId's do.
+        """
+        worker = IdWorker(0, FakeClock(*([5] * 4097 + [6])))
+        ids = list(worker.nextIds(4097))
+        self.assertEqual([decomposeId(i) for i in (ids[0], ids[4095], ids[4096])],
+                         [(5, 0, 0), (5, 0, 4095), (6, 0, 0)])
+
+    def test_nextIdsClockBackwards(self):
+        worker = IdWorker(0, FakeClock(10, 9))
+        worker.nextId()
+        self.assertRaises(InvalidSystemClock, worker.nextIds, 2)
+
     def test_clockBackwards(self):
         worker = IdWorker(0, FakeClock(10, 9))
         worker.nextId()
