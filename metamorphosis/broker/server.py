@@ -103,6 +103,22 @@ def _nothing():
     pass
 
 
+def storedReplies(replies, partition, offset):
+    """
+    The encoded replies to records stored one after the other from
+    C{offset} in C{partition}, each C{(msgId, opaque, record size)} of
+    C{replies} in order: its id, the partition and its own offset, as a
+    put or a sync alone is answered.
+    """
+    encoded = []
+    for msgId, opaque, size in replies:
+        body = b"%d %d %d" % (msgId, partition, offset)
+        # newResult(OK, body, opaque).encode(), without the object.
+        encoded.append(resultHeader(OK, len(body), opaque) + body)
+        offset += size
+    return b"".join(encoded)
+
+
 def replyOrDeferred(handleThen, command, session):
     """
     Call C{handleThen(command, session, replied)} (L{BrokerProcessor.putThen},
@@ -1158,14 +1174,7 @@ class _PartitionPuts:
         put's reply is its id, the partition and its own offset, as
         L{BrokerProcessor.putThen} answers it.
         """
-        partition = self.partition
-        encoded = []
-        for msgId, opaque, size in self.replies:
-            body = b"%d %d %d" % (msgId, partition, offset)
-            # newResult(OK, body, opaque).encode(), without the object.
-            encoded.append(resultHeader(OK, len(body), opaque) + body)
-            offset += size
-        self.answer.add(b"".join(encoded))
+        self.answer.add(storedReplies(self.replies, self.partition, offset))
 
     def failed(self, failure):
         """

@@ -31,14 +31,21 @@ from zope.interface import implementer
 from metamorphosis import zk
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
 from metamorphosis.broker.interfaces import ISyncProcessor
-from metamorphosis.broker.server import CHECKSUM_FAILURE, REPLY_LATER, JoinedReplies, Replies, replyOrDeferred
+from metamorphosis.broker.server import (
+    CHECKSUM_FAILURE,
+    REPLY_LATER,
+    JoinedReplies,
+    Replies,
+    replyOrDeferred,
+    storedReplies,
+)
 from metamorphosis.ha import failover
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC, ReplicationConfigError
 from metamorphosis.ha.interfaces import IReplication
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText, hostPort
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import ResultCommand, newResult, resultHeader
+from metamorphosis.protocol.commands import ResultCommand, newResult
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 
@@ -333,14 +340,7 @@ class _PartitionSyncs:
         each sync's reply is its master id, the partition and its own
         offset, as L{SyncProcessor.syncThen} answers it.
         """
-        partition = self.partition
-        encoded = []
-        for msgId, opaque, size in self.replies:
-            body = b"%d %d %d" % (msgId, partition, offset)
-            # newResult(OK, body, opaque).encode(), without the object.
-            encoded.append(resultHeader(OK, len(body), opaque) + body)
-            offset += size
-        self.answer.add(b"".join(encoded))
+        self.answer.add(storedReplies(self.replies, self.partition, offset))
 
     def failed(self, failure):
         """

@@ -86,6 +86,13 @@ class IdWorker:
         self._lastTimestamp = -1
         self._sequence = 0
 
+    def _checkClock(self, timestamp):
+        if timestamp < self._lastTimestamp:
+            raise InvalidSystemClock(
+                "Clock moved backwards.  Refusing to generate id for %d milliseconds"
+                % (self._lastTimestamp - timestamp,)
+            )
+
     def nextIds(self, count):
         """
         C{count} ids, the ones as many L{nextId} calls in a row would give
@@ -96,11 +103,7 @@ class IdWorker:
         """
         with self._lock:
             timestamp = self._clock()
-            if timestamp < self._lastTimestamp:
-                raise InvalidSystemClock(
-                    "Clock moved backwards.  Refusing to generate id for %d milliseconds"
-                    % (self._lastTimestamp - timestamp,)
-                )
+            self._checkClock(timestamp)
             first = self._sequence + 1 if timestamp == self._lastTimestamp else 0
             end = first + count
             if end <= SEQUENCE_MASK + 1:
@@ -116,11 +119,7 @@ class IdWorker:
     def nextId(self):
         with self._lock:
             timestamp = self._clock()
-            if timestamp < self._lastTimestamp:
-                raise InvalidSystemClock(
-                    "Clock moved backwards.  Refusing to generate id for %d milliseconds"
-                    % (self._lastTimestamp - timestamp,)
-                )
+            self._checkClock(timestamp)
             if timestamp == self._lastTimestamp:
                 self._sequence = (self._sequence + 1) & SEQUENCE_MASK
                 if self._sequence == 0:
