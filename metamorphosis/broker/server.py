@@ -200,6 +200,44 @@ class Replies:
         return self.encoded
 
 
+def storeByPartition(commands, partitionBatch, replied):
+    """
+    What the bulk paths of puts (L{BrokerProcessor.putBatchThen}) and of a
+    sync slave's syncs share: C{commands} grouped by partition, each group
+    a C{partitionBatch(topic, partition)} that takes its commands (C{add}),
+    counts them (C{count}), holds the encoded refusals (C{encodedRefusals})
+    and the records and replies of the rest, and stores those records as
+    one append (C{store.appendRecordsThen}, to its C{stored} or C{failed});
+    the replies, refusals first, go to C{replied} in one L{Replies} once
+    every partition has stored (or failed) its part.
+
+    @return: L{REPLY_LATER}, or the L{Replies} when every command is refused.
+    """
+    batches = {}
+    for command in commands:
+        key = (command.topic, command.partition)
+        batch = batches.get(key)
+        if batch is None:
+            batch = batches[key] = partitionBatch(command.topic, command.partition)
+        batch.add(command)
+    refused = []
+    waiting = 0
+    for batch in batches.values():
+        batch.count()
+        refused.extend(batch.encodedRefusals())
+        if batch.replies:
+            waiting += 1
+    if not waiting:
+        return Replies(b"".join(refused))
+    answer = JoinedReplies(replied, refused, waiting)
+    for batch in batches.values():
+        if batch.replies:
+            batch.answer = answer
+            batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies),
+                                          batch.stored, batch.failed)
+    return REPLY_LATER
+
+
 class JoinedReplies:
     """
     The replies to one batch (a L{SyncBatch}, a L{PutBatch}): its
@@ -824,12 +862,8 @@ class BrokerProcessor:
         partitionString = self._partitionString(command.partition)
         self.stats.statsPutMessage(topic, partitionString, len(command.data))
         if self.config.isClosedPartition(topic, command.partition):
-            return result(
-                FORBIDDEN,
-                self.genErrorMessage(topic, command.partition)
-                + f"Detail:partition[{partitionString}] has been closed",
-                command.opaque,
-            )
+            return result(FORBIDDEN, self._closedText(topic, command.partition, partitionString),
+                          command.opaque)
         partition = -1
         try:
             partition = command.partition
@@ -846,15 +880,8 @@ class BrokerProcessor:
             if store.readOnly is not None:
                 raise PartitionReadOnly(topic, partition, store.readOnly)
         except Exception as e:
-            self.refusals.warn(
-                "put-refused:" + type(e).__name__,
-                "Refused a put to {topic}-{partition}: {error}",
-                topic=topic, partition=partition, error=describeWriteError(e))
             self.stats.statsPutFailed(topic, partitionString)
-            return result(INTERNAL_ERROR,
-                          self.genErrorMessage(topic, partition)
-                          + f"Detail:{describeWriteError(e)}",
-                          command.opaque)
+            return result(INTERNAL_ERROR, self._refusedText(topic, partition, e), command.opaque)
 
         opaque = command.opaque
 
@@ -866,6 +893,24 @@ class BrokerProcessor:
 
         store.appendThen(msgId, command.flag, command.data, checksum, stored, failed)
         return REPLY_LATER
+
+    def _closedText(self, topic, partition, partitionString):
+        """
+        What a put to a closed partition is told.
+        """
+        return (self.genErrorMessage(topic, partition)
+                + f"Detail:partition[{partitionString}] has been closed")
+
+    def _refusedText(self, topic, partition, error):
+        """
+        Log (one line per kind an interval) that a put was refused for
+        C{error}, and say what it is told.
+        """
+        self.refusals.warn(
+            "put-refused:" + type(error).__name__,
+            "Refused a put to {topic}-{partition}: {error}",
+            topic=topic, partition=partition, error=describeWriteError(error))
+        return self.genErrorMessage(topic, partition) + f"Detail:{describeWriteError(error)}"
 
     def registered(self, topic):
         """
@@ -922,31 +967,10 @@ class BrokerProcessor:
         @return: L{REPLY_LATER}, or the L{Replies} when every put is
             refused.
         """
-        batches = {}
         # One id for each put, taken at once: a refused put leaves a gap.
         ids = iter(self.idWorker.nextIds(len(puts)))
-        for put in puts:
-            key = (put.topic, put.partition)
-            batch = batches.get(key)
-            if batch is None:
-                batch = batches[key] = _PartitionPuts(self, put.topic, put.partition, ids)
-            batch.add(put)
-        refused = []
-        waiting = 0
-        for batch in batches.values():
-            batch.count()
-            refused.extend(batch.refused)
-            if batch.replies:
-                waiting += 1
-        if not waiting:
-            return Replies(b"".join(refused))
-        answer = JoinedReplies(replied, refused, waiting)
-        for batch in batches.values():
-            if batch.replies:
-                batch.answer = answer
-                batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies),
-                                              batch.stored, batch.failed)
-        return REPLY_LATER
+        return storeByPartition(
+            puts, lambda topic, partition: _PartitionPuts(self, topic, partition, ids), replied)
 
     def storeFor(self, topic, partition):
         """
@@ -1110,8 +1134,7 @@ class _PartitionPuts:
         self.refused = []
         self.answer = None
         if processor.config.isClosedPartition(topic, partition):
-            self.refusal = (FORBIDDEN, processor.genErrorMessage(topic, partition)
-                            + f"Detail:partition[{self.partitionString}] has been closed")
+            self.refusal = (FORBIDDEN, processor._closedText(topic, partition, self.partitionString))
             return
         try:
             store = processor.storeFor(topic, partition)
@@ -1119,22 +1142,9 @@ class _PartitionPuts:
             if store.readOnly is not None:
                 raise PartitionReadOnly(topic, partition, store.readOnly)
         except Exception as e:
-            self.refusal = self._failure(e)
+            self.refusal = (INTERNAL_ERROR, processor._refusedText(topic, partition, e))
         else:
             self.store = store
-
-    def _failure(self, error):
-        """
-        The refusal of a put that failed as C{error}: logged (one line per
-        kind an interval), counted as failed by L{add}.
-        """
-        processor = self.processor
-        processor.refusals.warn(
-            "put-refused:" + type(error).__name__,
-            "Refused a put to {topic}-{partition}: {error}",
-            topic=self.topic, partition=self.partition, error=describeWriteError(error))
-        return (INTERNAL_ERROR, processor.genErrorMessage(self.topic, self.partition)
-                + f"Detail:{describeWriteError(error)}")
 
     def add(self, put):
         """
@@ -1150,7 +1160,8 @@ class _PartitionPuts:
             if checksum == -1:
                 checksum = None
             elif checksum != records.checksum(data):
-                refusal = self._failure(ValueError(CHECKSUM_FAILURE))
+                refusal = (INTERNAL_ERROR, self.processor._refusedText(
+                    self.topic, self.partition, ValueError(CHECKSUM_FAILURE)))
         if refusal is not None:
             code, text = refusal
             if code != FORBIDDEN:
@@ -1161,6 +1172,9 @@ class _PartitionPuts:
         self.records.append(records.encodeHeader(msgId, put.flag, data, checksum))
         self.records.append(data)
         self.replies.append((msgId, put.opaque, records.HEADER_SIZE + len(data)))
+
+    def encodedRefusals(self):
+        return self.refused
 
     def count(self):
         """

@@ -34,9 +34,9 @@ from metamorphosis.broker.interfaces import ISyncProcessor
 from metamorphosis.broker.server import (
     CHECKSUM_FAILURE,
     REPLY_LATER,
-    JoinedReplies,
     Replies,
     replyOrDeferred,
+    storeByPartition,
     storedReplies,
 )
 from metamorphosis.ha import failover
@@ -210,29 +210,8 @@ class SyncProcessor:
         self.link.synced(session)
         if self.link.sealed:
             return Replies(b"".join([self._sealed(sync).encode() for sync in syncs]))
-        batches = {}
-        for sync in syncs:
-            key = (sync.topic, sync.partition)
-            batch = batches.get(key)
-            if batch is None:
-                batch = batches[key] = _PartitionSyncs(self, sync.topic, sync.partition)
-            batch.add(sync)
-        refused = []
-        waiting = 0
-        for batch in batches.values():
-            batch.count()
-            refused.extend(refusal.encode() for refusal in batch.refused)
-            if batch.replies:
-                waiting += 1
-        if not waiting:
-            return Replies(b"".join(refused))
-        answer = JoinedReplies(replied, refused, waiting)
-        for batch in batches.values():
-            if batch.replies:
-                batch.answer = answer
-                batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies), batch.stored,
-                                              batch.failed)
-        return REPLY_LATER
+        return storeByPartition(
+            syncs, lambda topic, partition: _PartitionSyncs(self, topic, partition), replied)
 
     def _sealed(self, command):
         """
@@ -327,6 +306,9 @@ class _PartitionSyncs:
             refusal = _result(INTERNAL_ERROR, processor.genErrorMessage(topic, partition) + "Detail:%s" % (error,),
                               sync.opaque)
         self.refused.append(refusal)
+
+    def encodedRefusals(self):
+        return [refusal.encode() for refusal in self.refused]
 
     def count(self):
         """

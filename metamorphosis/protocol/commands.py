@@ -664,6 +664,36 @@ _WHOLE_SYNC = re.compile(
 )
 
 
+def _batchedSync(groups, body):
+    """
+    The sync of a header line that matched L{_WHOLE_SYNC} and its body, or
+    L{None} when a number is out of its Java range.
+    """
+    topic, partition, length, flag, msgId, checksum, opaque = groups
+    msgId = int(msgId)
+    checksum = int(checksum)
+    opaque = int(opaque)
+    if msgId not in _JAVA_LONGS or checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+        return None
+    return newSync(topic.decode("ascii"), int(partition), body, int(flag), msgId, opaque, checksum)
+
+
+def _batchedPut(groups, body):
+    """
+    The plain put of a header line that matched L{_WHOLE_PUT} and its body,
+    or L{None} when it is not one a L{PutBatch} takes (a transaction key,
+    partition -1) or a number is out of its Java range.
+    """
+    topic, partition, length, flag, checksum, key, opaque = groups
+    if key is not None or partition[0] == 45:  # "-"
+        return None
+    checksum = int(checksum)
+    opaque = int(opaque)
+    if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+        return None
+    return newPut(topic.decode("ascii"), int(partition), body, int(flag), opaque, checksum)
+
+
 @dataclass(slots=True)
 class _Waiting:
     """
@@ -856,36 +886,8 @@ class CommandParser:
         not a whole sync (another command, a sync still arriving, a
         malformed one) is left to the general path.
         """
-        syncs = [first]
-        start = 0
-        size = len(buffer)
-        find = buffer.find
-        match = _WHOLE_SYNC.fullmatch
-        while True:
-            end = find(b"\r\n", start)
-            if end < 0 or end - start > self.maxLineLength:
-                break
-            header = match(buffer, start, end)
-            if header is None:
-                break
-            topic, partition, length, flag, msgId, checksum, opaque = header.groups()
-            length = int(length)
-            stop = end + 2 + length
-            if stop > size or length > self.maxBodySize:
-                break
-            msgId = int(msgId)
-            checksum = int(checksum)
-            opaque = int(opaque)
-            if msgId not in _JAVA_LONGS or checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
-                break
-            syncs.append(newSync(topic.decode("ascii"), int(partition), bytes(buffer[end + 2:stop]),
-                                 int(flag), msgId, opaque, checksum))
-            start = stop
-        if start:
-            del buffer[:start]
-        if len(syncs) == 1:
-            return first
-        return SyncBatch(syncs)
+        syncs = self._moreWhole(buffer, first, _WHOLE_SYNC, _batchedSync)
+        return first if len(syncs) == 1 else SyncBatch(syncs)
 
     def _morePuts(self, buffer: bytearray, first: PutCommand) -> "PutCommand | PutBatch":
         """
@@ -895,11 +897,22 @@ class CommandParser:
         put in a transaction or to partition -1, a malformed one) is left
         to the general path.
         """
-        puts = [first]
+        puts = self._moreWhole(buffer, first, _WHOLE_PUT, _batchedPut)
+        return first if len(puts) == 1 else PutBatch(puts)
+
+    def _moreWhole(self, buffer: bytearray, first, pattern, decode) -> list:
+        """
+        C{first} and the commands after it in C{buffer} whose header line
+        matches C{pattern} whole (its third group the body's length) and
+        whose body is there, each made by C{decode(groups, body)}, taken
+        from the buffer; at the first that is not one (or that C{decode}
+        refuses with L{None}) the rest is left to the general path.
+        """
+        commands = [first]
         start = 0
         size = len(buffer)
         find = buffer.find
-        match = _WHOLE_PUT.fullmatch
+        match = pattern.fullmatch
         maxLineLength = self.maxLineLength
         maxBodySize = self.maxBodySize
         while True:
@@ -909,25 +922,19 @@ class CommandParser:
             header = match(buffer, start, end)
             if header is None:
                 break
-            topic, partition, length, flag, checksum, key, opaque = header.groups()
-            if key is not None or partition[0] == 45:  # "-"
-                break
-            length = int(length)
+            groups = header.groups()
+            length = int(groups[2])
             stop = end + 2 + length
             if stop > size or length > maxBodySize:
                 break
-            checksum = int(checksum)
-            opaque = int(opaque)
-            if checksum not in _JAVA_INTS or opaque not in _JAVA_INTS:
+            command = decode(groups, bytes(buffer[end + 2:stop]))
+            if command is None:
                 break
-            puts.append(newPut(topic.decode("ascii"), int(partition), bytes(buffer[end + 2:stop]),
-                               int(flag), opaque, checksum))
+            commands.append(command)
             start = stop
         if start:
             del buffer[:start]
-        if len(puts) == 1:
-            return first
-        return PutBatch(puts)
+        return commands
 
     def _takeBody(self, buffer: bytearray, end: int, length: int) -> "bytes | None":
         """
