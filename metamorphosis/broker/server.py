@@ -206,10 +206,10 @@ def storeByPartition(commands, partitionBatch, replied):
     sync slave's syncs share: C{commands} grouped by partition, each group
     a C{partitionBatch(topic, partition)} that takes its commands (C{add}),
     counts them (C{count}), holds the encoded refusals (C{encodedRefusals})
-    and the records and replies of the rest, and stores those records as
-    one append (C{store.appendRecordsThen}, to its C{stored} or C{failed});
-    the replies, refusals first, go to C{replied} in one L{Replies} once
-    every partition has stored (or failed) its part.
+    and the C{replies} of the rest, and stores those (C{append}: one append
+    of their records, L{appendRecords}) and tells its C{answer} its
+    encoded replies; the replies, refusals first, go to C{replied} in one
+    L{Replies} once every partition has stored (or failed) its part.
 
     @return: L{REPLY_LATER}, or the L{Replies} when every command is refused.
     """
@@ -233,9 +233,17 @@ def storeByPartition(commands, partitionBatch, replied):
     for batch in batches.values():
         if batch.replies:
             batch.answer = answer
-            batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies),
-                                          batch.stored, batch.failed)
+            batch.append()
     return REPLY_LATER
+
+
+def appendRecords(batch):
+    """
+    Append the C{records} of C{batch} (a partition's part of
+    L{storeByPartition}) to its C{store} as one append, one record for each
+    of its C{replies}, to its C{stored} or C{failed}.
+    """
+    batch.store.appendRecordsThen(b"".join(batch.records), len(batch.replies), batch.stored, batch.failed)
 
 
 class JoinedReplies:
@@ -1175,6 +1183,8 @@ class _PartitionPuts:
 
     def encodedRefusals(self):
         return self.refused
+
+    append = appendRecords
 
     def count(self):
         """

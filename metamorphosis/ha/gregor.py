@@ -35,6 +35,7 @@ from metamorphosis.broker.server import (
     CHECKSUM_FAILURE,
     REPLY_LATER,
     Replies,
+    appendRecords,
     replyOrDeferred,
     storeByPartition,
     storedReplies,
@@ -309,6 +310,8 @@ class _PartitionSyncs:
 
     def encodedRefusals(self):
         return [refusal.encode() for refusal in self.refused]
+
+    append = appendRecords
 
     def count(self):
         """

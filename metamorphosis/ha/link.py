@@ -92,6 +92,25 @@ class OpaqueGenerator:
         self._next = _INT_MIN if opaque == 2**31 - 1 else opaque + 1
         return opaque
 
+    def take(self, count):
+        """
+        The first of the C{count} opaques as many L{next} calls in a row
+        give (each of the others is the one before plus one, wrapping as
+        L{next} does: L{following}), taken at once.
+        """
+        first = self._next
+        self._next = following(first, count)
+        return first
+
+
+def following(opaque, count=1):
+    """
+    The opaque C{count} after C{opaque} as L{OpaqueGenerator} hands them
+    out (within 32 bits, from C{Integer.MAX_VALUE} on to
+    C{Integer.MIN_VALUE}).
+    """
+    return (opaque + count - _INT_MIN) % 2**32 + _INT_MIN
+
 
 class RequestProtocol(Protocol):
     """
@@ -187,16 +206,50 @@ class RequestProtocol(Protocol):
         """
         opaque = self._opaques.next()
         self._expect(opaque, timeout, onReply, onFailure)
-        self._queue(b"%s%d\r\n" % (head, opaque), body)
+        self._queue([b"%s%d\r\n" % (head, opaque), body])
+
+    def sendFrames(self, frames, timeout, onReply, onFailure):
+        """
+        L{sendFrame} for each C{(head, body)} of C{frames}, in one go: they
+        take opaques in a row, share one deadline and leave in one write,
+        at once (with whatever was queued before them): they are gathered
+        already.  C{onReply} or C{onFailure} is called once for each (a
+        reply carries its request's opaque; a failure does not say which
+        request it is of).  A sync master sends the syncs of a read's puts
+        to a partition this way
+        (L{metamorphosis.ha.samsa.SyncMasterProcessor.putBatchThen}): the
+        slave starts on them while the master still handles the read.
+
+        @return: the opaque of the first (L{following} gives the others).
+        """
+        first = opaque = self._opaques.take(len(frames))
+        entry = (onReply, onFailure, self._deadline(timeout))
+        pending = self._pending
+        chunks = []
+        for head, body in frames:
+            pending[opaque] = entry
+            chunks.append(b"%s%d\r\n" % (head, opaque))
+            chunks.append(body)
+            opaque = _INT_MIN if opaque == _INT_MAX else opaque + 1
+        self._outgoing.extend(chunks)
+        self._flush()
+        return first
 
     def _expect(self, opaque, timeout, onReply, onFailure):
+        self._pending[opaque] = (onReply, onFailure, self._deadline(timeout))
+
+    def _deadline(self, timeout):
+        """
+        When requests sent now with C{timeout} time out, with the timer
+        set to fail them then.
+        """
         deadline = self._clock.seconds() + timeout
-        self._pending[opaque] = (onReply, onFailure, deadline)
         # One timer for all requests (see _expire), not one per request.
         if self._expiry is None:
             self._expiry = self._clock.callLater(timeout, self._expire)
         elif deadline < self._expiry.time:
             self._expiry.reset(timeout)
+        return deadline
 
     def dataReceived(self, data):
         # The puts these replies complete are acknowledged together: the
@@ -249,9 +302,9 @@ class RequestProtocol(Protocol):
         As Nagle's rule does for a socket, the first goes at once, and what
         follows while it is out is gathered.
         """
-        self._queue(command.encode())
+        self._queue([command.encode()])
 
-    def _queue(self, *chunks):
+    def _queue(self, chunks):
         self._outgoing.extend(chunks)
         if batchedWrites.depth:
             self._inRead += 1
@@ -451,3 +504,17 @@ class PeerLink:
             onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
             return
         self._protocol.sendFrame(head, body, timeout, onReply, onFailure)
+
+    def sendFrames(self, frames, timeout, onReply, onFailure):
+        """
+        L{send} for several requests given as bytes, in one go (see
+        L{RequestProtocol.sendFrames}).
+
+        @return: the opaque of the first, or L{None} when there is no
+            connection (each has failed then).
+        """
+        if self._protocol is None:
+            for _ in frames:
+                onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
+            return None
+        return self._protocol.sendFrames(frames, timeout, onReply, onFailure)

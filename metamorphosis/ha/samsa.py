@@ -23,17 +23,23 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS
-from metamorphosis.broker.server import CHECKSUM_FAILURE, REPLY_LATER, replyOrDeferred
+from metamorphosis.broker.server import (
+    CHECKSUM_FAILURE,
+    REPLY_LATER,
+    replyOrDeferred,
+    storeByPartition,
+    storedReplies,
+)
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
 from metamorphosis.ha.interfaces import IReplication
-from metamorphosis.ha.link import PeerLink, RequestTimeout
+from metamorphosis.ha.link import PeerLink, RequestTimeout, following
 from metamorphosis.ha.outcome import SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand, syncHead
-from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR
+from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 SLAVE_DISCONNECTED = "Slave is disconnected "
 
@@ -121,6 +127,26 @@ class SyncMasterProcessor:
         store.appendThen(msgId, command.flag, data, checksum, put.masterStored, put.masterFailed)
         return REPLY_LATER
 
+    def putBatchThen(self, puts, session, replied):
+        """
+        The whole plain puts of one read together (the broker's bulk path,
+        L{metamorphosis.broker.server.BrokerProcessor.putBatchThen}; each
+        to a partition of 0 or more, none in a transaction): each is
+        checked, refused and answered as L{putThen} handles it alone, but
+        the syncs of those to one partition leave for the slave in one
+        write (L{PeerLink.sendFrames}) and their records are appended here
+        as one append, and the replies to all of them go to C{replied} in
+        one L{Replies} once both sides have answered every one
+        (L{_ReplicatedPuts}).  A partition's syncs leave before its records
+        are queued, in the same order, as L{putThen} keeps them.
+
+        @return: L{REPLY_LATER}, or the L{Replies} when every put is
+            refused.
+        """
+        ids = iter(self.processor.idWorker.nextIds(len(puts)))
+        return storeByPartition(
+            puts, lambda topic, partition: _ReplicatedPuts(self, topic, partition, ids), replied)
+
     def putFailed(self, put):
         """
         Count a put that is answered with an error (L{SyncPut}).
@@ -159,6 +185,184 @@ class SyncMasterProcessor:
             "Sync to slave {slave} failed: {error}", slave=self.link.url, error=failure.getErrorMessage()
         )
         put.slaveFailed()
+
+
+class _ReplicatedPuts:
+    """
+    The plain puts of one read to one partition on the sync master
+    (L{SyncMasterProcessor.putBatchThen}): their syncs, sent together, their
+    records, appended as one append, and the refusals of those that are
+    neither.  Each put is answered as L{SyncPut} answers a put alone: its
+    id, partition and offset once its sync and the append both succeeded,
+    else the slave's or the master's error.
+
+    The slave answers each sync by its opaque, in a row from
+    C{firstOpaque}; a failed request (a timeout, the link lost) does not
+    say which it was, so the syncs not confirmed by a C{200} once all are
+    answered are the failed ones.
+
+    @ivar store: the partition's store, or L{None} when it refuses them all.
+    @ivar refusal: the C{(code, text)} of that refusal, or L{None}.
+    @ivar accepted: C{(msgId, flag, body, checksum sent, checksum
+        verified or None)} of each put to replicate, in order.
+    @ivar replies: C{(msgId, opaque, record size)} of each, in order.
+    @ivar refused: the encoded refusals.
+    @ivar answer: the L{metamorphosis.broker.server.JoinedReplies} told of
+        the outcome.
+    @ivar offset: where the append stored the records, once it did.
+    @ivar appendFailed: whether the append failed.
+    @ivar confirmed: the opaques of the syncs the slave stored.
+    @ivar answered: how many syncs the slave answered, or failed.
+    """
+
+    __slots__ = ("master", "topic", "partition", "partitionString", "store", "refusal", "ids", "sizes", "accepted",
+                 "replies", "refused", "answer", "offset", "appendFailed", "firstOpaque", "confirmed",
+                 "answered")
+
+    def __init__(self, master, topic, partition, ids):
+        processor = master.processor
+        self.master = master
+        self.topic = topic
+        self.partition = partition
+        self.partitionString = "%d-%d" % (processor.config.brokerId, partition)
+        self.ids = ids
+        self.store = None
+        self.refusal = None
+        self.sizes = []
+        self.accepted = []
+        self.replies = []
+        self.refused = []
+        self.answer = None
+        self.offset = None
+        self.appendFailed = False
+        self.firstOpaque = None
+        self.confirmed = []
+        self.answered = 0
+        if processor.config.isClosedPartition(topic, partition):
+            self.refusal = (FORBIDDEN, "Partition[%s] has been closed" % (self.partitionString,))
+        elif not master.link.connected:
+            self.refusal = (INTERNAL_ERROR, SLAVE_DISCONNECTED)
+        else:
+            try:
+                self.store = processor.storeFor(topic, partition)
+                processor.registered(topic)
+            except Exception as e:
+                processor.refusals.warn("put-refused:" + type(e).__name__,
+                                        "Refused a put to {topic}-{partition}: {error}",
+                                        topic=topic, partition=partition, error=errorText(e))
+                self.refusal = (INTERNAL_ERROR, str(e))
+
+    def add(self, put):
+        """
+        Take C{put}: its sync, record and reply, or its refusal (the
+        partition's, or its body fails its checksum: then no sync leaves).
+        """
+        data = put.data
+        self.sizes.append(len(data))
+        refusal = self.refusal
+        if refusal is None:
+            checksum = put.checksum
+            if checksum == -1:
+                checksum = None
+            elif checksum != records.checksum(data):
+                refusal = (INTERNAL_ERROR, CHECKSUM_FAILURE)
+        if refusal is not None:
+            code, text = refusal
+            if code != FORBIDDEN:
+                self.master.processor.stats.statsPutFailed(self.topic, self.partitionString)
+            self.refused.append(_result(code, text, put.opaque).encode())
+            return
+        msgId = next(self.ids)
+        self.accepted.append((msgId, put.flag, data, put.checksum, checksum))
+        self.replies.append((msgId, put.opaque, records.HEADER_SIZE + len(data)))
+
+    def encodedRefusals(self):
+        return self.refused
+
+    def count(self):
+        """
+        Count every put added, refused ones included (as L{putThen} does).
+        """
+        self.master.processor.stats.statsPutMessages(self.topic, self.partitionString, self.sizes)
+
+    def append(self):
+        """
+        Send the syncs, then make the records and queue them: the slave's
+        read, write, fsync and reply are the longer leg, and it starts
+        before this broker's part of it.
+        """
+        master = self.master
+        topic, partition = self.topic, self.partition
+        self.firstOpaque = master.link.sendFrames(
+            [(syncHead(topic, partition, len(data), flag, msgId, sent), data)
+             for msgId, flag, data, sent, checksum in self.accepted],
+            master.timeout, self.slaveReplied, self.slaveUnreachable)
+        encoded = []
+        encodeHeader = records.encodeHeader
+        for msgId, flag, data, sent, checksum in self.accepted:
+            encoded.append(encodeHeader(msgId, flag, data, checksum))
+            encoded.append(data)
+        self.store.appendRecordsThen(b"".join(encoded), len(self.replies), self.stored, self.failed)
+
+    def stored(self, offset):
+        self.offset = offset
+        if self.answered == len(self.replies):
+            self._complete()
+
+    def failed(self, failure):
+        self.master.appendFailed(failure, self)
+        self.appendFailed = True
+        if self.answered == len(self.replies):
+            self._complete()
+
+    def slaveReplied(self, reply):
+        if getattr(reply, "code", None) != OK:
+            # Logs, counts, and calls slaveFailed.
+            self.master.slaveRefused(reply, self)
+            return
+        self.master.health.succeeded()
+        self.confirmed.append(reply.opaque)
+        self.answered += 1
+        if self.answered == len(self.replies) and (self.offset is not None or self.appendFailed):
+            self._complete()
+
+    def slaveUnreachable(self, failure):
+        # Logs, counts, and calls slaveFailed.
+        self.master.slaveUnreachable(failure, self)
+
+    def slaveFailed(self):
+        self.answered += 1
+        if self.answered == len(self.replies) and (self.offset is not None or self.appendFailed):
+            self._complete()
+
+    def _complete(self):
+        replies = self.replies
+        if not self.appendFailed and len(self.confirmed) == len(replies):
+            self.answer.add(storedReplies(replies, self.partition, self.offset))
+            return
+        master = self.master
+        where = "[partition '%s-%d'] failed" % (self.topic, self.partition)
+        if self.appendFailed:
+            # Whatever the slave said, as SyncPut answers a put alone.
+            text = "Put message to [master '%s'] %s" % (master.brokerUrl(), where)
+        else:
+            text = "Put message to [slave '%s'] %s" % (master.slaveUrl, where)
+        text = text.encode("utf-8")
+        confirmed = set(self.confirmed)
+        syncOpaque, offset = self.firstOpaque, self.offset
+        encoded = []
+        for reply in replies:
+            msgId, opaque, size = reply
+            if not self.appendFailed and syncOpaque in confirmed:
+                encoded.append(storedReplies([reply], self.partition, offset))
+            else:
+                master.putFailed(self)
+                encoded.append(ResultCommand(INTERNAL_ERROR, text, opaque).encode())
+            if offset is not None:
+                offset += size
+            if syncOpaque is not None:
+                syncOpaque = following(syncOpaque)
+        self.answer.add(b"".join(encoded))
 
 
 class SyncMasterService(service.Service):

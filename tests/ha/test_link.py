@@ -11,7 +11,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metamorphosis.broker.store.bursts import acknowledging, batchedWrites
-from metamorphosis.ha.link import NotConnected, OpaqueGenerator, PeerLink, RequestProtocol, RequestTimeout
+from metamorphosis.ha.link import (
+    NotConnected,
+    OpaqueGenerator,
+    PeerLink,
+    RequestProtocol,
+    RequestTimeout,
+    following,
+)
 from metamorphosis.protocol.commands import (
     CommandParser,
     ProtocolError,
@@ -31,6 +38,21 @@ class OpaqueGeneratorTests(SynchronousTestCase):
         self.assertEqual([opaques.next() for _ in range(3)], [-(2**31), -(2**31) + 1, -(2**31) + 2])
         opaques._next = 2**31 - 1
         self.assertEqual([opaques.next(), opaques.next()], [2**31 - 1, -(2**31)])
+
+
+    @given(st.integers(-(2**31), 2**31 - 1), st.integers(1, 300))
+    def test_take(self, start, count):
+        """
+        L{OpaqueGenerator.take} gives the first of the opaques as many
+        C{next} calls would, L{following} the rest, and C{next} goes on
+        after them.
+        """
+        taken, stepped = OpaqueGenerator(), OpaqueGenerator()
+        taken._next = stepped._next = start
+        first = taken.take(count)
+        expected = [stepped.next() for _ in range(count)]
+        self.assertEqual([following(first, index) for index in range(count)], expected)
+        self.assertEqual(taken.next(), stepped.next())
 
 
 class RequestProtocolTests(SynchronousTestCase):
@@ -257,6 +279,51 @@ class RequestProtocolTests(SynchronousTestCase):
         self.proto.dataReceived(ResultCommand(200, b"", 41).encode())
         self.assertEqual(replies, [ResultCommand(200, b"", 41)])
 
+    def test_sendFrames(self):
+        """
+        L{RequestProtocol.sendFrames} writes the frames as the commands
+        they stand for, with opaques in a row (wrapping as the generator
+        does), in one write; each reply is matched by its opaque, and a
+        request unanswered at the deadline fails.
+        """
+        replies, failures = [], []
+        opaques = OpaqueGenerator()
+        opaques._next = 2**31 - 2
+        self.proto._opaques = opaques
+        frames = [(syncHead("t", 0, 2, 0, msgId, 12), b"b%d" % (msgId,)) for msgId in range(3)]
+        first = self.proto.sendFrames(frames, 1, replies.append, failures.append)
+        self.assertEqual(first, 2**31 - 2)
+        self.clock.advance(0)
+        expected = [SyncCommand("t", 0, b"b%d" % (i,), 0, i, opaque, 12)
+                    for i, opaque in enumerate([2**31 - 2, 2**31 - 1, -(2**31)])]
+        self.assertEqual(self.transport.value(), b"".join(command.encode() for command in expected))
+        self.assertEqual(opaques.next(), -(2**31) + 1)
+        self.proto.dataReceived(ResultCommand(200, b"", -(2**31)).encode()
+                                + ResultCommand(500, b"", 2**31 - 2).encode())
+        self.assertEqual(replies, [ResultCommand(200, b"", -(2**31)), ResultCommand(500, b"", 2**31 - 2)])
+        self.assertEqual(failures, [])
+        self.clock.advance(1)
+        [failure] = failures
+        self.assertTrue(failure.check(RequestTimeout))
+
+    def test_sendFramesLeaveAtOnce(self):
+        """
+        Frames sent while a read is handled leave at once, in one write
+        with the requests queued before them, not when the read is handled.
+        """
+        writes = []
+        self.patch(self.transport, "write", writes.append)
+        with batchedWrites:
+            self.proto.request(self.sync(1), 1)
+            self.assertEqual(writes, [])
+            self.proto.sendFrames([(syncHead("t", 0, 1, 0, 1, 12), b"x"), (syncHead("t", 0, 1, 0, 2, 12), b"y")],
+                                  1, lambda reply: None, lambda failure: None)
+            self.assertEqual(len(writes), 1)
+        self.clock.advance(0)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual([command.opaque for command in CommandParser().parse(writes[0])],
+                         [1, -(2**31), -(2**31) + 1])
+
     def test_strayReplyIgnored(self):
         pending = self.proto.request(self.sync(1), 1)
         self.proto.dataReceived(ResultCommand(200, b"", 99).encode())
@@ -436,6 +503,16 @@ class PeerLinkTests(TestCase):
         self.link.send(lambda opaque: None, 1, failures.append, failures.append)
         [failure] = failures
         self.assertTrue(failure.check(NotConnected))
+
+    def test_sendFramesNotConnected(self):
+        """
+        Without a connection, each frame fails at once, and no opaque is
+        given.
+        """
+        failures = []
+        frames = [(syncHead("t", 0, 1, 0, msgId, 12), b"x") for msgId in range(2)]
+        self.assertIsNone(self.link.sendFrames(frames, 1, failures.append, failures.append))
+        self.assertEqual([failure.check(NotConnected) for failure in failures], [NotConnected] * 2)
 
     @defer.inlineCallbacks
     def test_requestAndHeal(self):

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from metamorphosis.broker.config import MetaConfig, TopicConfig
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS, IdlePoller
 from metamorphosis.broker.server import (
+    CHECKSUM_FAILURE,
     REPLY_LATER,
     BrokerFactory,
     BrokerProcessor,
@@ -507,6 +508,7 @@ class FakeLink:
     def __init__(self):
         self.connected = True
         self.sent = []
+        self.writes = []
         self.opaque = 100
 
     def request(self, makeCommand, timeout):
@@ -528,6 +530,15 @@ class FakeLink:
 
         self.send(command, timeout, onReply, onFailure)
 
+    def sendFrames(self, frames, timeout, onReply, onFailure):
+        # Opaques in a row, as the real link gives them; each write's size
+        # is kept.
+        first = self.opaque + 1
+        for head, body in frames:
+            self.sendFrame(head, body, timeout, onReply, onFailure)
+        self.writes.append(len(frames))
+        return first
+
     def answer(self, index, code):
         command, _, d = self.sent[index]
         d.callback(ResultCommand(code, b"", command.opaque))
@@ -544,9 +555,17 @@ class FakeRegistration:
         self.events.append("register")
 
 
-class SamsaTests(_ProcessorCase):
+class _SamsaCase(_ProcessorCase):
+    """
+    A sync master's broker, with a link to the slave the test answers by
+    hand (L{FakeLink}).
+    """
+
     def setUp(self):
         _ProcessorCase.setUp(self)
+        self.setUpSamsa()
+
+    def setUpSamsa(self):
         self.clock = Clock()
         self.replication = SamsaReplication(
             SamsaMasterConfig.fromProperties(
@@ -559,6 +578,8 @@ class SamsaTests(_ProcessorCase):
         self.replication.install(self.factory)
         self.registration = self.replication.registration = FakeRegistration()
 
+
+class SamsaTests(_SamsaCase):
     #: Whether puts are dispatched as the broker's connections do (with a
     #: callable for the reply: L{SyncMasterProcessor.putThen}), rather
     #: than through C{processPut} and a Deferred.
@@ -718,6 +739,184 @@ class SamsaReplyLaterTests(SamsaTests):
     replyLater = True
 
 
+class SamsaBatchTests(_SamsaCase):
+    """
+    The bulk path of a sync master (L{PutBatch}: the whole plain puts of one
+    read, L{SyncMasterProcessor.putBatchThen}): each partition's syncs in
+    one write to the slave and its records in one append, and every put
+    answered as it is alone.
+    """
+
+    def puts(self, count, partition=0, topic="meta-test", first=0):
+        return [PutCommand(topic, partition, b"m%d" % (i,), 0, i, checksum(b"m%d" % (i,)))
+                for i in range(first, first + count)]
+
+    def dispatchBatch(self, puts):
+        """
+        Dispatch C{puts} as one batch: a list that will hold the replies,
+        decoded, once the batch is answered (once, with one L{Replies}).
+        """
+        replies = []
+
+        def replied(reply):
+            self.assertIsInstance(reply, Replies)
+            self.assertEqual(replies, [])
+            replies.extend(CommandParser().feed(reply.encode()))
+
+        reply = self.factory.dispatch(PutBatch(puts), None, replied)
+        if reply is not REPLY_LATER:
+            replied(reply)
+        return replies
+
+    def answerAll(self, code=200):
+        for index in range(len(self.link.sent)):
+            self.link.answer(index, code)
+
+    def test_allStored(self):
+        """
+        The syncs leave in one write, carrying the ids the master stores
+        in the same order; the producer is answered only once the slave
+        has answered every one, each put with its own offset.
+        """
+        replies = self.dispatchBatch(self.puts(3))
+        self.assertEqual(self.link.writes, [3])
+        stored = self.stored()
+        self.assertEqual([command.msgId for command, _, _ in self.link.sent], [r.id for r in stored])
+        self.assertEqual([command.data for command, _, _ in self.link.sent], [b"m0", b"m1", b"m2"])
+        self.link.answer(0, 200)
+        self.link.answer(1, 200)
+        self.assertEqual(replies, [])
+        self.link.answer(2, 200)
+        size = 20 + 2
+        self.assertEqual(replies, [ResultCommand(200, b"%d 0 %d" % (r.id, i * size), i) for i, r in enumerate(stored)])
+        self.assertEqual((self.stats.cmdPut, self.stats.putFailed), (3, 0))
+
+    def test_slaveRefusesOne(self):
+        """
+        A put the slave refuses gets the slave's error; the others their
+        offsets, which count its record (stored here).
+        """
+        replies = self.dispatchBatch(self.puts(3))
+        self.link.answer(0, 200)
+        self.link.answer(1, 500)
+        self.link.answer(2, 200)
+        stored = self.stored()
+        self.assertEqual([(reply.code, reply.opaque) for reply in replies], [(200, 0), (500, 1), (200, 2)])
+        self.assertEqual(replies[1].message,
+                         "Put message to [slave 'meta://127.0.0.1:8132'] [partition 'meta-test-0'] failed")
+        self.assertEqual(replies[2].body, b"%d 0 %d" % (stored[2].id, 2 * 22))
+        self.assertEqual(self.stats.putFailed, 1)
+        self.assertEqual(self.replication.health.consecutiveFailures, 0)
+
+    def test_slaveTimesOut(self):
+        """
+        A sync that gets no answer (which one a timeout does not say) fails
+        its put alone, and counts as a failure of the slave.
+        """
+        replies = self.dispatchBatch(self.puts(3))
+        self.link.answer(2, 200)
+        self.link.sent[0][2].errback(RequestTimeout())
+        self.link.answer(1, 200)
+        self.assertEqual([(reply.code, reply.opaque) for reply in replies], [(500, 0), (200, 1), (200, 2)])
+        self.assertEqual(self.stats.putFailed, 1)
+
+    def test_masterFailed(self):
+        """
+        An append that fails fails every put of it with the master's
+        error, whatever the slave said, and is logged once.
+        """
+        self.stores.getOrCreateStore("meta-test", 0).failure = OSError("disk")
+        replies = self.dispatchBatch(self.puts(2))
+        self.answerAll()
+        self.assertEqual([(reply.code, reply.message) for reply in replies],
+                         [(500, "Put message to [master '%s'] [partition 'meta-test-0'] failed" % (BROKER,))] * 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.stats.putFailed, 2)
+
+    def test_badChecksumInTheMiddle(self):
+        """
+        A put whose body fails its checksum is refused and sends no sync;
+        the others are replicated.
+        """
+        puts = self.puts(3)
+        puts[1] = PutCommand("meta-test", 0, b"m1", 0, 1, 5)
+        replies = self.dispatchBatch(puts)
+        self.assertEqual([command.data for command, _, _ in self.link.sent], [b"m0", b"m2"])
+        self.answerAll()
+        self.assertEqual([(reply.code, reply.opaque) for reply in replies], [(500, 1), (200, 0), (200, 2)])
+        self.assertEqual(replies[0].message, CHECKSUM_FAILURE)
+        self.assertEqual([r.body for r in self.stored()], [b"m0", b"m2"])
+
+    def test_closedAndDisconnected(self):
+        """
+        A closed partition's puts get the master's 403 and a put while the
+        slave is not connected its 500, at once, as each alone.
+        """
+        self.config.closedPartitions.add(("meta-test", 0))
+        replies = self.dispatchBatch(self.puts(2))
+        self.assertEqual(replies, [ResultCommand(403, b"Partition[1-0] has been closed", i) for i in range(2)])
+        self.link.connected = False
+        replies = self.dispatchBatch(self.puts(1, 1, "test"))
+        self.assertEqual(replies, [ResultCommand(500, b"Slave is disconnected ", 0)])
+        self.assertEqual((self.link.sent, self.stored(), self.stored("test", 1)), ([], [], []))
+
+    def test_onePerPartition(self):
+        """
+        Each partition's puts go to the slave in a write of their own and
+        to the store as one append; the batch is answered once.
+        """
+        puts = self.puts(2) + self.puts(3, 1, "test", first=2)
+        replies = self.dispatchBatch(puts)
+        self.assertEqual(self.link.writes, [2, 3])
+        self.answerAll()
+        self.assertEqual(sorted(reply.opaque for reply in replies), [0, 1, 2, 3, 4])
+        self.assertEqual([r.body for r in self.stored("test", 1)], [b"m2", b"m3", b"m4"])
+
+    @given(st.lists(st.sampled_from(["ok", "refused", "timeout", "badsum"]), min_size=1, max_size=8),
+           st.booleans())
+    @settings(max_examples=60, deadline=None)
+    def test_sameAsOneByOne(self, outcomes, appendFails):
+        """
+        Whatever the slave says to each sync, and whether the append fails,
+        each put of a batch gets the code and text it gets alone.
+        """
+
+        def run(batch):
+            self.makeBroker()
+            self.setUpSamsa()
+            if appendFails:
+                self.stores.getOrCreateStore("meta-test", 0).failure = OSError("disk")
+            puts = []
+            for i, outcome in enumerate(outcomes):
+                crc = 5 if outcome == "badsum" else checksum(b"m%d" % (i,))
+                puts.append(PutCommand("meta-test", 0, b"m%d" % (i,), 0, i, crc))
+            if batch:
+                replies = self.dispatchBatch(puts)
+            else:
+                replies = []
+                for put in puts:
+                    reply = self.factory.dispatch(put, None, replies.append)
+                    if reply is not REPLY_LATER:
+                        replies.append(reply)
+            sent = iter(range(len(self.link.sent)))
+            for outcome in outcomes:
+                # One by one, the slave gets (and refuses) a bad body's sync too.
+                if outcome == "badsum" and batch:
+                    continue
+                index = next(sent)
+                if outcome == "timeout":
+                    self.link.sent[index][2].errback(RequestTimeout())
+                else:
+                    self.link.answer(index, 200 if outcome == "ok" else 500)
+            self.flushLoggedErrors(OSError)
+            # An id differs from run to run; the partition and offset not.
+            return (sorted((reply.opaque, reply.code, reply.message.split(" ", 1)[1] if reply.code == 200
+                            else reply.message) for reply in replies),
+                    self.stats.cmdPut, self.stats.putFailed)
+
+        self.assertEqual(run(True), run(False))
+
+
 class _Fence:
     """
     A fence (L{metamorphosis.ha.failover.Fence}) as its processor sees it:
@@ -766,13 +965,24 @@ class FencedBatchTests(_ProcessorCase):
 
     def test_aroundSyncMaster(self):
         """
-        Around a sync master's processor (no C{putBatchThen}), the broker's
-        connections hand the puts over one by one.
+        Around a sync master's processor, the fence keeps its bulk path.
         """
         self.makeBroker()
         replication = SamsaReplication(SamsaMasterConfig.fromProperties({"slave": "127.0.0.1:8132"}), Clock())
         replication.configure(self.config)
         replication.install(self.factory)
         self.factory.processor = FencedProcessor(self.factory.processor, _Fence())
-        self.assertIsNone(self.factory.putBatchThen)
+        self.assertEqual(self.factory.putBatchThen.__func__, FencedProcessor.putBatchThen)
+
+    def test_aroundProcessorWithoutBulkPath(self):
+        """
+        Around a processor without C{putBatchThen}, the fence offers none:
+        the broker's connections hand the puts over one by one.
+        """
+
+        class OneByOne:
+            def putThen(self, command, session, replied):
+                pass
+
+        self.assertIsNone(putBatchThenOf(FencedProcessor(OneByOne(), _Fence())))
         self.assertIsNotNone(putBatchThenOf(FencedProcessor(self.processor, _Fence())))
