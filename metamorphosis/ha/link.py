@@ -42,28 +42,34 @@ _RESULT_LINE = re.compile(rb"result (-?[0-9]{1,10}) ([0-9]{1,10}) (-?[0-9]{1,10}
 
 def wholeResults(data, maxBodySize):
     """
-    The C{result} replies that C{data} consists of, when it is nothing but
-    whole, plain ones (C{result CODE LENGTH OPAQUE}, decimal, within Java's
-    int range, the body within C{maxBodySize}); else L{None}, and
-    L{CommandParser} decides.  A sync master reads one C{result} per put
-    from its slave, in bursts of whole replies: decoding them here costs a
-    fraction of the general parser's line decoding and token checks.
+    The C{result} replies at the start of C{data} that are whole and plain
+    (C{result CODE LENGTH OPAQUE}, decimal, within Java's int range, the
+    body within C{maxBodySize}), each as C{(code, body, opaque)}, and how
+    many bytes of C{data} they take: the rest is L{CommandParser}'s.  A
+    sync master reads one C{result} per put from its slave, in bursts of
+    whole replies: decoding them here costs a fraction of the general
+    parser's line decoding and token checks, and a reply to
+    L{RequestProtocol.sendFrames} needs no command object.
     """
-    commands = []
-    position, size = 0, len(data)
+    results = []
     match = _RESULT_LINE.match
+    position, size = 0, len(data)
     while position < size:
         line = match(data, position)
         if line is None:
-            return None
-        code, length, opaque = int(line[1]), int(line[2]), int(line[3])
+            break
+        code, length, opaque = line.groups()
+        length = int(length)
         start = line.end()
-        position = start + length
-        if (position > size or length > maxBodySize
-                or not (_INT_MIN <= code <= _INT_MAX and _INT_MIN <= opaque <= _INT_MAX and length <= _INT_MAX)):
-            return None
-        commands.append(newResult(code, data[start:position], opaque))
-    return commands
+        stop = start + length
+        code = int(code)
+        opaque = int(opaque)
+        if (stop > size or length > maxBodySize
+                or not (_INT_MIN <= code <= _INT_MAX and _INT_MIN <= opaque <= _INT_MAX)):
+            break
+        results.append((code, data[start:stop], opaque))
+        position = stop
+    return results, position
 
 
 class RequestTimeout(Exception):
@@ -208,35 +214,37 @@ class RequestProtocol(Protocol):
         self._expect(opaque, timeout, onReply, onFailure)
         self._queue([b"%s%d\r\n" % (head, opaque), body])
 
-    def sendFrames(self, frames, timeout, onReply, onFailure):
+    def sendFrames(self, count, encode, timeout, onAnswer, onFailure):
         """
-        L{sendFrame} for each C{(head, body)} of C{frames}, in one go: they
-        take opaques in a row, share one deadline and leave in one write,
-        at once (with whatever was queued before them): they are gathered
-        already.  C{onReply} or C{onFailure} is called once for each (a
-        reply carries its request's opaque; a failure does not say which
-        request it is of).  A sync master sends the syncs of a read's puts
-        to a partition this way
+        Send C{count} requests given as bytes, in one go: C{encode(first)}
+        gives them all, the first with opaque C{first}, each next one with
+        the opaque after (L{following}).  They share one deadline and leave
+        in one write, at once (with whatever was queued before them): they
+        are gathered already.  For each, C{onAnswer(code, opaque, body)}
+        is called with its reply (a C{result}; another command gives a
+        code of L{None}), or C{onFailure} with a L{Failure}, which does not
+        say which request it is of.  A sync master sends the syncs of a
+        read's puts to a partition this way
         (L{metamorphosis.ha.samsa.SyncMasterProcessor.putBatchThen}): the
-        slave starts on them while the master still handles the read.
+        slave starts on them while the master still handles the read, and
+        their replies are handed over without a command object each.
 
-        @return: the opaque of the first (L{following} gives the others).
+        @return: the opaque of the first.
         """
-        first = opaque = self._opaques.take(len(frames))
-        entry = (onReply, onFailure, self._deadline(timeout))
+        first = opaque = self._opaques.take(count)
+        entry = (onAnswer, onFailure, self._deadline(timeout), True)
         pending = self._pending
-        chunks = []
-        for head, body in frames:
+        for _ in range(count):
             pending[opaque] = entry
-            chunks.append(b"%s%d\r\n" % (head, opaque))
-            chunks.append(body)
             opaque = _INT_MIN if opaque == _INT_MAX else opaque + 1
-        self._outgoing.extend(chunks)
+        self._outgoing.append(encode(first))
         self._flush()
         return first
 
     def _expect(self, opaque, timeout, onReply, onFailure):
-        self._pending[opaque] = (onReply, onFailure, self._deadline(timeout))
+        # The last item: whether onReply takes the reply's code, opaque and
+        # body (sendFrames) rather than the reply.
+        self._pending[opaque] = (onReply, onFailure, self._deadline(timeout), False)
 
     def _deadline(self, timeout):
         """
@@ -261,11 +269,12 @@ class RequestProtocol(Protocol):
 
     def _received(self, data):
         if self._between:
-            commands = wholeResults(data, self._parser.maxBodySize)
-            if commands is not None:
-                for command in commands:
-                    self.commandReceived(command)
+            results, taken = wholeResults(data, self._parser.maxBodySize)
+            for code, body, opaque in results:
+                self.resultReceived(code, body, opaque)
+            if taken == len(data):
                 return
+            data = data[taken:]
         try:
             for command in self._parser.parse(data):
                 self.commandReceived(command)
@@ -276,6 +285,21 @@ class RequestProtocol(Protocol):
             return
         # The fast path only starts where the general parser holds nothing.
         self._between = self._parser.incompleteError() is None
+
+    def resultReceived(self, code, body, opaque):
+        """
+        A C{result} decoded by the fast path (L{wholeResults}): to what
+        waits for it, as L{commandReceived} hands over a command.
+        """
+        entry = self._pending.pop(opaque, None)
+        if entry is None:
+            self.log.debug("Ignoring a reply nobody waits for: result {code} {opaque}", code=code, opaque=opaque)
+            return
+        self._timeouts = 0
+        if entry[3]:
+            entry[0](code, opaque, body)
+        else:
+            entry[0](newResult(code, body, opaque))
 
     def sendCommand(self, command):
         """
@@ -354,7 +378,7 @@ class RequestProtocol(Protocol):
             self._expiry = self._clock.callLater(max(0, nearest - self._clock.seconds()), self._expire)
 
     def _timedOut(self, opaque):
-        _, onFailure, _ = self._pending.pop(opaque)
+        onFailure = self._pending.pop(opaque)[1]
         self._timeouts += 1
         if self._timeouts == self.maxTimeouts:
             self.log.warn(
@@ -376,7 +400,10 @@ class RequestProtocol(Protocol):
         # setting it again would cost a timer per burst of requests (a sync
         # master's puts of one read).
         self._timeouts = 0
-        entry[0](command)
+        if entry[3]:
+            entry[0](getattr(command, "code", None), opaque, getattr(command, "body", b""))
+        else:
+            entry[0](command)
 
     def connectionLost(self, reason=error.ConnectionDone):
         if self._heartbeat.running:
@@ -389,8 +416,8 @@ class RequestProtocol(Protocol):
         pending, self._pending = self._pending, {}
         if self._onLost is not None:
             self._onLost(self)
-        for _, onFailure, _ in pending.values():
-            onFailure(reason)
+        for entry in pending.values():
+            entry[1](reason)
 
 
 class PeerLink:
@@ -505,16 +532,16 @@ class PeerLink:
             return
         self._protocol.sendFrame(head, body, timeout, onReply, onFailure)
 
-    def sendFrames(self, frames, timeout, onReply, onFailure):
+    def sendFrames(self, count, encode, timeout, onAnswer, onFailure):
         """
-        L{send} for several requests given as bytes, in one go (see
+        Several requests given as bytes, in one go (see
         L{RequestProtocol.sendFrames}).
 
         @return: the opaque of the first, or L{None} when there is no
             connection (each has failed then).
         """
         if self._protocol is None:
-            for _ in frames:
+            for _ in range(count):
                 onFailure(Failure(NotConnected("not connected to %s" % (self.url,))))
             return None
-        return self._protocol.sendFrames(frames, timeout, onReply, onFailure)
+        return self._protocol.sendFrames(count, encode, timeout, onAnswer, onFailure)

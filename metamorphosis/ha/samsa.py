@@ -38,7 +38,7 @@ from metamorphosis.ha.outcome import SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
-from metamorphosis.protocol.commands import ResultCommand, SyncCommand, syncHead
+from metamorphosis.protocol.commands import ResultCommand, SyncCommand, encodeSyncs, syncHead
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
 
 SLAVE_DISCONNECTED = "Slave is disconnected "
@@ -203,8 +203,9 @@ class _ReplicatedPuts:
 
     @ivar store: the partition's store, or L{None} when it refuses them all.
     @ivar refusal: the C{(code, text)} of that refusal, or L{None}.
-    @ivar accepted: C{(msgId, flag, body, checksum sent, checksum
-        verified or None)} of each put to replicate, in order.
+    @ivar accepted: C{(msgId, flag, body, checksum)} of each put to
+        replicate, in order (its checksum as the producer sent it, -1 for
+        none).
     @ivar replies: C{(msgId, opaque, record size)} of each, in order.
     @ivar refused: the encoded refusals.
     @ivar answer: the L{metamorphosis.broker.server.JoinedReplies} told of
@@ -273,7 +274,7 @@ class _ReplicatedPuts:
             self.refused.append(_result(code, text, put.opaque).encode())
             return
         msgId = next(self.ids)
-        self.accepted.append((msgId, put.flag, data, put.checksum, checksum))
+        self.accepted.append((msgId, put.flag, data, put.checksum))
         self.replies.append((msgId, put.opaque, records.HEADER_SIZE + len(data)))
 
     def encodedRefusals(self):
@@ -292,15 +293,15 @@ class _ReplicatedPuts:
         before this broker's part of it.
         """
         master = self.master
-        topic, partition = self.topic, self.partition
+        accepted = self.accepted
         self.firstOpaque = master.link.sendFrames(
-            [(syncHead(topic, partition, len(data), flag, msgId, sent), data)
-             for msgId, flag, data, sent, checksum in self.accepted],
+            len(accepted), lambda first: encodeSyncs(self.topic, self.partition, accepted, first),
             master.timeout, self.slaveReplied, self.slaveUnreachable)
         encoded = []
         encodeHeader = records.encodeHeader
-        for msgId, flag, data, sent, checksum in self.accepted:
-            encoded.append(encodeHeader(msgId, flag, data, checksum))
+        for msgId, flag, data, checksum in accepted:
+            # Verified (add): the record keeps it rather than computing it again.
+            encoded.append(encodeHeader(msgId, flag, data, None if checksum == -1 else checksum))
             encoded.append(data)
         self.store.appendRecordsThen(b"".join(encoded), len(self.replies), self.stored, self.failed)
 
@@ -315,13 +316,13 @@ class _ReplicatedPuts:
         if self.answered == len(self.replies):
             self._complete()
 
-    def slaveReplied(self, reply):
-        if getattr(reply, "code", None) != OK:
+    def slaveReplied(self, code, opaque, body):
+        if code != OK:
             # Logs, counts, and calls slaveFailed.
-            self.master.slaveRefused(reply, self)
+            self.master.slaveRefused(ResultCommand(code, body, opaque), self)
             return
         self.master.health.succeeded()
-        self.confirmed.append(reply.opaque)
+        self.confirmed.append(opaque)
         self.answered += 1
         if self.answered == len(self.replies) and (self.offset is not None or self.appendFailed):
             self._complete()

@@ -25,6 +25,7 @@ from metamorphosis.protocol.commands import (
     ResultCommand,
     SyncCommand,
     ValueCommand,
+    encodeSyncs,
     syncHead,
 )
 
@@ -281,30 +282,46 @@ class RequestProtocolTests(SynchronousTestCase):
 
     def test_sendFrames(self):
         """
-        L{RequestProtocol.sendFrames} writes the frames as the commands
-        they stand for, with opaques in a row (wrapping as the generator
-        does), in one write; each reply is matched by its opaque, and a
-        request unanswered at the deadline fails.
+        L{RequestProtocol.sendFrames} writes what C{encode} makes of the
+        first of its opaques in a row (wrapping as the generator does), at
+        once; each reply goes to C{onAnswer} as its code, opaque and body,
+        matched by its opaque, and a request unanswered at the deadline
+        fails.
         """
-        replies, failures = [], []
+        answers, failures, firsts = [], [], []
         opaques = OpaqueGenerator()
         opaques._next = 2**31 - 2
         self.proto._opaques = opaques
-        frames = [(syncHead("t", 0, 2, 0, msgId, 12), b"b%d" % (msgId,)) for msgId in range(3)]
-        first = self.proto.sendFrames(frames, 1, replies.append, failures.append)
-        self.assertEqual(first, 2**31 - 2)
-        self.clock.advance(0)
+        syncs = [(msgId, 0, b"b%d" % (msgId,), 12) for msgId in range(3)]
+
+        def encode(first):
+            firsts.append(first)
+            return encodeSyncs("t", 0, syncs, first)
+
+        first = self.proto.sendFrames(3, encode, 1, lambda *answer: answers.append(answer), failures.append)
+        self.assertEqual((first, firsts), (2**31 - 2, [2**31 - 2]))
         expected = [SyncCommand("t", 0, b"b%d" % (i,), 0, i, opaque, 12)
                     for i, opaque in enumerate([2**31 - 2, 2**31 - 1, -(2**31)])]
         self.assertEqual(self.transport.value(), b"".join(command.encode() for command in expected))
         self.assertEqual(opaques.next(), -(2**31) + 1)
-        self.proto.dataReceived(ResultCommand(200, b"", -(2**31)).encode()
-                                + ResultCommand(500, b"", 2**31 - 2).encode())
-        self.assertEqual(replies, [ResultCommand(200, b"", -(2**31)), ResultCommand(500, b"", 2**31 - 2)])
+        self.proto.dataReceived(ResultCommand(200, b"x", -(2**31)).encode()
+                                + ResultCommand(500, b"no", 2**31 - 2).encode())
+        self.assertEqual(answers, [(200, -(2**31), b"x"), (500, 2**31 - 2, b"no")])
         self.assertEqual(failures, [])
         self.clock.advance(1)
         [failure] = failures
         self.assertTrue(failure.check(RequestTimeout))
+
+    def test_sendFramesAnsweredByOtherCommand(self):
+        """
+        A reply to a frame that is not a C{result} (decoded by the general
+        parser) is answered with a code of L{None}.
+        """
+        answers = []
+        first = self.proto.sendFrames(1, lambda first: encodeSyncs("t", 0, [(1, 0, b"x", 12)], first), 1,
+                                      lambda *answer: answers.append(answer), None)
+        self.proto.dataReceived(ValueCommand(b"v", first).encode())
+        self.assertEqual(answers, [(None, first, b"")])
 
     def test_sendFramesLeaveAtOnce(self):
         """
@@ -316,8 +333,8 @@ class RequestProtocolTests(SynchronousTestCase):
         with batchedWrites:
             self.proto.request(self.sync(1), 1)
             self.assertEqual(writes, [])
-            self.proto.sendFrames([(syncHead("t", 0, 1, 0, 1, 12), b"x"), (syncHead("t", 0, 1, 0, 2, 12), b"y")],
-                                  1, lambda reply: None, lambda failure: None)
+            self.proto.sendFrames(2, lambda first: encodeSyncs("t", 0, [(1, 0, b"x", 12), (2, 0, b"y", 12)], first),
+                                  1, lambda *answer: None, lambda failure: None)
             self.assertEqual(len(writes), 1)
         self.clock.advance(0)
         self.assertEqual(len(writes), 1)
@@ -424,6 +441,9 @@ class _Recorder(RequestProtocol):
     def commandReceived(self, command):
         self.received.append(command)
 
+    def resultReceived(self, code, body, opaque):
+        self.received.append(ResultCommand(code, body, opaque))
+
 
 _frames = st.one_of(
     st.builds(ResultCommand, st.integers(-(2**31), 2**31 - 1), st.binary(max_size=40),
@@ -510,8 +530,7 @@ class PeerLinkTests(TestCase):
         given.
         """
         failures = []
-        frames = [(syncHead("t", 0, 1, 0, msgId, 12), b"x") for msgId in range(2)]
-        self.assertIsNone(self.link.sendFrames(frames, 1, failures.append, failures.append))
+        self.assertIsNone(self.link.sendFrames(2, None, 1, failures.append, failures.append))
         self.assertEqual([failure.check(NotConnected) for failure in failures], [NotConnected] * 2)
 
     @defer.inlineCallbacks

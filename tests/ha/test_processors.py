@@ -530,13 +530,16 @@ class FakeLink:
 
         self.send(command, timeout, onReply, onFailure)
 
-    def sendFrames(self, frames, timeout, onReply, onFailure):
-        # Opaques in a row, as the real link gives them; each write's size
-        # is kept.
+    def sendFrames(self, count, encode, timeout, onAnswer, onFailure):
+        # Opaques in a row, as the real link gives them, each command
+        # decoded as the slave would; each write's count is kept.
         first = self.opaque + 1
-        for head, body in frames:
-            self.sendFrame(head, body, timeout, onReply, onFailure)
-        self.writes.append(len(frames))
+        commands = list(CommandParser().parse(encode(first)))
+        assert [command.opaque for command in commands] == list(range(first, first + count)), commands
+        for command in commands:
+            self.send(lambda opaque, command=command: command, timeout,
+                      lambda reply: onAnswer(reply.code, reply.opaque, reply.body), onFailure)
+        self.writes.append(count)
         return first
 
     def answer(self, index, code):
