@@ -1465,7 +1465,8 @@ class BrokerFactory(protocol.ServerFactory):
         refused = []
         accepted = []
         legal = set()
-        check = self.access.check
+        # Without [access] rules every sync passes: no check per sync.
+        check = self.access.check if self.access.rules().enabled else None
         for sync in syncs:
             topic = sync.topic
             if topic not in legal:
@@ -1474,7 +1475,7 @@ class BrokerFactory(protocol.ServerFactory):
                     refused.append(refusal.encode())
                     continue
                 legal.add(topic)
-            refusal = check(sync, session)
+            refusal = None if check is None else check(sync, session)
             if refusal is None and processor is None:
                 refusal = _noSyncProcessor(sync)
             if refusal is not None:

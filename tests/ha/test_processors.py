@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from metamorphosis.broker.access import AccessGate, parseAccess
 from metamorphosis.broker.config import MetaConfig, TopicConfig
 from metamorphosis.broker.idlepoll import SYNC_REPLICATION_MICROS, IdlePoller
 from metamorphosis.broker.server import (
@@ -236,6 +237,19 @@ class GregorBatchTests(_ProcessorCase):
         stored = {(topic, partition): [(r.id, r.body) for r in self.stored(topic, partition)]
                   for topic, partition in [("meta-test", 0), ("test", 0), ("test", 1)]}
         return stored, self.stats.cmdPut, self.stats.putFailed, dict(self.stats.putsByPartition)
+
+    def test_replicateRight(self):
+        """
+        Under C{[access]} rules the syncs of a batch need the C{replicate}
+        right, as alone: from a master without it each is refused and
+        none stored; from one with it, all are stored.
+        """
+        syncs = [_sync(index) for index in range(2)]
+        for grantee, codes, stored in [("10.0.0.6", [401, 401], 0), ("127.0.0.1", [200, 200], 2)]:
+            rules = parseAccess([("replicate", grantee)])
+            self.factory.access = AccessGate(lambda: rules)
+            self.assertEqual([reply.code for reply in self.dispatchBatch(syncs)], codes)
+            self.assertEqual(len(self.stored()), stored)
 
     def test_onePerPartition(self):
         """
