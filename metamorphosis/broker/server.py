@@ -52,7 +52,6 @@ from metamorphosis.protocol.commands import (
     ValueCommand,
     VersionCommand,
     newResult,
-    resultHeader,
     valueHeader,
 )
 from metamorphosis.protocol.framing import MetaProtocol
@@ -103,6 +102,11 @@ def _nothing():
     pass
 
 
+#: A stored record's reply (C{result 200}) as a format of its body's
+#: length, its opaque and its body.
+_STORED_REPLY = b"result %d %%d %%d\r\n%%s" % (OK,)
+
+
 def storedReplies(replies, partition, offset):
     """
     The encoded replies to records stored one after the other from
@@ -114,7 +118,7 @@ def storedReplies(replies, partition, offset):
     for msgId, opaque, size in replies:
         body = b"%d %d %d" % (msgId, partition, offset)
         # newResult(OK, body, opaque).encode(), without the object.
-        encoded.append(resultHeader(OK, len(body), opaque) + body)
+        encoded.append(_STORED_REPLY % (len(body), opaque, body))
         offset += size
     return b"".join(encoded)
 

@@ -41,7 +41,6 @@ __all__ = [
     "ResultCommand",
     "ValueCommand",
     "CommandParser",
-    "resultHeader",
     "valueHeader",
     "javaSplit",
     "newPut",
@@ -79,13 +78,6 @@ class ProtocolError(Exception):
     def __init__(self, message: str, opaque: int = 0):
         super().__init__(message)
         self.opaque = opaque
-
-
-def resultHeader(code: int, length: int, opaque: int) -> bytes:
-    """
-    The header line of a C{result}, for a body sent separately.
-    """
-    return b"result %d %d %d\r\n" % (code, length, opaque)
 
 
 def valueHeader(length: int, opaque: int) -> bytes:
@@ -324,7 +316,6 @@ class ResultCommand:
         return self.body.decode("utf-8", "replace")
 
     def encode(self) -> bytes:
-        # resultHeader, inline: every put's reply is encoded here.
         return b"result %d %d %d\r\n" % (self.code, len(self.body), self.opaque) + self.body
 
 

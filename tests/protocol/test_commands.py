@@ -29,7 +29,6 @@ from metamorphosis.protocol.commands import (
     newResult,
     newSync,
     newTransaction,
-    resultHeader,
     valueHeader,
 )
 from tests.protocol import strategies
@@ -256,7 +255,6 @@ class GoldenTests(SynchronousTestCase):
         )
 
     def test_headers(self):
-        self.assertEqual(resultHeader(404, 12, -3), b"result 404 12 -3\r\n")
         self.assertEqual(valueHeader(1048576, 5), b"value 1048576 5\r\n")
 
     def test_resultMessage(self):
