@@ -40,6 +40,7 @@ from metamorphosis.logfields import errorText
 from metamorphosis.protocol import records
 from metamorphosis.protocol.commands import ResultCommand, SyncCommand, encodeSyncs, syncHead
 from metamorphosis.protocol.status import FORBIDDEN, INTERNAL_ERROR, OK
+from metamorphosis.ratelog import RateLimitedLog
 
 SLAVE_DISCONNECTED = "Slave is disconnected "
 
@@ -61,8 +62,11 @@ class SyncMasterProcessor:
 
     log = Logger()
 
-    def __init__(self, processor, link, config, health, brokerUrl):
+    def __init__(self, processor, link, config, health, brokerUrl, clock=None):
         self.processor = processor
+        # A slave that fails fails every sync, and a full disk every
+        # append: one line per kind an interval, not one per put.
+        self.errors = RateLimitedLog(self.log, clock=clock)
         self.link = link
         self.config = config
         self.health = health
@@ -157,13 +161,19 @@ class SyncMasterProcessor:
         """
         Log why the local append of C{put} failed (L{SyncPut}).
         """
+        if failure.check(OSError):
+            # The disk's state, not a bug.
+            self.errors.error("append-failed", "Append to {topic}-{partition} failed: {error}",
+                              topic=put.topic, partition=put.partition, error=failure.getErrorMessage())
+            return
         self.log.failure("Append to {topic}-{partition} failed", failure, topic=put.topic, partition=put.partition)
 
     def slaveRefused(self, reply, put):
         """
         The slave answered C{put}'s C{sync} with an error.
         """
-        self.log.warn(
+        self.errors.warn(
+            "slave-refused",
             "Slave {slave} refused {topic}-{partition}: {code} {text}",
             slave=self.link.url,
             topic=put.topic,
@@ -181,8 +191,9 @@ class SyncMasterProcessor:
         if failure.check(RequestTimeout):
             # gecko turns a timeout into a 504 reply, which counts.
             self.health.failed()
-        self.log.warn(
-            "Sync to slave {slave} failed: {error}", slave=self.link.url, error=failure.getErrorMessage()
+        self.errors.warn(
+            "slave-unreachable", "Sync to slave {slave} failed: {error}", slave=self.link.url,
+            error=failure.getErrorMessage()
         )
         put.slaveFailed()
 
@@ -444,7 +455,7 @@ class SamsaReplication:
     def install(self, factory):
         processor = factory.processor
         self.processor = SyncMasterProcessor(
-            processor, self.link, self.config, self.health, lambda: brokerUrl(processor)
+            processor, self.link, self.config, self.health, lambda: brokerUrl(processor), self.reactor
         )
         factory.processor = self.processor
         factory.transactionProcessor = NoTransactions(self.processor.processPut)

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from metamorphosis.broker.access import AccessGate, parseAccess
@@ -840,15 +841,41 @@ class SamsaBatchTests(_SamsaCase):
     def test_masterFailed(self):
         """
         An append that fails fails every put of it with the master's
-        error, whatever the slave said, and is logged once.
+        error, whatever the slave said; a disk's error is logged in one
+        line, without a traceback.
         """
         self.stores.getOrCreateStore("meta-test", 0).failure = OSError("disk")
-        replies = self.dispatchBatch(self.puts(2))
-        self.answerAll()
+        with capturedLogs() as events:
+            replies = self.dispatchBatch(self.puts(2))
+            self.answerAll()
         self.assertEqual([(reply.code, reply.message) for reply in replies],
                          [(500, "Put message to [master '%s'] [partition 'meta-test-0'] failed" % (BROKER,))] * 2)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual([formatEvent(event) for event in events], ["Append to meta-test-0 failed: disk"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stats.putFailed, 2)
+
+    def test_slaveFailuresLoggedAtARate(self):
+        """
+        A slave that refuses or does not answer every sync is logged once
+        per kind an interval, with the count of those not logged, not once
+        per put.
+        """
+        # Below the threshold that takes the master out of ZooKeeper.
+        self.replication.health.threshold = 100
+        with capturedLogs() as events:
+            self.dispatchBatch(self.puts(3))
+            self.dispatchBatch(self.puts(3, first=3))
+            for index in range(3):
+                self.link.answer(index, 500)
+            for index in range(3, 6):
+                self.link.sent[index][2].errback(RequestTimeout())
+            self.clock.advance(61)
+            self.dispatchBatch(self.puts(1, first=6))
+            self.link.answer(6, 500)
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(lines[:2], ["Slave meta://127.0.0.1:8132 refused meta-test-0: 500 ",
+                                     "Sync to slave meta://127.0.0.1:8132 failed: "])
+        self.assertEqual([event.get("suppressed") for event in events if "refused" in formatEvent(event)], [0, 2])
 
     def test_badChecksumInTheMiddle(self):
         """
