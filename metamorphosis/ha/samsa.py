@@ -30,6 +30,7 @@ from metamorphosis.broker.server import (
     storeByPartition,
     storedReplies,
 )
+from metamorphosis.broker.store.errors import PartitionReadOnly
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
 from metamorphosis.ha.interfaces import IReplication
@@ -108,6 +109,10 @@ class SyncMasterProcessor:
             if partition == -1:
                 partition = processor.storeManager.chooseRandomPartition(topic)
             store = processor.storeFor(topic, partition)
+            if store.readOnly is not None:
+                # Refused before its sync leaves: the slave must not store
+                # what this broker cannot.
+                raise PartitionReadOnly(topic, partition, store.readOnly)
             msgId = processor.idWorker.nextId()
             put = SyncPut(self, topic, partition, msgId, opaque, replied)
             data = command.data
@@ -125,7 +130,8 @@ class SyncMasterProcessor:
                 raise ValueError(CHECKSUM_FAILURE)
         except Exception as e:
             # A put whose sync left is never appended: never answered twice.
-            self.log.warn("Put to {topic} failed: {error}", topic=topic, error=errorText(e))
+            self.errors.warn("put-refused:" + type(e).__name__, "Put to {topic} failed: {error}", topic=topic,
+                             error=errorText(e))
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, str(e), opaque)
         store.appendThen(msgId, command.flag, data, checksum, put.masterStored, put.masterFailed)
@@ -256,8 +262,13 @@ class _ReplicatedPuts:
             self.refusal = (INTERNAL_ERROR, SLAVE_DISCONNECTED)
         else:
             try:
-                self.store = processor.storeFor(topic, partition)
+                store = processor.storeFor(topic, partition)
                 processor.registered(topic)
+                if store.readOnly is not None:
+                    # Refused before any sync leaves: the slave must not
+                    # store what this broker cannot.
+                    raise PartitionReadOnly(topic, partition, store.readOnly)
+                self.store = store
             except Exception as e:
                 processor.refusals.warn("put-refused:" + type(e).__name__,
                                         "Refused a put to {topic}-{partition}: {error}",

@@ -891,6 +891,20 @@ class SamsaBatchTests(_SamsaCase):
         self.assertEqual(replies[0].message, CHECKSUM_FAILURE)
         self.assertEqual([r.body for r in self.stored()], [b"m0", b"m2"])
 
+    def test_readOnlyPartition(self):
+        """
+        A partition whose files are damaged (read only) refuses its puts
+        before any sync leaves, in a batch as one by one: the slave never
+        stores what the master cannot.
+        """
+        self.stores.getOrCreateStore("meta-test", 0).readOnly = "segment lost"
+        replies = self.dispatchBatch(self.puts(2))
+        alone = self.factory.dispatch(self.puts(1, first=2)[0], None, lambda reply: None)
+        self.assertEqual([reply.code for reply in replies] + [alone.code], [500] * 3)
+        self.assertTrue(all("is read only" in reply.message for reply in replies + [alone]))
+        self.assertEqual((self.link.sent, self.stored()), ([], []))
+        self.assertEqual(self.stats.putFailed, 3)
+
     def test_closedAndDisconnected(self):
         """
         A closed partition's puts get the master's 403 and a put while the
