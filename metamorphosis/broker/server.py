@@ -1466,26 +1466,12 @@ class BrokerFactory(protocol.ServerFactory):
         per sync.
         """
         processor = self.syncProcessor
-        refused = []
-        accepted = []
-        legal = set()
-        # Without [access] rules every sync passes: no check per sync.
-        check = self.access.check if self.access.rules().enabled else None
-        for sync in syncs:
-            topic = sync.topic
-            if topic not in legal:
-                refusal = self._illegalTopic(sync, session)
-                if refusal is not None:
-                    refused.append(refusal.encode())
-                    continue
-                legal.add(topic)
-            refusal = None if check is None else check(sync, session)
-            if refusal is None and processor is None:
-                refusal = _noSyncProcessor(sync)
-            if refusal is not None:
-                refused.append(refusal.encode())
-            else:
-                accepted.append(sync)
+        if processor is None:
+            def refuse(sync, session):
+                return _noSyncProcessor(sync)
+        else:
+            refuse = None
+        refused, accepted = self._screened(syncs, session, refuse)
         if not accepted:
             return Replies(b"".join(refused))
         return self._withRefusals(refused, processor.syncBatchThen, accepted, session, replied)
@@ -1501,28 +1487,41 @@ class BrokerFactory(protocol.ServerFactory):
         so one read brings several of their puts, and they cost one
         dispatch, one store entry per partition and one reply.
         """
+        refused, accepted = self._screened(puts, session, self._unreadable)
+        return self._withRefusals(refused, self.putBatchThen, accepted, session, replied)
+
+    def _screened(self, commands, session, refuse):
+        """
+        The commands of a batch (a L{PutBatch}'s puts, a L{SyncBatch}'s
+        syncs) checked each as L{dispatch} checks one: its topic's name
+        (once a topic), its access (only under C{[access]} rules), then
+        C{refuse(command, session)} unless that is L{None} (its own
+        refusal, or L{None}).
+
+        @return: the encoded refusals and the commands that passed, each
+            in order.
+        """
         refused = []
         accepted = []
         legal = set()
-        # Without [access] rules every put passes: no check per put.
+        # Without [access] rules every command passes: no check each.
         check = self.access.check if self.access.rules().enabled else None
-        largest = self.config.maxTransferSize - records.HEADER_SIZE
-        for put in puts:
-            topic = put.topic
+        for command in commands:
+            topic = command.topic
             if topic not in legal:
-                refusal = self._illegalTopic(put, session)
+                refusal = self._illegalTopic(command, session)
                 if refusal is not None:
                     refused.append(refusal.encode())
                     continue
                 legal.add(topic)
-            refusal = None if check is None else check(put, session)
-            if refusal is None and len(put.data) > largest:
-                refusal = self._unreadable(put, session)
+            refusal = None if check is None else check(command, session)
+            if refusal is None and refuse is not None:
+                refusal = refuse(command, session)
             if refusal is not None:
                 refused.append(refusal.encode())
             else:
-                accepted.append(put)
-        return self._withRefusals(refused, self.putBatchThen, accepted, session, replied)
+                accepted.append(command)
+        return refused, accepted
 
     def _withRefusals(self, refused, then, accepted, session, replied):
         """
