@@ -95,18 +95,21 @@ class OpaqueGenerator:
 
     def next(self):
         opaque = self._next
-        self._next = _INT_MIN if opaque == 2**31 - 1 else opaque + 1
+        self._next = following(opaque)
         return opaque
 
     def take(self, count):
         """
-        The first of the C{count} opaques as many L{next} calls in a row
-        give (each of the others is the one before plus one, wrapping as
-        L{next} does: L{following}), taken at once.
+        The C{count} opaques as many L{next} calls in a row give, taken at
+        once.
+
+        @return: a sequence of them, in the order given.
         """
         first = self._next
         self._next = following(first, count)
-        return first
+        if first + count - 1 <= _INT_MAX:
+            return range(first, first + count)
+        return [following(first, index) for index in range(count)]
 
 
 def following(opaque, count=1):
@@ -216,9 +219,9 @@ class RequestProtocol(Protocol):
 
     def sendFrames(self, count, encode, timeout, onAnswer, onFailure):
         """
-        Send C{count} requests given as bytes, in one go: C{encode(first)}
-        gives them all, the first with opaque C{first}, each next one with
-        the opaque after (L{following}).  They share one deadline and leave
+        Send C{count} requests given as bytes, in one go: C{encode(opaques)}
+        gives them all, each with its opaque of C{opaques} (the next ones
+        of the connection, L{OpaqueGenerator.take}).  They share one deadline and leave
         in one write, at once (with whatever was queued before them): they
         are gathered already.  For each, C{onAnswer(code, opaque, body)}
         is called with its reply (a C{result}; another command gives a
@@ -229,17 +232,16 @@ class RequestProtocol(Protocol):
         slave starts on them while the master still handles the read, and
         their replies are handed over without a command object each.
 
-        @return: the opaque of the first.
+        @return: the opaques of the requests, in order.
         """
-        first = opaque = self._opaques.take(count)
+        opaques = self._opaques.take(count)
         entry = (onAnswer, onFailure, self._deadline(timeout), True)
         pending = self._pending
-        for _ in range(count):
+        for opaque in opaques:
             pending[opaque] = entry
-            opaque = _INT_MIN if opaque == _INT_MAX else opaque + 1
-        self._outgoing.append(encode(first))
+        self._outgoing.append(encode(opaques))
         self._flush()
-        return first
+        return opaques
 
     def _expect(self, opaque, timeout, onReply, onFailure):
         # The last item: whether onReply takes the reply's code, opaque and
@@ -537,7 +539,7 @@ class PeerLink:
         Several requests given as bytes, in one go (see
         L{RequestProtocol.sendFrames}).
 
-        @return: the opaque of the first, or L{None} when there is no
+        @return: the opaques of the requests, or L{None} when there is no
             connection (each has failed then).
         """
         if self._protocol is None:

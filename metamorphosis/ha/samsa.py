@@ -18,6 +18,8 @@ slave with C{autoPromote} can take a link that stays silent for a dead or
 frozen master even when its sockets stay open (docs/ha.md).
 """
 
+from itertools import repeat
+
 from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,7 +36,7 @@ from metamorphosis.broker.store.errors import PartitionReadOnly
 from metamorphosis.ha.config import SLAVE_STATUS_TOPIC
 from metamorphosis.ha.failover import LINK_HEARTBEAT_KEY
 from metamorphosis.ha.interfaces import IReplication
-from metamorphosis.ha.link import PeerLink, RequestTimeout, following
+from metamorphosis.ha.link import PeerLink, RequestTimeout
 from metamorphosis.ha.outcome import SlaveHealth, SyncPut
 from metamorphosis.ha.transactions import NoTransactions
 from metamorphosis.logfields import errorText
@@ -99,8 +101,7 @@ class SyncMasterProcessor:
         processor.stats.statsPutMessage(topic, partitionString, len(command.data))
         if processor.config.isClosedPartition(topic, command.partition):
             return _result(FORBIDDEN, "Partition[%s] has been closed" % (partitionString,), opaque)
-        if processor.registerTopic is not None:
-            processor.registerTopic(topic)
+        processor.registered(topic)
         if not self.link.connected:
             processor.stats.statsPutFailed(topic, partitionString)
             return _result(INTERNAL_ERROR, SLAVE_DISCONNECTED, opaque)
@@ -213,8 +214,8 @@ class _ReplicatedPuts:
     id, partition and offset once its sync and the append both succeeded,
     else the slave's or the master's error.
 
-    The slave answers each sync by its opaque, in a row from
-    C{firstOpaque}; a failed request (a timeout, the link lost) does not
+    The slave answers each sync by its opaque (C{opaques}, in the order of
+    C{replies}); a failed request (a timeout, the link lost) does not
     say which it was, so the syncs not confirmed by a C{200} once all are
     answered are the failed ones.
 
@@ -229,12 +230,14 @@ class _ReplicatedPuts:
         the outcome.
     @ivar offset: where the append stored the records, once it did.
     @ivar appendFailed: whether the append failed.
+    @ivar opaques: the opaques of the syncs sent, or L{None} when the link
+        was down (each failed at once).
     @ivar confirmed: the opaques of the syncs the slave stored.
     @ivar answered: how many syncs the slave answered, or failed.
     """
 
     __slots__ = ("master", "topic", "partition", "partitionString", "store", "refusal", "ids", "sizes", "accepted",
-                 "replies", "refused", "answer", "offset", "appendFailed", "firstOpaque", "confirmed",
+                 "replies", "refused", "answer", "offset", "appendFailed", "opaques", "confirmed",
                  "answered")
 
     def __init__(self, master, topic, partition, ids):
@@ -253,7 +256,7 @@ class _ReplicatedPuts:
         self.answer = None
         self.offset = None
         self.appendFailed = False
-        self.firstOpaque = None
+        self.opaques = None
         self.confirmed = []
         self.answered = 0
         if processor.config.isClosedPartition(topic, partition):
@@ -316,8 +319,8 @@ class _ReplicatedPuts:
         """
         master = self.master
         accepted = self.accepted
-        self.firstOpaque = master.link.sendFrames(
-            len(accepted), lambda first: encodeSyncs(self.topic, self.partition, accepted, first),
+        self.opaques = master.link.sendFrames(
+            len(accepted), lambda opaques: encodeSyncs(self.topic, self.partition, accepted, opaques),
             master.timeout, self.slaveReplied, self.slaveUnreachable)
         encoded = []
         encodeHeader = records.encodeHeader
@@ -329,14 +332,12 @@ class _ReplicatedPuts:
 
     def stored(self, offset):
         self.offset = offset
-        if self.answered == len(self.replies):
-            self._complete()
+        self._completeIfDone()
 
     def failed(self, failure):
         self.master.appendFailed(failure, self)
         self.appendFailed = True
-        if self.answered == len(self.replies):
-            self._complete()
+        self._completeIfDone()
 
     def slaveReplied(self, code, opaque, body):
         if code != OK:
@@ -346,8 +347,7 @@ class _ReplicatedPuts:
         self.master.health.succeeded()
         self.confirmed.append(opaque)
         self.answered += 1
-        if self.answered == len(self.replies) and (self.offset is not None or self.appendFailed):
-            self._complete()
+        self._completeIfDone()
 
     def slaveUnreachable(self, failure):
         # Logs, counts, and calls slaveFailed.
@@ -355,6 +355,13 @@ class _ReplicatedPuts:
 
     def slaveFailed(self):
         self.answered += 1
+        self._completeIfDone()
+
+    def _completeIfDone(self):
+        """
+        Answer the puts once the slave has answered every sync and the
+        append is over.
+        """
         if self.answered == len(self.replies) and (self.offset is not None or self.appendFailed):
             self._complete()
 
@@ -372,9 +379,11 @@ class _ReplicatedPuts:
             text = "Put message to [slave '%s'] %s" % (master.slaveUrl, where)
         text = text.encode("utf-8")
         confirmed = set(self.confirmed)
-        syncOpaque, offset = self.firstOpaque, self.offset
+        # No opaques: the link was down, and every sync failed.
+        syncOpaques = self.opaques if self.opaques is not None else repeat(None)
+        offset = self.offset
         encoded = []
-        for reply in replies:
+        for reply, syncOpaque in zip(replies, syncOpaques):
             msgId, opaque, size = reply
             if not self.appendFailed and syncOpaque in confirmed:
                 encoded.append(storedReplies([reply], self.partition, offset))
@@ -383,8 +392,6 @@ class _ReplicatedPuts:
                 encoded.append(ResultCommand(INTERNAL_ERROR, text, opaque).encode())
             if offset is not None:
                 offset += size
-            if syncOpaque is not None:
-                syncOpaque = following(syncOpaque)
         self.answer.add(b"".join(encoded))
 
 

@@ -281,22 +281,19 @@ def syncHead(topic: str, partition: int, length: int, flag: int, msgId: int, che
     return ("sync %s %d %d %d %d %d " % (topic, partition, length, flag, msgId, checksum)).encode("utf-8")
 
 
-def encodeSyncs(topic: str, partition: int, syncs, opaque: int) -> bytes:
+def encodeSyncs(topic: str, partition: int, syncs, opaques) -> bytes:
     """
     The C{sync} commands of C{syncs}, each C{(msgId, flag, body, checksum)},
-    to one partition, one after the other: the first with C{opaque}, each
-    next one with the opaque after (within Java's int, from
-    C{Integer.MAX_VALUE} on to C{Integer.MIN_VALUE}, as gecko hands them
-    out).  A sync master sends the syncs of a read's puts so
+    to one partition, one after the other, each with its opaque of
+    C{opaques}.  A sync master sends the syncs of a read's puts so
     (L{metamorphosis.ha.link.PeerLink.sendFrames}): one line formatted per
     put, no command object.
     """
     name = topic.encode("utf-8")
     chunks = []
-    for msgId, flag, body, checksum in syncs:
+    for (msgId, flag, body, checksum), opaque in zip(syncs, opaques):
         chunks.append(b"sync %s %d %d %d %d %d %d\r\n" % (name, partition, len(body), flag, msgId, checksum, opaque))
         chunks.append(body)
-        opaque = -(2**31) if opaque == 2**31 - 1 else opaque + 1
     return b"".join(chunks)
 
 

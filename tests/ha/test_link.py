@@ -17,7 +17,6 @@ from metamorphosis.ha.link import (
     PeerLink,
     RequestProtocol,
     RequestTimeout,
-    following,
 )
 from metamorphosis.protocol.commands import (
     CommandParser,
@@ -44,15 +43,14 @@ class OpaqueGeneratorTests(SynchronousTestCase):
     @given(st.integers(-(2**31), 2**31 - 1), st.integers(1, 300))
     def test_take(self, start, count):
         """
-        L{OpaqueGenerator.take} gives the first of the opaques as many
-        C{next} calls would, L{following} the rest, and C{next} goes on
-        after them.
+        L{OpaqueGenerator.take} gives the opaques as many C{next} calls
+        would, in order, and C{next} goes on after them.
         """
         taken, stepped = OpaqueGenerator(), OpaqueGenerator()
         taken._next = stepped._next = start
-        first = taken.take(count)
+        opaques = taken.take(count)
         expected = [stepped.next() for _ in range(count)]
-        self.assertEqual([following(first, index) for index in range(count)], expected)
+        self.assertEqual(list(opaques), expected)
         self.assertEqual(taken.next(), stepped.next())
 
 
@@ -283,23 +281,23 @@ class RequestProtocolTests(SynchronousTestCase):
     def test_sendFrames(self):
         """
         L{RequestProtocol.sendFrames} writes what C{encode} makes of the
-        first of its opaques in a row (wrapping as the generator does), at
-        once; each reply goes to C{onAnswer} as its code, opaque and body,
+        opaques the generator gives next (in a row, wrapping), at once; each reply goes to C{onAnswer} as its code, opaque and body,
         matched by its opaque, and a request unanswered at the deadline
         fails.
         """
-        answers, failures, firsts = [], [], []
+        answers, failures, encoded = [], [], []
         opaques = OpaqueGenerator()
         opaques._next = 2**31 - 2
         self.proto._opaques = opaques
         syncs = [(msgId, 0, b"b%d" % (msgId,), 12) for msgId in range(3)]
 
-        def encode(first):
-            firsts.append(first)
-            return encodeSyncs("t", 0, syncs, first)
+        def encode(opaques):
+            encoded.append(list(opaques))
+            return encodeSyncs("t", 0, syncs, opaques)
 
-        first = self.proto.sendFrames(3, encode, 1, lambda *answer: answers.append(answer), failures.append)
-        self.assertEqual((first, firsts), (2**31 - 2, [2**31 - 2]))
+        sent = self.proto.sendFrames(3, encode, 1, lambda *answer: answers.append(answer), failures.append)
+        self.assertEqual((list(sent), encoded), ([2**31 - 2, 2**31 - 1, -(2**31)],
+                                                    [[2**31 - 2, 2**31 - 1, -(2**31)]]))
         expected = [SyncCommand("t", 0, b"b%d" % (i,), 0, i, opaque, 12)
                     for i, opaque in enumerate([2**31 - 2, 2**31 - 1, -(2**31)])]
         self.assertEqual(self.transport.value(), b"".join(command.encode() for command in expected))
@@ -318,7 +316,7 @@ class RequestProtocolTests(SynchronousTestCase):
         parser) is answered with a code of L{None}.
         """
         answers = []
-        first = self.proto.sendFrames(1, lambda first: encodeSyncs("t", 0, [(1, 0, b"x", 12)], first), 1,
+        [first] = self.proto.sendFrames(1, lambda opaques: encodeSyncs("t", 0, [(1, 0, b"x", 12)], opaques), 1,
                                       lambda *answer: answers.append(answer), None)
         self.proto.dataReceived(ValueCommand(b"v", first).encode())
         self.assertEqual(answers, [(None, first, b"")])
@@ -333,7 +331,7 @@ class RequestProtocolTests(SynchronousTestCase):
         with batchedWrites:
             self.proto.request(self.sync(1), 1)
             self.assertEqual(writes, [])
-            self.proto.sendFrames(2, lambda first: encodeSyncs("t", 0, [(1, 0, b"x", 12), (2, 0, b"y", 12)], first),
+            self.proto.sendFrames(2, lambda opaques: encodeSyncs("t", 0, [(1, 0, b"x", 12), (2, 0, b"y", 12)], opaques),
                                   1, lambda *answer: None, lambda failure: None)
             self.assertEqual(len(writes), 1)
         self.clock.advance(0)

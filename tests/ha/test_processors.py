@@ -548,14 +548,14 @@ class FakeLink:
     def sendFrames(self, count, encode, timeout, onAnswer, onFailure):
         # Opaques in a row, as the real link gives them, each command
         # decoded as the slave would; each write's count is kept.
-        first = self.opaque + 1
-        commands = list(CommandParser().parse(encode(first)))
-        assert [command.opaque for command in commands] == list(range(first, first + count)), commands
+        opaques = range(self.opaque + 1, self.opaque + 1 + count)
+        commands = list(CommandParser().parse(encode(opaques)))
+        assert [command.opaque for command in commands] == list(opaques), commands
         for command in commands:
             self.send(lambda opaque, command=command: command, timeout,
                       lambda reply: onAnswer(reply.code, reply.opaque, reply.body), onFailure)
         self.writes.append(count)
-        return first
+        return opaques
 
     def answer(self, index, code):
         command, _, d = self.sent[index]

@@ -906,19 +906,16 @@ class FastConstructorTests(SynchronousTestCase):
 class EncodeSyncsTests(SynchronousTestCase):
     """
     L{encodeSyncs}, what a sync master writes for the puts of one read to a
-    partition, is the encoding of the C{sync} commands they stand for, their
-    opaques in a row as gecko hands them out (wrapping within Java's int).
+    partition, is the encoding of the C{sync} commands they stand for, each
+    with its opaque.
     """
 
     @given(strategies.tokens, strategies.int32,
-           st.lists(st.tuples(strategies.int64, strategies.int32, strategies.bodies, strategies.int32), max_size=5),
-           strategies.int32)
-    def test_sameAsCommands(self, topic, partition, syncs, first):
-        commands = []
-        opaque = first
-        for msgId, flag, body, crc in syncs:
-            commands.append(SyncCommand(topic, partition, body, flag, msgId, opaque, crc))
-            opaque = -(2**31) if opaque == 2**31 - 1 else opaque + 1
-        encoded = encodeSyncs(topic, partition, syncs, first)
+           st.lists(st.tuples(strategies.int64, strategies.int32, strategies.bodies, strategies.int32,
+                              strategies.int32), max_size=5))
+    def test_sameAsCommands(self, topic, partition, syncs):
+        commands = [SyncCommand(topic, partition, body, flag, msgId, opaque, crc)
+                    for msgId, flag, body, crc, opaque in syncs]
+        encoded = encodeSyncs(topic, partition, [sync[:4] for sync in syncs], [sync[4] for sync in syncs])
         self.assertEqual(encoded, b"".join(command.encode() for command in commands))
         self.assertEqual(CommandParser().feed(encoded), commands)
