@@ -155,7 +155,7 @@ def putBatchThenOf(processor):
     L{BrokerProcessor.putBatchThen}), else L{None}: its connections then
     hand it the puts of a batch one by one.  Looked up on the class, as
     L{putThenOf} does; a wrapper whose class has one sets its own to
-    L{None} when what it wraps has none (the fence around a sync master).
+    L{None} when what it wraps has none (L{metamorphosis.ha.failover.FencedProcessor}).
     """
     if getattr(type(processor), "putBatchThen", None) is None:
         return None
@@ -548,8 +548,8 @@ class BrokerProtocol(MetaProtocol, TimeoutMixin):
             self._closeWhenDone()
             return
         if isinstance(command, PutBatch) and self.factory.putBatchThen is None:
-            # A processor without a bulk path for puts (a sync master's,
-            # the fence's) takes them one by one.
+            # A processor without a bulk path for puts (or a fence around
+            # one) takes them one by one.
             for put in command.puts:
                 self._handle(put)
             return

@@ -477,8 +477,8 @@ class FencedProcessor:
         self.fence = fence
         self._putBatchThen = putBatchThenOf(processor)
         if self._putBatchThen is None:
-            # Its connections hand the wrapped processor (a sync master's)
-            # the puts of a batch one by one, as they would it.
+            # Its connections hand the wrapped processor the puts of a
+            # batch one by one, as they would it.
             self.putBatchThen = None
 
     def __getattr__(self, name):

@@ -70,6 +70,20 @@ class _ProcessorCase(unittest.TestCase):
         self.processor = BrokerProcessor(self.config, self.stores, self.stats, IdWorker(1), "127.0.0.1")
         self.factory = BrokerFactory(self.processor, self.stats)
 
+    def answeredAtOnce(self, batch, session=None):
+        """
+        The replies to C{batch} (a L{SyncBatch}, a L{PutBatch}) dispatched,
+        decoded; the batch is answered once, with one L{Replies}, by the
+        time the test looks.
+        """
+        replies = []
+        reply = self.factory.dispatch(batch, session, replies.append)
+        if reply is not REPLY_LATER:
+            replies.append(reply)
+        [reply] = replies
+        self.assertIsInstance(reply, Replies)
+        return CommandParser().feed(reply.encode())
+
     def stored(self, topic="meta-test", partition=0):
         store = self.stores.getStore(topic, partition)
         if store is None:
@@ -212,16 +226,10 @@ class GregorBatchTests(_ProcessorCase):
 
     def dispatchBatch(self, syncs):
         """
-        The replies to C{syncs} dispatched as one batch, decoded; the batch
-        is answered once, with one L{Replies}.
+        The replies to C{syncs} dispatched as one batch from the master,
+        decoded (L{answeredAtOnce}).
         """
-        replies = []
-        reply = self.factory.dispatch(SyncBatch(syncs), MASTER, replies.append)
-        if reply is not REPLY_LATER:
-            replies.append(reply)
-        [reply] = replies
-        self.assertIsInstance(reply, Replies)
-        return CommandParser().feed(reply.encode())
+        return self.answeredAtOnce(SyncBatch(syncs), MASTER)
 
     def dispatchOneByOne(self, syncs):
         replies = []
@@ -998,13 +1006,7 @@ class FencedBatchTests(_ProcessorCase):
         self.factory.processor = FencedProcessor(self.processor, self.fence)
 
     def dispatchBatch(self, puts):
-        replies = []
-        reply = self.factory.dispatch(PutBatch(puts), None, replies.append)
-        if reply is not REPLY_LATER:
-            replies.append(reply)
-        [reply] = replies
-        self.assertIsInstance(reply, Replies)
-        return CommandParser().feed(reply.encode())
+        return self.answeredAtOnce(PutBatch(puts))
 
     def test_unfenced(self):
         puts = [PutCommand("meta-test", 0, b"m%d" % (i,), 0, i, checksum(b"m%d" % (i,))) for i in range(3)]
