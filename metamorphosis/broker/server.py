@@ -1466,13 +1466,11 @@ class BrokerFactory(protocol.ServerFactory):
         per sync.
         """
         processor = self.syncProcessor
+        refused, accepted = self._screened(syncs, session)
         if processor is None:
-            def refuse(sync, session):
-                return _noSyncProcessor(sync)
-        else:
-            refuse = None
-        refused, accepted = self._screened(syncs, session, refuse)
-        if not accepted:
+            # Not a sync slave: each refused as one alone (refusals come
+            # first in a batch's reply, whichever they are).
+            refused.extend(_noSyncProcessor(sync).encode() for sync in accepted)
             return Replies(b"".join(refused))
         return self._withRefusals(refused, processor.syncBatchThen, accepted, session, replied)
 
@@ -1487,16 +1485,16 @@ class BrokerFactory(protocol.ServerFactory):
         so one read brings several of their puts, and they cost one
         dispatch, one store entry per partition and one reply.
         """
-        refused, accepted = self._screened(puts, session, self._unreadable)
+        refused, accepted = self._screened(puts, session, self.config.maxTransferSize - records.HEADER_SIZE)
         return self._withRefusals(refused, self.putBatchThen, accepted, session, replied)
 
-    def _screened(self, commands, session, refuse):
+    def _screened(self, commands, session, largest=None):
         """
         The commands of a batch (a L{PutBatch}'s puts, a L{SyncBatch}'s
         syncs) checked each as L{dispatch} checks one: its topic's name
-        (once a topic), its access (only under C{[access]} rules), then
-        C{refuse(command, session)} unless that is L{None} (its own
-        refusal, or L{None}).
+        (once a topic), its access (only under C{[access]} rules), then,
+        unless C{largest} is L{None}, its body's size (a put's: no more
+        than C{largest}, L{_unreadable}).
 
         @return: the encoded refusals and the commands that passed, each
             in order.
@@ -1515,8 +1513,8 @@ class BrokerFactory(protocol.ServerFactory):
                     continue
                 legal.add(topic)
             refusal = None if check is None else check(command, session)
-            if refusal is None and refuse is not None:
-                refusal = refuse(command, session)
+            if refusal is None and largest is not None and len(command.data) > largest:
+                refusal = self._unreadable(command, session)
             if refusal is not None:
                 refused.append(refusal.encode())
             else:
